@@ -1,0 +1,1 @@
+"""INT8 calibration (Q/DQ ONNX and TensorRT calibration caches)."""

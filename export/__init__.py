@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX export, graph simplification, parity checks and TensorRT engines."""

@@ -1,0 +1,292 @@
+"""Checkpoints: our own (safetensors + JSON config) and the official detectron2 ones (.pkl / .pth).
+
+Official files are pickles. They are read without executing arbitrary code: ``.pth`` through
+``torch.load(weights_only=True)``, ``.pkl`` through an unpickler that only resolves an explicit
+allow-list of numpy reconstruction helpers and builtin containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pem.config import ConfigError, PEMConfig
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """What happened when a state dict was loaded into a model."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int | None = None) -> str:
+        """Multi-line report; ``limit`` caps how many names each line lists."""
+
+        def names(items: list[str]) -> str:
+            shown = items if limit is None else items[:limit]
+            more = f" (+{len(items) - len(shown)} more)" if len(items) > len(shown) else ""
+            return ", ".join(shown) + more
+
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        if self.ignored:
+            lines.append(f"ignored (training-only) {len(self.ignored)}: {names(self.ignored)}")
+        if self.missing:
+            lines.append(f"missing {len(self.missing)}: {names(self.missing)}")
+        if self.unexpected:
+            lines.append(f"unexpected {len(self.unexpected)}: {names(self.unexpected)}")
+        if self.mismatched:
+            shapes = [f"{key} (model {want}, checkpoint {got})" for key, want, got in self.mismatched]
+            lines.append(f"shape mismatch {len(shapes)}: {names(shapes)}")
+        return "\n".join(lines)
+
+    def one_line(self) -> str:
+        return self.summary(limit=5).replace("\n", "; ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe reading of official pickles
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+    ("builtins", "dict"),
+    ("builtins", "list"),
+    ("builtins", "tuple"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("_codecs", "encode"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def _read_pickle(path: Path) -> Any:
+    with path.open("rb") as f:
+        try:
+            return _RestrictedUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(f"{path}: unsafe or unreadable pickle ({exc})") from None
+        except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as exc:
+            raise CheckpointError(f"{path}: not a valid pickle ({exc})") from None
+
+
+def read_official_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read the ``model`` state dict of an official checkpoint (.pkl or .pth) as tensors.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, not a checkpoint or
+    contains anything but tensors / arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if zipfile.is_zipfile(path):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for bad/unsafe files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"{path}: cannot read as a weights-only torch checkpoint ({first})"
+            ) from None
+    else:
+        obj = _read_pickle(path)
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{path}: expected a dict of tensors (optionally under 'model'), got {type(obj).__name__}"
+        )
+    state: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.array(value, order="C", copy=True))  # keeps 0-d shapes
+        elif isinstance(value, np.generic):
+            value = torch.tensor(value.item())
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        state[str(key)] = value
+    return state
+
+
+# Renames from older official code (April 2024): PEM-CA's to_query/to_key.
+_LEGACY_RENAMES = ((".to_query.", ".feature_proj."), (".to_key.", ".query_proj."))
+# Present in training checkpoints, meaningless for inference.
+_IGNORED_PREFIXES = ("criterion.", "pixel_mean", "pixel_std")
+
+
+def map_official_keys(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """Map official key names onto ours; returns (mapped state, ignored keys)."""
+    mapped: dict[str, Tensor] = {}
+    ignored: list[str] = []
+    for key, value in state.items():
+        if key.startswith("module."):
+            key = key[len("module.") :]
+        if key.startswith(_IGNORED_PREFIXES):
+            ignored.append(key)
+            continue
+        for old, new in _LEGACY_RENAMES:
+            if "transformer_cross_attention_layers" in key:
+                key = key.replace(old, new)
+        mapped[key] = value
+    return mapped, ignored
+
+
+def load_state_dict_report(
+    model: nn.Module, state: Mapping[str, Tensor], ignored: list[str] | None = None
+) -> LoadReport:
+    """Copy matching tensors into ``model`` and report missing/unexpected/mismatched keys by name."""
+    report = LoadReport(ignored=list(ignored or []))
+    own = model.state_dict()
+    compatible: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif tuple(own[key].shape) != tuple(value.shape):
+            report.mismatched.append((key, tuple(own[key].shape), tuple(value.shape)))
+        else:
+            compatible[key] = value.to(own[key].dtype)
+            report.loaded.append(key)
+    # BN step counters are absent from FrozenBN (ADE20K configs) checkpoints; they hold no weights.
+    report.missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    model.load_state_dict(compatible, strict=False)
+    return report
+
+
+def load_official_checkpoint(
+    model: nn.Module, path: str | os.PathLike[str], strict: bool = True
+) -> LoadReport:
+    """Load an official PEM checkpoint into ``model``.
+
+    With ``strict`` a :class:`CheckpointError` lists every missing, unexpected or mismatched key.
+    """
+    state, ignored = map_official_keys(read_official_state_dict(path))
+    report = load_state_dict_report(model, state, ignored)
+    if strict and not report.ok:
+        raise CheckpointError(f"{path}: checkpoint does not fit the model; {report.one_line()}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Our own format: <name>.safetensors (weights) + <name>.json (config)
+
+
+def _config_path(weights: Path) -> Path:
+    return weights.with_suffix(".json")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _unique_state(model: nn.Module) -> dict[str, Tensor]:
+    """State dict with aliased tensors (STDC registers its stages twice) stored once."""
+    seen: dict[int, str] = {}
+    state: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        ptr = value.data_ptr() if value.numel() else id(value)
+        if ptr in seen and value.numel():
+            continue
+        seen[ptr] = key
+        state[key] = value.detach().contiguous().cpu()
+    return state
+
+
+def save_checkpoint(
+    model: nn.Module, config: PEMConfig, path: str | os.PathLike[str], extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``path`` (.safetensors) and its ``.json`` config atomically; returns the weights path."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    meta = {"format": "pem-deploy", "config": config.to_dict(), **(extra or {})}
+    _atomic_write_bytes(path, save(_unique_state(model), metadata={"format": "pem-deploy"}))
+    _atomic_write_bytes(_config_path(path), (json.dumps(meta, indent=2) + "\n").encode())
+    return path
+
+
+def read_checkpoint_config(path: str | os.PathLike[str]) -> PEMConfig:
+    """Config of one of our checkpoints (from the ``.json`` beside the weights)."""
+    path = Path(path)
+    cfg_path = _config_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: config file of checkpoint {path.name} is missing")
+    try:
+        meta = json.loads(cfg_path.read_text())
+        return PEMConfig.from_dict(meta["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{cfg_path}: invalid checkpoint config ({exc})") from None
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
+    """Build the model described by the checkpoint's config and load its weights (strict)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from pem.model import PEM
+
+    path = Path(path)
+    config = read_checkpoint_config(path)
+    try:
+        state = load(path.read_bytes())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    model = PEM(config)
+    own = model.state_dict()
+    # Restore aliases that were stored once.
+    by_ptr = {}
+    for key, value in own.items():
+        by_ptr.setdefault(value.data_ptr() if value.numel() else id(value), []).append(key)
+    expanded = dict(state)
+    for keys in by_ptr.values():
+        present = [k for k in keys if k in state]
+        if present:
+            for k in keys:
+                expanded.setdefault(k, state[present[0]])
+    report = load_state_dict_report(model, expanded)
+    if not report.ok:
+        raise CheckpointError(f"{path}: weights do not fit the config; {report.one_line()}")
+    return model.to(map_location).eval()
