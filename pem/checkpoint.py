@@ -112,7 +112,8 @@ def read_official_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    if zipfile.is_zipfile(path):
+    # Zip archives and legacy torch.save files go through torch's weights-only loader.
+    if zipfile.is_zipfile(path) or path.suffix in (".pth", ".pt", ".tar"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for bad/unsafe files
@@ -122,8 +123,10 @@ def read_official_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             ) from None
     else:
         obj = _read_pickle(path)
-    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]
+    for container in ("model", "state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(container), Mapping):
+            obj = obj[container]
+            break
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{path}: expected a dict of tensors (optionally under 'model'), got {type(obj).__name__}"
@@ -290,3 +293,37 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not report.ok:
         raise CheckpointError(f"{path}: weights do not fit the config; {report.one_line()}")
     return model.to(map_location).eval()
+
+
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> LoadReport:
+    """Initialise ``model.backbone`` from an ImageNet checkpoint on disk.
+
+    Accepted: a torchvision ResNet-50 state dict (``conv1.*``, ``layer1.*``), detectron2's
+    ``R-50.pkl`` (``stem.*``, ``res2.*``), or STDC-Seg ImageNet weights (``features.*``), each as
+    ``.pth`` or ``.pkl``, optionally wrapped in ``model`` / ``state_dict``. Raises
+    :class:`CheckpointError` naming the file if nothing of it fits the backbone.
+    """
+    from pem.backbones import ResNet, STDCNet, load_stdc_pretrained, load_torchvision_resnet50
+
+    state = read_official_state_dict(path)
+    backbone = model.backbone
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+    report = LoadReport()
+    try:
+        if isinstance(backbone, ResNet) and any(k.startswith("layer1.") for k in state):
+            report.missing, report.unexpected = load_torchvision_resnet50(backbone, state)
+        elif isinstance(backbone, STDCNet):
+            report.missing, report.unexpected = load_stdc_pretrained(backbone, state)
+        else:
+            d2 = {k: v for k, v in state.items() if not k.startswith("fc")}
+            sub = load_state_dict_report(backbone, d2)
+            report.missing, report.unexpected, report.mismatched = sub.missing, sub.unexpected, sub.mismatched
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    own = [k for k in backbone.state_dict() if not k.endswith("num_batches_tracked")]
+    report.loaded = [k for k in own if k not in report.missing]
+    if len(report.loaded) < len(own) // 2:
+        raise CheckpointError(
+            f"{path}: not backbone weights for {type(backbone).__name__}; {report.one_line()}"
+        )
+    return report

@@ -159,3 +159,61 @@ def test_our_format_errors(tmp_path):
     path = save_checkpoint(PEM(cfg), other, tmp_path / "x.safetensors")
     with pytest.raises(CheckpointError, match="class_embed"):
         load_checkpoint(path)
+
+
+def test_backbone_weights_from_torchvision_d2_and_stdc_files(tmp_path):
+    from official_layout import resnet50_keys, stdc_keys
+
+    from pem.checkpoint import load_backbone_weights
+
+    rng = np.random.default_rng(1)
+    d2 = {
+        k.removeprefix("backbone."): rng.standard_normal(s).astype(np.float32)
+        for k, s in resnet50_keys().items()
+    }
+    # torchvision names from the detectron2 ones
+    tv = {}
+    for key, value in d2.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        name = key.replace("stem.conv1.norm", "bn1").replace("stem.conv1", "conv1")
+        for stage in range(2, 6):
+            name = name.replace(f"res{stage}.", f"layer{stage - 1}.")
+        for i in (1, 2, 3):
+            name = name.replace(f"conv{i}.norm", f"bn{i}")
+        name = name.replace("shortcut.norm", "downsample.1").replace("shortcut", "downsample.0")
+        tv[name] = torch.from_numpy(value)
+    tv["fc.weight"] = torch.zeros(1000, 2048)
+    torch.save(tv, tmp_path / "resnet50.pth")
+    model = PEM(get_preset("cityscapes-semantic-r50"))
+    report = load_backbone_weights(model, tmp_path / "resnet50.pth")
+    assert report.ok, report.summary()
+    got = model.state_dict()["backbone.res3.1.conv2.norm.running_var"]
+    assert torch.equal(got, torch.from_numpy(d2["res3.1.conv2.norm.running_var"]))
+
+    with open(tmp_path / "R-50.pkl", "wb") as f:
+        pickle.dump({"model": d2, "__author__": "torchvision"}, f)
+    model = PEM(get_preset("cityscapes-semantic-r50"))
+    assert load_backbone_weights(model, tmp_path / "R-50.pkl").ok
+    assert torch.equal(
+        model.state_dict()["backbone.res5.2.conv3.weight"], torch.from_numpy(d2["res5.2.conv3.weight"])
+    )
+
+    stdc = {
+        k.removeprefix("backbone."): rng.standard_normal(s).astype(np.float32)
+        for k, s in stdc_keys((2, 2, 2)).items()
+        if k.startswith("backbone.features.")
+    }
+    stdc["fc.weight"] = np.zeros((1000, 1024), np.float32)
+    with open(tmp_path / "STDC1.pkl", "wb") as f:
+        pickle.dump({"model": stdc, "matching_heuristics": True}, f)
+    model = PEM(get_preset("cityscapes-semantic-stdc1"))
+    assert load_backbone_weights(model, tmp_path / "STDC1.pkl").ok
+    got = model.state_dict()
+    assert torch.equal(
+        got["backbone.x8.0.3.conv_list.2.conv.weight"],
+        torch.from_numpy(stdc["features.3.conv_list.2.conv.weight"]),
+    )
+
+    with pytest.raises(CheckpointError, match="STDC1.pkl: not backbone weights"):
+        load_backbone_weights(PEM(get_preset("cityscapes-semantic-r50")), tmp_path / "STDC1.pkl")
