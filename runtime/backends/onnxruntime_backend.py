@@ -1,0 +1,85 @@
+"""onnxruntime backend (CPU, CUDA and TensorRT execution providers when present)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.base import Backend, TensorSpec
+from runtime.errors import ArtifactError, BackendUnavailableError
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+# Preference order when the caller does not choose.
+DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def _spec(arg) -> TensorSpec:  # arg: an onnxruntime NodeArg
+    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+    return TensorSpec(arg.name, shape, np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs an ONNX file with onnxruntime.
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: execution providers in preference order; default: TensorRT, CUDA, CPU,
+            whichever are available.
+        threads: intra-op threads (0 = onnxruntime's default).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None, threads: int = 0):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailableError(
+                f"{path}: onnxruntime is not installed (pip install onnxruntime or onnxruntime-gpu)"
+            ) from None
+        path = Path(path)
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in DEFAULT_PROVIDERS if p in available]
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise BackendUnavailableError(
+                f"{path}: execution provider(s) {', '.join(missing)} not available "
+                f"(have {', '.join(available)})"
+            )
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ArtifactError(f"{path}: onnxruntime cannot load the model ({first})") from None
+        self.providers = self.session.get_providers()
+        self._inputs = [_spec(a) for a in self.session.get_inputs()]
+        self._outputs = [_spec(a) for a in self.session.get_outputs()]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # InferenceSession.run is thread-safe; no lock needed.
+        names = [o.name for o in self._outputs]
+        return dict(zip(names, self.session.run(names, inputs)))

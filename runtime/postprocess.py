@@ -1,0 +1,124 @@
+"""Model outputs -> results at the original image size: label maps, panoptic fusion, colours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from runtime.preprocess import Geometry
+
+
+def to_original_size(label_map: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(height, width) integer map at model size -> (H, W) at the original size (nearest)."""
+    valid = label_map[: geometry.resized_h, : geometry.resized_w]
+    if valid.shape == (geometry.original_h, geometry.original_w):
+        return np.ascontiguousarray(valid)
+    # cv2 cannot resize int64; int32 holds every class and segment id we produce.
+    return cv2.resize(
+        valid.astype(np.int32, copy=False),
+        (geometry.original_w, geometry.original_h),
+        interpolation=cv2.INTER_NEAREST,
+    )
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One panoptic segment: its ``id`` in the id map, contiguous class id, thing or stuff."""
+
+    id: int
+    category_id: int
+    isthing: bool
+    score: float
+    area: int
+
+
+def fuse_panoptic(
+    scores: np.ndarray,
+    classes: np.ndarray,
+    owner: np.ndarray,
+    owner_fg: np.ndarray,
+    mask_area: np.ndarray,
+    thing_ids: frozenset[int] | set[int],
+    num_classes: int,
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+) -> tuple[np.ndarray, list[Segment]]:
+    """Mask2Former panoptic fusion for one image, from the panoptic head's reduced outputs.
+
+    Args:
+        scores: (Q,) best class probability per query (over K + 1 classes).
+        classes: (Q,) its class; ``num_classes`` means "no object".
+        owner: (H, W) index of the kept query with the highest ``score * sigmoid(mask)``.
+        owner_fg: (H, W) whether the owner's own mask probability is >= 0.5 there.
+        mask_area: (Q,) pixels where each query's mask probability is >= 0.5.
+        thing_ids: class ids that are things; other classes are stuff and merged per class.
+
+    Returns:
+        (H, W) int32 id map (0 = void) and the segments, ids from 1 in query order.
+    """
+    keep = (classes != num_classes) & (scores > object_mask_threshold)
+    id_map = np.zeros(owner.shape, dtype=np.int32)
+    segments: list[Segment] = []
+    if not keep.any():
+        return id_map, segments
+    q = scores.shape[0]
+    owner = owner.astype(np.int64, copy=False)
+    fg = owner_fg.astype(bool, copy=False)
+    owned_area = np.bincount(owner.ravel(), minlength=q)
+    segment_area = np.bincount(owner[fg].ravel(), minlength=q)
+    # Id of each query's segment (0 = dropped); stuff of one class shares the first id.
+    segment_id = np.zeros(q + 1, dtype=np.int32)
+    stuff_ids: dict[int, int] = {}
+    areas: dict[int, int] = {}
+    next_id = 1
+    for k in np.flatnonzero(keep):
+        area, original, visible = int(owned_area[k]), int(mask_area[k]), int(segment_area[k])
+        if area == 0 or original == 0 or visible == 0 or area / original < overlap_threshold:
+            continue
+        category = int(classes[k])
+        isthing = category in thing_ids
+        if not isthing and category in stuff_ids:
+            segment_id[k] = stuff_ids[category]
+            areas[stuff_ids[category]] += visible
+            continue
+        if not isthing:
+            stuff_ids[category] = next_id
+        segment_id[k] = next_id
+        areas[next_id] = visible
+        segments.append(Segment(next_id, category, isthing, float(scores[k]), 0))
+        next_id += 1
+    id_map = np.where(fg, segment_id[owner], 0).astype(np.int32)
+    segments = [Segment(s.id, s.category_id, s.isthing, s.score, areas[s.id]) for s in segments]
+    return id_map, segments
+
+
+def colorize_labels(
+    labels: np.ndarray, palette_rgb: np.ndarray, ignore_color: tuple[int, int, int] = (0, 0, 0)
+) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 **BGR** image; ids outside the palette get ``ignore_color``."""
+    lut = np.zeros((256 if len(palette_rgb) < 256 else len(palette_rgb) + 1, 3), np.uint8)
+    lut[:] = ignore_color[::-1]
+    lut[: len(palette_rgb)] = np.asarray(palette_rgb, np.uint8)[:, ::-1]
+    ids = np.where((labels >= 0) & (labels < len(palette_rgb)), labels, len(lut) - 1)
+    return lut[ids]
+
+
+def colorize_panoptic(
+    id_map: np.ndarray, segments: list[Segment], palette_rgb: np.ndarray, seed: int = 0
+) -> np.ndarray:
+    """(H, W) panoptic ids -> BGR image: stuff in its class colour, each thing a shade of it."""
+    rng = np.random.default_rng(seed)
+    lut = np.zeros((max([s.id for s in segments], default=0) + 1, 3), np.uint8)
+    for s in segments:
+        color = np.asarray(palette_rgb[s.category_id], np.int32)
+        if s.isthing:
+            color = np.clip(color + rng.integers(-50, 51, 3), 0, 255)
+        lut[s.id] = color[::-1]
+    return lut[np.clip(id_map, 0, len(lut) - 1)]
+
+
+def overlay(image_bgr: np.ndarray, color_bgr: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a colour map over the image (both (H, W, 3) uint8)."""
+    return cv2.addWeighted(image_bgr, 1.0 - alpha, color_bgr, alpha, 0.0)

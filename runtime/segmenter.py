@@ -1,0 +1,214 @@
+"""``Segmenter``: the one object a robotics pipeline holds: artifact -> backend -> results."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from runtime.artifact import Artifact, load_artifact
+from runtime.backends.base import Backend
+from runtime.errors import ArtifactError, InputError
+from runtime.images import DEFAULT_MAX_PIXELS, validate_image
+from runtime.postprocess import Segment, fuse_panoptic, to_original_size
+from runtime.preprocess import Geometry, Preprocessor, ResizeMode
+
+PANOPTIC_OUTPUTS = ("scores", "classes", "owner", "owner_fg", "mask_area")
+VOID = 255
+
+
+@dataclass
+class Result:
+    """Prediction for one image, at the image's original size.
+
+    ``labels``: (H, W) int32 class ids (semantic; for panoptic artifacts the segments' classes,
+    ``255`` where void). ``panoptic``: (H, W) int32 segment ids (0 = void) and ``segments``
+    (panoptic artifacts only). ``timings``: milliseconds per stage (``pre``, ``infer``, ``post``;
+    in a batch, ``infer`` is the whole batch's time divided by its size).
+    """
+
+    labels: np.ndarray
+    panoptic: np.ndarray | None = None
+    segments: list[Segment] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def open_backend(
+    artifact: Artifact, providers: list[str] | None = None, threads: int = 0, cuda_graph: bool = False
+) -> Backend:
+    """The backend an artifact asks for."""
+    if artifact.backend == "tensorrt":
+        from runtime.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(artifact.model_path, artifact.sidecar, cuda_graph=cuda_graph)
+    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(artifact.model_path, providers=providers, threads=threads)
+
+
+class Segmenter:
+    """Semantic / panoptic segmentation with an exported PEM model; no torch needed.
+
+    Thread-safe: several threads may call :meth:`predict` on one instance (onnxruntime sessions
+    are re-entrant; the TensorRT backend serialises its execution context).
+
+    Args:
+        artifact: the loaded artifact.
+        backend: a backend running ``artifact.model_path``.
+        resize: how images are fitted to the model size (``stretch`` or ``letterbox``).
+        input_color: channel order of images given to :meth:`predict` (``BGR`` from OpenCV).
+        max_pixels: images larger than this are refused.
+    """
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        backend: Backend,
+        resize: ResizeMode = "stretch",
+        input_color: str = "BGR",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ):
+        self.artifact = artifact
+        self.backend = backend
+        self.preprocessor = Preprocessor(artifact.input_format, resize, input_color)  # type: ignore[arg-type]
+        self.max_pixels = max_pixels
+        names = {spec.name for spec in backend.outputs}
+        needed = {"semantic": ("labels",), "panoptic": PANOPTIC_OUTPUTS, "raw": ("pred_logits", "pred_masks")}
+        missing = [n for n in needed[artifact.head] if n not in names]
+        if missing:
+            raise ArtifactError(
+                f"{artifact.model_path}: model lacks output(s) {', '.join(missing)} that its sidecar's "
+                f"head {artifact.head!r} promises (model outputs: {', '.join(sorted(names))})"
+            )
+        input_names = [spec.name for spec in backend.inputs]
+        if input_names != [artifact.input_name]:
+            raise ArtifactError(
+                f"{artifact.model_path}: model inputs {input_names} do not match "
+                f"the sidecar's {artifact.input_name!r}"
+            )
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        providers: list[str] | None = None,
+        resize: ResizeMode = "stretch",
+        input_color: str = "BGR",
+        threads: int = 0,
+        cuda_graph: bool = False,
+        verify_checksum: bool = True,
+    ) -> Segmenter:
+        """Open an artifact (model file, sidecar or folder) with the backend it asks for."""
+        artifact = load_artifact(path, verify_checksum=verify_checksum)
+        return cls(artifact, open_backend(artifact, providers, threads, cuda_graph), resize, input_color)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def predict(self, image: np.ndarray, name: str = "image") -> Result:
+        """(H, W, 3) uint8 image -> :class:`Result` at (H, W)."""
+        return self.predict_batch([image], [name])[0]
+
+    def predict_batch(self, images: list[np.ndarray], names: list[str] | None = None) -> list[Result]:
+        """Several images (any sizes) -> one result each; batched as the model allows."""
+        names = names or [f"image[{i}]" for i in range(len(images))]
+        chunk = self.artifact.batch or len(images) or 1
+        results: list[Result] = []
+        for start in range(0, len(images), chunk):
+            results.extend(self._run(images[start : start + chunk], names[start : start + chunk]))
+        return results
+
+    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[Result]:
+        """Lazily segment a frame iterator (e.g. :func:`read_video`), one result per frame."""
+        for index, frame in enumerate(frames):
+            yield self.predict(frame, f"frame {index}")
+
+    def _run(self, images: list[np.ndarray], names: list[str]) -> list[Result]:
+        t0 = time.perf_counter()
+        checked = [validate_image(img, name, self.max_pixels) for img, name in zip(images, names)]
+        batch, geometries = self.preprocessor(checked)
+        n = len(checked)
+        if self.artifact.batch and n < self.artifact.batch:  # static batch: pad with copies
+            batch = np.concatenate([batch, np.repeat(batch[-1:], self.artifact.batch - n, axis=0)])
+        t1 = time.perf_counter()
+        outputs = self.backend.infer({self.artifact.input_name: batch})
+        t2 = time.perf_counter()
+        results = [self._postprocess(outputs, i, geometries[i]) for i in range(n)]
+        t3 = time.perf_counter()
+        for r in results:
+            r.timings = {
+                "pre": (t1 - t0) * 1e3 / n,
+                "infer": (t2 - t1) * 1e3 / n,
+                "post": (t3 - t2) * 1e3 / n,
+            }
+        return results
+
+    def _postprocess(self, outputs: dict[str, np.ndarray], i: int, geometry: Geometry) -> Result:
+        head = self.artifact.head
+        if head == "semantic":
+            return Result(to_original_size(outputs["labels"][i], geometry))
+        if head == "panoptic":
+            id_map, segments = fuse_panoptic(
+                outputs["scores"][i],
+                outputs["classes"][i],
+                outputs["owner"][i],
+                outputs["owner_fg"][i],
+                outputs["mask_area"][i],
+                self.artifact.thing_ids,
+                self.artifact.num_classes,
+                self.artifact.object_mask_threshold,
+                self.artifact.overlap_threshold,
+            )
+            id_map = to_original_size(id_map, geometry)
+            lut = np.full(max([s.id for s in segments], default=0) + 1, VOID, np.int32)
+            for s in segments:
+                lut[s.id] = s.category_id
+            return Result(lut[id_map], id_map, segments)
+        return Result(to_original_size(self._semantic_from_raw(outputs, i), geometry))
+
+    def _semantic_from_raw(self, outputs: dict[str, np.ndarray], i: int) -> np.ndarray:
+        """Semantic labels from raw logits in numpy: class scores are formed at mask resolution
+        and then upsampled (cheaper than upsampling every query's mask first; borders may differ
+        slightly from the in-graph semantic head)."""
+        logits = outputs["pred_logits"][i].astype(np.float32)
+        masks = outputs["pred_masks"][i].astype(np.float32)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs = (probs / probs.sum(-1, keepdims=True))[:, :-1]  # (Q, K)
+        sig = 1.0 / (1.0 + np.exp(-masks))  # (Q, h, w)
+        scores = np.einsum("qk,qhw->hwk", probs, sig)
+        fmt = self.artifact.input_format
+        scores = cv2.resize(scores, (fmt.width, fmt.height), interpolation=cv2.INTER_LINEAR)
+        if scores.ndim == 2:  # a single class: cv2 drops the channel axis
+            scores = scores[:, :, None]
+        return scores.argmax(-1).astype(np.int32)
+
+
+def read_video(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
+    """Frames of a video file as (H, W, 3) uint8 BGR arrays; errors name the file."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise InputError(f"{path}: cannot open video (missing, corrupt or unsupported codec)")
+    try:
+        count = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            count += 1
+            yield frame
+        if count == 0:
+            raise InputError(f"{path}: video has no readable frames")
+    finally:
+        capture.release()

@@ -1,0 +1,234 @@
+"""Segmenter plumbing on small hand-built ONNX models (no torch: built with onnx.helper)."""
+
+import json
+import sys
+import threading
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime import ArtifactError, InputError, Segmenter, load_artifact
+from runtime.artifact import sha256_file
+from runtime.batch_infer import infer_path
+
+K = 3
+CLASSES = [
+    {"id": 0, "name": "road", "color": [128, 64, 128], "isthing": False},
+    {"id": 1, "name": "sky", "color": [70, 130, 180], "isthing": False},
+    {"id": 2, "name": "car", "color": [0, 0, 142], "isthing": True},
+]
+
+
+def _semantic_model(h: int, w: int, batch: int | str = 1) -> onnx.ModelProto:
+    """labels = argmax_c(conv1x1(images)): the class is whichever RGB channel dominates."""
+    weight = numpy_helper.from_array(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1), "W")
+    nodes = [
+        helper.make_node("Conv", ["images", "W"], ["scores"]),
+        helper.make_node("ArgMax", ["scores"], ["idx"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["idx"], ["labels"], to=TensorProto.INT32),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "semantic",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, h, w])],
+        [helper.make_tensor_value_info("labels", TensorProto.INT32, [batch, h, w])],
+        [weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
+
+
+def _write(tmp_path, model, head="semantic", shape=(1, 3, 32, 64), **extra):
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    sidecar = {
+        "format": "pem-deploy",
+        "head": head,
+        "task": head,
+        "precision": "fp32",
+        "input": {
+            "name": "images",
+            "shape": list(shape),
+            "dtype": "float32",
+            "layout": "NCHW",
+            "color": "RGB",
+            "normalize_in_graph": False,
+            "mean": [0.0, 0.0, 0.0],
+            "std": [1.0, 1.0, 1.0],
+        },
+        "classes": CLASSES,
+        "sha256": sha256_file(path),
+        **extra,
+    }
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    return path
+
+
+def _scene(h=48, w=80):
+    """BGR image: left half red (class 0), right half blue (class 2: B is channel 2 in RGB)."""
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, : w // 2] = (0, 0, 200)  # BGR red -> RGB channel 0
+    image[:, w // 2 :] = (200, 0, 0)  # BGR blue -> RGB channel 2
+    return image
+
+
+def test_runtime_never_imports_torch(tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import runtime, runtime.segmenter, runtime.batch_infer, runtime.backends.onnxruntime_backend\n"
+        "import runtime.backends.tensorrt_backend\n"
+        f"s = runtime.Segmenter.open({str(_write(tmp_path, _semantic_model(32, 64)))!r})\n"
+        "import numpy as np; print(s.predict(np.zeros((10, 10, 3), np.uint8)).labels.shape)\n"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(10, 10)"
+
+
+def test_semantic_prediction_at_original_size(tmp_path):
+    seg = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)))
+    result = seg.predict(_scene())
+    assert result.labels.shape == (48, 80) and result.labels.dtype == np.int32
+    assert (result.labels[:, :38] == 0).all() and (result.labels[:, 42:] == 2).all()
+    assert set(result.timings) == {"pre", "infer", "post"}
+    letterboxed = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)), resize="letterbox").predict(
+        _scene(80, 48)
+    )
+    assert letterboxed.labels.shape == (80, 48)
+    rgb = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)), input_color="RGB").predict(_scene())
+    assert (rgb.labels[:, :38] == 2).all()  # the same array read as RGB swaps red and blue
+
+
+def test_batches_static_and_dynamic(tmp_path):
+    static = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)))
+    results = static.predict_batch([_scene(), _scene(20, 30), _scene(64, 64)])
+    assert [r.labels.shape for r in results] == [(48, 80), (20, 30), (64, 64)]
+    dynamic = Segmenter.open(_write(tmp_path, _semantic_model(32, 64, batch="N"), shape=("N", 3, 32, 64)))
+    assert dynamic.artifact.batch is None
+    results = dynamic.predict_batch([_scene(), _scene()])
+    assert all(np.array_equal(r.labels, results[0].labels) for r in results)
+
+
+def test_threads_share_one_segmenter(tmp_path):
+    seg = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 70, 3), dtype=np.uint8) for _ in range(8)]
+    expected = [seg.predict(img).labels for img in images]
+    failures = []
+
+    def work(offset: int) -> None:
+        for step in range(20):
+            i = (offset + step) % len(images)
+            if not np.array_equal(seg.predict(images[i]).labels, expected[i]):
+                failures.append(i)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_panoptic_head_fusion(tmp_path):
+    """A fixed panoptic model: two queries, stuff 'road' everywhere but the right part, a 'car' there."""
+    h, w = 32, 64
+    owner = np.zeros((1, h, w), np.int32)
+    owner[:, :, 40:] = 1
+    consts = {
+        "scores": np.array([[0.95, 0.9]], np.float32),
+        "classes": np.array([[0, 2]], np.int32),
+        "owner": owner,
+        "owner_fg": np.ones((1, h, w), np.uint8),
+        "mask_area": np.array([[40 * h, 24 * h]], np.int32),
+    }
+    nodes, outputs, inits = [], [], []
+    for name, value in consts.items():
+        inits.append(numpy_helper.from_array(value, f"{name}_c"))
+        nodes.append(helper.make_node("Identity", [f"{name}_c"], [name]))
+        outputs.append(
+            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+        )
+    # Keep the image input alive in the graph.
+    nodes.append(helper.make_node("ReduceSum", ["images"], ["unused"], keepdims=0))
+    outputs.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, []))
+    graph = helper.make_graph(
+        nodes,
+        "pan",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, h, w])],
+        outputs,
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
+    seg = Segmenter.open(_write(tmp_path, model, head="panoptic", panoptic={"object_mask_threshold": 0.8}))
+    result = seg.predict(np.zeros((64, 128, 3), np.uint8))
+    assert [(s.category_id, s.isthing) for s in result.segments] == [(0, False), (2, True)]
+    assert result.panoptic.shape == (64, 128)
+    assert (result.labels[:, :78] == 0).all() and (result.labels[:, 82:] == 2).all()
+    out = infer_path(seg, _save(tmp_path / "in.png", np.zeros((64, 128, 3), np.uint8)), tmp_path / "out")
+    data = json.loads((out.out_dir / "predictions.json").read_text())
+    assert [s["category"] for s in data["predictions"][0]["segments"]] == ["road", "car"]
+    assert cv2.imread(str(out.out_dir / "panoptic" / "in.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+
+
+def _save(path, image):
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def test_infer_folder_and_video_write_atomically(tmp_path):
+    seg = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        _save(folder / f"f{i}.png", _scene())
+    summary = infer_path(seg, folder, tmp_path / "out")
+    assert summary.frames == 3
+    labels = cv2.imread(str(tmp_path / "out" / "labels" / "f1.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.shape == (48, 80) and labels[0, 0] == 0 and labels[0, -1] == 2
+    assert (tmp_path / "out" / "overlay" / "f2.jpg").is_file()
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 48))
+    for _ in range(4):
+        writer.write(_scene())
+    writer.release()
+    assert infer_path(seg, video, tmp_path / "vid").frames == 4
+    # A corrupt file in a folder: one-line error naming it, and the previous output is untouched.
+    (folder / "f9.png").write_bytes(b"broken")
+    with pytest.raises(InputError, match="f9.png: not a readable image"):
+        infer_path(seg, folder, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == ["f0.png", "f1.png", "f2.png"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_artifact_errors(tmp_path):
+    path = _write(tmp_path, _semantic_model(32, 64))
+    with pytest.raises(ArtifactError, match="no such model file"):
+        load_artifact(tmp_path / "absent.onnx")
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(ArtifactError, match="checksum does not match"):
+        load_artifact(path)
+    path = _write(tmp_path, _semantic_model(32, 64))
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"model\.json: not a valid JSON sidecar"):
+        load_artifact(path)
+    path = _write(tmp_path, _semantic_model(32, 64), head="panoptic")
+    with pytest.raises(ArtifactError, match="lacks output"):
+        Segmenter.open(path)
+    path = _write(tmp_path, _semantic_model(32, 64))
+    path.with_suffix(".json").unlink()
+    with pytest.raises(ArtifactError, match="sidecar model.json is missing"):
+        Segmenter.open(path)
+    bad = tmp_path / "m2.onnx"
+    bad.write_bytes(b"garbage")
+    bad.with_suffix(".json").write_text(
+        json.dumps(
+            {"format": "pem-deploy", "head": "semantic", "classes": [], "input": {"shape": [1, 3, 32, 64]}}
+        )
+    )
+    with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
+        Segmenter.open(bad)
