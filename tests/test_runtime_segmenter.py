@@ -232,3 +232,23 @@ def test_artifact_errors(tmp_path):
     )
     with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
         Segmenter.open(bad)
+
+
+def test_runtime_sources_compile_on_python_310():
+    """JetPack 6 ships Python 3.10: the runtime must not use newer syntax."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    candidates = [
+        shutil.which("python3.10"),
+        *map(str, Path.home().glob(".pyenv/versions/3.10*/bin/python3.10")),
+    ]
+    working = [c for c in candidates if c and subprocess.run([c, "-V"], capture_output=True).returncode == 0]
+    if not working:
+        pytest.skip("no python3.10 interpreter on this machine")
+    python310 = working[0]
+    files = [str(p) for p in (Path(__file__).parents[1] / "runtime").rglob("*.py")]
+    code = "import sys, ast\nfor f in sys.argv[1:]:\n    ast.parse(open(f).read(), f)\n"
+    out = subprocess.run([python310, "-c", code, *files], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
