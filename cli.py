@@ -86,6 +86,42 @@ def info(
     typer.echo(f"GFLOPs       {cost.gflops_fvcore:.2f}  (multiply-accumulates, fvcore/paper convention)")
 
 
+@app.command()
+def infer(
+    artifact: str = typer.Argument(
+        ..., help="Model artifact: .onnx / .engine (sidecar .json beside it) or its folder."
+    ),
+    source: str = typer.Argument(..., help="An image, a folder of images, or a video."),
+    out: str = typer.Option(
+        ..., "--out", help="Output folder (labels/, panoptic/, overlay/, predictions.json)."
+    ),
+    resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox (keep aspect ratio)."),
+    provider: list[str] = typer.Option(
+        None, "--provider", help="onnxruntime execution provider(s), in order."
+    ),
+    overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+) -> None:
+    """Segment images or a video with an exported model (torch-free runtime)."""
+    from runtime import RuntimeToolError, Segmenter
+    from runtime.batch_infer import infer_path, stderr_progress
+
+    if resize not in ("stretch", "letterbox"):
+        _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
+    try:
+        with Segmenter.open(artifact, providers=provider or None, resize=resize) as segmenter:  # type: ignore[arg-type]
+            summary = infer_path(
+                segmenter, source, out, overlays=overlays, alpha=alpha, progress=stderr_progress
+            )
+    except (RuntimeToolError, OSError) as exc:
+        _fail(str(exc))
+    t = summary.mean_timings_ms
+    typer.echo(
+        f"{summary.frames} frame(s) -> {summary.out_dir}  "
+        f"(mean ms: pre {t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

@@ -252,3 +252,26 @@ def test_runtime_sources_compile_on_python_310():
     code = "import sys, ast\nfor f in sys.argv[1:]:\n    ast.parse(open(f).read(), f)\n"
     out = subprocess.run([python310, "-c", code, *files], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
+
+
+def test_infer_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    model = _write(tmp_path, _semantic_model(32, 64))
+    image = _save(tmp_path / "scene.png", _scene())
+    runner = CliRunner()
+    result = runner.invoke(app, ["infer", str(model), str(image), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert "1 frame(s)" in result.output and (tmp_path / "o" / "labels" / "scene.png").is_file()
+    for args, message in [
+        ([str(model), str(tmp_path / "nope.png")], "nope.png: no such file or folder"),
+        ([str(tmp_path / "x.onnx"), str(image)], "x.onnx: no such model file"),
+        ([str(model), str(image), "--resize", "crop"], "--resize must be"),
+    ]:
+        result = runner.invoke(app, ["infer", *args, "--out", str(tmp_path / "o2")])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o2").exists()
