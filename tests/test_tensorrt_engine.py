@@ -1,0 +1,241 @@
+"""Engine building: the real thing needs TensorRT and a GPU (skipped here, with the reason); the
+TensorRT 10 / 11 code paths are exercised against a recording stand-in of the documented API."""
+
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+import pytest
+
+from export.errors import ExportError
+from export.tensorrt_engine import EngineOptions, ShapeProfile, TensorRTUnavailableError, build_engine
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+
+def _fake_tensorrt(version: str, rec: _Recorder) -> types.ModuleType:
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.float32, trt.float16 = "float32", "float16"
+
+    class Enum:
+        def __init__(self, **members):
+            self.__dict__.update(members)
+
+    trt.NetworkDefinitionCreationFlag = Enum(STRONGLY_TYPED=5)
+    trt.BuilderFlag = Enum(FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY")
+    trt.MemoryPoolType = Enum(WORKSPACE="WORKSPACE")
+    trt.LayerType = Enum(
+        NORMALIZATION="norm",
+        SOFTMAX="softmax",
+        REDUCE="reduce",
+        TOPK="topk",
+        CONVOLUTION="conv",
+        PLUGIN_V2="plugin",
+    )
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class Tensor:
+        dtype = "float32"
+
+    class Layer:
+        def __init__(self, name, type_):
+            self.name, self.type, self.num_outputs, self.precision = name, type_, 1, None
+
+        def get_output(self, i):
+            return Tensor()
+
+        def set_output_type(self, i, t):
+            rec.calls.append(("set_output_type", self.name, t))
+
+    class Network:
+        layers: typing.ClassVar = [
+            Layer("ln", "norm"),
+            Layer("conv", "conv"),
+            Layer("argmax", "topk"),
+            Layer("DeformConv_1", "plugin"),
+        ]
+        num_layers = len(layers)
+
+        def get_layer(self, i):
+            return self.layers[i]
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse_from_file(self, path):
+            rec.calls.append(("parse", Path(path).name))
+            return True
+
+    class Config:
+        int8_calibrator = None
+
+        def set_memory_pool_limit(self, pool, size):
+            rec.calls.append(("workspace", size))
+
+        def set_flag(self, flag):
+            rec.calls.append(("flag", flag))
+
+        def add_optimization_profile(self, profile):
+            rec.calls.append(("profile", profile.shapes))
+
+        def create_timing_cache(self, data):
+            return types.SimpleNamespace(serialize=lambda: b"timing")
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            rec.calls.append(("timing_cache",))
+
+        def get_timing_cache(self):
+            return types.SimpleNamespace(serialize=lambda: b"timing")
+
+    class Profile:
+        def __init__(self):
+            self.shapes = []
+
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes.append((name, lo, opt, hi))
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            rec.calls.append(("create_network", flags))
+            return Network()
+
+        def create_builder_config(self):
+            self.config = Config()
+            return self.config
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            rec.calls.append(("calibrator", config.int8_calibrator is not None))
+            return b"ENGINE"
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self):
+            pass
+
+    trt.Logger, trt.OnnxParser, trt.Builder = Logger, Parser, Builder
+    trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+    trt.init_libnvinfer_plugins = lambda logger, ns: rec.calls.append(("plugins",))
+    return trt
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    def install(version):
+        rec = _Recorder()
+        monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(version, rec))
+        monkeypatch.setattr(
+            "export.tensorrt_engine._device_description",
+            lambda: {"gpu_name": "Orin", "compute_capability": "8.7"},
+        )
+        return rec
+
+    return install
+
+
+def _onnx(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"onnx")
+    path.with_suffix(".json").write_text(
+        json.dumps({"format": "pem-deploy", "head": "semantic", "sha256": "x"})
+    )
+    return path
+
+
+def test_tensorrt_11_is_strongly_typed_without_flags(fake_trt, tmp_path):
+    rec = fake_trt("11.1.0")
+    sidecar = build_engine(_onnx(tmp_path), tmp_path / "m.engine", EngineOptions(precision="fp16"))
+    assert ("create_network", 0) in rec.calls
+    assert not [c for c in rec.calls if c[0] == "flag"]
+    assert sidecar["tensorrt"] == {
+        **sidecar["tensorrt"],
+        "version": "11.1.0",
+        "strongly_typed": True,
+        "compute_capability": "8.7",
+    }
+    assert (tmp_path / "m.engine").read_bytes() == b"ENGINE"
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written["head"] == "semantic" and written["sha256"] != "x"
+    with pytest.raises(ExportError, match="strongly typed networks only"):
+        build_engine(_onnx(tmp_path), tmp_path / "m.engine", EngineOptions(strongly_typed=False))
+
+
+def test_tensorrt_10_weak_typing_flags_constraints_and_cache(fake_trt, tmp_path):
+    rec = fake_trt("10.3.0")
+    with pytest.raises(ExportError, match="needs --calib-cache"):
+        build_engine(_onnx(tmp_path), tmp_path / "m.engine", EngineOptions(precision="int8"))
+    cache = tmp_path / "calib.cache"
+    cache.write_text("TRT-100300-EntropyCalibration2\nimages: 3c010204\n")
+    options = EngineOptions(
+        precision="int8",
+        calibration_cache=cache,
+        timing_cache=tmp_path / "timing.cache",
+        profiles=[ShapeProfile("images", (1, 3, 256, 512), (1, 3, 512, 1024), (2, 3, 1024, 2048))],
+    )
+    sidecar = build_engine(_onnx(tmp_path), tmp_path / "m.engine", options)
+    flags = [c[1] for c in rec.calls if c[0] == "flag"]
+    assert flags == ["FP16", "INT8", "OBEY"]
+    assert ("calibrator", True) in rec.calls and ("plugins",) in rec.calls
+    assert sidecar["tensorrt"]["pinned_layers"] == ["ln", "argmax", "DeformConv_1"]
+    assert ("profile", [("images", (1, 3, 256, 512), (1, 3, 512, 1024), (2, 3, 1024, 2048))]) in rec.calls
+    assert (tmp_path / "timing.cache").read_bytes() == b"timing"
+    strongly = build_engine(
+        _onnx(tmp_path), tmp_path / "s.engine", EngineOptions(precision="fp16", strongly_typed=True)
+    )
+    assert strongly["tensorrt"]["strongly_typed"] and ("create_network", 1 << 5) in rec.calls
+
+
+def test_without_tensorrt_the_error_says_why(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(TensorRTUnavailableError, match="TensorRT is not installed"):
+        build_engine(_onnx(tmp_path), tmp_path / "m.engine", EngineOptions())
+
+
+def test_real_engine_build_and_run(tmp_path):
+    """On a machine with TensorRT and a GPU: build a tiny engine and run it through the runtime."""
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed on this machine")
+    pytest.importorskip("cuda", reason="cuda-python is not installed on this machine")
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from runtime.backends.tensorrt_backend import TensorRTBackend
+
+    weight = numpy_helper.from_array(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1), "W")
+    nodes = [
+        helper.make_node("Conv", ["images", "W"], ["scores"]),
+        helper.make_node("ArgMax", ["scores"], ["idx"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["idx"], ["labels"], to=TensorProto.INT32),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 64])],
+        [helper.make_tensor_value_info("labels", TensorProto.INT32, [1, 32, 64])],
+        [weight],
+    )
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10), path)
+    sidecar = build_engine(path, tmp_path / "tiny.engine", EngineOptions(precision="fp32"))
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 64)).astype(np.float32)
+    with TensorRTBackend(tmp_path / "tiny.engine", sidecar) as backend:
+        labels = backend.infer({"images": x})["labels"]
+    np.testing.assert_array_equal(labels, x.argmax(1))
