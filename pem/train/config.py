@@ -1,0 +1,145 @@
+"""Training configuration (:class:`TrainConfig`) and the recipe of every model preset.
+
+The paper presets follow the official recipe (``pem-official-code-notes.md`` 1.2): AdamW,
+lr 7e-4 (Cityscapes) / 4e-4 (ADE20K), backbone x0.1, weight decay 0.05, cosine, grad clip 0.01,
+batch 32, 90k / 160k iterations, scale jitter 0.5-2.0 and crops 512x1024 / 512x512 / 640x640.
+The ``*-tiny`` presets get a CPU recipe for the synthetic set: no pretrained backbone (so no
+backbone multiplier), a short warm-up, small crops, few points and a few hundred iterations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pem.config import ConfigError, preset_names
+from pem.data.transforms import AugmentConfig
+from pem.train.criterion import LossConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run except the model and the data.
+
+    ``batch_size`` images per optimizer step, split into ``accumulate`` micro-batches (gradient
+    accumulation for small machines); a micro-batch needs >= 2 images because the pixel
+    decoder's CSM has BatchNorm on 1x1 maps. ``amp``: ``None`` = mixed precision when on CUDA.
+    ``test_short_side``: evaluation resizes the short side to this (None = native size).
+    ``eval_period`` / ``checkpoint_period``: every N iterations (0 = only at the end).
+    """
+
+    iterations: int = 90_000
+    batch_size: int = 32
+    accumulate: int = 1
+    lr: float = 7e-4
+    lr_end: float = 0.0
+    warmup_iters: int = 0
+    backbone_multiplier: float = 0.1
+    weight_decay: float = 0.05
+    clip_grad_norm: float = 0.01
+    amp: bool | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    test_short_side: int | None = None
+    test_max_size: int = 4096
+    seed: int = 0
+    eval_period: int = 0
+    checkpoint_period: int = 1000
+    log_period: int = 20
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
+        if self.accumulate < 1 or self.batch_size % self.accumulate:
+            raise ConfigError(
+                f"batch_size {self.batch_size} is not divisible into {self.accumulate} micro-batches"
+            )
+        if self.micro_batch < 2:
+            raise ConfigError(
+                f"micro-batch of {self.micro_batch} image: need >= 2 per micro-batch "
+                "(BatchNorm on the CSM's 1x1 maps); lower accumulate or raise batch_size"
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        ch, cw = self.augment.crop_size
+        if ch < 32 or cw < 32:
+            raise ConfigError(f"crop size {ch}x{cw} is too small (>= 32)")
+        if self.loss.num_points < 1:
+            raise ConfigError(f"num_points must be >= 1, got {self.loss.num_points}")
+
+    @property
+    def micro_batch(self) -> int:
+        """Images per forward pass."""
+        return self.batch_size // self.accumulate
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """Copy with fields replaced; ``augment`` / ``loss`` may be given as dicts of changes."""
+        for key in ("augment", "loss"):
+            if isinstance(changes.get(key), dict):
+                changes[key] = dataclasses.replace(getattr(self, key), **_tuplify(changes[key]))
+        try:
+            return dataclasses.replace(self, **changes)
+        except TypeError as exc:
+            raise ConfigError(f"invalid training option: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`."""
+        try:
+            data = dict(data)
+            augment = AugmentConfig(**_tuplify(data.pop("augment", {})))
+            loss = LossConfig(**data.pop("loss", {}))
+            return cls(augment=augment, loss=loss, **_tuplify(data))
+        except TypeError as exc:
+            raise ConfigError(f"invalid training config: {exc}") from None
+
+
+def _tuplify(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+
+
+# The CPU recipe of the tiny presets on the synthetic set (256x512 images): see README
+# "Training and evaluation" for the measured result.
+TINY_RECIPE = TrainConfig(
+    iterations=500,
+    batch_size=8,
+    lr=3e-3,
+    warmup_iters=30,
+    backbone_multiplier=1.0,
+    clip_grad_norm=0.01,
+    augment=AugmentConfig(
+        short_side=256, scale_range=(0.5, 1.5), scale_step=0.125, max_size=1024, crop_size=(128, 256)
+    ),
+    loss=LossConfig(num_points=2048),
+    checkpoint_period=200,
+    log_period=10,
+)
+
+
+def train_preset(name: str) -> TrainConfig:
+    """The training recipe of model preset ``name`` (see :func:`pem.config.preset_names`)."""
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    dataset, task, backbone = name.split("-")
+    if backbone == "tiny":
+        return TINY_RECIPE
+    if dataset == "cityscapes":
+        return TrainConfig()
+    crop = (512, 512) if task == "semantic" else (640, 640)
+    return TrainConfig(
+        iterations=160_000,
+        lr=4e-4,
+        lr_end=1e-6,
+        augment=AugmentConfig(
+            short_side=crop[0], scale_range=(0.5, 2.0), max_size=4 * crop[0], crop_size=crop
+        ),
+        test_short_side=crop[0],
+        test_max_size=4 * crop[0],
+    )

@@ -1,0 +1,116 @@
+"""Hungarian matching of predicted (class, mask) pairs to ground-truth segments.
+
+Cost per (query, target) = ``class_weight * -p(target class)`` + ``mask_weight * BCE`` +
+``dice_weight * dice``, the mask terms on ``num_points`` random points shared by all masks of
+the image; the assignment is ``scipy.optimize.linear_sum_assignment`` on that cost (fp32).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from pem.data.mapper import Target
+from pem.train.points import point_sample
+
+
+def pairwise_sigmoid_bce(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean sigmoid BCE of every prediction vs every target: (Q, P), (N, P) -> (Q, N)."""
+    num_points = logits.shape[1]
+    pos = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
+    neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+    return (pos @ targets.T + neg @ (1 - targets).T) / num_points
+
+
+def pairwise_dice(logits: Tensor, targets: Tensor) -> Tensor:
+    """Dice loss (+1 smoothing) of every prediction vs every target: (Q, P), (N, P) -> (Q, N)."""
+    probs = logits.sigmoid()
+    numerator = 2 * probs @ targets.T
+    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+class HungarianMatcher:
+    """One-to-one assignment of queries to targets, image by image."""
+
+    def __init__(
+        self,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        num_points: int = 12544,
+    ):
+        if class_weight == 0 and mask_weight == 0 and dice_weight == 0:
+            raise ValueError("matcher costs cannot all be zero")
+        self.class_weight = class_weight
+        self.mask_weight = mask_weight
+        self.dice_weight = dice_weight
+        self.num_points = num_points
+
+    @torch.no_grad()
+    def cost_matrix(
+        self, logits: Tensor, masks: Tensor, target: Target, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Matching cost of one image.
+
+        Args:
+            logits: (Q, K+1) class logits.
+            masks: (Q, h, w) mask logits.
+            target: N ground-truth masks (N, H, W) and labels (N,).
+        Returns:
+            (Q, N) cost.
+        """
+        prob = logits.float().softmax(-1)
+        cost_class = -prob[:, target.labels.to(logits.device)]
+        coords = torch.rand(1, self.num_points, 2, generator=generator, device=masks.device)
+        tgt = target.masks.to(masks.device, torch.float32)[:, None]
+        tgt_points = point_sample(tgt, coords.expand(tgt.shape[0], -1, -1))[:, 0]
+        pred_points = point_sample(masks.float()[:, None], coords.expand(masks.shape[0], -1, -1))[:, 0]
+        cost_mask = pairwise_sigmoid_bce(pred_points, tgt_points)
+        cost_dice = pairwise_dice(pred_points, tgt_points)
+        return self.mask_weight * cost_mask + self.class_weight * cost_class + self.dice_weight * cost_dice
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        pred_logits: Tensor,
+        pred_masks: Tensor,
+        targets: list[Target],
+        generator: torch.Generator | None = None,
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Match a batch.
+
+        Args:
+            pred_logits: (B, Q, K+1); pred_masks: (B, Q, h, w); targets: B :class:`Target`.
+        Returns:
+            per image (query indices, target indices), both int64 of length min(Q, N).
+        """
+        indices = []
+        for b, target in enumerate(targets):
+            if target.labels.numel() == 0:
+                empty = torch.zeros(0, dtype=torch.int64)
+                indices.append((empty, empty))
+                continue
+            cost = self.cost_matrix(pred_logits[b], pred_masks[b], target, generator).cpu()
+            cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6).numpy()
+            rows, cols = linear_sum_assignment(cost)
+            indices.append(
+                (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
+            )
+        return indices
+
+
+def matched_pairs(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Flatten per-image matches into (batch index, query index, target index), each (M,)."""
+    if not indices:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty, empty
+    batch = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)])
+    src = torch.cat([s for s, _ in indices])
+    tgt = torch.cat([t for _, t in indices])
+    return batch, src, tgt
+
+
+__all__ = ["HungarianMatcher", "matched_pairs", "pairwise_dice", "pairwise_sigmoid_bce"]

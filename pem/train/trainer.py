@@ -1,0 +1,395 @@
+"""The training loop: data stream -> model -> criterion -> AdamW, with checkpoints and logs.
+
+Output directory:
+
+- ``model.safetensors`` + ``model.json``: the trained model (loadable with
+  :func:`pem.checkpoint.load_checkpoint`; the json also holds the training config, step and
+  final metrics), written at every checkpoint period and at the end;
+- ``last_state.safetensors``: everything needed to resume (model, optimizer, AMP scaler, step;
+  configs in its metadata), one atomic file;
+- ``metrics.jsonl``: one JSON object per logged step (losses, lr, timings) and per evaluation.
+
+The run is deterministic given the seed: model initialisation, batch order, augmentation and
+point sampling are seeded per step (see :mod:`pem.train.loader`), so a resumed run continues
+exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pem.checkpoint import CheckpointError, save_checkpoint
+from pem.config import ConfigError, PEMConfig, get_preset
+from pem.data.common import DatasetMeta, SegmentationDataset
+from pem.evaluation import EvalResult, evaluate
+from pem.model import PEM
+from pem.train.config import TrainConfig, train_preset
+from pem.train.criterion import SetCriterion
+from pem.train.loader import TrainStream, micro_batches
+from pem.train.optim import build_optimizer, learning_rate, set_learning_rate
+
+STATE_FILE = "last_state.safetensors"
+MODEL_FILE = "model.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+# Fields that may differ when resuming (bookkeeping only; the recipe itself must match).
+_RESUMABLE_CHANGES = {"eval_period", "checkpoint_period", "log_period", "num_workers"}
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :meth:`Trainer.train`."""
+
+    checkpoint: Path
+    steps: int
+    seconds: float
+    final_loss: float
+    metrics: EvalResult | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The random generator of the criterion's point sampling at ``step``."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1))
+    return gen
+
+
+class Trainer:
+    """Trains a PEM model on a dataset with a :class:`TrainConfig`.
+
+    Args:
+        model_config: the model to build (its ``num_classes`` must match the dataset).
+        config: the recipe.
+        train_set: training dataset (task ``semantic`` or ``panoptic``: the targets it yields).
+        out_dir: output directory (see the module doc).
+        val_set: optional dataset evaluated every ``eval_period`` steps and at the end.
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+        progress: progress bar with loss and ETA; ``None`` = only on a TTY.
+        resume: continue from ``out_dir/last_state.safetensors``; without it an existing state
+            is an error (nothing is overwritten by accident).
+    """
+
+    def __init__(
+        self,
+        model_config: PEMConfig,
+        config: TrainConfig,
+        train_set: SegmentationDataset,
+        out_dir: str | os.PathLike[str],
+        val_set: SegmentationDataset | None = None,
+        device: str | torch.device | None = None,
+        progress: bool | None = None,
+        resume: bool = False,
+        extra_metadata: dict[str, Any] | None = None,
+    ):
+        if model_config.num_classes != train_set.meta.num_classes:
+            raise ConfigError(
+                f"model {model_config.name} has {model_config.num_classes} classes, "
+                f"the dataset {train_set.meta.num_classes}"
+            )
+        self.model_config = model_config
+        self.config = config
+        self.train_set = train_set
+        self.val_set = val_set
+        self.out_dir = Path(out_dir)
+        self.device = _device(device)
+        self.progress = progress
+        self.extra_metadata = dict(extra_metadata or {})
+        self.use_amp = config.amp if config.amp is not None else self.device.type == "cuda"
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
+            torch.manual_seed(config.seed)
+            self.model = PEM(model_config).to(self.device).train()
+        self.criterion = SetCriterion(model_config.num_classes, config.loss).to(self.device)
+        self.optimizer = build_optimizer(
+            self.model, config.lr, config.backbone_multiplier, config.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
+        self.stream = TrainStream(train_set, train_set.task, config.augment, config.seed)
+        self.step = 0
+        state = self.out_dir / STATE_FILE
+        if resume:
+            if not state.is_file():
+                raise CheckpointError(f"{state}: no training state to resume from")
+            self._load_state(state)
+        elif state.exists():
+            raise CheckpointError(
+                f"{state}: a run already exists in {self.out_dir}; resume it or pick a new output"
+            )
+
+    # -----------------------------------------------------------------------------------------
+    # State
+
+    def _save_state(self) -> None:
+        from safetensors.torch import save
+
+        tensors: dict[str, torch.Tensor] = {}
+        for key, value in self.model.state_dict().items():
+            tensors[f"model.{key}"] = value.detach().cpu().clone()
+        optim = self.optimizer.state_dict()
+        for index, slots in optim["state"].items():
+            for name, value in slots.items():
+                tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).detach().cpu().clone()
+        groups = [{k: v for k, v in g.items()} for g in optim["param_groups"]]
+        meta = {
+            "format": "pem-deploy-train-state",
+            "step": str(self.step),
+            "model_config": json.dumps(self.model_config.to_dict()),
+            "train_config": json.dumps(self.config.to_dict()),
+            "param_groups": json.dumps(groups),
+            "scaler": json.dumps(self.scaler.state_dict() if self.scaler.is_enabled() else {}),
+        }
+        _atomic_write_bytes(self.out_dir / STATE_FILE, save(tensors, metadata=meta))
+
+    def _load_state(self, path: Path) -> None:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: not a readable training state ({exc})") from None
+        if meta.get("format") != "pem-deploy-train-state":
+            raise CheckpointError(f"{path}: not a pem-deploy training state")
+        try:
+            saved_model = PEMConfig.from_dict(json.loads(meta["model_config"]))
+            saved_train = TrainConfig.from_dict(json.loads(meta["train_config"]))
+            groups = json.loads(meta["param_groups"])
+            step = int(meta["step"])
+        except (KeyError, ValueError, ConfigError) as exc:
+            raise CheckpointError(f"{path}: malformed training state ({exc})") from None
+        if saved_model != self.model_config:
+            raise CheckpointError(f"{path}: was trained with a different model config")
+        diff = [
+            k
+            for k, v in saved_train.to_dict().items()
+            if v != self.config.to_dict()[k] and k not in _RESUMABLE_CHANGES
+        ]
+        if diff:
+            raise CheckpointError(f"{path}: was trained with a different recipe ({', '.join(diff)})")
+        model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(model_state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: model weights do not fit ({str(exc).splitlines()[0]})") from None
+        optim_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                optim_state.setdefault(int(index), {})[name] = (
+                    value.to(self.device) if name != "step" else value
+                )
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
+        scaler = json.loads(meta.get("scaler", "{}"))
+        if scaler and self.scaler.is_enabled():
+            self.scaler.load_state_dict(scaler)
+        self.step = step
+
+    def _save_model(
+        self, metrics: EvalResult | None, final_loss: float, seconds: float | None = None
+    ) -> Path:
+        extra = {
+            "train": self.config.to_dict(),
+            "step": self.step,
+            "final_loss": final_loss,
+            **self.extra_metadata,
+        }
+        if seconds is not None:
+            extra["seconds"] = round(seconds, 1)
+        if metrics is not None:
+            extra["metrics"] = metrics.to_dict()
+        model = self.model
+        return save_checkpoint(model, self.model_config, self.out_dir / MODEL_FILE, extra=extra)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -----------------------------------------------------------------------------------------
+    # Loop
+
+    def evaluate(self, progress: bool | None = False) -> EvalResult | None:
+        """Evaluate on the validation set (``None`` without one)."""
+        if self.val_set is None:
+            return None
+        return evaluate(
+            self.model,
+            self.val_set,
+            short_side=self.config.test_short_side,
+            max_size=self.config.test_max_size,
+            progress=progress,
+        )
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step (``accumulate`` micro-batches); returns the logged scalars."""
+        cfg = self.config
+        lr = learning_rate(self.step, cfg.iterations, cfg.lr, cfg.lr_end, cfg.warmup_iters)
+        set_learning_rate(self.optimizer, lr)
+        generator = step_generator(cfg.seed, self.step, self.device)
+        first = self.step * cfg.batch_size
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        data_time = 0.0
+        batches = micro_batches(
+            self.stream, first, cfg.micro_batch, cfg.accumulate, self.model_config.pixel_mean, cfg.num_workers
+        )
+        while True:
+            td = time.perf_counter()
+            batch = next(batches, None)
+            data_time += time.perf_counter() - td
+            if batch is None:
+                break
+            images = self.model.normalize(batch.images.to(self.device, non_blocking=True))
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                outputs = self.model(images)
+            losses = self.criterion(outputs, batch.targets, generator)
+            total = self.criterion.total(losses)
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"non-finite loss at step {self.step}: {float(total)}")
+            self.scaler.scale(total / cfg.accumulate).backward()
+            sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) / cfg.accumulate
+            for key in ("loss_ce", "loss_mask", "loss_dice"):
+                sums[key] = sums.get(key, 0.0) + float(losses[key].detach()) / cfg.accumulate
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm if cfg.clip_grad_norm > 0 else math.inf)
+        )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {
+            **sums,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "step_time": time.perf_counter() - t0,
+            "data_time": data_time,
+        }
+
+    def train(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+        """Run until ``config.iterations``; returns the final checkpoint and metrics.
+
+        ``on_step(step, scalars)`` is called after every step (after its logging and checkpoint).
+        """
+        from tqdm import tqdm
+
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        history: list[dict[str, Any]] = []
+        last: dict[str, float] = {"loss": float("nan")}
+        smoothed: float | None = None
+        bar = tqdm(
+            total=cfg.iterations,
+            initial=self.step,
+            desc="train",
+            unit="it",
+            disable=None if self.progress is None else not self.progress,
+            dynamic_ncols=True,
+        )
+        metrics: EvalResult | None = None
+        try:
+            while self.step < cfg.iterations:
+                last = self.train_step()
+                smoothed = last["loss"] if smoothed is None else 0.9 * smoothed + 0.1 * last["loss"]
+                bar.update(1)
+                bar.set_postfix(loss=f"{smoothed:.3f}", lr=f"{last['lr']:.2e}", refresh=False)
+                if self.step % cfg.log_period == 0 or self.step == cfg.iterations or self.step == 1:
+                    record = {"step": self.step, **{k: round(v, 6) for k, v in last.items()}}
+                    record["elapsed_s"] = round(time.perf_counter() - start, 3)
+                    history.append(record)
+                    self._log(record)
+                done = self.step == cfg.iterations
+                if cfg.eval_period and self.step % cfg.eval_period == 0 and not done:
+                    result = self.evaluate()
+                    if result is not None:
+                        self._log({"step": self.step, "eval": result.to_dict()})
+                if (cfg.checkpoint_period and self.step % cfg.checkpoint_period == 0) or done:
+                    self._save_state()
+                    if not done:
+                        self._save_model(None, last["loss"])
+                if on_step is not None:
+                    on_step(self.step, last)
+        finally:
+            bar.close()
+        metrics = self.evaluate(progress=self.progress)
+        if metrics is not None:
+            self._log({"step": self.step, "eval": metrics.to_dict()})
+        seconds = time.perf_counter() - start
+        checkpoint = self._save_model(metrics, last["loss"], seconds)
+        return TrainResult(checkpoint, self.step, seconds, last["loss"], metrics, history)
+
+
+def model_config_for(preset: str, meta: DatasetMeta) -> PEMConfig:
+    """The preset's config with the dataset's class names and thing ids (for panoptic models)."""
+    cfg = get_preset(preset)
+    if cfg.num_classes != meta.num_classes:
+        raise ConfigError(
+            f"preset {preset} has {cfg.num_classes} classes, the {meta.name} data {meta.num_classes}"
+        )
+    if cfg.class_names and cfg.class_names != meta.class_names:
+        raise ConfigError(f"preset {preset} class names differ from the {meta.name} label table")
+    things = meta.thing_ids if cfg.task == "panoptic" else ()
+    return cfg.replace(class_names=meta.class_names, thing_ids=things)
+
+
+def run_training(
+    preset: str,
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    val_split: str | None = "val",
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train preset ``preset`` on the dataset folder ``data`` (Cityscapes layout for
+    ``cityscapes-*`` presets, the synthetic set included; ADE20K for ``ade20k-*``).
+
+    ``config`` defaults to :func:`pem.train.config.train_preset`. The task (semantic or
+    panoptic targets) is the preset's. ``val_split=None`` skips evaluation.
+    """
+    from pem.data import open_dataset
+
+    model_cfg = get_preset(preset)
+    dataset = preset.split("-")[0]
+    config = config or train_preset(preset)
+    train_set = open_dataset(data, dataset, "train", model_cfg.task)  # type: ignore[arg-type]
+    val_set = open_dataset(data, dataset, val_split, model_cfg.task) if val_split else None  # type: ignore[arg-type]
+    model_cfg = model_config_for(preset, train_set.meta)
+    extra = {"dataset": str(Path(data)), "preset": preset, **(extra_metadata or {})}
+    trainer = Trainer(model_cfg, config, train_set, out_dir, val_set, device, progress, resume, extra)
+    return trainer.train()
