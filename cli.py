@@ -122,6 +122,417 @@ def infer(
     )
 
 
+def _data_errors() -> tuple[type[BaseException], ...]:
+    from pem.checkpoint import CheckpointError
+    from pem.config import ConfigError
+    from pem.data import DatasetError
+
+    return (ConfigError, CheckpointError, DatasetError, FileNotFoundError, NotADirectoryError)
+
+
+def _parse_hw(text: str, option: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        _fail(f"{option} must be HxW (e.g. 256x512), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+@app.command("make-synthetic")
+def make_synthetic_command(
+    out: str = typer.Argument(..., help="Output folder (must not exist or be empty)."),
+    train: int = typer.Option(300, "--train", help="Number of training images."),
+    val: int = typer.Option(50, "--val", help="Number of validation images."),
+    size: str = typer.Option("256x512", "--size", help="Image size HxW."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (image i depends only on seed, split, i)."),
+) -> None:
+    """Generate the synthetic street-scene set in the exact Cityscapes layout (panoptic included)."""
+    from pem.data.synthetic import SyntheticConfig, make_synthetic
+
+    hw = _parse_hw(size, "--size")
+    try:
+        path = make_synthetic(out, SyntheticConfig(train=train, val=val, size=hw, seed=seed), progress=True)
+    except _data_errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {train} train + {val} val images ({hw[0]}x{hw[1]}) to {path}")
+
+
+@app.command()
+def train(
+    preset: str = typer.Option(..., "--preset", help="Model preset (see `info --list`); sets the recipe."),
+    data: str = typer.Option(..., "--data", help="Dataset folder (Cityscapes layout or ADE20K)."),
+    out: str = typer.Option(None, "--out", help="Output folder (default: runs/PRESET)."),
+    iterations: int = typer.Option(None, "--iterations", help="Optimizer steps."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per optimizer step."),
+    accumulate: int = typer.Option(None, "--accumulate", help="Micro-batches per step (grad accumulation)."),
+    lr: float = typer.Option(None, "--lr", help="Base learning rate."),
+    crop: str = typer.Option(None, "--crop", help="Training crop HxW."),
+    num_points: int = typer.Option(None, "--num-points", help="Points per mask for the mask losses."),
+    seed: int = typer.Option(None, "--seed", help="Random seed."),
+    eval_period: int = typer.Option(None, "--eval-period", help="Evaluate every N steps (0: at the end)."),
+    checkpoint_period: int = typer.Option(None, "--checkpoint-period", help="Checkpoint every N steps."),
+    workers: int = typer.Option(None, "--workers", help="Data-loading worker processes."),
+    amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on CUDA)."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    threads: int = typer.Option(None, "--threads", help="CPU threads for PyTorch (1 is best on a busy CPU)."),
+    val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+) -> None:
+    """Train a preset on a dataset (checkpoints, metrics.jsonl, progress bar with loss and ETA)."""
+    from pem.train import run_training, train_preset
+
+    changes: dict[str, object] = {
+        k: v
+        for k, v in {
+            "iterations": iterations,
+            "batch_size": batch_size,
+            "accumulate": accumulate,
+            "lr": lr,
+            "seed": seed,
+            "eval_period": eval_period,
+            "checkpoint_period": checkpoint_period,
+            "num_workers": workers,
+            "amp": amp,
+        }.items()
+        if v is not None
+    }
+    if crop is not None:
+        changes["augment"] = {"crop_size": _parse_hw(crop, "--crop")}
+    if num_points is not None:
+        changes["loss"] = {"num_points": num_points}
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    try:
+        config = train_preset(preset).replace(**changes)
+        result = run_training(
+            preset,
+            data,
+            out or f"runs/{preset}",
+            config,
+            val_split=None if no_eval else val_split,
+            resume=resume,
+            device=device,
+            progress=None,
+        )
+    except _data_errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.3f}")
+    if result.metrics is not None:
+        typer.echo(result.metrics.summary())
+    typer.echo(f"checkpoint   {result.checkpoint}")
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Our .safetensors checkpoint."),
+    data: str = typer.Option(..., "--data", help="Dataset folder (Cityscapes layout or ADE20K)."),
+    split: str = typer.Option("val", "--split", help="Split to evaluate."),
+    task: str = typer.Option(None, "--task", help="semantic or panoptic (default: the model's task)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),
+    limit: int = typer.Option(None, "--limit", help="Evaluate only the first N images."),
+    short_side: int = typer.Option(None, "--short-side", help="Resize short side first (ADE20K 512/640)."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if available)."),
+    json_out: str = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
+    save_predictions: str = typer.Option(
+        None, "--save-predictions", help="Write predictions in the official Cityscapes evaluators' formats."
+    ),
+) -> None:
+    """Evaluate a checkpoint: mIoU (per class + mean) and, for panoptic models, PQ / SQ / RQ."""
+    import json
+    from pathlib import Path
+
+    from pem.evaluation import evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(
+            checkpoint,
+            data,
+            split=split,
+            task=task,
+            batch_size=batch_size,
+            limit=limit,
+            short_side=short_side,
+            device=device,
+            save_predictions=save_predictions,
+            progress=None,
+        )
+    except _data_errors() as exc:
+        _fail(str(exc))
+    typer.echo(result.summary())
+    if json_out:
+        Path(json_out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+@app.command("export")
+def export_command(
+    preset: str = typer.Option(None, "--preset", help="Preset name; alone: seeded random weights."),
+    checkpoint: str = typer.Option(
+        None, "--checkpoint", help="Our .safetensors checkpoint, or an official .pkl/.pth (with --preset)."
+    ),
+    out: str = typer.Option(..., "--out", help="Output folder for NAME.onnx + NAME.json."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: calibration)."),
+    head: str = typer.Option(None, "--head", help="raw | semantic | panoptic (default: the model's task)."),
+    height: int = typer.Option(
+        None, "--height", help="Input height (multiple of 32); default: the preset's."
+    ),
+    width: int = typer.Option(None, "--width", help="Input width (multiple of 32); default: the preset's."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width."),
+    batch: int = typer.Option(1, "--batch", help="Static batch size."),
+    deform_impl: str = typer.Option(
+        "native", "--deform-impl", help="native (ONNX DeformConv) | decomposed (standard ops only)."
+    ),
+    preprocess: str = typer.Option(
+        "none",
+        "--preprocess",
+        help="none (normalised input) | normalize (0-255 float) | uint8 (0-255 uint8).",
+    ),
+    opset: int = typer.Option(19, "--opset", help="ONNX opset (19-22)."),
+    simplifier: str = typer.Option("onnxslim", "--simplifier", help="onnxslim | onnxsim | none."),
+    exporter: str = typer.Option("dynamo", "--exporter", help="dynamo | torchscript (fallback)."),
+    name: str = typer.Option("model", "--name", help="File stem of the artifact."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights (preset without checkpoint)."),
+    lint_table: bool = typer.Option(False, "--lint-table", help="Print the per-op TensorRT table."),
+    calib_data: str = typer.Option(
+        None,
+        "--calib-data",
+        help="int8: calibration images (Cityscapes folder, image folder or 'synthetic').",
+    ),
+    calib_method: str = typer.Option(
+        "percentile", "--calib-method", help="int8: percentile | minmax | entropy."
+    ),
+    calib_images: int = typer.Option(200, "--calib-images", help="int8: number of calibration images."),
+    calib_cache: str = typer.Option(
+        None, "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
+    ),
+    out_format: str = typer.Option(
+        "onnx", "--format", help="onnx | engine (also build a TensorRT engine; needs TensorRT and a GPU)."
+    ),
+) -> None:
+    """Export to ONNX: custom DeformConv / prototype-gather translations, heads, FP16, metadata, lint."""
+    from export.errors import ExportError
+    from export.pipeline import ExportOptions, export_artifact
+    from export.progress import ConsoleProgress
+    from export.source import load_source
+
+    options = ExportOptions(
+        out_dir=out,
+        name=name,
+        head=head,
+        precision=precision,
+        deform_impl=deform_impl,
+        preprocess=preprocess,
+        dynamic=dynamic,
+        batch=batch,
+        opset=opset,
+        simplifier=simplifier,
+        exporter=exporter,
+    )
+    if out_format not in ("onnx", "engine"):
+        _fail(f"--format {out_format}: choose onnx or engine")
+    try:
+        options.validate()
+        quantizer = _int8_quantizer(precision, calib_data, calib_method, calib_images, calib_cache)
+        if out_format == "engine":
+            from export.tensorrt_engine import import_tensorrt
+
+            import_tensorrt()  # fail before the slow export when TensorRT is missing
+        with ConsoleProgress() as progress:
+            progress("loading the model")
+            source = load_source(preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed)
+            result = export_artifact(source, options, progress=progress, int8_quantizer=quantizer)
+            engine = _build_engine(result.onnx_path, precision, quantizer) if out_format == "engine" else None
+    except ExportError as exc:
+        _fail(str(exc))
+    typer.echo(result.summary(lint_table=lint_table))
+    calibrated = getattr(quantizer, "result", None)
+    if calibrated is not None:
+        ranges = calibrated.ranges
+        how = "reused" if ranges.reused else f"{ranges.images} images, {ranges.seconds:.1f} s"
+        typer.echo(f"calibration  {how}; TensorRT cache {ranges.cache_path}")
+    if engine is not None:
+        typer.echo(f"engine       {engine}")
+
+
+def _int8_quantizer(
+    precision: str, calib_data: str | None, method: str, images: int, cache: str | None
+) -> object | None:
+    """The calibration package's quantizer for ``--precision int8`` (None otherwise)."""
+    if precision != "int8":
+        if calib_data is not None or cache is not None:
+            _fail("--calib-data / --calib-cache are for --precision int8")
+        return None
+    if calib_data is None and cache is None:
+        _fail("--precision int8: INT8 needs --calib-data DIR (calibration images) or --calib-cache FILE")
+    from calib.calibrate import CalibrationConfig, Int8Calibrator
+
+    config = CalibrationConfig(
+        data=calib_data or "synthetic",
+        method=method,
+        num_images=images,
+        cache_file=cache,  # type: ignore[arg-type]
+    )
+    return Int8Calibrator(config)
+
+
+def _build_engine(onnx_path: object, precision: str, quantizer: object | None) -> object:
+    """``--format engine``: compile the exported ONNX with TensorRT (strongly typed for FP16 / INT8
+    graphs, which carry their precisions; on TensorRT 10 an FP32 graph builds weakly typed)."""
+    from pathlib import Path
+
+    from export.tensorrt_engine import EngineOptions, build_engine
+
+    onnx_file = Path(str(onnx_path))
+    engine_path = onnx_file.with_name(f"{onnx_file.stem}.{precision}.engine")  # sidecar: STEM.PRECISION.json
+    options = EngineOptions(precision=precision, strongly_typed=True if precision != "fp32" else None)  # type: ignore[arg-type]
+    build_engine(onnx_file, engine_path, options)
+    return engine_path
+
+
+@app.command("calibrate")
+def calibrate_command(
+    checkpoint: str = typer.Option(
+        None, "--checkpoint", help="Our .safetensors checkpoint, or an official .pkl/.pth (with --preset)."
+    ),
+    preset: str = typer.Option(None, "--preset", help="Preset name; alone: seeded random weights."),
+    data: str = typer.Option(
+        "synthetic",
+        "--data",
+        help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder, 'synthetic'.",
+    ),
+    out: str = typer.Option(
+        ..., "--out", help="Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md."
+    ),
+    method: str = typer.Option("percentile", "--method", help="percentile | minmax | entropy."),
+    num_images: int = typer.Option(200, "--num-images", help="Calibration images (deterministic sample)."),
+    calib_seed: int = typer.Option(0, "--calib-seed", help="Seed of the image sample."),
+    percentile: float = typer.Option(
+        99.99, "--percentile", help="Percentile of |x| for --method percentile."
+    ),
+    layout: str = typer.Option(
+        "tensorrt", "--layout", help="Q/DQ layout: tensorrt (inputs of INT8 ops) | onnxruntime (outputs too)."
+    ),
+    max_drop: float = typer.Option(
+        None, "--max-drop", help="Accuracy-aware: keep sensitive layers float until the mIoU drop <= POINTS."
+    ),
+    eval_data: str = typer.Option(
+        None, "--eval-data", help="Labelled data for the report (default: --data)."
+    ),
+    eval_split: str = typer.Option(
+        "val", "--eval-split", help="Held-out split for the report and --max-drop."
+    ),
+    eval_limit: int = typer.Option(None, "--eval-limit", help="Evaluate at most N images."),
+    report: bool = typer.Option(True, "--report/--no-report", help="FP32/FP16/INT8 accuracy report."),
+    head: str = typer.Option(None, "--head", help="raw | semantic | panoptic (default: the model's task)."),
+    height: int = typer.Option(None, "--height", help="Input height (multiple of 32)."),
+    width: int = typer.Option(None, "--width", help="Input width (multiple of 32)."),
+    name: str = typer.Option("model", "--name", help="File stem of the artifact."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights (preset without checkpoint)."),
+    trt_version: str = typer.Option("10.3.0", "--trt-version", help="TensorRT version in the cache header."),
+    cache_dir: str = typer.Option(None, "--cache-dir", help="Where calibration caches are kept for reuse."),
+    calib_cache: str = typer.Option(
+        None, "--calib-cache", help="Reuse this TensorRT cache (skip calibration)."
+    ),
+    reuse: bool = typer.Option(
+        True, "--reuse/--no-reuse", help="Reuse a cache of the same model + data + method."
+    ),
+    threads: int = typer.Option(1, "--threads", help="onnxruntime threads."),
+) -> None:
+    """INT8 calibration: Q/DQ INT8 ONNX, TensorRT calibration cache, FP32/FP16/INT8 accuracy report."""
+    from calib.calibrate import CalibrationConfig
+    from calib.run import run_calibration
+    from export.errors import ExportError
+    from export.progress import ConsoleProgress
+    from export.source import load_source
+
+    try:
+        config = CalibrationConfig(
+            data=data,
+            method=method,  # type: ignore[arg-type]
+            num_images=num_images,
+            seed=calib_seed,
+            percentile=percentile,
+            trt_version=trt_version,
+            cache_dir=cache_dir,
+            cache_file=calib_cache,
+            reuse=reuse,
+            threads=threads,
+        )
+        config.validate()
+        with ConsoleProgress() as progress:
+            progress("loading the model")
+            source = load_source(preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed)
+            outcome = run_calibration(
+                source,
+                out,
+                config,
+                head=head,
+                name=name,
+                layout=layout,
+                max_drop=max_drop,
+                eval_data=eval_data,
+                eval_split=eval_split,
+                eval_limit=eval_limit,
+                report=report,
+                progress=progress,
+            )
+    except ExportError as exc:  # CalibrationError is an ExportError
+        _fail(str(exc))
+    typer.echo(outcome.summary())
+
+
+@app.command("check")
+def check_command(
+    artifact: str = typer.Argument(
+        ..., help="The exported .onnx (sidecar beside it), its .json or its folder."
+    ),
+    preset: str = typer.Option(
+        None, "--preset", help="Compare with this preset instead of the sidecar's source."
+    ),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="Compare with this checkpoint instead."),
+    image: list[str] = typer.Option(None, "--image", help="Image file(s) to compare on (repeatable)."),
+    random: int = typer.Option(2, "--random", help="Number of random-noise inputs."),
+    scenes: int = typer.Option(1, "--scenes", help="Number of synthetic street-scene inputs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated inputs."),
+    emulate: bool = typer.Option(
+        None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."
+    ),
+    max_abs: float = typer.Option(
+        None, "--max-abs", help="Max abs error of logits/scores (default fp32: 1e-3)."
+    ),
+    min_agreement: float = typer.Option(
+        None, "--min-agreement", help="Minimum label agreement (default: fp32 0.999, fp16 0.99)."
+    ),
+) -> None:
+    """Compare an exported model with PyTorch: max abs/rel error per output, label agreement, mIoU.
+
+    Exit code 0 when the thresholds hold, 1 when not, 2 on bad arguments or files.
+    """
+    from export.check import check_artifact
+    from export.errors import ExportError
+
+    limits = None if max_abs is None else {"pred_logits": max_abs, "scores": max_abs}
+    try:
+        result = check_artifact(
+            artifact,
+            preset=preset,
+            checkpoint=checkpoint,
+            images=image or (),
+            random=random,
+            scenes=scenes,
+            seed=seed,
+            emulate=emulate,
+            max_abs=limits,
+            min_agreement=min_agreement,
+        )
+    except ExportError as exc:
+        _fail(str(exc))
+    typer.echo(result.summary())
+    if not result.passed:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

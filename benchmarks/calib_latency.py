@@ -1,0 +1,156 @@
+"""INT8 Q/DQ vs FP32 latency of the model part in onnxruntime on this CPU (goal: INT8 <= 0.6x FP32).
+
+Exports the trained default model (pem.zoo) as the raw model part at each size, calibrates it on
+the synthetic train split (percentile, the default method), writes the Q/DQ graph in both
+layouts (``tensorrt``: Q/DQ on quantised nodes' inputs only; ``onnxruntime``: also on their
+outputs, which onnxruntime fuses into QLinearConv), and times every graph in one run: one
+intra-op thread, interleaved rounds, median of ``--runs``. ``--profile`` adds onnxruntime's
+per-op-type breakdown. ``--preset NAME`` times a paper-size architecture instead (seeded random
+weights; latency only). Usage: ``python benchmarks/calib_latency.py [--sizes 256x512 512x1024]
+[--runs 30] [--preset P] [--out results.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _session(model_bytes: bytes, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _profile(model_bytes: bytes, x: np.ndarray, runs: int = 5) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        session = _session(model_bytes, os.path.join(tmp, "prof"))
+        for _ in range(runs):
+            session.run(None, {"images": x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: collections.Counter[str] = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"] / runs / 1e3
+    return {op: round(ms, 3) for op, ms in per_op.most_common(10)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", nargs="+", default=["256x512", "512x1024"])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--calib-images", type=int, default=100)
+    parser.add_argument("--method", default="percentile")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="time this preset (seeded random weights) instead of the trained tiny model",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
+    args = parser.parse_args()
+
+    import onnx
+    import torch
+
+    torch.set_num_threads(1)
+    from calib.calibrate import CalibrationConfig, calibrate_ranges, input_format, quantize_model
+    from export.pipeline import ExportOptions, export_graph
+    from export.source import load_source
+    from pem.zoo import ensure_default_checkpoint
+
+    checkpoint = None if args.preset else ensure_default_checkpoint(progress=True)
+    results: dict[str, object] = {
+        "machine": {
+            "cpu": _cpu_name(),
+            "cores_visible": os.cpu_count(),
+            "python": platform.python_version(),
+            "onnxruntime": __import__("onnxruntime").__version__,
+            "threads": 1,
+        },
+        "model": args.preset or "trained default (cityscapes-panoptic-tiny)",
+        "method": args.method,
+        "runs": args.runs,
+        "sizes": {},
+    }
+    for size in args.sizes:
+        h, w = (int(v) for v in size.split("x"))
+        if checkpoint is None:
+            source = load_source(preset=args.preset, height=h, width=w)
+        else:
+            source = load_source(checkpoint=checkpoint, height=h, width=w)
+        fp32, _, _ = export_graph(source, ExportOptions(head="raw"))
+        fp32 = onnx.shape_inference.infer_shapes(fp32)
+        fmt = input_format(fp32)
+        start = time.perf_counter()
+        ranges = calibrate_ranges(
+            fp32, CalibrationConfig(method=args.method, num_images=args.calib_images, reuse=False), fmt
+        )
+        calib_s = time.perf_counter() - start
+        graphs = {
+            "fp32": fp32.SerializeToString(),
+            "int8-tensorrt": quantize_model(fp32, ranges.scales(), layout="tensorrt").SerializeToString(),
+            "int8-onnxruntime": quantize_model(
+                fp32, ranges.scales(), layout="onnxruntime"
+            ).SerializeToString(),
+        }
+        x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+        sessions = {name: _session(data) for name, data in graphs.items()}
+        times: dict[str, list[float]] = {name: [] for name in graphs}
+        for session in sessions.values():
+            for _ in range(3):
+                session.run(None, {"images": x})
+        for _ in range(args.runs):  # interleaved, so that load changes hit every graph alike
+            for name, session in sessions.items():
+                t0 = time.perf_counter()
+                session.run(None, {"images": x})
+                times[name].append(time.perf_counter() - t0)
+        medians = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+        entry: dict[str, object] = {
+            "median_ms": {k: round(v, 2) for k, v in medians.items()},
+            "ratio_vs_fp32": {k: round(v / medians["fp32"], 3) for k, v in medians.items()},
+            "calibration_s": round(calib_s, 1),
+            "calibration_images": ranges.images,
+            "size_mb": {k: round(len(v) / 1e6, 2) for k, v in graphs.items()},
+        }
+        if args.profile:
+            entry["profile_ms"] = {name: _profile(data, x) for name, data in graphs.items()}
+        results["sizes"][size] = entry  # type: ignore[index]
+        print(
+            f"{size}: "
+            + ", ".join(f"{k} {v:.2f} ms ({v / medians['fp32']:.2f}x)" for k, v in medians.items())
+        )
+        print(f"  calibration {calib_s:.1f} s on {ranges.images} images")
+    print(json.dumps(results, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()

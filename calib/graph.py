@@ -1,0 +1,309 @@
+"""Which nodes of the exported model are quantised, and explicit Q/DQ insertion.
+
+The exported model part (input ``images``, outputs ``pred_logits`` / ``pred_masks``) is
+partitioned by module scope into backbone, pixel decoder and transformer decoder. Scopes come
+from the dynamo exporter's node metadata (``pkg.torch.onnx.name_scopes`` / ``namespace``) when
+the graph still carries it, otherwise from the parameter names of a node's initializers
+(``model.backbone.*``, ``model.sem_seg_head.pixel_decoder.*``, ``model.sem_seg_head.predictor.*``),
+which survive simplification and BatchNorm folding. A node whose scope cannot be told stays float.
+
+Quantised: ``Conv``, ``ConvTranspose``, ``Gemm`` and ``MatMul`` with a constant weight, in the
+backbone and the pixel decoder. Everything else (``DeformConv``, normalisations, softmax, the
+PEM-CA similarity and prototype ``ArgMax``, the whole transformer decoder) stays float.
+
+The Q/DQ layout follows what TensorRT 10 and 11 compile: INT8, symmetric (zero point 0),
+activations per tensor, weights per output channel (``Conv`` axis 0; ``ConvTranspose`` weights
+are (in, out/group, k, k): axis 1 when ``group == 1``, else per tensor; ``Gemm`` axis 0 with
+``transB=1``, else axis 1; ``MatMul`` axis 1), and Q/DQ only on the inputs of quantised nodes.
+Biases stay float (TensorRT has no INT32 dequantisation).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from calib.errors import CalibrationError
+
+QUANTIZABLE_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QUANTIZED_PARTS: tuple[str, ...] = ("backbone", "pixel_decoder")
+# Ops that must never receive a dequantised input (checked by tests and by :func:`check_qdq`).
+LAYOUTS: tuple[str, ...] = ("tensorrt", "onnxruntime")
+ORT_FLOAT_OPS: tuple[str, ...] = ("ConvTranspose",)  # kept float in the ``onnxruntime`` layout
+FLOAT_ONLY_OPS: tuple[str, ...] = (
+    "DeformConv",
+    "LayerNormalization",
+    "Softmax",
+    "ReduceL2",
+    "ArgMax",
+    "GatherElements",
+)
+_SCOPE_KEYS = ("pkg.torch.onnx.name_scopes", "namespace", "pkg.torch.onnx.class_hierarchy")
+_PARTS = (
+    ("pixel_decoder", ("pixel_decoder",)),
+    ("transformer_decoder", ("predictor", "transformer_decoder")),
+    ("backbone", ("backbone",)),
+)
+
+
+def _part_of(text: str) -> str | None:
+    for part, keys in _PARTS:
+        if any(key in text for key in keys):
+            return part
+    return None
+
+
+def node_part(node: onnx.NodeProto, initializers: Iterable[str] = ()) -> str | None:
+    """``backbone``, ``pixel_decoder``, ``transformer_decoder`` or ``None`` (unknown) for a node."""
+    for prop in node.metadata_props:
+        if prop.key in _SCOPE_KEYS:
+            value = prop.value
+            try:
+                parsed = json.loads(value)
+                value = " ".join(map(str, parsed)) if isinstance(parsed, list) else str(parsed)
+            except (ValueError, TypeError):
+                pass
+            part = _part_of(value)
+            if part is not None:
+                return part
+    inits = set(initializers)
+    for name in node.input:
+        if name in inits and name.startswith("model."):
+            part = _part_of(name)
+            if part is not None:
+                return part
+    return None
+
+
+@dataclass(frozen=True)
+class QuantTarget:
+    """One node to quantise: its activation input and constant weight, and the weight's axis."""
+
+    node: str
+    op_type: str
+    part: str
+    activation: str
+    weight: str
+    axis: int | None  # None: per tensor
+
+
+def _weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1 if int(attrs.get("group", 1)) == 1 else None
+    if node.op_type == "Gemm":
+        return 0 if int(attrs.get("transB", 0)) else 1
+    return weight.ndim - 1 if weight.ndim >= 2 else None  # MatMul (K, N)
+
+
+def find_targets(model: onnx.ModelProto, parts: Iterable[str] = QUANTIZED_PARTS) -> list[QuantTarget]:
+    """The quantisable nodes of ``parts``, in graph order."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    wanted = set(parts)
+    targets: list[QuantTarget] = []
+    for node in graph.node:
+        if node.op_type not in QUANTIZABLE_OPS or len(node.input) < 2:
+            continue
+        if node.input[0] in inits or node.input[1] not in inits:
+            continue  # needs an activation and a constant weight
+        if node.op_type == "Gemm":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if int(attrs.get("transA", 0)):
+                continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if weight.dtype != np.float32:
+            continue
+        part = node_part(node, inits)
+        if part not in wanted:
+            continue
+        targets.append(
+            QuantTarget(
+                node.name, node.op_type, part, node.input[0], node.input[1], _weight_axis(node, weight)
+            )
+        )
+    if not targets:
+        raise CalibrationError(
+            "no quantisable node found in the model (no Conv/Gemm of the backbone or pixel decoder); "
+            "is this a PEM export?"
+        )
+    return targets
+
+
+def quantize_weight(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 weights: (int8 values, float32 scale per channel of ``axis`` or scalar)."""
+    if axis is None:
+        amax = np.abs(weight).max(keepdims=False)
+        scale = np.float32(max(float(amax), 1e-12) / 127.0)
+        q = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
+        return q, np.asarray(scale, np.float32)
+    reduce = tuple(i for i in range(weight.ndim) if i != axis)
+    amax = np.abs(weight).max(axis=reduce)
+    scale = (np.maximum(amax, 1e-12) / 127.0).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def insert_qdq(
+    model: onnx.ModelProto,
+    targets: Iterable[QuantTarget],
+    activation_scales: Mapping[str, float],
+    *,
+    layout: str = "tensorrt",
+) -> onnx.ModelProto:
+    """A copy of ``model`` with the ``targets`` quantised (explicit Q/DQ, see the module doc).
+
+    ``activation_scales`` maps each target's activation tensor to its INT8 scale (amax / 127).
+    One Q/DQ pair per activation tensor serves all its quantised consumers; other consumers
+    (e.g. a ``DeformConv`` reading the same tensor) keep the float tensor.
+
+    ``layout``: ``tensorrt`` (default) puts Q/DQ on the inputs of quantised nodes only, as
+    TensorRT recommends. ``onnxruntime`` also quantises each quantised node's output (when its
+    scale is known) for all consumers except float-only ops and graph outputs, which is the
+    ``DQ -> Conv -> Q`` pattern onnxruntime's CPU provider fuses into ``QLinearConv``;
+    ``ConvTranspose`` stays float there (onnxruntime's CPU provider has no fused INT8 kernel).
+    """
+    if layout not in LAYOUTS:
+        raise CalibrationError(f"--layout {layout}: choose one of {', '.join(LAYOUTS)}")
+    targets = list(targets)
+    if layout == "onnxruntime":  # no QDQ ConvTranspose fusion on onnxruntime's CPU: Q/DQ would only cost
+        targets = [t for t in targets if t.op_type not in ORT_FLOAT_OPS]
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    by_name = {n.name: n for n in graph.node}
+    new_inits: list[TensorProto] = []
+    produced: dict[str, list[onnx.NodeProto]] = {}  # tensor -> Q/DQ nodes to insert before use
+    dequantised: dict[str, str] = {}
+    weights_done: dict[tuple[str, int | None], str] = {}
+    zero = "calib.zero_point_int8"
+    new_inits.append(numpy_helper.from_array(np.zeros((), np.int8), zero))
+
+    for target in targets:
+        node = by_name.get(target.node)
+        if node is None:
+            raise CalibrationError(f"node {target.node!r} not found in the model")
+        act = target.activation
+        if act not in dequantised:
+            if act not in activation_scales:
+                raise CalibrationError(f"no calibration range for tensor {act!r} (input of {target.node})")
+            scale = float(activation_scales[act])
+            if not np.isfinite(scale) or scale <= 0:
+                scale = 1e-8  # an all-zero tensor: any positive scale represents it
+            s_name, q_name, dq_name = f"{act}_scale", f"{act}_quantized", f"{act}_dequantized"
+            new_inits.append(numpy_helper.from_array(np.asarray(scale, np.float32), s_name))
+            produced[act] = [
+                helper.make_node(
+                    "QuantizeLinear", [act, s_name, zero], [q_name], name=f"{act}_QuantizeLinear"
+                ),
+                helper.make_node(
+                    "DequantizeLinear", [q_name, s_name, zero], [dq_name], name=f"{act}_DequantizeLinear"
+                ),
+            ]
+            dequantised[act] = dq_name
+        node.input[0] = dequantised[act]
+
+        key = (target.weight, target.axis)
+        if key not in weights_done:
+            weight = numpy_helper.to_array(inits[target.weight])
+            q, scale = quantize_weight(weight, target.axis)
+            base = target.weight if target.axis is None else f"{target.weight}_axis{target.axis}"
+            q_name, s_name, z_name, dq_name = (
+                f"{base}_quantized",
+                f"{base}_scale",
+                f"{base}_zero_point",
+                f"{base}_dequantized",
+            )
+            new_inits.append(numpy_helper.from_array(q, q_name))
+            new_inits.append(numpy_helper.from_array(scale, s_name))
+            new_inits.append(numpy_helper.from_array(np.zeros(scale.shape, np.int8), z_name))
+            attrs = {} if target.axis is None else {"axis": target.axis}
+            produced.setdefault(f"weight:{target.weight}:{target.axis}", []).append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [q_name, s_name, z_name],
+                    [dq_name],
+                    name=f"{base}_DequantizeLinear",
+                    **attrs,
+                )
+            )
+            weights_done[key] = dq_name
+        node.input[1] = weights_done[key]
+
+    if layout == "onnxruntime":
+        graph_outputs = {o.name for o in graph.output}
+        for target in targets:
+            tensor = by_name[target.node].output[0]
+            if tensor in dequantised or tensor not in activation_scales or tensor in graph_outputs:
+                continue
+            consumers = [n for n in graph.node if tensor in n.input and n.op_type not in FLOAT_ONLY_OPS]
+            if not consumers:
+                continue
+            scale = float(activation_scales[tensor]) if activation_scales[tensor] > 0 else 1e-8
+            s_name, q_name, dq_name = f"{tensor}_scale", f"{tensor}_quantized", f"{tensor}_dequantized"
+            new_inits.append(numpy_helper.from_array(np.asarray(scale, np.float32), s_name))
+            produced[tensor] = [
+                helper.make_node(
+                    "QuantizeLinear", [tensor, s_name, zero], [q_name], name=f"{tensor}_QuantizeLinear"
+                ),
+                helper.make_node(
+                    "DequantizeLinear", [q_name, s_name, zero], [dq_name], name=f"{tensor}_DequantizeLinear"
+                ),
+            ]
+            dequantised[tensor] = dq_name
+            for consumer in consumers:
+                consumer.input[:] = [dq_name if name == tensor else name for name in consumer.input]
+
+    # Insert each Q/DQ group right after the producer of its tensor (or first for inputs and
+    # weights), keeping the node list topologically sorted.
+    producer_index = {out_name: i for i, n in enumerate(graph.node) for out_name in n.output}
+    front: list[onnx.NodeProto] = []
+    after: dict[int, list[onnx.NodeProto]] = {}
+    for tensor, nodes in produced.items():
+        index = None if tensor.startswith("weight:") else producer_index.get(tensor)
+        if index is None:
+            front.extend(nodes)
+        else:
+            after.setdefault(index, []).extend(nodes)
+    ordered: list[onnx.NodeProto] = list(front)
+    for i, node in enumerate(graph.node):
+        ordered.append(node)
+        ordered.extend(after.get(i, []))
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+    used = {name for n in graph.node for name in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    return out
+
+
+def dequantized_consumers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes that read the output of a ``DequantizeLinear``."""
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [n for n in model.graph.node if any(name in dq_outputs for name in n.input)]
+
+
+def check_qdq(model: onnx.ModelProto, layout: str = "tensorrt") -> list[str]:
+    """Problems of a Q/DQ graph (empty list: fine): a dequantised tensor feeding a float-only op,
+    or, in the ``tensorrt`` layout, feeding anything but a quantisable op."""
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    problems = []
+    for node in dequantized_consumers(model):
+        bad = ", ".join(name for name in node.input if name in dq_outputs)
+        if node.op_type in FLOAT_ONLY_OPS:
+            problems.append(f"{node.op_type} {node.name} reads dequantised {bad}")
+        elif layout == "tensorrt" and node.op_type not in QUANTIZABLE_OPS:
+            problems.append(f"{node.op_type} {node.name} reads dequantised {bad} (not a quantised op)")
+    return problems

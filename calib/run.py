@@ -1,0 +1,160 @@
+"""The ``pem-deploy calibrate`` workflow: INT8 artifact + TensorRT cache + accuracy report.
+
+Writes into ``out_dir``:
+
+- ``<name>.onnx`` + ``<name>.json``: the Q/DQ INT8 artifact (export's contract, ``precision: int8``);
+- ``<name>.cache``: the TensorRT calibration cache (text format) for the TensorRT 10 implicit
+  INT8 path of the FP32 artifact of the same model and size (tensor names are those of the FP32
+  export);
+- ``accuracy.json`` + ``accuracy.md`` (unless ``report=False``): FP32 vs FP16 vs INT8 mIoU / PQ
+  and per-class deltas on held-out images, plus what calibration did.
+
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calib.calibrate import CalibrationConfig, Int8Calibrator, Int8Result
+from calib.errors import CalibrationError
+from calib.trt_cache import atomic_write_text, write_cache
+from export.pipeline import ExportOptions, ExportResult, Progress, export_artifact
+from export.source import ModelSource
+
+
+@dataclass
+class CalibrateOutcome:
+    """What :func:`run_calibration` wrote and measured."""
+
+    export: ExportResult
+    int8: Int8Result
+    cache_path: Path
+    report: dict[str, Any] | None = None
+    report_paths: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        r = self.int8.ranges
+        how = "reused cache" if r.reused else f"{r.images} images in {r.seconds:.1f} s"
+        quantized = len(self.int8.targets) - len(self.int8.excluded)
+        lines = [
+            self.export.summary(),
+            f"calibration  {how}; {quantized}/{len(self.int8.targets)} nodes INT8"
+            + (f", {len(self.int8.excluded)} kept float (accuracy-aware)" if self.int8.excluded else ""),
+            f"trt cache    {self.cache_path}  ({len(r.cache.scales)} tensors, TRT-{r.cache.version})",
+        ]
+        if self.report is not None:
+            for name, entry in self.report["precisions"].items():
+                pq = f", PQ {entry['PQ']:.2f}" if "PQ" in entry else ""
+                lines.append(
+                    f"accuracy     {name:<5} mIoU {entry['mIoU']:.2f} (drop {entry['mIoU_drop']:+.2f}){pq}"
+                )
+            lines.append("report       " + ", ".join(str(p) for p in self.report_paths))
+        return "\n".join(lines)
+
+
+def run_calibration(
+    source: ModelSource,
+    out_dir: str | os.PathLike[str],
+    config: CalibrationConfig,
+    *,
+    head: str | None = None,
+    name: str = "model",
+    layout: str = "tensorrt",
+    max_drop: float | None = None,
+    eval_data: str | os.PathLike[str] | None = None,
+    eval_split: str = "val",
+    eval_limit: int | None = None,
+    report: bool = True,
+    progress: Progress | None = None,
+) -> CalibrateOutcome:
+    """Calibrate ``source`` and write the INT8 artifact, the TensorRT cache and the report."""
+    say = progress or (lambda message: None)
+    if report or max_drop is not None:  # fail before the slow part when there are no labels
+        from calib.accuracy import open_eval_dataset
+
+        open_eval_dataset(eval_data or config.data, eval_split, source.config)
+    calibrator = Int8Calibrator(
+        config,
+        max_drop=max_drop,
+        eval_data=eval_data,
+        eval_split=eval_split,
+        eval_limit=eval_limit,
+        layout=layout,
+        progress=progress,
+    )
+    options = ExportOptions(out_dir=out_dir, name=name, head=head, precision="int8")
+    exported = export_artifact(source, options, progress=progress, int8_quantizer=calibrator)
+    result = calibrator.result
+    if result is None:  # pragma: no cover - export_artifact always calls the quantizer for int8
+        raise CalibrationError("the export did not run the calibration")
+    cache_path = write_cache(Path(out_dir) / f"{name}.cache", result.ranges.cache)
+    outcome = CalibrateOutcome(exported, result, cache_path)
+    if report:
+        say("evaluating FP32 / FP16 / INT8 on held-out images")
+        outcome.report = accuracy_comparison(
+            source, result, eval_data or config.data, eval_split, eval_limit, config.threads, layout
+        )
+        outcome.report["calibration"] = calibration_summary(config, result, layout, cache_path)
+        from calib.accuracy import report_markdown
+
+        json_path = atomic_write_text(
+            Path(out_dir) / "accuracy.json", json.dumps(outcome.report, indent=2) + "\n"
+        )
+        md_path = atomic_write_text(Path(out_dir) / "accuracy.md", report_markdown(outcome.report))
+        outcome.report_paths = [json_path, md_path]
+    return outcome
+
+
+def calibration_summary(
+    config: CalibrationConfig, result: Int8Result, layout: str, cache_path: Path
+) -> dict[str, Any]:
+    r = result.ranges
+    return {
+        "data": str(config.data),
+        "split": config.split,
+        "method": config.method,
+        "percentile": config.percentile if config.method == "percentile" else None,
+        "images": r.images,
+        "seconds": round(r.seconds, 2),
+        "reused_cache": r.reused,
+        "cache": str(cache_path),
+        "layout": layout,
+        "int8_nodes": [t.node for t in result.targets if t.node not in set(result.excluded)],
+        "float_nodes_accuracy_aware": result.excluded,
+        "sensitivity": result.sensitivity,
+        "tuning": result.tuning,
+    }
+
+
+def accuracy_comparison(
+    source: ModelSource,
+    result: Int8Result,
+    eval_data: str | os.PathLike[str],
+    eval_split: str = "val",
+    limit: int | None = None,
+    threads: int = 1,
+    layout: str = "tensorrt",
+) -> dict[str, Any]:
+    """FP32 vs FP16 vs INT8 of the model part on ``eval_split`` (:func:`calib.accuracy.accuracy_report`)."""
+    from calib.accuracy import accuracy_report, evaluate_onnx, open_eval_dataset
+    from calib.calibrate import input_format
+    from export.fp16 import convert_to_fp16
+
+    assert result.fp32_model is not None and result.int8_model is not None
+    config = source.config
+    dataset = open_eval_dataset(eval_data, eval_split, config)
+    fmt = input_format(result.fp32_model, "none", tuple(config.input_size))  # type: ignore[arg-type]
+    fp16, _ = convert_to_fp16(result.fp32_model)
+    results = {
+        "fp32": evaluate_onnx(result.fp32_model, config, fmt, dataset, limit=limit, threads=threads),
+        "fp16": evaluate_onnx(fp16, config, fmt, dataset, limit=limit, threads=threads),
+        "int8": evaluate_onnx(result.int8_model, config, fmt, dataset, limit=limit, threads=threads),
+    }
+    report = accuracy_report(results)
+    report["eval"] = {"data": str(eval_data), "split": eval_split, "layout": layout}
+    return report

@@ -1,0 +1,181 @@
+"""``pem-deploy check``: parity of an exported artifact against the PyTorch model it came from."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from export.errors import ExportError
+from export.fp16 import emulate_fp16
+from export.heads import ExportedModel
+from export.metadata import read_sidecar, sha256_file
+from export.parity import ParityReport, compare, make_samples, open_session
+from export.source import ModelSource, load_source, load_source_from_sidecar
+
+# Default pass thresholds per precision: max abs error of float outputs, minimum label agreement.
+DEFAULT_MAX_ABS = {"fp32": {"pred_logits": 1e-3, "scores": 1e-3}, "fp16": {}, "int8": {}}
+DEFAULT_MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "int8": 0.98}
+
+
+@dataclass
+class CheckResult:
+    """Reports (the graph as shipped, plus the FP16-emulated one for FP16 artifacts) and verdict."""
+
+    onnx_path: Path
+    sidecar: dict[str, Any]
+    reports: list[ParityReport] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        """Every report's table and worst case, then PASS or FAIL with the thresholds."""
+        lines = []
+        for report in self.reports:
+            lines.append(report.table())
+            worst = ", ".join(f"{n} {report.worst(n).max_abs:.3g}" for n in report.output_names)
+            lines.append(
+                f"worst: max abs {worst}; label agreement {report.label_agreement:.5%}, "
+                f"mIoU {report.miou:.5f}"
+            )
+        limits = ", ".join(f"{k} <= {v:g}" for k, v in self.thresholds.get("max_abs", {}).items())
+        rule = f"label agreement >= {self.thresholds.get('min_label_agreement', 0):.3%}"
+        rule = f"max abs {limits}; {rule}" if limits else rule
+        if self.failures:
+            lines.append(f"FAIL ({self.reports[0].graph}): " + "; ".join(self.failures))
+        else:
+            lines.append(f"PASS ({self.reports[0].graph}: {rule})")
+        return "\n".join(lines)
+
+
+def locate_artifact(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(ONNX file, sidecar) from the ONNX file, the sidecar or a folder holding exactly one pair."""
+    path = Path(path)
+    if path.is_dir():
+        pairs = sorted(p for p in path.glob("*.onnx") if p.with_suffix(".json").is_file())
+        if len(pairs) != 1:
+            found = ", ".join(p.name for p in pairs) or "none"
+            raise ExportError(f"{path}: expected one .onnx with its .json in the folder, found {found}")
+        path = pairs[0]
+    if path.suffix == ".json":
+        path = path.with_suffix(".onnx")
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        raise ExportError(f"{path}: its sidecar {sidecar.name} is missing")
+    return path, sidecar
+
+
+@dataclass(frozen=True)
+class _ArtifactSpec:
+    """The sidecar fields a parity check needs, validated up front."""
+
+    head: str
+    precision: str
+    input: dict[str, Any]
+    preprocess: str
+    num_classes: int
+    thing_ids: tuple[int, ...]
+    object_mask_threshold: float
+    overlap_threshold: float
+
+    @classmethod
+    def from_sidecar(cls, sidecar: dict[str, Any]) -> _ArtifactSpec:
+        inp = dict(sidecar["input"])
+        missing = [key for key in ("shape", "dtype", "normalization") if key not in inp]
+        if missing:
+            raise KeyError(f"input.{missing[0]}")
+        preprocess = "none"
+        if inp.get("normalize_in_graph"):
+            preprocess = "uint8" if inp["dtype"] == "uint8" else "normalize"
+        thresholds = sidecar.get("panoptic") or {}
+        return cls(
+            head=str(sidecar["head"]),
+            precision=str(sidecar.get("precision", "fp32")),
+            input=inp,
+            preprocess=preprocess,
+            num_classes=int(sidecar["num_classes"]),
+            thing_ids=tuple(int(c["id"]) for c in sidecar["classes"] if c.get("isthing")),
+            object_mask_threshold=float(thresholds.get("object_mask_threshold", 0.8)),
+            overlap_threshold=float(thresholds.get("overlap_threshold", 0.8)),
+        )
+
+
+def check_artifact(
+    path: str | os.PathLike[str],
+    *,
+    preset: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    images: Sequence[str | os.PathLike[str]] = (),
+    random: int = 2,
+    scenes: int = 1,
+    seed: int = 0,
+    emulate: bool | None = None,
+    max_abs: dict[str, float] | None = None,
+    min_agreement: float | None = None,
+    source: ModelSource | None = None,
+) -> CheckResult:
+    """Compare an artifact with PyTorch on random images, synthetic scenes and image files.
+
+    The PyTorch model is rebuilt from the sidecar's ``source`` unless ``preset``/``checkpoint``
+    (or a ready ``source``) is given. For FP16 artifacts (``emulate`` default) the FP16-emulated
+    graph is compared as well (onnxruntime's CPU provider computes most FP16 ops in FP32, the
+    emulation rounds every op's output to FP16 like a GPU would); thresholds apply to the graph
+    as shipped.
+
+    Raises:
+        ExportError: bad file or argument (one line).
+    """
+    onnx_path, sidecar_path = locate_artifact(path)
+    sidecar = read_sidecar(sidecar_path)
+    try:
+        spec = _ArtifactSpec.from_sidecar(sidecar)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{sidecar_path}: malformed sidecar ({type(exc).__name__}: {exc})") from None
+    recorded = sidecar.get("sha256")
+    if recorded and sha256_file(onnx_path) != recorded:
+        raise ExportError(f"{onnx_path}: checksum does not match its sidecar (file changed or corrupt)")
+    if source is None:
+        if preset is not None or checkpoint is not None:
+            size = spec.input.get("default_size") or [None, None]
+            source = load_source(preset=preset, checkpoint=checkpoint, height=size[0], width=size[1])
+        else:
+            source = load_source_from_sidecar(sidecar)
+    if source.config.num_classes != spec.num_classes:
+        raise ExportError(
+            f"the PyTorch model has {source.config.num_classes} classes, the artifact {spec.num_classes}"
+        )
+    reference = ExportedModel(source.model, spec.head, spec.preprocess).eval()
+    samples = make_samples(spec.input, random=random, scenes=scenes, images=images, seed=seed)
+    if not samples:
+        raise ExportError("nothing to compare: give --random N, --scenes N or --image FILE")
+    kwargs: dict[str, Any] = {
+        "head": spec.head,
+        "num_classes": spec.num_classes,
+        "thing_ids": spec.thing_ids,
+        "object_mask_threshold": spec.object_mask_threshold,
+        "overlap_threshold": spec.overlap_threshold,
+    }
+    result = CheckResult(onnx_path=onnx_path, sidecar=sidecar)
+    session = open_session(onnx_path)
+    report = compare(session, reference, samples, graph_label=f"onnxruntime {spec.precision}", **kwargs)
+    result.reports.append(report)
+    if emulate is None:
+        emulate = spec.precision == "fp16"
+    if emulate and spec.precision == "fp16":
+        emulated = open_session(emulate_fp16(onnx.load(str(onnx_path))))
+        result.reports.append(compare(emulated, reference, samples, graph_label="FP16-emulated", **kwargs))
+    limits = DEFAULT_MAX_ABS.get(spec.precision, {}) if max_abs is None else max_abs
+    agreement = DEFAULT_MIN_AGREEMENT.get(spec.precision, 0.99) if min_agreement is None else min_agreement
+    result.thresholds = {"max_abs": limits, "min_label_agreement": agreement}
+    result.failures = report.failures(limits, agreement)
+    return result

@@ -1,0 +1,304 @@
+"""The artifact contract: the sidecar JSON, the ONNX ``metadata_props``, checksums, atomic writes.
+
+An artifact is ``<name>.onnx`` + ``<name>.json`` in one folder; export/ARTIFACT.md documents every
+field. The sidecar is self-describing (input, outputs, classes, thresholds, provenance) and
+carries the sha256 of the ONNX file. The same contract minus that checksum (a file cannot hold its
+own hash) is embedded in the ONNX ``metadata_props`` under ``pem.sidecar``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from export.errors import ExportError
+from export.heads import HEAD_OUTPUTS, INPUT_NAME
+from pem.config import PEMConfig
+from pem.datasets_meta import CITYSCAPES_CLASSES
+
+FORMAT = "pem-deploy"
+FORMAT_VERSION = 1
+METADATA_PREFIX = "pem."
+
+_TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "onnxsim", "numpy", "pem-deploy")
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the tools that shaped the artifact (installed ones only) and Python."""
+    versions = {"python": platform.python_version()}
+    for name in _TOOLS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _fallback_color(class_id: int) -> tuple[int, int, int]:
+    """Deterministic, well-spread colour for classes without an official palette entry."""
+    hue = (class_id * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.65, 0.95 - 0.25 * ((class_id // 7) % 2))
+    return (round(r * 255), round(g * 255), round(b * 255))
+
+
+def class_table(config: PEMConfig) -> list[dict[str, Any]]:
+    """Classes as ``{id, name, color (RGB), isthing}``; Cityscapes names get the official colours."""
+    palette = dict(CITYSCAPES_CLASSES)
+    things = set(config.thing_ids)
+    table = []
+    for k in range(config.num_classes):
+        name = config.class_names[k] if config.class_names else f"class_{k}"
+        color = palette.get(name, _fallback_color(k))
+        table.append({"id": k, "name": name, "color": list(color), "isthing": k in things})
+    return table
+
+
+def _concrete_shape(template: tuple[str, ...], sizes: dict[str, int | str]) -> list[int | str]:
+    shape: list[int | str] = []
+    for entry in template:
+        shape.append(sizes.get(entry, entry))
+    return shape
+
+
+def build_sidecar(
+    *,
+    config: PEMConfig,
+    head: str,
+    precision: str,
+    preprocess: str,
+    batch: int,
+    dynamic: bool,
+    opset: int,
+    ir_version: int,
+    model_file: str,
+    source: dict[str, Any],
+    onnx_info: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The sidecar dict (without ``sha256``/``created_utc``, which :func:`write_artifact` adds)."""
+    h, w = config.input_size
+    q = config.transformer_decoder.num_queries
+    k = config.num_classes
+    if dynamic:
+        input_shape: list[int | str] = ["batch", 3, "height", "width"]
+        sizes: dict[str, int | str] = {
+            "B": "batch",
+            "H": "height",
+            "W": "width",
+            "H/4": "height/4",
+            "W/4": "width/4",
+        }
+    else:
+        input_shape = [batch, 3, h, w]
+        sizes = {"B": batch, "H": h, "W": w, "H/4": h // 4, "W/4": w // 4}
+    sizes.update({"Q": q, "K+1": k + 1, "K": k})
+    in_graph = preprocess != "none"
+    outputs = [
+        {
+            "name": spec.name,
+            "dtype": spec.dtype,
+            "shape": _concrete_shape(spec.shape, sizes),
+            "shape_symbols": list(spec.shape),
+            "meaning": spec.meaning,
+        }
+        for spec in HEAD_OUTPUTS[head]
+    ]
+    sidecar: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_file": model_file,
+        "task": config.task,
+        "head": head,
+        "precision": precision,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": input_shape,
+            "dtype": "uint8" if preprocess == "uint8" else "float32",
+            "layout": "NCHW",
+            "color": "RGB",
+            "value_range": "0-255" if in_graph else "normalized",
+            "normalize_in_graph": in_graph,
+            "normalization": {
+                "in_graph": in_graph,
+                "mean": list(config.pixel_mean),
+                "std": list(config.pixel_std),
+                "formula": "(x - mean) / std per RGB channel, x in 0..255",
+            },
+            "default_size": [h, w],
+            "size_multiple": 32,
+            "dynamic": dynamic,
+        },
+        "outputs": outputs,
+        "num_classes": k,
+        "num_queries": q,
+        "classes": class_table(config),
+        "panoptic": {
+            "object_mask_threshold": config.inference.object_mask_threshold,
+            "overlap_threshold": config.inference.overlap_threshold,
+            "object_mask_threshold_in_graph": head == "panoptic",
+        },
+        "onnx": {"opset": opset, "ir_version": ir_version, **onnx_info},
+        "tools": tool_versions(),
+        "source": source,
+    }
+    if extra:
+        sidecar.update(extra)
+    return sidecar
+
+
+def embed_metadata(model: onnx.ModelProto, sidecar: dict[str, Any]) -> None:
+    """Write the contract into ``model.metadata_props`` (replacing earlier ``pem.*`` entries)."""
+    contract = {k: v for k, v in sidecar.items() if k not in ("sha256", "created_utc", "tensorrt_lint")}
+    entries = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "task": str(sidecar["task"]),
+        "head": str(sidecar["head"]),
+        "precision": str(sidecar["precision"]),
+        "opset": str(sidecar["onnx"]["opset"]),
+        "input": json.dumps(sidecar["input"], sort_keys=True),
+        "classes": json.dumps(sidecar["classes"]),
+        "sidecar": json.dumps(contract, sort_keys=True),
+    }
+    kept = [p for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        model.metadata_props.add(key=METADATA_PREFIX + key, value=value)
+    model.producer_name = FORMAT
+    model.producer_version = tool_versions().get("pem-deploy", "")
+    model.doc_string = (
+        f"PEM {sidecar['task']} model, head {sidecar['head']}, {sidecar['precision']}; "
+        f"contract in metadata_props['pem.sidecar'] and the sidecar JSON"
+    )
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
+    """The contract embedded by :func:`embed_metadata` (``{}`` if none)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    raw = props.get(METADATA_PREFIX + "sidecar")
+    return json.loads(raw) if raw else {}
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and sanity-check a sidecar JSON; raises :class:`ExportError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such sidecar file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path}: not a valid JSON sidecar ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ExportError(f"{path}: not a {FORMAT} sidecar")
+    return data
+
+
+class ArtifactWriter:
+    """Stages files in a temporary folder and moves them into ``out_dir`` only on :meth:`commit`.
+
+    A failed export (any exception before ``commit``) leaves ``out_dir`` exactly as it was: not
+    even created when it did not exist. Use as a context manager.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str]):
+        self.out_dir = Path(out_dir)
+        self._tmp: Path | None = None
+        self._staged: list[str] = []
+
+    def check(self) -> None:
+        """Raise :class:`ExportError` when ``out_dir`` cannot be created or written."""
+        out = self.out_dir
+        if out.exists() and not out.is_dir():
+            raise ExportError(f"--out {out}: exists and is not a directory")
+        base = self._base()
+        try:  # os.access is not enough (read-only mounts, /proc, ACLs): really try
+            probe = tempfile.mkdtemp(prefix=".pem-export-probe-", dir=base)
+            os.rmdir(probe)
+        except OSError as exc:
+            raise ExportError(f"--out {out}: cannot write in {base} ({exc.strerror})") from None
+
+    def _base(self) -> Path:
+        base = self.out_dir.absolute()
+        while not base.exists():
+            base = base.parent
+        if not base.is_dir():
+            raise ExportError(f"--out {self.out_dir}: {base} is not a directory")
+        return base
+
+    def __enter__(self) -> ArtifactWriter:
+        self.check()
+        try:
+            self._tmp = Path(tempfile.mkdtemp(prefix=".pem-export-", dir=self._base()))
+        except OSError as exc:
+            raise ExportError(f"--out {self.out_dir}: cannot write there ({exc.strerror})") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def stage_path(self, name: str) -> Path:
+        """Path in the staging folder for the file ``name`` (registered for :meth:`commit`)."""
+        if self._tmp is None:
+            raise RuntimeError("ArtifactWriter used outside its context")
+        if name not in self._staged:
+            self._staged.append(name)
+        return self._tmp / name
+
+    def commit(self) -> list[Path]:
+        """Move the staged files into ``out_dir`` (in staging order); returns their final paths."""
+        if self._tmp is None:
+            raise RuntimeError("ArtifactWriter used outside its context")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            final = []
+            for name in self._staged:
+                target = self.out_dir / name
+                os.replace(self._tmp / name, target)
+                final.append(target)
+        except OSError as exc:
+            raise ExportError(f"--out {self.out_dir}: cannot write there ({exc.strerror})") from None
+        return final
+
+
+def write_artifact(
+    writer: ArtifactWriter, model: onnx.ModelProto, sidecar: dict[str, Any], name: str
+) -> dict[str, Any]:
+    """Stage ``<name>.onnx`` and ``<name>.json`` (with the ONNX file's sha256) in ``writer``.
+
+    The sidecar is staged last, so it is also moved last: a sidecar always describes the ONNX file
+    beside it (and its checksum says so). Returns the sidecar as written.
+    """
+    onnx_path = writer.stage_path(f"{name}.onnx")
+    data = model.SerializeToString()
+    onnx_path.write_bytes(data)
+    sidecar = dict(sidecar)
+    sidecar["model_file"] = f"{name}.onnx"
+    sidecar["sha256"] = hashlib.sha256(data).hexdigest()
+    sidecar["size_bytes"] = len(data)
+    sidecar["created_utc"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    json_path = writer.stage_path(f"{name}.json")
+    json_path.write_text(json.dumps(sidecar, indent=2) + "\n")
+    return sidecar

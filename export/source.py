@@ -1,0 +1,147 @@
+"""Loading the PyTorch model to export: a preset (seeded random weights) or a checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.errors import ExportError
+from pem.checkpoint import CheckpointError, load_checkpoint, load_official_checkpoint
+from pem.config import ConfigError, PEMConfig, get_preset
+from pem.model import PEM
+
+OUR_SUFFIXES = (".safetensors",)
+OFFICIAL_SUFFIXES = (".pkl", ".pth", ".pt")
+
+
+@dataclass
+class ModelSource:
+    """A model in eval mode, its config (input size included) and where it came from."""
+
+    model: PEM
+    config: PEMConfig
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _input_size(config: PEMConfig, height: int | None, width: int | None) -> tuple[int, int]:
+    h = config.input_size[0] if height is None else height
+    w = config.input_size[1] if width is None else width
+    for flag, value in (("--height", h), ("--width", w)):
+        if value <= 0 or value % 32:
+            raise ExportError(f"{flag} {value}: must be a positive multiple of 32")
+    return h, w
+
+
+def load_source(
+    *,
+    preset: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    seed: int = 0,
+) -> ModelSource:
+    """Build the model to export.
+
+    * ``checkpoint`` ending in ``.safetensors``: one of our checkpoints (config read beside it);
+      ``preset`` must not be given.
+    * ``checkpoint`` ending in ``.pkl``/``.pth``: an official detectron2 checkpoint, loaded strictly
+      into the architecture of ``preset`` (required).
+    * ``preset`` alone: the preset's architecture with random weights drawn from ``seed`` (for
+      testing the toolchain; the global torch RNG is left untouched).
+
+    ``height``/``width`` override the deployed input size (multiples of 32).
+
+    Raises:
+        ExportError: one line naming the bad argument or file.
+    """
+    try:
+        if checkpoint is None:
+            if preset is None:
+                raise ExportError("give --preset NAME or --checkpoint FILE")
+            config = get_preset(preset)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = PEM(config)
+            description: dict[str, Any] = {
+                "preset": preset,
+                "checkpoint": None,
+                "weights": "random",
+                "seed": seed,
+            }
+        else:
+            path = Path(checkpoint)
+            if not path.is_file():
+                raise ExportError(f"--checkpoint {path}: no such file")
+            if path.suffix in OUR_SUFFIXES:
+                if preset is not None:
+                    raise ExportError(
+                        f"--preset {preset}: not used with {path.name} "
+                        "(its config is read beside it); drop it"
+                    )
+                model = load_checkpoint(path)  # type: ignore[assignment]
+                config = model.config
+            elif path.suffix in OFFICIAL_SUFFIXES:
+                if preset is None:
+                    raise ExportError(
+                        f"--checkpoint {path}: an official checkpoint needs --preset NAME "
+                        "for its architecture"
+                    )
+                config = get_preset(preset)
+                model = PEM(config)
+                load_official_checkpoint(model, path, strict=True)
+            else:
+                raise ExportError(
+                    f"--checkpoint {path}: unknown checkpoint type {path.suffix!r} "
+                    f"(expected {', '.join(OUR_SUFFIXES + OFFICIAL_SUFFIXES)})"
+                )
+            description = {
+                "preset": preset,
+                "checkpoint": str(path),
+                "checkpoint_sha256": _file_sha256(path),
+                "weights": "checkpoint",
+                "seed": None,
+            }
+    except (ConfigError, CheckpointError) as exc:
+        raise ExportError(str(exc)) from None
+    config = config.replace(input_size=_input_size(config, height, width))
+    model.config = config
+    model.eval()
+    description["name"] = config.name
+    description["config"] = config.to_dict()
+    return ModelSource(model=model, config=config, description=description)
+
+
+def load_source_from_sidecar(sidecar: dict[str, Any]) -> ModelSource:
+    """Rebuild the PyTorch model an artifact was exported from (for parity checks)."""
+    src = sidecar.get("source") or {}
+    size = (sidecar.get("input") or {}).get("default_size") or [None, None]
+    if src.get("weights") == "random":
+        return load_source(
+            preset=src.get("preset"), height=size[0], width=size[1], seed=int(src.get("seed") or 0)
+        )
+    if src.get("checkpoint"):
+        source = load_source(
+            preset=src.get("preset"), checkpoint=src["checkpoint"], height=size[0], width=size[1]
+        )
+        recorded = src.get("checkpoint_sha256")
+        if recorded and source.description.get("checkpoint_sha256") != recorded:
+            raise ExportError(
+                f"--checkpoint {src['checkpoint']}: file changed since the export (sha256 differs)"
+            )
+        return source
+    raise ExportError(
+        "the sidecar does not say which model it was exported from; give --preset or --checkpoint"
+    )

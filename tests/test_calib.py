@@ -1,0 +1,260 @@
+"""Calibration building blocks: ranges, TensorRT caches, image sampling, Q/DQ insertion (no model)."""
+
+import struct
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from calib.data import CalibrationImages, list_images, sample_images
+from calib.errors import CalibrationError
+from calib.graph import check_qdq, dequantized_consumers, find_targets, insert_qdq, node_part, quantize_weight
+from calib.ranges import RangeCollector, TensorStats
+from calib.trt_cache import make_cache, parse_cache, read_cache, version_int, write_cache
+from export.errors import ExportError
+from runtime.preprocess import InputFormat, Preprocessor
+
+ort = pytest.importorskip("onnxruntime")
+
+
+# -- ranges ------------------------------------------------------------------------------------
+
+
+def test_minmax_percentile_entropy_on_a_heavy_tail():
+    rng = np.random.default_rng(0)
+    stats = TensorStats()
+    for _ in range(4):
+        x = rng.standard_normal(50_000).astype(np.float32)
+        x[:5] = 40.0  # rare outliers
+        stats.update(x)
+    assert stats.minmax() == pytest.approx(40.0)
+    p = stats.percentile(99.99)
+    e = stats.entropy()
+    assert 3.0 < p < 40.0  # clips the outliers
+    assert 2.0 < e < 40.0
+    assert stats.hist.sum() == pytest.approx(200_000)
+
+
+def test_histogram_range_grows_without_losing_counts():
+    stats = TensorStats(bins=64)
+    stats.update(np.full(10, 1.0, np.float32))
+    stats.update(np.full(10, 7.5, np.float32))  # range doubles three times
+    assert stats.top >= 7.5 and stats.hist.sum() == 20
+    assert stats.percentile(100.0) == pytest.approx(7.5)
+
+
+def test_collector_rejects_unknown_method():
+    with pytest.raises(CalibrationError, match="--method"):
+        RangeCollector(["a"], "mse")  # type: ignore[arg-type]
+
+
+def test_all_zero_tensor_is_harmless():
+    stats = TensorStats()
+    stats.update(np.zeros(100, np.float32))
+    assert stats.minmax() == 0.0 and stats.entropy() == 0.0 and stats.percentile() == 0.0
+
+
+# -- TensorRT cache ----------------------------------------------------------------------------
+
+
+def test_cache_text_format_round_trip(tmp_path):
+    cache = make_cache({"images": 2.64, "relu_1": 12.7, "x:0/y": 0.0}, "entropy", "10.3.0")
+    text = cache.to_text()
+    lines = text.splitlines()
+    assert lines[0] == "TRT-100300-EntropyCalibration2"
+    assert lines[2] == "relu_1: " + struct.pack(">f", np.float32(12.7 / 127)).hex()
+    assert lines[2] == "relu_1: 3dcccccd"  # 0.1 as big-endian float32
+    path = write_cache(tmp_path / "c.cache", cache)
+    back = read_cache(path)
+    assert back.version == 100300 and back.algorithm == "EntropyCalibration2"
+    assert back.scales == cache.scales
+    assert back.amax()["relu_1"] == pytest.approx(12.7, rel=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.cache"]  # no temp leftovers
+
+
+def test_cache_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.cache"
+    bad.write_text("TRT-100300-EntropyCalibration2\nrelu: zz\n")
+    with pytest.raises(CalibrationError, match=r"bad.cache:2"):
+        read_cache(bad)
+    with pytest.raises(CalibrationError, match=r":1: not a TensorRT"):
+        parse_cache("hello\n", "x.cache")
+    with pytest.raises(CalibrationError, match="no such calibration cache"):
+        read_cache(tmp_path / "missing.cache")
+    assert version_int("11.0.1") == 110001
+    with pytest.raises(CalibrationError, match="--trt-version"):
+        version_int("ten")
+    assert issubclass(CalibrationError, ExportError)
+
+
+# -- images ------------------------------------------------------------------------------------
+
+
+def _images(root, n, sub="", size=(40, 64)):
+    folder = root / sub
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"img{i:02d}.png"), rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+
+
+def test_sampling_is_deterministic_and_order_independent(tmp_path):
+    _images(tmp_path, 12, "a")
+    _images(tmp_path, 3, "b/c")
+    paths = list_images(tmp_path)
+    assert len(paths) == 15
+    one = sample_images(paths, 5, seed=0, root=tmp_path)
+    two = sample_images(list(reversed(paths)), 5, seed=0, root=tmp_path)
+    assert one == two and len(one) == 5 and one == sorted(one)
+    assert sample_images(paths, 5, seed=1, root=tmp_path) != one
+    assert sample_images(paths, 100, root=tmp_path) == paths
+
+
+def test_cityscapes_layout_uses_train_split(tmp_path):
+    _images(tmp_path, 2, "leftImg8bit/val/x")
+    with pytest.raises(CalibrationError, match="leftImg8bit/train"):
+        list_images(tmp_path)
+    folder = tmp_path / "leftImg8bit" / "train" / "city"
+    folder.mkdir(parents=True)
+    cv2.imwrite(str(folder / "city_000000_000000_leftImg8bit.png"), np.zeros((8, 8, 3), np.uint8))
+    cv2.imwrite(str(folder / "notes.png"), np.zeros((8, 8, 3), np.uint8))  # not a leftImg8bit file
+    assert [p.name for p in list_images(tmp_path)] == ["city_000000_000000_leftImg8bit.png"]
+
+
+def test_calibration_inputs_match_the_runtime_preprocessing(tmp_path):
+    _images(tmp_path, 3)
+    fmt = InputFormat(32, 64)
+    images = CalibrationImages(tmp_path, fmt, num_images=3)
+    batches = list(images)
+    assert len(batches) == 3 and batches[0].shape == (1, 3, 32, 64) and batches[0].dtype == np.float32
+    expected, _ = Preprocessor(fmt, "stretch", "BGR")([cv2.imread(str(images.paths[0]))])
+    np.testing.assert_array_equal(batches[0], expected)
+    assert len(images.fingerprint()) == 64
+
+
+def test_data_errors(tmp_path):
+    with pytest.raises(CalibrationError, match="no such folder"):
+        list_images(tmp_path / "nope")
+    with pytest.raises(CalibrationError, match="no images"):
+        list_images(tmp_path)
+    with pytest.raises(CalibrationError, match="--num-images"):
+        sample_images([tmp_path], 0)
+
+
+# -- Q/DQ on a small graph ---------------------------------------------------------------------
+
+
+def _toy_model() -> onnx.ModelProto:
+    """Conv (backbone) -> Relu -> Conv (pixel decoder) -> {DeformConv-like Softmax, Conv (predictor)}."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(
+            rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "model.backbone.c1.weight"
+        ),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "model.backbone.c1.bias"),
+        numpy_helper.from_array(
+            rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "model.sem_seg_head.pixel_decoder.p.weight"
+        ),
+        numpy_helper.from_array(
+            rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "model.sem_seg_head.predictor.q.weight"
+        ),
+    ]
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["images", "model.backbone.c1.weight", "model.backbone.c1.bias"],
+            ["c1"],
+            "c1",
+            pads=[1] * 4,
+        ),
+        helper.make_node("Relu", ["c1"], ["r1"], "r1"),
+        helper.make_node("Conv", ["r1", "model.sem_seg_head.pixel_decoder.p.weight"], ["p"], "p"),
+        helper.make_node("Softmax", ["p"], ["s"], "s", axis=1),
+        helper.make_node("Conv", ["p", "model.sem_seg_head.predictor.q.weight"], ["q"], "q"),
+        helper.make_node("Add", ["s", "q"], ["out"], "add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_targets_follow_module_scopes():
+    model = _toy_model()
+    inits = {t.name for t in model.graph.initializer}
+    assert [node_part(n, inits) for n in model.graph.node] == [
+        "backbone",
+        None,
+        "pixel_decoder",
+        None,
+        "transformer_decoder",
+        None,
+    ]
+    targets = find_targets(model)
+    assert [(t.node, t.part, t.axis) for t in targets] == [("c1", "backbone", 0), ("p", "pixel_decoder", 0)]
+    # Scope from exporter metadata wins where present.
+    node = model.graph.node[4]
+    entry = node.metadata_props.add()
+    entry.key, entry.value = "pkg.torch.onnx.name_scopes", '["", "backbone", "x2"]'
+    assert node_part(node, ()) == "backbone"
+
+
+@pytest.mark.parametrize("layout", ["tensorrt", "onnxruntime"])
+def test_qdq_insertion_runs_and_stays_close(layout):
+    model = _toy_model()
+    targets = find_targets(model)
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    tensors = ["images", "r1", "c1", "p"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors)
+    values = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        tensors, {"images": x}
+    )
+    scales = {t: float(np.abs(v).max()) / 127 for t, v in zip(tensors, values)}
+    quantized = insert_qdq(model, targets, scales, layout=layout)
+    onnx.checker.check_model(quantized)
+    assert check_qdq(quantized, layout) == []
+    ops = [n.op_type for n in quantized.graph.node]
+    assert ops.count("DequantizeLinear") == (4 if layout == "tensorrt" else 6)
+    # zero points are int8 zeros (symmetric), weights int8 per channel
+    for t in quantized.graph.initializer:
+        if t.name.endswith("zero_point") or t.name == "calib.zero_point_int8":
+            assert t.data_type == TensorProto.INT8 and not numpy_helper.to_array(t).any()
+    consumers = {n.op_type for n in dequantized_consumers(quantized)}
+    assert "Softmax" not in consumers
+    if layout == "tensorrt":
+        assert consumers == {"Conv"}
+    got = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x}
+    )
+    want = ref.run(None, {"images": x})
+    assert np.abs(got[0] - want[0]).max() < 0.05 * np.abs(want[0]).max()
+
+
+def test_weight_quantisation_axes():
+    w = np.random.default_rng(0).standard_normal((6, 4, 3, 3)).astype(np.float32)
+    q, s = quantize_weight(w, 0)
+    assert q.dtype == np.int8 and s.shape == (6,) and np.abs(q).max() == 127
+    np.testing.assert_allclose(q * s[:, None, None, None], w, atol=float(s.max()) / 2 + 1e-7)
+    _, s1 = quantize_weight(w, 1)
+    assert s1.shape == (4,)
+    _, st = quantize_weight(w, None)
+    assert st.shape == ()
+
+
+def test_missing_range_is_a_one_line_error():
+    model = _toy_model()
+    with pytest.raises(CalibrationError, match="no calibration range for tensor 'images'"):
+        insert_qdq(model, find_targets(model), {})
+    with pytest.raises(CalibrationError, match="--layout"):
+        insert_qdq(model, find_targets(model), {}, layout="x")
