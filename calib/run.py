@@ -22,9 +22,10 @@ from typing import Any
 
 from calib.calibrate import CalibrationConfig, Int8Calibrator, Int8Result
 from calib.errors import CalibrationError
-from calib.trt_cache import atomic_write_text, write_cache
+from calib.trt_cache import write_cache
 from export.pipeline import ExportOptions, ExportResult, Progress, export_artifact
 from export.source import ModelSource
+from pem.checkpoint import atomic_write_bytes
 
 
 @dataclass
@@ -102,10 +103,9 @@ def run_calibration(
         outcome.report["calibration"] = calibration_summary(config, result, layout, cache_path)
         from calib.accuracy import report_markdown
 
-        json_path = atomic_write_text(
-            Path(out_dir) / "accuracy.json", json.dumps(outcome.report, indent=2) + "\n"
-        )
-        md_path = atomic_write_text(Path(out_dir) / "accuracy.md", report_markdown(outcome.report))
+        json_path, md_path = Path(out_dir) / "accuracy.json", Path(out_dir) / "accuracy.md"
+        atomic_write_bytes(json_path, (json.dumps(outcome.report, indent=2) + "\n").encode("utf-8"))
+        atomic_write_bytes(md_path, report_markdown(outcome.report).encode("utf-8"))
         outcome.report_paths = [json_path, md_path]
     return outcome
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from calib.errors import CalibrationError
+from pem.checkpoint import atomic_write_bytes
 
 ALGORITHMS: tuple[str, ...] = (
     "EntropyCalibration2",
@@ -125,17 +125,5 @@ def read_cache(path: str | os.PathLike[str]) -> CalibrationCache:
 
 def write_cache(path: str | os.PathLike[str], cache: CalibrationCache) -> Path:
     """Write ``cache`` atomically (temporary file + rename)."""
-    return atomic_write_text(Path(path), cache.to_text())
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    atomic_write_bytes(Path(path), cache.to_text().encode("utf-8"))
+    return Path(path)

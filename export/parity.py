@@ -21,9 +21,11 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from export.fusion import VOID_LABEL, category_map, panoptic_fusion
 from pem.inference import semantic_inference
+from runtime.postprocess import category_map
+from runtime.postprocess import fuse_panoptic as panoptic_fusion
 
+VOID_LABEL = 255
 Sample = tuple[str, np.ndarray]
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from export.errors import ExportError
+from pem.checkpoint import atomic_write_bytes
 
 EnginePrecision = Literal["fp32", "fp16", "int8"]
 
@@ -226,11 +226,11 @@ def build_engine(
         }
     )
     data = bytes(serialized)
-    _atomic_write(engine_path, data)
+    atomic_write_bytes(engine_path, data)
     sidecar["sha256"] = hashlib.sha256(data).hexdigest()
-    _atomic_write(engine_path.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
+    atomic_write_bytes(engine_path.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
     if timing_cache is not None and options.timing_cache is not None:
-        _atomic_write(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
     return sidecar
 
 
@@ -244,15 +244,3 @@ def _device_description() -> dict[str, str]:
         return device_description(_import_cudart(), 0)
     except BackendUnavailableError as exc:
         raise TensorRTUnavailableError(str(exc)) from None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -209,7 +209,8 @@ def _config_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -244,8 +245,8 @@ def save_checkpoint(
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
     meta = {"format": "pem-deploy", "config": config.to_dict(), **(extra or {})}
-    _atomic_write_bytes(path, save(_unique_state(model), metadata={"format": "pem-deploy"}))
-    _atomic_write_bytes(_config_path(path), (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(path, save(_unique_state(model), metadata={"format": "pem-deploy"}))
+    atomic_write_bytes(_config_path(path), (json.dumps(meta, indent=2) + "\n").encode())
     return path
 
 

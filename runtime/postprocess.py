@@ -95,6 +95,14 @@ def fuse_panoptic(
     return id_map, segments
 
 
+def category_map(id_map: np.ndarray, segments: list[Segment], void: int = 255) -> np.ndarray:
+    """(H, W) segment ids -> (H, W) int32 class ids, ``void`` where no segment."""
+    lut = np.full(max((s.id for s in segments), default=0) + 1, void, dtype=np.int32)
+    for s in segments:
+        lut[s.id] = s.category_id
+    return lut[id_map]
+
+
 def colorize_labels(
     labels: np.ndarray, palette_rgb: np.ndarray, ignore_color: tuple[int, int, int] = (0, 0, 0)
 ) -> np.ndarray:

@@ -14,7 +14,7 @@ from runtime.artifact import Artifact, load_artifact
 from runtime.backends.base import Backend
 from runtime.errors import ArtifactError, InputError
 from runtime.images import DEFAULT_MAX_PIXELS, validate_image
-from runtime.postprocess import Segment, fuse_panoptic, to_original_size
+from runtime.postprocess import Segment, category_map, fuse_panoptic, to_original_size
 from runtime.preprocess import Geometry, Preprocessor, ResizeMode
 
 PANOPTIC_OUTPUTS = ("scores", "classes", "owner", "owner_fg", "mask_area")
@@ -172,10 +172,7 @@ class Segmenter:
                 self.artifact.overlap_threshold,
             )
             id_map = to_original_size(id_map, geometry)
-            lut = np.full(max([s.id for s in segments], default=0) + 1, VOID, np.int32)
-            for s in segments:
-                lut[s.id] = s.category_id
-            return Result(lut[id_map], id_map, segments)
+            return Result(category_map(id_map, segments, VOID), id_map, segments)
         return Result(to_original_size(self._semantic_from_raw(outputs, i), geometry))
 
     def _semantic_from_raw(self, outputs: dict[str, np.ndarray], i: int) -> np.ndarray:

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from export.decompose import DecomposedDeformConv2d, with_decomposed_deform_conv
-from export.fusion import category_map, panoptic_fusion
 from export.heads import (
     HEAD_OUTPUTS,
     ExportedModel,
@@ -19,6 +18,8 @@ from pem.config import get_preset
 from pem.inference import panoptic_inference, semantic_inference
 from pem.model import PEM
 from pem.ops.deform_conv import ModulatedDeformConv2d
+from runtime.postprocess import category_map
+from runtime.postprocess import fuse_panoptic as panoptic_fusion
 
 
 def _synthetic_predictions(seed: int, b: int = 2, q: int = 12, k: int = 5, h: int = 6, w: int = 8):
@@ -68,26 +69,6 @@ def test_panoptic_head_and_numpy_fusion_match_panoptic_inference(seed, threshold
         assert ((labels == 255) == (id_map == 0)).all()
     if object_thr < 0.8:
         assert kept_somewhere  # the test data exercises the fusion, not just the empty case
-
-
-def test_runtime_fusion_follows_the_contract():
-    """The torch-free runtime's fusion (if present) agrees with ours on the panoptic head outputs."""
-    postprocess = pytest.importorskip("runtime.postprocess")
-    fuse = getattr(postprocess, "fuse_panoptic", None)
-    if fuse is None:
-        pytest.skip("runtime.postprocess.fuse_panoptic not written yet")
-    k, thing_ids = 5, frozenset({2, 3})
-    for seed in range(4):
-        logits, masks = _synthetic_predictions(seed, k=k)
-        with torch.no_grad():
-            outs = [t.numpy() for t in PanopticPostprocess(k, 0.3)(logits, masks)]
-        for i in range(logits.shape[0]):
-            ours = panoptic_fusion(*(o[i] for o in outs), thing_ids, k, 0.3, 0.5)
-            theirs = fuse(*(o[i] for o in outs), thing_ids, k, 0.3, 0.5)
-            np.testing.assert_array_equal(theirs[0], ours[0])
-            assert [(s.id, s.category_id, s.area) for s in theirs[1]] == [
-                (s.id, s.category_id, s.area) for s in ours[1]
-            ]
 
 
 def test_semantic_head_is_the_official_postprocessing():

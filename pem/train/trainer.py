@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 
 import torch
 
-from pem.checkpoint import CheckpointError, save_checkpoint
+from pem.checkpoint import CheckpointError, atomic_write_bytes, save_checkpoint
 from pem.config import ConfigError, PEMConfig, get_preset
 from pem.data.common import DatasetMeta, SegmentationDataset
 from pem.evaluation import EvalResult, evaluate
@@ -56,18 +55,6 @@ class TrainResult:
     final_loss: float
     metrics: EvalResult | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -168,7 +155,7 @@ class Trainer:
             "param_groups": json.dumps(groups),
             "scaler": json.dumps(self.scaler.state_dict() if self.scaler.is_enabled() else {}),
         }
-        _atomic_write_bytes(self.out_dir / STATE_FILE, save(tensors, metadata=meta))
+        atomic_write_bytes(self.out_dir / STATE_FILE, save(tensors, metadata=meta))
 
     def _load_state(self, path: Path) -> None:
         from safetensors import SafetensorError, safe_open
