@@ -533,6 +533,142 @@ def check_command(
         raise typer.Exit(code=1)
 
 
+@app.command("bench")
+def bench_command(
+    artifacts: list[str] = typer.Argument(
+        None, help="ONNX models / engines (or their sidecar or folder) and our .safetensors checkpoints."
+    ),
+    preset: list[str] = typer.Option(
+        None, "--preset", help="Also time this preset in PyTorch (seeded random weights)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="PyTorch device: cpu, cuda, cuda:1 ..."),
+    providers: str = typer.Option(
+        None, "--providers", help="onnxruntime providers, comma-separated (default: the best available)."
+    ),
+    shape: str = typer.Option(None, "--shape", help="HxW of the frames (default: each model's input size)."),
+    batch: int = typer.Option(1, "--batch", help="Frames per call."),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up calls."),
+    iterations: int = typer.Option(20, "--iterations", help="Timed calls."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads (onnxruntime intra-op and torch)."),
+    out: str = typer.Option(
+        None, "--out", help="Write bench.json, bench.csv, bench.md (and bench.png) here."
+    ),
+    plot: bool = typer.Option(False, "--plot", help="Also a PNG plot (needs matplotlib)."),
+) -> None:
+    """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
+    from pathlib import Path
+
+    from runtime.bench import BenchError, bench_artifact, format_table, parse_shape, write_reports
+
+    if not artifacts and not preset:
+        _fail("give one or more artifacts (ONNX, engine, .safetensors) or --preset NAME")
+    results = []
+    try:
+        size = parse_shape(shape) if shape else None
+        provider_list = [p.strip() for p in providers.split(",")] if providers else None
+        for item in artifacts or []:
+            if not Path(item).exists():
+                raise BenchError(f"{item}: no such file or folder")
+            if Path(item).suffix in (".safetensors", ".pkl", ".pth", ".pt"):
+                results.append(_bench_torch(item, None, device, size, batch, warmup, iterations, threads))
+            else:
+                results.append(
+                    bench_artifact(
+                        item,
+                        shape=size,
+                        batch=batch,
+                        warmup=warmup,
+                        iterations=iterations,
+                        threads=threads,
+                        providers=provider_list,
+                        name=item,
+                    )
+                )
+        for name in preset or []:
+            results.append(_bench_torch(None, name, device, size, batch, warmup, iterations, threads))
+    except BenchError as exc:
+        _fail(str(exc))
+    typer.echo(format_table(results))
+    if out:
+        paths, note = write_reports(results, out, plot=plot)
+        typer.echo("wrote " + ", ".join(str(p) for p in paths))
+        if note:
+            typer.echo(note)
+
+
+def _bench_torch(
+    checkpoint: str | None,
+    preset: str | None,
+    device: str,
+    shape: tuple[int, int] | None,
+    batch: int,
+    warmup: int,
+    iterations: int,
+    threads: int,
+) -> object:
+    """PyTorch timing through ``export.bench_torch`` (torch imported only when needed)."""
+    from export.bench_torch import bench_torch
+    from export.errors import ExportError
+
+    try:
+        return bench_torch(
+            checkpoint=checkpoint,
+            preset=preset,
+            device=device,
+            shape=shape,
+            batch=batch,
+            warmup=warmup,
+            iterations=iterations,
+            threads=threads,
+            name=checkpoint or preset,
+        )
+    except ExportError as exc:
+        _fail(str(exc))
+
+
+@app.command("demo")
+def demo_command(
+    out: str = typer.Option("pem-demo", "--out", help="Output folder (artifacts, report.md, overlays)."),
+    quick: bool = typer.Option(False, "--quick", help="The quick default model and few iterations (tests)."),
+    iterations: int = typer.Option(None, "--iterations", help="Timed calls per model (default 20; quick 3)."),
+    threads: int = typer.Option(1, "--threads", help="CPU threads."),
+) -> None:
+    """Whole toolchain on the embedded default: data, model, FP32/FP16/INT8 ONNX, parity, bench, report."""
+    from pathlib import Path
+
+    from calib.demo import run_demo
+    from export.errors import ExportError
+    from export.progress import ConsoleProgress
+    from runtime.errors import RuntimeToolError
+
+    if Path(out).exists() and not Path(out).is_dir():
+        _fail(f"--out {out}: exists and is not a folder")
+    if threads < 1:
+        _fail(f"--threads {threads}: must be >= 1")
+    try:
+        with ConsoleProgress() as progress:
+            result = run_demo(out, quick=quick, iterations=iterations, threads=threads, progress=progress)
+    except (ExportError, RuntimeToolError) as exc:
+        _fail(str(exc))
+    typer.echo(result.bench_table)
+    for precision, entry in result.parity.items():
+        verdict = "PASS" if entry["passed"] else "FAIL"
+        typer.echo(
+            f"parity {precision:<5} label agreement {entry['label_agreement']:.4%} "
+            f"(>= {entry['min_agreement']:.1%})  {verdict}"
+        )
+    if result.accuracy is not None:
+        for name, entry in result.accuracy["precisions"].items():
+            pq = f", PQ {entry['PQ']:.2f}" if "PQ" in entry else ""
+            typer.echo(f"accuracy {name:<5} mIoU {entry['mIoU']:.2f} (drop {entry['mIoU_drop']:+.2f}){pq}")
+    for note in result.notes:
+        typer.echo(note)
+    typer.echo(f"report {result.report_path}  ({result.seconds:.0f} s)")
+    if not result.parity_passed:
+        typer.echo("parity FAILED for " + ", ".join(p for p, e in result.parity.items() if not e["passed"]))
+        raise typer.Exit(code=1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

@@ -1,0 +1,368 @@
+"""Latency benchmarks of deployed artifacts (torch-free) and the report writers ``pem-deploy bench`` uses.
+
+- :func:`bench_artifact`: time an ONNX model or TensorRT engine through :class:`runtime.Segmenter`,
+  so the per-stage times (``pre`` / ``infer`` / ``post``) are those a pipeline sees.
+- :func:`summarize`: latencies (ms per batch) -> :class:`BenchResult` (mean / p50 / p90 / p99, FPS,
+  throughput in images/s, peak memory, mean per-stage times). PyTorch timings
+  (:mod:`export.bench_torch`) use the same record.
+- :func:`format_table`, :func:`write_reports`: the side-by-side table, JSON + CSV + markdown files and
+  (when matplotlib is installed) a PNG plot, every file written atomically.
+
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import RuntimeToolError
+
+STAGES = ("pre", "infer", "post")
+
+
+class BenchError(RuntimeToolError):
+    """Bad benchmark argument or artifact; one line naming it."""
+
+
+@dataclass
+class BenchResult:
+    """One artifact's timings. Latencies are milliseconds per call (one call = one batch)."""
+
+    name: str
+    backend: str
+    precision: str
+    device: str
+    shape: tuple[int, int]
+    batch: int
+    warmup: int
+    iterations: int
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    fps: float  # calls per second (1000 / mean)
+    throughput: float  # images per second (batch * fps)
+    peak_memory_mb: float | None
+    memory_kind: str  # "rss" (process peak resident set) or "cuda" (max allocated)
+    stages_ms: dict[str, float] = field(default_factory=dict)  # mean per image and stage
+    path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["shape"] = list(self.shape)
+        return data
+
+
+def summarize(
+    latencies_ms: Sequence[float],
+    *,
+    name: str,
+    backend: str,
+    precision: str,
+    device: str,
+    shape: tuple[int, int],
+    batch: int,
+    warmup: int,
+    stages_ms: dict[str, Sequence[float]] | None = None,
+    peak_memory_mb: float | None = None,
+    memory_kind: str = "rss",
+    path: str = "",
+) -> BenchResult:
+    """Statistics of measured latencies (milliseconds per batch of ``batch`` images)."""
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    if values.size == 0:
+        raise BenchError("--iterations: need at least one timed iteration")
+    p50, p90, p99 = (float(v) for v in np.percentile(values, [50, 90, 99]))
+    mean = float(values.mean())
+    stages = {k: float(np.mean(v)) for k, v in (stages_ms or {}).items() if len(v)}
+    return BenchResult(
+        name=name,
+        backend=backend,
+        precision=precision,
+        device=device,
+        shape=(int(shape[0]), int(shape[1])),
+        batch=batch,
+        warmup=warmup,
+        iterations=int(values.size),
+        mean_ms=mean,
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        fps=1000.0 / mean if mean > 0 else float("inf"),
+        throughput=batch * 1000.0 / mean if mean > 0 else float("inf"),
+        peak_memory_mb=peak_memory_mb,
+        memory_kind=memory_kind,
+        stages_ms=stages,
+        path=path,
+    )
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux ``clear_refs``); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (``VmHWM``, else ``getrusage``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+# -- runtime artifacts -------------------------------------------------------------------------
+
+
+def bench_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A deterministic (H, W, 3) uint8 BGR frame: smooth gradients plus noise (not all zeros)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / max(width, 1), y / max(height, 1), (x + y) / max(width + height, 1)], -1) * 200
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def bench_artifact(
+    path: str | os.PathLike[str],
+    *,
+    shape: tuple[int, int] | None = None,
+    batch: int = 1,
+    warmup: int = 3,
+    iterations: int = 20,
+    threads: int = 1,
+    providers: list[str] | None = None,
+    name: str | None = None,
+) -> BenchResult:
+    """Time ``Segmenter.predict_batch`` on an ONNX / engine artifact (model file, sidecar or folder).
+
+    ``shape`` is the (H, W) of the frames fed in (default: the model's input size; the
+    preprocessing resizes to the model). Latency is wall time per call of ``batch`` frames.
+    """
+    from runtime.errors import ArtifactError, BackendUnavailableError
+    from runtime.segmenter import Segmenter
+
+    _check_counts(batch, warmup, iterations)
+    if not Path(path).exists():
+        raise BenchError(f"{path}: no such artifact")
+    try:
+        reset_peak_rss()
+        seg = Segmenter.open(path, providers=providers, threads=threads)
+    except (ArtifactError, BackendUnavailableError) as exc:
+        raise BenchError(str(exc)) from None
+    with seg:
+        fmt = seg.artifact.input_format
+        h, w = shape or (int(fmt.height or 0), int(fmt.width or 0))
+        if h <= 0 or w <= 0:
+            raise BenchError(f"{path}: dynamic input size; give --shape HxW")
+        frames = [bench_image(h, w, seed=i) for i in range(batch)]
+        for _ in range(warmup):
+            seg.predict_batch(frames)
+        latencies: list[float] = []
+        stages: dict[str, list[float]] = {k: [] for k in STAGES}
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            results = seg.predict_batch(frames)
+            latencies.append((time.perf_counter() - t0) * 1e3)
+            for k in STAGES:
+                stages[k].append(float(np.mean([r.timings.get(k, 0.0) for r in results])))
+        artifact = seg.artifact
+        device = "gpu" if artifact.backend == "tensorrt" else _ort_device(seg)
+        return summarize(
+            latencies,
+            name=name or Path(artifact.model_path).parent.name + "/" + Path(artifact.model_path).name,
+            backend=artifact.backend,
+            precision=artifact.precision,
+            device=device,
+            shape=(h, w),
+            batch=batch,
+            warmup=warmup,
+            stages_ms=stages,
+            peak_memory_mb=peak_rss_mb(),
+            memory_kind="rss",
+            path=str(artifact.model_path),
+        )
+
+
+def _ort_device(seg: Any) -> str:
+    session = getattr(seg.backend, "session", None)
+    providers = session.get_providers() if session is not None else []
+    return "gpu" if any(p != "CPUExecutionProvider" for p in providers) else "cpu"
+
+
+def _check_counts(batch: int, warmup: int, iterations: int) -> None:
+    if batch < 1:
+        raise BenchError(f"--batch {batch}: must be >= 1")
+    if warmup < 0:
+        raise BenchError(f"--warmup {warmup}: must be >= 0")
+    if iterations < 1:
+        raise BenchError(f"--iterations {iterations}: must be >= 1")
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """``"256x512"`` -> (256, 512)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise BenchError(f"--shape {text}: expected HxW, e.g. 256x512") from None
+    if h <= 0 or w <= 0:
+        raise BenchError(f"--shape {text}: sides must be positive")
+    return h, w
+
+
+# -- reports -----------------------------------------------------------------------------------
+
+COLUMNS = (
+    ("name", "artifact"),
+    ("backend", "backend"),
+    ("precision", "precision"),
+    ("device", "device"),
+    ("batch", "batch"),
+    ("mean_ms", "mean ms"),
+    ("p50_ms", "p50 ms"),
+    ("p90_ms", "p90 ms"),
+    ("p99_ms", "p99 ms"),
+    ("fps", "FPS"),
+    ("throughput", "img/s"),
+    ("peak_memory_mb", "peak MiB"),
+    ("pre", "pre ms"),
+    ("infer", "infer ms"),
+    ("post", "post ms"),
+)
+
+
+def _row(result: BenchResult) -> list[str]:
+    data = result.to_dict()
+    cells = []
+    for key, _ in COLUMNS:
+        value = result.stages_ms.get(key) if key in STAGES else data[key]
+        if value is None:
+            cells.append("-")
+        elif isinstance(value, float):
+            cells.append(f"{value:.1f}" if key in ("fps", "throughput", "peak_memory_mb") else f"{value:.2f}")
+        else:
+            cells.append(str(value))
+    return cells
+
+
+def format_table(results: Sequence[BenchResult]) -> str:
+    """Side-by-side plain-text table for the terminal."""
+    rows = [[title for _, title in COLUMNS]] + [_row(r) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(w) if i < 4 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(results: Sequence[BenchResult]) -> str:
+    """The same table as GitHub markdown."""
+    head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    return "\n".join([head, rule] + ["| " + " | ".join(_row(r)) + " |" for r in results])
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_reports(
+    results: Sequence[BenchResult],
+    out_dir: str | os.PathLike[str],
+    *,
+    stem: str = "bench",
+    plot: bool = False,
+    context: dict[str, Any] | None = None,
+) -> tuple[list[Path], str | None]:
+    """Write ``STEM.json``, ``STEM.csv``, ``STEM.md`` (and ``STEM.png`` with ``plot``) into ``out_dir``.
+
+    Returns the written paths and a note when the plot was skipped (matplotlib missing).
+    """
+    out = Path(out_dir)
+    paths = [out / f"{stem}.json", out / f"{stem}.csv", out / f"{stem}.md"]
+    payload = {"context": context or {}, "results": [r.to_dict() for r in results]}
+    _atomic_write(paths[0], (json.dumps(payload, indent=2) + "\n").encode())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    keys = [k for k, _ in COLUMNS if k not in STAGES] + [f"{k}_ms" for k in STAGES]
+    writer.writerow(keys)
+    for r in results:
+        data = r.to_dict()
+        writer.writerow([data[k] if k in data else r.stages_ms.get(k[:-3], "") for k in keys])
+    _atomic_write(paths[1], buffer.getvalue().encode())
+    lines = ["# Benchmark", ""]
+    if context:
+        lines += [", ".join(f"{k}: {v}" for k, v in context.items()), ""]
+    lines += [markdown_table(results), ""]
+    _atomic_write(paths[2], "\n".join(lines).encode())
+    note = None
+    if plot:
+        png = out / f"{stem}.png"
+        note = plot_results(results, png)
+        if note is None:
+            paths.append(png)
+    return paths, note
+
+
+def plot_results(results: Sequence[BenchResult], path: Path) -> str | None:
+    """Stacked pre / infer / post bar chart with p50 / p90 markers; a note if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plot skipped: matplotlib is not installed"
+    names = [r.name for r in results]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(results) + 2), 3.5))
+    bottom = np.zeros(len(results))
+    for stage in STAGES:
+        values = np.array([r.stages_ms.get(stage, 0.0) * r.batch for r in results])
+        if values.any():
+            ax.bar(names, values, bottom=bottom, label=stage)
+            bottom += values
+    ax.scatter(names, [r.p50_ms for r in results], color="k", marker="_", s=300, label="p50", zorder=3)
+    ax.scatter(names, [r.p90_ms for r in results], color="r", marker="_", s=300, label="p90", zorder=3)
+    ax.set_ylabel("ms per batch")
+    ax.legend(fontsize=8)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    _atomic_write(path, buffer.getvalue())
+    return None

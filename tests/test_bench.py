@@ -1,0 +1,112 @@
+"""`runtime.bench` statistics and reports; `pem-deploy bench` on a tiny ONNX artifact and a preset."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from runtime.bench import BenchError, bench_artifact, format_table, parse_shape, summarize, write_reports
+
+
+def _artifact(folder: Path, h: int = 32, w: int = 64) -> Path:
+    """A tiny semantic artifact (argmax over a 1x1 identity conv) built like the runtime tests do."""
+    from test_runtime_segmenter import _semantic_model, _write
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return _write(folder, _semantic_model(h, w), shape=(1, 3, h, w))
+
+
+def test_summarize_percentiles() -> None:
+    r = summarize(
+        list(range(1, 101)),
+        name="x",
+        backend="onnxruntime",
+        precision="fp32",
+        device="cpu",
+        shape=(8, 16),
+        batch=2,
+        warmup=0,
+        stages_ms={"pre": [1.0, 3.0], "infer": [4.0], "post": []},
+    )
+    assert r.mean_ms == pytest.approx(50.5)
+    assert r.p50_ms == pytest.approx(50.5)
+    assert r.p90_ms == pytest.approx(np.percentile(np.arange(1, 101), 90))
+    assert r.p99_ms == pytest.approx(np.percentile(np.arange(1, 101), 99))
+    assert r.fps == pytest.approx(1000 / 50.5)
+    assert r.throughput == pytest.approx(2 * 1000 / 50.5)
+    assert r.stages_ms == {"pre": 2.0, "infer": 4.0}
+    with pytest.raises(BenchError, match="iterations"):
+        summarize([], name="x", backend="b", precision="p", device="cpu", shape=(1, 1), batch=1, warmup=0)
+
+
+def test_parse_shape() -> None:
+    assert parse_shape("256x512") == (256, 512)
+    with pytest.raises(BenchError, match="--shape 12"):
+        parse_shape("12")
+
+
+def test_bench_artifact_and_reports(tmp_path: Path) -> None:
+    path = _artifact(tmp_path / "a")
+    r = bench_artifact(path, warmup=1, iterations=4, name="tiny")
+    assert r.iterations == 4 and r.backend == "onnxruntime" and r.shape == (32, 64)
+    assert set(r.stages_ms) == {"pre", "infer", "post"} and r.peak_memory_mb and r.peak_memory_mb > 0
+    assert r.p50_ms <= r.p90_ms <= r.p99_ms
+    r2 = bench_artifact(tmp_path / "a", shape=(64, 128), batch=2, warmup=0, iterations=2)
+    assert r2.shape == (64, 128) and r2.batch == 2
+    table = format_table([r, r2])
+    assert "tiny" in table and "p99 ms" in table
+    paths, note = write_reports([r, r2], tmp_path / "out", plot=True)
+    assert note is None or "matplotlib" in note
+    assert all(p.is_file() for p in paths)
+    data = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert [x["name"] for x in data["results"]] == ["tiny", r2.name]
+    rows = list(csv.DictReader((tmp_path / "out" / "bench.csv").open()))
+    assert float(rows[0]["p50_ms"]) == pytest.approx(r.p50_ms) and "infer_ms" in rows[0]
+    assert "| artifact |" in (tmp_path / "out" / "bench.md").read_text()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_cli_bench(tmp_path: Path) -> None:
+    path = _artifact(tmp_path / "a")
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            str(path),
+            "--preset",
+            "cityscapes-semantic-tiny",
+            "--shape",
+            "64x128",
+            "--warmup",
+            "0",
+            "--iterations",
+            "2",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "pytorch" in res.output and "onnxruntime" in res.output
+    assert (tmp_path / "o" / "bench.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["missing.onnx"], "missing.onnx: no such"),
+        (["--preset", "nope"], "nope"),
+        (["--preset", "cityscapes-semantic-tiny", "--iterations", "0"], "--iterations 0"),
+        (["--preset", "cityscapes-semantic-tiny", "--shape", "axb"], "--shape axb"),
+        ([], "give one or more"),
+    ],
+)
+def test_cli_bench_errors(args: list[str], needle: str) -> None:
+    res = CliRunner().invoke(app, ["bench", *args])
+    assert res.exit_code == 2
+    assert "error:" in res.output and needle in res.output
+    assert len(res.output.strip().splitlines()) == 1
