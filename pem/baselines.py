@@ -1,0 +1,90 @@
+"""Mask2Former-style baselines written here, for benchmarking PEM against (issue 7).
+
+Not PEM: these reproduce the standard *masked* softmax cross-attention of Mask2Former
+(Cheng et al., CVPR 2022, ``CrossAttentionLayer`` + ``MultiScaleMaskedTransformerDecoder``) with
+the same widths as PEM's decoder, so the two decoders differ only in the cross-attention layer.
+
+- :class:`MaskedCrossAttentionLayer`: pre-norm ``nn.MultiheadAttention`` from the queries to the
+  pixel tokens of one level; query ``tgt + query_pos``, key ``memory + pos``, value ``memory``.
+  A pixel whose previous mask logit is < 0 (``sigmoid < 0.5``) is masked out for that query;
+  a query whose mask is empty attends everywhere (Mask2Former's per-query rule).
+- :class:`Mask2FormerDecoder`: :class:`pem.transformer_decoder.TransformerDecoder` with every
+  PEM-CA layer replaced by a :class:`MaskedCrossAttentionLayer` (same self-attention, FFN,
+  prediction heads, level cycling and outputs). Untrained: for speed comparisons only.
+
+Both take the PEM-CA call signature (memory and positions as (B, C, H, W) maps); flattening to
+tokens is a view + transpose, done per layer.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from pem.config import TransformerDecoderConfig
+from pem.transformer_decoder import TransformerDecoder
+
+
+def mask2former_attention_mask(mask_logits: Tensor, num_heads: int) -> Tensor:
+    """Boolean attention mask of Mask2Former (``True`` = not allowed to attend).
+
+    Args:
+        mask_logits: (B, Q, N) previous mask logits at this level.
+        num_heads: heads of the attention.
+
+    Returns:
+        (B * heads, Q, N) bool; rows of queries with an empty mask are all ``False``.
+    """
+    masked = mask_logits.detach() < 0  # sigmoid(x) < 0.5
+    masked = masked & ~masked.all(dim=-1, keepdim=True)  # empty mask -> attend everywhere
+    b, q, n = masked.shape
+    return masked.unsqueeze(1).expand(b, num_heads, q, n).reshape(b * num_heads, q, n)
+
+
+class MaskedCrossAttentionLayer(nn.Module):
+    """Mask2Former masked cross-attention, pre-norm, residual included: (B, Q, C) -> (B, Q, C).
+
+    Args:
+        dim: channel width C.
+        num_heads: attention heads.
+    """
+
+    def __init__(self, dim: int = 256, num_heads: int = 8):
+        super().__init__()
+        self.num_heads = num_heads
+        self.multihead_attn = nn.MultiheadAttention(dim, num_heads, dropout=0.0, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(
+        self, tgt: Tensor, memory: Tensor, mask_logits: Tensor, pos: Tensor, query_pos: Tensor
+    ) -> Tensor:
+        """Same arguments as :meth:`pem.pem_ca.PEMCrossAttention.forward`.
+
+        Args:
+            tgt: (B, Q, C) queries.
+            memory: (B, C, H, W) pixel features of one level.
+            mask_logits: (B, Q, H, W) previous mask logits resized to this level.
+            pos: (B, C, H, W) positional encoding of the level.
+            query_pos: (B, Q, C) query positional embedding.
+        """
+        value = memory.flatten(2).transpose(1, 2)  # (B, N, C)
+        key = value + pos.flatten(2).transpose(1, 2)
+        attn_mask = mask2former_attention_mask(mask_logits.flatten(2), self.num_heads)
+        x = self.norm(tgt)
+        out = self.multihead_attn(x + query_pos, key, value, attn_mask=attn_mask, need_weights=False)[0]
+        return tgt + out
+
+
+class Mask2FormerDecoder(TransformerDecoder):
+    """PEM's transformer decoder with Mask2Former's masked cross-attention instead of PEM-CA.
+
+    Same constructor and outputs as :class:`pem.transformer_decoder.TransformerDecoder`.
+    """
+
+    def __init__(self, in_channels: int, mask_dim: int, num_classes: int, cfg: TransformerDecoderConfig):
+        super().__init__(in_channels, mask_dim, num_classes, cfg)
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            MaskedCrossAttentionLayer(cfg.hidden_dim, cfg.num_heads) for _ in range(cfg.num_layers)
+        )
