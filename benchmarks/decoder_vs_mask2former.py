@@ -18,13 +18,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
-import time
 from functools import partial
 from pathlib import Path
 
 import torch
+from common import interleaved
 
 
 def machine() -> dict[str, object]:
@@ -34,25 +33,6 @@ def machine() -> dict[str, object]:
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
     return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "threads": 1}
-
-
-def interleaved(
-    fns: dict[str, object], runs: int, warmup: int, raw: dict[str, list[float]] | None = None
-) -> dict[str, float]:
-    """Median ms of each callable, the variants alternating run by run (all runs into ``raw``)."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(runs):
-        order = list(fns) if i % 2 == 0 else list(reversed(fns))
-        for k in order:
-            start = time.perf_counter()
-            fns[k]()
-            times[k].append((time.perf_counter() - start) * 1e3)
-    if raw is not None:
-        raw.update({k: [round(t, 1) for t in v] for k, v in times.items()})
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:

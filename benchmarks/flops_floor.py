@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import interleaved
+from common import ort_session as session
 
 DEFAULT_CASES = "tiny@256x512,tiny@1024x2048,stdc1@512x1024,r50@512x1024"
 
@@ -110,32 +112,6 @@ def aux_head_macs(config, h: int, w: int) -> int:
         + pd.mask_dim * (h // 4) * (w // 4)
     )
     return td.num_layers * per_head
-
-
-def session(path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def interleaved(fns: dict[str, object], runs: int, warmup: int) -> dict[str, float]:
-    """Median ms of each callable, the variants alternating run by run."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(runs):
-        order = list(fns) if i % 2 == 0 else list(reversed(fns))
-        for k in order:
-            start = time.perf_counter()
-            fns[k]()
-            times[k].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:

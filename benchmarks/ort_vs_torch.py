@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import interleaved
+from common import ort_session as session
 
 
 def machine() -> dict[str, object]:
@@ -41,31 +42,6 @@ def machine() -> dict[str, object]:
         "onnxruntime": ort.__version__,
         "threads": 1,
     }
-
-
-def session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def interleaved(fns: dict[str, object], runs: int, warmup: int) -> dict[str, float]:
-    """Median ms of each callable, the variants alternating run by run."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(runs):
-        order = list(fns) if i % 2 == 0 else list(reversed(fns))
-        for k in order:
-            start = time.perf_counter()
-            fns[k]()
-            times[k].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def load(name: str, height: int, width: int):

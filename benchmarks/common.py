@@ -1,0 +1,42 @@
+"""Shared helpers of the benchmark scripts (run them as ``python benchmarks/<script>.py``)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], runs: int, warmup: int, raw: dict[str, list[float]] | None = None
+) -> dict[str, float]:
+    """Median ms of each callable, the variants alternating run by run (so load hits all alike).
+
+    ``raw``, when given, receives every run's time per variant.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(runs):
+        order = list(fns) if i % 2 == 0 else list(reversed(fns))
+        for k in order:
+            start = time.perf_counter()
+            fns[k]()
+            times[k].append((time.perf_counter() - start) * 1e3)
+    if raw is not None:
+        raw.update({k: [round(t, 1) for t in v] for k, v in times.items()})
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def ort_session(model: Path | str | bytes):
+    """A single-threaded onnxruntime CPU session (one thread, like the PyTorch side)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
