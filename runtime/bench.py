@@ -19,7 +19,6 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import RuntimeToolError
+from runtime.images import atomic_write_bytes
 
 STAGES = ("pre", "infer", "post")
 
@@ -288,18 +288,6 @@ def markdown_table(results: Sequence[BenchResult]) -> str:
     return "\n".join([head, rule] + ["| " + " | ".join(_row(r)) + " |" for r in results])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_reports(
     results: Sequence[BenchResult],
     out_dir: str | os.PathLike[str],
@@ -315,7 +303,7 @@ def write_reports(
     out = Path(out_dir)
     paths = [out / f"{stem}.json", out / f"{stem}.csv", out / f"{stem}.md"]
     payload = {"context": context or {}, "results": [r.to_dict() for r in results]}
-    _atomic_write(paths[0], (json.dumps(payload, indent=2) + "\n").encode())
+    atomic_write_bytes(paths[0], (json.dumps(payload, indent=2) + "\n").encode())
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     keys = [k for k, _ in COLUMNS if k not in STAGES] + [f"{k}_ms" for k in STAGES]
@@ -323,12 +311,12 @@ def write_reports(
     for r in results:
         data = r.to_dict()
         writer.writerow([data[k] if k in data else r.stages_ms.get(k[:-3], "") for k in keys])
-    _atomic_write(paths[1], buffer.getvalue().encode())
+    atomic_write_bytes(paths[1], buffer.getvalue().encode())
     lines = ["# Benchmark", ""]
     if context:
         lines += [", ".join(f"{k}: {v}" for k, v in context.items()), ""]
     lines += [markdown_table(results), ""]
-    _atomic_write(paths[2], "\n".join(lines).encode())
+    atomic_write_bytes(paths[2], "\n".join(lines).encode())
     note = None
     if plot:
         png = out / f"{stem}.png"
@@ -364,5 +352,5 @@ def plot_results(results: Sequence[BenchResult], path: Path) -> str | None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    _atomic_write(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
     return None
