@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,3 +43,13 @@ def ort_session(model: Path | str | bytes):
     options.log_severity_level = 3
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def cpu_description() -> dict[str, object]:
+    """CPU model name (from ``lscpu`` when available) and core count, for the result tables."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line)
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return {"cpu": model, "cores": os.cpu_count()}

@@ -16,23 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 from functools import partial
 from pathlib import Path
 
 import torch
-from common import interleaved
+from common import cpu_description, interleaved
 
 
 def machine() -> dict[str, object]:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line)
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "threads": 1}
+    return {**cpu_description(), "torch": torch.__version__, "threads": 1}
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import interleaved
+from common import cpu_description, interleaved
 from common import ort_session as session
 
 DEFAULT_CASES = "tiny@256x512,tiny@1024x2048,stdc1@512x1024,r50@512x1024"
@@ -48,14 +47,9 @@ t.sort(); print(2 * n ** 3 / t[len(t) // 2] / 1e9)
 
 
 def machine() -> dict[str, object]:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line)
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
     import onnxruntime as ort
 
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "onnxruntime": ort.__version__}
+    return {**cpu_description(), "torch": torch.__version__, "onnxruntime": ort.__version__}
 
 
 def torch_gemm_gflops(n: int, threads: int, runs: int) -> float:

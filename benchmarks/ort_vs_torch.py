@@ -14,30 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import interleaved
+from common import cpu_description, interleaved
 from common import ort_session as session
 
 
 def machine() -> dict[str, object]:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line)
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
     import onnxruntime as ort
 
     return {
-        "cpu": model,
-        "cores": os.cpu_count(),
+        **cpu_description(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "threads": 1,

@@ -153,6 +153,27 @@ def quantize_weight(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, n
     return q, scale
 
 
+def _activation_qdq(
+    tensor: str, scale: float, zero: str, new_inits: list[TensorProto]
+) -> tuple[list[onnx.NodeProto], str]:
+    """QuantizeLinear + DequantizeLinear for an activation; returns the nodes and the DQ output name.
+
+    The scale initializer is appended to ``new_inits``.
+    """
+    scale = float(scale)
+    if not np.isfinite(scale) or scale <= 0:
+        scale = 1e-8  # an all-zero tensor: any positive scale represents it
+    s_name, q_name, dq_name = f"{tensor}_scale", f"{tensor}_quantized", f"{tensor}_dequantized"
+    new_inits.append(numpy_helper.from_array(np.asarray(scale, np.float32), s_name))
+    nodes = [
+        helper.make_node("QuantizeLinear", [tensor, s_name, zero], [q_name], name=f"{tensor}_QuantizeLinear"),
+        helper.make_node(
+            "DequantizeLinear", [q_name, s_name, zero], [dq_name], name=f"{tensor}_DequantizeLinear"
+        ),
+    ]
+    return nodes, dq_name
+
+
 def insert_qdq(
     model: onnx.ModelProto,
     targets: Iterable[QuantTarget],
@@ -197,20 +218,7 @@ def insert_qdq(
         if act not in dequantised:
             if act not in activation_scales:
                 raise CalibrationError(f"no calibration range for tensor {act!r} (input of {target.node})")
-            scale = float(activation_scales[act])
-            if not np.isfinite(scale) or scale <= 0:
-                scale = 1e-8  # an all-zero tensor: any positive scale represents it
-            s_name, q_name, dq_name = f"{act}_scale", f"{act}_quantized", f"{act}_dequantized"
-            new_inits.append(numpy_helper.from_array(np.asarray(scale, np.float32), s_name))
-            produced[act] = [
-                helper.make_node(
-                    "QuantizeLinear", [act, s_name, zero], [q_name], name=f"{act}_QuantizeLinear"
-                ),
-                helper.make_node(
-                    "DequantizeLinear", [q_name, s_name, zero], [dq_name], name=f"{act}_DequantizeLinear"
-                ),
-            ]
-            dequantised[act] = dq_name
+            produced[act], dequantised[act] = _activation_qdq(act, activation_scales[act], zero, new_inits)
         node.input[0] = dequantised[act]
 
         key = (target.weight, target.axis)
@@ -249,17 +257,7 @@ def insert_qdq(
             consumers = [n for n in graph.node if tensor in n.input and n.op_type not in FLOAT_ONLY_OPS]
             if not consumers:
                 continue
-            scale = float(activation_scales[tensor]) if activation_scales[tensor] > 0 else 1e-8
-            s_name, q_name, dq_name = f"{tensor}_scale", f"{tensor}_quantized", f"{tensor}_dequantized"
-            new_inits.append(numpy_helper.from_array(np.asarray(scale, np.float32), s_name))
-            produced[tensor] = [
-                helper.make_node(
-                    "QuantizeLinear", [tensor, s_name, zero], [q_name], name=f"{tensor}_QuantizeLinear"
-                ),
-                helper.make_node(
-                    "DequantizeLinear", [q_name, s_name, zero], [dq_name], name=f"{tensor}_DequantizeLinear"
-                ),
-            ]
+            produced[tensor], dq_name = _activation_qdq(tensor, activation_scales[tensor], zero, new_inits)
             dequantised[tensor] = dq_name
             for consumer in consumers:
                 consumer.input[:] = [dq_name if name == tensor else name for name in consumer.input]

@@ -21,16 +21,19 @@ class Backend(abc.ABC):
     """Runs one model. ``infer`` is safe to call from several threads at once."""
 
     name: str = "backend"
+    # Filled by each backend's constructor from its model.
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
 
     @property
-    @abc.abstractmethod
     def inputs(self) -> list[TensorSpec]:
         """Model inputs."""
+        return self._inputs
 
     @property
-    @abc.abstractmethod
     def outputs(self) -> list[TensorSpec]:
         """Model outputs."""
+        return self._outputs
 
     @abc.abstractmethod
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
