@@ -215,25 +215,12 @@ def test_real_engine_build_and_run(tmp_path):
     pytest.importorskip("cuda", reason="cuda-python is not installed on this machine")
     import numpy as np
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from test_runtime_segmenter import _semantic_model
 
     from runtime.backends.tensorrt_backend import TensorRTBackend
 
-    weight = numpy_helper.from_array(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1), "W")
-    nodes = [
-        helper.make_node("Conv", ["images", "W"], ["scores"]),
-        helper.make_node("ArgMax", ["scores"], ["idx"], axis=1, keepdims=0),
-        helper.make_node("Cast", ["idx"], ["labels"], to=TensorProto.INT32),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 64])],
-        [helper.make_tensor_value_info("labels", TensorProto.INT32, [1, 32, 64])],
-        [weight],
-    )
     path = tmp_path / "tiny.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10), path)
+    onnx.save(_semantic_model(32, 64), path)  # labels = argmax over the RGB channels
     sidecar = build_engine(path, tmp_path / "tiny.engine", EngineOptions(precision="fp32"))
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 64)).astype(np.float32)
     with TensorRTBackend(tmp_path / "tiny.engine", sidecar) as backend:
