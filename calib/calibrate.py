@@ -27,6 +27,7 @@ from onnx import TensorProto, helper
 from calib.data import CalibrationImages
 from calib.errors import CalibrationError
 from calib.graph import LAYOUTS, QuantTarget, check_qdq, find_targets, insert_qdq
+from calib.ort_layout import prepare_for_layout
 from calib.ranges import METHODS, Method, RangeCollector
 from calib.trt_cache import DEFAULT_TRT_VERSION, CalibrationCache, make_cache, read_cache, write_cache
 from runtime.preprocess import InputFormat
@@ -348,6 +349,7 @@ class Int8Calibrator:
             size = tuple(context.source.config.input_size)
             pem_config = context.source.config
         fmt = input_format(model, preprocess, size)  # type: ignore[arg-type]
+        model = prepare_for_layout(model, self.layout)
         targets = find_targets(model)
         self.progress(
             f"calibrating on {self.config.data} ({self.config.method}, {self.config.num_images} images)"

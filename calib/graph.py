@@ -35,6 +35,12 @@ QUANTIZED_PARTS: tuple[str, ...] = ("backbone", "pixel_decoder")
 # Ops that must never receive a dequantised input (checked by tests and by :func:`check_qdq`).
 LAYOUTS: tuple[str, ...] = ("tensorrt", "onnxruntime")
 ORT_FLOAT_OPS: tuple[str, ...] = ("ConvTranspose",)  # kept float in the ``onnxruntime`` layout
+# A non-grouped Conv reading fewer channels than this (the RGB stem) stays float in the
+# ``onnxruntime`` layout: with a reduction depth of 3 x 3 x 3 its INT8 kernel is slower than float.
+ORT_MIN_INT8_CHANNELS = 4
+# Pure data movement that onnxruntime runs on INT8 tensors: a quantised node's output flows
+# through a single-consumer chain of these before it is dequantised.
+DATA_MOVEMENT_OPS: tuple[str, ...] = ("DepthToSpace", "SpaceToDepth", "Slice", "Reshape", "Transpose")
 FLOAT_ONLY_OPS: tuple[str, ...] = (
     "DeformConv",
     "LayerNormalization",
@@ -190,25 +196,38 @@ def insert_qdq(
     ``layout``: ``tensorrt`` (default) puts Q/DQ on the inputs of quantised nodes only, as
     TensorRT recommends. ``onnxruntime`` also quantises each quantised node's output (when its
     scale is known) for all consumers except float-only ops and graph outputs, which is the
-    ``DQ -> Conv -> Q`` pattern onnxruntime's CPU provider fuses into ``QLinearConv``;
-    ``ConvTranspose`` stays float there (onnxruntime's CPU provider has no fused INT8 kernel).
+    ``DQ -> Conv -> Q`` pattern onnxruntime's CPU provider fuses into ``QLinearConv``; a
+    single-consumer chain of data movement (``DepthToSpace``, ``Slice``, ...) right after such a
+    node runs on the INT8 tensor and is dequantised at its end. Float in that layout:
+    ``ConvTranspose`` (onnxruntime's CPU provider has no fused INT8 kernel;
+    :func:`calib.ort_layout.prepare_for_layout` rewrites the up-samplers as ``Conv`` first) and
+    the RGB stem (a non-grouped ``Conv`` reading fewer than :data:`ORT_MIN_INT8_CHANNELS`
+    channels, whose INT8 kernel is slower than the float one).
     """
     if layout not in LAYOUTS:
         raise CalibrationError(f"--layout {layout}: choose one of {', '.join(LAYOUTS)}")
     targets = list(targets)
-    if layout == "onnxruntime":  # no QDQ ConvTranspose fusion on onnxruntime's CPU: Q/DQ would only cost
-        targets = [t for t in targets if t.op_type not in ORT_FLOAT_OPS]
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
     by_name = {n.name: n for n in graph.node}
+    if layout == "onnxruntime":
+        targets = [
+            t for t in targets if t.node not in by_name or _int8_pays_on_ort(t, by_name[t.node], inits)
+        ]
     new_inits: list[TensorProto] = []
     produced: dict[str, list[onnx.NodeProto]] = {}  # tensor -> Q/DQ nodes to insert before use
     dequantised: dict[str, str] = {}
     weights_done: dict[tuple[str, int | None], str] = {}
-    zero = "calib.zero_point_int8"
-    new_inits.append(numpy_helper.from_array(np.zeros((), np.int8), zero))
+    if layout == "onnxruntime":
+        # UINT8 with zero point 128: the same grid as symmetric INT8, in the activation type
+        # onnxruntime's x86 kernels take (its INT8 -> UINT8 rewrite misses shared Q/DQ pairs).
+        zero = "calib.zero_point_uint8"
+        new_inits.append(numpy_helper.from_array(np.full((), 128, np.uint8), zero))
+    else:
+        zero = "calib.zero_point_int8"
+        new_inits.append(numpy_helper.from_array(np.zeros((), np.int8), zero))
 
     for target in targets:
         node = by_name.get(target.node)
@@ -254,13 +273,18 @@ def insert_qdq(
             tensor = by_name[target.node].output[0]
             if tensor in dequantised or tensor not in activation_scales or tensor in graph_outputs:
                 continue
-            consumers = [n for n in graph.node if tensor in n.input and n.op_type not in FLOAT_ONLY_OPS]
-            if not consumers:
+            if not any(n.op_type not in FLOAT_ONLY_OPS for n in _consumers(graph, tensor)):
                 continue
-            produced[tensor], dq_name = _activation_qdq(tensor, activation_scales[tensor], zero, new_inits)
-            dequantised[tensor] = dq_name
-            for consumer in consumers:
-                consumer.input[:] = [dq_name if name == tensor else name for name in consumer.input]
+            # Data movement right after the node gets its own Q/DQ pair with the same scale, which
+            # onnxruntime drops so that the op moves INT8 data.
+            chain = _data_movement_chain(graph, tensor, graph_outputs)
+            scale = activation_scales[tensor]
+            for moved in [tensor, *(n.output[0] for n in chain)]:
+                readers = [n for n in _consumers(graph, moved) if n.op_type not in FLOAT_ONLY_OPS]
+                produced[moved], dq_name = _activation_qdq(moved, scale, zero, new_inits)
+                dequantised[moved] = dq_name
+                for reader in readers:
+                    reader.input[:] = [dq_name if name == moved else name for name in reader.input]
 
     # Insert each Q/DQ group right after the producer of its tensor (or first for inputs and
     # weights), keeping the node list topologically sorted.
@@ -285,6 +309,42 @@ def insert_qdq(
     del graph.initializer[:]
     graph.initializer.extend(kept + new_inits)
     return out
+
+
+def _int8_pays_on_ort(
+    target: QuantTarget, node: onnx.NodeProto, initializers: Mapping[str, TensorProto]
+) -> bool:
+    """Whether onnxruntime's CPU provider runs ``target`` faster in INT8 than in float."""
+    if target.op_type in ORT_FLOAT_OPS:  # no fused INT8 kernel: Q/DQ would only cost
+        return False
+    if target.op_type == "Conv":
+        group = next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "group"), 1)
+        in_per_group = list(initializers[target.weight].dims)[1]
+        return group > 1 or in_per_group >= ORT_MIN_INT8_CHANNELS
+    return True
+
+
+def _consumers(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
+    return [n for n in graph.node if tensor in n.input]
+
+
+def _data_movement_chain(
+    graph: onnx.GraphProto, tensor: str, graph_outputs: set[str]
+) -> list[onnx.NodeProto]:
+    """The single-consumer chain of :data:`DATA_MOVEMENT_OPS` nodes that ``tensor`` flows through
+    (as their data input) before anything else reads it; empty when there is none."""
+    chain: list[onnx.NodeProto] = []
+    current = tensor
+    while current not in graph_outputs:
+        consumers = _consumers(graph, current)
+        if len(consumers) != 1:
+            break
+        node = consumers[0]
+        if node.op_type not in DATA_MOVEMENT_OPS or node.input[0] != current or current in node.input[1:]:
+            break
+        chain.append(node)
+        current = node.output[0]
+    return chain
 
 
 def dequantized_consumers(model: onnx.ModelProto) -> list[onnx.NodeProto]:

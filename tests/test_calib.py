@@ -225,11 +225,18 @@ def test_qdq_insertion_runs_and_stays_close(layout):
     onnx.checker.check_model(quantized)
     assert check_qdq(quantized, layout) == []
     ops = [n.op_type for n in quantized.graph.node]
-    assert ops.count("DequantizeLinear") == (4 if layout == "tensorrt" else 6)
-    # zero points are int8 zeros (symmetric), weights int8 per channel
+    # tensorrt: images, r1 and both weights; onnxruntime: the RGB stem c1 stays float, so r1,
+    # the weight of p and the output of p (read by the float predictor conv, not the Softmax)
+    assert ops.count("DequantizeLinear") == (4 if layout == "tensorrt" else 3)
+    # weights: int8 zero points (symmetric); activations: int8 zero (tensorrt) or uint8 128
+    # (onnxruntime), the same grid
     for t in quantized.graph.initializer:
         if t.name.endswith("zero_point") or t.name == "calib.zero_point_int8":
             assert t.data_type == TensorProto.INT8 and not numpy_helper.to_array(t).any()
+        if t.name == "calib.zero_point_uint8":
+            assert t.data_type == TensorProto.UINT8 and int(numpy_helper.to_array(t)) == 128
+    by_name = {n.name: n for n in quantized.graph.node}
+    assert (by_name["c1"].input[0] == "images") == (layout == "onnxruntime")
     consumers = {n.op_type for n in dequantized_consumers(quantized)}
     assert "Softmax" not in consumers
     if layout == "tensorrt":
@@ -258,3 +265,110 @@ def test_missing_range_is_a_one_line_error():
         insert_qdq(model, find_targets(model), {})
     with pytest.raises(CalibrationError, match="--layout"):
         insert_qdq(model, find_targets(model), {}, layout="x")
+
+
+# -- onnxruntime layout: sub-pixel up-samplers -------------------------------------------------
+
+
+def _upsampler_model(c_in=3, c_out=5, h=5, w=7, bias=True, **attrs):
+    rng = np.random.default_rng(4)
+    weight = numpy_helper.from_array(
+        rng.standard_normal((c_in, c_out, 4, 4)).astype(np.float32),
+        "model.sem_seg_head.pixel_decoder.up.weight",
+    )
+    inits = [weight]
+    inputs = ["x", weight.name]
+    if bias:
+        inits.append(
+            numpy_helper.from_array(
+                rng.standard_normal(c_out).astype(np.float32), "model.sem_seg_head.pixel_decoder.up.bias"
+            )
+        )
+        inputs.append(inits[-1].name)
+    settings = {"kernel_shape": [4, 4], "strides": [2, 2], "pads": [1, 1, 1, 1], **attrs}
+    nodes = [
+        helper.make_node("ConvTranspose", inputs, ["up"], "up", **settings),
+        helper.make_node("Relu", ["up"], ["y"], "relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "up",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c_out, None, None])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_subpixel_rewrite_is_exact(bias):
+    from calib.ort_layout import rewrite_upsamplers
+
+    model = _upsampler_model(bias=bias)
+    rewritten, count = rewrite_upsamplers(model)
+    onnx.checker.check_model(rewritten)
+    assert count == 1
+    assert [n.op_type for n in rewritten.graph.node] == ["Conv", "DepthToSpace", "Slice", "Relu"]
+    # the scope that decides quantisation survives in the new weight's name
+    assert rewritten.graph.node[0].input[1].startswith("model.sem_seg_head.pixel_decoder.")
+    x = np.random.default_rng(5).standard_normal((1, 3, 5, 7)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    got = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})[0]
+    assert got.shape == want.shape == (1, 5, 10, 14)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "attrs", [{"strides": [1, 1]}, {"group": 5}, {"output_padding": [1, 1]}, {"pads": [0, 0, 0, 0]}]
+)
+def test_other_conv_transposes_are_left_alone(attrs):
+    from calib.ort_layout import rewrite_upsamplers
+
+    c_in = 5 if attrs.get("group") else 3
+    model = _upsampler_model(c_in=c_in, **attrs)
+    if attrs.get("group"):  # grouped weight: (C_in, C_out / group, k, k)
+        model.graph.initializer[0].CopyFrom(
+            numpy_helper.from_array(
+                np.ones((5, 1, 4, 4), np.float32), "model.sem_seg_head.pixel_decoder.up.weight"
+            )
+        )
+        model.graph.initializer[1].CopyFrom(
+            numpy_helper.from_array(np.ones(5, np.float32), "model.sem_seg_head.pixel_decoder.up.bias")
+        )
+    rewritten, count = rewrite_upsamplers(model)
+    assert count == 0 and [n.op_type for n in rewritten.graph.node] == ["ConvTranspose", "Relu"]
+
+
+def test_onnxruntime_layout_fuses_upsamplers_and_moves_int8(tmp_path):
+    from calib.ort_layout import prepare_for_layout
+
+    model = prepare_for_layout(_upsampler_model(c_in=8, c_out=8, h=6, w=6), "onnxruntime")
+    x = np.random.default_rng(6).standard_normal((1, 8, 6, 6)).astype(np.float32)
+    tensors = ["x", *(n.output[0] for n in model.graph.node)]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors[1:-1]
+    )
+    values = [x, *ort.InferenceSession(probe.SerializeToString()).run(tensors[1:], {"x": x})]
+    scales = {t: float(np.abs(v).max()) / 127 for t, v in zip(tensors, values)}
+    quantized = insert_qdq(model, find_targets(model), scales, layout="onnxruntime")
+    onnx.checker.check_model(quantized)
+    # Q/DQ pairs around the data movement, with the conv output's scale
+    producer = {o: n for n in quantized.graph.node for o in n.output}
+    for op in ("DepthToSpace", "Slice"):
+        node = next(n for n in quantized.graph.node if n.op_type == op)
+        assert producer[node.input[0]].op_type == "DequantizeLinear"
+    # onnxruntime fuses the conv into QLinearConv and runs the data movement on 8-bit tensors
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(quantized.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath)
+    ops = [n.op_type for n in optimized.graph.node]
+    assert "QLinearConv" in ops and "ConvTranspose" not in ops and "Conv" not in ops
+    producer = {o: n for n in optimized.graph.node for o in n.output}
+    moved = next(n for n in optimized.graph.node if n.op_type == "DepthToSpace")
+    assert producer[moved.input[0]].op_type != "DequantizeLinear"
+    got = session.run(None, {"x": x})[0]
+    want = values[-1]
+    assert np.abs(got - want).max() < 0.03 * np.abs(want).max()

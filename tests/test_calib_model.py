@@ -124,6 +124,32 @@ def test_int8_runs_and_matches_fp32(quick, ranges):
     assert "| int8 |" in markdown and "dIoU / dPQ" in markdown
 
 
+def test_onnxruntime_layout_runs_the_pixel_decoder_in_int8(quick, tmp_path):
+    _, data, source, raw = quick
+    config = CalibrationConfig(data=data, num_images=4, cache_dir=tmp_path / "cache")
+    calibrator = Int8Calibrator(config, layout="onnxruntime")
+    quantized = calibrator(raw)
+    ops = [n.op_type for n in quantized.graph.node]
+    # the three up-samplers are sub-pixel convs now; everything float-only stays float
+    assert "ConvTranspose" not in ops and ops.count("DepthToSpace") == 3
+    assert check_qdq(quantized, "onnxruntime") == []
+    assert not [n for n in dequantized_consumers(quantized) if n.op_type in FLOAT_ONLY_OPS]
+    # onnxruntime fuses every quantised conv but the float RGB stem into QLinearConv
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(quantized.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    convs = [t for t in calibrator.result.targets if t.op_type == "Conv"]
+    assert optimized.count("QLinearConv") == len(convs) - 1
+    fmt = input_format(raw)
+    dataset = open_eval_dataset(data, "val", source.config)
+    results = {
+        "fp32": evaluate_onnx(raw, source.config, fmt, dataset, limit=3),
+        "int8": evaluate_onnx(quantized, source.config, fmt, dataset, limit=3),
+    }
+    assert abs(accuracy_report(results)["precisions"]["int8"]["mIoU_drop"]) < 5.0
+
+
 def test_sensitivity_ranks_nodes(quick, ranges):
     raw = quick[3]
     targets = find_targets(raw)[:3]
