@@ -2,12 +2,19 @@
 
 Exports the trained default model (pem.zoo) as the raw model part at each size, calibrates it on
 the synthetic train split (percentile, the default method), writes the Q/DQ graph in both
-layouts (``tensorrt``: Q/DQ on quantised nodes' inputs only; ``onnxruntime``: also on their
-outputs, which onnxruntime fuses into QLinearConv), and times every graph in one run: one
-intra-op thread, interleaved rounds, median of ``--runs``. ``--profile`` adds onnxruntime's
-per-op-type breakdown. ``--preset NAME`` times a paper-size architecture instead (seeded random
-weights; latency only). Usage: ``python benchmarks/calib_latency.py [--sizes 256x512 512x1024]
-[--runs 30] [--preset P] [--out results.json]``.
+layouts (``tensorrt``: Q/DQ on quantised nodes' inputs only; ``onnxruntime``: up-samplers
+rewritten as sub-pixel convs, Q/DQ on outputs too, fused by onnxruntime into QLinearConv), and
+times every graph in one run: one intra-op thread, interleaved rounds, median of ``--runs``.
+``fp32-subpixel`` is the FP32 graph with the same up-sampler rewrite, timed to show that the
+rewrite alone does not make FP32 faster (the baseline stays the exported FP32 graph).
+
+It also reports the float floor: the share of FP32 time spent in nodes that stay float by design
+(DeformConv and the transformer decoder: PEM-CA, prototype ArgMax, L2-normalise, LayerNorm,
+softmax), from onnxruntime's per-node profile. INT8/FP32 cannot go below it even if every
+quantised op took no time. ``--profile`` adds the per-op-type breakdown. ``--preset NAME`` times
+a paper-size architecture instead (seeded random weights; latency only).
+Usage: ``python benchmarks/calib_latency.py [--sizes 256x512 512x1024] [--runs 30] [--preset P]
+[--out results.json]``.
 """
 
 from __future__ import annotations
@@ -71,6 +78,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from calib.calibrate import CalibrationConfig, calibrate_ranges, input_format, quantize_model
+    from calib.ort_layout import prepare_for_layout
     from export.pipeline import ExportOptions, export_graph
     from export.source import load_source
     from pem.zoo import ensure_default_checkpoint
@@ -98,16 +106,18 @@ def main() -> None:
         fp32, _, _ = export_graph(source, ExportOptions(head="raw"))
         fp32 = onnx.shape_inference.infer_shapes(fp32)
         fmt = input_format(fp32)
+        config = CalibrationConfig(method=args.method, num_images=args.calib_images, reuse=False)
         start = time.perf_counter()
-        ranges = calibrate_ranges(
-            fp32, CalibrationConfig(method=args.method, num_images=args.calib_images, reuse=False), fmt
-        )
+        ranges = calibrate_ranges(fp32, config, fmt)
         calib_s = time.perf_counter() - start
+        subpixel = prepare_for_layout(fp32, "onnxruntime")
+        ort_ranges = calibrate_ranges(subpixel, config, fmt)
         graphs = {
             "fp32": fp32.SerializeToString(),
+            "fp32-subpixel": subpixel.SerializeToString(),
             "int8-tensorrt": quantize_model(fp32, ranges.scales(), layout="tensorrt").SerializeToString(),
             "int8-onnxruntime": quantize_model(
-                fp32, ranges.scales(), layout="onnxruntime"
+                subpixel, ort_ranges.scales(), layout="onnxruntime"
             ).SerializeToString(),
         }
         x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
@@ -129,6 +139,7 @@ def main() -> None:
             "calibration_images": ranges.images,
             "size_mb": {k: round(len(v) / 1e6, 2) for k, v in graphs.items()},
         }
+        entry["float_floor"] = _float_floor(fp32, x)
         if args.profile:
             entry["profile_ms"] = {name: _profile(data, x) for name, data in graphs.items()}
         results["sizes"][size] = entry  # type: ignore[index]
@@ -137,9 +148,51 @@ def main() -> None:
             + ", ".join(f"{k} {v:.2f} ms ({v / medians['fp32']:.2f}x)" for k, v in medians.items())
         )
         print(f"  calibration {calib_s:.1f} s on {ranges.images} images")
+        floor = entry["float_floor"]
+        print(f"  float by design: {floor['share']:.2f} of FP32 time (INT8/FP32 floor)")
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _float_floor(model, x: np.ndarray, runs: int = 10) -> dict[str, object]:
+    """Share of the FP32 graph's kernel time spent in nodes that stay float in every INT8 layout.
+
+    Nodes are attributed to model parts by :func:`calib.graph.node_part` (unknown parts inherit
+    their producer's); a node onnxruntime renamed while fusing counts as quantisable, so the
+    share is a lower bound.
+    """
+    from calib.graph import FLOAT_ONLY_OPS, node_part
+
+    inits = {t.name for t in model.graph.initializer}
+    producer = {name: n.name for n in model.graph.node for name in n.output}
+    part: dict[str, str | None] = {}
+    for node in model.graph.node:
+        part[node.name] = node_part(node, inits) or next(
+            (part[producer[i]] for i in node.input if i in producer and part.get(producer[i])), None
+        )
+    fixed = {n.name for n in model.graph.node if n.op_type in FLOAT_ONLY_OPS}
+    fixed |= {name for name, p in part.items() if p == "transformer_decoder"}
+    with tempfile.TemporaryDirectory() as tmp:
+        session = _session(model.SerializeToString(), os.path.join(tmp, "floor"))
+        for _ in range(runs):
+            session.run(None, {"images": x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    total = float_ms = 0.0
+    per_op: collections.Counter[str] = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            ms = e["dur"] / runs / 1e3
+            total += ms
+            if e["name"][: -len("_kernel_time")] in fixed:
+                float_ms += ms
+                per_op[e["args"]["op_name"]] += ms
+    return {
+        "share": round(float_ms / total, 3),
+        "float_ms": round(float_ms, 3),
+        "total_kernel_ms": round(total, 3),
+        "float_ops_ms": {op: round(ms, 3) for op, ms in per_op.most_common(8)},
+    }
 
 
 def _cpu_name() -> str:
