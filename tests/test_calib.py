@@ -372,3 +372,54 @@ def test_onnxruntime_layout_fuses_upsamplers_and_moves_int8(tmp_path):
     got = session.run(None, {"x": x})[0]
     want = values[-1]
     assert np.abs(got - want).max() < 0.03 * np.abs(want).max()
+
+
+def test_onnxruntime_layout_pools_8bit_data(tmp_path):
+    rng = np.random.default_rng(7)
+    inits = [
+        numpy_helper.from_array(
+            rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "model.backbone.stem.weight"
+        ),
+        numpy_helper.from_array(
+            rng.standard_normal((8, 8, 1, 1)).astype(np.float32), "model.backbone.res2.weight"
+        ),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["images", inits[0].name], ["stem"], "stem", pads=[1] * 4),
+        helper.make_node("Relu", ["stem"], ["relu"], "relu"),
+        helper.make_node(
+            "MaxPool", ["relu"], ["pool"], "pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4
+        ),
+        helper.make_node("Conv", ["pool", inits[1].name], ["out"], "res2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pool",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    x = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in ["relu", "pool"]
+    )
+    values = ort.InferenceSession(probe.SerializeToString()).run(["relu", "pool", "out"], {"images": x})
+    scales = {"images": float(np.abs(x).max()) / 127, "relu": float(values[0].max()) / 127}
+    scales["pool"] = float(values[1].max()) / 127
+    quantized = insert_qdq(model, find_targets(model), scales, layout="onnxruntime")
+    onnx.checker.check_model(quantized)
+    producer = {o: n for n in quantized.graph.node for o in n.output}
+    pool = next(n for n in quantized.graph.node if n.op_type == "MaxPool")
+    assert producer[pool.input[0]].op_type == "DequantizeLinear"  # quantised with the pool's scale
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(quantized.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath).graph.node
+    producer = {o: n for n in optimized for o in n.output}
+    pool = next(n for n in optimized if n.op_type == "MaxPool")
+    assert producer[pool.input[0]].op_type != "DequantizeLinear"  # onnxruntime pools 8-bit data
+    got = session.run(None, {"images": x})[0]
+    assert np.abs(got - values[2]).max() < 0.03 * np.abs(values[2]).max()
