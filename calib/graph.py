@@ -160,7 +160,7 @@ def quantize_weight(weight: np.ndarray, axis: int | None) -> tuple[np.ndarray, n
 
 
 def _activation_qdq(
-    tensor: str, scale: float, zero: str, new_inits: list[TensorProto], base: str | None = None
+    tensor: str, scale: float, zero: str, new_inits: list[TensorProto]
 ) -> tuple[list[onnx.NodeProto], str]:
     """QuantizeLinear + DequantizeLinear for an activation; returns the nodes and the DQ output name.
 
@@ -169,13 +169,12 @@ def _activation_qdq(
     scale = float(scale)
     if not np.isfinite(scale) or scale <= 0:
         scale = 1e-8  # an all-zero tensor: any positive scale represents it
-    base = base or tensor
-    s_name, q_name, dq_name = f"{base}_scale", f"{base}_quantized", f"{base}_dequantized"
+    s_name, q_name, dq_name = f"{tensor}_scale", f"{tensor}_quantized", f"{tensor}_dequantized"
     new_inits.append(numpy_helper.from_array(np.asarray(scale, np.float32), s_name))
     nodes = [
-        helper.make_node("QuantizeLinear", [tensor, s_name, zero], [q_name], name=f"{base}_QuantizeLinear"),
+        helper.make_node("QuantizeLinear", [tensor, s_name, zero], [q_name], name=f"{tensor}_QuantizeLinear"),
         helper.make_node(
-            "DequantizeLinear", [q_name, s_name, zero], [dq_name], name=f"{base}_DequantizeLinear"
+            "DequantizeLinear", [q_name, s_name, zero], [dq_name], name=f"{tensor}_DequantizeLinear"
         ),
     ]
     return nodes, dq_name
@@ -239,8 +238,6 @@ def insert_qdq(
             if act not in activation_scales:
                 raise CalibrationError(f"no calibration range for tensor {act!r} (input of {target.node})")
             produced[act], dequantised[act] = _activation_qdq(act, activation_scales[act], zero, new_inits)
-            if layout == "onnxruntime":
-                _quantize_before_max_pool(graph, act, activation_scales[act], zero, new_inits, produced)
         node.input[0] = dequantised[act]
 
         key = (target.weight, target.axis)
@@ -325,30 +322,6 @@ def _int8_pays_on_ort(
         in_per_group = list(initializers[target.weight].dims)[1]
         return group > 1 or in_per_group >= ORT_MIN_INT8_CHANNELS
     return True
-
-
-def _quantize_before_max_pool(
-    graph: onnx.GraphProto,
-    tensor: str,
-    scale: float,
-    zero: str,
-    new_inits: list[TensorProto],
-    produced: dict[str, list[onnx.NodeProto]],
-) -> None:
-    """When ``tensor`` comes out of a ``MaxPool``, give the pool's input a Q/DQ pair of the same
-    scale too, so that onnxruntime pools 8-bit data (its float NCHW pool was 6 % of ResNet-50).
-
-    Exact: max pooling commutes with the monotonic quantisation, so ``Q(MaxPool(x)) ==
-    MaxPool(Q(x))``. Other readers of the pool's input keep the float tensor.
-    """
-    pool = next((n for n in graph.node if tensor in n.output), None)
-    if pool is None or pool.op_type != "MaxPool" or len(pool.output) > 1:
-        return
-    source = pool.input[0]
-    nodes, pool.input[0] = _activation_qdq(
-        source, scale, zero, new_inits, base=f"{pool.output[0]}_pool_input"
-    )
-    produced.setdefault(source, []).extend(nodes)
 
 
 def _consumers(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
