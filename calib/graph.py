@@ -38,8 +38,8 @@ ORT_FLOAT_OPS: tuple[str, ...] = ("ConvTranspose",)  # kept float in the ``onnxr
 # A non-grouped Conv reading fewer channels than this (the RGB stem) stays float in the
 # ``onnxruntime`` layout: with a reduction depth of 3 x 3 x 3 its INT8 kernel is slower than float.
 ORT_MIN_INT8_CHANNELS = 4
-# Pure data movement that onnxruntime runs on INT8 tensors: a quantised node's output flows
-# through a single-consumer chain of these before it is dequantised.
+# Pure data movement that onnxruntime runs on 8-bit tensors: each node of a single-consumer chain
+# of these right after a quantised node gets a Q/DQ pair with that node's output scale.
 DATA_MOVEMENT_OPS: tuple[str, ...] = ("DepthToSpace", "SpaceToDepth", "Slice", "Reshape", "Transpose")
 FLOAT_ONLY_OPS: tuple[str, ...] = (
     "DeformConv",
@@ -198,7 +198,8 @@ def insert_qdq(
     scale is known) for all consumers except float-only ops and graph outputs, which is the
     ``DQ -> Conv -> Q`` pattern onnxruntime's CPU provider fuses into ``QLinearConv``; a
     single-consumer chain of data movement (``DepthToSpace``, ``Slice``, ...) right after such a
-    node runs on the INT8 tensor and is dequantised at its end. Float in that layout:
+    node gets Q/DQ pairs of the same scale, which onnxruntime drops so that it moves 8-bit data.
+    Float in that layout:
     ``ConvTranspose`` (onnxruntime's CPU provider has no fused INT8 kernel;
     :func:`calib.ort_layout.prepare_for_layout` rewrites the up-samplers as ``Conv`` first) and
     the RGB stem (a non-grouped ``Conv`` reading fewer than :data:`ORT_MIN_INT8_CHANNELS`
@@ -304,11 +305,17 @@ def insert_qdq(
     del graph.node[:]
     graph.node.extend(ordered)
 
+    graph.initializer.extend(new_inits)
+    drop_unused_initializers(graph)
+    return out
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node reads (in place)."""
     used = {name for n in graph.node for name in n.input}
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
-    return out
+    graph.initializer.extend(kept)
 
 
 def _int8_pays_on_ort(

@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from calib.graph import drop_unused_initializers
+
 # Kernel taps of the transposed convolution (kernel 4, stride 2, padding 1) read by the 2x2
 # window (rows m'-1, m') of output phase r: TAPS[r][j].
 _TAPS = ((2, 0), (3, 1))
@@ -122,10 +124,7 @@ def rewrite_upsamplers(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     if count:
         del graph.node[:]
         graph.node.extend(nodes)
-        used = {name for n in graph.node for name in n.input}
-        kept = [t for t in graph.initializer if t.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        drop_unused_initializers(graph)
     return out, count
 
 
