@@ -5,9 +5,40 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
+import click
 import typer
+from typer.core import TyperGroup
+
+from contract.errors import PemDeployError, describe_os_error, one_line
+
+
+class _OneLineErrors(TyperGroup):
+    """Turns every expected failure into ``error: <one line>`` and exit status 2, never a traceback.
+
+    Typed project errors (:class:`PemDeployError`), file-system failures (disk full, read-only
+    folder, permission) and running out of memory are all a user's problem to fix, not a bug
+    report; Ctrl-C exits 130 with one line.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except PemDeployError as exc:
+            typer.echo(f"error: {one_line(exc)}", err=True)
+            raise typer.Exit(code=exc.exit_code) from None
+        except OSError as exc:
+            typer.echo(f"error: {describe_os_error(exc)}", err=True)
+            raise typer.Exit(code=2) from None
+        except MemoryError:
+            typer.echo("error: out of memory (try a smaller size, batch or --threads)", err=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(code=130) from None
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="pem-deploy",
     help="Edge-deployment toolchain for PEM (Prototype-based Efficient MaskFormer).",
     no_args_is_help=True,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contract.errors import PemDeployError
 
-class ExportError(RuntimeError):
+
+class ExportError(PemDeployError, RuntimeError):
     """An export, check or lint step was given a bad argument or file, or failed.
 
     The message is one line and names the argument or file at fault, so that the CLI can print it

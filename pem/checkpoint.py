@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from contract.errors import PemDeployError
 from pem.config import ConfigError, PEMConfig
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PemDeployError, RuntimeError):
     """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""
 
 

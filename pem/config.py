@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from contract.errors import PemDeployError
 from pem.datasets_meta import ADE20K_NUM_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_THING_IDS
 
 BackboneName = Literal["resnet50", "stdc"]
@@ -20,7 +21,7 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-class ConfigError(ValueError):
+class ConfigError(PemDeployError, ValueError):
     """A configuration or preset name is invalid."""
 
 

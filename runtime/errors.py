@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contract.errors import PemDeployError
 
-class RuntimeToolError(Exception):
+
+class RuntimeToolError(PemDeployError):
     """Base class of the runtime's errors."""
 
 

@@ -22,11 +22,13 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from contract.errors import PemDeployError
+
 IGNORE_LABEL = 255
 """Semantic label of pixels that are not evaluated or supervised."""
 
 
-class DatasetError(ValueError):
+class DatasetError(PemDeployError, ValueError):
     """A dataset path is missing or one of its files is unreadable or malformed (message names the file)."""
 
 
