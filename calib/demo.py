@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from export.errors import ExportError
+
 Progress = Callable[[str], None]
 INT8_MIN_AGREEMENT = 0.95
 
@@ -81,6 +83,17 @@ def run_demo(
     warmup = warmup if warmup is not None else (1 if quick else 3)
     n_images = images if images is not None else (2 if quick else 4)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a folder")
+    if (
+        out.is_dir()
+        and any(out.iterdir())
+        and not ((out / "report.md").is_file() or (out / "artifacts").is_dir())
+    ):
+        raise ExportError(
+            f"--out {out}: folder is not empty and holds no earlier demo (report.md); "
+            "give a new or empty folder (a demo folder is reused: its own files are replaced)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
@@ -95,7 +108,8 @@ def run_demo(
         for precision in ("fp32", "fp16"):
             say(f"exporting {precision.upper()} ONNX")
             result = export_artifact(
-                source, ExportOptions(out_dir=out / "artifacts" / precision, precision=precision)
+                source,
+                ExportOptions(out_dir=out / "artifacts" / precision, precision=precision, exist_ok=True),
             )
             artifacts[precision] = result.onnx_path
         say("INT8 calibration and FP32 / FP16 / INT8 accuracy")
@@ -109,6 +123,7 @@ def run_demo(
             eval_data=data,
             eval_limit=4 if quick else None,
             progress=None,
+            exist_ok=True,
         )
         artifacts["int8"] = outcome.export.onnx_path
         accuracy = outcome.report

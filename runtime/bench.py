@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.resources import check_memory
 from runtime.errors import RuntimeToolError
 from runtime.images import atomic_write_bytes
 
@@ -147,6 +148,23 @@ def bench_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
 
 
+#: Bytes per pixel of a frame in the runtime: the uint8 frame, its float copy, resized copies, labels.
+FRAME_BYTES_PER_PIXEL = 32
+#: Bytes per model-input pixel of a model run, a lower bound for the models of this project.
+MODEL_BYTES_PER_PIXEL = 256
+
+
+def artifact_bench_bytes(
+    model_h: int | None, model_w: int | None, frame_h: int, frame_w: int, batch: int
+) -> int:
+    """Estimated memory of benchmarking an artifact on ``batch`` frames of ``frame_h`` x ``frame_w``.
+
+    A static model runs at its own size (the frames are resized to it); a dynamic one at the frame's.
+    """
+    run_h, run_w = (model_h, model_w) if model_h and model_w else (frame_h, frame_w)
+    return batch * (frame_h * frame_w * FRAME_BYTES_PER_PIXEL + run_h * run_w * MODEL_BYTES_PER_PIXEL)
+
+
 def bench_artifact(
     path: str | os.PathLike[str],
     *,
@@ -179,6 +197,9 @@ def bench_artifact(
         h, w = shape or (int(fmt.height or 0), int(fmt.width or 0))
         if h <= 0 or w <= 0:
             raise BenchError(f"{path}: dynamic input size; give --shape HxW")
+        check_memory(
+            f"bench at {h}x{w}, batch {batch},", artifact_bench_bytes(fmt.height, fmt.width, h, w, batch)
+        )
         frames = [bench_image(h, w, seed=i) for i in range(batch)]
         for _ in range(warmup):
             seg.predict_batch(frames)

@@ -255,3 +255,28 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """Write files into a temporary sibling of ``target``; on success move them into ``target``.
+
+    Files of the same relative names in ``target`` are replaced, nothing else there is touched;
+    on any error (a full disk, a read-only folder) ``target`` is left as it was and the staging
+    folder is removed.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise DatasetError(f"{target}: exists and is not a folder")
+    parent = target.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        for path in files:
+            final = target / path.relative_to(tmp)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

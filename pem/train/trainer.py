@@ -132,6 +132,14 @@ class Trainer:
             raise CheckpointError(
                 f"{state}: a run already exists in {self.out_dir}; resume it or pick a new output"
             )
+        else:
+            ours = (MODEL_FILE, Path(MODEL_FILE).with_suffix(".json").name, METRICS_FILE)
+            found = [n for n in ours if (self.out_dir / n).exists()]
+            if found:
+                raise CheckpointError(
+                    f"{self.out_dir}: already holds {', '.join(found)} (an earlier run without a resumable "
+                    "state); pick a new --out or delete those files"
+                )
 
     # -----------------------------------------------------------------------------------------
     # State
@@ -219,9 +227,10 @@ class Trainer:
         return save_checkpoint(model, self.model_config, self.out_dir / MODEL_FILE, extra=extra)
 
     def _log(self, record: dict[str, Any]) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.out_dir / METRICS_FILE
+        before = path.read_bytes() if path.is_file() else b""
+        # Rewritten whole through a rename (the file is small): a full disk never leaves half a line.
+        atomic_write_bytes(path, before + (json.dumps(record) + "\n").encode())
 
     # -----------------------------------------------------------------------------------------
     # Loop
