@@ -9,7 +9,14 @@ import click
 import typer
 from typer.core import TyperGroup
 
+import cli_options as opt
 from contract.errors import PemDeployError, describe_os_error, one_line
+
+# click's usage errors (bad option value, unknown option); recent typer versions vendor click, so
+# their UsageError is typer.BadParameter's base rather than click's.
+_USAGE_ERRORS: tuple[type[Exception], ...] = tuple(
+    {click.UsageError, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")}
+)
 
 
 class _OneLineErrors(TyperGroup):
@@ -23,6 +30,9 @@ class _OneLineErrors(TyperGroup):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
+        except _USAGE_ERRORS as exc:  # bad option value / unknown option: one line, not a usage box
+            typer.echo(f"error: {one_line(exc.format_message())}", err=True)
+            raise typer.Exit(code=2) from None
         except PemDeployError as exc:
             typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(code=exc.exit_code) from None
@@ -71,9 +81,17 @@ def info(
         None, "--checkpoint", help="Our .safetensors checkpoint (config read beside it)."
     ),
     height: int = typer.Option(
-        None, "--height", help="Input height (multiple of 32); default: the preset's."
+        None,
+        "--height",
+        help="Input height (multiple of 32); default: the preset's.",
+        callback=opt.multiple_of_32("--height"),
     ),
-    width: int = typer.Option(None, "--width", help="Input width (multiple of 32); default: the preset's."),
+    width: int = typer.Option(
+        None,
+        "--width",
+        help="Input width (multiple of 32); default: the preset's.",
+        callback=opt.multiple_of_32("--width"),
+    ),
     postprocess: bool = typer.Option(
         False, "--postprocess/--no-postprocess", help="Also count semantic inference (class x mask product)."
     ),
@@ -97,10 +115,11 @@ def info(
     try:
         if (preset is None) == (checkpoint is None):
             _fail("give exactly one of --preset or --checkpoint")
+        tensors = None
         if checkpoint is not None:
-            from pem.checkpoint import read_checkpoint_config
+            from pem.checkpoint import verify_checkpoint
 
-            config = read_checkpoint_config(checkpoint)
+            config, tensors = verify_checkpoint(checkpoint)  # opens the weights: they must fit
         else:
             config = get_preset(preset)
         h = height or config.input_size[0]
@@ -111,6 +130,8 @@ def info(
         _fail(str(exc))
     typer.echo(f"model        {config.name} ({config.task}, {config.num_classes} classes)")
     typer.echo(f"input        {h}x{w}")
+    if tensors is not None:
+        typer.echo(f"weights      {tensors} tensors, all fit the config and are finite")
     typer.echo(f"parameters   {cost.params / 1e6:.2f} M")
     for part, macs in cost.macs_by_part.items():
         typer.echo(f"  {part:<20} {macs / 1e9:8.2f} GFLOPs")
@@ -131,7 +152,9 @@ def infer(
         None, "--provider", help="onnxruntime execution provider(s), in order."
     ),
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    alpha: float = typer.Option(
+        0.5, "--alpha", help="Overlay opacity.", callback=opt.float_range("--alpha", 0, 1)
+    ),
 ) -> None:
     """Segment images or a video with an exported model (torch-free runtime)."""
     from runtime import RuntimeToolError, Segmenter
@@ -170,16 +193,27 @@ def _parse_hw(text: str, option: str) -> tuple[int, int]:
 
 @app.command("make-synthetic")
 def make_synthetic_command(
-    out: str = typer.Argument(..., help="Output folder (must not exist or be empty)."),
-    train: int = typer.Option(300, "--train", help="Number of training images."),
-    val: int = typer.Option(50, "--val", help="Number of validation images."),
-    size: str = typer.Option("256x512", "--size", help="Image size HxW."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (image i depends only on seed, split, i)."),
+    out: str = typer.Argument(
+        ..., help="Output folder (must not exist or be empty).", callback=opt.folder("OUT")
+    ),
+    train: int = typer.Option(
+        300, "--train", help="Number of training images.", callback=opt.int_range("--train", 0, 1_000_000)
+    ),
+    val: int = typer.Option(
+        50, "--val", help="Number of validation images.", callback=opt.int_range("--val", 0, 1_000_000)
+    ),
+    size: str = typer.Option("256x512", "--size", help="Image size HxW.", callback=opt.hw_size("--size")),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Random seed (image i depends only on seed, split, i).",
+        callback=opt.at_least("--seed", 0),
+    ),
 ) -> None:
     """Generate the synthetic street-scene set in the exact Cityscapes layout (panoptic included)."""
     from pem.data.synthetic import SyntheticConfig, make_synthetic
 
-    hw = _parse_hw(size, "--size")
+    hw = opt.parse_hw("--size", size)
     try:
         path = make_synthetic(out, SyntheticConfig(train=train, val=val, size=hw, seed=seed), progress=True)
     except _data_errors() as exc:
@@ -191,20 +225,57 @@ def make_synthetic_command(
 def train(
     preset: str = typer.Option(..., "--preset", help="Model preset (see `info --list`); sets the recipe."),
     data: str = typer.Option(..., "--data", help="Dataset folder (Cityscapes layout or ADE20K)."),
-    out: str = typer.Option(None, "--out", help="Output folder (default: runs/PRESET)."),
-    iterations: int = typer.Option(None, "--iterations", help="Optimizer steps."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Images per optimizer step."),
-    accumulate: int = typer.Option(None, "--accumulate", help="Micro-batches per step (grad accumulation)."),
-    lr: float = typer.Option(None, "--lr", help="Base learning rate."),
-    crop: str = typer.Option(None, "--crop", help="Training crop HxW."),
-    num_points: int = typer.Option(None, "--num-points", help="Points per mask for the mask losses."),
-    seed: int = typer.Option(None, "--seed", help="Random seed."),
-    eval_period: int = typer.Option(None, "--eval-period", help="Evaluate every N steps (0: at the end)."),
-    checkpoint_period: int = typer.Option(None, "--checkpoint-period", help="Checkpoint every N steps."),
-    workers: int = typer.Option(None, "--workers", help="Data-loading worker processes."),
+    out: str = typer.Option(
+        None, "--out", help="Output folder (default: runs/PRESET).", callback=opt.folder("--out")
+    ),
+    iterations: int = typer.Option(
+        None, "--iterations", help="Optimizer steps.", callback=opt.at_least("--iterations", 1)
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Images per optimizer step.", callback=opt.at_least("--batch-size", 2)
+    ),
+    accumulate: int = typer.Option(
+        None,
+        "--accumulate",
+        help="Micro-batches per step (grad accumulation).",
+        callback=opt.at_least("--accumulate", 1),
+    ),
+    lr: float = typer.Option(
+        None, "--lr", help="Base learning rate.", callback=opt.float_range("--lr", 0, min_open=True)
+    ),
+    crop: str = typer.Option(None, "--crop", help="Training crop HxW.", callback=opt.hw_size("--crop")),
+    num_points: int = typer.Option(
+        None,
+        "--num-points",
+        help="Points per mask for the mask losses.",
+        callback=opt.at_least("--num-points", 1),
+    ),
+    seed: int = typer.Option(None, "--seed", help="Random seed.", callback=opt.at_least("--seed", 0)),
+    eval_period: int = typer.Option(
+        None,
+        "--eval-period",
+        help="Evaluate every N steps (0: at the end).",
+        callback=opt.at_least("--eval-period", 0),
+    ),
+    checkpoint_period: int = typer.Option(
+        None,
+        "--checkpoint-period",
+        help="Checkpoint every N steps.",
+        callback=opt.at_least("--checkpoint-period", 0),
+    ),
+    workers: int = typer.Option(
+        None, "--workers", help="Data-loading worker processes.", callback=opt.at_least("--workers", 0)
+    ),
     amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on CUDA)."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    threads: int = typer.Option(None, "--threads", help="CPU threads for PyTorch (1 is best on a busy CPU)."),
+    device: str = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).", callback=opt.device()
+    ),
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        help="CPU threads for PyTorch (1 is best on a busy CPU).",
+        callback=opt.at_least("--threads", 1),
+    ),
     val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
@@ -228,13 +299,13 @@ def train(
         if v is not None
     }
     if crop is not None:
-        changes["augment"] = {"crop_size": _parse_hw(crop, "--crop")}
+        changes["augment"] = {"crop_size": opt.parse_hw("--crop", crop)}
     if num_points is not None:
         changes["loss"] = {"num_points": num_points}
     if threads is not None:
         import torch
 
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(threads)
     try:
         config = train_preset(preset).replace(**changes)
         result = run_training(
@@ -261,13 +332,29 @@ def eval_command(
     data: str = typer.Option(..., "--data", help="Dataset folder (Cityscapes layout or ADE20K)."),
     split: str = typer.Option("val", "--split", help="Split to evaluate."),
     task: str = typer.Option(None, "--task", help="semantic or panoptic (default: the model's task)."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),
-    limit: int = typer.Option(None, "--limit", help="Evaluate only the first N images."),
-    short_side: int = typer.Option(None, "--short-side", help="Resize short side first (ADE20K 512/640)."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda ... (default: cuda if available)."),
-    json_out: str = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
+    batch_size: int = typer.Option(
+        4, "--batch-size", help="Images per forward pass.", callback=opt.at_least("--batch-size", 1)
+    ),
+    limit: int = typer.Option(
+        None, "--limit", help="Evaluate only the first N images.", callback=opt.at_least("--limit", 1)
+    ),
+    short_side: int = typer.Option(
+        None,
+        "--short-side",
+        help="Resize short side first (ADE20K 512/640).",
+        callback=opt.int_range("--short-side", 32, 32768),
+    ),
+    device: str = typer.Option(
+        None, "--device", help="cpu, cuda ... (default: cuda if available).", callback=opt.device()
+    ),
+    json_out: str = typer.Option(
+        None, "--json", help="Also write the metrics to this JSON file.", callback=opt.file("--json")
+    ),
     save_predictions: str = typer.Option(
-        None, "--save-predictions", help="Write predictions in the official Cityscapes evaluators' formats."
+        None,
+        "--save-predictions",
+        help="Write predictions in the official Cityscapes evaluators' formats.",
+        callback=opt.folder("--save-predictions"),
     ),
 ) -> None:
     """Evaluate a checkpoint: mIoU (per class + mean) and, for panoptic models, PQ / SQ / RQ."""
@@ -293,7 +380,9 @@ def eval_command(
         _fail(str(exc))
     typer.echo(result.summary())
     if json_out:
-        Path(json_out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        from pem.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(Path(json_out), (json.dumps(result.to_dict(), indent=2) + "\n").encode())
 
 
 @app.command("export")
@@ -302,15 +391,30 @@ def export_command(
     checkpoint: str = typer.Option(
         None, "--checkpoint", help="Our .safetensors checkpoint, or an official .pkl/.pth (with --preset)."
     ),
-    out: str = typer.Option(..., "--out", help="Output folder for NAME.onnx + NAME.json."),
+    out: str = typer.Option(
+        ..., "--out", help="Output folder for NAME.onnx + NAME.json.", callback=opt.folder("--out")
+    ),
+    exist_ok: bool = typer.Option(
+        False, "--exist-ok", help="Replace NAME.onnx / NAME.json already in --out (nothing else is touched)."
+    ),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: calibration)."),
     head: str = typer.Option(None, "--head", help="raw | semantic | panoptic (default: the model's task)."),
     height: int = typer.Option(
-        None, "--height", help="Input height (multiple of 32); default: the preset's."
+        None,
+        "--height",
+        help="Input height (multiple of 32); default: the preset's.",
+        callback=opt.multiple_of_32("--height"),
     ),
-    width: int = typer.Option(None, "--width", help="Input width (multiple of 32); default: the preset's."),
+    width: int = typer.Option(
+        None,
+        "--width",
+        help="Input width (multiple of 32); default: the preset's.",
+        callback=opt.multiple_of_32("--width"),
+    ),
     dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width."),
-    batch: int = typer.Option(1, "--batch", help="Static batch size."),
+    batch: int = typer.Option(
+        1, "--batch", help="Static batch size.", callback=opt.int_range("--batch", 1, 1024)
+    ),
     deform_impl: str = typer.Option(
         "native", "--deform-impl", help="native (ONNX DeformConv) | decomposed (standard ops only)."
     ),
@@ -323,7 +427,12 @@ def export_command(
     simplifier: str = typer.Option("onnxslim", "--simplifier", help="onnxslim | onnxsim | none."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo | torchscript (fallback)."),
     name: str = typer.Option("model", "--name", help="File stem of the artifact."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights (preset without checkpoint)."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seed of the random weights (preset without checkpoint).",
+        callback=opt.at_least("--seed", 0),
+    ),
     lint_table: bool = typer.Option(False, "--lint-table", help="Print the per-op TensorRT table."),
     calib_data: str = typer.Option(
         None,
@@ -333,7 +442,12 @@ def export_command(
     calib_method: str = typer.Option(
         "percentile", "--calib-method", help="int8: percentile | minmax | entropy."
     ),
-    calib_images: int = typer.Option(200, "--calib-images", help="int8: number of calibration images."),
+    calib_images: int = typer.Option(
+        200,
+        "--calib-images",
+        help="int8: number of calibration images.",
+        callback=opt.at_least("--calib-images", 1),
+    ),
     calib_cache: str = typer.Option(
         None, "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
     ),
@@ -359,6 +473,7 @@ def export_command(
         opset=opset,
         simplifier=simplifier,
         exporter=exporter,
+        exist_ok=exist_ok,
     )
     if out_format not in ("onnx", "engine"):
         _fail(f"--format {out_format}: choose onnx or engine")
@@ -371,7 +486,9 @@ def export_command(
             import_tensorrt()  # fail before the slow export when TensorRT is missing
         with ConsoleProgress() as progress:
             progress("loading the model")
-            source = load_source(preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed)
+            source = load_source(
+                preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed, batch=batch
+            )
             result = export_artifact(source, options, progress=progress, int8_quantizer=quantizer)
             engine = _build_engine(result.onnx_path, precision, quantizer) if out_format == "engine" else None
     except ExportError as exc:
@@ -433,19 +550,40 @@ def calibrate_command(
         help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder, 'synthetic'.",
     ),
     out: str = typer.Option(
-        ..., "--out", help="Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md."
+        ...,
+        "--out",
+        help="Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md.",
+        callback=opt.folder("--out"),
+    ),
+    exist_ok: bool = typer.Option(
+        False,
+        "--exist-ok",
+        help="Replace those files when --out already holds them (nothing else is touched).",
     ),
     method: str = typer.Option("percentile", "--method", help="percentile | minmax | entropy."),
-    num_images: int = typer.Option(200, "--num-images", help="Calibration images (deterministic sample)."),
-    calib_seed: int = typer.Option(0, "--calib-seed", help="Seed of the image sample."),
+    num_images: int = typer.Option(
+        200,
+        "--num-images",
+        help="Calibration images (deterministic sample).",
+        callback=opt.int_range("--num-images", 1, 100_000),
+    ),
+    calib_seed: int = typer.Option(
+        0, "--calib-seed", help="Seed of the image sample.", callback=opt.at_least("--calib-seed", 0)
+    ),
     percentile: float = typer.Option(
-        99.99, "--percentile", help="Percentile of |x| for --method percentile."
+        99.99,
+        "--percentile",
+        help="Percentile of |x| for --method percentile.",
+        callback=opt.float_range("--percentile", 0, 100, min_open=True),
     ),
     layout: str = typer.Option(
         "tensorrt", "--layout", help="Q/DQ layout: tensorrt (inputs of INT8 ops) | onnxruntime (outputs too)."
     ),
     max_drop: float = typer.Option(
-        None, "--max-drop", help="Accuracy-aware: keep sensitive layers float until the mIoU drop <= POINTS."
+        None,
+        "--max-drop",
+        help="Accuracy-aware: keep sensitive layers float until the mIoU drop <= POINTS.",
+        callback=opt.float_range("--max-drop", 0, 100),
     ),
     eval_data: str = typer.Option(
         None, "--eval-data", help="Labelled data for the report (default: --data)."
@@ -453,13 +591,24 @@ def calibrate_command(
     eval_split: str = typer.Option(
         "val", "--eval-split", help="Held-out split for the report and --max-drop."
     ),
-    eval_limit: int = typer.Option(None, "--eval-limit", help="Evaluate at most N images."),
+    eval_limit: int = typer.Option(
+        None, "--eval-limit", help="Evaluate at most N images.", callback=opt.at_least("--eval-limit", 1)
+    ),
     report: bool = typer.Option(True, "--report/--no-report", help="FP32/FP16/INT8 accuracy report."),
     head: str = typer.Option(None, "--head", help="raw | semantic | panoptic (default: the model's task)."),
-    height: int = typer.Option(None, "--height", help="Input height (multiple of 32)."),
-    width: int = typer.Option(None, "--width", help="Input width (multiple of 32)."),
+    height: int = typer.Option(
+        None, "--height", help="Input height (multiple of 32).", callback=opt.multiple_of_32("--height")
+    ),
+    width: int = typer.Option(
+        None, "--width", help="Input width (multiple of 32).", callback=opt.multiple_of_32("--width")
+    ),
     name: str = typer.Option("model", "--name", help="File stem of the artifact."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights (preset without checkpoint)."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seed of the random weights (preset without checkpoint).",
+        callback=opt.at_least("--seed", 0),
+    ),
     trt_version: str = typer.Option("10.3.0", "--trt-version", help="TensorRT version in the cache header."),
     cache_dir: str = typer.Option(None, "--cache-dir", help="Where calibration caches are kept for reuse."),
     calib_cache: str = typer.Option(
@@ -468,7 +617,9 @@ def calibrate_command(
     reuse: bool = typer.Option(
         True, "--reuse/--no-reuse", help="Reuse a cache of the same model + data + method."
     ),
-    threads: int = typer.Option(1, "--threads", help="onnxruntime threads."),
+    threads: int = typer.Option(
+        1, "--threads", help="onnxruntime threads.", callback=opt.at_least("--threads", 1)
+    ),
 ) -> None:
     """INT8 calibration: Q/DQ INT8 ONNX, TensorRT calibration cache, FP32/FP16/INT8 accuracy report."""
     from calib.calibrate import CalibrationConfig
@@ -507,6 +658,7 @@ def calibrate_command(
                 eval_limit=eval_limit,
                 report=report,
                 progress=progress,
+                exist_ok=exist_ok,
             )
     except ExportError as exc:  # CalibrationError is an ExportError
         _fail(str(exc))
@@ -523,17 +675,32 @@ def check_command(
     ),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Compare with this checkpoint instead."),
     image: list[str] = typer.Option(None, "--image", help="Image file(s) to compare on (repeatable)."),
-    random: int = typer.Option(2, "--random", help="Number of random-noise inputs."),
-    scenes: int = typer.Option(1, "--scenes", help="Number of synthetic street-scene inputs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the generated inputs."),
+    random: int = typer.Option(
+        2, "--random", help="Number of random-noise inputs.", callback=opt.int_range("--random", 0, 1000)
+    ),
+    scenes: int = typer.Option(
+        1,
+        "--scenes",
+        help="Number of synthetic street-scene inputs.",
+        callback=opt.int_range("--scenes", 0, 1000),
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the generated inputs.", callback=opt.at_least("--seed", 0)
+    ),
     emulate: bool = typer.Option(
         None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."
     ),
     max_abs: float = typer.Option(
-        None, "--max-abs", help="Max abs error of logits/scores (default fp32: 1e-3)."
+        None,
+        "--max-abs",
+        help="Max abs error of logits/scores (default fp32: 1e-3).",
+        callback=opt.float_range("--max-abs", 0),
     ),
     min_agreement: float = typer.Option(
-        None, "--min-agreement", help="Minimum label agreement (default: fp32 0.999, fp16 0.99)."
+        None,
+        "--min-agreement",
+        help="Minimum label agreement (default: fp32 0.999, fp16 0.99).",
+        callback=opt.float_range("--min-agreement", 0, 1, min_open=True),
     ),
 ) -> None:
     """Compare an exported model with PyTorch: max abs/rel error per output, label agreement, mIoU.
@@ -572,17 +739,38 @@ def bench_command(
     preset: list[str] = typer.Option(
         None, "--preset", help="Also time this preset in PyTorch (seeded random weights)."
     ),
-    device: str = typer.Option("cpu", "--device", help="PyTorch device: cpu, cuda, cuda:1 ..."),
+    device: str = typer.Option(
+        "cpu", "--device", help="PyTorch device: cpu, cuda, cuda:1 ...", callback=opt.device()
+    ),
     providers: str = typer.Option(
         None, "--providers", help="onnxruntime providers, comma-separated (default: the best available)."
     ),
-    shape: str = typer.Option(None, "--shape", help="HxW of the frames (default: each model's input size)."),
-    batch: int = typer.Option(1, "--batch", help="Frames per call."),
-    warmup: int = typer.Option(3, "--warmup", help="Untimed warm-up calls."),
-    iterations: int = typer.Option(20, "--iterations", help="Timed calls."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads (onnxruntime intra-op and torch)."),
+    shape: str = typer.Option(
+        None,
+        "--shape",
+        help="HxW of the frames (default: each model's input size).",
+        callback=opt.hw_size("--shape", minimum=1),
+    ),
+    batch: int = typer.Option(
+        1, "--batch", help="Frames per call.", callback=opt.int_range("--batch", 1, 1024)
+    ),
+    warmup: int = typer.Option(
+        3, "--warmup", help="Untimed warm-up calls.", callback=opt.at_least("--warmup", 0)
+    ),
+    iterations: int = typer.Option(
+        20, "--iterations", help="Timed calls.", callback=opt.int_range("--iterations", 1, 1_000_000)
+    ),
+    threads: int = typer.Option(
+        1,
+        "--threads",
+        help="CPU threads (onnxruntime intra-op and torch).",
+        callback=opt.at_least("--threads", 1),
+    ),
     out: str = typer.Option(
-        None, "--out", help="Write bench.json, bench.csv, bench.md (and bench.png) here."
+        None,
+        "--out",
+        help="Write bench.json, bench.csv, bench.md (and bench.png) here.",
+        callback=opt.folder("--out"),
     ),
     plot: bool = typer.Option(False, "--plot", help="Also a PNG plot (needs matplotlib)."),
 ) -> None:
@@ -659,23 +847,27 @@ def _bench_torch(
 
 @app.command("demo")
 def demo_command(
-    out: str = typer.Option("pem-demo", "--out", help="Output folder (artifacts, report.md, overlays)."),
+    out: str = typer.Option(
+        "pem-demo",
+        "--out",
+        help="Output folder (artifacts, report.md, overlays).",
+        callback=opt.folder("--out"),
+    ),
     quick: bool = typer.Option(False, "--quick", help="The quick default model and few iterations (tests)."),
-    iterations: int = typer.Option(None, "--iterations", help="Timed calls per model (default 20; quick 3)."),
-    threads: int = typer.Option(1, "--threads", help="CPU threads."),
+    iterations: int = typer.Option(
+        None,
+        "--iterations",
+        help="Timed calls per model (default 20; quick 3).",
+        callback=opt.int_range("--iterations", 1, 1_000_000),
+    ),
+    threads: int = typer.Option(1, "--threads", help="CPU threads.", callback=opt.at_least("--threads", 1)),
 ) -> None:
     """Whole toolchain on the embedded default: data, model, FP32/FP16/INT8 ONNX, parity, bench, report."""
-    from pathlib import Path
-
     from calib.demo import run_demo
     from export.errors import ExportError
     from export.progress import ConsoleProgress
     from runtime.errors import RuntimeToolError
 
-    if Path(out).exists() and not Path(out).is_dir():
-        _fail(f"--out {out}: exists and is not a folder")
-    if threads < 1:
-        _fail(f"--threads {threads}: must be >= 1")
     try:
         with ConsoleProgress() as progress:
             result = run_demo(out, quick=quick, iterations=iterations, threads=threads, progress=progress)
