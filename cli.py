@@ -184,13 +184,6 @@ def _data_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, CheckpointError, DatasetError, FileNotFoundError, NotADirectoryError)
 
 
-def _parse_hw(text: str, option: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        _fail(f"{option} must be HxW (e.g. 256x512), got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
 @app.command("make-synthetic")
 def make_synthetic_command(
     out: str = typer.Argument(

@@ -75,7 +75,7 @@ def parse_hw(flag: str, text: str, minimum: int = 32, multiple_of: int | None = 
     """``"HxW"`` as two ints, each ``>= minimum`` (and a multiple of ``multiple_of``)."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match:
-        raise UsageError(f"{flag} {text!r}: must be HxW (e.g. 256x512)")
+        raise UsageError(f"{flag} must be HxW (e.g. 256x512), got {text!r}")
     h, w = int(match.group(1)), int(match.group(2))
     for value in (h, w):
         if value < minimum or (multiple_of and value % multiple_of):
