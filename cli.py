@@ -225,7 +225,7 @@ def train(
         None, "--iterations", help="Optimizer steps.", callback=opt.at_least("--iterations", 1)
     ),
     batch_size: int = typer.Option(
-        None, "--batch-size", help="Images per optimizer step.", callback=opt.at_least("--batch-size", 2)
+        None, "--batch-size", help="Images per optimizer step.", callback=opt.at_least("--batch-size", 1)
     ),
     accumulate: int = typer.Option(
         None,
@@ -371,11 +371,11 @@ def eval_command(
         )
     except _data_errors() as exc:
         _fail(str(exc))
-    typer.echo(result.summary())
-    if json_out:
+    if json_out:  # before the summary: a failed write is then the only output
         from pem.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(Path(json_out), (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+    typer.echo(result.summary())
 
 
 @app.command("export")
@@ -742,7 +742,6 @@ def bench_command(
         None,
         "--shape",
         help="HxW of the frames (default: each model's input size).",
-        callback=opt.hw_size("--shape", minimum=1),
     ),
     batch: int = typer.Option(
         1, "--batch", help="Frames per call.", callback=opt.int_range("--batch", 1, 1024)
@@ -800,9 +799,10 @@ def bench_command(
             results.append(_bench_torch(None, name, device, size, batch, warmup, iterations, threads))
     except BenchError as exc:
         _fail(str(exc))
+    written = write_reports(results, out, plot=plot) if out else None  # a failed write: the only output
     typer.echo(format_table(results))
-    if out:
-        paths, note = write_reports(results, out, plot=plot)
+    if written is not None:
+        paths, note = written
         typer.echo("wrote " + ", ".join(str(p) for p in paths))
         if note:
             typer.echo(note)

@@ -18,7 +18,9 @@ import io
 import json
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -322,28 +324,41 @@ def write_reports(
     Returns the written paths and a note when the plot was skipped (matplotlib missing).
     """
     out = Path(out_dir)
-    paths = [out / f"{stem}.json", out / f"{stem}.csv", out / f"{stem}.md"]
-    payload = {"context": context or {}, "results": [r.to_dict() for r in results]}
-    atomic_write_bytes(paths[0], (json.dumps(payload, indent=2) + "\n").encode())
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    keys = [k for k, _ in COLUMNS if k not in STAGES] + [f"{k}_ms" for k in STAGES]
-    writer.writerow(keys)
-    for r in results:
-        data = r.to_dict()
-        writer.writerow([data[k] if k in data else r.stages_ms.get(k[:-3], "") for k in keys])
-    atomic_write_bytes(paths[1], buffer.getvalue().encode())
-    lines = ["# Benchmark", ""]
-    if context:
-        lines += [", ".join(f"{k}: {v}" for k, v in context.items()), ""]
-    lines += [markdown_table(results), ""]
-    atomic_write_bytes(paths[2], "\n".join(lines).encode())
-    note = None
-    if plot:
-        png = out / f"{stem}.png"
-        note = plot_results(results, png)
-        if note is None:
-            paths.append(png)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    # Staged in a hidden folder inside ``out`` and moved in at the end: all reports or none.
+    staging = Path(tempfile.mkdtemp(prefix=f".{stem}-", suffix=".tmp", dir=out))
+    try:
+        staged = [staging / f"{stem}.json", staging / f"{stem}.csv", staging / f"{stem}.md"]
+        payload = {"context": context or {}, "results": [r.to_dict() for r in results]}
+        atomic_write_bytes(staged[0], (json.dumps(payload, indent=2) + "\n").encode())
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        keys = [k for k, _ in COLUMNS if k not in STAGES] + [f"{k}_ms" for k in STAGES]
+        writer.writerow(keys)
+        for r in results:
+            data = r.to_dict()
+            writer.writerow([data[k] if k in data else r.stages_ms.get(k[:-3], "") for k in keys])
+        atomic_write_bytes(staged[1], buffer.getvalue().encode())
+        lines = ["# Benchmark", ""]
+        if context:
+            lines += [", ".join(f"{k}: {v}" for k, v in context.items()), ""]
+        lines += [markdown_table(results), ""]
+        atomic_write_bytes(staged[2], "\n".join(lines).encode())
+        note = None
+        if plot:
+            png = staging / f"{stem}.png"
+            note = plot_results(results, png)
+            if note is None:
+                staged.append(png)
+        paths = []
+        for path in staged:
+            os.replace(path, out / path.name)
+            paths.append(out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
     return paths, note
 
 

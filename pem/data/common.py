@@ -229,11 +229,15 @@ def semantic_from_panoptic(pan_seg: np.ndarray, segments: Sequence[SegmentInfo])
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
-    """Write an (H, W) label map (uint8 / uint16) or an (H, W, 3) RGB image as PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write an (H, W) label map (uint8 / uint16) or an (H, W, 3) RGB image as PNG (atomically)."""
+    from pem.checkpoint import atomic_write_bytes
+
     data = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    if not cv2.imwrite(str(path), data):
-        raise DatasetError(f"{path}: could not write PNG")
+    ok, buffer = cv2.imencode(".png", data)
+    if not ok:
+        raise DatasetError(f"{path}: could not encode PNG of shape {array.shape} and dtype {array.dtype}")
+    # Not cv2.imwrite: on a full disk it reports success and leaves a 0-byte file.
+    atomic_write_bytes(path, buffer.tobytes())
 
 
 @contextmanager

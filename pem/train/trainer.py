@@ -388,4 +388,11 @@ def run_training(
     model_cfg = model_config_for(preset, train_set.meta)
     extra = {"dataset": str(Path(data)), "preset": preset, **(extra_metadata or {})}
     trainer = Trainer(model_cfg, config, train_set, out_dir, val_set, device, progress, resume, extra)
-    return trainer.train()
+    created = not trainer.out_dir.exists()
+    try:
+        return trainer.train()
+    except BaseException:
+        # a run that failed before writing anything (full disk, read-only...) leaves no empty folder
+        if created and trainer.out_dir.is_dir() and not any(trainer.out_dir.iterdir()):
+            trainer.out_dir.rmdir()
+        raise
