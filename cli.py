@@ -208,9 +208,17 @@ def train(
     val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    sync_bn: str = typer.Option(
+        None, "--sync-bn", help="Under torchrun: official (default), all or off (which BN syncs)."
+    ),
 ) -> None:
-    """Train a preset on a dataset (checkpoints, metrics.jsonl, progress bar with loss and ETA)."""
+    """Train a preset on a dataset (checkpoints, metrics.jsonl, progress bar with loss and ETA).
+
+    Several GPUs / nodes: launch it with ``torchrun --nproc-per-node N [--nnodes M ...]``;
+    ``--batch-size`` stays the global batch (README, "Training at scale").
+    """
     from pem.train import run_training, train_preset
+    from pem.train.distributed import current_context, shutdown
 
     changes: dict[str, object] = {
         k: v
@@ -224,6 +232,7 @@ def train(
             "checkpoint_period": checkpoint_period,
             "num_workers": workers,
             "amp": amp,
+            "sync_bn": sync_bn,
         }.items()
         if v is not None
     }
@@ -249,6 +258,10 @@ def train(
         )
     except _data_errors() as exc:
         _fail(str(exc))
+    main = current_context().is_main
+    shutdown()
+    if not main:
+        return
     typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.3f}")
     if result.metrics is not None:
         typer.echo(result.metrics.summary())
@@ -291,6 +304,12 @@ def eval_command(
         )
     except _data_errors() as exc:
         _fail(str(exc))
+    from pem.train.distributed import current_context, shutdown
+
+    main = current_context().is_main  # under torchrun every rank evaluates a shard
+    shutdown()
+    if not main:
+        return
     typer.echo(result.summary())
     if json_out:
         Path(json_out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
