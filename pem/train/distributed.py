@@ -9,7 +9,7 @@ process group is created.
 Norms: :func:`convert_sync_batch_norm` turns the BatchNorm layers the official code runs as
 SyncBN into ``nn.SyncBatchNorm`` (torch's own layer). torch's SyncBN only runs on GPUs, so on
 CPU (gloo) the converted layers use :class:`GlooSyncBatchNorm`, a subclass whose forward gathers
-the per-channel sums with torch's differentiable ``all_reduce`` (``torch.distributed.nn``): the
+the per-channel sums with a differentiable ``torch.distributed.all_reduce``: the
 same statistics and gradients as full-batch BatchNorm, slower, for tests and CPU clusters.
 """
 
@@ -160,13 +160,30 @@ def barrier() -> None:
 # SyncBatchNorm
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over ranks: the gradient of every rank's input is the summed gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        out = values.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=ctx.group)
+        return out, None
+
+
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """SyncBatchNorm for CPU tensors (gloo), e.g. for tests; torch's ``nn.SyncBatchNorm`` (and
     DDP with it) accepts only GPU modules.
 
     Same state as ``nn.SyncBatchNorm`` (it is one, converted in place). In training inside a
     process group of several ranks it all-reduces per-channel (count, sum, sum of squares) with
-    ``torch.distributed.nn.functional.all_reduce`` (autograd-aware), normalises with the biased
+    an autograd-aware ``all_reduce``, normalises with the biased
     global variance and updates the running statistics with the unbiased one, as BatchNorm over
     the concatenated batch does; otherwise it is plain BatchNorm.
     """
@@ -184,15 +201,13 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             or not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
         ):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
         self._check_input_dim(input)
         dims = [0, *range(2, input.dim())]
         # Sums in float64: E[x^2] - E[x]^2 stays accurate to float32 precision.
         x64 = input.double()
         count = torch.tensor([float(input.numel() // input.shape[1])], dtype=torch.float64)
         stats = torch.cat([count, x64.sum(dims), (x64 * x64).sum(dims)])
-        stats = all_reduce(stats, group=self.process_group or dist.group.WORLD)
+        stats = _AllReduceSum.apply(stats, self.process_group or dist.group.WORLD)
         c = self.num_features
         total = stats[0]
         mean64 = stats[1 : 1 + c] / total
