@@ -157,17 +157,9 @@ def int8_region_tensors(model: onnx.ModelProto, targets: Iterable[QuantTarget]) 
 
 
 def _session(model: onnx.ModelProto, threads: int) -> Any:
-    import onnxruntime as ort
+    from runtime.backends.ort_session import create_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CalibrationError(f"onnxruntime cannot load the model: {first}") from None
+    return create_session(model.SerializeToString(), threads=max(1, threads), error=CalibrationError)
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
