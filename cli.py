@@ -12,13 +12,56 @@ from typer.core import TyperGroup
 from contract.errors import PemDeployError, describe_os_error, one_line
 
 
+def _metavar(param: click.Parameter) -> str:
+    """Capitalised placeholder for a value in help and usage lines (N for integers, X for numbers)."""
+    descriptor = getattr(param, "type_descriptor", None)
+    annotation = getattr(descriptor, "annotation", None)
+    if annotation is int:
+        return "N"
+    if annotation is float:
+        return "X"
+    return (param.name or "value").upper()
+
+
+def _tidy_param(param: click.Parameter) -> None:
+    no_type = lambda ctx: None  # noqa: E731
+    if getattr(param, "param_type_name", "") == "argument":
+        param.metavar = param.metavar or (param.name or "value").upper()
+        param.display_type_rich = no_type  # type: ignore[attr-defined]  # the name column says it
+    elif getattr(param, "is_flag", False) or getattr(param, "count", False):
+        param.display_type_rich = no_type  # type: ignore[attr-defined]  # flags take no value
+    elif param.metavar is None:
+        param.metavar = _metavar(param)
+
+
+def _tidy_help(command: click.Command) -> None:
+    """Help without type tags (``<str>``, ``<bool>``): flags show no value, values a CAPITAL name."""
+    for param in command.params:
+        _tidy_param(param)
+    make_help_option = command.get_help_option
+
+    def get_help_option(ctx: click.Context) -> click.Option | None:
+        option = make_help_option(ctx)
+        if option is not None:
+            _tidy_param(option)
+        return option
+
+    command.get_help_option = get_help_option  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_help(sub)
+
+
 class _OneLineErrors(TyperGroup):
     """Turns every expected failure into ``error: <one line>`` and exit status 2, never a traceback.
 
     Typed project errors (:class:`PemDeployError`), file-system failures (disk full, read-only
     folder, permission) and running out of memory are all a user's problem to fix, not a bug
-    report; Ctrl-C exits 130 with one line.
+    report; Ctrl-C exits 130 with one line. Also tidies the help of every command.
     """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        _tidy_help(self)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -47,8 +90,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"pem-deploy {version('pem-deploy')}")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            typer.echo("pem-deploy (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Edge-deployment toolchain for PEM: model info, training, export, calibration, runtime."""
 
 
