@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -45,7 +46,7 @@ class CameraSpec:
     def kind(self) -> str:
         if self.api == cv2.CAP_GSTREAMER:
             return "GStreamer pipeline"
-        if isinstance(self.target, int):
+        if isinstance(self.target, int) or self.text.startswith("/dev/"):
             return "camera"
         return "stream" if self.live else "video"
 
@@ -66,7 +67,11 @@ def camera_spec(source: str) -> CameraSpec | None:
     if "!" in text:
         return CameraSpec(source, text, cv2.CAP_GSTREAMER)
     if text.startswith("/dev/video") or text.startswith("/dev/v4l/"):
-        return CameraSpec(source, text, getattr(cv2, "CAP_V4L2", cv2.CAP_ANY))
+        # By index: some OpenCV builds' V4L2 backend cannot open a device by name.
+        match = re.fullmatch(r"/dev/video(\d+)", os.path.realpath(text))
+        return CameraSpec(
+            source, int(match.group(1)) if match else text, getattr(cv2, "CAP_V4L2", cv2.CAP_ANY)
+        )
     scheme = urlparse(text).scheme.lower()
     if scheme == "file":
         parsed = urlparse(text)
