@@ -1,7 +1,8 @@
 """A ROS 2 node (``pem-deploy ros2 ARTIFACT --input /camera/image_raw``): subscribe, segment, publish.
 
 Subscribes to a ``sensor_msgs/Image`` or ``CompressedImage`` topic with sensor-data QoS (best
-effort, keep last 1) and publishes the messages of :mod:`runtime.ros.messages` (labels,
+effort, keep last 1; a topic ending in ``/compressed`` is a ``CompressedImage``) and publishes (reliable,
+keep last 1) the messages of :mod:`runtime.ros.messages` (labels,
 panoptic + segments for panoptic artifacts, overlay) with the source header. Frames are handed
 to one worker thread through a one-slot mailbox (:class:`LatestFrame`): when inference is slower
 than the camera, older frames are dropped and the newest is segmented, so latency never grows.
@@ -155,7 +156,7 @@ def run_node(config: NodeConfig, args: list[str] | None = None, log: Callable[[s
     ``config``; the artifact is opened once at start."""
     rclpy = import_rclpy()
     from rclpy.node import Node
-    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import String
 
@@ -171,7 +172,15 @@ def run_node(config: NodeConfig, args: list[str] | None = None, log: Callable[[s
         panoptic = segmenter.artifact.head == "panoptic"
         process = FrameProcessor(segmenter, config.input, config.overlay, config.alpha)
         types = _rclpy_types()
-        qos = qos_profile_sensor_data
+        # In: best effort, keep last 1 (matches every camera driver, never queues stale frames).
+        # Out: reliable, keep last 1, which best-effort and reliable subscribers (RViz, Foxglove) both take.
+        sensor_in = QoSProfile(
+            depth=1,
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.BEST_EFFORT,
+            durability=DurabilityPolicy.VOLATILE,
+        )
+        qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
         publishers = {"labels": node.create_publisher(Image, topics.labels, qos)}
         if panoptic:
             publishers["panoptic"] = node.create_publisher(Image, topics.panoptic, qos)
@@ -180,7 +189,7 @@ def run_node(config: NodeConfig, args: list[str] | None = None, log: Callable[[s
             publishers["overlay"] = node.create_publisher(CompressedImage, topics.overlay, qos)
         in_type = CompressedImage if config.input.rstrip("/").endswith("/compressed") else Image
         mailbox = LatestFrame()
-        node.create_subscription(in_type, config.input, mailbox.put, qos)
+        node.create_subscription(in_type, config.input, mailbox.put, sensor_in)
         stop = threading.Event()
 
         def work() -> None:
