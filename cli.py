@@ -180,9 +180,15 @@ def infer(
     artifact: str = typer.Argument(
         ..., help="Model artifact: .onnx / .engine (sidecar .json beside it) or its folder."
     ),
-    source: str = typer.Argument(..., help="An image, a folder of images, or a video."),
+    source: str = typer.Argument(
+        ...,
+        help="An image, a folder of images, a video, a ROS 2 bag (.mcap, .db3 or bag folder; with --topic), "
+        "a camera index, /dev/videoN, an rtsp/http/file URL or a GStreamer pipeline.",
+    ),
     out: str = typer.Option(
-        ..., "--out", help="Output folder (labels/, panoptic/, overlay/, predictions.json)."
+        ...,
+        "--out",
+        help="Output folder (labels/, panoptic/, overlay/, predictions.json), or a bag file (.mcap / .db3).",
     ),
     resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox (keep aspect ratio)."),
     provider: list[str] = typer.Option(
@@ -190,13 +196,36 @@ def infer(
     ),
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
     alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    topic: list[str] = typer.Option(None, "--topic", help="Bag image topic(s) to segment (repeatable)."),
+    max_frames: int = typer.Option(None, "--max-frames", help="Stop after this many frames (bags, cameras)."),
+    duration: float = typer.Option(None, "--duration", help="Stop a live camera after this many seconds."),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="Replace an existing output bag file."),
+    copy_input: bool = typer.Option(False, "--copy-input", help="Also copy the input images to the bag."),
 ) -> None:
-    """Segment images or a video with an exported model (torch-free runtime)."""
+    """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime)."""
     from runtime import RuntimeToolError, Segmenter
     from runtime.batch_infer import infer_path, stderr_progress
 
     if resize not in ("stretch", "letterbox"):
         _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
+    from runtime.robotics import infer_robotics, is_robotics_job
+
+    if is_robotics_job(source, out, topic or (), max_frames, duration):  # bags, cameras, streams
+        from runtime.sources import ProgressLine
+
+        with Segmenter.open(artifact, providers=provider or None, resize=resize) as segmenter:  # type: ignore[arg-type]
+            line = ProgressLine()
+            options = dict(exist_ok=exist_ok, overlays=overlays, alpha=alpha, copy_input=copy_input)
+            summary = infer_robotics(
+                segmenter, source, out, topic or (), max_frames, duration, progress=line, **options
+            )
+            line.finish()
+        t = summary.mean_timings_ms
+        typer.echo(
+            f"{summary.frames} frame(s) -> {summary.out_dir}  ({line.fps():.1f} FPS; mean ms: pre "
+            f"{t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
+        )
+        return
     try:
         with Segmenter.open(artifact, providers=provider or None, resize=resize) as segmenter:  # type: ignore[arg-type]
             summary = infer_path(
@@ -209,6 +238,30 @@ def infer(
         f"{summary.frames} frame(s) -> {summary.out_dir}  "
         f"(mean ms: pre {t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
     )
+
+
+@app.command("ros2")
+def ros2_command(
+    artifact: str = typer.Argument(..., help="Model artifact: .onnx / .engine or its folder."),
+    input_topic: str = typer.Option(
+        "/camera/image_raw", "--input", help="Image topic (a '/compressed' topic is a CompressedImage)."
+    ),
+    namespace: str = typer.Option("pem", "--namespace", help="Outputs go to <input>/<namespace>/..."),
+    overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Publish the overlay topic."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox."),
+    ros_args: list[str] = typer.Argument(
+        None, help="Extra ROS arguments after '--' (e.g. --ros-args -p ...)."
+    ),
+) -> None:
+    """ROS 2 node: subscribe to an image topic, publish labels / panoptic / overlay (needs rclpy)."""
+    from runtime.ros.node import NodeConfig, import_rclpy, run_node
+
+    import_rclpy()
+    config = NodeConfig(
+        artifact, input_topic, namespace=namespace, overlay=overlays, alpha=alpha, resize=resize
+    )
+    run_node(config, args=["pem-deploy", *(ros_args or [])], log=typer.echo)
 
 
 def _data_errors() -> tuple[type[BaseException], ...]:
