@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,16 +76,20 @@ def infer_path(
     overlays: bool = True,
     alpha: float = 0.5,
     progress: Callable[[int, int | None], None] | None = None,
+    frames: Iterable[tuple[str, np.ndarray]] | None = None,
+    total: int | None = None,
 ) -> InferSummary:
     """Segment ``source`` (image, folder or video) into ``out_dir``.
 
     Writes ``labels/<name>.png`` (class ids, uint8 when they fit, else 16-bit), for panoptic
     artifacts ``panoptic/<name>.png`` (segment ids, 16-bit), ``overlay/<name>.jpg`` and
     ``predictions.json``. Everything is written into a temporary folder first and moved into
-    place at the end, so a failure leaves ``out_dir`` as it was.
+    place at the end, so a failure leaves ``out_dir`` as it was. ``frames`` (``(name, BGR image)``
+    pairs, ``total`` of them if known) replaces reading ``source``, which then only names the input.
     """
     source, out_dir = Path(source), Path(out_dir)
-    frames, total = _frames(source)
+    if frames is None:
+        frames, total = _frames(source)
     classes = [c.name for c in segmenter.artifact.classes]
     palette = segmenter.artifact.palette
     out_dir.parent.mkdir(parents=True, exist_ok=True)
