@@ -132,25 +132,47 @@ def infer(
     ),
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
     alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    exist_ok: bool = typer.Option(
+        False,
+        "--exist-ok",
+        help="Allow a non-empty --out: add our labels/, panoptic/, overlay/, predictions.json to it "
+        "(only files pem-deploy wrote are replaced).",
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
+    ),
 ) -> None:
-    """Segment images or a video with an exported model (torch-free runtime)."""
-    from runtime import RuntimeToolError, Segmenter
+    """Segment images or a video with an exported model (torch-free runtime).
+
+    Output names keep the input's relative path and suffix (labels/a/x.jpg.png); see README.
+    Exit status: 0 all segmented, 1 some files of a folder skipped, 2 error.
+    """
+    from runtime import Segmenter
     from runtime.batch_infer import infer_path, stderr_progress
 
     if resize not in ("stretch", "letterbox"):
         _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
-    try:
-        with Segmenter.open(artifact, providers=provider or None, resize=resize) as segmenter:  # type: ignore[arg-type]
-            summary = infer_path(
-                segmenter, source, out, overlays=overlays, alpha=alpha, progress=stderr_progress
-            )
-    except (RuntimeToolError, OSError) as exc:
-        _fail(str(exc))
+    with Segmenter.open(artifact, providers=provider or None, resize=resize) as segmenter:  # type: ignore[arg-type]
+        summary = infer_path(
+            segmenter,
+            source,
+            out,
+            overlays=overlays,
+            alpha=alpha,
+            progress=stderr_progress,
+            exist_ok=exist_ok,
+            strict=strict,
+            on_skip=lambda line: typer.echo(f"skipped: {line}", err=True),
+            on_note=lambda line: typer.echo(f"note: {line}", err=True),
+        )
     t = summary.mean_timings_ms
+    skipped = f", {len(summary.failed)} skipped" if summary.failed else ""
     typer.echo(
-        f"{summary.frames} frame(s) -> {summary.out_dir}  "
+        f"{summary.frames} frame(s){skipped} -> {summary.out_dir}  "
         f"(mean ms: pre {t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
     )
+    if summary.failed:
+        raise typer.Exit(code=1)
 
 
 def _data_errors() -> tuple[type[BaseException], ...]:
