@@ -21,7 +21,9 @@ deleted or replaced (the ``mkdir`` / ``git clone`` convention, plus an opt-in to
 - Everything is written into ``DIR/.pem-deploy-staging-<pid>-<random>/`` (with a marker file
   naming it ours), then moved into place one file at a time with atomic renames,
   ``predictions.json`` last; a failure before the moves leaves ``DIR`` as it was. Staging
-  folders left by a killed run (prefix + marker) are removed by the next run into ``DIR``.
+  folders left by a killed run are removed by the next run into ``DIR`` when provably ours: our
+  prefix and our marker, or our prefix and empty (killed before the marker was written); files
+  a killed run had already moved in are listed in its marker and count as ours.
 - A folder run skips files that cannot be read (one ``skipped`` line each through
   ``on_skip``), finishes the others and reports them in :class:`InferSummary` and
   ``predictions.json``; ``strict`` stops at the first one instead (and writes nothing).
@@ -237,7 +239,16 @@ def _clean_stale_staging(out_dir: Path) -> set[str]:
             continue
         marker = _read_marker(entry)
         if marker is None:
-            continue  # not provably ours: leave it
+            # Killed between mkdir and the marker's single write: empty, or an empty marker only.
+            leftovers = list(entry.iterdir())
+            if leftovers and (
+                [p.name for p in leftovers] != [STAGING_MARKER] or leftovers[0].stat().st_size != 0
+            ):
+                continue  # not provably ours: leave it
+            for p in leftovers:
+                p.unlink()
+            entry.rmdir()
+            continue
         moving = marker.get("moving", [])
         if isinstance(moving, list):
             moved.update(m for m in moving if isinstance(m, str))
@@ -310,8 +321,12 @@ def infer_path(
         previous = _read_predictions(out_dir)
         staging = out_dir / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
-        marker = {"tool": _MARKER_TOOL, "pid": os.getpid(), "moving": []}
-        atomic_write_bytes(staging / STAGING_MARKER, json.dumps(marker).encode())
+        # One small write(): a kill leaves no marker, an empty one or a whole one (see the cleaner).
+        fd = os.open(staging / STAGING_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, json.dumps({"tool": _MARKER_TOOL, "pid": os.getpid(), "moving": []}).encode())
+        finally:
+            os.close(fd)
         summary, records = _segment_all(
             segmenter,
             source,

@@ -176,8 +176,8 @@ def _no_partial(out: Path) -> None:
         assert not p.name.endswith(".tmp") or STAGING_PREFIX in str(p), p
         if p.suffix == ".png" and "labels" in p.parts and STAGING_PREFIX not in str(p):
             assert cv2.imread(str(p), cv2.IMREAD_UNCHANGED) is not None, p
-        if p.name.startswith(STAGING_PREFIX):
-            assert (p / STAGING_MARKER).is_file(), p
+        if p.name.startswith(STAGING_PREFIX):  # ours: a marker, or empty (killed before it)
+            assert (p / STAGING_MARKER).is_file() or not any(p.iterdir()), p
 
 
 # -- 1. image files through the CLI: refused with one line --------------------------------------
@@ -938,3 +938,15 @@ def test_kill_9_sweep(phase, model, tmp_path):
     data = json.loads((out / "predictions.json").read_text())
     assert len(data["predictions"]) == count
     _no_partial(out)
+
+
+@pytest.mark.parametrize("leftover", ["empty", "empty marker"])
+def test_staging_killed_before_its_marker_is_cleaned(leftover, model, scene_png, tmp_path):
+    out = tmp_path / "out"
+    stale = out / f"{STAGING_PREFIX}7-dead"
+    stale.mkdir(parents=True)
+    if leftover == "empty marker":
+        (stale / STAGING_MARKER).write_bytes(b"")
+    result = _invoke(["infer", str(model), str(scene_png), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["labels", "overlay", "predictions.json"]
