@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from contract.fs import atomic_write_bytes
 from export.errors import ExportError
-from pem.checkpoint import atomic_write_bytes
 
 EnginePrecision = Literal["fp32", "fp16", "int8"]
 

@@ -38,7 +38,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +89,13 @@ class _Frame:
     error: str | None = None
 
 
-def _frames(source: Path, kind: str, names: list[Path], strict: bool) -> Iterator[_Frame]:
+def _frames(
+    source: Path, kind: str, names: list[Path], strict: bool, given: Iterable[tuple[str, np.ndarray]] | None
+) -> Iterator[_Frame]:
+    if given is not None:
+        for name, image in given:
+            yield _Frame(name, image, [])
+        return
     if kind == "video":
         for i, frame in enumerate(read_video(source)):
             yield _Frame(f"{source.name}/{i:06d}", frame, [])
@@ -290,6 +296,8 @@ def infer_path(
     strict: bool = False,
     on_skip: Callable[[str], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    frames: Iterable[tuple[str, np.ndarray]] | None = None,
+    total: int | None = None,
 ) -> InferSummary:
     """Segment ``source`` (image, folder or video) into ``out_dir`` (see the module docstring).
 
@@ -298,9 +306,11 @@ def infer_path(
     ``predictions.json``, where ``<name>`` is the input's relative path with its suffix.
     ``on_skip`` gets one line per unreadable file of a folder (``strict``: raise instead),
     ``on_note`` one line per converted image (grayscale, alpha, 16-bit, EXIF orientation).
+    ``frames`` (``(name, BGR image)`` pairs, ``total`` of them if known: a bag, a camera)
+    replaces reading ``source``, which then only names the input.
     """
     source, out_dir = Path(source), Path(out_dir)
-    kind = _source_kind(source)
+    kind = "stream" if frames is not None else _source_kind(source)
     listing_errors: list[tuple[str, str]] = []
     paths = list_images(source, None if strict else listing_errors) if kind == "folder" else [source]
     check_out_dir(out_dir, source)
@@ -340,6 +350,8 @@ def infer_path(
             on_skip,
             on_note,
             listing_errors,
+            frames,
+            total,
         )
         _install(
             out_dir, staging, records, previous, _owned(previous) | stale_moves, segmenter, source, summary
@@ -367,10 +379,13 @@ def _segment_all(
     on_skip: Callable[[str], None] | None,
     on_note: Callable[[str], None] | None,
     listing_errors: list[tuple[str, str]],
+    given: Iterable[tuple[str, np.ndarray]] | None,
+    total: int | None,
 ) -> tuple[InferSummary, list[dict[str, object]]]:
     classes = [c.name for c in segmenter.artifact.classes]
     palette = segmenter.artifact.palette
-    total = len(paths) if kind != "video" else None
+    if kind in ("folder", "image"):
+        total = len(paths)
     records: list[dict[str, object]] = []
     failed: list[tuple[str, str]] = list(listing_errors)
     notes: list[str] = []
@@ -378,7 +393,7 @@ def _segment_all(
         if on_skip:
             on_skip(message)
     sums, count = {"pre": 0.0, "infer": 0.0, "post": 0.0}, 0
-    for frame in _frames(source, kind, paths, strict):
+    for frame in _frames(source, kind, paths, strict, given):
         if frame.image is not None:
             try:
                 result = segmenter.predict(frame.image, frame.name)
