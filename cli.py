@@ -199,11 +199,23 @@ def infer(
     topic: list[str] = typer.Option(None, "--topic", help="Bag image topic(s) to segment (repeatable)."),
     max_frames: int = typer.Option(None, "--max-frames", help="Stop after this many frames (bags, cameras)."),
     duration: float = typer.Option(None, "--duration", help="Stop a live camera after this many seconds."),
-    exist_ok: bool = typer.Option(False, "--exist-ok", help="Replace an existing output bag file."),
+    exist_ok: bool = typer.Option(
+        False,
+        "--exist-ok",
+        help="Allow a non-empty --out folder: add our labels/, panoptic/, overlay/, predictions.json "
+        "(only files pem-deploy wrote are replaced); or replace an existing output bag file.",
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
+    ),
     copy_input: bool = typer.Option(False, "--copy-input", help="Also copy the input images to the bag."),
 ) -> None:
-    """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime)."""
-    from runtime import RuntimeToolError, Segmenter
+    """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime).
+
+    Output names keep the input's relative path and suffix (labels/a/x.jpg.png); see README.
+    Exit status: 0 all segmented, 1 some files of a folder skipped, 2 error.
+    """
+    from runtime import Segmenter
     from runtime.batch_infer import infer_path, stderr_progress
 
     if resize not in ("stretch", "letterbox"):
@@ -226,18 +238,27 @@ def infer(
             f"{t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
         )
         return
-    try:
-        with Segmenter.open(artifact, providers=provider or None, resize=resize) as segmenter:  # type: ignore[arg-type]
-            summary = infer_path(
-                segmenter, source, out, overlays=overlays, alpha=alpha, progress=stderr_progress
-            )
-    except (RuntimeToolError, OSError) as exc:
-        _fail(str(exc))
+    with Segmenter.open(artifact, providers=provider or None, resize=resize) as segmenter:  # type: ignore[arg-type]
+        summary = infer_path(
+            segmenter,
+            source,
+            out,
+            overlays=overlays,
+            alpha=alpha,
+            progress=stderr_progress,
+            exist_ok=exist_ok,
+            strict=strict,
+            on_skip=lambda line: typer.echo(f"skipped: {line}", err=True),
+            on_note=lambda line: typer.echo(f"note: {line}", err=True),
+        )
     t = summary.mean_timings_ms
+    skipped = f", {len(summary.failed)} skipped" if summary.failed else ""
     typer.echo(
-        f"{summary.frames} frame(s) -> {summary.out_dir}  "
+        f"{summary.frames} frame(s){skipped} -> {summary.out_dir}  "
         f"(mean ms: pre {t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
     )
+    if summary.failed:
+        raise typer.Exit(code=1)
 
 
 @app.command("ros2")
