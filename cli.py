@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from contract.errors import PemDeployError, describe_os_error, one_line
 
 
-def _metavar(param: click.Parameter) -> str:
+def _metavar(param: Any) -> str:
     """Capitalised placeholder for a value in help and usage lines (N for integers, X for numbers)."""
     descriptor = getattr(param, "type_descriptor", None)
     annotation = getattr(descriptor, "annotation", None)
@@ -23,7 +22,7 @@ def _metavar(param: click.Parameter) -> str:
     return (param.name or "value").upper()
 
 
-def _tidy_param(param: click.Parameter) -> None:
+def _tidy_param(param: Any) -> None:
     no_type = lambda ctx: None  # noqa: E731
     if getattr(param, "param_type_name", "") == "argument":
         param.metavar = param.metavar or (param.name or "value").upper()
@@ -34,13 +33,13 @@ def _tidy_param(param: click.Parameter) -> None:
         param.metavar = _metavar(param)
 
 
-def _tidy_help(command: click.Command) -> None:
+def _tidy_help(command: Any) -> None:
     """Help without type tags (``<str>``, ``<bool>``): flags show no value, values a CAPITAL name."""
     for param in command.params:
         _tidy_param(param)
     make_help_option = command.get_help_option
 
-    def get_help_option(ctx: click.Context) -> click.Option | None:
+    def get_help_option(ctx: typer.Context) -> Any:
         option = make_help_option(ctx)
         if option is not None:
             _tidy_param(option)
@@ -63,7 +62,7 @@ class _OneLineErrors(TyperGroup):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         _tidy_help(self)
 
-    def invoke(self, ctx: click.Context) -> object:
+    def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
         except PemDeployError as exc:
