@@ -15,7 +15,7 @@ import numpy as np
 
 from runtime.errors import InputError
 from runtime.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_images, read_image, write_image
-from runtime.postprocess import colorize_labels, colorize_panoptic, overlay
+from runtime.postprocess import colorize_labels, colorize_panoptic, label_png_array, overlay
 from runtime.segmenter import Result, Segmenter, read_video
 
 
@@ -97,12 +97,12 @@ def infer_path(
             for sub in ("labels", "overlay") + (("panoptic",) if result.panoptic is not None else ()):
                 (staging / sub / name).parent.mkdir(parents=True, exist_ok=True)
             labels = result.labels
-            write_image(
-                staging / "labels" / f"{name}.png",
-                labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16),
-            )
+            write_image(staging / "labels" / f"{name}.png", label_png_array(labels, name))
             if result.panoptic is not None:
-                write_image(staging / "panoptic" / f"{name}.png", result.panoptic.astype(np.uint16))
+                write_image(
+                    staging / "panoptic" / f"{name}.png",
+                    label_png_array(result.panoptic, name, "panoptic", 16),
+                )
             if overlays:
                 colors = (
                     colorize_panoptic(result.panoptic, result.segments, palette)
