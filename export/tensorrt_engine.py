@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from contract.errors import SidecarError
+from contract.fs import atomic_write_bytes
 from contract.sidecar import Sidecar
 from export.errors import ExportError
-from pem.checkpoint import atomic_write_bytes
 
 EnginePrecision = Literal["fp32", "fp16", "int8"]
 
