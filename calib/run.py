@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,10 @@ from typing import Any
 from calib.calibrate import CalibrationConfig, Int8Calibrator, Int8Result
 from calib.errors import CalibrationError
 from calib.trt_cache import write_cache
+from contract.fs import atomic_write_bytes
 from export.metadata import ArtifactWriter
 from export.pipeline import ExportOptions, ExportResult, Progress, export_artifact
 from export.source import ModelSource
-from pem.checkpoint import atomic_write_bytes
 
 
 @dataclass
@@ -38,6 +39,7 @@ class CalibrateOutcome:
     cache_path: Path
     report: dict[str, Any] | None = None
     report_paths: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
 
     def summary(self) -> str:
         r = self.int8.ranges
@@ -56,6 +58,8 @@ class CalibrateOutcome:
                     f"accuracy     {name:<5} mIoU {entry['mIoU']:.2f} (drop {entry['mIoU_drop']:+.2f}){pq}"
                 )
             lines.append("report       " + ", ".join(str(p) for p in self.report_paths))
+        if self.seconds:
+            lines.append(f"total time   {self.seconds:.1f} s (export, calibration and checks)")
         return "\n".join(lines)
 
 
@@ -82,6 +86,7 @@ def run_calibration(
     are refused unless ``exist_ok``; nothing else in the folder is touched.
     """
     say = progress or (lambda message: None)
+    start = time.perf_counter()
     if report or max_drop is not None:  # fail before the slow part when there are no labels
         from calib.accuracy import open_eval_dataset
 
@@ -128,6 +133,7 @@ def run_calibration(
         writer.commit()
     exported.onnx_path = final_dir / exported.onnx_path.name
     exported.sidecar_path = final_dir / exported.sidecar_path.name
+    outcome.seconds = time.perf_counter() - start
     return outcome
 
 

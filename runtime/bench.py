@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from contract.fs import atomic_write_bytes
 from contract.resources import check_memory
 from runtime.errors import RuntimeToolError
-from runtime.images import atomic_write_bytes
 
 STAGES = ("pre", "infer", "post")
 

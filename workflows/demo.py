@@ -174,7 +174,7 @@ def run_demo(
         overlays: list[Path] = []
         for precision in ("fp32", "int8"):
             with Segmenter.open(artifacts[precision], threads=threads) as seg:
-                infer_path(seg, inputs, out / "predictions" / precision)
+                infer_path(seg, inputs, out / "predictions" / precision, exist_ok=True)
             overlays += sorted((out / "predictions" / precision / "overlay").glob("*.jpg"))
     finally:
         torch.set_num_threads(before)
@@ -208,7 +208,7 @@ def _copy_val_images(data: Path, target: Path, count: int) -> None:
 
 def _write_report(result: DemoResult, variant: str, checkpoint: str, bench_md: str) -> None:
     from calib.accuracy import report_markdown
-    from pem.checkpoint import atomic_write_bytes
+    from contract.fs import atomic_write_bytes
 
     out = result.out_dir
     lines = [
