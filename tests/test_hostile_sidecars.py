@@ -792,7 +792,8 @@ def test_panoptic_outputs_out_of_range(field, value, expected):
 
 
 def test_export_refuses_to_write_an_invalid_sidecar(tmp_path):
-    config = get_preset("cityscapes-semantic-tiny").replace(input_size=(H, W), pixel_std=(58.0, 0.0, 57.0))
+    # PEMConfig itself refuses std 0 (pem.config), so the bad value is put into the sidecar directly
+    config = get_preset("cityscapes-semantic-tiny").replace(input_size=(H, W))
     sidecar = build_sidecar(
         config=config,
         head="semantic",
@@ -806,6 +807,7 @@ def test_export_refuses_to_write_an_invalid_sidecar(tmp_path):
         source={},
         onnx_info={},
     )
+    sidecar["input"]["normalization"]["std"][1] = 0.0
     out = tmp_path / "out"
     with pytest.raises(ExportError) as info, ArtifactWriter(out) as writer:
         write_artifact(writer, _graph_for(sidecar), sidecar, "model")
