@@ -416,9 +416,61 @@ def _build_engine(onnx_path: object, precision: str, quantizer: object | None) -
 
     onnx_file = Path(str(onnx_path))
     engine_path = onnx_file.with_name(f"{onnx_file.stem}.{precision}.engine")  # sidecar: STEM.PRECISION.json
-    options = EngineOptions(precision=precision, strongly_typed=True if precision != "fp32" else None)  # type: ignore[arg-type]
-    build_engine(onnx_file, engine_path, options)
+    # The graph's own precision decides the typing (runtime.engine_build, same as pem-deploy build).
+    build_engine(onnx_file, engine_path, EngineOptions(precision=precision))  # type: ignore[arg-type]
     return engine_path
+
+
+@app.command("build")
+def build_command(
+    artifact: str = typer.Argument(..., help="The ONNX artifact (.onnx with its .json, or their folder)."),
+    out: str = typer.Option(
+        ..., "--out", help="Output folder (STEM.PRECISION.engine + .json) or .engine file."
+    ),
+    precision: str = typer.Option(
+        None, "--precision", help="fp32 | fp16 | int8 (default: the graph's; FP32 graphs: flags on TRT 10)."
+    ),
+    calib_cache: str = typer.Option(
+        None, "--calib-cache", help="TRT 10 weakly typed INT8: calibration cache."
+    ),
+    timing_cache: str = typer.Option(None, "--timing-cache", help="Timing cache to reuse and update."),
+    workspace: int = typer.Option(2048, "--workspace", help="Builder workspace limit in MiB."),
+    dla_core: int = typer.Option(None, "--dla-core", help="Build for this DLA core (Jetson)."),
+    gpu_fallback: bool = typer.Option(
+        False, "--gpu-fallback", help="DLA: run unsupported layers on the GPU."
+    ),
+    opt_level: int = typer.Option(None, "--opt-level", help="Builder optimisation level 0-5 (TensorRT: 3)."),
+    min_shape: str = typer.Option(None, "--min", help="Dynamic exports: profile min, NxCxHxW or HxW."),
+    opt_shape: str = typer.Option(
+        None, "--opt", help="Dynamic exports: profile opt (default: default_size)."
+    ),
+    max_shape: str = typer.Option(None, "--max", help="Dynamic exports: profile max."),
+    contexts: int = typer.Option(
+        1, "--contexts", help="Profile copies: execution contexts that run at once."
+    ),
+    log: str = typer.Option(None, "--log", help="Write TensorRT's build log here."),
+) -> None:
+    """Torch-free TensorRT engine from an ONNX artifact (TensorRT + numpy + onnx only; run on the device)."""
+    from pathlib import Path
+
+    from runtime.engine_build import EngineOptions, build_engine, profiles_from_options
+
+    lo, mid, hi = profiles_from_options([min_shape, opt_shape, max_shape])
+    options = EngineOptions(
+        precision=precision,  # type: ignore[arg-type]
+        calibration_cache=Path(calib_cache) if calib_cache else None,
+        timing_cache=Path(timing_cache) if timing_cache else None,
+        workspace_mib=workspace,
+        min_shape=lo,
+        opt_shape=mid,
+        max_shape=hi,
+        builder_optimization_level=opt_level,
+        dla_core=dla_core,
+        gpu_fallback=gpu_fallback,
+        contexts=contexts,
+        log_path=Path(log) if log else None,
+    )
+    typer.echo(build_engine(artifact, out, options).summary())
 
 
 @app.command("calibrate")
