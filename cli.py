@@ -585,7 +585,7 @@ def check_command(
         None, "--max-abs", help="Max abs error of logits/scores (default fp32: 1e-3)."
     ),
     min_agreement: float = typer.Option(
-        None, "--min-agreement", help="Minimum label agreement (default: fp32 0.999, fp16 0.99)."
+        None, "--min-agreement", help="Minimum label agreement (default: fp32 0.999, fp16 0.99, int8 0.95)."
     ),
 ) -> None:
     """Compare an exported model with PyTorch: max abs/rel error per output, label agreement, mIoU.
@@ -613,6 +613,78 @@ def check_command(
         _fail(str(exc))
     typer.echo(result.summary())
     if not result.passed:
+        raise typer.Exit(code=1)
+
+
+@app.command("verify")
+def verify_command(
+    candidate: str = typer.Argument(..., help="The artifact to verify (engine or ONNX, sidecar beside it)."),
+    against: str = typer.Option(None, "--against", help="Reference artifact (e.g. the FP32 ONNX)."),
+    images: str = typer.Option(None, "--images", help="Compare on the images of this folder."),
+    save_reference: str = typer.Option(
+        None, "--save-reference", help="Also save the reference outputs (.npz)."
+    ),
+    load_reference: str = typer.Option(None, "--load-reference", help="Reference outputs saved elsewhere."),
+    random: int = typer.Option(1, "--random", help="Random-noise images (without --images)."),
+    scenes: int = typer.Option(2, "--scenes", help="Synthetic street scenes (without --images)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated images."),
+    limit: int = typer.Option(None, "--limit", help="At most N images of --images."),
+    precision: str = typer.Option(
+        None, "--policy", help="Policy fp32 | fp16 | int8 (default: the candidate's)."
+    ),
+    atol: float = typer.Option(None, "--atol", help="Absolute tolerance of scores / logits."),
+    rtol: float = typer.Option(None, "--rtol", help="Relative tolerance of scores / logits."),
+    min_agreement: float = typer.Option(None, "--min-agreement", help="Minimum label agreement."),
+    min_segments: float = typer.Option(None, "--min-segment-match", help="Minimum panoptic segment match."),
+    providers: str = typer.Option(None, "--providers", help="onnxruntime providers, comma-separated."),
+    json_out: str = typer.Option(None, "--json", help="Write the report as JSON here."),
+) -> None:
+    """Compare two artifacts on the same images under the shared parity policy (torch-free).
+
+    Exit code 0 when the thresholds hold, 1 when not, 2 on bad arguments or files.
+    """
+    import json
+    from pathlib import Path
+
+    from contract.parity_policy import POLICIES, policy_for
+    from runtime.images import atomic_write_bytes
+    from runtime.verify import verify
+
+    if precision is not None and precision not in POLICIES:
+        _fail(f"--policy {precision}: choose {', '.join(POLICIES)}")
+    policy = None
+    if (
+        precision
+        or atol is not None
+        or rtol is not None
+        or min_agreement is not None
+        or min_segments is not None
+    ):
+        from runtime.artifact import load_artifact
+
+        base = policy_for(precision or load_artifact(candidate).precision)
+        policy = base.with_overrides(
+            atol=atol, rtol=rtol, min_label_agreement=min_agreement, min_segment_match=min_segments
+        )
+    report = verify(
+        candidate,
+        against=against,
+        load_reference_from=load_reference,
+        save_reference_to=save_reference,
+        images=images,
+        random=random,
+        scenes=scenes,
+        seed=seed,
+        limit=limit,
+        policy=policy,
+        providers=[p.strip() for p in providers.split(",")] if providers else None,
+    )
+    typer.echo(report.table())
+    if save_reference:
+        typer.echo(f"reference saved to {save_reference}")
+    if json_out:
+        atomic_write_bytes(Path(json_out), (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+    if not report.passed:
         raise typer.Exit(code=1)
 
 

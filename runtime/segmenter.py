@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -130,18 +133,47 @@ class Segmenter:
             results.extend(self._run(images[start : start + chunk], names[start : start + chunk]))
         return results
 
-    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[Result]:
-        """Lazily segment a frame iterator (e.g. :func:`read_video`), one result per frame."""
+    def stream(
+        self, frames: Iterable[np.ndarray], *, pipelined: bool = True, queue_size: int = 2
+    ) -> Iterator[Result]:
+        """Segment a frame iterator (e.g. :func:`read_video`) lazily, one result per frame, in order.
+
+        ``pipelined`` (default): pre-processing of frame k+1, inference of frame k and
+        post-processing of frame k-1 run at once on three threads (numpy, OpenCV, onnxruntime and
+        TensorRT release the GIL), linked by queues of ``queue_size`` frames, so a slow consumer
+        holds the producer back (back-pressure) and memory stays bounded. The frame iterator is
+        read on the pre-processing thread. An exception in any stage (or in the iterator) is
+        raised here, on the caller's thread, after the frames before it; closing the generator
+        (``close()``, ``break``, garbage collection, Ctrl-C) stops and joins every thread.
+        ``pipelined=False``: one frame after the other on the caller's thread.
+        """
+        if not pipelined:
+            return self._sequential(frames)
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        return _pipeline(self, frames, queue_size)
+
+    def _sequential(self, frames: Iterable[np.ndarray]) -> Iterator[Result]:
         for index, frame in enumerate(frames):
             yield self.predict(frame, f"frame {index}")
 
-    def _run(self, images: list[np.ndarray], names: list[str]) -> list[Result]:
-        t0 = time.perf_counter()
+    def postprocess(self, outputs: dict[str, np.ndarray], index: int, geometry: Geometry) -> Result:
+        """Model outputs (a batch) -> the :class:`Result` of image ``index`` at its original size."""
+        return self._postprocess(outputs, index, geometry)
+
+    def prepare(self, images: list[np.ndarray], names: list[str]) -> tuple[np.ndarray, list[Geometry]]:
+        """Validated, pre-processed model input for up to one batch of images (static batches padded)."""
         checked = [validate_image(img, name, self.max_pixels) for img, name in zip(images, names)]
         batch, geometries = self.preprocessor(checked)
         n = len(checked)
         if self.artifact.batch and n < self.artifact.batch:  # static batch: pad with copies
             batch = np.concatenate([batch, np.repeat(batch[-1:], self.artifact.batch - n, axis=0)])
+        return batch, geometries
+
+    def _run(self, images: list[np.ndarray], names: list[str]) -> list[Result]:
+        t0 = time.perf_counter()
+        batch, geometries = self.prepare(images, names)
+        n = len(images)
         t1 = time.perf_counter()
         outputs = self.backend.infer({self.artifact.input_name: batch})
         t2 = time.perf_counter()
@@ -190,6 +222,106 @@ class Segmenter:
         if scores.ndim == 2:  # a single class: cv2 drops the channel axis
             scores = scores[:, :, None]
         return scores.argmax(-1).astype(np.int32)
+
+
+class _Failure:
+    """An exception travelling down the pipeline to the caller's thread."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()  # end of the frame stream
+_POLL_S = 0.05  # how often blocked stages look at the stop flag
+
+
+def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> Iterator[Result]:
+    """Three-stage pipelined :meth:`Segmenter.stream` (pre / infer / post threads, bounded queues)."""
+    stop = threading.Event()
+    prepared: queue.Queue[Any] = queue.Queue(queue_size)
+    inferred: queue.Queue[Any] = queue.Queue(queue_size)
+    done: queue.Queue[Any] = queue.Queue(queue_size)
+
+    def put(q: queue.Queue[Any], item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(q: queue.Queue[Any]) -> Any:
+        while not stop.is_set():
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+        return _END
+
+    def pre() -> None:
+        iterator = iter(frames)
+        try:
+            for index, frame in enumerate(iterator):
+                if stop.is_set():
+                    return
+                t0 = time.perf_counter()
+                batch, geometries = seg.prepare([frame], [f"frame {index}"])
+                if not put(prepared, (batch, geometries[0], (time.perf_counter() - t0) * 1e3)):
+                    return
+            put(prepared, _END)
+        except BaseException as exc:  # surfaced on the caller's thread
+            put(prepared, _Failure(exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # e.g. read_video: release the capture on this thread
+                close()
+
+    def infer() -> None:
+        try:
+            while (item := get(prepared)) is not _END and not isinstance(item, _Failure):
+                batch, geometry, pre_ms = item
+                t0 = time.perf_counter()
+                outputs = seg.backend.infer({seg.artifact.input_name: batch})
+                if not put(inferred, (outputs, geometry, pre_ms, (time.perf_counter() - t0) * 1e3)):
+                    return
+            put(inferred, item)
+        except BaseException as exc:
+            put(inferred, _Failure(exc))
+
+    def post() -> None:
+        try:
+            while (item := get(inferred)) is not _END and not isinstance(item, _Failure):
+                outputs, geometry, pre_ms, infer_ms = item
+                t0 = time.perf_counter()
+                result = seg.postprocess(outputs, 0, geometry)
+                result.timings = {"pre": pre_ms, "infer": infer_ms, "post": (time.perf_counter() - t0) * 1e3}
+                if not put(done, result):
+                    return
+            put(done, item)
+        except BaseException as exc:
+            put(done, _Failure(exc))
+
+    threads = [
+        threading.Thread(target=f, name=f"pem-stream-{f.__name__}", daemon=True) for f in (pre, infer, post)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            try:
+                item = done.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:  # normal end, exception, close() or Ctrl-C: stop every stage and wait for it
+        stop.set()
+        for t in threads:
+            t.join()
 
 
 def read_video(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
