@@ -48,9 +48,12 @@ def open_backend(
         from runtime.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(artifact.model_path, artifact.sidecar, cuda_graph=cuda_graph)
-    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from runtime.backends.onnxruntime_backend import GpuOptions, OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(artifact.model_path, providers=providers, threads=threads)
+    gpu = GpuOptions(cuda_graph=cuda_graph)
+    return OnnxRuntimeBackend(
+        artifact.model_path, providers=providers, threads=threads, precision=artifact.precision, gpu=gpu
+    )
 
 
 class Segmenter:
