@@ -132,6 +132,10 @@ def infer(
     ),
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
     alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    cuda_graph: bool = typer.Option(
+        False, "--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."
+    ),
+    contexts: int = typer.Option(None, "--contexts", help="TensorRT execution contexts (default: as built)."),
 ) -> None:
     """Segment images or a video with an exported model (torch-free runtime)."""
     from runtime import RuntimeToolError, Segmenter
@@ -140,7 +144,13 @@ def infer(
     if resize not in ("stretch", "letterbox"):
         _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
     try:
-        with Segmenter.open(artifact, providers=provider or None, resize=resize) as segmenter:  # type: ignore[arg-type]
+        with Segmenter.open(
+            artifact,
+            providers=provider or None,
+            resize=resize,  # type: ignore[arg-type]
+            cuda_graph=cuda_graph,
+            contexts=contexts,
+        ) as segmenter:
             summary = infer_path(
                 segmenter, source, out, overlays=overlays, alpha=alpha, progress=stderr_progress
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import queue
 import threading
@@ -41,13 +43,23 @@ class Result:
 
 
 def open_backend(
-    artifact: Artifact, providers: list[str] | None = None, threads: int = 0, cuda_graph: bool = False
+    artifact: Artifact,
+    providers: list[str] | None = None,
+    threads: int = 0,
+    cuda_graph: bool = False,
+    contexts: int | None = None,
 ) -> Backend:
-    """The backend an artifact asks for."""
+    """The backend an artifact asks for.
+
+    ``contexts``: TensorRT execution contexts (default: what the engine was built for, else 1).
+    """
     if artifact.backend == "tensorrt":
         from runtime.backends.tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(artifact.model_path, artifact.sidecar, cuda_graph=cuda_graph)
+        built = (artifact.sidecar.get("tensorrt") or {}).get("contexts") or 1
+        return TensorRTBackend(
+            artifact.model_path, artifact.sidecar, cuda_graph=cuda_graph, contexts=contexts or int(built)
+        )
     from runtime.backends.onnxruntime_backend import GpuOptions, OnnxRuntimeBackend
 
     gpu = GpuOptions(cuda_graph=cuda_graph)
@@ -107,10 +119,16 @@ class Segmenter:
         threads: int = 0,
         cuda_graph: bool = False,
         verify_checksum: bool = True,
+        contexts: int | None = None,
     ) -> Segmenter:
-        """Open an artifact (model file, sidecar or folder) with the backend it asks for."""
+        """Open an artifact (model file, sidecar or folder) with the backend it asks for.
+
+        ``cuda_graph``: replay the inference as a CUDA graph (TensorRT backend; onnxruntime's
+        TensorRT / CUDA providers). ``contexts``: TensorRT execution contexts that run at once.
+        """
         artifact = load_artifact(path, verify_checksum=verify_checksum)
-        return cls(artifact, open_backend(artifact, providers, threads, cuda_graph), resize, input_color)
+        backend = open_backend(artifact, providers, threads, cuda_graph, contexts)
+        return cls(artifact, backend, resize, input_color)
 
     def close(self) -> None:
         self.backend.close()
@@ -280,17 +298,42 @@ def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> 
             if close is not None:  # e.g. read_video: release the capture on this thread
                 close()
 
+    backend = seg.backend
+    submit, collect = getattr(backend, "submit", None), getattr(backend, "collect", None)
+    # Backends with an async API and several contexts (TensorRT) keep that many frames in flight:
+    # the copy-in of frame k+1 overlaps the inference of frame k.
+    depth = int(getattr(backend, "num_contexts", 1)) if submit and collect else 1
+
     def infer() -> None:
+        pending: collections.deque[Any] = collections.deque()
         try:
-            while (item := get(prepared)) is not _END and not isinstance(item, _Failure):
-                batch, geometry, pre_ms = item
-                t0 = time.perf_counter()
-                outputs = seg.backend.infer({seg.artifact.input_name: batch})
-                if not put(inferred, (outputs, geometry, pre_ms, (time.perf_counter() - t0) * 1e3)):
+            while True:
+                item = get(prepared)
+                finished = item is _END or isinstance(item, _Failure)
+                if not finished:
+                    batch, geometry, pre_ms = item
+                    t0 = time.perf_counter()
+                    feed = {seg.artifact.input_name: batch}
+                    if depth > 1:
+                        pending.append((submit(feed), geometry, pre_ms, t0))  # type: ignore[misc]
+                    else:
+                        outputs = backend.infer(feed)
+                        if not put(inferred, (outputs, geometry, pre_ms, (time.perf_counter() - t0) * 1e3)):
+                            return
+                while pending and (finished or len(pending) >= depth):
+                    ticket, geometry, pre_ms, t0 = pending.popleft()
+                    outputs = collect(ticket)  # type: ignore[misc]
+                    if not put(inferred, (outputs, geometry, pre_ms, (time.perf_counter() - t0) * 1e3)):
+                        return
+                if finished:
+                    put(inferred, item)
                     return
-            put(inferred, item)
         except BaseException as exc:
             put(inferred, _Failure(exc))
+        finally:
+            for ticket, *_ in pending:  # stopped early: give the contexts back
+                with contextlib.suppress(Exception):
+                    collect(ticket)  # type: ignore[misc]
 
     def post() -> None:
         try:
