@@ -656,8 +656,8 @@ def verify_command(
     import json
     from pathlib import Path
 
+    from contract.fs import atomic_write_bytes
     from contract.parity_policy import POLICIES, policy_for
-    from runtime.images import atomic_write_bytes
     from runtime.verify import verify
 
     if precision is not None and precision not in POLICIES:

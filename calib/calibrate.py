@@ -30,6 +30,7 @@ from calib.graph import LAYOUTS, QuantTarget, check_qdq, find_targets, insert_qd
 from calib.ort_layout import prepare_for_layout
 from calib.ranges import METHODS, Method, RangeCollector
 from calib.trt_cache import DEFAULT_TRT_VERSION, CalibrationCache, make_cache, read_cache, write_cache
+from export.onnx_graph import GraphIndex
 from runtime.preprocess import InputFormat
 
 CALIB_FORMAT = 1  # bump when the statistics change, so old caches are not reused
@@ -125,14 +126,9 @@ def input_format(
 def int8_region_tensors(model: onnx.ModelProto, targets: Iterable[QuantTarget]) -> list[str]:
     """Float tensors of the INT8 region: the graph input, the quantised nodes' inputs and
     outputs, and every tensor produced upstream of them, in graph order."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
-    types = {
-        v.name: v.type.tensor_type.elem_type
-        for v in list(graph.value_info) + list(graph.input) + list(graph.output)
-    }
-    inits = {t.name for t in graph.initializer}
-    producer = {name: node for node in graph.node for name in node.output}
+    index = GraphIndex.with_types(model)
+    graph, types = model.graph, index.types
+    inits = set(index.initializers)
     region: set[str] = set()
     stack = [t.node for t in targets]
     by_name = {n.name: n for n in graph.node}
@@ -142,8 +138,9 @@ def int8_region_tensors(model: onnx.ModelProto, targets: Iterable[QuantTarget]) 
             continue
         region.add(name)
         for tensor in by_name[name].input:
-            if tensor in producer and producer[tensor].name not in region:
-                stack.append(producer[tensor].name)
+            source = index.producer_node(tensor)
+            if source is not None and source.name not in region:
+                stack.append(source.name)
     names: list[str] = [i.name for i in graph.input if types.get(i.name) == TensorProto.FLOAT]
     for node in graph.node:
         if node.name not in region:
@@ -160,17 +157,9 @@ def int8_region_tensors(model: onnx.ModelProto, targets: Iterable[QuantTarget]) 
 
 
 def _session(model: onnx.ModelProto, threads: int) -> Any:
-    import onnxruntime as ort
+    from runtime.backends.ort_session import create_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CalibrationError(f"onnxruntime cannot load the model: {first}") from None
+    return create_session(model.SerializeToString(), threads=max(1, threads), error=CalibrationError)
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:

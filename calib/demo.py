@@ -187,7 +187,7 @@ def _copy_val_images(data: Path, target: Path, count: int) -> None:
 
 def _write_report(result: DemoResult, variant: str, checkpoint: str, bench_md: str) -> None:
     from calib.accuracy import report_markdown
-    from pem.checkpoint import atomic_write_bytes
+    from contract.fs import atomic_write_bytes
 
     out = result.out_dir
     lines = [

@@ -23,9 +23,9 @@ from typing import Any
 from calib.calibrate import CalibrationConfig, Int8Calibrator, Int8Result
 from calib.errors import CalibrationError
 from calib.trt_cache import write_cache
+from contract.fs import atomic_write_bytes
 from export.pipeline import ExportOptions, ExportResult, Progress, export_artifact
 from export.source import ModelSource
-from pem.checkpoint import atomic_write_bytes
 
 
 @dataclass

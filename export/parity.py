@@ -309,19 +309,10 @@ def semantic_margin(pred_logits: np.ndarray, pred_masks: np.ndarray) -> np.ndarr
 
 def open_session(model: onnx.ModelProto | str | os.PathLike[str], threads: int = 0) -> Any:
     """onnxruntime CPU session for a model or path (errors name the file)."""
-    import onnxruntime as ort
+    from runtime.backends.ort_session import create_session
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    try:
-        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        where = "the model" if isinstance(model, onnx.ModelProto) else str(model)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{where}: onnxruntime cannot load it ({first})") from None
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return create_session(data, threads=threads, inter_op_threads=0, error=ExportError)
 
 
 def run_reference(reference: nn.Module, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:

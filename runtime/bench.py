@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.fs import atomic_write_bytes
 from runtime.errors import RuntimeToolError
-from runtime.images import atomic_write_bytes
 
 STAGES = ("pre", "infer", "post")
 

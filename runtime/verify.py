@@ -25,10 +25,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from contract.fs import atomic_write_bytes
 from contract.parity_policy import ParityPolicy, policy_for, segment_match, segment_match_rate
 from runtime.artifact import load_artifact
 from runtime.errors import ArtifactError, InputError
-from runtime.images import atomic_write_bytes
 from runtime.segmenter import Segmenter, open_backend
 
 REFERENCE_FORMAT = "pem-deploy-reference"

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from pem.checkpoint import CheckpointError, atomic_write_bytes, save_checkpoint
+from contract.fs import atomic_write_bytes
+from pem.checkpoint import CheckpointError, save_checkpoint
 from pem.config import ConfigError, PEMConfig, get_preset
 from pem.data.common import DatasetMeta, SegmentationDataset
 from pem.evaluation import EvalResult, evaluate
