@@ -719,6 +719,9 @@ def bench_command(
         None, "--out", help="Write bench.json, bench.csv, bench.md (and bench.png) here."
     ),
     plot: bool = typer.Option(False, "--plot", help="Also a PNG plot (needs matplotlib)."),
+    cuda_graph: bool = typer.Option(
+        False, "--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."
+    ),
 ) -> None:
     """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
     from pathlib import Path
@@ -747,6 +750,7 @@ def bench_command(
                         threads=threads,
                         providers=provider_list,
                         name=item,
+                        cuda_graph=cuda_graph,
                     )
                 )
         for name in preset or []:

@@ -475,6 +475,12 @@ def build_engine(
         engine_path = out / f"{artifact.model_path.stem}.{precision}.engine"
     if options.dla_core is not None and precision == "fp32":
         raise EngineBuildError(f"--dla-core {options.dla_core}: DLA runs FP16 / INT8 only, not fp32")
+    if options.dla_core is not None and tensorrt_major(trt) >= 11:
+        # NVIDIA's TensorRT 11 documentation: no DLA support on JetPack / SBSA / DriveOS.
+        raise EngineBuildError(
+            f"--dla-core {options.dla_core}: TensorRT {trt.__version__} has no DLA support on Jetson; "
+            "use TensorRT 10 (JetPack 6) for DLA, or build for the GPU"
+        )
 
     log_lines: list[str] | None = [] if options.log_path is not None else None
     logger = _make_logger(trt, log_lines)

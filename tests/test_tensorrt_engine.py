@@ -345,6 +345,37 @@ def test_dla_with_gpu_fallback_reports_the_layer_split(fake_trt, tmp_path):
     ]
     assert dla["engine_layers"] == ["{ForeignNode[conv]}", "DeformConv_1"]
     assert "1 on DLA, 3 on the GPU" in result.summary()
+    fake_trt("11.1.0")
+    with pytest.raises(EngineBuildError, match="no DLA support on Jetson"):
+        build_engine(onnx_path, tmp_path / "out", EngineOptions(dla_core=0, gpu_fallback=True))
+
+
+def test_build_cli_passes_its_options(fake_trt, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    rec = fake_trt("10.3.0")
+    dyn = _artifact(tmp_path, "fp16", dynamic=True, model=_semantic_model("height", "width", batch="batch"))
+    args = ["build", str(dyn), "--out", str(tmp_path / "o"), "--max", "2x3x128x256", "--workspace", "256"]
+    args += [
+        "--timing-cache",
+        str(tmp_path / "t.cache"),
+        "--log",
+        str(tmp_path / "b.log"),
+        "--opt-level",
+        "4",
+    ]
+    args += ["--dla-core", "0", "--gpu-fallback", "--contexts", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "engine       " in result.output and "profile      images: min (1, 3, 32, 64)" in result.output
+    assert ("workspace", 256 << 20) in rec.calls and ("device", "DLA", 0) in rec.calls
+    assert len([c for c in rec.calls if c[0] == "profile"]) == 2
+    assert (tmp_path / "t.cache").is_file() and (tmp_path / "b.log").is_file()
+    bad = CliRunner().invoke(app, ["build", str(dyn), "--out", str(tmp_path / "o"), "--max", "1x3x100x100"])
+    assert bad.exit_code == 2 and "error: " in bad.output and "multiples of 32" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
 
 
 def _deform_model() -> onnx.ModelProto:
