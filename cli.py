@@ -805,10 +805,10 @@ def demo_command(
     """Whole toolchain on the embedded default: data, model, FP32/FP16/INT8 ONNX, parity, bench, report."""
     from pathlib import Path
 
-    from calib.demo import run_demo
     from export.errors import ExportError
     from export.progress import ConsoleProgress
     from runtime.errors import RuntimeToolError
+    from workflows.demo import run_demo
 
     if Path(out).exists() and not Path(out).is_dir():
         _fail(f"--out {out}: exists and is not a folder")

@@ -65,8 +65,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from calib.calibrate import CalibrationConfig, calibrate_ranges, input_format, quantize_model
+    from calib.calibrate import CalibrationConfig, calibrate_ranges, input_format
     from calib.ort_layout import prepare_for_layout
+    from calib.quantize import quantize_model
     from export.pipeline import ExportOptions, export_graph
     from export.source import load_source
     from pem.zoo import ensure_default_checkpoint

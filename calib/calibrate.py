@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ from onnx import TensorProto, helper
 
 from calib.data import CalibrationImages
 from calib.errors import CalibrationError
-from calib.graph import LAYOUTS, QuantTarget, check_qdq, find_targets, insert_qdq
+from calib.graph import LAYOUTS, QuantTarget, find_targets
 from calib.ort_layout import prepare_for_layout
+from calib.quantize import model_session, quantize_model
 from calib.ranges import METHODS, Method, RangeCollector
 from calib.trt_cache import DEFAULT_TRT_VERSION, CalibrationCache, make_cache, read_cache, write_cache
 from export.onnx_graph import GraphIndex
@@ -156,12 +157,6 @@ def int8_region_tensors(model: onnx.ModelProto, targets: Iterable[QuantTarget]) 
     return names
 
 
-def _session(model: onnx.ModelProto, threads: int) -> Any:
-    from runtime.backends.ort_session import create_session
-
-    return create_session(model.SerializeToString(), threads=max(1, threads), error=CalibrationError)
-
-
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs the float tensors ``names``."""
     out = onnx.ModelProto()
@@ -236,7 +231,7 @@ def calibrate_ranges(
             )
 
     augmented = with_outputs(model, tensors)
-    session = _session(augmented, config.threads)
+    session = model_session(augmented, config.threads)
     input_name = session.get_inputs()[0].name
     static_batch = session.get_inputs()[0].shape[0]
     repeat = static_batch if isinstance(static_batch, int) and static_batch > 1 else 1
@@ -255,25 +250,6 @@ def calibrate_ranges(
     cache = make_cache(amax, config.method, config.trt_version)
     write_cache(path, cache)
     return CalibrationRanges(cache.amax(), cache, path, False, len(images), time.perf_counter() - start, key)
-
-
-def quantize_model(
-    model: onnx.ModelProto,
-    scales: Mapping[str, float],
-    *,
-    exclude: Iterable[str] = (),
-    targets: list[QuantTarget] | None = None,
-    layout: str = "tensorrt",
-) -> onnx.ModelProto:
-    """The Q/DQ INT8 graph of ``model`` with INT8 scales ``scales`` (``amax / 127`` per tensor);
-    nodes named in ``exclude`` stay float. ``layout``: see :func:`calib.graph.insert_qdq`."""
-    skip = set(exclude)
-    targets = [t for t in (targets or find_targets(model)) if t.node not in skip]
-    quantized = insert_qdq(model, targets, scales, layout=layout)
-    problems = check_qdq(quantized, layout)
-    if problems:
-        raise CalibrationError(f"Q/DQ placement error: {problems[0]}")
-    return quantized
 
 
 @dataclass
