@@ -185,7 +185,7 @@ def test_segment_matching_rule():
 
 
 def test_check_demo_and_verify_share_one_policy():
-    from calib import demo
+    from workflows import demo
     from export import check
 
     assert {k: p.min_label_agreement for k, p in POLICIES.items()} == check.DEFAULT_MIN_AGREEMENT
