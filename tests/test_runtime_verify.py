@@ -185,8 +185,8 @@ def test_segment_matching_rule():
 
 
 def test_check_demo_and_verify_share_one_policy():
-    from workflows import demo
     from export import check
+    from workflows import demo
 
     assert {k: p.min_label_agreement for k, p in POLICIES.items()} == check.DEFAULT_MIN_AGREEMENT
     assert not hasattr(demo, "INT8_MIN_AGREEMENT")  # the demo no longer has its own INT8 threshold
