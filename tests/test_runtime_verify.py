@@ -184,15 +184,6 @@ def test_segment_matching_rule():
     assert segment_match_rate(1, 2, 2) == 0.5 and segment_match_rate(0, 0, 0) == 1.0
 
 
-def test_check_demo_and_verify_share_one_policy():
-    from export import check
-    from workflows import demo
-
-    assert {k: p.min_label_agreement for k, p in POLICIES.items()} == check.DEFAULT_MIN_AGREEMENT
-    assert not hasattr(demo, "INT8_MIN_AGREEMENT")  # the demo no longer has its own INT8 threshold
-    assert POLICIES["int8"].min_label_agreement == 0.95
-
-
 def test_verify_cli_exit_codes(tmp_path):
     from cli import app
 
