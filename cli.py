@@ -3,13 +3,51 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from contract.errors import PemDeployError, describe_os_error, one_line
+
+
+def _metavar(param: Any) -> str:
+    """Capitalised placeholder for a value in help and usage lines (N for integers, X for numbers)."""
+    descriptor = getattr(param, "type_descriptor", None)
+    annotation = getattr(descriptor, "annotation", None)
+    if annotation is int:
+        return "N"
+    if annotation is float:
+        return "X"
+    return (param.name or "value").upper()
+
+
+def _tidy_param(param: Any) -> None:
+    no_type = lambda ctx: None  # noqa: E731
+    if getattr(param, "param_type_name", "") == "argument":
+        param.metavar = param.metavar or (param.name or "value").upper()
+        param.display_type_rich = no_type  # type: ignore[attr-defined]  # the name column says it
+    elif getattr(param, "is_flag", False) or getattr(param, "count", False):
+        param.display_type_rich = no_type  # type: ignore[attr-defined]  # flags take no value
+    elif param.metavar is None:
+        param.metavar = _metavar(param)
+
+
+def _tidy_help(command: Any) -> None:
+    """Help without type tags (``<str>``, ``<bool>``): flags show no value, values a CAPITAL name."""
+    for param in command.params:
+        _tidy_param(param)
+    make_help_option = command.get_help_option
+
+    def get_help_option(ctx: typer.Context) -> Any:
+        option = make_help_option(ctx)
+        if option is not None:
+            _tidy_param(option)
+        return option
+
+    command.get_help_option = get_help_option  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_help(sub)
 
 
 class _OneLineErrors(TyperGroup):
@@ -17,10 +55,14 @@ class _OneLineErrors(TyperGroup):
 
     Typed project errors (:class:`PemDeployError`), file-system failures (disk full, read-only
     folder, permission) and running out of memory are all a user's problem to fix, not a bug
-    report; Ctrl-C exits 130 with one line.
+    report; Ctrl-C exits 130 with one line. Also tidies the help of every command.
     """
 
-    def invoke(self, ctx: click.Context) -> object:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        _tidy_help(self)
+
+    def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
         except PemDeployError as exc:
@@ -47,8 +89,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"pem-deploy {version('pem-deploy')}")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            typer.echo("pem-deploy (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Edge-deployment toolchain for PEM: model info, training, export, calibration, runtime."""
 
 
@@ -122,9 +179,15 @@ def infer(
     artifact: str = typer.Argument(
         ..., help="Model artifact: .onnx / .engine (sidecar .json beside it) or its folder."
     ),
-    source: str = typer.Argument(..., help="An image, a folder of images, or a video."),
+    source: str = typer.Argument(
+        ...,
+        help="An image, a folder of images, a video, a ROS 2 bag (.mcap, .db3 or bag folder; with --topic), "
+        "a camera index, /dev/videoN, an rtsp/http/file URL or a GStreamer pipeline.",
+    ),
     out: str = typer.Option(
-        ..., "--out", help="Output folder (labels/, panoptic/, overlay/, predictions.json)."
+        ...,
+        "--out",
+        help="Output folder (labels/, panoptic/, overlay/, predictions.json), or a bag file (.mcap / .db3).",
     ),
     resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox (keep aspect ratio)."),
     provider: list[str] = typer.Option(
@@ -132,35 +195,109 @@ def infer(
     ),
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
     alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    topic: list[str] = typer.Option(None, "--topic", help="Bag image topic(s) to segment (repeatable)."),
+    max_frames: int = typer.Option(None, "--max-frames", help="Stop after this many frames (bags, cameras)."),
+    duration: float = typer.Option(None, "--duration", help="Stop a live camera after this many seconds."),
+    exist_ok: bool = typer.Option(
+        False,
+        "--exist-ok",
+        help="Allow a non-empty --out folder: add our labels/, panoptic/, overlay/, predictions.json "
+        "(only files pem-deploy wrote are replaced); or replace an existing output bag file.",
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
+    ),
+    copy_input: bool = typer.Option(False, "--copy-input", help="Also copy the input images to the bag."),
     cuda_graph: bool = typer.Option(
         False, "--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."
     ),
     contexts: int = typer.Option(None, "--contexts", help="TensorRT execution contexts (default: as built)."),
 ) -> None:
-    """Segment images or a video with an exported model (torch-free runtime)."""
-    from runtime import RuntimeToolError, Segmenter
+    """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime).
+
+    Output names keep the input's relative path and suffix (labels/a/x.jpg.png); see README.
+    Exit status: 0 all segmented, 1 some files of a folder skipped, 2 error.
+    """
+    from runtime import Segmenter
     from runtime.batch_infer import infer_path, stderr_progress
 
     if resize not in ("stretch", "letterbox"):
         _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
-    try:
+    from runtime.robotics import infer_robotics, is_robotics_job
+
+    if is_robotics_job(source, out, topic or (), max_frames, duration):  # bags, cameras, streams
+        from runtime.sources import ProgressLine
+
         with Segmenter.open(
             artifact,
             providers=provider or None,
-            resize=resize,  # type: ignore[arg-type]
+            resize=resize,
             cuda_graph=cuda_graph,
-            contexts=contexts,
+            contexts=contexts,  # type: ignore[arg-type]
         ) as segmenter:
-            summary = infer_path(
-                segmenter, source, out, overlays=overlays, alpha=alpha, progress=stderr_progress
+            line = ProgressLine()
+            options = dict(exist_ok=exist_ok, overlays=overlays, alpha=alpha, copy_input=copy_input)
+            summary = infer_robotics(
+                segmenter, source, out, topic or (), max_frames, duration, progress=line, **options
             )
-    except (RuntimeToolError, OSError) as exc:
-        _fail(str(exc))
+            line.finish()
+        t = summary.mean_timings_ms
+        typer.echo(
+            f"{summary.frames} frame(s) -> {summary.out_dir}  ({line.fps():.1f} FPS; mean ms: pre "
+            f"{t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
+        )
+        return
+    with Segmenter.open(
+        artifact,
+        providers=provider or None,
+        resize=resize,
+        cuda_graph=cuda_graph,
+        contexts=contexts,  # type: ignore[arg-type]
+    ) as segmenter:
+        summary = infer_path(
+            segmenter,
+            source,
+            out,
+            overlays=overlays,
+            alpha=alpha,
+            progress=stderr_progress,
+            exist_ok=exist_ok,
+            strict=strict,
+            on_skip=lambda line: typer.echo(f"skipped: {line}", err=True),
+            on_note=lambda line: typer.echo(f"note: {line}", err=True),
+        )
     t = summary.mean_timings_ms
+    skipped = f", {len(summary.failed)} skipped" if summary.failed else ""
     typer.echo(
-        f"{summary.frames} frame(s) -> {summary.out_dir}  "
+        f"{summary.frames} frame(s){skipped} -> {summary.out_dir}  "
         f"(mean ms: pre {t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
     )
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+@app.command("ros2")
+def ros2_command(
+    artifact: str = typer.Argument(..., help="Model artifact: .onnx / .engine or its folder."),
+    input_topic: str = typer.Option(
+        "/camera/image_raw", "--input", help="Image topic (a '/compressed' topic is a CompressedImage)."
+    ),
+    namespace: str = typer.Option("pem", "--namespace", help="Outputs go to <input>/<namespace>/..."),
+    overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Publish the overlay topic."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox."),
+    ros_args: list[str] = typer.Argument(
+        None, help="Extra ROS arguments after '--' (e.g. --ros-args -p ...)."
+    ),
+) -> None:
+    """ROS 2 node: subscribe to an image topic, publish labels / panoptic / overlay (needs rclpy)."""
+    from runtime.ros.node import NodeConfig, import_rclpy, run_node
+
+    import_rclpy()
+    config = NodeConfig(
+        artifact, input_topic, namespace=namespace, overlay=overlays, alpha=alpha, resize=resize
+    )
+    run_node(config, args=["pem-deploy", *(ros_args or [])], log=typer.echo)
 
 
 def _data_errors() -> tuple[type[BaseException], ...]:
@@ -218,9 +355,17 @@ def train(
     val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    sync_bn: str = typer.Option(
+        None, "--sync-bn", help="Under torchrun: official (default), all or off (which BN syncs)."
+    ),
 ) -> None:
-    """Train a preset on a dataset (checkpoints, metrics.jsonl, progress bar with loss and ETA)."""
+    """Train a preset on a dataset (checkpoints, metrics.jsonl, progress bar with loss and ETA).
+
+    Several GPUs / nodes: launch it with ``torchrun --nproc-per-node N [--nnodes M ...]``;
+    ``--batch-size`` stays the global batch (README, "Training at scale").
+    """
     from pem.train import run_training, train_preset
+    from pem.train.distributed import current_context, shutdown
 
     changes: dict[str, object] = {
         k: v
@@ -234,6 +379,7 @@ def train(
             "checkpoint_period": checkpoint_period,
             "num_workers": workers,
             "amp": amp,
+            "sync_bn": sync_bn,
         }.items()
         if v is not None
     }
@@ -259,6 +405,10 @@ def train(
         )
     except _data_errors() as exc:
         _fail(str(exc))
+    main = current_context().is_main
+    shutdown()
+    if not main:
+        return
     typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.3f}")
     if result.metrics is not None:
         typer.echo(result.metrics.summary())
@@ -301,6 +451,12 @@ def eval_command(
         )
     except _data_errors() as exc:
         _fail(str(exc))
+    from pem.train.distributed import current_context, shutdown
+
+    main = current_context().is_main  # under torchrun every rank evaluates a shard
+    shutdown()
+    if not main:
+        return
     typer.echo(result.summary())
     if json_out:
         Path(json_out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -345,9 +345,10 @@ class LintReport:
         for target in TARGETS:
             rej = self.rejected(target)
             warn = [f for f in self.findings if f.target == target and f.level == "warn"]
-            parts.append(
-                f"TensorRT {target}: {'OK' if not rej else f'{len(rej)} rejected'}, {len(warn)} warnings"
-            )
+            status = "OK" if not rej else f"{len(rej)} rejected ({', '.join(f.op for f in rej)})"
+            noun = "warning" if len(warn) == 1 else "warnings"
+            which = f" ({', '.join(f.op for f in warn)})" if warn else ""
+            parts.append(f"TensorRT {target}: {status}, {len(warn)} {noun}{which}")
         if self.policy():
             parts.append(f"policy: {', '.join(f.op for f in self.policy())}")
         return "; ".join(parts)

@@ -18,7 +18,7 @@ import numpy as np
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends.base import Backend
 from runtime.errors import ArtifactError, InputError
-from runtime.images import DEFAULT_MAX_PIXELS, validate_image
+from runtime.images import max_pixels_limit, prepare_image
 from runtime.postprocess import Segment, category_map, fuse_panoptic, to_original_size
 from runtime.preprocess import Geometry, Preprocessor, ResizeMode
 
@@ -33,13 +33,15 @@ class Result:
     ``labels``: (H, W) int32 class ids (semantic; for panoptic artifacts the segments' classes,
     ``255`` where void). ``panoptic``: (H, W) int32 segment ids (0 = void) and ``segments``
     (panoptic artifacts only). ``timings``: milliseconds per stage (``pre``, ``infer``, ``post``;
-    in a batch, ``infer`` is the whole batch's time divided by its size).
+    in a batch, ``infer`` is the whole batch's time divided by its size). ``notes``: one line per
+    conversion applied to the input (grayscale replicated, alpha dropped, 16-bit scaled).
     """
 
     labels: np.ndarray
     panoptic: np.ndarray | None = None
     segments: list[Segment] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def open_backend(
@@ -72,14 +74,19 @@ class Segmenter:
     """Semantic / panoptic segmentation with an exported PEM model; no torch needed.
 
     Thread-safe: several threads may call :meth:`predict` on one instance (onnxruntime sessions
-    are re-entrant; the TensorRT backend serialises its execution context).
+    are re-entrant; the TensorRT backend runs a pool of execution contexts).
 
     Args:
         artifact: the loaded artifact.
         backend: a backend running ``artifact.model_path``.
         resize: how images are fitted to the model size (``stretch`` or ``letterbox``).
         input_color: channel order of images given to :meth:`predict` (``BGR`` from OpenCV).
-        max_pixels: images larger than this are refused.
+        max_pixels: images larger than this are refused (default ``$PEM_DEPLOY_MAX_PIXELS`` or
+            100 million).
+
+    Images: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) numpy arrays of uint8 or uint16; grayscale
+    is replicated, alpha dropped, 16-bit scaled to 8-bit, each noted in ``Result.notes``. Other
+    arrays raise :class:`InputError`.
     """
 
     def __init__(
@@ -88,12 +95,12 @@ class Segmenter:
         backend: Backend,
         resize: ResizeMode = "stretch",
         input_color: str = "BGR",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None = None,
     ):
         self.artifact = artifact
         self.backend = backend
         self.preprocessor = Preprocessor(artifact.input_format, resize, input_color)  # type: ignore[arg-type]
-        self.max_pixels = max_pixels
+        self.max_pixels = max_pixels_limit(max_pixels)
         names = {spec.name for spec in backend.outputs}
         needed = {"semantic": ("labels",), "panoptic": PANOPTIC_OUTPUTS, "raw": ("pred_logits", "pred_masks")}
         missing = [n for n in needed[artifact.head] if n not in names]
@@ -142,12 +149,37 @@ class Segmenter:
     # -- inference ---------------------------------------------------------------------------
 
     def predict(self, image: np.ndarray, name: str = "image") -> Result:
-        """(H, W, 3) uint8 image -> :class:`Result` at (H, W)."""
-        return self.predict_batch([image], [name])[0]
+        """(H, W, 3) uint8 image (or another accepted form) -> :class:`Result` at (H, W)."""
+        if not isinstance(name, str):
+            raise InputError(f"predict: name must be a string, got {type(name).__name__}")
+        return self._run([image], [name])[0]
 
     def predict_batch(self, images: list[np.ndarray], names: list[str] | None = None) -> list[Result]:
-        """Several images (any sizes) -> one result each; batched as the model allows."""
-        names = names or [f"image[{i}]" for i in range(len(images))]
+        """Several images (any sizes) -> one result each; batched as the model allows.
+
+        ``images``: a non-empty list or tuple of arrays (or an (N, H, W, C) array); ``names``:
+        as many strings, used in error messages and notes. A static-batch model gets its batch
+        filled with copies of the last image. Raises :class:`InputError` for anything else.
+        """
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4:
+                raise InputError(
+                    f"predict_batch: expected a list of images or an (N, H, W, C) array, got shape "
+                    f"{images.shape} (for one image use predict)"
+                )
+            images = list(images)
+        if not isinstance(images, (list, tuple)):
+            raise InputError(
+                f"predict_batch: expected a list or tuple of images, got {type(images).__name__}"
+            )
+        if not images:
+            raise InputError("predict_batch: no images given (an empty list)")
+        if names is None:
+            names = [f"image[{i}]" for i in range(len(images))]
+        elif not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise InputError("predict_batch: names must be a list of strings, one per image")
+        elif len(names) != len(images):
+            raise InputError(f"predict_batch: {len(images)} images but {len(names)} names")
         chunk = self.artifact.batch or len(images) or 1
         results: list[Result] = []
         for start in range(0, len(images), chunk):
@@ -182,25 +214,29 @@ class Segmenter:
         """Model outputs (a batch) -> the :class:`Result` of image ``index`` at its original size."""
         return self._postprocess(outputs, index, geometry)
 
-    def prepare(self, images: list[np.ndarray], names: list[str]) -> tuple[np.ndarray, list[Geometry]]:
-        """Validated, pre-processed model input for up to one batch of images (static batches padded)."""
-        checked = [validate_image(img, name, self.max_pixels) for img, name in zip(images, names)]
-        batch, geometries = self.preprocessor(checked)
-        n = len(checked)
+    def prepare(
+        self, images: list[np.ndarray], names: list[str]
+    ) -> tuple[np.ndarray, list[Geometry], list[list[str]]]:
+        """Model input for up to one batch of images (static batches padded), their geometries
+        and each image's conversion notes; unusable images raise :class:`InputError`."""
+        prepared = [prepare_image(img, name, self.max_pixels) for img, name in zip(images, names)]
+        batch, geometries = self.preprocessor([image for image, _ in prepared])
+        n = len(prepared)
         if self.artifact.batch and n < self.artifact.batch:  # static batch: pad with copies
             batch = np.concatenate([batch, np.repeat(batch[-1:], self.artifact.batch - n, axis=0)])
-        return batch, geometries
+        return batch, geometries, [notes for _, notes in prepared]
 
     def _run(self, images: list[np.ndarray], names: list[str]) -> list[Result]:
         t0 = time.perf_counter()
-        batch, geometries = self.prepare(images, names)
+        batch, geometries, notes = self.prepare(images, names)
         n = len(images)
         t1 = time.perf_counter()
         outputs = self.backend.infer({self.artifact.input_name: batch})
         t2 = time.perf_counter()
         results = [self._postprocess(outputs, i, geometries[i]) for i in range(n)]
         t3 = time.perf_counter()
-        for r in results:
+        for r, image_notes in zip(results, notes):
+            r.notes = image_notes
             r.timings = {
                 "pre": (t1 - t0) * 1e3 / n,
                 "infer": (t2 - t1) * 1e3 / n,
@@ -287,8 +323,8 @@ def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> 
                 if stop.is_set():
                     return
                 t0 = time.perf_counter()
-                batch, geometries = seg.prepare([frame], [f"frame {index}"])
-                if not put(prepared, (batch, geometries[0], (time.perf_counter() - t0) * 1e3)):
+                batch, geometries, notes = seg.prepare([frame], [f"frame {index}"])
+                if not put(prepared, (batch, geometries[0], notes[0], (time.perf_counter() - t0) * 1e3)):
                     return
             put(prepared, _END)
         except BaseException as exc:  # surfaced on the caller's thread
@@ -311,19 +347,21 @@ def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> 
                 item = get(prepared)
                 finished = item is _END or isinstance(item, _Failure)
                 if not finished:
-                    batch, geometry, pre_ms = item
+                    batch, geometry, notes, pre_ms = item
                     t0 = time.perf_counter()
                     feed = {seg.artifact.input_name: batch}
                     if depth > 1:
-                        pending.append((submit(feed), geometry, pre_ms, t0))  # type: ignore[misc]
+                        pending.append((submit(feed), geometry, notes, pre_ms, t0))  # type: ignore[misc]
                     else:
                         outputs = backend.infer(feed)
-                        if not put(inferred, (outputs, geometry, pre_ms, (time.perf_counter() - t0) * 1e3)):
+                        ms = (time.perf_counter() - t0) * 1e3
+                        if not put(inferred, (outputs, geometry, notes, pre_ms, ms)):
                             return
                 while pending and (finished or len(pending) >= depth):
-                    ticket, geometry, pre_ms, t0 = pending.popleft()
+                    ticket, geometry, notes, pre_ms, t0 = pending.popleft()
                     outputs = collect(ticket)  # type: ignore[misc]
-                    if not put(inferred, (outputs, geometry, pre_ms, (time.perf_counter() - t0) * 1e3)):
+                    ms = (time.perf_counter() - t0) * 1e3
+                    if not put(inferred, (outputs, geometry, notes, pre_ms, ms)):
                         return
                 if finished:
                     put(inferred, item)
@@ -338,9 +376,10 @@ def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> 
     def post() -> None:
         try:
             while (item := get(inferred)) is not _END and not isinstance(item, _Failure):
-                outputs, geometry, pre_ms, infer_ms = item
+                outputs, geometry, notes, pre_ms, infer_ms = item
                 t0 = time.perf_counter()
                 result = seg.postprocess(outputs, 0, geometry)
+                result.notes = notes
                 result.timings = {"pre": pre_ms, "infer": infer_ms, "post": (time.perf_counter() - t0) * 1e3}
                 if not put(done, result):
                     return

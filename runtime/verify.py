@@ -199,7 +199,7 @@ def run_artifact(
                     f"{artifact.model_path}: input size {fmt.height}x{fmt.width} differs from the "
                     f"reference images' {image.shape[0]}x{image.shape[1]}"
                 )
-            batch, geometries = seg.prepare([image], [name])
+            batch, geometries, _ = seg.prepare([image], [name])
             raw = backend.infer({artifact.input_name: batch})
             result = seg.postprocess(raw, 0, geometries[0])
             out.images.append(image)

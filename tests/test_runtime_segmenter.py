@@ -172,7 +172,7 @@ def test_panoptic_head_fusion(tmp_path):
     out = infer_path(seg, _save(tmp_path / "in.png", np.zeros((64, 128, 3), np.uint8)), tmp_path / "out")
     data = json.loads((out.out_dir / "predictions.json").read_text())
     assert [s["category"] for s in data["predictions"][0]["segments"]] == ["road", "car"]
-    assert cv2.imread(str(out.out_dir / "panoptic" / "in.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert cv2.imread(str(out.out_dir / "panoptic" / "in.png.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
 
 
 def _save(path, image):
@@ -188,21 +188,26 @@ def test_infer_folder_and_video_write_atomically(tmp_path):
         _save(folder / f"f{i}.png", _scene())
     summary = infer_path(seg, folder, tmp_path / "out")
     assert summary.frames == 3
-    labels = cv2.imread(str(tmp_path / "out" / "labels" / "f1.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(tmp_path / "out" / "labels" / "f1.png.png"), cv2.IMREAD_UNCHANGED)
     assert labels.shape == (48, 80) and labels[0, 0] == 0 and labels[0, -1] == 2
-    assert (tmp_path / "out" / "overlay" / "f2.jpg").is_file()
+    assert (tmp_path / "out" / "overlay" / "f2.png.jpg").is_file()
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 48))
     for _ in range(4):
         writer.write(_scene())
     writer.release()
     assert infer_path(seg, video, tmp_path / "vid").frames == 4
-    # A corrupt file in a folder: one-line error naming it, and the previous output is untouched.
+    # A corrupt file in a folder: strict -> one-line error naming it, the previous output untouched.
     (folder / "f9.png").write_bytes(b"broken")
-    with pytest.raises(InputError, match="f9.png: not a readable image"):
-        infer_path(seg, folder, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == ["f0.png", "f1.png", "f2.png"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    with pytest.raises(InputError, match="f9.png: not an image"):
+        infer_path(seg, folder, tmp_path / "out", exist_ok=True, strict=True)
+    names = ["f0.png.png", "f1.png.png", "f2.png.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == names
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["labels", "overlay", "predictions.json"]
+    # Not strict: the corrupt file is skipped and reported; the others are written.
+    skipped: list[str] = []
+    summary = infer_path(seg, folder, tmp_path / "out", exist_ok=True, on_skip=skipped.append)
+    assert summary.frames == 3 and [n for n, _ in summary.failed] == ["f9.png"] and len(skipped) == 1
 
 
 def test_artifact_errors(tmp_path):
@@ -264,7 +269,7 @@ def test_infer_cli(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["infer", str(model), str(image), "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
-    assert "1 frame(s)" in result.output and (tmp_path / "o" / "labels" / "scene.png").is_file()
+    assert "1 frame(s)" in result.output and (tmp_path / "o" / "labels" / "scene.png.png").is_file()
     for args, message in [
         ([str(model), str(tmp_path / "nope.png")], "nope.png: no such file or folder"),
         ([str(tmp_path / "x.onnx"), str(image)], "x.onnx: no such model file"),
