@@ -31,13 +31,14 @@ def seg(tmp_path):
 
 
 def test_pipelined_equals_sequential_in_order(seg):
-    frames = _frames(25)
-    sequential = [r.labels for r in seg.stream(frames, pipelined=False)]
+    frames = [*_frames(25), np.full((20, 30), 200, np.uint8)]  # the last one grayscale: a note
+    sequential = list(seg.stream(frames, pipelined=False))
     pipelined = list(seg.stream(iter(frames), queue_size=1))
     assert len(pipelined) == len(frames)
     for got, want in zip(pipelined, sequential):
-        np.testing.assert_array_equal(got.labels, want)
-        assert set(got.timings) == {"pre", "infer", "post"}
+        np.testing.assert_array_equal(got.labels, want.labels)
+        assert got.notes == want.notes and set(got.timings) == {"pre", "infer", "post"}
+    assert pipelined[-1].notes and not pipelined[0].notes
     assert _stream_threads() == []
 
 
