@@ -52,11 +52,11 @@ def test_backend_passes_the_options_to_the_session(tmp_path, monkeypatch):
     seen = {}
     real = ort.InferenceSession
 
-    def session(model, sess_options=None, providers=None, provider_options=None):
-        seen.update(providers=providers, provider_options=provider_options)
+    def session(model, sess_options=None, providers=None):
+        seen.update(providers=[name for name, _ in providers], provider_options=[o for _, o in providers])
         inner = real(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
         return types.SimpleNamespace(
-            get_providers=lambda: providers,
+            get_providers=lambda: seen["providers"],
             get_inputs=inner.get_inputs,
             get_outputs=inner.get_outputs,
             run=inner.run,

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import Backend, TensorSpec
-from runtime.errors import ArtifactError, BackendUnavailableError
+from runtime.backends.ort_session import create_session
+from runtime.errors import BackendUnavailableError
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -150,20 +151,12 @@ class OnnxRuntimeBackend(Backend):
                 f"{path}: execution provider(s) {', '.join(missing)} not available "
                 f"(have {', '.join(available)})"
             )
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3
         self.provider_options = provider_options(path, providers, precision, gpu)
         if "TensorrtExecutionProvider" in providers:
             cache_dir_for(path, gpu or GpuOptions()).mkdir(parents=True, exist_ok=True)
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=providers, provider_options=self.provider_options
-            )
-        except Exception as exc:  # onnxruntime raises its own exception types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ArtifactError(f"{path}: onnxruntime cannot load the model ({first})") from None
+        self.session = create_session(
+            path, threads=threads, inter_op_threads=0, providers=list(zip(providers, self.provider_options))
+        )
         self.providers = self.session.get_providers()
         self._inputs = [_spec(a) for a in self.session.get_inputs()]
         self._outputs = [_spec(a) for a in self.session.get_outputs()]
