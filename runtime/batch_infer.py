@@ -53,7 +53,7 @@ from runtime.images import (
     load_image,
     write_image,
 )
-from runtime.postprocess import colorize_labels, colorize_panoptic, overlay
+from runtime.postprocess import colorize_labels, colorize_panoptic, label_png_array, overlay
 from runtime.segmenter import Result, Segmenter, read_video
 
 try:
@@ -413,11 +413,12 @@ def _segment_all(
                 on_note(note)
         files = _outputs(frame.name, result.panoptic is not None, overlays)
         labels = result.labels
-        write_image(
-            staging / files["labels"], labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
-        )
+        write_image(staging / files["labels"], label_png_array(labels, files["labels"]))
         if result.panoptic is not None:
-            write_image(staging / files["panoptic"], result.panoptic.astype(np.uint16))
+            write_image(
+                staging / files["panoptic"],
+                label_png_array(result.panoptic, files["panoptic"], "panoptic", 16),
+            )
         if overlays:
             colors = (
                 colorize_panoptic(result.panoptic, result.segments, palette)

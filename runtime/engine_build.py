@@ -34,7 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from contract.errors import SidecarError
 from contract.fs import atomic_write_bytes
+from contract.sidecar import Sidecar
 from runtime.artifact import Artifact, load_artifact
 from runtime.errors import ArtifactError, BackendUnavailableError, RuntimeToolError
 
@@ -549,8 +551,6 @@ def build_engine(
         raise EngineBuildError(f"{artifact.model_path}: TensorRT failed to build an engine{where}")
     data = bytes(serialized)
 
-    sidecar = dict(artifact.sidecar)
-    sidecar.pop("sha256", None)
     trt_section: dict[str, Any] = {
         "version": str(trt.__version__),
         **device_description(),
@@ -570,18 +570,23 @@ def build_engine(
             "network_layers_on_gpu": split.get("gpu", []),
             "engine_layers": _engine_layers(trt, data, logger, options.dla_core),
         }
-    sidecar.update(
-        {
-            "format": "pem-deploy",
-            "precision": precision,
-            "model_file": engine_path.name,
-            "tensorrt": trt_section,
-        }
-    )
+    source_spec = artifact.spec if artifact.spec is not None else Sidecar.from_file(artifact.sidecar_path)
+    try:  # the one schema: never write an engine sidecar the runtime would refuse
+        engine_spec = source_spec.replace(
+            precision=precision,
+            model_file=engine_path.name,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size_bytes=len(data),
+            tensorrt=trt_section,
+        )
+    except SidecarError as exc:
+        raise EngineBuildError(
+            f"refusing to write an engine sidecar the runtime would refuse: {exc}"
+        ) from None
     atomic_write_bytes(engine_path, data)
-    sidecar["sha256"] = hashlib.sha256(data).hexdigest()
     sidecar_path = engine_path.with_suffix(".json")
-    atomic_write_bytes(sidecar_path, (json.dumps(sidecar, indent=2) + "\n").encode())
+    atomic_write_bytes(sidecar_path, engine_spec.to_json().encode())
+    sidecar = engine_spec.to_dict()
     if timing_cache is not None and options.timing_cache is not None:
         atomic_write_bytes(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
     return BuildResult(engine_path, sidecar_path, sidecar, split)

@@ -19,7 +19,7 @@ from runtime.artifact import Artifact, load_artifact
 from runtime.backends.base import Backend
 from runtime.errors import ArtifactError, InputError
 from runtime.images import max_pixels_limit, prepare_image
-from runtime.postprocess import Segment, category_map, fuse_panoptic, to_original_size
+from runtime.postprocess import Segment, category_map, check_class_ids, fuse_panoptic, to_original_size
 from runtime.preprocess import Geometry, Preprocessor, ResizeMode
 
 PANOPTIC_OUTPUTS = ("scores", "classes", "owner", "owner_fg", "mask_area")
@@ -101,6 +101,8 @@ class Segmenter:
         self.backend = backend
         self.preprocessor = Preprocessor(artifact.input_format, resize, input_color)  # type: ignore[arg-type]
         self.max_pixels = max_pixels_limit(max_pixels)
+        if artifact.spec is not None:  # the sidecar must describe the model's real inputs/outputs
+            artifact.spec.check_against(backend.io_signature(), artifact.sidecar_path)
         names = {spec.name for spec in backend.outputs}
         needed = {"semantic": ("labels",), "panoptic": PANOPTIC_OUTPUTS, "raw": ("pred_logits", "pred_masks")}
         missing = [n for n in needed[artifact.head] if n not in names]
@@ -108,12 +110,6 @@ class Segmenter:
             raise ArtifactError(
                 f"{artifact.model_path}: model lacks output(s) {', '.join(missing)} that its sidecar's "
                 f"head {artifact.head!r} promises (model outputs: {', '.join(sorted(names))})"
-            )
-        input_names = [spec.name for spec in backend.inputs]
-        if input_names != [artifact.input_name]:
-            raise ArtifactError(
-                f"{artifact.model_path}: model inputs {input_names} do not match "
-                f"the sidecar's {artifact.input_name!r}"
             )
 
     @classmethod
@@ -247,6 +243,7 @@ class Segmenter:
     def _postprocess(self, outputs: dict[str, np.ndarray], i: int, geometry: Geometry) -> Result:
         head = self.artifact.head
         if head == "semantic":
+            check_class_ids(outputs["labels"][i], self.artifact.num_classes)
             return Result(to_original_size(outputs["labels"][i], geometry))
         if head == "panoptic":
             id_map, segments = fuse_panoptic(

@@ -40,13 +40,25 @@ def _semantic_model(h: int, w: int, batch: int | str = 1) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
 
 
-def _write(tmp_path, model, head="semantic", shape=(1, 3, 32, 64), **extra):
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    sidecar = {
+def _outputs_of(model: onnx.ModelProto) -> list[dict]:
+    """The sidecar ``outputs`` entries of a hand-built model: its declared names, dtypes, shapes."""
+    entries = []
+    for value in model.graph.output:
+        tensor = value.type.tensor_type
+        shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        entries.append({"name": value.name, "dtype": dtype, "shape": shape})
+    return entries
+
+
+def sidecar_for(model: onnx.ModelProto, head="semantic", shape=(1, 3, 32, 64), **extra) -> dict:
+    """A valid format-1 sidecar (export/ARTIFACT.md) for a hand-built model; ``extra`` overrides."""
+    dynamic = any(isinstance(d, str) for d in shape)
+    return {
         "format": "pem-deploy",
+        "format_version": 1,
         "head": head,
-        "task": head,
+        "task": "panoptic" if head == "panoptic" else "semantic",
         "precision": "fp32",
         "input": {
             "name": "images",
@@ -55,13 +67,20 @@ def _write(tmp_path, model, head="semantic", shape=(1, 3, 32, 64), **extra):
             "layout": "NCHW",
             "color": "RGB",
             "normalize_in_graph": False,
-            "mean": [0.0, 0.0, 0.0],
-            "std": [1.0, 1.0, 1.0],
+            "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            **({"default_size": [32, 64]} if dynamic else {}),
         },
+        "outputs": _outputs_of(model),
+        "num_classes": K,
         "classes": CLASSES,
-        "sha256": sha256_file(path),
         **extra,
     }
+
+
+def _write(tmp_path, model, head="semantic", shape=(1, 3, 32, 64), **extra):
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    sidecar = {**sidecar_for(model, head, shape, **extra), "sha256": sha256_file(path)}
     path.with_suffix(".json").write_text(json.dumps(sidecar))
     return path
 
@@ -222,7 +241,7 @@ def test_artifact_errors(tmp_path):
     with pytest.raises(ArtifactError, match=r"model\.json: not a valid JSON sidecar"):
         load_artifact(path)
     path = _write(tmp_path, _semantic_model(32, 64), head="panoptic")
-    with pytest.raises(ArtifactError, match="lacks output"):
+    with pytest.raises(ArtifactError, match="model.json: outputs lacks output"):
         Segmenter.open(path)
     path = _write(tmp_path, _semantic_model(32, 64))
     path.with_suffix(".json").unlink()
@@ -230,11 +249,7 @@ def test_artifact_errors(tmp_path):
         Segmenter.open(path)
     bad = tmp_path / "m2.onnx"
     bad.write_bytes(b"garbage")
-    bad.with_suffix(".json").write_text(
-        json.dumps(
-            {"format": "pem-deploy", "head": "semantic", "classes": [], "input": {"shape": [1, 3, 32, 64]}}
-        )
-    )
+    bad.with_suffix(".json").write_text(json.dumps(sidecar_for(_semantic_model(32, 64))))
     with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
         Segmenter.open(bad)
 

@@ -113,7 +113,7 @@ def _artifact(tmp_path, name, model, head="semantic", precision="fp32"):
     path = _write(folder, model, head=head, shape=(1, 3, H, W))
     sidecar = json.loads(path.with_suffix(".json").read_text())
     sidecar["precision"] = precision
-    sidecar["input"].update({"mean": [128.0, 128.0, 128.0], "std": [64.0, 64.0, 64.0]})
+    sidecar["input"]["normalization"] = {"mean": [128.0, 128.0, 128.0], "std": [64.0, 64.0, 64.0]}
     sidecar["panoptic"] = {"object_mask_threshold": 0.8, "overlap_threshold": 0.5}
     path.with_suffix(".json").write_text(json.dumps(sidecar))
     return path

@@ -12,7 +12,7 @@ import types
 
 import numpy as np
 import pytest
-from test_runtime_segmenter import CLASSES
+from test_runtime_segmenter import _semantic_model, sidecar_for
 
 from runtime import Segmenter
 from runtime.artifact import sha256_file
@@ -212,17 +212,7 @@ def _engine(tmp_path, **trt_info):
     path = tmp_path / "model.fp16.engine"
     path.write_bytes(b"ENGINE")
     sidecar = {
-        "format": "pem-deploy",
-        "head": "semantic",
-        "precision": "fp16",
-        "input": {
-            "name": "images",
-            "shape": [1, 3, 8, 16],
-            "dtype": "float32",
-            "mean": [0, 0, 0],
-            "std": [1, 1, 1],
-        },
-        "classes": CLASSES,
+        **sidecar_for(_semantic_model(8, 16), shape=(1, 3, 8, 16), precision="fp16"),
         "sha256": sha256_file(path),
         "tensorrt": {"version": "10.3.0", "compute_capability": "8.7", "gpu_name": "Orin", **trt_info},
     }

@@ -73,6 +73,20 @@ def check_engine_compatibility(
         )
 
 
+def engine_tensor_specs(trt: Any, engine: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) of a deserialized engine: names, shapes (-1 -> ``None``) and dtypes, as
+    :meth:`Backend.io_signature` reports them for the sidecar check."""
+    inputs: list[TensorSpec] = []
+    outputs: list[TensorSpec] = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+        shape = tuple(int(d) if d >= 0 else None for d in engine.get_tensor_shape(name))
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        (inputs if is_input else outputs).append(TensorSpec(name, shape, dtype))
+    return inputs, outputs
+
+
 class _Slot:
     """One execution context with its own CUDA stream, device buffers and pinned host buffers."""
 
@@ -130,6 +144,7 @@ class TensorRTBackend(Backend):
         cudart = _import_cudart()
         self._trt, self._cudart = trt, cudart
         path = Path(path)
+        self.path = path
         _check(cudart.cudaSetDevice(device))
         if sidecar is not None:
             check_engine_compatibility(sidecar, trt.__version__, device_description(cudart, device), path)
@@ -144,15 +159,7 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise ArtifactError(f"{path}: TensorRT could not deserialize the engine (other version or GPU?)")
         self._use_graph = cuda_graph
-        self._inputs: list[TensorSpec] = []
-        self._outputs: list[TensorSpec] = []
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            shape = tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(name))
-            spec = TensorSpec(name, shape, dtype)
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self._inputs if is_input else self._outputs).append(spec)
+        self._inputs, self._outputs = engine_tensor_specs(trt, self.engine)
         dynamic = any(d is None for spec in self._inputs for d in spec.shape)
         profiles = int(getattr(self.engine, "num_optimization_profiles", 1) or 1)
         # A dynamic engine's context owns one optimisation profile; static ones share profile 0.
