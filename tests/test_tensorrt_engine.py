@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from test_runtime_segmenter import _semantic_model, _write
 
 from runtime import load_artifact
@@ -369,7 +369,7 @@ def test_build_cli_passes_its_options(fake_trt, tmp_path):
     args += ["--dla-core", "0", "--gpu-fallback", "--contexts", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "engine       " in result.output and "profile      images: min (1, 3, 32, 64)" in result.output
+    assert "engine       " in result.output and "profile      images: min [1, 3, 32, 64]" in result.output
     assert ("workspace", 256 << 20) in rec.calls and ("device", "DLA", 0) in rec.calls
     assert len([c for c in rec.calls if c[0] == "profile"]) == 2
     assert (tmp_path / "t.cache").is_file() and (tmp_path / "b.log").is_file()
@@ -379,13 +379,21 @@ def test_build_cli_passes_its_options(fake_trt, tmp_path):
 
 
 def _deform_model() -> onnx.ModelProto:
-    nodes = [helper.make_node("DeformConv", ["images", "W", "offset"], ["y"], kernel_shape=[1, 1])]
+    """labels = argmax(DeformConv(images)): a semantic head whose graph holds ONNX DeformConv."""
+    nodes = [
+        helper.make_node("DeformConv", ["images", "W", "offset"], ["y"], kernel_shape=[1, 1]),
+        helper.make_node("ArgMax", ["y"], ["idx"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["idx"], ["labels"], to=TensorProto.INT32),
+    ]
     graph = helper.make_graph(
         nodes,
         "deform",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 64, 128]) for n in ("images", "offset")]
-        + [helper.make_tensor_value_info("W", TensorProto.FLOAT, [3, 3, 1, 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 64, 128])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 128])],
+        [helper.make_tensor_value_info("labels", TensorProto.INT32, [1, 64, 128])],
+        [
+            numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "W"),
+            numpy_helper.from_array(np.zeros((1, 2, 64, 128), np.float32), "offset"),
+        ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
 
