@@ -4,10 +4,10 @@ and that the backend hands them to the session)."""
 import types
 
 import onnxruntime as ort
-from test_runtime_segmenter import _semantic_model, _write
 
 from runtime.backends.onnxruntime_backend import GpuOptions, OnnxRuntimeBackend, provider_options
 from runtime.segmenter import open_backend
+from tests.helpers.runtime_models import semantic_model, write_artifact
 
 PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
@@ -48,7 +48,7 @@ def test_tensorrt_provider_caches_beside_the_artifact(tmp_path):
 
 
 def test_backend_passes_the_options_to_the_session(tmp_path, monkeypatch):
-    path = _write(tmp_path, _semantic_model(32, 64))
+    path = write_artifact(tmp_path, semantic_model(32, 64))
     seen = {}
     real = ort.InferenceSession
 

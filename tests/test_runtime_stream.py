@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 import pytest
-from test_runtime_segmenter import _semantic_model, _write
 
 from runtime import InputError, Segmenter
 from runtime.backends.base import Backend
+from tests.helpers.runtime_models import semantic_model, write_artifact
 
 
 def _stream_threads():
@@ -26,7 +26,7 @@ def _frames(n, seed=0):
 
 @pytest.fixture
 def seg(tmp_path):
-    with Segmenter.open(_write(tmp_path, _semantic_model(32, 64))) as s:
+    with Segmenter.open(write_artifact(tmp_path, semantic_model(32, 64))) as s:
         yield s
 
 
@@ -43,9 +43,9 @@ def test_pipelined_equals_sequential_in_order(seg):
 
 
 def test_panoptic_stream_equals_predict(tmp_path):
-    from test_runtime_verify import panoptic_model
+    from tests.helpers.runtime_models import image_panoptic_model as panoptic_model
 
-    seg = Segmenter.open(_write(tmp_path, panoptic_model(32, 64), head="panoptic"))
+    seg = Segmenter.open(write_artifact(tmp_path, panoptic_model(32, 64), head="panoptic"))
     frames = _frames(6, seed=1)
     for got, frame in zip(seg.stream(frames), frames):
         want = seg.predict(frame)

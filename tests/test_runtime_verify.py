@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_runtime_segmenter import _write
 from typer.testing import CliRunner
 
 from contract.parity_policy import POLICIES, policy_for, segment_match, segment_match_rate
 from runtime.verify import VerifyError, load_reference, verify
+from tests.helpers.runtime_models import image_panoptic_model, write_artifact
 
 H, W = 32, 64
 _MIXING = np.eye(3, dtype=np.float32) + 0.2 * np.random.default_rng(0).standard_normal((3, 3)).astype(
@@ -57,60 +57,10 @@ def scored_model(h=H, w=W, fp16=False, perturb=0.0) -> onnx.ModelProto:
     return _opset(graph)
 
 
-def panoptic_model(h=H, w=W, perturb=0.0) -> onnx.ModelProto:
-    """Panoptic head outputs computed from the image: three queries (road, car, sky) whose masks
-    are a 1x1 conv of the image; scores in (0.8, 0.99) from each mask's mean logit."""
-    weights = np.array([[1.0, -1.0, 0.0], [-1.0, 0.2, 1.0], [0.0, 1.0, -1.0]], np.float32)
-    weights = weights + perturb * np.random.default_rng(2).standard_normal((3, 3)).astype(np.float32)
-    inits = [
-        numpy_helper.from_array(weights.reshape(3, 3, 1, 1), "Wm"),
-        numpy_helper.from_array(np.array([[0, 2, 1]], np.int32), "classes_c"),
-        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
-        numpy_helper.from_array(np.array(0.19, np.float32), "span"),
-        numpy_helper.from_array(np.array(0.8, np.float32), "floor"),
-    ]
-    n = helper.make_node
-    nodes = [
-        n("Conv", ["images", "Wm"], ["m"]),
-        n("Sigmoid", ["m"], ["sig"]),
-        n("ArgMax", ["sig"], ["owner64"], axis=1, keepdims=0),
-        n("Cast", ["owner64"], ["owner"], to=TensorProto.INT32),
-        n("ReduceMax", ["sig", "axes1"], ["maxsig"], keepdims=0),
-        n("GreaterOrEqual", ["maxsig", "half"], ["fg"]),
-        n("Cast", ["fg"], ["owner_fg"], to=TensorProto.UINT8),
-        n("GreaterOrEqual", ["sig", "half"], ["fgq"]),
-        n("Cast", ["fgq"], ["fgqf"], to=TensorProto.FLOAT),
-        n("ReduceSum", ["fgqf", "axes23"], ["areaf"], keepdims=0),
-        n("Cast", ["areaf"], ["mask_area"], to=TensorProto.INT32),
-        n("ReduceMean", ["m", "axes23"], ["mean"], keepdims=0),
-        n("Sigmoid", ["mean"], ["smean"]),
-        n("Mul", ["smean", "span"], ["scaled"]),
-        n("Add", ["scaled", "floor"], ["scores"]),
-        n("Identity", ["classes_c"], ["classes"]),
-    ]
-    inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "axes23"))
-    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axes1"))
-    vi = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        nodes,
-        "panoptic",
-        [vi("images", TensorProto.FLOAT, [1, 3, h, w])],
-        [
-            vi("scores", TensorProto.FLOAT, [1, 3]),
-            vi("classes", TensorProto.INT32, [1, 3]),
-            vi("owner", TensorProto.INT32, [1, h, w]),
-            vi("owner_fg", TensorProto.UINT8, [1, h, w]),
-            vi("mask_area", TensorProto.INT32, [1, 3]),
-        ],
-        inits,
-    )
-    return _opset(graph)
-
-
 def _artifact(tmp_path, name, model, head="semantic", precision="fp32"):
     folder = tmp_path / name
     folder.mkdir()
-    path = _write(folder, model, head=head, shape=(1, 3, H, W))
+    path = write_artifact(folder, model, head=head, shape=(1, 3, H, W))
     sidecar = json.loads(path.with_suffix(".json").read_text())
     sidecar["precision"] = precision
     sidecar["input"]["normalization"] = {"mean": [128.0, 128.0, 128.0], "std": [64.0, 64.0, 64.0]}
@@ -163,12 +113,12 @@ def test_saved_reference_round_trips_without_the_reference_model(tmp_path):
 
 
 def test_panoptic_segments_are_matched(tmp_path):
-    ref = _artifact(tmp_path, "ref", panoptic_model(), head="panoptic")
-    same = _artifact(tmp_path, "same", panoptic_model(), head="panoptic")
+    ref = _artifact(tmp_path, "ref", image_panoptic_model(), head="panoptic")
+    same = _artifact(tmp_path, "same", image_panoptic_model(), head="panoptic")
     report = verify(same, against=ref, random=0, scenes=3)
     assert report.passed, report.table()
     assert all(s.segment_match == 1.0 and s.segments[1] > 0 for s in report.samples)
-    moved = _artifact(tmp_path, "moved", panoptic_model(perturb=1.0), head="panoptic")
+    moved = _artifact(tmp_path, "moved", image_panoptic_model(perturb=1.0), head="panoptic")
     failed = verify(moved, against=ref, random=0, scenes=3)
     assert any("segment match" in f for f in failed.failures), failed.table()
     semantic = _artifact(tmp_path, "sem", scored_model())

@@ -12,12 +12,12 @@ import types
 
 import numpy as np
 import pytest
-from test_runtime_segmenter import _semantic_model, sidecar_for
 
 from runtime import Segmenter
 from runtime.artifact import sha256_file
 from runtime.backends.tensorrt_backend import TensorRTBackend
 from runtime.errors import ArtifactError
+from tests.helpers.runtime_models import semantic_model, sidecar_for
 
 
 class FakeCudart(types.ModuleType):
@@ -212,7 +212,7 @@ def _engine(tmp_path, **trt_info):
     path = tmp_path / "model.fp16.engine"
     path.write_bytes(b"ENGINE")
     sidecar = {
-        **sidecar_for(_semantic_model(8, 16), shape=(1, 3, 8, 16), precision="fp16"),
+        **sidecar_for(semantic_model(8, 16), shape=(1, 3, 8, 16), precision="fp16"),
         "sha256": sha256_file(path),
         "tensorrt": {"version": "10.3.0", "compute_capability": "8.7", "gpu_name": "Orin", **trt_info},
     }

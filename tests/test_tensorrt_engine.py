@@ -14,7 +14,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_runtime_segmenter import _semantic_model, _write
 
 from runtime import load_artifact
 from runtime.artifact import sha256_file
@@ -27,6 +26,7 @@ from runtime.engine_build import (
     parse_shape,
 )
 from runtime.errors import ArtifactError
+from tests.helpers.runtime_models import semantic_model, write_artifact
 
 
 class _Recorder:
@@ -228,7 +228,7 @@ def _artifact(tmp_path, precision="fp32", dynamic=False, model=None):
     folder = tmp_path / f"{precision}{'-dyn' if dynamic else ''}"
     folder.mkdir(exist_ok=True)
     shape = ("batch", 3, "height", "width") if dynamic else (1, 3, 64, 128)
-    path = _write(folder, model or _semantic_model(64, 128), shape=shape)
+    path = write_artifact(folder, model or semantic_model(64, 128), shape=shape)
     sidecar = json.loads(path.with_suffix(".json").read_text())
     sidecar["precision"] = precision
     if dynamic:
@@ -296,7 +296,7 @@ def test_tensorrt_10_weak_typing_flags_constraints_and_caches(fake_trt, tmp_path
 
 def test_dynamic_exports_get_a_profile_from_the_sidecar(fake_trt, tmp_path):
     rec = fake_trt("10.3.0")
-    dyn = _artifact(tmp_path, "fp16", dynamic=True, model=_semantic_model("height", "width", batch="batch"))
+    dyn = _artifact(tmp_path, "fp16", dynamic=True, model=semantic_model("height", "width", batch="batch"))
     result = build_engine(dyn, tmp_path / "out")
     profile = ("images", (1, 3, 32, 64), (1, 3, 64, 128), (1, 3, 64, 128))
     assert [c for c in rec.calls if c[0] == "profile"] == [("profile", [profile])]
@@ -356,7 +356,7 @@ def test_build_cli_passes_its_options(fake_trt, tmp_path):
     from cli import app
 
     rec = fake_trt("10.3.0")
-    dyn = _artifact(tmp_path, "fp16", dynamic=True, model=_semantic_model("height", "width", batch="batch"))
+    dyn = _artifact(tmp_path, "fp16", dynamic=True, model=semantic_model("height", "width", batch="batch"))
     args = ["build", str(dyn), "--out", str(tmp_path / "o"), "--max", "2x3x128x256", "--workspace", "256"]
     args += [
         "--timing-cache",
