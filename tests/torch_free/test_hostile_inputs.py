@@ -32,7 +32,7 @@ from runtime.batch_infer import LOCK_NAME, STAGING_MARKER, STAGING_PREFIX, _Lock
 from runtime.images import load_image, prepare_image
 from tests.helpers.runtime_models import scene, semantic_model, write_artifact
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 RUNNER = CliRunner()
 
 

@@ -198,7 +198,7 @@ def test_runtime_sources_compile_on_python_310():
     if not working:
         pytest.skip("no python3.10 interpreter on this machine")
     python310 = working[0]
-    files = [str(p) for p in (Path(__file__).parents[1] / "runtime").rglob("*.py")]
+    files = [str(p) for p in (Path(__file__).parents[2] / "runtime").rglob("*.py")]
     code = "import sys, ast\nfor f in sys.argv[1:]:\n    ast.parse(open(f).read(), f)\n"
     out = subprocess.run([python310, "-c", code, *files], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
