@@ -23,8 +23,7 @@ from torch import nn
 from contract.parity_policy import ParityPolicy
 from export.errors import ExportError
 from pem.inference import semantic_inference
-from runtime.postprocess import category_map
-from runtime.postprocess import fuse_panoptic as panoptic_fusion
+from runtime.postprocess import category_map, fuse_panoptic_outputs
 
 VOID_LABEL = 255
 Sample = tuple[str, np.ndarray]
@@ -279,16 +278,8 @@ def labels_from_outputs(
         return semantic_inference(logits, masks, size).argmax(1).to(torch.int32).numpy()
     maps = []
     for i in range(outputs["owner"].shape[0]):
-        id_map, segments = panoptic_fusion(
-            outputs["scores"][i],
-            outputs["classes"][i],
-            outputs["owner"][i],
-            outputs["owner_fg"][i],
-            outputs["mask_area"][i],
-            thing_ids,
-            num_classes,
-            object_mask_threshold,
-            overlap_threshold,
+        id_map, segments = fuse_panoptic_outputs(
+            outputs, i, thing_ids, num_classes, object_mask_threshold, overlap_threshold
         )
         maps.append(category_map(id_map, segments))
     return np.stack(maps)

@@ -19,7 +19,14 @@ from runtime.artifact import Artifact, load_artifact
 from runtime.backends.base import Backend
 from runtime.errors import ArtifactError, InputError
 from runtime.images import max_pixels_limit, prepare_image
-from runtime.postprocess import Segment, category_map, check_class_ids, fuse_panoptic, to_original_size
+from runtime.postprocess import (
+    Segment,
+    category_map,
+    check_class_ids,
+    fuse_panoptic_outputs,
+    segments_at_size,
+    to_original_size,
+)
 from runtime.preprocess import Geometry, Preprocessor, ResizeMode
 
 PANOPTIC_OUTPUTS = ("scores", "classes", "owner", "owner_fg", "mask_area")
@@ -246,18 +253,16 @@ class Segmenter:
             check_class_ids(outputs["labels"][i], self.artifact.num_classes)
             return Result(to_original_size(outputs["labels"][i], geometry))
         if head == "panoptic":
-            id_map, segments = fuse_panoptic(
-                outputs["scores"][i],
-                outputs["classes"][i],
-                outputs["owner"][i],
-                outputs["owner_fg"][i],
-                outputs["mask_area"][i],
+            id_map, segments = fuse_panoptic_outputs(
+                outputs,
+                i,
                 self.artifact.thing_ids,
                 self.artifact.num_classes,
                 self.artifact.object_mask_threshold,
                 self.artifact.overlap_threshold,
             )
             id_map = to_original_size(id_map, geometry)
+            segments = segments_at_size(id_map, segments)
             return Result(category_map(id_map, segments, VOID), id_map, segments)
         return Result(to_original_size(self._semantic_from_raw(outputs, i), geometry))
 

@@ -118,6 +118,11 @@ def test_panoptic_head_fusion(tmp_path):
     assert [(s.category_id, s.isthing) for s in result.segments] == [(0, False), (2, True)]
     assert result.panoptic.shape == (64, 128)
     assert (result.labels[:, :78] == 0).all() and (result.labels[:, 82:] == 2).all()
+    # Areas are counted in the returned (original-size) id map, not at the model's input size.
+    for segment in result.segments:
+        assert segment.area == int((result.panoptic == segment.id).sum())
+    bigger = seg.predict(np.zeros((128, 256, 3), np.uint8))
+    assert [s.area for s in bigger.segments] == [4 * s.area for s in result.segments]
     out = infer_path(seg, _save(tmp_path / "in.png", np.zeros((64, 128, 3), np.uint8)), tmp_path / "out")
     data = json.loads((out.out_dir / "predictions.json").read_text())
     assert [s["category"] for s in data["predictions"][0]["segments"]] == ["road", "car"]
