@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import cv2
 import numpy as np
 
+from contract.segments import Segment
 from runtime.errors import OutputRangeError
 from runtime.preprocess import Geometry
 
@@ -25,22 +26,6 @@ def to_original_size(label_map: np.ndarray, geometry: Geometry) -> np.ndarray:
         (geometry.original_w, geometry.original_h),
         interpolation=cv2.INTER_NEAREST,
     )
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One panoptic segment: its ``id`` in the id map, contiguous class id, thing or stuff.
-
-    ``area`` is in pixels of the id map it comes with: the model's input size straight out of
-    :func:`fuse_panoptic`, the original image size in a :class:`runtime.segmenter.Result`
-    (:func:`segments_at_size` recounts it there).
-    """
-
-    id: int
-    category_id: int
-    isthing: bool
-    score: float
-    area: int
 
 
 def fuse_panoptic(
