@@ -245,16 +245,17 @@ COLUMNS = (
     ("precision", "precision"),
     ("device", "device"),
     ("batch", "batch"),
-    ("mean_ms", "mean ms"),
-    ("p50_ms", "p50 ms"),
-    ("p90_ms", "p90 ms"),
-    ("p99_ms", "p99 ms"),
-    ("fps", "FPS"),
+    # Latency per call (a call carries `batch` images); throughput and stages per image.
+    ("mean_ms", "mean ms/call"),
+    ("p50_ms", "p50 ms/call"),
+    ("p90_ms", "p90 ms/call"),
+    ("p99_ms", "p99 ms/call"),
+    ("fps", "calls/s"),
     ("throughput", "img/s"),
     ("peak_memory_mb", "peak MiB"),
-    ("pre", "pre ms"),
-    ("infer", "infer ms"),
-    ("post", "post ms"),
+    ("pre", "pre ms/img"),
+    ("infer", "infer ms/img"),
+    ("post", "post ms/img"),
 )
 
 
