@@ -10,6 +10,7 @@ from typing import Any
 
 import onnx
 
+from contract.parity_policy import POLICIES, ParityPolicy, Tolerance, policy_for
 from contract.sidecar import IOSignature
 from export.errors import ExportError
 from export.fp16 import emulate_fp16
@@ -18,9 +19,8 @@ from export.metadata import read_sidecar, sha256_file
 from export.parity import ParityReport, compare, make_samples, open_session
 from export.source import ModelSource, load_source, load_source_from_sidecar
 
-# Default pass thresholds per precision: max abs error of float outputs, minimum label agreement.
-DEFAULT_MAX_ABS = {"fp32": {"pred_logits": 1e-3, "scores": 1e-3}, "fp16": {}, "int8": {}}
-DEFAULT_MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "int8": 0.98}
+# Default pass thresholds per precision: the shared parity policy (also verify's and demo's).
+DEFAULT_MIN_AGREEMENT = {name: policy.min_label_agreement for name, policy in POLICIES.items()}
 
 
 @dataclass
@@ -47,7 +47,11 @@ class CheckResult:
                 f"worst: max abs {worst}; label agreement {report.label_agreement:.5%}, "
                 f"mIoU {report.miou:.5f}"
             )
-        limits = ", ".join(f"{k} <= {v:g}" for k, v in self.thresholds.get("max_abs", {}).items())
+        rtol = self.thresholds.get("rtol", {})
+        limits = ", ".join(
+            f"{k} <= {v:g}" + (f" + {rtol[k]:g}|ref|" if rtol.get(k) else "")
+            for k, v in self.thresholds.get("max_abs", {}).items()
+        )
         rule = f"label agreement >= {self.thresholds.get('min_label_agreement', 0):.3%}"
         rule = f"max abs {limits}; {rule}" if limits else rule
         if self.failures:
@@ -146,8 +150,16 @@ def check_artifact(
     if emulate and spec.precision == "fp16":
         emulated = open_session(emulate_fp16(onnx.load(str(onnx_path))))
         result.reports.append(compare(emulated, reference, samples, graph_label="FP16-emulated", **kwargs))
-    limits = DEFAULT_MAX_ABS.get(spec.precision, {}) if max_abs is None else max_abs
-    agreement = DEFAULT_MIN_AGREEMENT.get(spec.precision, 0.99) if min_agreement is None else min_agreement
-    result.thresholds = {"max_abs": limits, "min_label_agreement": agreement}
-    result.failures = report.failures(limits, agreement)
+    policy = policy_for(spec.precision)
+    if max_abs is not None:  # an explicit --max-abs is an absolute limit only
+        policy = ParityPolicy(
+            policy.precision, {n: Tolerance(v) for n, v in max_abs.items()}, policy.min_label_agreement
+        )
+    policy = policy.with_overrides(min_label_agreement=min_agreement)
+    result.thresholds = {
+        "max_abs": {n: t.atol for n, t in policy.tolerances.items()},
+        "rtol": {n: t.rtol for n, t in policy.tolerances.items()},
+        "min_label_agreement": policy.min_label_agreement,
+    }
+    result.failures = report.failures(policy)
     return result

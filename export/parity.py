@@ -20,10 +20,10 @@ import onnx
 import torch
 from torch import nn
 
+from contract.parity_policy import ParityPolicy
 from export.errors import ExportError
 from pem.inference import semantic_inference
-from runtime.postprocess import category_map
-from runtime.postprocess import fuse_panoptic as panoptic_fusion
+from runtime.postprocess import category_map, fuse_panoptic_outputs
 
 VOID_LABEL = 255
 Sample = tuple[str, np.ndarray]
@@ -138,6 +138,7 @@ class TensorDiff:
     max_rel: float
     mean_abs: float
     agreement: float  # fraction of elements equal (1.0 for float outputs within rounding is rare)
+    scale: float = 0.0  # largest magnitude of the reference (for relative tolerances)
 
 
 @dataclass
@@ -168,6 +169,7 @@ class ParityReport:
             max(d.max_rel for d in diffs),
             max(d.mean_abs for d in diffs),
             min(d.agreement for d in diffs),
+            max(d.scale for d in diffs),
         )
 
     @property
@@ -184,16 +186,17 @@ class ParityReport:
         """Lowest per-sample mIoU between the two predictions."""
         return min(s.miou for s in self.samples)
 
-    def failures(
-        self, max_abs: dict[str, float] | None = None, min_agreement: float | None = None
-    ) -> list[str]:
-        """Violated thresholds, as readable lines (empty: passed)."""
+    def failures(self, policy: ParityPolicy) -> list[str]:
+        """Violated thresholds of the shared parity policy, as readable lines (empty: passed)."""
         problems = []
-        for name, limit in (max_abs or {}).items():
-            if name in self.output_names and self.worst(name).max_abs > limit:
-                problems.append(f"{name}: max abs error {self.worst(name).max_abs:.3g} > {limit:g}")
-        if min_agreement is not None and self.label_agreement < min_agreement:
-            problems.append(f"label agreement {self.label_agreement:.5%} < {min_agreement:.3%}")
+        for name in policy.tolerances:
+            if name in self.output_names:
+                worst = self.worst(name)
+                problem = policy.float_failure(name, worst.max_abs, worst.scale)
+                if problem:
+                    problems.append(problem)
+        if self.label_agreement < policy.min_label_agreement:
+            problems.append(f"label agreement {self.label_agreement:.5%} < {policy.min_label_agreement:.3%}")
         return problems
 
     def table(self) -> str:
@@ -239,6 +242,7 @@ def tensor_diff(name: str, got: np.ndarray, ref: np.ndarray) -> TensorDiff:
         max_rel=max_abs / scale if scale > 0 else max_abs,
         mean_abs=float(err.mean()) if err.size else 0.0,
         agreement=float((got == ref).mean()) if got.size else 1.0,
+        scale=scale,
     )
 
 
@@ -274,16 +278,8 @@ def labels_from_outputs(
         return semantic_inference(logits, masks, size).argmax(1).to(torch.int32).numpy()
     maps = []
     for i in range(outputs["owner"].shape[0]):
-        id_map, segments = panoptic_fusion(
-            outputs["scores"][i],
-            outputs["classes"][i],
-            outputs["owner"][i],
-            outputs["owner_fg"][i],
-            outputs["mask_area"][i],
-            thing_ids,
-            num_classes,
-            object_mask_threshold,
-            overlap_threshold,
+        id_map, segments = fuse_panoptic_outputs(
+            outputs, i, thing_ids, num_classes, object_mask_threshold, overlap_threshold
         )
         maps.append(category_map(id_map, segments))
     return np.stack(maps)

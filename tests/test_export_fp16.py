@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_export_onnx import tiny_graph, tiny_source
 
 from export.errors import ExportError
 from export.fp16 import convert_to_fp16, emulate_fp16, fp32_nodes
 from export.heads import ExportedModel
 from export.parity import compare, make_samples, open_session
 from export.simplify import finalize
+from tests.helpers.export_models import tiny_graph, tiny_source
 
 pytest.importorskip("onnxruntime")
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from test_export_onnx import tiny_graph, tiny_source
 from typer.testing import CliRunner
 
 import export.pipeline as pipeline
@@ -21,6 +20,7 @@ from export.parity import open_session, run_reference
 from export.pipeline import ExportOptions, export_artifact
 from export.source import load_source
 from pem.checkpoint import save_checkpoint
+from tests.helpers.export_models import tiny_graph, tiny_source
 
 pytest.importorskip("onnxruntime")
 

@@ -28,7 +28,6 @@ from typing import Any
 from export.errors import ExportError
 
 Progress = Callable[[str], None]
-INT8_MIN_AGREEMENT = 0.95
 
 
 @dataclass
@@ -131,13 +130,8 @@ def run_demo(
         parity: dict[str, dict[str, Any]] = {}
         for precision, path in artifacts.items():
             say(f"parity {precision.upper()} vs PyTorch")
-            # INT8 is held to 95 % label agreement with FP32 PyTorch (check's default is 98 %): the
-            # default model's INT8 graph agrees on ~97 % of the scene pixels while its accuracy
-            # against the ground truth (the calibration report) equals FP32's.
-            min_agreement = INT8_MIN_AGREEMENT if precision == "int8" else None
-            check = check_artifact(
-                path, source=source, random=0, scenes=2, emulate=False, min_agreement=min_agreement
-            )
+            # Thresholds: the shared parity policy (contract.parity_policy), as check and verify.
+            check = check_artifact(path, source=source, random=0, scenes=2, emulate=False)
             report = check.reports[0]
             parity[precision] = {
                 "passed": check.passed,

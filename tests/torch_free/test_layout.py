@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("contract", "pem", "export", "calib", "runtime", "workflows")
 # What each package may import of ours (besides itself).
 ALLOWED = {
