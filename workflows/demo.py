@@ -16,6 +16,7 @@ timing iterations (the tests' mode, well under a minute with a warm cache).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -87,7 +88,10 @@ def run_demo(
         say(f"synthetic Cityscapes-format data ({variant})")
         data = default_dataset_path(variant)
         say(f"default model ({variant}; trained once, then cached)")
-        checkpoint = ensure_default_checkpoint(variant)
+        # Training the first time takes minutes: show its steps and ETA as `train` does.
+        bar_below = getattr(progress, "bar_below", None)
+        with bar_below() if bar_below else contextlib.nullcontext(False) as show_bar:
+            checkpoint = ensure_default_checkpoint(variant, progress=show_bar)
         source = load_source(checkpoint=checkpoint)
 
         artifacts: dict[str, Path] = {}
