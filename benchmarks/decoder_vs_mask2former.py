@@ -81,7 +81,8 @@ class _DecoderOutputs(torch.nn.Module):
 
 def _ort_callable(module: torch.nn.Module, args: tuple, tmp: Path, name: str):
     path = tmp / f"{name}.onnx"
-    export_onnx(module, args, path)
+    if not path.exists():  # --onnx-dir caches the exports (same seeded weights every run)
+        export_onnx(module, args, path)
     sess = ort_session(path)
     feeds = {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)}
     return partial(sess.run, None, feeds)
@@ -132,7 +133,8 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     ort_fns: dict[tuple, object] = {}
     with tempfile.TemporaryDirectory() as tmp_dir, torch.inference_mode():
         if args.ort:
-            tmp = Path(tmp_dir)
+            tmp = Path(args.onnx_dir or tmp_dir)
+            tmp.mkdir(parents=True, exist_ok=True)
             for stride, layer_args in inputs.items():
                 for name, layer in layers.items():
                     ort_fns[("layer", stride, name)] = _ort_callable(
@@ -162,12 +164,16 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
             rounds.append(result)
             _print_round(rounds[-1], len(rounds))
     # Same prototype choices in eager and onnxruntime are checked by the tests; here: outputs agree.
+    agreement = {}
     if args.ort:
-        out_ort = ort_fns[("layer", 32, "pem_ca")]()[0]
-        with torch.inference_mode():
-            out_eager = layers["pem_ca"](*inputs[32]).numpy()
-        np.testing.assert_allclose(out_ort, out_eager, atol=1e-4, rtol=1e-4)
+        for stride in inputs:
+            out_ort = ort_fns[("layer", stride, "pem_ca")]()[0]
+            with torch.inference_mode():
+                out_eager = layers["pem_ca"](*inputs[stride]).numpy()
+            agreement[f"1/{stride}"] = float(np.abs(out_ort - out_eager).max())
+        print(f"PEM-CA layer, max |onnxruntime - eager|: {agreement}")
     return {
+        "pem_ca_ort_vs_eager_max_abs": agreement,
         "machine": machine(),
         "setup": {
             "input": [args.height, args.width],
@@ -189,8 +195,9 @@ def _print_round(result: dict[str, object], number: int) -> None:
             print(f"  {backend:11s} {row:12s} {ms}   ratio vs {ratios}", flush=True)
 
 
-def compare_allocators(names: list[str], argv: list[str]) -> dict[str, object]:
-    """Rerun this script once per allocator (LD_PRELOAD) and collect the results."""
+def compare_allocators(names: list[str], argv: list[str], out: Path | None) -> dict[str, object]:
+    """Rerun this script once per allocator (LD_PRELOAD) and collect the results (written to
+    ``out`` after each allocator, so a long run keeps what it measured)."""
     results: dict[str, object] = {}
     for name in names:
         env = {**os.environ}
@@ -206,7 +213,15 @@ def compare_allocators(names: list[str], argv: list[str]) -> dict[str, object]:
             print(f"=== allocator: {name} ({env.get('LD_PRELOAD', 'glibc malloc')})", flush=True)
             subprocess.run([sys.executable, __file__, *argv, "--out", out.name], env=env, check=True)
             results[name] = json.loads(Path(out.name).read_text())
+        if out:
+            _write_json(results, out)
     return results
+
+
+def _write_json(results: dict[str, object], out: Path) -> None:
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(out)
 
 
 def main() -> None:
@@ -219,6 +234,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--no-ort", dest="ort", action="store_false", help="eager PyTorch only")
     parser.add_argument("--allocators", default=None, help="e.g. none,tcmalloc,jemalloc (one run each)")
+    parser.add_argument("--onnx-dir", type=Path, default=None, help="keep / reuse the exported graphs here")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     args = parser.parse_args()
     if args.allocators:
@@ -228,14 +244,12 @@ def main() -> None:
         if "--out" in argv:
             j = argv.index("--out")
             del argv[j : j + 2]
-        results: dict[str, object] = compare_allocators(args.allocators.split(","), argv)
+        results: dict[str, object] = compare_allocators(args.allocators.split(","), argv, args.out)
     else:
         results = measure(args)
         print(f"machine: {results['machine']}")
     if args.out:
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(args.out)
+        _write_json(results, args.out)
 
 
 if __name__ == "__main__":
