@@ -3,13 +3,51 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from contract.errors import PemDeployError, describe_os_error, one_line
+
+
+def _metavar(param: Any) -> str:
+    """Capitalised placeholder for a value in help and usage lines (N for integers, X for numbers)."""
+    descriptor = getattr(param, "type_descriptor", None)
+    annotation = getattr(descriptor, "annotation", None)
+    if annotation is int:
+        return "N"
+    if annotation is float:
+        return "X"
+    return (param.name or "value").upper()
+
+
+def _tidy_param(param: Any) -> None:
+    no_type = lambda ctx: None  # noqa: E731
+    if getattr(param, "param_type_name", "") == "argument":
+        param.metavar = param.metavar or (param.name or "value").upper()
+        param.display_type_rich = no_type  # type: ignore[attr-defined]  # the name column says it
+    elif getattr(param, "is_flag", False) or getattr(param, "count", False):
+        param.display_type_rich = no_type  # type: ignore[attr-defined]  # flags take no value
+    elif param.metavar is None:
+        param.metavar = _metavar(param)
+
+
+def _tidy_help(command: Any) -> None:
+    """Help without type tags (``<str>``, ``<bool>``): flags show no value, values a CAPITAL name."""
+    for param in command.params:
+        _tidy_param(param)
+    make_help_option = command.get_help_option
+
+    def get_help_option(ctx: typer.Context) -> Any:
+        option = make_help_option(ctx)
+        if option is not None:
+            _tidy_param(option)
+        return option
+
+    command.get_help_option = get_help_option  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_help(sub)
 
 
 class _OneLineErrors(TyperGroup):
@@ -17,10 +55,14 @@ class _OneLineErrors(TyperGroup):
 
     Typed project errors (:class:`PemDeployError`), file-system failures (disk full, read-only
     folder, permission) and running out of memory are all a user's problem to fix, not a bug
-    report; Ctrl-C exits 130 with one line.
+    report; Ctrl-C exits 130 with one line. Also tidies the help of every command.
     """
 
-    def invoke(self, ctx: click.Context) -> object:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        _tidy_help(self)
+
+    def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
         except PemDeployError as exc:
@@ -47,8 +89,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"pem-deploy {version('pem-deploy')}")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            typer.echo("pem-deploy (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Edge-deployment toolchain for PEM: model info, training, export, calibration, runtime."""
 
 
@@ -122,9 +179,15 @@ def infer(
     artifact: str = typer.Argument(
         ..., help="Model artifact: .onnx / .engine (sidecar .json beside it) or its folder."
     ),
-    source: str = typer.Argument(..., help="An image, a folder of images, or a video."),
+    source: str = typer.Argument(
+        ...,
+        help="An image, a folder of images, a video, a ROS 2 bag (.mcap, .db3 or bag folder; with --topic), "
+        "a camera index, /dev/videoN, an rtsp/http/file URL or a GStreamer pipeline.",
+    ),
     out: str = typer.Option(
-        ..., "--out", help="Output folder (labels/, panoptic/, overlay/, predictions.json)."
+        ...,
+        "--out",
+        help="Output folder (labels/, panoptic/, overlay/, predictions.json), or a bag file (.mcap / .db3).",
     ),
     resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox (keep aspect ratio)."),
     provider: list[str] = typer.Option(
@@ -132,25 +195,109 @@ def infer(
     ),
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
     alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    topic: list[str] = typer.Option(None, "--topic", help="Bag image topic(s) to segment (repeatable)."),
+    max_frames: int = typer.Option(None, "--max-frames", help="Stop after this many frames (bags, cameras)."),
+    duration: float = typer.Option(None, "--duration", help="Stop a live camera after this many seconds."),
+    exist_ok: bool = typer.Option(
+        False,
+        "--exist-ok",
+        help="Allow a non-empty --out folder: add our labels/, panoptic/, overlay/, predictions.json "
+        "(only files pem-deploy wrote are replaced); or replace an existing output bag file.",
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
+    ),
+    copy_input: bool = typer.Option(False, "--copy-input", help="Also copy the input images to the bag."),
+    cuda_graph: bool = typer.Option(
+        False, "--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."
+    ),
+    contexts: int = typer.Option(None, "--contexts", help="TensorRT execution contexts (default: as built)."),
 ) -> None:
-    """Segment images or a video with an exported model (torch-free runtime)."""
-    from runtime import RuntimeToolError, Segmenter
+    """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime).
+
+    Output names keep the input's relative path and suffix (labels/a/x.jpg.png); see README.
+    Exit status: 0 all segmented, 1 some files of a folder skipped, 2 error.
+    """
+    from runtime import Segmenter
     from runtime.batch_infer import infer_path, stderr_progress
 
     if resize not in ("stretch", "letterbox"):
         _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
-    try:
-        with Segmenter.open(artifact, providers=provider or None, resize=resize) as segmenter:  # type: ignore[arg-type]
-            summary = infer_path(
-                segmenter, source, out, overlays=overlays, alpha=alpha, progress=stderr_progress
+    from runtime.robotics import infer_robotics, is_robotics_job
+
+    if is_robotics_job(source, out, topic or (), max_frames, duration):  # bags, cameras, streams
+        from runtime.sources import ProgressLine
+
+        with Segmenter.open(
+            artifact,
+            providers=provider or None,
+            resize=resize,
+            cuda_graph=cuda_graph,
+            contexts=contexts,  # type: ignore[arg-type]
+        ) as segmenter:
+            line = ProgressLine()
+            options = dict(exist_ok=exist_ok, overlays=overlays, alpha=alpha, copy_input=copy_input)
+            summary = infer_robotics(
+                segmenter, source, out, topic or (), max_frames, duration, progress=line, **options
             )
-    except (RuntimeToolError, OSError) as exc:
-        _fail(str(exc))
+            line.finish()
+        t = summary.mean_timings_ms
+        typer.echo(
+            f"{summary.frames} frame(s) -> {summary.out_dir}  ({line.fps():.1f} FPS; mean ms: pre "
+            f"{t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
+        )
+        return
+    with Segmenter.open(
+        artifact,
+        providers=provider or None,
+        resize=resize,
+        cuda_graph=cuda_graph,
+        contexts=contexts,  # type: ignore[arg-type]
+    ) as segmenter:
+        summary = infer_path(
+            segmenter,
+            source,
+            out,
+            overlays=overlays,
+            alpha=alpha,
+            progress=stderr_progress,
+            exist_ok=exist_ok,
+            strict=strict,
+            on_skip=lambda line: typer.echo(f"skipped: {line}", err=True),
+            on_note=lambda line: typer.echo(f"note: {line}", err=True),
+        )
     t = summary.mean_timings_ms
+    skipped = f", {len(summary.failed)} skipped" if summary.failed else ""
     typer.echo(
-        f"{summary.frames} frame(s) -> {summary.out_dir}  "
+        f"{summary.frames} frame(s){skipped} -> {summary.out_dir}  "
         f"(mean ms: pre {t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
     )
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+@app.command("ros2")
+def ros2_command(
+    artifact: str = typer.Argument(..., help="Model artifact: .onnx / .engine or its folder."),
+    input_topic: str = typer.Option(
+        "/camera/image_raw", "--input", help="Image topic (a '/compressed' topic is a CompressedImage)."
+    ),
+    namespace: str = typer.Option("pem", "--namespace", help="Outputs go to <input>/<namespace>/..."),
+    overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Publish the overlay topic."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
+    resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox."),
+    ros_args: list[str] = typer.Argument(
+        None, help="Extra ROS arguments after '--' (e.g. --ros-args -p ...)."
+    ),
+) -> None:
+    """ROS 2 node: subscribe to an image topic, publish labels / panoptic / overlay (needs rclpy)."""
+    from runtime.ros.node import NodeConfig, import_rclpy, run_node
+
+    import_rclpy()
+    config = NodeConfig(
+        artifact, input_topic, namespace=namespace, overlay=overlays, alpha=alpha, resize=resize
+    )
+    run_node(config, args=["pem-deploy", *(ros_args or [])], log=typer.echo)
 
 
 def _data_errors() -> tuple[type[BaseException], ...]:
@@ -208,9 +355,17 @@ def train(
     val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    sync_bn: str = typer.Option(
+        None, "--sync-bn", help="Under torchrun: official (default), all or off (which BN syncs)."
+    ),
 ) -> None:
-    """Train a preset on a dataset (checkpoints, metrics.jsonl, progress bar with loss and ETA)."""
+    """Train a preset on a dataset (checkpoints, metrics.jsonl, progress bar with loss and ETA).
+
+    Several GPUs / nodes: launch it with ``torchrun --nproc-per-node N [--nnodes M ...]``;
+    ``--batch-size`` stays the global batch (README, "Training at scale").
+    """
     from pem.train import run_training, train_preset
+    from pem.train.distributed import current_context, shutdown
 
     changes: dict[str, object] = {
         k: v
@@ -224,6 +379,7 @@ def train(
             "checkpoint_period": checkpoint_period,
             "num_workers": workers,
             "amp": amp,
+            "sync_bn": sync_bn,
         }.items()
         if v is not None
     }
@@ -249,6 +405,10 @@ def train(
         )
     except _data_errors() as exc:
         _fail(str(exc))
+    main = current_context().is_main
+    shutdown()
+    if not main:
+        return
     typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.3f}")
     if result.metrics is not None:
         typer.echo(result.metrics.summary())
@@ -291,6 +451,12 @@ def eval_command(
         )
     except _data_errors() as exc:
         _fail(str(exc))
+    from pem.train.distributed import current_context, shutdown
+
+    main = current_context().is_main  # under torchrun every rank evaluates a shard
+    shutdown()
+    if not main:
+        return
     typer.echo(result.summary())
     if json_out:
         Path(json_out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -416,9 +582,61 @@ def _build_engine(onnx_path: object, precision: str, quantizer: object | None) -
 
     onnx_file = Path(str(onnx_path))
     engine_path = onnx_file.with_name(f"{onnx_file.stem}.{precision}.engine")  # sidecar: STEM.PRECISION.json
-    options = EngineOptions(precision=precision, strongly_typed=True if precision != "fp32" else None)  # type: ignore[arg-type]
-    build_engine(onnx_file, engine_path, options)
+    # The graph's own precision decides the typing (runtime.engine_build, same as pem-deploy build).
+    build_engine(onnx_file, engine_path, EngineOptions(precision=precision))  # type: ignore[arg-type]
     return engine_path
+
+
+@app.command("build")
+def build_command(
+    artifact: str = typer.Argument(..., help="The ONNX artifact (.onnx with its .json, or their folder)."),
+    out: str = typer.Option(
+        ..., "--out", help="Output folder (STEM.PRECISION.engine + .json) or .engine file."
+    ),
+    precision: str = typer.Option(
+        None, "--precision", help="fp32 | fp16 | int8 (default: the graph's; FP32 graphs: flags on TRT 10)."
+    ),
+    calib_cache: str = typer.Option(
+        None, "--calib-cache", help="TRT 10 weakly typed INT8: calibration cache."
+    ),
+    timing_cache: str = typer.Option(None, "--timing-cache", help="Timing cache to reuse and update."),
+    workspace: int = typer.Option(2048, "--workspace", help="Builder workspace limit in MiB."),
+    dla_core: int = typer.Option(None, "--dla-core", help="Build for this DLA core (Jetson)."),
+    gpu_fallback: bool = typer.Option(
+        False, "--gpu-fallback", help="DLA: run unsupported layers on the GPU."
+    ),
+    opt_level: int = typer.Option(None, "--opt-level", help="Builder optimisation level 0-5 (TensorRT: 3)."),
+    min_shape: str = typer.Option(None, "--min", help="Dynamic exports: profile min, NxCxHxW or HxW."),
+    opt_shape: str = typer.Option(
+        None, "--opt", help="Dynamic exports: profile opt (default: default_size)."
+    ),
+    max_shape: str = typer.Option(None, "--max", help="Dynamic exports: profile max."),
+    contexts: int = typer.Option(
+        1, "--contexts", help="Profile copies: execution contexts that run at once."
+    ),
+    log: str = typer.Option(None, "--log", help="Write TensorRT's build log here."),
+) -> None:
+    """Torch-free TensorRT engine from an ONNX artifact (TensorRT + numpy + onnx only; run on the device)."""
+    from pathlib import Path
+
+    from runtime.engine_build import EngineOptions, build_engine, profiles_from_options
+
+    lo, mid, hi = profiles_from_options([min_shape, opt_shape, max_shape])
+    options = EngineOptions(
+        precision=precision,  # type: ignore[arg-type]
+        calibration_cache=Path(calib_cache) if calib_cache else None,
+        timing_cache=Path(timing_cache) if timing_cache else None,
+        workspace_mib=workspace,
+        min_shape=lo,
+        opt_shape=mid,
+        max_shape=hi,
+        builder_optimization_level=opt_level,
+        dla_core=dla_core,
+        gpu_fallback=gpu_fallback,
+        contexts=contexts,
+        log_path=Path(log) if log else None,
+    )
+    typer.echo(build_engine(artifact, out, options).summary())
 
 
 @app.command("calibrate")
@@ -533,7 +751,7 @@ def check_command(
         None, "--max-abs", help="Max abs error of logits/scores (default fp32: 1e-3)."
     ),
     min_agreement: float = typer.Option(
-        None, "--min-agreement", help="Minimum label agreement (default: fp32 0.999, fp16 0.99)."
+        None, "--min-agreement", help="Minimum label agreement (default: fp32 0.999, fp16 0.99, int8 0.95)."
     ),
 ) -> None:
     """Compare an exported model with PyTorch: max abs/rel error per output, label agreement, mIoU.
@@ -564,6 +782,78 @@ def check_command(
         raise typer.Exit(code=1)
 
 
+@app.command("verify")
+def verify_command(
+    candidate: str = typer.Argument(..., help="The artifact to verify (engine or ONNX, sidecar beside it)."),
+    against: str = typer.Option(None, "--against", help="Reference artifact (e.g. the FP32 ONNX)."),
+    images: str = typer.Option(None, "--images", help="Compare on the images of this folder."),
+    save_reference: str = typer.Option(
+        None, "--save-reference", help="Also save the reference outputs (.npz)."
+    ),
+    load_reference: str = typer.Option(None, "--load-reference", help="Reference outputs saved elsewhere."),
+    random: int = typer.Option(1, "--random", help="Random-noise images (without --images)."),
+    scenes: int = typer.Option(2, "--scenes", help="Synthetic street scenes (without --images)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated images."),
+    limit: int = typer.Option(None, "--limit", help="At most N images of --images."),
+    precision: str = typer.Option(
+        None, "--policy", help="Policy fp32 | fp16 | int8 (default: the candidate's)."
+    ),
+    atol: float = typer.Option(None, "--atol", help="Absolute tolerance of scores / logits."),
+    rtol: float = typer.Option(None, "--rtol", help="Relative tolerance of scores / logits."),
+    min_agreement: float = typer.Option(None, "--min-agreement", help="Minimum label agreement."),
+    min_segments: float = typer.Option(None, "--min-segment-match", help="Minimum panoptic segment match."),
+    providers: str = typer.Option(None, "--providers", help="onnxruntime providers, comma-separated."),
+    json_out: str = typer.Option(None, "--json", help="Write the report as JSON here."),
+) -> None:
+    """Compare two artifacts on the same images under the shared parity policy (torch-free).
+
+    Exit code 0 when the thresholds hold, 1 when not, 2 on bad arguments or files.
+    """
+    import json
+    from pathlib import Path
+
+    from contract.fs import atomic_write_bytes
+    from contract.parity_policy import POLICIES, policy_for
+    from runtime.verify import verify
+
+    if precision is not None and precision not in POLICIES:
+        _fail(f"--policy {precision}: choose {', '.join(POLICIES)}")
+    policy = None
+    if (
+        precision
+        or atol is not None
+        or rtol is not None
+        or min_agreement is not None
+        or min_segments is not None
+    ):
+        from runtime.artifact import load_artifact
+
+        base = policy_for(precision or load_artifact(candidate).precision)
+        policy = base.with_overrides(
+            atol=atol, rtol=rtol, min_label_agreement=min_agreement, min_segment_match=min_segments
+        )
+    report = verify(
+        candidate,
+        against=against,
+        load_reference_from=load_reference,
+        save_reference_to=save_reference,
+        images=images,
+        random=random,
+        scenes=scenes,
+        seed=seed,
+        limit=limit,
+        policy=policy,
+        providers=[p.strip() for p in providers.split(",")] if providers else None,
+    )
+    typer.echo(report.table())
+    if save_reference:
+        typer.echo(f"reference saved to {save_reference}")
+    if json_out:
+        atomic_write_bytes(Path(json_out), (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+    if not report.passed:
+        raise typer.Exit(code=1)
+
+
 @app.command("bench")
 def bench_command(
     artifacts: list[str] = typer.Argument(
@@ -585,6 +875,9 @@ def bench_command(
         None, "--out", help="Write bench.json, bench.csv, bench.md (and bench.png) here."
     ),
     plot: bool = typer.Option(False, "--plot", help="Also a PNG plot (needs matplotlib)."),
+    cuda_graph: bool = typer.Option(
+        False, "--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."
+    ),
 ) -> None:
     """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
     from pathlib import Path
@@ -613,6 +906,7 @@ def bench_command(
                         threads=threads,
                         providers=provider_list,
                         name=item,
+                        cuda_graph=cuda_graph,
                     )
                 )
         for name in preset or []:
@@ -667,10 +961,10 @@ def demo_command(
     """Whole toolchain on the embedded default: data, model, FP32/FP16/INT8 ONNX, parity, bench, report."""
     from pathlib import Path
 
-    from calib.demo import run_demo
     from export.errors import ExportError
     from export.progress import ConsoleProgress
     from runtime.errors import RuntimeToolError
+    from workflows.demo import run_demo
 
     if Path(out).exists() and not Path(out).is_dir():
         _fail(f"--out {out}: exists and is not a folder")

@@ -30,24 +30,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def _session(model_bytes: bytes, profile_prefix: str | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+from common import ort_session
 
 
 def _profile(model_bytes: bytes, x: np.ndarray, runs: int = 5) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        session = _session(model_bytes, os.path.join(tmp, "prof"))
+        session = ort_session(model_bytes, os.path.join(tmp, "prof"))
         for _ in range(runs):
             session.run(None, {"images": x})
         events = json.loads(Path(session.end_profiling()).read_text())
@@ -77,8 +65,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from calib.calibrate import CalibrationConfig, calibrate_ranges, input_format, quantize_model
+    from calib.calibrate import CalibrationConfig, calibrate_ranges, input_format
     from calib.ort_layout import prepare_for_layout
+    from calib.quantize import quantize_model
     from export.pipeline import ExportOptions, export_graph
     from export.source import load_source
     from pem.zoo import ensure_default_checkpoint
@@ -121,7 +110,7 @@ def main() -> None:
             ).SerializeToString(),
         }
         x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
-        sessions = {name: _session(data) for name, data in graphs.items()}
+        sessions = {name: ort_session(data) for name, data in graphs.items()}
         times: dict[str, list[float]] = {name: [] for name in graphs}
         for session in sessions.values():
             for _ in range(3):
@@ -174,7 +163,7 @@ def _float_floor(model, x: np.ndarray, runs: int = 10) -> dict[str, object]:
     fixed = {n.name for n in model.graph.node if n.op_type in FLOAT_ONLY_OPS}
     fixed |= {name for name, p in part.items() if p == "transformer_decoder"}
     with tempfile.TemporaryDirectory() as tmp:
-        session = _session(model.SerializeToString(), os.path.join(tmp, "floor"))
+        session = ort_session(model.SerializeToString(), os.path.join(tmp, "floor"))
         for _ in range(runs):
             session.run(None, {"images": x})
         events = json.loads(Path(session.end_profiling()).read_text())

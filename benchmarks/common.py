@@ -33,16 +33,11 @@ def interleaved(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def ort_session(model: Path | str | bytes):
+def ort_session(model: Path | str | bytes, profile_prefix: str | None = None):
     """A single-threaded onnxruntime CPU session (one thread, like the PyTorch side)."""
-    import onnxruntime as ort
+    from runtime.backends.ort_session import create_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return create_session(model, threads=1, profile_prefix=profile_prefix)
 
 
 def cpu_description() -> dict[str, object]:

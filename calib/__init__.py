@@ -2,7 +2,7 @@
 
 - :class:`calib.calibrate.Int8Calibrator`: the ``int8_quantizer`` of
   :func:`export.pipeline.export_artifact` (FP32 model part -> explicit Q/DQ INT8 graph).
-- :func:`calib.calibrate.calibrate_ranges`, :func:`calib.calibrate.quantize_model`: the two steps.
+- :func:`calib.calibrate.calibrate_ranges`, :func:`calib.quantize.quantize_model`: the two steps.
 - :mod:`calib.data`: calibration images (Cityscapes ``leftImg8bit/train``, any folder, synthetic).
 - :mod:`calib.ranges`: min-max / percentile / entropy ranges.
 - :mod:`calib.trt_cache`: TensorRT calibration caches (text format), written, parsed, reused.
@@ -17,9 +17,9 @@ from calib.calibrate import (
     CalibrationRanges,
     Int8Calibrator,
     calibrate_ranges,
-    quantize_model,
 )
 from calib.errors import CalibrationError
+from calib.quantize import quantize_model
 
 __all__ = [
     "CalibrationConfig",

@@ -18,10 +18,10 @@ import numpy as np
 import onnx
 import torch
 
-from calib.calibrate import _session, quantize_model
 from calib.data import resolve_root
 from calib.errors import CalibrationError
 from calib.graph import QuantTarget
+from calib.quantize import model_session, quantize_model
 from pem.config import PEMConfig
 from pem.evaluation import EvalResult, evaluate
 from runtime.preprocess import InputFormat, Preprocessor
@@ -37,7 +37,7 @@ class OnnxModel(torch.nn.Module):
         self.config = config
         self.fmt = fmt
         self._dummy = torch.nn.Parameter(torch.zeros(()), requires_grad=False)  # device for evaluate()
-        self.session = _session(model, threads)
+        self.session = model_session(model, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.preprocessor = Preprocessor(fmt, "stretch", "RGB")
 
@@ -177,13 +177,13 @@ def layer_sensitivity(
 ) -> dict[str, float]:
     """Per quantised node: the output error when only that node is INT8 (everything else float),
     as the mean over outputs of ``MSE / variance`` of the FP32 outputs on ``inputs``."""
-    reference = _session(model, threads)
+    reference = model_session(model, threads)
     name = reference.get_inputs()[0].name
     expected = [reference.run(None, {name: x}) for x in inputs]
     errors: dict[str, float] = {}
     for target in targets:
         only = quantize_model(model, scales, targets=[target], layout=layout)
-        session = _session(only, threads)
+        session = model_session(only, threads)
         total = 0.0
         for x, ref_outs in zip(inputs, expected):
             outs = session.run(None, {name: x})

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,12 @@ from onnx import TensorProto, helper
 
 from calib.data import CalibrationImages
 from calib.errors import CalibrationError
-from calib.graph import LAYOUTS, QuantTarget, check_qdq, find_targets, insert_qdq
+from calib.graph import LAYOUTS, QuantTarget, find_targets
 from calib.ort_layout import prepare_for_layout
+from calib.quantize import model_session, quantize_model
 from calib.ranges import METHODS, Method, RangeCollector
 from calib.trt_cache import DEFAULT_TRT_VERSION, CalibrationCache, make_cache, read_cache, write_cache
+from export.onnx_graph import GraphIndex
 from runtime.preprocess import InputFormat
 
 CALIB_FORMAT = 1  # bump when the statistics change, so old caches are not reused
@@ -125,14 +127,9 @@ def input_format(
 def int8_region_tensors(model: onnx.ModelProto, targets: Iterable[QuantTarget]) -> list[str]:
     """Float tensors of the INT8 region: the graph input, the quantised nodes' inputs and
     outputs, and every tensor produced upstream of them, in graph order."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    graph = inferred.graph
-    types = {
-        v.name: v.type.tensor_type.elem_type
-        for v in list(graph.value_info) + list(graph.input) + list(graph.output)
-    }
-    inits = {t.name for t in graph.initializer}
-    producer = {name: node for node in graph.node for name in node.output}
+    index = GraphIndex.with_types(model)
+    graph, types = model.graph, index.types
+    inits = set(index.initializers)
     region: set[str] = set()
     stack = [t.node for t in targets]
     by_name = {n.name: n for n in graph.node}
@@ -142,8 +139,9 @@ def int8_region_tensors(model: onnx.ModelProto, targets: Iterable[QuantTarget]) 
             continue
         region.add(name)
         for tensor in by_name[name].input:
-            if tensor in producer and producer[tensor].name not in region:
-                stack.append(producer[tensor].name)
+            source = index.producer_node(tensor)
+            if source is not None and source.name not in region:
+                stack.append(source.name)
     names: list[str] = [i.name for i in graph.input if types.get(i.name) == TensorProto.FLOAT]
     for node in graph.node:
         if node.name not in region:
@@ -157,20 +155,6 @@ def int8_region_tensors(model: onnx.ModelProto, targets: Iterable[QuantTarget]) 
             ):
                 names.append(tensor)
     return names
-
-
-def _session(model: onnx.ModelProto, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CalibrationError(f"onnxruntime cannot load the model: {first}") from None
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
@@ -247,7 +231,7 @@ def calibrate_ranges(
             )
 
     augmented = with_outputs(model, tensors)
-    session = _session(augmented, config.threads)
+    session = model_session(augmented, config.threads)
     input_name = session.get_inputs()[0].name
     static_batch = session.get_inputs()[0].shape[0]
     repeat = static_batch if isinstance(static_batch, int) and static_batch > 1 else 1
@@ -266,25 +250,6 @@ def calibrate_ranges(
     cache = make_cache(amax, config.method, config.trt_version)
     write_cache(path, cache)
     return CalibrationRanges(cache.amax(), cache, path, False, len(images), time.perf_counter() - start, key)
-
-
-def quantize_model(
-    model: onnx.ModelProto,
-    scales: Mapping[str, float],
-    *,
-    exclude: Iterable[str] = (),
-    targets: list[QuantTarget] | None = None,
-    layout: str = "tensorrt",
-) -> onnx.ModelProto:
-    """The Q/DQ INT8 graph of ``model`` with INT8 scales ``scales`` (``amax / 127`` per tensor);
-    nodes named in ``exclude`` stay float. ``layout``: see :func:`calib.graph.insert_qdq`."""
-    skip = set(exclude)
-    targets = [t for t in (targets or find_targets(model)) if t.node not in skip]
-    quantized = insert_qdq(model, targets, scales, layout=layout)
-    problems = check_qdq(quantized, layout)
-    if problems:
-        raise CalibrationError(f"Q/DQ placement error: {problems[0]}")
-    return quantized
 
 
 @dataclass

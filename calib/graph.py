@@ -29,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from calib.errors import CalibrationError
+from export.onnx_graph import GraphIndex
 
 QUANTIZABLE_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QUANTIZED_PARTS: tuple[str, ...] = ("backbone", "pixel_decoder")
@@ -270,18 +271,21 @@ def insert_qdq(
 
     if layout == "onnxruntime":
         graph_outputs = {o.name for o in graph.output}
+        # Built once: the rewrites below only redirect readers of tensors already handled, and the
+        # chains of different targets are disjoint, so the index stays true for what is still read.
+        index = GraphIndex(out)
         for target in targets:
             tensor = by_name[target.node].output[0]
             if tensor in dequantised or tensor not in activation_scales or tensor in graph_outputs:
                 continue
-            if not any(n.op_type not in FLOAT_ONLY_OPS for n in _consumers(graph, tensor)):
+            if not any(n.op_type not in FLOAT_ONLY_OPS for n in index.consumer_nodes(tensor)):
                 continue
             # Data movement right after the node gets its own Q/DQ pair with the same scale, which
             # onnxruntime drops so that the op moves INT8 data.
-            chain = _data_movement_chain(graph, tensor, graph_outputs)
+            chain = _data_movement_chain(index, tensor, graph_outputs)
             scale = activation_scales[tensor]
             for moved in [tensor, *(n.output[0] for n in chain)]:
-                readers = [n for n in _consumers(graph, moved) if n.op_type not in FLOAT_ONLY_OPS]
+                readers = [n for n in index.consumer_nodes(moved) if n.op_type not in FLOAT_ONLY_OPS]
                 produced[moved], dq_name = _activation_qdq(moved, scale, zero, new_inits)
                 dequantised[moved] = dq_name
                 for reader in readers:
@@ -289,7 +293,7 @@ def insert_qdq(
 
     # Insert each Q/DQ group right after the producer of its tensor (or first for inputs and
     # weights), keeping the node list topologically sorted.
-    producer_index = {out_name: i for i, n in enumerate(graph.node) for out_name in n.output}
+    producer_index = GraphIndex(out).producer
     front: list[onnx.NodeProto] = []
     after: dict[int, list[onnx.NodeProto]] = {}
     for tensor, nodes in produced.items():
@@ -331,19 +335,13 @@ def _int8_pays_on_ort(
     return True
 
 
-def _consumers(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
-    return [n for n in graph.node if tensor in n.input]
-
-
-def _data_movement_chain(
-    graph: onnx.GraphProto, tensor: str, graph_outputs: set[str]
-) -> list[onnx.NodeProto]:
+def _data_movement_chain(index: GraphIndex, tensor: str, graph_outputs: set[str]) -> list[onnx.NodeProto]:
     """The single-consumer chain of :data:`DATA_MOVEMENT_OPS` nodes that ``tensor`` flows through
     (as their data input) before anything else reads it; empty when there is none."""
     chain: list[onnx.NodeProto] = []
     current = tensor
     while current not in graph_outputs:
-        consumers = _consumers(graph, current)
+        consumers = index.consumer_nodes(current)
         if len(consumers) != 1:
             break
         node = consumers[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,9 @@ from typing import Any
 from calib.calibrate import CalibrationConfig, Int8Calibrator, Int8Result
 from calib.errors import CalibrationError
 from calib.trt_cache import write_cache
+from contract.fs import atomic_write_bytes
 from export.pipeline import ExportOptions, ExportResult, Progress, export_artifact
 from export.source import ModelSource
-from pem.checkpoint import atomic_write_bytes
 
 
 @dataclass
@@ -37,6 +38,7 @@ class CalibrateOutcome:
     cache_path: Path
     report: dict[str, Any] | None = None
     report_paths: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
 
     def summary(self) -> str:
         r = self.int8.ranges
@@ -55,6 +57,8 @@ class CalibrateOutcome:
                     f"accuracy     {name:<5} mIoU {entry['mIoU']:.2f} (drop {entry['mIoU_drop']:+.2f}){pq}"
                 )
             lines.append("report       " + ", ".join(str(p) for p in self.report_paths))
+        if self.seconds:
+            lines.append(f"total time   {self.seconds:.1f} s (export, calibration and checks)")
         return "\n".join(lines)
 
 
@@ -75,6 +79,7 @@ def run_calibration(
 ) -> CalibrateOutcome:
     """Calibrate ``source`` and write the INT8 artifact, the TensorRT cache and the report."""
     say = progress or (lambda message: None)
+    start = time.perf_counter()
     if report or max_drop is not None:  # fail before the slow part when there are no labels
         from calib.accuracy import open_eval_dataset
 
@@ -107,6 +112,7 @@ def run_calibration(
         atomic_write_bytes(json_path, (json.dumps(outcome.report, indent=2) + "\n").encode("utf-8"))
         atomic_write_bytes(md_path, report_markdown(outcome.report).encode("utf-8"))
         outcome.report_paths = [json_path, md_path]
+    outcome.seconds = time.perf_counter() - start
     return outcome
 
 

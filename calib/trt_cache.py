@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from calib.errors import CalibrationError
-from pem.checkpoint import atomic_write_bytes
+from contract.fs import atomic_write_bytes
 
 ALGORITHMS: tuple[str, ...] = (
     "EntropyCalibration2",

@@ -28,7 +28,7 @@ shows FP16 rounding; use it to estimate FP16 accuracy on a machine without a GPU
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -37,6 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import ExportError
+from export.onnx_graph import GraphIndex, tensor_types
 
 FLOAT = TensorProto.FLOAT
 FLOAT16 = TensorProto.FLOAT16
@@ -170,50 +171,6 @@ class Fp16Report:
 # Graph helpers
 
 
-class _GraphIndex:
-    """Producers, consumers, constants and element types of a graph's tensors."""
-
-    def __init__(self, model: onnx.ModelProto):
-        graph = model.graph
-        self.nodes = list(graph.node)
-        self.initializers = {t.name: t for t in graph.initializer}
-        self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[int]] = defaultdict(list)
-        for i, node in enumerate(self.nodes):
-            for name in node.output:
-                if name:
-                    self.producer[name] = i
-            for name in node.input:
-                if name:
-                    self.consumers[name].append(i)
-        self.types = _tensor_types(model)
-
-    def is_float(self, name: str) -> bool:
-        return self.types.get(name) in (FLOAT, FLOAT16)
-
-    def constant(self, name: str) -> TensorProto | None:
-        return self.initializers.get(name)
-
-
-def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor (shape inference + initializers + graph I/O)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except onnx.shape_inference.InferenceError as exc:
-        raise ExportError(f"FP16 conversion: shape inference failed ({exc})") from None
-    types: dict[str, int] = {}
-    graph = inferred.graph
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
-            types[value.name] = value.type.tensor_type.elem_type
-    for tensor in graph.initializer:
-        types[tensor.name] = tensor.data_type
-    missing = [out for node in graph.node for out in node.output if out and out not in types]
-    if missing:
-        raise ExportError(f"FP16 conversion: no inferred type for {len(missing)} tensors (e.g. {missing[0]})")
-    return types
-
-
 def _constants_to_initializers(graph: onnx.GraphProto) -> None:
     """Replace ``Constant`` nodes holding a tensor by initializers (so all weights look alike)."""
     kept = []
@@ -229,7 +186,7 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
     graph.node.extend(kept)
 
 
-def _is_weight_layer(node: onnx.NodeProto, index: _GraphIndex) -> bool:
+def _is_weight_layer(node: onnx.NodeProto, index: GraphIndex) -> bool:
     """A parameterised layer: where tracing of a fragile sub-graph stops."""
     if node.op_type in ("Gemm", "Conv", "ConvTranspose", "DeformConv", "BatchNormalization"):
         return True
@@ -246,7 +203,7 @@ def _is_weight_layer(node: onnx.NodeProto, index: _GraphIndex) -> bool:
 # The block set
 
 
-def _l2_normalize_nodes(index: _GraphIndex) -> set[int]:
+def _l2_normalize_nodes(index: GraphIndex) -> set[int]:
     """ReduceL2 (or Sqrt of a sum of squares) -> clamp/expand -> Div chains."""
     found: set[int] = set()
     norm_ops = {"Clip", "Max", "Expand", "Add", "Unsqueeze", "Reshape", "Cast"}
@@ -279,7 +236,7 @@ def _l2_normalize_nodes(index: _GraphIndex) -> set[int]:
     return found
 
 
-def _similarity_nodes(index: _GraphIndex) -> set[int]:
+def _similarity_nodes(index: GraphIndex) -> set[int]:
     """The sub-graph computing each ArgMax's input, back to the parameterised layers."""
     found: set[int] = set()
     for node in index.nodes:
@@ -302,7 +259,7 @@ def _similarity_nodes(index: _GraphIndex) -> set[int]:
     return found
 
 
-def _index_math_nodes(index: _GraphIndex) -> set[int]:
+def _index_math_nodes(index: GraphIndex) -> set[int]:
     """Nodes producing or reading float tensors that are rounded into indices."""
     critical: set[str] = set()
     found: set[int] = set()
@@ -337,7 +294,7 @@ def fp32_nodes(model: onnx.ModelProto, rules: Collection[str] = RULES) -> dict[i
     unknown = set(rules) - set(RULES)
     if unknown:
         raise ExportError(f"unknown FP16 block rule(s) {sorted(unknown)}; choose from {', '.join(RULES)}")
-    index = _GraphIndex(model)
+    index = GraphIndex.with_types(model, strict="FP16 conversion")
     plan: dict[int, str] = {}
     if _REASON_INDEX in rules:
         for i in _index_math_nodes(index):
@@ -401,7 +358,7 @@ def convert_to_fp16(
     _constants_to_initializers(graph)
     del graph.value_info[:]
     plan = fp32_nodes(result, rules)
-    index = _GraphIndex(result)
+    index = GraphIndex.with_types(result, strict="FP16 conversion")
     report = Fp16Report(nodes=len(index.nodes))
     for reason in plan.values():
         report.fp32_nodes[reason] = report.fp32_nodes.get(reason, 0) + 1
@@ -505,7 +462,7 @@ def emulate_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     result.CopyFrom(model)
     graph = result.graph
     _constants_to_initializers(graph)
-    types = _tensor_types(result)
+    types = tensor_types(result, strict="FP16 conversion")
     taken = set(types) | {n.name for n in graph.node if n.name}
     inits = []
     for tensor in graph.initializer:

@@ -20,6 +20,7 @@ import onnx
 import torch
 from torch import nn
 
+from contract.parity_policy import ParityPolicy
 from export.errors import ExportError
 from pem.inference import semantic_inference
 from runtime.postprocess import category_map
@@ -138,6 +139,7 @@ class TensorDiff:
     max_rel: float
     mean_abs: float
     agreement: float  # fraction of elements equal (1.0 for float outputs within rounding is rare)
+    scale: float = 0.0  # largest magnitude of the reference (for relative tolerances)
 
 
 @dataclass
@@ -168,6 +170,7 @@ class ParityReport:
             max(d.max_rel for d in diffs),
             max(d.mean_abs for d in diffs),
             min(d.agreement for d in diffs),
+            max(d.scale for d in diffs),
         )
 
     @property
@@ -184,16 +187,17 @@ class ParityReport:
         """Lowest per-sample mIoU between the two predictions."""
         return min(s.miou for s in self.samples)
 
-    def failures(
-        self, max_abs: dict[str, float] | None = None, min_agreement: float | None = None
-    ) -> list[str]:
-        """Violated thresholds, as readable lines (empty: passed)."""
+    def failures(self, policy: ParityPolicy) -> list[str]:
+        """Violated thresholds of the shared parity policy, as readable lines (empty: passed)."""
         problems = []
-        for name, limit in (max_abs or {}).items():
-            if name in self.output_names and self.worst(name).max_abs > limit:
-                problems.append(f"{name}: max abs error {self.worst(name).max_abs:.3g} > {limit:g}")
-        if min_agreement is not None and self.label_agreement < min_agreement:
-            problems.append(f"label agreement {self.label_agreement:.5%} < {min_agreement:.3%}")
+        for name in policy.tolerances:
+            if name in self.output_names:
+                worst = self.worst(name)
+                problem = policy.float_failure(name, worst.max_abs, worst.scale)
+                if problem:
+                    problems.append(problem)
+        if self.label_agreement < policy.min_label_agreement:
+            problems.append(f"label agreement {self.label_agreement:.5%} < {policy.min_label_agreement:.3%}")
         return problems
 
     def table(self) -> str:
@@ -239,6 +243,7 @@ def tensor_diff(name: str, got: np.ndarray, ref: np.ndarray) -> TensorDiff:
         max_rel=max_abs / scale if scale > 0 else max_abs,
         mean_abs=float(err.mean()) if err.size else 0.0,
         agreement=float((got == ref).mean()) if got.size else 1.0,
+        scale=scale,
     )
 
 
@@ -304,19 +309,10 @@ def semantic_margin(pred_logits: np.ndarray, pred_masks: np.ndarray) -> np.ndarr
 
 def open_session(model: onnx.ModelProto | str | os.PathLike[str], threads: int = 0) -> Any:
     """onnxruntime CPU session for a model or path (errors name the file)."""
-    import onnxruntime as ort
+    from runtime.backends.ort_session import create_session
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    try:
-        data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        where = "the model" if isinstance(model, onnx.ModelProto) else str(model)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{where}: onnxruntime cannot load it ({first})") from None
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return create_session(data, threads=threads, inter_op_threads=0, error=ExportError)
 
 
 def run_reference(reference: nn.Module, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -141,7 +141,7 @@ class ExportResult:
         lines.append(f"tensorrt     {self.lint.summary()}")
         if lint_table:
             lines.append(self.lint.table())
-        lines.append(f"time         {self.timings['total']:.1f} s")
+        lines.append(f"export time  {self.timings['total']:.1f} s")
         return "\n".join(lines)
 
 

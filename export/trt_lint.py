@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import ExportError
+from export.onnx_graph import GraphIndex
 from export.simplify import FORBIDDEN_OPS
 
 TARGETS: tuple[str, ...] = ("10", "11")
@@ -344,9 +345,10 @@ class LintReport:
         for target in TARGETS:
             rej = self.rejected(target)
             warn = [f for f in self.findings if f.target == target and f.level == "warn"]
-            parts.append(
-                f"TensorRT {target}: {'OK' if not rej else f'{len(rej)} rejected'}, {len(warn)} warnings"
-            )
+            status = "OK" if not rej else f"{len(rej)} rejected ({', '.join(f.op for f in rej)})"
+            noun = "warning" if len(warn) == 1 else "warnings"
+            which = f" ({', '.join(f.op for f in warn)})" if warn else ""
+            parts.append(f"TensorRT {target}: {status}, {len(warn)} {noun}{which}")
         if self.policy():
             parts.append(f"policy: {', '.join(f.op for f in self.policy())}")
         return "; ".join(parts)
@@ -378,24 +380,6 @@ def _data_input(node: onnx.NodeProto) -> int | None:
     if node.op_type in ("Constant", "ConstantOfShape", "RandomNormal", "RandomUniform", "Range"):
         return None
     return 0 if node.input and node.input[0] else None
-
-
-def _types(model: onnx.ModelProto) -> dict[str, int]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except onnx.shape_inference.InferenceError:
-        inferred = model
-    types = {}
-    g = inferred.graph
-    for value in [*g.input, *g.output, *g.value_info]:
-        if value.type.HasField("tensor_type"):
-            types[value.name] = value.type.tensor_type.elem_type
-    for tensor in g.initializer:
-        types[tensor.name] = tensor.data_type
-    for node in g.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            types[node.output[0]] = node.attribute[0].t.data_type
-    return types
 
 
 def _restrictions(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> list[str]:
@@ -458,7 +442,8 @@ def lint_model(model: onnx.ModelProto | str | Path) -> LintReport:
         for a in n.attribute
     )
     opset = next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), 0)
-    types = _types(model)
+    graph_index = GraphIndex.with_types(model)
+    types = graph_index.types
     constants = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
@@ -531,14 +516,16 @@ def lint_model(model: onnx.ModelProto | str | Path) -> LintReport:
     ]
     doubles = [name for name, t in types.items() if t == TensorProto.DOUBLE]
     shape_only: set[str] = set()
-    consumers: dict[str, list[tuple[str, int]]] = {}
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node.op_type, i))
-    for name, uses in consumers.items():
-        if uses and all(use in _SHAPE_INPUTS or use[0] in ("Shape", "Size") for use in uses):
+    for name in graph_index.consumers:
+        uses = [
+            (node.op_type, i)
+            for node in graph_index.consumer_nodes(name)
+            for i, read in enumerate(node.input)
+            if read == name
+        ]
+        if all(use in _SHAPE_INPUTS or use[0] in ("Shape", "Size") for use in uses):
             shape_only.add(name)
-    producers = {out: node.op_type for node in graph.node for out in node.output}
+    producers = {name: graph_index.nodes[i].op_type for name, i in graph_index.producer.items()}
     # Shape arithmetic (Shape -> Gather -> Concat ... with constants) is shape-tensor work.
     shape_derived: set[str] = set()
     for node in graph.node:

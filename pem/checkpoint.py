@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from contract.errors import PemDeployError
+from contract.fs import atomic_write_bytes
 from pem.config import ConfigError, PEMConfig
 
 
@@ -124,6 +124,11 @@ def read_official_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             ) from None
     else:
         obj = _read_pickle(path)
+    return _tensor_state(obj, str(path))
+
+
+def _tensor_state(obj: Any, path: str) -> dict[str, Tensor]:
+    """The tensors of a (possibly wrapped) state dict; ``path`` names it in errors."""
     for container in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(container), Mapping):
             obj = obj[container]
@@ -175,7 +180,9 @@ def load_state_dict_report(
     own = model.state_dict()
     compatible: dict[str, Tensor] = {}
     for key, value in state.items():
-        if key not in own:
+        if key not in own and key.endswith("num_batches_tracked"):
+            report.ignored.append(key)  # a BN step counter where the model has FrozenBN
+        elif key not in own:
             report.unexpected.append(key)
         elif tuple(own[key].shape) != tuple(value.shape):
             report.mismatched.append((key, tuple(own[key].shape), tuple(value.shape)))
@@ -189,16 +196,25 @@ def load_state_dict_report(
 
 
 def load_official_checkpoint(
-    model: nn.Module, path: str | os.PathLike[str], strict: bool = True
+    model: nn.Module, source: str | os.PathLike[str] | Mapping[str, Any], strict: bool = True
 ) -> LoadReport:
     """Load an official PEM checkpoint into ``model``.
 
-    With ``strict`` a :class:`CheckpointError` lists every missing, unexpected or mismatched key.
+    ``source`` is the checkpoint file (.pkl / .pth) or its state dict already in memory (tensors
+    or numpy arrays, optionally under ``model`` / ``state_dict``; e.g. from a model hub or a
+    distributed broadcast). With ``strict`` a :class:`CheckpointError` lists every missing,
+    unexpected or mismatched key.
     """
-    state, ignored = map_official_keys(read_official_state_dict(path))
+    if isinstance(source, Mapping):
+        name = "state dict"
+        raw = _tensor_state(source, name)
+    else:
+        name = str(source)
+        raw = read_official_state_dict(source)
+    state, ignored = map_official_keys(raw)
     report = load_state_dict_report(model, state, ignored)
     if strict and not report.ok:
-        raise CheckpointError(f"{path}: checkpoint does not fit the model; {report.one_line()}")
+        raise CheckpointError(f"{name}: checkpoint does not fit the model; {report.one_line()}")
     return report
 
 
@@ -208,19 +224,6 @@ def load_official_checkpoint(
 
 def _config_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _unique_state(model: nn.Module) -> dict[str, Tensor]:

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.fs import atomic_write_bytes
 from runtime.errors import RuntimeToolError
-from runtime.images import atomic_write_bytes
 
 STAGES = ("pre", "infer", "post")
 
@@ -157,8 +157,11 @@ def bench_artifact(
     threads: int = 1,
     providers: list[str] | None = None,
     name: str | None = None,
+    cuda_graph: bool = False,
 ) -> BenchResult:
     """Time ``Segmenter.predict_batch`` on an ONNX / engine artifact (model file, sidecar or folder).
+
+    ``cuda_graph``: replay inference as a CUDA graph (TensorRT engines, GPU providers).
 
     ``shape`` is the (H, W) of the frames fed in (default: the model's input size; the
     preprocessing resizes to the model). Latency is wall time per call of ``batch`` frames.
@@ -171,7 +174,7 @@ def bench_artifact(
         raise BenchError(f"{path}: no such artifact")
     try:
         reset_peak_rss()
-        seg = Segmenter.open(path, providers=providers, threads=threads)
+        seg = Segmenter.open(path, providers=providers, threads=threads, cuda_graph=cuda_graph)
     except (ArtifactError, BackendUnavailableError) as exc:
         raise BenchError(str(exc)) from None
     with seg:

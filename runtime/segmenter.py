@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -13,8 +18,8 @@ import numpy as np
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends.base import Backend
 from runtime.errors import ArtifactError, InputError
-from runtime.images import DEFAULT_MAX_PIXELS, validate_image
-from runtime.postprocess import Segment, category_map, fuse_panoptic, to_original_size
+from runtime.images import max_pixels_limit, prepare_image
+from runtime.postprocess import Segment, category_map, check_class_ids, fuse_panoptic, to_original_size
 from runtime.preprocess import Geometry, Preprocessor, ResizeMode
 
 PANOPTIC_OUTPUTS = ("scores", "classes", "owner", "owner_fg", "mask_area")
@@ -28,40 +33,60 @@ class Result:
     ``labels``: (H, W) int32 class ids (semantic; for panoptic artifacts the segments' classes,
     ``255`` where void). ``panoptic``: (H, W) int32 segment ids (0 = void) and ``segments``
     (panoptic artifacts only). ``timings``: milliseconds per stage (``pre``, ``infer``, ``post``;
-    in a batch, ``infer`` is the whole batch's time divided by its size).
+    in a batch, ``infer`` is the whole batch's time divided by its size). ``notes``: one line per
+    conversion applied to the input (grayscale replicated, alpha dropped, 16-bit scaled).
     """
 
     labels: np.ndarray
     panoptic: np.ndarray | None = None
     segments: list[Segment] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def open_backend(
-    artifact: Artifact, providers: list[str] | None = None, threads: int = 0, cuda_graph: bool = False
+    artifact: Artifact,
+    providers: list[str] | None = None,
+    threads: int = 0,
+    cuda_graph: bool = False,
+    contexts: int | None = None,
 ) -> Backend:
-    """The backend an artifact asks for."""
+    """The backend an artifact asks for.
+
+    ``contexts``: TensorRT execution contexts (default: what the engine was built for, else 1).
+    """
     if artifact.backend == "tensorrt":
         from runtime.backends.tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(artifact.model_path, artifact.sidecar, cuda_graph=cuda_graph)
-    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+        built = (artifact.sidecar.get("tensorrt") or {}).get("contexts") or 1
+        return TensorRTBackend(
+            artifact.model_path, artifact.sidecar, cuda_graph=cuda_graph, contexts=contexts or int(built)
+        )
+    from runtime.backends.onnxruntime_backend import GpuOptions, OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(artifact.model_path, providers=providers, threads=threads)
+    gpu = GpuOptions(cuda_graph=cuda_graph)
+    return OnnxRuntimeBackend(
+        artifact.model_path, providers=providers, threads=threads, precision=artifact.precision, gpu=gpu
+    )
 
 
 class Segmenter:
     """Semantic / panoptic segmentation with an exported PEM model; no torch needed.
 
     Thread-safe: several threads may call :meth:`predict` on one instance (onnxruntime sessions
-    are re-entrant; the TensorRT backend serialises its execution context).
+    are re-entrant; the TensorRT backend runs a pool of execution contexts).
 
     Args:
         artifact: the loaded artifact.
         backend: a backend running ``artifact.model_path``.
         resize: how images are fitted to the model size (``stretch`` or ``letterbox``).
         input_color: channel order of images given to :meth:`predict` (``BGR`` from OpenCV).
-        max_pixels: images larger than this are refused.
+        max_pixels: images larger than this are refused (default ``$PEM_DEPLOY_MAX_PIXELS`` or
+            100 million).
+
+    Images: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) numpy arrays of uint8 or uint16; grayscale
+    is replicated, alpha dropped, 16-bit scaled to 8-bit, each noted in ``Result.notes``. Other
+    arrays raise :class:`InputError`.
     """
 
     def __init__(
@@ -70,12 +95,14 @@ class Segmenter:
         backend: Backend,
         resize: ResizeMode = "stretch",
         input_color: str = "BGR",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None = None,
     ):
         self.artifact = artifact
         self.backend = backend
         self.preprocessor = Preprocessor(artifact.input_format, resize, input_color)  # type: ignore[arg-type]
-        self.max_pixels = max_pixels
+        self.max_pixels = max_pixels_limit(max_pixels)
+        if artifact.spec is not None:  # the sidecar must describe the model's real inputs/outputs
+            artifact.spec.check_against(backend.io_signature(), artifact.sidecar_path)
         names = {spec.name for spec in backend.outputs}
         needed = {"semantic": ("labels",), "panoptic": PANOPTIC_OUTPUTS, "raw": ("pred_logits", "pred_masks")}
         missing = [n for n in needed[artifact.head] if n not in names]
@@ -83,12 +110,6 @@ class Segmenter:
             raise ArtifactError(
                 f"{artifact.model_path}: model lacks output(s) {', '.join(missing)} that its sidecar's "
                 f"head {artifact.head!r} promises (model outputs: {', '.join(sorted(names))})"
-            )
-        input_names = [spec.name for spec in backend.inputs]
-        if input_names != [artifact.input_name]:
-            raise ArtifactError(
-                f"{artifact.model_path}: model inputs {input_names} do not match "
-                f"the sidecar's {artifact.input_name!r}"
             )
 
     @classmethod
@@ -101,10 +122,16 @@ class Segmenter:
         threads: int = 0,
         cuda_graph: bool = False,
         verify_checksum: bool = True,
+        contexts: int | None = None,
     ) -> Segmenter:
-        """Open an artifact (model file, sidecar or folder) with the backend it asks for."""
+        """Open an artifact (model file, sidecar or folder) with the backend it asks for.
+
+        ``cuda_graph``: replay the inference as a CUDA graph (TensorRT backend; onnxruntime's
+        TensorRT / CUDA providers). ``contexts``: TensorRT execution contexts that run at once.
+        """
         artifact = load_artifact(path, verify_checksum=verify_checksum)
-        return cls(artifact, open_backend(artifact, providers, threads, cuda_graph), resize, input_color)
+        backend = open_backend(artifact, providers, threads, cuda_graph, contexts)
+        return cls(artifact, backend, resize, input_color)
 
     def close(self) -> None:
         self.backend.close()
@@ -118,36 +145,94 @@ class Segmenter:
     # -- inference ---------------------------------------------------------------------------
 
     def predict(self, image: np.ndarray, name: str = "image") -> Result:
-        """(H, W, 3) uint8 image -> :class:`Result` at (H, W)."""
-        return self.predict_batch([image], [name])[0]
+        """(H, W, 3) uint8 image (or another accepted form) -> :class:`Result` at (H, W)."""
+        if not isinstance(name, str):
+            raise InputError(f"predict: name must be a string, got {type(name).__name__}")
+        return self._run([image], [name])[0]
 
     def predict_batch(self, images: list[np.ndarray], names: list[str] | None = None) -> list[Result]:
-        """Several images (any sizes) -> one result each; batched as the model allows."""
-        names = names or [f"image[{i}]" for i in range(len(images))]
+        """Several images (any sizes) -> one result each; batched as the model allows.
+
+        ``images``: a non-empty list or tuple of arrays (or an (N, H, W, C) array); ``names``:
+        as many strings, used in error messages and notes. A static-batch model gets its batch
+        filled with copies of the last image. Raises :class:`InputError` for anything else.
+        """
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4:
+                raise InputError(
+                    f"predict_batch: expected a list of images or an (N, H, W, C) array, got shape "
+                    f"{images.shape} (for one image use predict)"
+                )
+            images = list(images)
+        if not isinstance(images, (list, tuple)):
+            raise InputError(
+                f"predict_batch: expected a list or tuple of images, got {type(images).__name__}"
+            )
+        if not images:
+            raise InputError("predict_batch: no images given (an empty list)")
+        if names is None:
+            names = [f"image[{i}]" for i in range(len(images))]
+        elif not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise InputError("predict_batch: names must be a list of strings, one per image")
+        elif len(names) != len(images):
+            raise InputError(f"predict_batch: {len(images)} images but {len(names)} names")
         chunk = self.artifact.batch or len(images) or 1
         results: list[Result] = []
         for start in range(0, len(images), chunk):
             results.extend(self._run(images[start : start + chunk], names[start : start + chunk]))
         return results
 
-    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[Result]:
-        """Lazily segment a frame iterator (e.g. :func:`read_video`), one result per frame."""
+    def stream(
+        self, frames: Iterable[np.ndarray], *, pipelined: bool = True, queue_size: int = 2
+    ) -> Iterator[Result]:
+        """Segment a frame iterator (e.g. :func:`read_video`) lazily, one result per frame, in order.
+
+        ``pipelined`` (default): pre-processing of frame k+1, inference of frame k and
+        post-processing of frame k-1 run at once on three threads (numpy, OpenCV, onnxruntime and
+        TensorRT release the GIL), linked by queues of ``queue_size`` frames, so a slow consumer
+        holds the producer back (back-pressure) and memory stays bounded. The frame iterator is
+        read on the pre-processing thread. An exception in any stage (or in the iterator) is
+        raised here, on the caller's thread, after the frames before it; closing the generator
+        (``close()``, ``break``, garbage collection, Ctrl-C) stops and joins every thread.
+        ``pipelined=False``: one frame after the other on the caller's thread.
+        """
+        if not pipelined:
+            return self._sequential(frames)
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        return _pipeline(self, frames, queue_size)
+
+    def _sequential(self, frames: Iterable[np.ndarray]) -> Iterator[Result]:
         for index, frame in enumerate(frames):
             yield self.predict(frame, f"frame {index}")
 
-    def _run(self, images: list[np.ndarray], names: list[str]) -> list[Result]:
-        t0 = time.perf_counter()
-        checked = [validate_image(img, name, self.max_pixels) for img, name in zip(images, names)]
-        batch, geometries = self.preprocessor(checked)
-        n = len(checked)
+    def postprocess(self, outputs: dict[str, np.ndarray], index: int, geometry: Geometry) -> Result:
+        """Model outputs (a batch) -> the :class:`Result` of image ``index`` at its original size."""
+        return self._postprocess(outputs, index, geometry)
+
+    def prepare(
+        self, images: list[np.ndarray], names: list[str]
+    ) -> tuple[np.ndarray, list[Geometry], list[list[str]]]:
+        """Model input for up to one batch of images (static batches padded), their geometries
+        and each image's conversion notes; unusable images raise :class:`InputError`."""
+        prepared = [prepare_image(img, name, self.max_pixels) for img, name in zip(images, names)]
+        batch, geometries = self.preprocessor([image for image, _ in prepared])
+        n = len(prepared)
         if self.artifact.batch and n < self.artifact.batch:  # static batch: pad with copies
             batch = np.concatenate([batch, np.repeat(batch[-1:], self.artifact.batch - n, axis=0)])
+        return batch, geometries, [notes for _, notes in prepared]
+
+    def _run(self, images: list[np.ndarray], names: list[str]) -> list[Result]:
+        t0 = time.perf_counter()
+        batch, geometries, notes = self.prepare(images, names)
+        n = len(images)
         t1 = time.perf_counter()
         outputs = self.backend.infer({self.artifact.input_name: batch})
         t2 = time.perf_counter()
         results = [self._postprocess(outputs, i, geometries[i]) for i in range(n)]
         t3 = time.perf_counter()
-        for r in results:
+        for r, image_notes in zip(results, notes):
+            r.notes = image_notes
             r.timings = {
                 "pre": (t1 - t0) * 1e3 / n,
                 "infer": (t2 - t1) * 1e3 / n,
@@ -158,6 +243,7 @@ class Segmenter:
     def _postprocess(self, outputs: dict[str, np.ndarray], i: int, geometry: Geometry) -> Result:
         head = self.artifact.head
         if head == "semantic":
+            check_class_ids(outputs["labels"][i], self.artifact.num_classes)
             return Result(to_original_size(outputs["labels"][i], geometry))
         if head == "panoptic":
             id_map, segments = fuse_panoptic(
@@ -190,6 +276,134 @@ class Segmenter:
         if scores.ndim == 2:  # a single class: cv2 drops the channel axis
             scores = scores[:, :, None]
         return scores.argmax(-1).astype(np.int32)
+
+
+class _Failure:
+    """An exception travelling down the pipeline to the caller's thread."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()  # end of the frame stream
+_POLL_S = 0.05  # how often blocked stages look at the stop flag
+
+
+def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> Iterator[Result]:
+    """Three-stage pipelined :meth:`Segmenter.stream` (pre / infer / post threads, bounded queues)."""
+    stop = threading.Event()
+    prepared: queue.Queue[Any] = queue.Queue(queue_size)
+    inferred: queue.Queue[Any] = queue.Queue(queue_size)
+    done: queue.Queue[Any] = queue.Queue(queue_size)
+
+    def put(q: queue.Queue[Any], item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(q: queue.Queue[Any]) -> Any:
+        while not stop.is_set():
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+        return _END
+
+    def pre() -> None:
+        iterator = iter(frames)
+        try:
+            for index, frame in enumerate(iterator):
+                if stop.is_set():
+                    return
+                t0 = time.perf_counter()
+                batch, geometries, notes = seg.prepare([frame], [f"frame {index}"])
+                if not put(prepared, (batch, geometries[0], notes[0], (time.perf_counter() - t0) * 1e3)):
+                    return
+            put(prepared, _END)
+        except BaseException as exc:  # surfaced on the caller's thread
+            put(prepared, _Failure(exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # e.g. read_video: release the capture on this thread
+                close()
+
+    backend = seg.backend
+    submit, collect = getattr(backend, "submit", None), getattr(backend, "collect", None)
+    # Backends with an async API and several contexts (TensorRT) keep that many frames in flight:
+    # the copy-in of frame k+1 overlaps the inference of frame k.
+    depth = int(getattr(backend, "num_contexts", 1)) if submit and collect else 1
+
+    def infer() -> None:
+        pending: collections.deque[Any] = collections.deque()
+        try:
+            while True:
+                item = get(prepared)
+                finished = item is _END or isinstance(item, _Failure)
+                if not finished:
+                    batch, geometry, notes, pre_ms = item
+                    t0 = time.perf_counter()
+                    feed = {seg.artifact.input_name: batch}
+                    if depth > 1:
+                        pending.append((submit(feed), geometry, notes, pre_ms, t0))  # type: ignore[misc]
+                    else:
+                        outputs = backend.infer(feed)
+                        ms = (time.perf_counter() - t0) * 1e3
+                        if not put(inferred, (outputs, geometry, notes, pre_ms, ms)):
+                            return
+                while pending and (finished or len(pending) >= depth):
+                    ticket, geometry, notes, pre_ms, t0 = pending.popleft()
+                    outputs = collect(ticket)  # type: ignore[misc]
+                    ms = (time.perf_counter() - t0) * 1e3
+                    if not put(inferred, (outputs, geometry, notes, pre_ms, ms)):
+                        return
+                if finished:
+                    put(inferred, item)
+                    return
+        except BaseException as exc:
+            put(inferred, _Failure(exc))
+        finally:
+            for ticket, *_ in pending:  # stopped early: give the contexts back
+                with contextlib.suppress(Exception):
+                    collect(ticket)  # type: ignore[misc]
+
+    def post() -> None:
+        try:
+            while (item := get(inferred)) is not _END and not isinstance(item, _Failure):
+                outputs, geometry, notes, pre_ms, infer_ms = item
+                t0 = time.perf_counter()
+                result = seg.postprocess(outputs, 0, geometry)
+                result.notes = notes
+                result.timings = {"pre": pre_ms, "infer": infer_ms, "post": (time.perf_counter() - t0) * 1e3}
+                if not put(done, result):
+                    return
+            put(done, item)
+        except BaseException as exc:
+            put(done, _Failure(exc))
+
+    threads = [
+        threading.Thread(target=f, name=f"pem-stream-{f.__name__}", daemon=True) for f in (pre, infer, post)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            try:
+                item = done.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:  # normal end, exception, close() or Ctrl-C: stop every stage and wait for it
+        stop.set()
+        for t in threads:
+            t.join()
 
 
 def read_video(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:

@@ -14,9 +14,10 @@ from calib.accuracy import (
     open_eval_dataset,
     report_markdown,
 )
-from calib.calibrate import CalibrationConfig, Int8Calibrator, calibrate_ranges, input_format, quantize_model
+from calib.calibrate import CalibrationConfig, Int8Calibrator, calibrate_ranges, input_format
 from calib.errors import CalibrationError
 from calib.graph import FLOAT_ONLY_OPS, check_qdq, dequantized_consumers, find_targets
+from calib.quantize import quantize_model
 from calib.trt_cache import read_cache
 from cli import app
 from export.pipeline import ExportOptions, export_graph

@@ -2,6 +2,7 @@
 
 from pem.ops.deform_conv import (
     ModulatedDeformConv2d,
+    conv_output_size,
     deform_conv2d_native,
     deform_conv_backend,
     modulated_deform_conv2d,
@@ -11,6 +12,7 @@ from pem.ops.prototype import gather_prototypes, mask_bias, masked_similarity, s
 
 __all__ = [
     "ModulatedDeformConv2d",
+    "conv_output_size",
     "deform_conv2d_native",
     "deform_conv_backend",
     "gather_prototypes",

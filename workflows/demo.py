@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 Progress = Callable[[str], None]
-INT8_MIN_AGREEMENT = 0.95
 
 
 @dataclass
@@ -116,13 +115,8 @@ def run_demo(
         parity: dict[str, dict[str, Any]] = {}
         for precision, path in artifacts.items():
             say(f"parity {precision.upper()} vs PyTorch")
-            # INT8 is held to 95 % label agreement with FP32 PyTorch (check's default is 98 %): the
-            # default model's INT8 graph agrees on ~97 % of the scene pixels while its accuracy
-            # against the ground truth (the calibration report) equals FP32's.
-            min_agreement = INT8_MIN_AGREEMENT if precision == "int8" else None
-            check = check_artifact(
-                path, source=source, random=0, scenes=2, emulate=False, min_agreement=min_agreement
-            )
+            # Thresholds: the shared parity policy (contract.parity_policy), as check and verify.
+            check = check_artifact(path, source=source, random=0, scenes=2, emulate=False)
             report = check.reports[0]
             parity[precision] = {
                 "passed": check.passed,
@@ -159,7 +153,7 @@ def run_demo(
         overlays: list[Path] = []
         for precision in ("fp32", "int8"):
             with Segmenter.open(artifacts[precision], threads=threads) as seg:
-                infer_path(seg, inputs, out / "predictions" / precision)
+                infer_path(seg, inputs, out / "predictions" / precision, exist_ok=True)
             overlays += sorted((out / "predictions" / precision / "overlay").glob("*.jpg"))
     finally:
         torch.set_num_threads(before)
@@ -193,7 +187,7 @@ def _copy_val_images(data: Path, target: Path, count: int) -> None:
 
 def _write_report(result: DemoResult, variant: str, checkpoint: str, bench_md: str) -> None:
     from calib.accuracy import report_markdown
-    from pem.checkpoint import atomic_write_bytes
+    from contract.fs import atomic_write_bytes
 
     out = result.out_dir
     lines = [

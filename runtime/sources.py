@@ -1,0 +1,208 @@
+"""Live camera sources through OpenCV ``VideoCapture``, with a frame/time limit and a clean Ctrl-C stop.
+
+A source is a camera index (``0``), a V4L2 device (``/dev/video0``), a URL (``rtsp://``,
+``http(s)://``, ``udp://``, ``file:///clip.mp4``), a GStreamer pipeline (any string with ``!``,
+e.g. ``nvarguscamerasrc ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! appsink`` on a
+Jetson CSI camera) or, with ``--max-frames`` / ``--duration``, a video file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import unquote, urlparse
+
+import cv2
+import numpy as np
+
+from runtime.errors import InputError
+
+URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt", "file")
+
+
+class CameraError(InputError):
+    """A camera, stream or pipeline cannot be opened or read."""
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """What to hand ``cv2.VideoCapture``: ``target`` (index or string) and the capture API."""
+
+    text: str
+    target: int | str
+    api: int = cv2.CAP_ANY
+    live: bool = True
+
+    @property
+    def kind(self) -> str:
+        if self.api == cv2.CAP_GSTREAMER:
+            return "GStreamer pipeline"
+        if isinstance(self.target, int) or self.text.startswith("/dev/"):
+            return "camera"
+        return "stream" if self.live else "video"
+
+
+def gstreamer_available() -> bool:
+    """Whether this OpenCV build has the GStreamer backend."""
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line.split(":", 1)[1].upper()
+    return False
+
+
+def camera_spec(source: str) -> CameraSpec | None:
+    """``source`` as a camera-like spec, or ``None`` if it is a plain file / folder path."""
+    text = source.strip()
+    if text.isdigit():
+        return CameraSpec(source, int(text))
+    if "!" in text:
+        return CameraSpec(source, text, cv2.CAP_GSTREAMER)
+    if text.startswith("/dev/video") or text.startswith("/dev/v4l/"):
+        # By index: some OpenCV builds' V4L2 backend cannot open a device by name.
+        match = re.fullmatch(r"/dev/video(\d+)", os.path.realpath(text))
+        return CameraSpec(
+            source, int(match.group(1)) if match else text, getattr(cv2, "CAP_V4L2", cv2.CAP_ANY)
+        )
+    scheme = urlparse(text).scheme.lower()
+    if scheme == "file":
+        parsed = urlparse(text)
+        return CameraSpec(source, unquote(parsed.netloc + parsed.path), cv2.CAP_ANY, live=False)
+    if scheme in URL_SCHEMES:
+        return CameraSpec(source, text)
+    return None
+
+
+def video_spec(path: str | os.PathLike[str]) -> CameraSpec:
+    """A video file read through the camera path (for ``--max-frames`` / ``--duration``)."""
+    return CameraSpec(str(path), str(path), cv2.CAP_ANY, live=False)
+
+
+def open_capture(spec: CameraSpec) -> cv2.VideoCapture:
+    """Open ``spec`` or raise :class:`CameraError` naming it."""
+    if spec.api == cv2.CAP_GSTREAMER and not gstreamer_available():
+        raise CameraError(
+            f"{spec.text}: this OpenCV build has no GStreamer support (cv2.getBuildInformation()); "
+            "use the system OpenCV on a Jetson or a camera index / device path"
+        )
+    if not spec.live and not Path(str(spec.target)).is_file():
+        raise CameraError(f"{spec.text}: no such video file")
+    capture = cv2.VideoCapture(spec.target, spec.api)
+    if not capture.isOpened():
+        capture.release()
+        raise CameraError(f"{spec.text}: cannot open {spec.kind} (not connected, busy, or unsupported)")
+    return capture
+
+
+@contextlib.contextmanager
+def stop_on_interrupt() -> Iterator[threading.Event]:
+    """Within the block, the first Ctrl-C (SIGINT) sets the yielded event instead of raising, so a
+    capture loop can stop and the results so far can still be written; a second one interrupts.
+    Outside the main thread (where signals cannot be handled) the event is only set by the caller."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def camera_frames(
+    spec: CameraSpec,
+    max_frames: int | None = None,
+    duration: float | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(wall-clock ns, BGR frame)`` from ``spec`` until the stream ends, ``max_frames`` frames,
+    ``duration`` seconds, or ``stop`` is set. Raises :class:`CameraError` if no frame arrives."""
+    if max_frames is not None and max_frames < 1:
+        raise CameraError(f"--max-frames {max_frames}: must be >= 1")
+    if duration is not None and duration <= 0:
+        raise CameraError(f"--duration {duration}: must be > 0 seconds")
+    capture = open_capture(spec)
+    try:
+        count, start = 0, time.monotonic()
+        while not (stop is not None and stop.is_set()):
+            if max_frames is not None and count >= max_frames:
+                break
+            if duration is not None and time.monotonic() - start >= duration:
+                break
+            ok, frame = capture.read()
+            if not ok or frame is None:
+                break
+            if frame.ndim == 2:
+                frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+            elif frame.shape[2] == 4:
+                frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+            count += 1
+            yield time.time_ns(), frame
+        if count == 0 and not (stop is not None and stop.is_set()):
+            raise CameraError(f"{spec.text}: {spec.kind} gave no frames")
+    finally:
+        capture.release()
+
+
+def frame_total(spec: CameraSpec, max_frames: int | None) -> int | None:
+    """Frames to expect: ``max_frames``, or a video file's frame count, else unknown (``None``)."""
+    if spec.live:
+        return max_frames
+    capture = cv2.VideoCapture(spec.target, spec.api)
+    try:
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+    if count <= 0:
+        return max_frames
+    return min(count, max_frames) if max_frames else count
+
+
+class ProgressLine:
+    """``done/total frames, FPS`` on one refreshed line (a TTY), or a line every ``every`` seconds."""
+
+    def __init__(self, stream: TextIO | None = None, every: float = 5.0):
+        self.stream = stream or sys.stderr
+        self.every = every
+        self.start = time.monotonic()
+        self.last = self.start
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.done = 0
+
+    def fps(self) -> float:
+        elapsed = time.monotonic() - self.start
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def text(self, done: int, total: int | None) -> str:
+        return f"{done}/{total if total is not None else '?'} frames  {self.fps():.1f} FPS"
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.done = done
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write(f"\r{self.text(done, total)}   ")
+            self.stream.flush()
+        elif now - self.last >= self.every:
+            self.stream.write(self.text(done, total) + "\n")
+            self.stream.flush()
+            self.last = now
+
+    def finish(self) -> None:
+        if self.tty and self.done:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,99 @@
+"""The package layout's rules, read from the source: imports point one way and form no cycle.
+
+contract <- pem <- export <- calib <- workflows, and runtime depends on contract alone (never torch,
+pem, export or calib). Function-level (lazy) imports count too: a cycle hidden inside a function
+is still a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("contract", "pem", "export", "calib", "runtime", "workflows")
+# What each package may import of ours (besides itself).
+ALLOWED = {
+    "contract": set(),
+    "pem": {"contract"},
+    "export": {"contract", "pem", "runtime"},
+    "calib": {"contract", "pem", "export", "runtime"},
+    "runtime": {"contract"},
+    "workflows": {"contract", "pem", "export", "calib", "runtime"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Our modules that ``path`` imports anywhere in its body."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in names if name in modules}
+
+
+MODULES = _modules()
+GRAPH = {name: _imports(path, MODULES) - {name} for name, path in MODULES.items()}
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_one_way(module: str) -> None:
+    package = module.split(".")[0]
+    wrong = sorted(m for m in GRAPH[module] if m.split(".")[0] not in ALLOWED[package] | {package})
+    assert not wrong, f"{module} imports {wrong}"
+
+
+def test_no_import_cycle() -> None:
+    # A package's __init__ importing its submodules is how packages work; a cycle between two
+    # real modules (or through an __init__ that a submodule imports back) is what we refuse.
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        stack.append(name)
+        for dep in sorted(GRAPH[name]):
+            if dep.startswith(name + "."):
+                continue  # a package re-exporting its own submodules
+            if state.get(dep) == 1:
+                cycle = [*stack[stack.index(dep) :], dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[name] = 2
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            visit(name)
+
+
+def test_runtime_and_contract_never_import_torch() -> None:
+    for name, path in MODULES.items():
+        if name.split(".")[0] not in ("runtime", "contract"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                bad = [a.name for a in node.names if a.name.split(".")[0] == "torch"]
+            elif isinstance(node, ast.ImportFrom):
+                bad = [node.module] if node.module and node.module.split(".")[0] == "torch" else []
+            else:
+                continue
+            assert not bad, f"{name} imports {bad}"
