@@ -16,7 +16,7 @@ from export.errors import ExportError
 from export.fp16 import emulate_fp16
 from export.heads import ExportedModel
 from export.metadata import read_sidecar, sha256_file
-from export.parity import ParityReport, compare, make_samples, open_session
+from export.parity import ParityReport, compare, is_index_output, make_samples, open_session
 from export.source import ModelSource, load_source, load_source_from_sidecar
 
 # Default pass thresholds per precision: the shared parity policy (also verify's and demo's).
@@ -42,15 +42,21 @@ class CheckResult:
         lines = []
         for report in self.reports:
             lines.append(report.table())
-            worst = ", ".join(f"{n} {report.worst(n).max_abs:.3g}" for n in report.output_names)
+            diffs = [report.worst(n) for n in report.output_names]
+            floats = ", ".join(f"{d.name} {d.max_abs:.3g}" for d in diffs if not is_index_output(d))
+            indices = ", ".join(f"{d.name} {d.agreement:.4%}" for d in diffs if is_index_output(d))
+            parts = ([f"max abs {floats}"] if floats else []) + ([f"equal {indices}"] if indices else [])
             lines.append(
-                f"worst: max abs {worst}; label agreement {report.label_agreement:.5%}, "
-                f"mIoU {report.miou:.5f}"
+                "worst: "
+                + "; ".join([*parts, f"label agreement {report.label_agreement:.5%}"])
+                + f", mIoU {report.miou:.5f}"
             )
         rtol = self.thresholds.get("rtol", {})
+        present = set(self.reports[0].output_names) if self.reports else set()
         limits = ", ".join(
             f"{k} <= {v:g}" + (f" + {rtol[k]:g}|ref|" if rtol.get(k) else "")
             for k, v in self.thresholds.get("max_abs", {}).items()
+            if k in present  # a labels-only model has no scores to hold to a tolerance
         )
         rule = f"label agreement >= {self.thresholds.get('min_label_agreement', 0):.3%}"
         rule = f"max abs {limits}; {rule}" if limits else rule

@@ -202,15 +202,21 @@ class ParityReport:
     def table(self) -> str:
         """Readable per-sample and worst-case table."""
         lines = [f"parity: {self.graph} vs PyTorch (head {self.head})"]
-        header = f"  {'sample':<20}{'output':<14}{'max abs':>11}{'max rel':>11}{'mean abs':>11}{'equal':>10}"
+        # Image paths can be long: the sample column is as wide as its longest label.
+        w = max([20, *(len(s.label) + 2 for s in self.samples)])
+        header = f"  {'sample':<{w}}{'output':<14}{'max abs':>11}{'max rel':>11}{'mean abs':>11}{'equal':>10}"
         lines.append(header)
         for s in self.samples:
             for d in s.diffs.values():
+                if is_index_output(d):  # ids and classes: equal or not, no float error to speak of
+                    lines.append(f"  {s.label:<{w}}{d.name:<14}{'(index output)':>33}{d.agreement:>10.4%}")
+                    continue
                 lines.append(
-                    f"  {s.label:<20}{d.name:<14}{d.max_abs:>11.3g}{d.max_rel:>11.3g}{d.mean_abs:>11.3g}"
+                    f"  {s.label:<{w}}{d.name:<14}{d.max_abs:>11.3g}{d.max_rel:>11.3g}{d.mean_abs:>11.3g}"
                     f"{d.agreement:>10.4%}"
                 )
-            lines.append(f"  {s.label:<20}{'labels':<14}agreement {s.label_agreement:.5%}  mIoU {s.miou:.5f}")
+            agreement = f"agreement {s.label_agreement:.5%}  mIoU {s.miou:.5f}"
+            lines.append(f"  {s.label:<{w}}{'labels':<14}{agreement}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,6 +230,11 @@ class ParityReport:
                 {"label": s.label, "label_agreement": s.label_agreement, "miou": s.miou} for s in self.samples
             ],
         }
+
+
+def is_index_output(diff: TensorDiff) -> bool:
+    """Integer and boolean outputs (labels, owner, classes, areas) are compared for equality."""
+    return np.dtype(diff.dtype).kind in "iub"
 
 
 def tensor_diff(name: str, got: np.ndarray, ref: np.ndarray) -> TensorDiff:

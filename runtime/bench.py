@@ -352,7 +352,7 @@ def write_reports(
         note = None
         if plot:
             png = staging / f"{stem}.png"
-            note = plot_results(results, png)
+            note = plot_results(results, png, context)
             if note is None:
                 staged.append(png)
         paths = []
@@ -366,8 +366,18 @@ def write_reports(
     return paths, note
 
 
-def plot_results(results: Sequence[BenchResult], path: Path) -> str | None:
-    """Stacked pre / infer / post bar chart with p50 / p90 markers; a note if matplotlib is missing."""
+def _short_label(result: BenchResult) -> str:
+    """``folder/model.onnx`` -> ``folder`` plus backend and precision on a second line."""
+    path = Path(result.name)
+    name = path.parent.name if path.suffix and path.parent.name else (path.stem or result.name)
+    return f"{name}\n{result.backend} {result.precision}"
+
+
+def plot_results(
+    results: Sequence[BenchResult], path: Path, context: dict[str, Any] | None = None
+) -> str | None:
+    """Stacked pre / infer / post bar chart with p50 / p90 markers, titled with the input shape,
+    device and threads of the run; a note if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -375,7 +385,7 @@ def plot_results(results: Sequence[BenchResult], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "plot skipped: matplotlib is not installed"
-    names = [r.name for r in results]
+    names = [_short_label(r) for r in results]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(results) + 2), 3.5))
     bottom = np.zeros(len(results))
     for stage in STAGES:
@@ -385,7 +395,15 @@ def plot_results(results: Sequence[BenchResult], path: Path) -> str | None:
             bottom += values
     ax.scatter(names, [r.p50_ms for r in results], color="k", marker="_", s=300, label="p50", zorder=3)
     ax.scatter(names, [r.p90_ms for r in results], color="r", marker="_", s=300, label="p90", zorder=3)
-    ax.set_ylabel("ms per batch")
+    ax.set_ylabel("ms per call")
+    context = context or {}
+    devices = ", ".join(sorted({r.device for r in results}))
+    batches = ", ".join(str(b) for b in sorted({r.batch for r in results}))
+    shape = context.get("shape") or ", ".join(sorted({f"{r.shape[0]}x{r.shape[1]}" for r in results}))
+    title = [f"input {shape}" if shape else "", f"device {devices}", f"batch {batches}"]
+    if context.get("threads") is not None:
+        title.append(f"{context['threads']} thread(s)")
+    ax.set_title("latency: " + ", ".join(part for part in title if part), fontsize=9)
     ax.legend(fontsize=8)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
     fig.tight_layout()

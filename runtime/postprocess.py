@@ -154,6 +154,28 @@ def colorize_panoptic(
     return lut[np.clip(id_map, 0, len(lut) - 1)]
 
 
+def legend_image(
+    names: list[str] | tuple[str, ...],
+    palette_rgb: np.ndarray,
+    columns: int = 4,
+    cell: tuple[int, int] = (22, 170),
+) -> np.ndarray:
+    """A BGR legend of ``names`` in their palette colours: a swatch and the name per class, in
+    ``columns`` columns of ``cell`` (height, width) pixels, on white."""
+    rows = -(-len(names) // columns) if names else 0
+    h, w = cell
+    image = np.full((max(1, rows) * h + 4, columns * w + 4, 3), 255, np.uint8)
+    for i, name in enumerate(names):
+        y, x = 2 + (i // columns) * h, 2 + (i % columns) * w
+        color = tuple(int(c) for c in np.asarray(palette_rgb[i], np.uint8)[::-1])
+        cv2.rectangle(image, (x, y + 3), (x + h - 6, y + h - 3), color, thickness=-1)
+        cv2.rectangle(image, (x, y + 3), (x + h - 6, y + h - 3), (0, 0, 0), thickness=1)
+        cv2.putText(
+            image, name, (x + h, y + h - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA
+        )
+    return image
+
+
 def overlay(image_bgr: np.ndarray, color_bgr: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend a colour map over the image (both (H, W, 3) uint8)."""
     return cv2.addWeighted(image_bgr, 1.0 - alpha, color_bgr, alpha, 0.0)

@@ -16,6 +16,7 @@ timing iterations (the tests' mode, well under a minute with a warm cache).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -42,6 +43,7 @@ class DemoResult:
     bench: list[Any]
     bench_table: str
     overlays: list[Path] = field(default_factory=list)
+    legend: Path | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -73,6 +75,8 @@ def run_demo(
     from pem.zoo import default_dataset_path, ensure_default_checkpoint
     from runtime.batch_infer import infer_path
     from runtime.bench import bench_artifact, format_table, markdown_table, write_reports
+    from runtime.images import write_image
+    from runtime.postprocess import legend_image
     from runtime.segmenter import Segmenter
 
     say = progress or (lambda message: None)
@@ -100,7 +104,10 @@ def run_demo(
         say(f"synthetic Cityscapes-format data ({variant})")
         data = default_dataset_path(variant)
         say(f"default model ({variant}; trained once, then cached)")
-        checkpoint = ensure_default_checkpoint(variant)
+        # Training the first time takes minutes: show its steps and ETA as `train` does.
+        bar_below = getattr(progress, "bar_below", None)
+        with bar_below() if bar_below else contextlib.nullcontext(False) as show_bar:
+            checkpoint = ensure_default_checkpoint(variant, progress=show_bar)
         source = load_source(checkpoint=checkpoint)
 
         artifacts: dict[str, Path] = {}
@@ -169,7 +176,11 @@ def run_demo(
         for precision in ("fp32", "int8"):
             with Segmenter.open(artifacts[precision], threads=threads) as seg:
                 infer_path(seg, inputs, out / "predictions" / precision, exist_ok=True)
-            overlays += sorted((out / "predictions" / precision / "overlay").glob("*.jpg"))
+            overlays += sorted((out / "predictions" / precision / "overlay").rglob("*.jpg"))
+        legend = out / "legend.png"
+        with Segmenter.open(artifacts["fp32"], threads=threads) as seg:
+            names = [c.name for c in seg.artifact.classes]
+            write_image(legend, legend_image(names, seg.artifact.palette))
     finally:
         torch.set_num_threads(before)
 
@@ -182,6 +193,7 @@ def run_demo(
         bench=bench,
         bench_table=format_table(bench),
         overlays=overlays,
+        legend=legend,
         notes=notes,
     )
     result.seconds = time.perf_counter() - start
@@ -232,6 +244,14 @@ def _write_report(result: DemoResult, variant: str, checkpoint: str, bench_md: s
     lines += ["", "## Latency (ms per frame; pre / infer / post from the runtime)", "", bench_md, ""]
     lines += [f"Also `bench.json`, `bench.csv`, `bench.md`{', `bench.png`' if not result.notes else ''}."]
     lines += [f"Note: {n}" for n in result.notes]
-    lines += ["", "## Overlays", ""]
-    lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in result.overlays]
+    lines += ["", "## Overlays (runtime output of each precision)", ""]
+    if result.legend is not None:
+        lines += [f"Classes: ![class legend]({result.legend.relative_to(out).as_posix()})", ""]
+    by_precision: dict[str, list[Path]] = {}
+    for path in result.overlays:
+        by_precision.setdefault(path.relative_to(out / "predictions").parts[0], []).append(path)
+    for precision, paths in by_precision.items():
+        lines += [f"### {precision.upper()}", ""]
+        lines += [f"![{precision} {p.stem}]({p.relative_to(out).as_posix()})" for p in paths]
+        lines.append("")
     atomic_write_bytes(result.report_path, ("\n".join(lines) + "\n").encode("utf-8"))
