@@ -465,7 +465,7 @@ def test_accepted_variations_load_and_run(artifacts, tmp_path, variant, name, ch
         result = seg.predict(np.full((40, 70, 3), 200, np.uint8))
     assert result.labels.shape == (40, 70)
     if variant.startswith("panoptic"):
-        assert [(s.category_id, s.area) for s in result.segments] == [(0, H * W)]  # model pixels
+        assert [(s.category_id, s.area) for s in result.segments] == [(0, 40 * 70)]  # original pixels
         assert (result.labels == 0).all()
 
 
