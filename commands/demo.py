@@ -22,7 +22,7 @@ def demo_command(
         help="Timed calls per model (default 20; quick 3).",
         callback=opt.int_range("--iterations", 1, 1_000_000),
     ),
-    threads: int = typer.Option(1, "--threads", help="CPU threads.", callback=opt.at_least("--threads", 1)),
+    threads: opt.Threads = 1,
 ) -> None:
     """Whole toolchain on the embedded default: data, model, FP32/FP16/INT8 ONNX, parity, bench, report."""
     from export.errors import ExportError

@@ -118,7 +118,7 @@ def verify_command(
         help="Minimum panoptic segment match.",
         callback=opt.float_range("--min-segment-match", 0, 1, min_open=True),
     ),
-    providers: str = typer.Option(None, "--providers", help="onnxruntime providers, comma-separated."),
+    providers: opt.Providers = None,
     json_out: str = typer.Option(None, "--json", help="Write the report as JSON here."),
 ) -> None:
     """Compare two artifacts on the same images under the shared parity policy (torch-free).
@@ -159,7 +159,7 @@ def verify_command(
         seed=seed,
         limit=limit,
         policy=policy,
-        providers=[p.strip() for p in providers.split(",")] if providers else None,
+        providers=opt.provider_list(providers),
     )
     typer.echo(report.table())
     if save_reference:

@@ -61,15 +61,8 @@ def export_command(
         "--calib-data",
         help="int8: calibration images (Cityscapes folder, image folder or 'synthetic').",
     ),
-    calib_method: str = typer.Option(
-        "percentile", "--calib-method", help="int8: percentile | minmax | entropy."
-    ),
-    calib_images: int = typer.Option(
-        200,
-        "--calib-images",
-        help="int8: number of calibration images.",
-        callback=opt.at_least("--calib-images", 1),
-    ),
+    calib_method: opt.CalibMethod = "percentile",
+    calib_images: opt.CalibImages = 200,
     calib_cache: str = typer.Option(
         None, "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
     ),
@@ -181,13 +174,8 @@ def calibrate_command(
         "--exist-ok",
         help="Replace those files when --out already holds them (nothing else is touched).",
     ),
-    method: str = typer.Option("percentile", "--method", help="percentile | minmax | entropy."),
-    num_images: int = typer.Option(
-        200,
-        "--num-images",
-        help="Calibration images (deterministic sample).",
-        callback=opt.int_range("--num-images", 1, 100_000),
-    ),
+    method: opt.CalibMethod = "percentile",
+    num_images: opt.CalibImages = 200,
     calib_seed: int = typer.Option(
         0, "--calib-seed", help="Seed of the image sample.", callback=opt.at_least("--calib-seed", 0)
     ),
@@ -238,9 +226,7 @@ def calibrate_command(
     reuse: bool = typer.Option(
         True, "--reuse/--no-reuse", help="Reuse a cache of the same model + data + method."
     ),
-    threads: int = typer.Option(
-        1, "--threads", help="onnxruntime threads.", callback=opt.at_least("--threads", 1)
-    ),
+    threads: opt.Threads = 1,
 ) -> None:
     """INT8 calibration: Q/DQ INT8 ONNX, TensorRT calibration cache, FP32/FP16/INT8 accuracy report."""
     from calib.calibrate import CalibrationConfig
@@ -322,12 +308,18 @@ def check_command(
         help="Minimum label agreement (default: fp32 0.999, fp16 0.99, int8 0.95).",
         callback=opt.float_range("--min-agreement", 0, 1, min_open=True),
     ),
+    threads: opt.Threads = 1,
 ) -> None:
     """Compare an exported model with PyTorch: max abs/rel error per output, label agreement, mIoU.
 
     Exit code 0 when the thresholds hold, 1 when not, 2 on bad arguments or files.
     """
     from export.check import check_artifact
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from export.errors import ExportError
 
     limits = None if max_abs is None else {"pred_logits": max_abs, "scores": max_abs}
@@ -343,6 +335,7 @@ def check_command(
             emulate=emulate,
             max_abs=limits,
             min_agreement=min_agreement,
+            threads=threads,
         )
     except ExportError as exc:
         _fail(str(exc))

@@ -163,12 +163,7 @@ def train(
     device: str = typer.Option(
         None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).", callback=opt.device()
     ),
-    threads: int = typer.Option(
-        None,
-        "--threads",
-        help="CPU threads for PyTorch (1 is best on a busy CPU).",
-        callback=opt.at_least("--threads", 1),
-    ),
+    threads: opt.Threads = None,  # type: ignore[assignment]
     val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
@@ -204,7 +199,7 @@ def train(
         changes["augment"] = {"crop_size": opt.parse_hw("--crop", crop)}
     if num_points is not None:
         changes["loss"] = {"num_points": num_points}
-    if threads is not None:
+    if threads:
         import torch
 
         torch.set_num_threads(threads)
@@ -261,6 +256,7 @@ def eval_command(
         help="Write predictions in the official Cityscapes evaluators' formats.",
         callback=opt.folder("--save-predictions"),
     ),
+    threads: opt.Threads = 1,
 ) -> None:
     """Evaluate a checkpoint: mIoU (per class + mean) and, for panoptic models, PQ / SQ / RQ."""
     import json
@@ -268,6 +264,10 @@ def eval_command(
 
     from pem.evaluation import evaluate_checkpoint
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
         result = evaluate_checkpoint(
             checkpoint,

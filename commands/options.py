@@ -17,7 +17,9 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
 
 from contract.errors import UsageError
 
@@ -208,3 +210,50 @@ def choice(flag: str, allowed: tuple[str, ...]) -> Callback:
         return value
 
     return _optional(check)
+
+
+# ---------------------------------------------------------------------------------------------
+# Options several commands take: one definition each, so name, meaning and checks agree.
+# Use as ``threads: opt.Threads = 1`` (the default stays the command's own).
+
+Threads = Annotated[
+    int,
+    typer.Option(
+        "--threads",
+        help="CPU threads for PyTorch and onnxruntime (0: onnxruntime's default, every core).",
+        callback=at_least("--threads", 0),
+    ),
+]
+Providers = Annotated[
+    Optional[list[str]],  # noqa: UP045  (typer reads the annotation at run time on Python 3.10)
+    typer.Option(
+        "--providers",
+        "--provider",
+        help="onnxruntime execution providers in priority order, comma-separated or repeated "
+        "(default: the best available).",
+    ),
+]
+CalibMethod = Annotated[
+    str,
+    typer.Option(
+        "--calib-method",
+        "--method",
+        help="int8 calibration ranges: percentile | minmax | entropy.",
+        callback=choice("--calib-method", ("percentile", "minmax", "entropy")),
+    ),
+]
+CalibImages = Annotated[
+    int,
+    typer.Option(
+        "--calib-images",
+        "--num-images",
+        help="int8: number of calibration images (a deterministic sample).",
+        callback=int_range("--calib-images", 1, 100_000),
+    ),
+]
+
+
+def provider_list(values: list[str] | None) -> list[str] | None:
+    """``--providers a,b --providers c`` -> ``["a", "b", "c"]`` (None: let the runtime choose)."""
+    names = [name.strip() for value in values or () for name in value.split(",") if name.strip()]
+    return names or None

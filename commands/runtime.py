@@ -23,9 +23,8 @@ def infer(
         help="Output folder (labels/, panoptic/, overlay/, predictions.json), or a bag file (.mcap / .db3).",
     ),
     resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox (keep aspect ratio)."),
-    provider: list[str] = typer.Option(
-        None, "--provider", help="onnxruntime execution provider(s), in order."
-    ),
+    providers: opt.Providers = None,
+    threads: opt.Threads = 0,
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
     alpha: float = typer.Option(
         0.5, "--alpha", help="Overlay opacity.", callback=opt.float_range("--alpha", 0, 1)
@@ -80,7 +79,8 @@ def infer(
 
         with Segmenter.open(
             artifact,
-            providers=provider or None,
+            providers=opt.provider_list(providers),
+            threads=threads,
             resize=resize,
             cuda_graph=cuda_graph,
             contexts=contexts,  # type: ignore[arg-type]
@@ -99,7 +99,8 @@ def infer(
         return
     with Segmenter.open(
         artifact,
-        providers=provider or None,
+        providers=opt.provider_list(providers),
+        threads=threads,
         resize=resize,
         cuda_graph=cuda_graph,
         contexts=contexts,  # type: ignore[arg-type]
@@ -161,9 +162,7 @@ def bench_command(
     device: str = typer.Option(
         "cpu", "--device", help="PyTorch device: cpu, cuda, cuda:1 ...", callback=opt.device()
     ),
-    providers: str = typer.Option(
-        None, "--providers", help="onnxruntime providers, comma-separated (default: the best available)."
-    ),
+    providers: opt.Providers = None,
     shape: str = typer.Option(
         None,
         "--shape",
@@ -178,12 +177,7 @@ def bench_command(
     iterations: int = typer.Option(
         20, "--iterations", help="Timed calls.", callback=opt.int_range("--iterations", 1, 1_000_000)
     ),
-    threads: int = typer.Option(
-        1,
-        "--threads",
-        help="CPU threads (onnxruntime intra-op and torch).",
-        callback=opt.at_least("--threads", 1),
-    ),
+    threads: opt.Threads = 1,
     out: str = typer.Option(
         None,
         "--out",
@@ -205,7 +199,7 @@ def bench_command(
     results = []
     try:
         size = parse_shape(shape) if shape else None
-        provider_list = [p.strip() for p in providers.split(",")] if providers else None
+        provider_list = opt.provider_list(providers)
         for item in artifacts or []:
             if not Path(item).exists():
                 raise BenchError(f"{item}: no such file or folder")

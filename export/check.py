@@ -99,6 +99,7 @@ def check_artifact(
     max_abs: dict[str, float] | None = None,
     min_agreement: float | None = None,
     source: ModelSource | None = None,
+    threads: int = 0,
 ) -> CheckResult:
     """Compare an artifact with PyTorch on random images, synthetic scenes and image files.
 
@@ -121,7 +122,7 @@ def check_artifact(
     recorded = spec.provenance.sha256
     if recorded and sha256_file(onnx_path) != recorded:
         raise ExportError(f"{onnx_path}: checksum does not match its sidecar (file changed or corrupt)")
-    session = open_session(onnx_path)  # before the slow PyTorch model: a mismatch fails fast
+    session = open_session(onnx_path, threads)  # before the slow PyTorch model: a mismatch fails fast
     spec.check_against(IOSignature.from_onnxruntime(session, onnx_path.name), sidecar_path)
     sidecar = spec.to_dict()
     preprocess = "none"
@@ -154,7 +155,7 @@ def check_artifact(
     if emulate is None:
         emulate = spec.precision == "fp16"
     if emulate and spec.precision == "fp16":
-        emulated = open_session(emulate_fp16(onnx.load(str(onnx_path))))
+        emulated = open_session(emulate_fp16(onnx.load(str(onnx_path))), threads)
         result.reports.append(compare(emulated, reference, samples, graph_label="FP16-emulated", **kwargs))
     policy = policy_for(spec.precision)
     if max_abs is not None:  # an explicit --max-abs is an absolute limit only

@@ -25,3 +25,18 @@ def test_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0
     assert re.fullmatch(r"pem-deploy \S+\n", result.output)
+
+
+@pytest.mark.parametrize(
+    ("flag", "commands"),
+    [
+        ("--providers", ["infer", "bench", "verify"]),
+        ("--threads", ["infer", "bench", "check", "eval", "train", "calibrate", "demo"]),
+        ("--calib-method", ["export", "calibrate"]),
+        ("--calib-images", ["export", "calibrate"]),
+    ],
+)
+def test_shared_options_have_one_name_everywhere(flag: str, commands: list[str]) -> None:
+    for command in commands:
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert flag in result.output, f"{command} has no {flag}"
