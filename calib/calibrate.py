@@ -76,9 +76,9 @@ class CalibrationConfig:
 
     def validate(self) -> None:
         if self.method not in METHODS:
-            raise CalibrationError(f"--method {self.method}: choose one of {', '.join(METHODS)}")
+            raise CalibrationError(f"--calib-method {self.method}: choose one of {', '.join(METHODS)}")
         if self.num_images < 1:
-            raise CalibrationError(f"--num-images {self.num_images}: must be >= 1")
+            raise CalibrationError(f"--calib-images {self.num_images}: must be >= 1")
         if not 50.0 < self.percentile <= 100.0:
             raise CalibrationError(f"--percentile {self.percentile}: must be in (50, 100]")
         if self.resize not in ("stretch", "letterbox"):

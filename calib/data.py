@@ -59,7 +59,7 @@ def list_images(data: str | os.PathLike[str], split: str = "train") -> list[Path
 def sample_images(paths: list[Path], num_images: int, seed: int = 0, root: Path | None = None) -> list[Path]:
     """``num_images`` of ``paths`` (all if fewer), chosen by a seeded hash; returned sorted."""
     if num_images < 1:
-        raise CalibrationError(f"--num-images {num_images}: must be >= 1")
+        raise CalibrationError(f"--calib-images {num_images}: must be >= 1")
     if len(paths) <= num_images:
         return list(paths)
 

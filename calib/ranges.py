@@ -102,7 +102,7 @@ class TensorStats:
             return self.percentile(percentile)
         if method == "entropy":
             return self.entropy()
-        raise CalibrationError(f"--method {method}: choose one of {', '.join(METHODS)}")
+        raise CalibrationError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
 
 
 class RangeCollector:
@@ -110,7 +110,7 @@ class RangeCollector:
 
     def __init__(self, names: Iterable[str], method: Method):
         if method not in METHODS:
-            raise CalibrationError(f"--method {method}: choose one of {', '.join(METHODS)}")
+            raise CalibrationError(f"--calib-method {method}: choose one of {', '.join(METHODS)}")
         self.method = method
         self.stats = {name: TensorStats(histogram=method != "minmax") for name in names}
 

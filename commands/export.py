@@ -182,7 +182,7 @@ def calibrate_command(
     percentile: float = typer.Option(
         99.99,
         "--percentile",
-        help="Percentile of |x| for --method percentile.",
+        help="Percentile of |x| for --calib-method percentile.",
         callback=opt.float_range("--percentile", 0, 100, min_open=True),
     ),
     layout: str = typer.Option(

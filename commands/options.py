@@ -220,8 +220,8 @@ Threads = Annotated[
     int,
     typer.Option(
         "--threads",
-        help="CPU threads for PyTorch and onnxruntime (0: onnxruntime's default, every core).",
-        callback=at_least("--threads", 0),
+        help="CPU threads for PyTorch and onnxruntime (>= 1; infer's default: every core).",
+        callback=at_least("--threads", 1),
     ),
 ]
 Providers = Annotated[

@@ -24,7 +24,7 @@ def infer(
     ),
     resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox (keep aspect ratio)."),
     providers: opt.Providers = None,
-    threads: opt.Threads = 0,
+    threads: opt.Threads = None,  # type: ignore[assignment]
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
     alpha: float = typer.Option(
         0.5, "--alpha", help="Overlay opacity.", callback=opt.float_range("--alpha", 0, 1)
@@ -80,7 +80,7 @@ def infer(
         with Segmenter.open(
             artifact,
             providers=opt.provider_list(providers),
-            threads=threads,
+            threads=threads or 0,
             resize=resize,
             cuda_graph=cuda_graph,
             contexts=contexts,  # type: ignore[arg-type]
@@ -100,7 +100,7 @@ def infer(
     with Segmenter.open(
         artifact,
         providers=opt.provider_list(providers),
-        threads=threads,
+        threads=threads or 0,
         resize=resize,
         cuda_graph=cuda_graph,
         contexts=contexts,  # type: ignore[arg-type]

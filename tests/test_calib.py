@@ -46,7 +46,7 @@ def test_histogram_range_grows_without_losing_counts():
 
 
 def test_collector_rejects_unknown_method():
-    with pytest.raises(CalibrationError, match="--method"):
+    with pytest.raises(CalibrationError, match="--calib-method"):
         RangeCollector(["a"], "mse")  # type: ignore[arg-type]
 
 
@@ -139,7 +139,7 @@ def test_data_errors(tmp_path):
         list_images(tmp_path / "nope")
     with pytest.raises(CalibrationError, match="no images"):
         list_images(tmp_path)
-    with pytest.raises(CalibrationError, match="--num-images"):
+    with pytest.raises(CalibrationError, match="--calib-images"):
         sample_images([tmp_path], 0)
 
 

@@ -163,7 +163,7 @@ def test_sensitivity_ranks_nodes(quick, ranges):
 def test_int8_calibrator_validates():
     with pytest.raises(CalibrationError, match="--max-drop"):
         Int8Calibrator(CalibrationConfig(), max_drop=-1)
-    with pytest.raises(CalibrationError, match="--method"):
+    with pytest.raises(CalibrationError, match="--calib-method"):
         Int8Calibrator(CalibrationConfig(method="mse"))  # type: ignore[arg-type]
     with pytest.raises(CalibrationError, match="--layout"):
         Int8Calibrator(CalibrationConfig(), layout="fast")
@@ -173,7 +173,7 @@ def test_cli_calibrate_end_to_end(quick, tmp_path):
     checkpoint, data, _, _ = quick
     out = tmp_path / "int8"
     args = ["calibrate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out)]
-    args += ["--num-images", "4", "--eval-limit", "3", "--cache-dir", str(tmp_path / "cache")]
+    args += ["--calib-images", "4", "--eval-limit", "3", "--cache-dir", str(tmp_path / "cache")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == [
