@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 
 from calib.data import CalibrationImages
 from calib.errors import CalibrationError
-from calib.graph import LAYOUTS, QuantTarget, find_targets
+from calib.graph import QuantTarget, check_target, find_targets
 from calib.ort_layout import prepare_for_layout
 from calib.quantize import model_session, quantize_model
 from calib.ranges import METHODS, Method, RangeCollector
@@ -275,8 +275,9 @@ class Int8Calibrator:
         eval_data: labelled Cityscapes-layout data for ``max_drop`` (default: ``config.data``).
         eval_split: its split (held out from calibration).
         eval_limit: evaluate at most this many images per step.
-        layout: Q/DQ layout, ``tensorrt`` (inputs of quantised nodes only) or ``onnxruntime``
-            (outputs too, fused into QLinearConv on CPU); see :func:`calib.graph.insert_qdq`.
+        layout: the target runtime, which fixes the Q/DQ layout (CLI ``--target``): ``tensorrt``
+            (inputs of quantised nodes only) or ``onnxruntime`` (outputs too, fused into
+            QLinearConv on CPU); see :func:`calib.graph.insert_qdq`.
         progress: a step callback (``progress(message)``), as the export pipeline's.
     """
 
@@ -292,9 +293,7 @@ class Int8Calibrator:
         progress: Callable[[str], None] | None = None,
     ):
         config.validate()
-        if layout not in LAYOUTS:
-            raise CalibrationError(f"--layout {layout}: choose one of {', '.join(LAYOUTS)}")
-        self.layout = layout
+        self.layout = check_target(layout)
         if max_drop is not None and max_drop < 0:
             raise CalibrationError(f"--max-drop {max_drop}: must be >= 0")
         self.config = config
@@ -314,6 +313,12 @@ class Int8Calibrator:
             size = tuple(context.source.config.input_size)
             pem_config = context.source.config
         fmt = input_format(model, preprocess, size)  # type: ignore[arg-type]
+        if context is not None:  # recorded in the sidecar by the export pipeline
+            context.info["int8"] = {
+                "target": self.layout,
+                "activation_dtype": "uint8" if self.layout == "onnxruntime" else "int8",
+                "calibration_method": self.config.method,
+            }
         model = prepare_for_layout(model, self.layout)
         targets = find_targets(model)
         self.progress(

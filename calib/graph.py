@@ -35,6 +35,24 @@ QUANTIZABLE_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QUANTIZED_PARTS: tuple[str, ...] = ("backbone", "pixel_decoder")
 # Ops that must never receive a dequantised input (checked by tests and by :func:`check_qdq`).
 LAYOUTS: tuple[str, ...] = ("tensorrt", "onnxruntime")
+# The CLI's ``--target`` names the runtime an INT8 graph is laid out for; each target has its layout.
+TARGETS: tuple[str, ...] = LAYOUTS
+
+
+def default_target(out_format: str = "onnx") -> str:
+    """The Q/DQ target when the user names none: ``tensorrt`` when a TensorRT engine is built from
+    the graph (``--format engine``; TensorRT takes no UINT8 Q/DQ), else ``onnxruntime``, the
+    runtime that runs a plain ONNX artifact (and the only layout that is faster than FP32 there)."""
+    return "tensorrt" if out_format == "engine" else "onnxruntime"
+
+
+def check_target(target: str) -> str:
+    """``target`` if it is one of :data:`TARGETS`; else :class:`CalibrationError` naming ``--target``."""
+    if target not in TARGETS:
+        raise CalibrationError(f"--target {target}: choose one of {', '.join(TARGETS)}")
+    return target
+
+
 ORT_FLOAT_OPS: tuple[str, ...] = ("ConvTranspose",)  # kept float in the ``onnxruntime`` layout
 # A non-grouped Conv reading fewer channels than this (the RGB stem) stays float in the
 # ``onnxruntime`` layout: with a reduction depth of 3 x 3 x 3 its INT8 kernel is slower than float.
@@ -206,8 +224,7 @@ def insert_qdq(
     the RGB stem (a non-grouped ``Conv`` reading fewer than :data:`ORT_MIN_INT8_CHANNELS`
     channels, whose INT8 kernel is slower than the float one).
     """
-    if layout not in LAYOUTS:
-        raise CalibrationError(f"--layout {layout}: choose one of {', '.join(LAYOUTS)}")
+    check_target(layout)
     targets = list(targets)
     out = onnx.ModelProto()
     out.CopyFrom(model)
