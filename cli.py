@@ -194,6 +194,11 @@ def infer(
     provider: list[str] = typer.Option(
         None, "--provider", help="onnxruntime execution provider(s), in order."
     ),
+    backend: str = typer.Option(
+        None,
+        "--backend",
+        help="onnxruntime | openvino (a --deform-impl decomposed ONNX) | tensorrt (default: by file type).",
+    ),
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
     alpha: float = typer.Option(0.5, "--alpha", help="Overlay opacity."),
     topic: list[str] = typer.Option(None, "--topic", help="Bag image topic(s) to segment (repeatable)."),
@@ -213,7 +218,8 @@ def infer(
     if is_robotics_job(source, out, topic or (), max_frames, duration):  # bags, cameras, streams
         from runtime.sources import ProgressLine
 
-        with Segmenter.open(artifact, providers=provider or None, resize=resize) as segmenter:  # type: ignore[arg-type]
+        opened = Segmenter.open(artifact, providers=provider or None, resize=resize, backend=backend)  # type: ignore[arg-type]
+        with opened as segmenter:
             line = ProgressLine()
             options = dict(exist_ok=exist_ok, overlays=overlays, alpha=alpha, copy_input=copy_input)
             summary = infer_robotics(
@@ -227,7 +233,8 @@ def infer(
         )
         return
     try:
-        with Segmenter.open(artifact, providers=provider or None, resize=resize) as segmenter:  # type: ignore[arg-type]
+        opened = Segmenter.open(artifact, providers=provider or None, resize=resize, backend=backend)  # type: ignore[arg-type]
+        with opened as segmenter:
             summary = infer_path(
                 segmenter, source, out, overlays=overlays, alpha=alpha, progress=stderr_progress
             )
@@ -720,6 +727,11 @@ def bench_command(
         None, "--out", help="Write bench.json, bench.csv, bench.md (and bench.png) here."
     ),
     plot: bool = typer.Option(False, "--plot", help="Also a PNG plot (needs matplotlib)."),
+    backend: list[str] = typer.Option(
+        None,
+        "--backend",
+        help="Run ONNX artifacts with this backend: onnxruntime | openvino (repeatable: side by side).",
+    ),
 ) -> None:
     """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
     from pathlib import Path
@@ -738,18 +750,20 @@ def bench_command(
             if Path(item).suffix in (".safetensors", ".pkl", ".pth", ".pt"):
                 results.append(_bench_torch(item, None, device, size, batch, warmup, iterations, threads))
             else:
-                results.append(
-                    bench_artifact(
-                        item,
-                        shape=size,
-                        batch=batch,
-                        warmup=warmup,
-                        iterations=iterations,
-                        threads=threads,
-                        providers=provider_list,
-                        name=item,
+                for runner in backend or [None]:
+                    results.append(
+                        bench_artifact(
+                            item,
+                            shape=size,
+                            batch=batch,
+                            warmup=warmup,
+                            iterations=iterations,
+                            threads=threads,
+                            providers=provider_list,
+                            name=item,
+                            backend=runner,
+                        )
                     )
-                )
         for name in preset or []:
             results.append(_bench_torch(None, name, device, size, batch, warmup, iterations, threads))
     except BenchError as exc:

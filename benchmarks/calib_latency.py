@@ -13,8 +13,14 @@ It also reports the float floor: the share of FP32 time spent in nodes that stay
 softmax), from onnxruntime's per-node profile. INT8/FP32 cannot go below it even if every
 quantised op took no time. ``--profile`` adds the per-op-type breakdown. ``--preset NAME`` times
 a paper-size architecture instead (seeded random weights; latency only).
+
+``--decoder GROUP...`` (``tokens``, ``mask_einsum``; see :func:`calib.graph.decoder_targets`) adds
+``int8-onnxruntime+GROUP`` graphs that also quantise those transformer-decoder ops, and the
+variant with all of them. For every INT8 graph ``--stability N`` reports the prototype stability
+(the fraction of PEM-CA ArgMax choices per (image, layer, head, query) equal to FP32's on N
+held-out images) and, for the trained model, ``--accuracy N`` the mIoU on N held-out images.
 Usage: ``python benchmarks/calib_latency.py [--sizes 256x512 512x1024] [--runs 30] [--preset P]
-[--out results.json]``.
+[--decoder tokens mask_einsum] [--stability 8] [--accuracy 50] [--out results.json]``.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ def main() -> None:
         default=None,
         help="time this preset (seeded random weights) instead of the trained tiny model",
     )
+    parser.add_argument("--decoder", nargs="*", default=[], help="decoder groups: tokens mask_einsum")
+    parser.add_argument("--stability", type=int, default=0, help="prototype stability on N images")
+    parser.add_argument("--accuracy", type=int, default=0, help="mIoU on N held-out images (trained)")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     args = parser.parse_args()
 
@@ -66,6 +75,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from calib.calibrate import CalibrationConfig, calibrate_ranges, input_format
+    from calib.graph import find_targets
     from calib.ort_layout import prepare_for_layout
     from calib.quantize import quantize_model
     from export.pipeline import ExportOptions, export_graph
@@ -100,15 +110,21 @@ def main() -> None:
         ranges = calibrate_ranges(fp32, config, fmt)
         calib_s = time.perf_counter() - start
         subpixel = prepare_for_layout(fp32, "onnxruntime")
-        ort_ranges = calibrate_ranges(subpixel, config, fmt)
-        graphs = {
-            "fp32": fp32.SerializeToString(),
-            "fp32-subpixel": subpixel.SerializeToString(),
-            "int8-tensorrt": quantize_model(fp32, ranges.scales(), layout="tensorrt").SerializeToString(),
-            "int8-onnxruntime": quantize_model(
-                subpixel, ort_ranges.scales(), layout="onnxruntime"
-            ).SerializeToString(),
+        groups = tuple(args.decoder)
+        ort_ranges = calibrate_ranges(subpixel, config, fmt, find_targets(subpixel, decoder=groups))
+        models = {
+            "fp32": fp32,
+            "fp32-subpixel": subpixel,
+            "int8-tensorrt": quantize_model(fp32, ranges.scales(), layout="tensorrt"),
+            "int8-onnxruntime": quantize_model(subpixel, ort_ranges.scales(), layout="onnxruntime"),
         }
+        variants = [(g,) for g in groups] + ([groups] if len(groups) > 1 else [])
+        for variant in variants:
+            targets = find_targets(subpixel, decoder=variant)
+            models["int8-onnxruntime+" + "+".join(variant)] = quantize_model(
+                subpixel, ort_ranges.scales(), targets=targets, layout="onnxruntime"
+            )
+        graphs = {name: m.SerializeToString() for name, m in models.items()}
         x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
         sessions = {name: ort_session(data) for name, data in graphs.items()}
         times: dict[str, list[float]] = {name: [] for name in graphs}
@@ -129,6 +145,26 @@ def main() -> None:
             "size_mb": {k: round(len(v) / 1e6, 2) for k, v in graphs.items()},
         }
         entry["float_floor"] = _float_floor(fp32, x)
+        int8_names = [n for n in models if n.startswith("int8")]
+        if args.stability:
+            from calib.accuracy import prototype_stability
+            from calib.data import CalibrationImages
+
+            held_out = list(CalibrationImages("synthetic", fmt, args.stability, 1, "val"))
+            entry["prototype_stability"] = {
+                n: prototype_stability(fp32, models[n], held_out)["agreement"] for n in int8_names
+            }
+            print("  prototype stability: " + json.dumps(entry["prototype_stability"]))
+        if args.accuracy and checkpoint is not None:
+            from calib.accuracy import evaluate_onnx, open_eval_dataset
+
+            dataset = open_eval_dataset("synthetic", "val", source.config)
+            miou = {}
+            for n in ["fp32", *int8_names]:
+                result = evaluate_onnx(models[n], source.config, fmt, dataset, limit=args.accuracy)
+                miou[n] = round(100.0 * result.semantic.miou, 2)
+            entry["miou"] = miou
+            print("  mIoU: " + json.dumps(miou))
         if args.profile:
             entry["profile_ms"] = {name: _profile(data, x) for name, data in graphs.items()}
         results["sizes"][size] = entry  # type: ignore[index]

@@ -230,3 +230,55 @@ def tune_exclusions(
         if fp32 - miou <= max_drop:
             return excluded, sensitivity, steps
     raise CalibrationError(f"--max-drop {max_drop}: not reached even with every node float")
+
+
+def prototype_outputs(model: onnx.ModelProto) -> list[str]:
+    """The PEM-CA prototype choices of a graph: the outputs of its transformer-decoder ``ArgMax``
+    nodes (one per PEM-CA layer; (B, heads, Q)-shaped token indices), in graph order."""
+    from calib.graph import node_parts
+
+    parts = node_parts(model)
+    return [
+        n.output[0]
+        for n in model.graph.node
+        if n.op_type == "ArgMax" and parts.get(n.name) == "transformer_decoder"
+    ]
+
+
+def with_prototype_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A measurement copy of ``model`` that also outputs the INT64 ArgMax tensors ``names``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    existing = {o.name for o in out.graph.output}
+    for name in names:
+        if name not in existing:
+            out.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))
+    return out
+
+
+def prototype_stability(
+    fp32: onnx.ModelProto, other: onnx.ModelProto, inputs: list[np.ndarray], threads: int = 1
+) -> dict[str, Any]:
+    """How often ``other`` (e.g. the INT8 graph) picks the same prototype token as ``fp32``.
+
+    Compares the PEM-CA ``ArgMax`` outputs per (image, layer, head, query); both graphs must keep
+    those tensor names (the Q/DQ insertion does). Returns the overall fraction ``agreement``, the
+    per-layer fractions and the number of compared choices.
+    """
+    names = prototype_outputs(fp32)
+    if not names:
+        raise CalibrationError("the FP32 graph has no PEM-CA ArgMax (prototype choice) to compare")
+    sessions = [model_session(with_prototype_outputs(m, names), threads) for m in (fp32, other)]
+    input_name = sessions[0].get_inputs()[0].name
+    same = np.zeros(len(names))
+    total = np.zeros(len(names))
+    for x in inputs:
+        a, b = (s.run(names, {input_name: x}) for s in sessions)
+        for i, (u, v) in enumerate(zip(a, b)):
+            same[i] += float(np.sum(u == v))
+            total[i] += u.size
+    return {
+        "agreement": float(same.sum() / total.sum()),
+        "per_layer": [round(float(s / t), 5) for s, t in zip(same, total)],
+        "choices": int(total.sum()),
+    }

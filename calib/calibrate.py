@@ -194,7 +194,7 @@ def calibrate_ranges(
     start = time.perf_counter()
     targets = targets if targets is not None else find_targets(model)
     tensors = int8_region_tensors(model, targets)
-    needed = {t.activation for t in targets}
+    needed = {t.activation for t in targets} | {t.weight for t in targets if t.weight_is_activation}
     if config.cache_file is not None:
         cache = read_cache(config.cache_file)
         missing = sorted(needed - set(cache.scales))
@@ -278,6 +278,7 @@ class Int8Calibrator:
         layout: the target runtime, which fixes the Q/DQ layout (CLI ``--target``): ``tensorrt``
             (inputs of quantised nodes only) or ``onnxruntime`` (outputs too, fused into
             QLinearConv on CPU); see :func:`calib.graph.insert_qdq`.
+        decoder: opt-in transformer-decoder groups to quantise too (:data:`calib.graph.DECODER_GROUPS`).
         progress: a step callback (``progress(message)``), as the export pipeline's.
     """
 
@@ -290,10 +291,12 @@ class Int8Calibrator:
         eval_split: str = "val",
         eval_limit: int | None = None,
         layout: str = "tensorrt",
+        decoder: Iterable[str] = (),
         progress: Callable[[str], None] | None = None,
     ):
         config.validate()
         self.layout = check_target(layout)
+        self.decoder = tuple(decoder)
         if max_drop is not None and max_drop < 0:
             raise CalibrationError(f"--max-drop {max_drop}: must be >= 0")
         self.config = config
@@ -320,7 +323,7 @@ class Int8Calibrator:
                 "calibration_method": self.config.method,
             }
         model = prepare_for_layout(model, self.layout)
-        targets = find_targets(model)
+        targets = find_targets(model, decoder=self.decoder)
         self.progress(
             f"calibrating on {self.config.data} ({self.config.method}, {self.config.num_images} images)"
         )

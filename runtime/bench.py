@@ -157,8 +157,12 @@ def bench_artifact(
     threads: int = 1,
     providers: list[str] | None = None,
     name: str | None = None,
+    backend: str | None = None,
 ) -> BenchResult:
     """Time ``Segmenter.predict_batch`` on an ONNX / engine artifact (model file, sidecar or folder).
+
+    ``backend``: run it with this backend (``onnxruntime`` / ``openvino`` for ONNX; default: the
+    one its file type asks for).
 
     ``shape`` is the (H, W) of the frames fed in (default: the model's input size; the
     preprocessing resizes to the model). Latency is wall time per call of ``batch`` frames.
@@ -171,7 +175,7 @@ def bench_artifact(
         raise BenchError(f"{path}: no such artifact")
     try:
         reset_peak_rss()
-        seg = Segmenter.open(path, providers=providers, threads=threads)
+        seg = Segmenter.open(path, providers=providers, threads=threads, backend=backend)
     except (ArtifactError, BackendUnavailableError) as exc:
         raise BenchError(str(exc)) from None
     with seg:
@@ -191,11 +195,12 @@ def bench_artifact(
             for k in STAGES:
                 stages[k].append(float(np.mean([r.timings.get(k, 0.0) for r in results])))
         artifact = seg.artifact
-        device = "gpu" if artifact.backend == "tensorrt" else _ort_device(seg)
+        runner = seg.backend.name
+        device = "gpu" if runner == "tensorrt" else ("cpu" if runner == "openvino" else _ort_device(seg))
         return summarize(
             latencies,
             name=name or Path(artifact.model_path).parent.name + "/" + Path(artifact.model_path).name,
-            backend=artifact.backend,
+            backend=runner,
             precision=artifact.precision,
             device=device,
             shape=(h, w),

@@ -37,10 +37,32 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
+
+
 def open_backend(
-    artifact: Artifact, providers: list[str] | None = None, threads: int = 0, cuda_graph: bool = False
+    artifact: Artifact,
+    providers: list[str] | None = None,
+    threads: int = 0,
+    cuda_graph: bool = False,
+    backend: str | None = None,
 ) -> Backend:
-    """The backend an artifact asks for."""
+    """The backend an artifact asks for, or ``backend`` (``onnxruntime`` / ``openvino`` for an
+    ONNX artifact; ``tensorrt`` for an engine)."""
+    chosen = backend or artifact.backend
+    if chosen not in BACKENDS:
+        raise ArtifactError(f"--backend {chosen}: choose one of {', '.join(BACKENDS)}")
+    wants_engine = chosen == "tensorrt"
+    if wants_engine != (artifact.backend == "tensorrt"):
+        kind = "a TensorRT engine" if artifact.backend == "tensorrt" else "an ONNX model"
+        raise ArtifactError(f"{artifact.model_path}: is {kind}; --backend {chosen} cannot run it")
+    if chosen == "openvino":
+        from runtime.backends.openvino_backend import NATIVE_DEFORM_CONV, OpenVINOBackend
+
+        ops = artifact.sidecar.get("onnx", {}).get("op_counts", {})
+        if ops.get("DeformConv") or artifact.sidecar.get("onnx", {}).get("deform_impl") == "native":
+            raise ArtifactError(NATIVE_DEFORM_CONV.format(path=artifact.model_path))
+        return OpenVINOBackend(artifact.model_path, threads=threads)
     if artifact.backend == "tensorrt":
         from runtime.backends.tensorrt_backend import TensorRTBackend
 
@@ -101,10 +123,13 @@ class Segmenter:
         threads: int = 0,
         cuda_graph: bool = False,
         verify_checksum: bool = True,
+        backend: str | None = None,
     ) -> Segmenter:
-        """Open an artifact (model file, sidecar or folder) with the backend it asks for."""
+        """Open an artifact (model file, sidecar or folder) with the backend it asks for, or with
+        ``backend`` (``onnxruntime``, ``openvino`` (decomposed-DeformConv ONNX only), ``tensorrt``)."""
         artifact = load_artifact(path, verify_checksum=verify_checksum)
-        return cls(artifact, open_backend(artifact, providers, threads, cuda_graph), resize, input_color)
+        runner = open_backend(artifact, providers, threads, cuda_graph, backend)
+        return cls(artifact, runner, resize, input_color)
 
     def close(self) -> None:
         self.backend.close()

@@ -1,0 +1,89 @@
+"""The OpenVINO backend: FP32, torch-free, same labels as onnxruntime on a decomposed export."""
+
+import json
+
+import numpy as np
+import pytest
+
+from export.pipeline import ExportOptions, export_artifact
+from export.source import load_source
+from pem.zoo import ensure_default_checkpoint
+from runtime import ArtifactError, Segmenter
+
+ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """(decomposed, native) semantic exports of the trained quick model at 128x256."""
+    source = load_source(checkpoint=ensure_default_checkpoint("quick"), height=128, width=256)
+    root = tmp_path_factory.mktemp("ov")
+    out = {}
+    for impl in ("decomposed", "native"):
+        options = ExportOptions(out_dir=root / impl, head="semantic", deform_impl=impl)
+        out[impl] = export_artifact(source, options).onnx_path
+    return out
+
+
+def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):  # smooth blobs: segment-like structure, not pure noise
+        small = rng.integers(0, 256, (8, 16, 3), dtype=np.uint8)
+        frames.append(np.ascontiguousarray(np.kron(small, np.ones((16, 16, 1), np.uint8))))
+    return frames
+
+
+def test_openvino_labels_equal_onnxruntime(exports):
+    frames = _frames(3)
+    with (
+        Segmenter.open(exports["decomposed"], threads=1) as ort_seg,
+        Segmenter.open(exports["decomposed"], threads=1, backend="openvino") as ov_seg,
+    ):
+        assert ov_seg.backend.name == "openvino"
+        assert ov_seg.backend.inference_precision.lower() in ("f32", "float32")  # never bf16
+        assert [s.name for s in ov_seg.backend.outputs] == [s.name for s in ort_seg.backend.outputs]
+        for frame in frames:
+            a, b = ort_seg.predict(frame).labels, ov_seg.predict(frame).labels
+            assert a.shape == b.shape == frame.shape[:2]
+            assert np.array_equal(a, b), f"{(a != b).mean():.4%} of the labels differ"
+
+
+def test_openvino_refuses_native_deform_conv_in_one_line(exports):
+    with pytest.raises(ArtifactError, match="--deform-impl decomposed") as info:
+        Segmenter.open(exports["native"], backend="openvino")
+    assert "\n" not in str(info.value)
+    # the backend itself says the same when the sidecar does not tell (a bare model file)
+    from runtime.backends.openvino_backend import OpenVINOBackend
+
+    with pytest.raises(ArtifactError, match="DeformConv"):
+        OpenVINOBackend(exports["native"])
+
+
+def test_backend_choice_is_checked(exports):
+    with pytest.raises(ArtifactError, match="--backend cpu: choose one of"):
+        Segmenter.open(exports["decomposed"], backend="cpu")
+    with pytest.raises(ArtifactError, match="cannot run it"):
+        Segmenter.open(exports["decomposed"], backend="tensorrt")
+
+
+def test_bench_and_infer_take_the_backend(exports, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    path = str(exports["decomposed"])
+    args = ["bench", path, "--backend", "onnxruntime", "--backend", "openvino", "--iterations", "2"]
+    result = CliRunner().invoke(app, [*args, "--warmup", "1", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())
+    rows = rows["results"] if isinstance(rows, dict) else rows
+    assert [r["backend"] for r in rows] == ["onnxruntime", "openvino"]
+    image = tmp_path / "frame.png"
+    import cv2
+
+    cv2.imwrite(str(image), _frames(1)[0])
+    result = CliRunner().invoke(
+        app, ["infer", path, str(image), "--out", str(tmp_path / "i"), "--backend", "openvino"]
+    )
+    assert result.exit_code == 0, result.output
