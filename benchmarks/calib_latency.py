@@ -151,8 +151,9 @@ def main() -> None:
             from calib.data import CalibrationImages
 
             held_out = list(CalibrationImages("synthetic", fmt, args.stability, 1, "val"))
+            # fp32-subpixel: an exact rewrite (float rounding only), the control for near-ties
             entry["prototype_stability"] = {
-                n: prototype_stability(fp32, models[n], held_out)["agreement"] for n in int8_names
+                n: prototype_stability(fp32, models[n], held_out) for n in ["fp32-subpixel", *int8_names]
             }
             print("  prototype stability: " + json.dumps(entry["prototype_stability"]))
         if args.accuracy and checkpoint is not None:

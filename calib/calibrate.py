@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 
 from calib.data import CalibrationImages
 from calib.errors import CalibrationError
-from calib.graph import QuantTarget, check_target, find_targets
+from calib.graph import DECODER_GROUPS, QuantTarget, check_target, find_targets
 from calib.ort_layout import prepare_for_layout
 from calib.quantize import model_session, quantize_model
 from calib.ranges import METHODS, Method, RangeCollector
@@ -297,6 +297,9 @@ class Int8Calibrator:
         config.validate()
         self.layout = check_target(layout)
         self.decoder = tuple(decoder)
+        unknown = sorted(set(self.decoder) - set(DECODER_GROUPS))
+        if unknown:
+            raise CalibrationError(f"decoder group {unknown[0]!r}: choose from {', '.join(DECODER_GROUPS)}")
         if max_drop is not None and max_drop < 0:
             raise CalibrationError(f"--max-drop {max_drop}: must be >= 0")
         self.config = config

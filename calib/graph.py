@@ -170,7 +170,7 @@ def find_targets(
     groups = set(decoder)
     unknown = sorted(groups - set(DECODER_GROUPS))
     if unknown:
-        raise CalibrationError(f"--int8-decoder {unknown[0]}: choose from {', '.join(DECODER_GROUPS)}")
+        raise CalibrationError(f"decoder group {unknown[0]!r}: choose from {', '.join(DECODER_GROUPS)}")
     if groups:
         targets += decoder_targets(model, groups)
         order = {n.name: i for i, n in enumerate(graph.node)}
