@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from contract.errors import PemDeployError, describe_os_error, one_line
 
 
-def _metavar(param: click.Parameter) -> str:
+def _metavar(param: Any) -> str:
     """Capitalised placeholder for a value in help and usage lines (N for integers, X for numbers)."""
     descriptor = getattr(param, "type_descriptor", None)
     annotation = getattr(descriptor, "annotation", None)
@@ -23,7 +22,7 @@ def _metavar(param: click.Parameter) -> str:
     return (param.name or "value").upper()
 
 
-def _tidy_param(param: click.Parameter) -> None:
+def _tidy_param(param: Any) -> None:
     no_type = lambda ctx: None  # noqa: E731
     if getattr(param, "param_type_name", "") == "argument":
         param.metavar = param.metavar or (param.name or "value").upper()
@@ -34,13 +33,13 @@ def _tidy_param(param: click.Parameter) -> None:
         param.metavar = _metavar(param)
 
 
-def _tidy_help(command: click.Command) -> None:
+def _tidy_help(command: Any) -> None:
     """Help without type tags (``<str>``, ``<bool>``): flags show no value, values a CAPITAL name."""
     for param in command.params:
         _tidy_param(param)
     make_help_option = command.get_help_option
 
-    def get_help_option(ctx: click.Context) -> click.Option | None:
+    def get_help_option(ctx: typer.Context) -> Any:
         option = make_help_option(ctx)
         if option is not None:
             _tidy_param(option)
@@ -63,7 +62,7 @@ class _OneLineErrors(TyperGroup):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         _tidy_help(self)
 
-    def invoke(self, ctx: click.Context) -> object:
+    def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
         except PemDeployError as exc:
@@ -204,11 +203,23 @@ def infer(
     topic: list[str] = typer.Option(None, "--topic", help="Bag image topic(s) to segment (repeatable)."),
     max_frames: int = typer.Option(None, "--max-frames", help="Stop after this many frames (bags, cameras)."),
     duration: float = typer.Option(None, "--duration", help="Stop a live camera after this many seconds."),
-    exist_ok: bool = typer.Option(False, "--exist-ok", help="Replace an existing output bag file."),
+    exist_ok: bool = typer.Option(
+        False,
+        "--exist-ok",
+        help="Allow a non-empty --out folder: add our labels/, panoptic/, overlay/, predictions.json "
+        "(only files pem-deploy wrote are replaced); or replace an existing output bag file.",
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
+    ),
     copy_input: bool = typer.Option(False, "--copy-input", help="Also copy the input images to the bag."),
 ) -> None:
-    """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime)."""
-    from runtime import RuntimeToolError, Segmenter
+    """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime).
+
+    Output names keep the input's relative path and suffix (labels/a/x.jpg.png); see README.
+    Exit status: 0 all segmented, 1 some files of a folder skipped, 2 error.
+    """
+    from runtime import Segmenter
     from runtime.batch_infer import infer_path, stderr_progress
 
     if resize not in ("stretch", "letterbox"):
@@ -232,19 +243,28 @@ def infer(
             f"{t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
         )
         return
-    try:
-        opened = Segmenter.open(artifact, providers=provider or None, resize=resize, backend=backend)  # type: ignore[arg-type]
-        with opened as segmenter:
-            summary = infer_path(
-                segmenter, source, out, overlays=overlays, alpha=alpha, progress=stderr_progress
-            )
-    except (RuntimeToolError, OSError) as exc:
-        _fail(str(exc))
+    opened = Segmenter.open(artifact, providers=provider or None, resize=resize, backend=backend)  # type: ignore[arg-type]
+    with opened as segmenter:
+        summary = infer_path(
+            segmenter,
+            source,
+            out,
+            overlays=overlays,
+            alpha=alpha,
+            progress=stderr_progress,
+            exist_ok=exist_ok,
+            strict=strict,
+            on_skip=lambda line: typer.echo(f"skipped: {line}", err=True),
+            on_note=lambda line: typer.echo(f"note: {line}", err=True),
+        )
     t = summary.mean_timings_ms
+    skipped = f", {len(summary.failed)} skipped" if summary.failed else ""
     typer.echo(
-        f"{summary.frames} frame(s) -> {summary.out_dir}  "
+        f"{summary.frames} frame(s){skipped} -> {summary.out_dir}  "
         f"(mean ms: pre {t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
     )
+    if summary.failed:
+        raise typer.Exit(code=1)
 
 
 @app.command("ros2")
@@ -326,9 +346,17 @@ def train(
     val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    sync_bn: str = typer.Option(
+        None, "--sync-bn", help="Under torchrun: official (default), all or off (which BN syncs)."
+    ),
 ) -> None:
-    """Train a preset on a dataset (checkpoints, metrics.jsonl, progress bar with loss and ETA)."""
+    """Train a preset on a dataset (checkpoints, metrics.jsonl, progress bar with loss and ETA).
+
+    Several GPUs / nodes: launch it with ``torchrun --nproc-per-node N [--nnodes M ...]``;
+    ``--batch-size`` stays the global batch (README, "Training at scale").
+    """
     from pem.train import run_training, train_preset
+    from pem.train.distributed import current_context, shutdown
 
     changes: dict[str, object] = {
         k: v
@@ -342,6 +370,7 @@ def train(
             "checkpoint_period": checkpoint_period,
             "num_workers": workers,
             "amp": amp,
+            "sync_bn": sync_bn,
         }.items()
         if v is not None
     }
@@ -367,6 +396,10 @@ def train(
         )
     except _data_errors() as exc:
         _fail(str(exc))
+    main = current_context().is_main
+    shutdown()
+    if not main:
+        return
     typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.3f}")
     if result.metrics is not None:
         typer.echo(result.metrics.summary())
@@ -409,6 +442,12 @@ def eval_command(
         )
     except _data_errors() as exc:
         _fail(str(exc))
+    from pem.train.distributed import current_context, shutdown
+
+    main = current_context().is_main  # under torchrun every rank evaluates a shard
+    shutdown()
+    if not main:
+        return
     typer.echo(result.summary())
     if json_out:
         Path(json_out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from contract.sidecar import Sidecar
 from export.fp16 import convert_to_fp16, emulate_fp16
 from export.heads import ExportedModel, build_postprocess
 from export.parity import (
@@ -110,7 +111,7 @@ def main() -> int:
     raw_fp16 = export("raw_fp16_native", head="raw", precision="fp16")
     raw_decomposed = export("raw_fp32_decomposed", head="raw", deform_impl="decomposed")
 
-    spec = json.loads((out / "raw_fp32_native" / "model.json").read_text())["input"]
+    spec = Sidecar.from_file(out / "raw_fp32_native" / "model.json").input.to_dict()
     samples = make_samples(spec, random=args.random, scenes=args.scenes)
     reference = ExportedModel(source.model, "raw").eval()
     semantic_post = build_postprocess("semantic", config)

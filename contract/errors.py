@@ -3,6 +3,12 @@
 Every typed error of the project derives from :class:`PemDeployError`. Its message is one line
 that names the file, argument or value at fault, so the CLI can print ``error: <message>`` and
 exit with status 2 without a traceback, and API users can catch one type.
+
+Hierarchy of the artifact errors (shared by ``export`` and ``runtime``, which re-export them)::
+
+    PemDeployError
+    +-- ArtifactError          a model file or its sidecar is missing, unreadable or inconsistent
+        +-- SidecarError       the sidecar breaks the schema of contract/sidecar.py (names the field)
 """
 
 from __future__ import annotations
@@ -16,6 +22,26 @@ class PemDeployError(Exception):
 
 class UsageError(PemDeployError, ValueError):
     """A command-line or API argument is out of range or inconsistent with another one."""
+
+
+class ArtifactError(PemDeployError):
+    """A model artifact (model file + sidecar JSON) is missing, malformed, or does not fit here.
+
+    ``runtime.errors.ArtifactError`` is this class, so ``except ArtifactError`` catches sidecar
+    schema errors (:class:`SidecarError`) raised by the runtime, ``pem-deploy check`` and export.
+    """
+
+
+class SidecarError(ArtifactError, ValueError):
+    """A sidecar violates the artifact schema. ``source`` is the file, ``field`` the JSON path
+    (``input.std[1]``; ``None`` when the file as a whole is at fault)."""
+
+    def __init__(self, source: str, field: str | None, problem: str):
+        self.source = source
+        self.field = field
+        self.problem = problem
+        where = f"{source}: {field} " if field else f"{source}: "
+        super().__init__(one_line(where + problem))
 
 
 def one_line(message: object) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import onnx
 
+from contract.sidecar import IOSignature
 from export.errors import ExportError
 from export.fp16 import emulate_fp16
 from export.heads import ExportedModel
@@ -75,41 +76,6 @@ def locate_artifact(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return path, sidecar
 
 
-@dataclass(frozen=True)
-class _ArtifactSpec:
-    """The sidecar fields a parity check needs, validated up front."""
-
-    head: str
-    precision: str
-    input: dict[str, Any]
-    preprocess: str
-    num_classes: int
-    thing_ids: tuple[int, ...]
-    object_mask_threshold: float
-    overlap_threshold: float
-
-    @classmethod
-    def from_sidecar(cls, sidecar: dict[str, Any]) -> _ArtifactSpec:
-        inp = dict(sidecar["input"])
-        missing = [key for key in ("shape", "dtype", "normalization") if key not in inp]
-        if missing:
-            raise KeyError(f"input.{missing[0]}")
-        preprocess = "none"
-        if inp.get("normalize_in_graph"):
-            preprocess = "uint8" if inp["dtype"] == "uint8" else "normalize"
-        thresholds = sidecar.get("panoptic") or {}
-        return cls(
-            head=str(sidecar["head"]),
-            precision=str(sidecar.get("precision", "fp32")),
-            input=inp,
-            preprocess=preprocess,
-            num_classes=int(sidecar["num_classes"]),
-            thing_ids=tuple(int(c["id"]) for c in sidecar["classes"] if c.get("isthing")),
-            object_mask_threshold=float(thresholds.get("object_mask_threshold", 0.8)),
-            overlap_threshold=float(thresholds.get("overlap_threshold", 0.8)),
-        )
-
-
 def check_artifact(
     path: str | os.PathLike[str],
     *,
@@ -132,21 +98,28 @@ def check_artifact(
     emulation rounds every op's output to FP16 like a GPU would); thresholds apply to the graph
     as shipped.
 
+    The sidecar is read with the one schema (:class:`contract.sidecar.Sidecar`) and checked
+    against the ONNX file's real inputs and outputs before the PyTorch model is built.
+
     Raises:
         ExportError: bad file or argument (one line).
+        ArtifactError: the sidecar is unreadable or breaks the schema
+            (:class:`~contract.errors.SidecarError`, naming the file and the field).
     """
     onnx_path, sidecar_path = locate_artifact(path)
-    sidecar = read_sidecar(sidecar_path)
-    try:
-        spec = _ArtifactSpec.from_sidecar(sidecar)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExportError(f"{sidecar_path}: malformed sidecar ({type(exc).__name__}: {exc})") from None
-    recorded = sidecar.get("sha256")
+    spec = read_sidecar(sidecar_path)
+    recorded = spec.provenance.sha256
     if recorded and sha256_file(onnx_path) != recorded:
         raise ExportError(f"{onnx_path}: checksum does not match its sidecar (file changed or corrupt)")
+    session = open_session(onnx_path)  # before the slow PyTorch model: a mismatch fails fast
+    spec.check_against(IOSignature.from_onnxruntime(session, onnx_path.name), sidecar_path)
+    sidecar = spec.to_dict()
+    preprocess = "none"
+    if spec.input.normalize_in_graph:
+        preprocess = "uint8" if spec.input.dtype == "uint8" else "normalize"
     if source is None:
         if preset is not None or checkpoint is not None:
-            size = spec.input.get("default_size") or [None, None]
+            size = spec.input.default_size or (None, None)
             source = load_source(preset=preset, checkpoint=checkpoint, height=size[0], width=size[1])
         else:
             source = load_source_from_sidecar(sidecar)
@@ -154,19 +127,18 @@ def check_artifact(
         raise ExportError(
             f"the PyTorch model has {source.config.num_classes} classes, the artifact {spec.num_classes}"
         )
-    reference = ExportedModel(source.model, spec.head, spec.preprocess).eval()
-    samples = make_samples(spec.input, random=random, scenes=scenes, images=images, seed=seed)
+    reference = ExportedModel(source.model, spec.head, preprocess).eval()
+    samples = make_samples(sidecar["input"], random=random, scenes=scenes, images=images, seed=seed)
     if not samples:
         raise ExportError("nothing to compare: give --random N, --scenes N or --image FILE")
     kwargs: dict[str, Any] = {
         "head": spec.head,
         "num_classes": spec.num_classes,
-        "thing_ids": spec.thing_ids,
-        "object_mask_threshold": spec.object_mask_threshold,
-        "overlap_threshold": spec.overlap_threshold,
+        "thing_ids": tuple(sorted(spec.thing_ids)),
+        "object_mask_threshold": spec.panoptic.object_mask_threshold,
+        "overlap_threshold": spec.panoptic.overlap_threshold,
     }
     result = CheckResult(onnx_path=onnx_path, sidecar=sidecar)
-    session = open_session(onnx_path)
     report = compare(session, reference, samples, graph_label=f"onnxruntime {spec.precision}", **kwargs)
     result.reports.append(report)
     if emulate is None:

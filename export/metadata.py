@@ -22,13 +22,13 @@ from typing import Any
 
 import onnx
 
+from contract.errors import SidecarError
+from contract.sidecar import FORMAT, FORMAT_VERSION, IOSignature, Sidecar, TensorSignature
 from export.errors import ExportError
 from export.heads import HEAD_OUTPUTS, INPUT_NAME
 from pem.config import PEMConfig
 from pem.datasets_meta import CITYSCAPES_CLASSES
 
-FORMAT = "pem-deploy"
-FORMAT_VERSION = 1
 METADATA_PREFIX = "pem."
 
 _TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "onnxsim", "numpy", "pem-deploy")
@@ -201,24 +201,53 @@ def embed_metadata(model: onnx.ModelProto, sidecar: dict[str, Any]) -> None:
 
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
-    """The contract embedded by :func:`embed_metadata` (``{}`` if none)."""
+    """The contract embedded by :func:`embed_metadata` (``{}`` if none), validated by the schema."""
     props = {p.key: p.value for p in model.metadata_props}
     raw = props.get(METADATA_PREFIX + "sidecar")
-    return json.loads(raw) if raw else {}
+    if not raw:
+        return {}
+    return Sidecar.from_json(raw, source="metadata_props['pem.sidecar']").to_dict()
 
 
-def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load and sanity-check a sidecar JSON; raises :class:`ExportError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path}: no such sidecar file")
+def read_sidecar(path: str | os.PathLike[str]) -> Sidecar:
+    """Load and validate a sidecar file with the one schema (:class:`contract.sidecar.Sidecar`).
+
+    Raises :class:`~contract.errors.ArtifactError` / :class:`~contract.errors.SidecarError`
+    naming the file (and the field).
+    """
+    return Sidecar.from_file(path)
+
+
+def onnx_signature(model: onnx.ModelProto, name: str = "the model") -> IOSignature:
+    """The inputs and outputs an ONNX graph declares (what onnxruntime will report for it)."""
+    initializers = {init.name for init in model.graph.initializer}
+
+    def one(value: onnx.ValueInfoProto) -> TensorSignature:
+        tensor = value.type.tensor_type
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        except (KeyError, ValueError, TypeError):
+            dtype = onnx.TensorProto.DataType.Name(tensor.elem_type).lower()
+        if not tensor.HasField("shape"):
+            return TensorSignature(value.name, None, dtype)
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim
+        )
+        return TensorSignature(value.name, dims, dtype)
+
+    inputs = tuple(one(v) for v in model.graph.input if v.name not in initializers)
+    return IOSignature(inputs, tuple(one(v) for v in model.graph.output), name)
+
+
+def validated_sidecar(data: dict[str, Any], model: onnx.ModelProto, name: str) -> Sidecar:
+    """``data`` through the schema and checked against ``model``'s declared inputs and outputs:
+    what export is about to write must be exactly what the runtime accepts (else ExportError)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{path}: not a valid JSON sidecar ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ExportError(f"{path}: not a {FORMAT} sidecar")
-    return data
+        spec = Sidecar.from_dict(data, source=name)
+        spec.check_against(onnx_signature(model, name.rsplit(".", 1)[0] + ".onnx"), name)
+    except SidecarError as exc:
+        raise ExportError(f"refusing to write an artifact the runtime would refuse: {exc}") from None
+    return spec
 
 
 class ArtifactWriter:
@@ -306,6 +335,8 @@ def write_artifact(
     sidecar["sha256"] = hashlib.sha256(data).hexdigest()
     sidecar["size_bytes"] = len(data)
     sidecar["created_utc"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    # Validated with the runtime's schema before anything is moved into place (commit).
+    spec = validated_sidecar(sidecar, model, f"{name}.json")
     json_path = writer.stage_path(f"{name}.json")
-    json_path.write_text(json.dumps(sidecar, indent=2) + "\n")
-    return sidecar
+    json_path.write_text(spec.to_json())
+    return spec.to_dict()

@@ -18,13 +18,14 @@ raises :class:`TensorRTUnavailableError` with the reason when it is missing.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from contract.errors import SidecarError
 from contract.fs import atomic_write_bytes
+from contract.sidecar import Sidecar
 from export.errors import ExportError
 
 EnginePrecision = Literal["fp32", "fp16", "int8"]
@@ -165,6 +166,10 @@ def build_engine(
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise ExportError(f"{onnx_path}: no such ONNX file")
+    source_sidecar = onnx_path.with_suffix(".json")
+    if not source_sidecar.is_file():
+        raise ExportError(f"{onnx_path}: its sidecar {source_sidecar.name} is missing (export writes both)")
+    onnx_spec = Sidecar.from_file(source_sidecar)  # the one schema; refused before the slow build
     major = tensorrt_major(trt)
     strongly_typed = options.strongly_typed if options.strongly_typed is not None else major >= 11
     if major >= 11 and not strongly_typed:
@@ -207,28 +212,29 @@ def build_engine(
         raise ExportError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
 
     device = _device_description()
-    source_sidecar = onnx_path.with_suffix(".json")
-    sidecar: dict[str, Any] = json.loads(source_sidecar.read_text()) if source_sidecar.is_file() else {}
-    sidecar.pop("sha256", None)
-    sidecar.update(
-        {
-            "format": "pem-deploy",
-            "precision": options.precision,
-            "tensorrt": {
-                "version": str(trt.__version__),
-                **device,
-                "strongly_typed": strongly_typed,
-                "precision": options.precision,
-                "pinned_layers": pinned,
-                "profiles": [vars(p) for p in options.profiles],
-                "source_onnx": onnx_path.name,
-            },
-        }
-    )
     data = bytes(serialized)
+    trt_section = {
+        "version": str(trt.__version__),
+        **device,
+        "strongly_typed": strongly_typed,
+        "precision": options.precision,
+        "pinned_layers": pinned,
+        "profiles": [vars(p) for p in options.profiles],
+        "source_onnx": onnx_path.name,
+    }
+    try:
+        engine_spec = onnx_spec.replace(
+            precision=options.precision,
+            model_file=engine_path.name,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size_bytes=len(data),
+            tensorrt=trt_section,
+        )
+    except SidecarError as exc:
+        raise ExportError(f"refusing to write an engine sidecar the runtime would refuse: {exc}") from None
     atomic_write_bytes(engine_path, data)
-    sidecar["sha256"] = hashlib.sha256(data).hexdigest()
-    atomic_write_bytes(engine_path.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
+    atomic_write_bytes(engine_path.with_suffix(".json"), engine_spec.to_json().encode())
+    sidecar = engine_spec.to_dict()
     if timing_cache is not None and options.timing_cache is not None:
         atomic_write_bytes(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
     return sidecar

@@ -124,6 +124,11 @@ def read_official_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             ) from None
     else:
         obj = _read_pickle(path)
+    return _tensor_state(obj, str(path))
+
+
+def _tensor_state(obj: Any, path: str) -> dict[str, Tensor]:
+    """The tensors of a (possibly wrapped) state dict; ``path`` names it in errors."""
     for container in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(container), Mapping):
             obj = obj[container]
@@ -175,7 +180,9 @@ def load_state_dict_report(
     own = model.state_dict()
     compatible: dict[str, Tensor] = {}
     for key, value in state.items():
-        if key not in own:
+        if key not in own and key.endswith("num_batches_tracked"):
+            report.ignored.append(key)  # a BN step counter where the model has FrozenBN
+        elif key not in own:
             report.unexpected.append(key)
         elif tuple(own[key].shape) != tuple(value.shape):
             report.mismatched.append((key, tuple(own[key].shape), tuple(value.shape)))
@@ -189,16 +196,25 @@ def load_state_dict_report(
 
 
 def load_official_checkpoint(
-    model: nn.Module, path: str | os.PathLike[str], strict: bool = True
+    model: nn.Module, source: str | os.PathLike[str] | Mapping[str, Any], strict: bool = True
 ) -> LoadReport:
     """Load an official PEM checkpoint into ``model``.
 
-    With ``strict`` a :class:`CheckpointError` lists every missing, unexpected or mismatched key.
+    ``source`` is the checkpoint file (.pkl / .pth) or its state dict already in memory (tensors
+    or numpy arrays, optionally under ``model`` / ``state_dict``; e.g. from a model hub or a
+    distributed broadcast). With ``strict`` a :class:`CheckpointError` lists every missing,
+    unexpected or mismatched key.
     """
-    state, ignored = map_official_keys(read_official_state_dict(path))
+    if isinstance(source, Mapping):
+        name = "state dict"
+        raw = _tensor_state(source, name)
+    else:
+        name = str(source)
+        raw = read_official_state_dict(source)
+    state, ignored = map_official_keys(raw)
     report = load_state_dict_report(model, state, ignored)
     if strict and not report.ok:
-        raise CheckpointError(f"{path}: checkpoint does not fit the model; {report.one_line()}")
+        raise CheckpointError(f"{name}: checkpoint does not fit the model; {report.one_line()}")
     return report
 
 

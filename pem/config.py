@@ -12,9 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from contract.errors import PemDeployError
-from pem.datasets_meta import ADE20K_NUM_CLASSES, CITYSCAPES_CLASSES, CITYSCAPES_THING_IDS
+from pem.datasets_meta import (
+    ADE20K_NUM_CLASSES,
+    ADE20K_PANOPTIC_THING_IDS,
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_THING_IDS,
+)
 
 BackboneName = Literal["resnet50", "stdc"]
+NormName = Literal["BN", "SyncBN", "FrozenBN"]
 Task = Literal["semantic", "panoptic"]
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -29,15 +35,26 @@ class ConfigError(PemDeployError, ValueError):
 class BackboneConfig:
     """Backbone choice.
 
-    ``resnet50`` is the detectron2 ResNet-50 (stride in the 3x3 conv, trainable BN).
+    ``resnet50`` is the detectron2 ResNet-50 (stride in the 3x3 conv).
     ``stdc`` is STDCNet with ``stdc_layers`` blocks per stage ([2, 2, 2] = STDC1, [4, 5, 3] = STDC2)
     and ``stdc_base`` channels (64 in the official models).
+
+    ``norm`` is the backbone's normalisation during training (official ``RESNETS.NORM``):
+    ``"BN"`` trainable BatchNorm with per-device statistics, ``"SyncBN"`` the same but with
+    statistics over all devices of a distributed run, ``"FrozenBN"`` fixed statistics and affine
+    (not trained). In eval mode all three compute the same function. The STDC backbone is built
+    with plain BN by the official code whatever its config says (``"BN"``).
     """
 
     name: BackboneName = "resnet50"
     stdc_layers: tuple[int, ...] = (2, 2, 2)
     stdc_base: int = 64
     stdc_block_num: int = 4
+    norm: NormName = "BN"
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("BN", "SyncBN", "FrozenBN"):
+            raise ConfigError(f"backbone norm must be BN, SyncBN or FrozenBN, got {self.norm!r}")
 
     @property
     def out_channels(self) -> tuple[int, int, int, int]:
@@ -171,9 +188,10 @@ def _dataset_classes(dataset: str, task: Task) -> dict[str, Any]:
             "class_names": tuple(name for name, _ in CITYSCAPES_CLASSES),
             "thing_ids": CITYSCAPES_THING_IDS if task == "panoptic" else (),
         }
-    # ADE20K's thing/stuff split is interleaved over its 150 ids and is read from the dataset's
-    # panoptic json at training time; names likewise come from the dataset.
-    return {"num_classes": ADE20K_NUM_CLASSES, "class_names": (), "thing_ids": ()}
+    # ADE20K: the thing/stuff split of the official panoptic metadata (the dataset's panoptic
+    # json, when present, supplies the same split at training time); names come from the dataset.
+    things = ADE20K_PANOPTIC_THING_IDS if task == "panoptic" else ()
+    return {"num_classes": ADE20K_NUM_CLASSES, "class_names": (), "thing_ids": things}
 
 
 TINY_BACKBONE = BackboneConfig(name="stdc", stdc_layers=(1, 1, 1), stdc_base=16)
@@ -215,10 +233,17 @@ def get_preset(name: str) -> PEMConfig:
             transformer_decoder=TINY_TRANSFORMER_DECODER,
             **classes,
         )
+    backbone_cfg = _BACKBONES[backbone]
+    if backbone_cfg.name == "resnet50":
+        # Official RESNETS.NORM: SyncBN for the Cityscapes configs, FrozenBN (detectron2's
+        # default) for the ADE20K ones.
+        backbone_cfg = dataclasses.replace(
+            backbone_cfg, norm="SyncBN" if dataset == "cityscapes" else "FrozenBN"
+        )
     return PEMConfig(
         name=name,
         task=task,  # type: ignore[arg-type]
         input_size=_DATASET_SIZES[(dataset, task)],
-        backbone=_BACKBONES[backbone],
+        backbone=backbone_cfg,
         **classes,
     )

@@ -12,6 +12,12 @@ The definitions are those of the Cityscapes evaluators in ``cityscapesscripts``
   averages over the classes with TP + FP + FN > 0.
 
 ``tests/test_evaluation.py`` checks both against ``cityscapesscripts`` on generated cases.
+
+Distributed evaluation (under ``torchrun``): the images are cut into chunks of ``batch_size``
+consecutive images, rank ``r`` evaluates chunks ``r, r + N, ...``, and the confusion matrices and
+PQ statistics are summed over ranks (integer counts with ``all_reduce``; the IoU sums are exact
+sums of all matched IoUs, ``math.fsum``, independent of their order), so the result equals the
+single-process evaluation exactly.
 """
 
 from __future__ import annotations
@@ -82,6 +88,12 @@ class SemanticEvaluator:
         k = self.num_classes
         self.confusion += np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
 
+    def all_reduce(self) -> None:
+        """Sum the confusion matrix over the ranks of a distributed run (no-op in one process)."""
+        from pem.train.distributed import all_reduce_sum
+
+        self.confusion = all_reduce_sum(torch.from_numpy(self.confusion)).numpy()
+
     def compute(self) -> SemanticMetrics:
         conf = self.confusion
         tp = np.diag(conf)
@@ -144,10 +156,15 @@ class PanopticMetrics:
 
 @dataclass
 class _ClassStat:
-    iou: float = 0.0
+    ious: list[float] = field(default_factory=list)  # IoU of every true positive
     tp: int = 0
     fp: int = 0
     fn: int = 0
+
+    @property
+    def iou(self) -> float:
+        """Sum of the true positives' IoU, exactly rounded (does not depend on their order)."""
+        return math.fsum(self.ious)
 
 
 class PanopticEvaluator:
@@ -205,7 +222,7 @@ class PanopticEvaluator:
             if iou > 0.5:
                 stat = self.stats[seg.category_id]
                 stat.tp += 1
-                stat.iou += iou
+                stat.ious.append(iou)
                 gt_matched.add(g)
                 pred_matched.add(p)
 
@@ -226,6 +243,17 @@ class PanopticEvaluator:
             if excused / pred_area[p] > 0.5:
                 continue
             self.stats[category].fp += 1
+
+    def all_reduce(self) -> None:
+        """Sum the statistics over the ranks of a distributed run (no-op in one process)."""
+        from pem.train.distributed import all_gather_objects, all_reduce_sum
+
+        counts = torch.tensor([[s.tp, s.fp, s.fn] for s in self.stats], dtype=torch.int64)
+        counts = all_reduce_sum(counts).tolist()
+        ious = all_gather_objects([s.ious for s in self.stats])
+        for k, stat in enumerate(self.stats):
+            stat.tp, stat.fp, stat.fn = counts[k]
+            stat.ious = [v for rank in ious for v in rank[k]]
 
     def _average(self, isthing: bool | None) -> tuple[PQGroup, dict[str, dict[str, float] | None]]:
         pq = sq = rq = 0.0
@@ -360,15 +388,23 @@ def evaluate(
     limit: int | None = None,
     progress: bool | None = False,
     on_prediction: Callable[[Sample, Prediction], None] | None = None,
+    distributed: bool | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset``.
 
-    ``panoptic=None`` evaluates PQ when both the dataset and the model are panoptic. Images of
-    equal size are batched by ``batch_size``; ``limit`` evaluates only the first images.
-    ``progress=None``: a bar when on a TTY. ``on_prediction(sample, prediction)`` is called for
-    every image (e.g. to write predictions to files).
+    ``panoptic=None`` evaluates PQ when both the dataset and the model are panoptic. Images are
+    batched by chunks of ``batch_size`` consecutive images (a chunk is split where the image
+    size changes); ``limit`` evaluates only the first images. ``progress=None``: a bar when on a
+    TTY. ``on_prediction(sample, prediction)`` is called for every image this process evaluates
+    (e.g. to write predictions to files).
+
+    ``distributed`` (default: when a process group of several ranks is initialised): every rank
+    must call this; each evaluates its share of the chunks and all return the same result,
+    equal to the single-process one.
     """
     from tqdm import tqdm
+
+    from pem.train.distributed import current_context
 
     if panoptic is None:
         panoptic = dataset.task == "panoptic" and model.config.task == "panoptic"
@@ -383,7 +419,14 @@ def evaluate(
     sem_eval = SemanticEvaluator(meta.class_names, meta.ignore_label) if semantic else None
     pan_eval = PanopticEvaluator(meta) if panoptic else None
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    bar = tqdm(total=count, desc="eval", disable=(None if progress is None else not progress), leave=False)
+    ctx = current_context()
+    if distributed is None:
+        distributed = ctx.distributed
+    rank, world = (ctx.rank, ctx.world_size) if distributed else (0, 1)
+    batch_size = max(1, batch_size)
+    mine = [i for i in range(count) if (i // batch_size) % world == rank]
+    show = (None if progress is None else bool(progress)) if rank == 0 else False
+    bar = tqdm(total=len(mine), desc="eval", disable=(None if show is None else not show), leave=False)
     pending: list = []
 
     def flush() -> None:
@@ -406,9 +449,9 @@ def evaluate(
         pending.clear()
 
     try:
-        for i in range(count):
+        for i in mine:
             sample = dataset[i]
-            if pending and (len(pending) >= batch_size or pending[0].image.shape != sample.image.shape):
+            if pending and (i % batch_size == 0 or pending[0].image.shape != sample.image.shape):
                 flush()
             pending.append(sample)
         if pending:
@@ -416,6 +459,11 @@ def evaluate(
     finally:
         bar.close()
         model.train(was_training)
+    if world > 1:
+        if sem_eval is not None:
+            sem_eval.all_reduce()
+        if pan_eval is not None:
+            pan_eval.all_reduce()
     return EvalResult(
         count,
         sem_eval.compute() if sem_eval is not None else None,
@@ -453,8 +501,14 @@ def evaluate_checkpoint(
     """
     from pem.checkpoint import load_checkpoint
     from pem.data import open_dataset
+    from pem.train.distributed import init_distributed, rank_device
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ctx = init_distributed(device)  # under torchrun: each rank evaluates a shard
+    if ctx.distributed and save_predictions is not None:
+        raise ConfigError(
+            f"{save_predictions}: saving predictions needs a single process (not {ctx.world_size} ranks)"
+        )
+    dev = rank_device(device, ctx)
     model = load_checkpoint(checkpoint, map_location=dev)
     kind = dataset_kind(model.config)
     if short_side is None and model.config.name in preset_names():

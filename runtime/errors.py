@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from contract.errors import PemDeployError
+from contract.errors import ArtifactError, PemDeployError, SidecarError
+
+__all__ = [
+    "ArtifactError",
+    "BackendUnavailableError",
+    "InputError",
+    "OutputRangeError",
+    "RuntimeToolError",
+    "SidecarError",
+]
 
 
 class RuntimeToolError(PemDeployError):
@@ -13,8 +22,13 @@ class InputError(RuntimeToolError, ValueError):
     """An input image / video / folder is unusable (corrupt, empty, wrong channels or depth...)."""
 
 
-class ArtifactError(RuntimeToolError):
-    """A model artifact or its sidecar is missing, malformed, or does not fit this machine."""
+# ArtifactError (a model artifact or its sidecar is missing, malformed, or does not fit this
+# machine) and its SidecarError (the sidecar breaks the schema) live in contract.errors, shared
+# with export; they are re-exported here so that ``from runtime.errors import ArtifactError`` works.
+
+
+class OutputRangeError(RuntimeToolError, ValueError):
+    """A result holds values an output file cannot represent (e.g. a label id over 65535)."""
 
 
 class BackendUnavailableError(ArtifactError):

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from runtime.errors import OutputRangeError
 from runtime.preprocess import Geometry
+
+PNG16_MAX = 65535
 
 
 def to_original_size(label_map: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -58,6 +61,7 @@ def fuse_panoptic(
     Returns:
         (H, W) int32 id map (0 = void) and the segments, ids from 1 in query order.
     """
+    check_panoptic_outputs(classes, owner, mask_area, num_classes)
     keep = (classes != num_classes) & (scores > object_mask_threshold)
     id_map = np.zeros(owner.shape, dtype=np.int32)
     segments: list[Segment] = []
@@ -93,6 +97,37 @@ def fuse_panoptic(
     id_map = np.take(segment_id, owner) * fg  # 0 where the owner's mask is background
     segments = [Segment(s.id, s.category_id, s.isthing, s.score, areas[s.id]) for s in segments]
     return id_map, segments
+
+
+def check_class_ids(labels: np.ndarray, num_classes: int, name: str = "labels") -> None:
+    """Refuse a label map with ids outside ``[0, num_classes)`` (a model / sidecar mismatch)."""
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise OutputRangeError(
+                f"model output {name!r} holds class id {bad}, outside the sidecar's {num_classes} classes "
+                "(model and sidecar do not match)"
+            )
+
+
+def check_panoptic_outputs(
+    classes: np.ndarray, owner: np.ndarray, mask_area: np.ndarray, num_classes: int
+) -> None:
+    """Refuse panoptic head outputs that index outside their range (``classes`` in
+    ``[0, num_classes]``, ``owner`` in ``[0, Q)``, ``mask_area`` >= 0) instead of wrapping."""
+    q = classes.shape[0]
+    if classes.size and (int(classes.min()) < 0 or int(classes.max()) > num_classes):
+        bad = int(classes.min()) if int(classes.min()) < 0 else int(classes.max())
+        raise OutputRangeError(
+            f"model output 'classes' holds class id {bad}, outside 0..{num_classes} "
+            f"(the sidecar's {num_classes} classes + no-object)"
+        )
+    if owner.size and (int(owner.min()) < 0 or int(owner.max()) >= q):
+        bad = int(owner.min()) if int(owner.min()) < 0 else int(owner.max())
+        raise OutputRangeError(f"model output 'owner' holds query {bad}, outside 0..{q - 1}")
+    if mask_area.size and int(mask_area.min()) < 0:
+        raise OutputRangeError(f"model output 'mask_area' holds the negative area {int(mask_area.min())}")
 
 
 def category_map(id_map: np.ndarray, segments: list[Segment], void: int = 255) -> np.ndarray:
@@ -131,3 +166,31 @@ def colorize_panoptic(
 def overlay(image_bgr: np.ndarray, color_bgr: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend a colour map over the image (both (H, W, 3) uint8)."""
     return cv2.addWeighted(image_bgr, 1.0 - alpha, color_bgr, alpha, 0.0)
+
+
+def label_png_array(
+    values: np.ndarray, name: str, kind: str = "labels", bits: int | None = None
+) -> np.ndarray:
+    """An integer map as the array a label PNG stores: uint8 when every value fits (and ``bits``
+    is not 16), else uint16; never a wrap-around.
+
+    ``kind`` names the map in messages (``labels``: class ids, ``panoptic``: segment ids);
+    ``bits=16`` forces 16-bit (panoptic ids). Raises :class:`OutputRangeError` naming ``name``
+    when a value is negative or over 65535 (a PNG cannot hold it), or not an integer.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind not in "iub":
+        raise OutputRangeError(f"{name}: {kind} must be integers to be written as PNG, got {values.dtype}")
+    if values.size:
+        low, high = int(values.min()), int(values.max())
+        if low < 0:
+            raise OutputRangeError(f"{name}: {kind} hold the negative id {low}; a label PNG cannot store it")
+        if high > PNG16_MAX:
+            raise OutputRangeError(
+                f"{name}: {kind} hold the id {high}, over the 16-bit PNG limit of {PNG16_MAX}; "
+                "a label PNG cannot store it"
+            )
+    else:
+        high = 0
+    wide = bits == 16 or high > 255
+    return values.astype(np.uint16 if wide else np.uint8, copy=False)

@@ -88,6 +88,7 @@ def infer_robotics(
                 progress,
                 frames=bag_frame_names(reader),
                 total=reader.total,
+                exist_ok=exist_ok,
             )
     if topics:
         raise InputError(
@@ -119,4 +120,6 @@ def infer_robotics(
                 total=total,
             )
         named = ((f"{stem}_{i:06d}", image) for i, (_, image) in enumerate(frames))
-        return infer_path(segmenter, source, out, overlays, alpha, progress, frames=named, total=total)
+        return infer_path(
+            segmenter, source, out, overlays, alpha, progress, frames=named, total=total, exist_ok=exist_ok
+        )

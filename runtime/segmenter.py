@@ -13,8 +13,8 @@ import numpy as np
 from runtime.artifact import Artifact, load_artifact
 from runtime.backends.base import Backend
 from runtime.errors import ArtifactError, InputError
-from runtime.images import DEFAULT_MAX_PIXELS, validate_image
-from runtime.postprocess import Segment, category_map, fuse_panoptic, to_original_size
+from runtime.images import max_pixels_limit, prepare_image
+from runtime.postprocess import Segment, category_map, check_class_ids, fuse_panoptic, to_original_size
 from runtime.preprocess import Geometry, Preprocessor, ResizeMode
 
 PANOPTIC_OUTPUTS = ("scores", "classes", "owner", "owner_fg", "mask_area")
@@ -28,13 +28,15 @@ class Result:
     ``labels``: (H, W) int32 class ids (semantic; for panoptic artifacts the segments' classes,
     ``255`` where void). ``panoptic``: (H, W) int32 segment ids (0 = void) and ``segments``
     (panoptic artifacts only). ``timings``: milliseconds per stage (``pre``, ``infer``, ``post``;
-    in a batch, ``infer`` is the whole batch's time divided by its size).
+    in a batch, ``infer`` is the whole batch's time divided by its size). ``notes``: one line per
+    conversion applied to the input (grayscale replicated, alpha dropped, 16-bit scaled).
     """
 
     labels: np.ndarray
     panoptic: np.ndarray | None = None
     segments: list[Segment] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
@@ -83,7 +85,12 @@ class Segmenter:
         backend: a backend running ``artifact.model_path``.
         resize: how images are fitted to the model size (``stretch`` or ``letterbox``).
         input_color: channel order of images given to :meth:`predict` (``BGR`` from OpenCV).
-        max_pixels: images larger than this are refused.
+        max_pixels: images larger than this are refused (default ``$PEM_DEPLOY_MAX_PIXELS`` or
+            100 million).
+
+    Images: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) numpy arrays of uint8 or uint16; grayscale
+    is replicated, alpha dropped, 16-bit scaled to 8-bit, each noted in ``Result.notes``. Other
+    arrays raise :class:`InputError`.
     """
 
     def __init__(
@@ -92,12 +99,14 @@ class Segmenter:
         backend: Backend,
         resize: ResizeMode = "stretch",
         input_color: str = "BGR",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None = None,
     ):
         self.artifact = artifact
         self.backend = backend
         self.preprocessor = Preprocessor(artifact.input_format, resize, input_color)  # type: ignore[arg-type]
-        self.max_pixels = max_pixels
+        self.max_pixels = max_pixels_limit(max_pixels)
+        if artifact.spec is not None:  # the sidecar must describe the model's real inputs/outputs
+            artifact.spec.check_against(backend.io_signature(), artifact.sidecar_path)
         names = {spec.name for spec in backend.outputs}
         needed = {"semantic": ("labels",), "panoptic": PANOPTIC_OUTPUTS, "raw": ("pred_logits", "pred_masks")}
         missing = [n for n in needed[artifact.head] if n not in names]
@@ -105,12 +114,6 @@ class Segmenter:
             raise ArtifactError(
                 f"{artifact.model_path}: model lacks output(s) {', '.join(missing)} that its sidecar's "
                 f"head {artifact.head!r} promises (model outputs: {', '.join(sorted(names))})"
-            )
-        input_names = [spec.name for spec in backend.inputs]
-        if input_names != [artifact.input_name]:
-            raise ArtifactError(
-                f"{artifact.model_path}: model inputs {input_names} do not match "
-                f"the sidecar's {artifact.input_name!r}"
             )
 
     @classmethod
@@ -143,12 +146,37 @@ class Segmenter:
     # -- inference ---------------------------------------------------------------------------
 
     def predict(self, image: np.ndarray, name: str = "image") -> Result:
-        """(H, W, 3) uint8 image -> :class:`Result` at (H, W)."""
-        return self.predict_batch([image], [name])[0]
+        """(H, W, 3) uint8 image (or another accepted form) -> :class:`Result` at (H, W)."""
+        if not isinstance(name, str):
+            raise InputError(f"predict: name must be a string, got {type(name).__name__}")
+        return self._run([image], [name])[0]
 
     def predict_batch(self, images: list[np.ndarray], names: list[str] | None = None) -> list[Result]:
-        """Several images (any sizes) -> one result each; batched as the model allows."""
-        names = names or [f"image[{i}]" for i in range(len(images))]
+        """Several images (any sizes) -> one result each; batched as the model allows.
+
+        ``images``: a non-empty list or tuple of arrays (or an (N, H, W, C) array); ``names``:
+        as many strings, used in error messages and notes. A static-batch model gets its batch
+        filled with copies of the last image. Raises :class:`InputError` for anything else.
+        """
+        if isinstance(images, np.ndarray):
+            if images.ndim != 4:
+                raise InputError(
+                    f"predict_batch: expected a list of images or an (N, H, W, C) array, got shape "
+                    f"{images.shape} (for one image use predict)"
+                )
+            images = list(images)
+        if not isinstance(images, (list, tuple)):
+            raise InputError(
+                f"predict_batch: expected a list or tuple of images, got {type(images).__name__}"
+            )
+        if not images:
+            raise InputError("predict_batch: no images given (an empty list)")
+        if names is None:
+            names = [f"image[{i}]" for i in range(len(images))]
+        elif not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise InputError("predict_batch: names must be a list of strings, one per image")
+        elif len(names) != len(images):
+            raise InputError(f"predict_batch: {len(images)} images but {len(names)} names")
         chunk = self.artifact.batch or len(images) or 1
         results: list[Result] = []
         for start in range(0, len(images), chunk):
@@ -162,7 +190,8 @@ class Segmenter:
 
     def _run(self, images: list[np.ndarray], names: list[str]) -> list[Result]:
         t0 = time.perf_counter()
-        checked = [validate_image(img, name, self.max_pixels) for img, name in zip(images, names)]
+        prepared = [prepare_image(img, name, self.max_pixels) for img, name in zip(images, names)]
+        checked = [image for image, _ in prepared]
         batch, geometries = self.preprocessor(checked)
         n = len(checked)
         if self.artifact.batch and n < self.artifact.batch:  # static batch: pad with copies
@@ -172,7 +201,8 @@ class Segmenter:
         t2 = time.perf_counter()
         results = [self._postprocess(outputs, i, geometries[i]) for i in range(n)]
         t3 = time.perf_counter()
-        for r in results:
+        for r, (_, notes) in zip(results, prepared):
+            r.notes = notes
             r.timings = {
                 "pre": (t1 - t0) * 1e3 / n,
                 "infer": (t2 - t1) * 1e3 / n,
@@ -183,6 +213,7 @@ class Segmenter:
     def _postprocess(self, outputs: dict[str, np.ndarray], i: int, geometry: Geometry) -> Result:
         head = self.artifact.head
         if head == "semantic":
+            check_class_ids(outputs["labels"][i], self.artifact.num_classes)
             return Result(to_original_size(outputs["labels"][i], geometry))
         if head == "panoptic":
             id_map, segments = fuse_panoptic(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.official_layout import bn_keys, resnet50_keys
 from torch import Tensor
 
 from pem.backbones import (
@@ -33,58 +34,6 @@ def _seed() -> None:
 
 
 # ------------------------------------------------------------------ expected key sets from the rules
-
-
-def _bn_shapes(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.{k}": (() if k == "num_batches_tracked" else (channels,)) for k in BN_KEYS}
-
-
-def detectron2_r50_shapes() -> dict[str, tuple[int, ...]]:
-    """detectron2 ResNet-50 backbone keys (without ``backbone.``), in module order."""
-    shapes: dict[str, tuple[int, ...]] = {"stem.conv1.weight": (64, 3, 7, 7)}
-    shapes.update(_bn_shapes("stem.conv1.norm", 64))
-    cin = 64
-    for i, depth in enumerate(R50_DEPTHS):
-        width, cout = 64 * 2**i, 256 * 2**i
-        for j in range(depth):
-            p = f"res{i + 2}.{j}"
-            block_in = cin if j == 0 else cout
-            if j == 0:
-                shapes[f"{p}.shortcut.weight"] = (cout, block_in, 1, 1)
-                shapes.update(_bn_shapes(f"{p}.shortcut.norm", cout))
-            for name, shape in (
-                ("conv1", (width, block_in, 1, 1)),
-                ("conv2", (width, width, 3, 3)),
-                ("conv3", (cout, width, 1, 1)),
-            ):
-                shapes[f"{p}.{name}.weight"] = shape
-                shapes.update(_bn_shapes(f"{p}.{name}.norm", shape[0]))
-        cin = cout
-    return shapes
-
-
-def torchvision_r50_shapes() -> dict[str, tuple[int, ...]]:
-    """torchvision ResNet-50 keys, including the classifier."""
-    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7)}
-    shapes.update(_bn_shapes("bn1", 64))
-    cin = 64
-    for i, depth in enumerate(R50_DEPTHS):
-        width, cout = 64 * 2**i, 256 * 2**i
-        for j in range(depth):
-            p = f"layer{i + 1}.{j}"
-            block_in = cin if j == 0 else cout
-            for k, shape in enumerate(
-                [(width, block_in, 1, 1), (width, width, 3, 3), (cout, width, 1, 1)], start=1
-            ):
-                shapes[f"{p}.conv{k}.weight"] = shape
-                shapes.update(_bn_shapes(f"{p}.bn{k}", shape[0]))
-            if j == 0:
-                shapes[f"{p}.downsample.0.weight"] = (cout, block_in, 1, 1)
-                shapes.update(_bn_shapes(f"{p}.downsample.1", cout))
-        cin = cout
-    shapes["fc.weight"] = (1000, 2048)
-    shapes["fc.bias"] = (1000,)
-    return shapes
 
 
 def random_state(shapes: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
@@ -168,7 +117,7 @@ def test_stdc_rejects_bad_arguments() -> None:
 
 def test_resnet_state_dict_equals_detectron2_layout() -> None:
     model = resnet50()
-    expected = detectron2_r50_shapes()
+    expected = resnet50_keys(prefix="")
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert got == expected
     assert list(got) == list(expected)  # detectron2 registers shortcut before conv1..3
@@ -229,7 +178,7 @@ def torchvision_reference_forward(sd: dict[str, Tensor], x: Tensor) -> list[Tens
 
 
 def test_load_torchvision_resnet50_maps_every_key() -> None:
-    sd = random_state(torchvision_r50_shapes())
+    sd = random_state(resnet50_keys(prefix="", torchvision=True))
     model = resnet50().eval()
     missing, unexpected = load_torchvision_resnet50(model, sd)
     assert missing == []
@@ -252,7 +201,7 @@ def test_load_torchvision_resnet50_maps_every_key() -> None:
 
 
 def test_load_torchvision_resnet50_reports_missing_and_unexpected() -> None:
-    sd = random_state(torchvision_r50_shapes())
+    sd = random_state(resnet50_keys(prefix="", torchvision=True))
     del sd["layer2.1.conv2.weight"]
     for key in [k for k in sd if k.endswith("num_batches_tracked")]:
         del sd[key]  # old torchvision files have no counters; not reported as missing
@@ -264,7 +213,7 @@ def test_load_torchvision_resnet50_reports_missing_and_unexpected() -> None:
 
 
 def test_load_torchvision_resnet50_shape_mismatch_names_key() -> None:
-    sd = random_state(torchvision_r50_shapes())
+    sd = random_state(resnet50_keys(prefix="", torchvision=True))
     sd["layer3.0.bn2.weight"] = torch.ones(3)
     with pytest.raises(ValueError, match=r"layer3\.0\.bn2\.weight"):
         load_torchvision_resnet50(resnet50(), sd)
@@ -372,8 +321,8 @@ def _stdc_imagenet_state(model: STDCNet, with_aliases: bool) -> dict[str, Tensor
                 _stage, _, i, rest = k.split(".", 3)
                 sd[k] = sd[f"features.{i}.{rest}"]
     c = model.out_channels[3]
-    sd.update(random_state({"conv_last.conv.weight": (c, c, 1, 1), **_bn_shapes("conv_last.bn", c)}))
-    sd.update(random_state({"fc.weight": (c, c), **_bn_shapes("bn", c), "linear.weight": (1000, c)}))
+    sd.update(random_state({"conv_last.conv.weight": (c, c, 1, 1), **bn_keys("conv_last.bn", c)}))
+    sd.update(random_state({"fc.weight": (c, c), **bn_keys("bn", c), "linear.weight": (1000, c)}))
     return sd
 
 

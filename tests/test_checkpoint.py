@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from official_layout import official_keys
+from helpers.official_layout import official_keys
 
 from pem.checkpoint import (
     CheckpointError,
@@ -162,7 +162,7 @@ def test_our_format_errors(tmp_path):
 
 
 def test_backbone_weights_from_torchvision_d2_and_stdc_files(tmp_path):
-    from official_layout import resnet50_keys, stdc_keys
+    from helpers.official_layout import resnet50_keys, stdc_keys
 
     from pem.checkpoint import load_backbone_weights
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -13,14 +14,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pem.ops import (
     ModulatedDeformConv2d,
+    conv_output_size,
     deform_conv2d_native,
     deform_conv_backend,
     modulated_deform_conv2d,
 )
-
-
-def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def reference_deform_conv2d(
@@ -36,8 +34,8 @@ def reference_deform_conv2d(
     """Slow literal DCNv2: explicit loops over batch, offset group, output pixel and kernel tap."""
     b_sz, c_sz, h_sz, w_sz = x.shape
     _, _, kh, kw = weight.shape
-    oh = _out_size(h_sz, kh, stride[0], padding[0], dilation[0])
-    ow = _out_size(w_sz, kw, stride[1], padding[1], dilation[1])
+    oh = conv_output_size(h_sz, kh, stride[0], padding[0], dilation[0])
+    ow = conv_output_size(w_sz, kw, stride[1], padding[1], dilation[1])
     groups = offset.shape[1] // (2 * kh * kw)
     cpg = c_sz // groups
     cols = torch.zeros(b_sz, c_sz, kh, kw, oh, ow, dtype=x.dtype)
@@ -78,49 +76,49 @@ def reference_deform_conv2d(
     return out
 
 
-def _make_inputs(
-    seed: int,
-    b: int,
-    c: int,
-    h: int,
-    w: int,
-    o: int,
-    k: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-    groups: int,
-    with_bias: bool,
-    offset_scale: float = 2.5,
-    dtype: torch.dtype = torch.float64,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+class Case(NamedTuple):
+    """One deformable-convolution problem: input ``(b, c, h, w)``, ``o`` outputs, kernel ``k``."""
+
+    b: int
+    c: int
+    h: int
+    w: int
+    o: int
+    k: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    with_bias: bool
+
+
+def _make_inputs(seed: int, case: Case) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """Seeded float64 ``(x, offset, mask, weight, bias)`` for ``case``; offsets in [-2.5, 2.5]."""
     gen = torch.Generator().manual_seed(seed)
-    oh = _out_size(h, k[0], stride[0], padding[0], dilation[0])
-    ow = _out_size(w, k[1], stride[1], padding[1], dilation[1])
-    taps = k[0] * k[1]
-    x = torch.randn(b, c, h, w, generator=gen, dtype=dtype)
-    offset = (torch.rand(b, 2 * groups * taps, oh, ow, generator=gen, dtype=dtype) * 2 - 1) * offset_scale
-    mask = torch.rand(b, groups * taps, oh, ow, generator=gen, dtype=dtype)
-    weight = torch.randn(o, c, *k, generator=gen, dtype=dtype)
-    bias = torch.randn(o, generator=gen, dtype=dtype) if with_bias else None
+    oh = conv_output_size(case.h, case.k[0], case.stride[0], case.padding[0], case.dilation[0])
+    ow = conv_output_size(case.w, case.k[1], case.stride[1], case.padding[1], case.dilation[1])
+    taps = case.k[0] * case.k[1]
+    f64 = torch.float64
+    x = torch.randn(case.b, case.c, case.h, case.w, generator=gen, dtype=f64)
+    offset = (torch.rand(case.b, 2 * case.groups * taps, oh, ow, generator=gen, dtype=f64) * 2 - 1) * 2.5
+    mask = torch.rand(case.b, case.groups * taps, oh, ow, generator=gen, dtype=f64)
+    weight = torch.randn(case.o, case.c, *case.k, generator=gen, dtype=f64)
+    bias = torch.randn(case.o, generator=gen, dtype=f64) if case.with_bias else None
     return x, offset, mask, weight, bias
 
 
-CONFIGS = [
-    # (b, c, h, w, o, k, stride, padding, dilation, groups, bias)
-    (2, 4, 5, 6, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1, False),
-    (1, 4, 7, 6, 3, (3, 3), (2, 2), (1, 1), (1, 1), 2, True),
-    (2, 2, 6, 7, 2, (3, 3), (1, 1), (0, 0), (2, 2), 1, True),
-    (1, 6, 6, 5, 2, (2, 3), (2, 1), (0, 1), (1, 2), 3, False),
+CASES = [
+    Case(2, 4, 5, 6, 3, (3, 3), (1, 1), (1, 1), (1, 1), 1, False),
+    Case(1, 4, 7, 6, 3, (3, 3), (2, 2), (1, 1), (1, 1), 2, True),
+    Case(2, 2, 6, 7, 2, (3, 3), (1, 1), (0, 0), (2, 2), 1, True),
+    Case(1, 6, 6, 5, 2, (2, 3), (2, 1), (0, 1), (1, 2), 3, False),
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS)
-def test_matches_reference(cfg: tuple) -> None:
-    b, c, h, w, o, k, stride, padding, dilation, groups, with_bias = cfg
-    x, offset, mask, weight, bias = _make_inputs(
-        1, b, c, h, w, o, k, stride, padding, dilation, groups, with_bias
-    )
+@pytest.mark.parametrize("case", CASES)
+def test_matches_reference(case: Case) -> None:
+    x, offset, mask, weight, bias = _make_inputs(1, case)
+    stride, padding, dilation = case.stride, case.padding, case.dilation
     # A few exact integer offsets and positions far outside the image.
     offset[:, 0] = torch.round(offset[:, 0])
     offset[:, 1, 0, 0] = -7.25
@@ -137,7 +135,9 @@ def test_matches_reference(cfg: tuple) -> None:
 
 def test_boundary_positions() -> None:
     """Samples exactly at -1, H and in (-1, 0) / (H-1, H) follow the zero-outside bilinear rule."""
-    x, offset, mask, weight, _ = _make_inputs(3, 1, 2, 4, 5, 2, (3, 3), (1, 1), (1, 1), (1, 1), 1, False)
+    x, offset, mask, weight, _ = _make_inputs(
+        3, Case(1, 2, 4, 5, 2, (3, 3), (1, 1), (1, 1), (1, 1), 1, False)
+    )
     values = torch.tensor([-1.0, -0.5, -1.5, 0.25, 3.0, 3.5, 4.0, 4.75, -3.0, 10.0], dtype=torch.float64)
     gen = torch.Generator().manual_seed(4)
     idx = torch.randint(0, values.numel(), offset.shape, generator=gen)
@@ -191,8 +191,8 @@ def test_gradcheck(
 ) -> None:
     gen = torch.Generator().manual_seed(6)
     b, c, h, w, o = 1, 2, 4, 5, 2
-    oh = _out_size(h, 3, stride[0], padding[0], dilation[0])
-    ow = _out_size(w, 3, stride[1], padding[1], dilation[1])
+    oh = conv_output_size(h, 3, stride[0], padding[0], dilation[0])
+    ow = conv_output_size(w, 3, stride[1], padding[1], dilation[1])
     x = torch.randn(b, c, h, w, generator=gen, dtype=torch.float64)
     offset = _fractional_offsets((b, 2 * groups * 9, oh, ow), gen)
     mask = torch.rand(b, groups * 9, oh, ow, generator=gen, dtype=torch.float64)
@@ -237,7 +237,7 @@ def test_flop_counter() -> None:
     b, c, h, w, o = 2, 8, 10, 12, 6
     x = torch.randn(b, c, h, w)
     weight = torch.randn(o, c, 3, 3)
-    oh, ow = _out_size(h, 3, 2, 1, 1), _out_size(w, 3, 2, 1, 1)
+    oh, ow = conv_output_size(h, 3, 2, 1, 1), conv_output_size(w, 3, 2, 1, 1)
     offset = torch.randn(b, 18, oh, ow)
     mask = torch.rand(b, 9, oh, ow)
     with FlopCounterMode(display=False) as counter:
@@ -333,18 +333,6 @@ def _dynamic_hw() -> tuple[dict[int, torch.export.Dim], ...]:
     return ({0: torch.export.Dim("b"), 2: torch.export.Dim("h"), 3: torch.export.Dim("w")},)
 
 
-def test_torch_export_keeps_custom_op() -> None:
-    torch.manual_seed(9)
-    model = _TinyDeform().eval()
-    x = torch.randn(2, 4, 8, 8)
-    ep = torch.export.export(model, (x,), dynamic_shapes=_dynamic_hw())
-    targets = {str(node.target) for node in ep.graph.nodes if node.op == "call_function"}
-    assert any("pem.modulated_deform_conv2d" in t for t in targets), targets
-    torch.testing.assert_close(ep.module()(x), model(x))
-    x2 = torch.randn(1, 4, 10, 6)
-    torch.testing.assert_close(ep.module()(x2), model(x2))
-
-
 class _NativeDeform(_TinyDeform):
     def forward(self, x: Tensor) -> Tensor:
         dy, dx, m = torch.chunk(self.offset(x), 3, dim=1)
@@ -354,13 +342,20 @@ class _NativeDeform(_TinyDeform):
         )
 
 
-def test_torch_export_native_decomposes() -> None:
-    torch.manual_seed(10)
-    model = _NativeDeform().eval()
+@pytest.mark.parametrize(
+    ("model_cls", "keeps_custom_op", "seed"),
+    [(_TinyDeform, True, 9), (_NativeDeform, False, 10)],
+    ids=["custom-op", "native-decomposes"],
+)
+def test_torch_export(model_cls: type[_TinyDeform], keeps_custom_op: bool, seed: int) -> None:
+    """The op survives torch.export as one node; the native code traces into plain ops (dynamic B, H, W)."""
+    torch.manual_seed(seed)
+    model = model_cls().eval()
     x = torch.randn(2, 4, 8, 8)
     ep = torch.export.export(model, (x,), dynamic_shapes=_dynamic_hw())
     targets = {str(node.target) for node in ep.graph.nodes if node.op == "call_function"}
-    assert not any("pem." in t for t in targets), targets
+    assert any("pem.modulated_deform_conv2d" in t for t in targets) == keeps_custom_op, targets
+    assert keeps_custom_op or not any("pem." in t for t in targets), targets
     torch.testing.assert_close(ep.module()(x), model(x))
     x2 = torch.randn(1, 4, 10, 6) * 3
     torch.testing.assert_close(ep.module()(x2), model(x2))

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import export.pipeline as pipeline
 from cli import app
+from contract.errors import SidecarError
 from export.check import check_artifact
 from export.errors import ExportError
 from export.heads import ExportedModel
@@ -329,10 +330,10 @@ def test_check_refuses_a_malformed_sidecar(artifact, tmp_path):
     sidecar = json.loads((tmp_path / "model.json").read_text())
     del sidecar["input"]["shape"]
     (tmp_path / "model.json").write_text(json.dumps(sidecar))
-    with pytest.raises(ExportError, match=r"model\.json: malformed sidecar"):
+    with pytest.raises(SidecarError, match=r"model\.json: input\.shape is missing"):
         check_artifact(tmp_path)
     (tmp_path / "model.json").write_text("{}")
-    with pytest.raises(ExportError, match="not a pem-deploy sidecar"):
+    with pytest.raises(SidecarError, match="model.json: format is missing: not a pem-deploy sidecar"):
         check_artifact(tmp_path / "model.onnx")
 
 

@@ -52,12 +52,10 @@ def test_label_map_back_to_original_size():
     ("array", "message"),
     [
         (np.zeros((0, 5, 3), np.uint8), "empty"),
-        (np.zeros((5, 5), np.uint8), "grayscale"),
-        (np.zeros((5, 5, 1), np.uint8), "grayscale"),
-        (np.zeros((5, 5, 4), np.uint8), "alpha channel"),
-        (np.zeros((5, 5, 3), np.uint16), "16-bit"),
+        (np.zeros((5, 5, 3), np.int16), "int16"),
         (np.zeros((5, 5, 3), np.float32), "float32"),
-        (np.zeros((5, 5, 2), np.uint8), "3 channels"),
+        (np.zeros((5, 5, 2), np.uint8), "1, 3 or 4 channels"),
+        (np.zeros((3, 5, 5), np.uint8), "channels-first"),
     ],
 )
 def test_bad_arrays_are_rejected_with_the_name(array, message):
@@ -78,17 +76,15 @@ def test_bad_files(tmp_path):
     with pytest.raises(InputError, match="empty.png: file is empty"):
         read_image(tmp_path / "empty.png")
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
-    with pytest.raises(InputError, match="corrupt.jpg: not a readable image"):
+    with pytest.raises(InputError, match="corrupt.jpg: truncated or corrupt image header"):
         read_image(tmp_path / "corrupt.jpg")
-    cv2.imwrite(str(tmp_path / "gray.png"), np.zeros((8, 8), np.uint8))
-    with pytest.raises(InputError, match="gray.png: image is grayscale"):
-        read_image(tmp_path / "gray.png")
-    cv2.imwrite(str(tmp_path / "rgba.png"), np.zeros((8, 8, 4), np.uint8))
-    with pytest.raises(InputError, match="rgba.png: image has an alpha channel"):
-        read_image(tmp_path / "rgba.png")
-    cv2.imwrite(str(tmp_path / "deep.png"), np.zeros((8, 8, 3), np.uint16))
-    with pytest.raises(InputError, match="deep.png: image is 16-bit"):
-        read_image(tmp_path / "deep.png")
+    # Grayscale, RGBA and 16-bit files are accepted as cv2.imread reads them.
+    cv2.imwrite(str(tmp_path / "gray.png"), np.full((8, 8), 7, np.uint8))
+    assert (read_image(tmp_path / "gray.png") == 7).all()
+    cv2.imwrite(str(tmp_path / "rgba.png"), np.full((8, 8, 4), 9, np.uint8))
+    assert read_image(tmp_path / "rgba.png").shape == (8, 8, 3)
+    cv2.imwrite(str(tmp_path / "deep.png"), np.full((8, 8, 3), 0x1234, np.uint16))
+    assert (read_image(tmp_path / "deep.png") == 0x12).all()
     write_image(tmp_path / "ok.png", _image())
     assert read_image(tmp_path / "ok.png").shape == (40, 60, 3)
     assert "ok.png" in [p.name for p in list_images(tmp_path)]

@@ -40,13 +40,25 @@ def _semantic_model(h: int, w: int, batch: int | str = 1) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
 
 
-def _write(tmp_path, model, head="semantic", shape=(1, 3, 32, 64), **extra):
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    sidecar = {
+def _outputs_of(model: onnx.ModelProto) -> list[dict]:
+    """The sidecar ``outputs`` entries of a hand-built model: its declared names, dtypes, shapes."""
+    entries = []
+    for value in model.graph.output:
+        tensor = value.type.tensor_type
+        shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        entries.append({"name": value.name, "dtype": dtype, "shape": shape})
+    return entries
+
+
+def sidecar_for(model: onnx.ModelProto, head="semantic", shape=(1, 3, 32, 64), **extra) -> dict:
+    """A valid format-1 sidecar (export/ARTIFACT.md) for a hand-built model; ``extra`` overrides."""
+    dynamic = any(isinstance(d, str) for d in shape)
+    return {
         "format": "pem-deploy",
+        "format_version": 1,
         "head": head,
-        "task": head,
+        "task": "panoptic" if head == "panoptic" else "semantic",
         "precision": "fp32",
         "input": {
             "name": "images",
@@ -55,13 +67,20 @@ def _write(tmp_path, model, head="semantic", shape=(1, 3, 32, 64), **extra):
             "layout": "NCHW",
             "color": "RGB",
             "normalize_in_graph": False,
-            "mean": [0.0, 0.0, 0.0],
-            "std": [1.0, 1.0, 1.0],
+            "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            **({"default_size": [32, 64]} if dynamic else {}),
         },
+        "outputs": _outputs_of(model),
+        "num_classes": K,
         "classes": CLASSES,
-        "sha256": sha256_file(path),
         **extra,
     }
+
+
+def _write(tmp_path, model, head="semantic", shape=(1, 3, 32, 64), **extra):
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    sidecar = {**sidecar_for(model, head, shape, **extra), "sha256": sha256_file(path)}
     path.with_suffix(".json").write_text(json.dumps(sidecar))
     return path
 
@@ -172,7 +191,7 @@ def test_panoptic_head_fusion(tmp_path):
     out = infer_path(seg, _save(tmp_path / "in.png", np.zeros((64, 128, 3), np.uint8)), tmp_path / "out")
     data = json.loads((out.out_dir / "predictions.json").read_text())
     assert [s["category"] for s in data["predictions"][0]["segments"]] == ["road", "car"]
-    assert cv2.imread(str(out.out_dir / "panoptic" / "in.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert cv2.imread(str(out.out_dir / "panoptic" / "in.png.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
 
 
 def _save(path, image):
@@ -188,21 +207,26 @@ def test_infer_folder_and_video_write_atomically(tmp_path):
         _save(folder / f"f{i}.png", _scene())
     summary = infer_path(seg, folder, tmp_path / "out")
     assert summary.frames == 3
-    labels = cv2.imread(str(tmp_path / "out" / "labels" / "f1.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(tmp_path / "out" / "labels" / "f1.png.png"), cv2.IMREAD_UNCHANGED)
     assert labels.shape == (48, 80) and labels[0, 0] == 0 and labels[0, -1] == 2
-    assert (tmp_path / "out" / "overlay" / "f2.jpg").is_file()
+    assert (tmp_path / "out" / "overlay" / "f2.png.jpg").is_file()
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 48))
     for _ in range(4):
         writer.write(_scene())
     writer.release()
     assert infer_path(seg, video, tmp_path / "vid").frames == 4
-    # A corrupt file in a folder: one-line error naming it, and the previous output is untouched.
+    # A corrupt file in a folder: strict -> one-line error naming it, the previous output untouched.
     (folder / "f9.png").write_bytes(b"broken")
-    with pytest.raises(InputError, match="f9.png: not a readable image"):
-        infer_path(seg, folder, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == ["f0.png", "f1.png", "f2.png"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    with pytest.raises(InputError, match="f9.png: not an image"):
+        infer_path(seg, folder, tmp_path / "out", exist_ok=True, strict=True)
+    names = ["f0.png.png", "f1.png.png", "f2.png.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == names
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["labels", "overlay", "predictions.json"]
+    # Not strict: the corrupt file is skipped and reported; the others are written.
+    skipped: list[str] = []
+    summary = infer_path(seg, folder, tmp_path / "out", exist_ok=True, on_skip=skipped.append)
+    assert summary.frames == 3 and [n for n, _ in summary.failed] == ["f9.png"] and len(skipped) == 1
 
 
 def test_artifact_errors(tmp_path):
@@ -217,7 +241,7 @@ def test_artifact_errors(tmp_path):
     with pytest.raises(ArtifactError, match=r"model\.json: not a valid JSON sidecar"):
         load_artifact(path)
     path = _write(tmp_path, _semantic_model(32, 64), head="panoptic")
-    with pytest.raises(ArtifactError, match="lacks output"):
+    with pytest.raises(ArtifactError, match="model.json: outputs lacks output"):
         Segmenter.open(path)
     path = _write(tmp_path, _semantic_model(32, 64))
     path.with_suffix(".json").unlink()
@@ -225,11 +249,7 @@ def test_artifact_errors(tmp_path):
         Segmenter.open(path)
     bad = tmp_path / "m2.onnx"
     bad.write_bytes(b"garbage")
-    bad.with_suffix(".json").write_text(
-        json.dumps(
-            {"format": "pem-deploy", "head": "semantic", "classes": [], "input": {"shape": [1, 3, 32, 64]}}
-        )
-    )
+    bad.with_suffix(".json").write_text(json.dumps(sidecar_for(_semantic_model(32, 64))))
     with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
         Segmenter.open(bad)
 
@@ -264,7 +284,7 @@ def test_infer_cli(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["infer", str(model), str(image), "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
-    assert "1 frame(s)" in result.output and (tmp_path / "o" / "labels" / "scene.png").is_file()
+    assert "1 frame(s)" in result.output and (tmp_path / "o" / "labels" / "scene.png.png").is_file()
     for args, message in [
         ([str(model), str(tmp_path / "nope.png")], "nope.png: no such file or folder"),
         ([str(tmp_path / "x.onnx"), str(image)], "x.onnx: no such model file"),

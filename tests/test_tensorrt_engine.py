@@ -1,6 +1,7 @@
 """Engine building: the real thing needs TensorRT and a GPU (skipped here, with the reason); the
 TensorRT 10 / 11 code paths are exercised against a recording stand-in of the documented API."""
 
+import hashlib
 import json
 import sys
 import types
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.sidecar import Sidecar
 from export.errors import ExportError
 from export.tensorrt_engine import EngineOptions, ShapeProfile, TensorRTUnavailableError, build_engine
 
@@ -152,11 +154,13 @@ def fake_trt(monkeypatch):
 
 
 def _onnx(tmp_path):
+    """A stand-in ONNX file with a valid sidecar (the engine sidecar is built from it)."""
+    from test_runtime_segmenter import _semantic_model, sidecar_for
+
     path = tmp_path / "model.onnx"
     path.write_bytes(b"onnx")
-    path.with_suffix(".json").write_text(
-        json.dumps({"format": "pem-deploy", "head": "semantic", "sha256": "x"})
-    )
+    sidecar = {**sidecar_for(_semantic_model(32, 64)), "sha256": hashlib.sha256(b"onnx").hexdigest()}
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
     return path
 
 
@@ -172,8 +176,10 @@ def test_tensorrt_11_is_strongly_typed_without_flags(fake_trt, tmp_path):
         "compute_capability": "8.7",
     }
     assert (tmp_path / "m.engine").read_bytes() == b"ENGINE"
-    written = json.loads((tmp_path / "m.json").read_text())
-    assert written["head"] == "semantic" and written["sha256"] != "x"
+    written = Sidecar.from_file(tmp_path / "m.json")  # the runtime's schema accepts it
+    assert written.head == "semantic" and written.precision == "fp16"
+    assert written.provenance.sha256 == hashlib.sha256(b"ENGINE").hexdigest()
+    assert written.provenance.model_file == "m.engine" and written.provenance.tensorrt["version"] == "11.1.0"
     with pytest.raises(ExportError, match="strongly typed networks only"):
         build_engine(_onnx(tmp_path), tmp_path / "m.engine", EngineOptions(strongly_typed=False))
 
@@ -215,14 +221,57 @@ def test_real_engine_build_and_run(tmp_path):
     pytest.importorskip("cuda", reason="cuda-python is not installed on this machine")
     import numpy as np
     import onnx
-    from test_runtime_segmenter import _semantic_model
+    from test_runtime_segmenter import _semantic_model, sidecar_for
 
     from runtime.backends.tensorrt_backend import TensorRTBackend
 
     path = tmp_path / "tiny.onnx"
     onnx.save(_semantic_model(32, 64), path)  # labels = argmax over the RGB channels
+    path.with_suffix(".json").write_text(json.dumps(sidecar_for(_semantic_model(32, 64))))
     sidecar = build_engine(path, tmp_path / "tiny.engine", EngineOptions(precision="fp32"))
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 64)).astype(np.float32)
     with TensorRTBackend(tmp_path / "tiny.engine", sidecar) as backend:
         labels = backend.infer({"images": x})["labels"]
     np.testing.assert_array_equal(labels, x.argmax(1))
+
+
+def test_engine_io_signature_from_a_stand_in_engine():
+    """TensorRT's view of the engine's tensors (-1 = dynamic) is what the sidecar is checked against."""
+    import numpy as np
+    from test_runtime_segmenter import _semantic_model, sidecar_for
+
+    from contract.errors import SidecarError
+    from runtime.backends.base import Backend
+    from runtime.backends.tensorrt_backend import engine_tensor_specs
+
+    trt = types.SimpleNamespace(
+        TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"),
+        nptype=lambda t: {"f": np.float32, "i": np.int32}[t],
+    )
+    tensors = {"images": ("in", "f", (-1, 3, 32, 64)), "labels": ("out", "i", (-1, 32, 64))}
+    engine = types.SimpleNamespace(
+        num_io_tensors=2,
+        get_tensor_name=lambda i: list(tensors)[i],
+        get_tensor_mode=lambda n: tensors[n][0],
+        get_tensor_dtype=lambda n: tensors[n][1],
+        get_tensor_shape=lambda n: tensors[n][2],
+    )
+
+    class Stand(Backend):
+        name = "tensorrt"
+
+        def infer(self, inputs):
+            raise NotImplementedError
+
+    backend = Stand()
+    backend._inputs, backend._outputs = engine_tensor_specs(trt, engine)
+    signature = backend.io_signature()
+    assert signature.inputs[0].shape == (None, 3, 32, 64) and signature.outputs[0].dtype == "int32"
+    spec = Sidecar.from_dict(sidecar_for(_semantic_model(32, 64)), "m.json")
+    spec.check_against(signature, "m.json")  # static batch 1 fits a dynamic engine batch
+    tensors["images"] = ("in", "f", (1, 3, 64, 64))
+    backend._inputs, backend._outputs = engine_tensor_specs(trt, engine)
+    with pytest.raises(
+        SidecarError, match=r"m\.json: input\.shape\[2\] is 32 but tensorrt's 'images' has 64"
+    ):
+        spec.check_against(backend.io_signature(), "m.json")

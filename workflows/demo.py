@@ -159,7 +159,7 @@ def run_demo(
         overlays: list[Path] = []
         for precision in ("fp32", "int8"):
             with Segmenter.open(artifacts[precision], threads=threads) as seg:
-                infer_path(seg, inputs, out / "predictions" / precision)
+                infer_path(seg, inputs, out / "predictions" / precision, exist_ok=True)
             overlays += sorted((out / "predictions" / precision / "overlay").glob("*.jpg"))
     finally:
         torch.set_num_threads(before)

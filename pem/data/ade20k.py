@@ -13,6 +13,7 @@ Class names and the thing/stuff split come from the panoptic json when present.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -20,18 +21,14 @@ import numpy as np
 
 from pem.data.common import (
     IGNORE_LABEL,
+    CategoryMap,
     DatasetError,
     DatasetMeta,
-    Sample,
+    FolderDataset,
     SegmentInfo,
-    check_panoptic_ids,
     parse_panoptic_json,
     read_label_png,
-    read_panoptic_png,
-    read_rgb,
     require_dir,
-    require_file,
-    semantic_from_panoptic,
 )
 from pem.datasets_meta import ADE20K_NUM_CLASSES
 
@@ -46,7 +43,7 @@ def _resolve_root(root: Path) -> Path:
     return nested if nested.is_dir() else root
 
 
-class ADE20KDataset:
+class ADE20KDataset(FolderDataset):
     """ADE20K ``split`` (``train`` / ``val``) for ``task`` ``semantic`` or ``panoptic``.
 
     ``dataset[i]`` is a :class:`~pem.data.common.Sample` with ``sem_seg`` (H, W) in 0..149 / 255
@@ -64,24 +61,20 @@ class ADE20KDataset:
         self.sem_dir = self.root / "annotations_detectron2" / folder
         if task == "semantic":
             require_dir(self.sem_dir, "semantic annotation folder (run prepare_ade20k_sem_seg.py)")
-            self.names = sorted(p.stem for p in self.image_dir.glob("*.jpg"))
-            if not self.names:
-                raise DatasetError(f"{self.image_dir}: no *.jpg images found")
-            for name in self.names:
-                require_file(self.sem_dir / f"{name}.png", "annotation file")
+            names = sorted(p.stem for p in self.image_dir.glob("*.jpg"))
+            self._set_names(
+                names, f"{self.image_dir}: no *.jpg images found", self._sem_path, "annotation file"
+            )
             self.meta = self._meta_from_json_if_any()
         elif task == "panoptic":
-            self.json_path = self.root / f"ade20k_panoptic_{self.split}.json"
-            self.png_dir = require_dir(self.root / f"ade20k_panoptic_{self.split}", "panoptic folder")
-            categories, self.entries = parse_panoptic_json(self.json_path)
-            self.meta, self.category_map = _meta_from_categories(self.json_path, categories)
-            self.names = sorted(self.entries)
-            if not self.names:
-                raise DatasetError(f"{self.json_path}: no annotations")
-            for name in self.names:
-                require_file(self.image_dir / f"{name}.jpg", "image")
+            json_path = self.root / f"ade20k_panoptic_{self.split}.json"
+            self._index_panoptic(json_path, self.root / f"ade20k_panoptic_{self.split}", self._categories)
         else:
             raise DatasetError(f"{self.root}: unknown task {task!r} (semantic or panoptic)")
+
+    def _categories(self, categories: list[dict]) -> CategoryMap:
+        self.meta, mapping = _meta_from_categories(self.json_path, categories)
+        return mapping
 
     def _meta_from_json_if_any(self) -> DatasetMeta:
         json_path = self.root / f"ade20k_panoptic_{self.split}.json"
@@ -91,46 +84,33 @@ class ADE20KDataset:
         names = tuple(f"class_{i}" for i in range(ADE20K_NUM_CLASSES))
         return DatasetMeta("ade20k", names, ())
 
-    def __len__(self) -> int:
-        return len(self.names)
+    def _image_path(self, name: str) -> Path:
+        return self.image_dir / f"{name}.jpg"
 
-    def image_path(self, index: int) -> Path:
-        """Path of the image of sample ``index``."""
-        return self.image_dir / f"{self.names[index]}.jpg"
+    def _sem_path(self, name: str) -> Path:
+        return self.sem_dir / f"{name}.png"
 
-    def __getitem__(self, index: int) -> Sample:
-        name = self.names[index]
-        image = read_rgb(self.image_dir / f"{name}.jpg")
-        if self.task == "semantic":
-            path = self.sem_dir / f"{name}.png"
-            sem = read_label_png(path, image.shape[:2])
-            bad = (sem != IGNORE_LABEL) & (sem >= self.meta.num_classes)
-            if bad.any():
-                raise DatasetError(
-                    f"{path}: class ids {sorted(set(np.unique(sem[bad]).tolist()))[:5]} out of range"
-                )
-            return Sample(name, image, sem_seg=sem.astype(np.uint8))
-        entry = self.entries[name]
-        png = require_file(self.png_dir / entry.file_name, "panoptic PNG")
-        pan = read_panoptic_png(png, image.shape[:2])
-        segments = []
-        for seg in entry.segments:
-            if seg["category_id"] not in self.category_map:
-                raise DatasetError(f"{self.json_path}: segment {seg['id']} of {name} has unknown category")
-            cat, isthing = self.category_map[seg["category_id"]]
-            segments.append(SegmentInfo(seg["id"], cat, isthing, bool(seg["iscrowd"])))
-        check_panoptic_ids(png, pan, segments)
-        sem_path = self.sem_dir / f"{name}.png"
+    def _semantic(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        path = self._sem_path(name)
+        sem = read_label_png(path, shape)
+        bad = (sem != IGNORE_LABEL) & (sem >= self.meta.num_classes)
+        if bad.any():
+            raise DatasetError(
+                f"{path}: class ids {sorted(set(np.unique(sem[bad]).tolist()))[:5]} out of range"
+            )
+        return sem.astype(np.uint8)
+
+    def _semantic_of_panoptic(
+        self, name: str, pan_seg: np.ndarray, segments: Sequence[SegmentInfo]
+    ) -> np.ndarray:
+        """The prepared semantic PNG when there is one, else the map derived from the segments."""
+        sem_path = self._sem_path(name)
         if sem_path.is_file():
-            sem = read_label_png(sem_path, image.shape[:2]).astype(np.uint8)
-        else:
-            sem = semantic_from_panoptic(pan, segments)
-        return Sample(name, image, sem_seg=sem, pan_seg=pan, segments=segments)
+            return read_label_png(sem_path, pan_seg.shape).astype(np.uint8)
+        return super()._semantic_of_panoptic(name, pan_seg, segments)
 
 
-def _meta_from_categories(
-    path: Path, categories: list[dict]
-) -> tuple[DatasetMeta, dict[int, tuple[int, bool]]]:
+def _meta_from_categories(path: Path, categories: list[dict]) -> tuple[DatasetMeta, CategoryMap]:
     ordered = sorted(categories, key=lambda c: int(c["id"]))
     if len(ordered) != ADE20K_NUM_CLASSES:
         raise DatasetError(f"{path}: expected {ADE20K_NUM_CLASSES} categories, found {len(ordered)}")

@@ -21,18 +21,12 @@ import numpy as np
 
 from pem.data.common import (
     IGNORE_LABEL,
+    CategoryMap,
     DatasetError,
     DatasetMeta,
-    Sample,
-    SegmentInfo,
-    check_panoptic_ids,
-    parse_panoptic_json,
+    FolderDataset,
     read_label_png,
-    read_panoptic_png,
-    read_rgb,
     require_dir,
-    require_file,
-    semantic_from_panoptic,
 )
 
 Task = Literal["semantic", "panoptic"]
@@ -124,7 +118,7 @@ def split_name(stem: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-class CityscapesDataset:
+class CityscapesDataset(FolderDataset):
     """Cityscapes ``split`` of ``root`` for ``task`` ``semantic`` or ``panoptic``.
 
     ``dataset[i]`` is a :class:`~pem.data.common.Sample`: image (H, W, 3) uint8 RGB, ``sem_seg``
@@ -139,32 +133,21 @@ class CityscapesDataset:
         require_dir(self.root, "dataset folder")
         image_dir = require_dir(self.root / "leftImg8bit" / split, "image folder")
         if task == "semantic":
-            self.names = sorted(p.name[: -len(IMAGE_SUFFIX)] for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
-            if not self.names:
-                raise DatasetError(f"{image_dir}: no */*{IMAGE_SUFFIX} images found")
-            for name in self.names:
-                require_file(self._label_path(name), "annotation file")
+            names = sorted(p.name[: -len(IMAGE_SUFFIX)] for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}"))
+            empty = f"{image_dir}: no */*{IMAGE_SUFFIX} images found"
+            self._set_names(names, empty, self._label_path, "annotation file")
         elif task == "panoptic":
-            self.json_path = self.root / "gtFine" / f"cityscapes_panoptic_{split}.json"
-            self.png_dir = require_dir(
-                self.root / "gtFine" / f"cityscapes_panoptic_{split}", "panoptic folder"
-            )
-            categories, entries = parse_panoptic_json(self.json_path)
-            try:
-                self.category_map = {int(c["id"]): category_to_train_id(c) for c in categories}
-            except KeyError as exc:
-                raise DatasetError(f"{self.json_path}: unknown Cityscapes category {exc}") from None
-            self.entries = entries
-            self.names = sorted(entries)
-            if not self.names:
-                raise DatasetError(f"{self.json_path}: no annotations")
-            for name in self.names:
-                require_file(self._image_path(name), "image")
+            gt = self.root / "gtFine"
+            json_path = gt / f"cityscapes_panoptic_{split}.json"
+            self._index_panoptic(json_path, gt / f"cityscapes_panoptic_{split}", self._categories)
         else:
             raise DatasetError(f"{self.root}: unknown task {task!r} (semantic or panoptic)")
 
-    def __len__(self) -> int:
-        return len(self.names)
+    def _categories(self, categories: list[dict]) -> CategoryMap:
+        try:
+            return {int(c["id"]): category_to_train_id(c) for c in categories}
+        except KeyError as exc:
+            raise DatasetError(f"{self.json_path}: unknown Cityscapes category {exc}") from None
 
     def _image_path(self, name: str) -> Path:
         city = split_name(name)[0]
@@ -174,30 +157,9 @@ class CityscapesDataset:
         city = split_name(name)[0]
         return self.root / "gtFine" / self.split / city / f"{name}{LABEL_SUFFIX}"
 
-    def image_path(self, index: int) -> Path:
-        """Path of the image of sample ``index``."""
-        return self._image_path(self.names[index])
-
-    def __getitem__(self, index: int) -> Sample:
-        name = self.names[index]
-        image = read_rgb(self._image_path(name))
-        if self.task == "semantic":
-            path = self._label_path(name)
-            sem = label_ids_to_train_ids(read_label_png(path, image.shape[:2]), path)
-            return Sample(name, image, sem_seg=sem)
-        entry = self.entries[name]
-        png = self.png_dir / entry.file_name
-        pan = read_panoptic_png(require_file(png, "panoptic PNG"), image.shape[:2])
-        segments = []
-        for seg in entry.segments:
-            if seg["category_id"] not in self.category_map:
-                raise DatasetError(f"{self.json_path}: segment {seg['id']} of {name} has unknown category")
-            train_id, isthing = self.category_map[seg["category_id"]]
-            segments.append(SegmentInfo(seg["id"], train_id, isthing, bool(seg["iscrowd"])))
-        check_panoptic_ids(png, pan, segments)
-        return Sample(
-            name, image, sem_seg=semantic_from_panoptic(pan, segments), pan_seg=pan, segments=segments
-        )
+    def _semantic(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        path = self._label_path(name)
+        return label_ids_to_train_ids(read_label_png(path, shape), path)
 
 
 class CityscapesPredictionWriter:

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +222,88 @@ def semantic_from_panoptic(pan_seg: np.ndarray, segments: Sequence[SegmentInfo])
     for seg in segments:
         sem[pan_seg == seg.id] = seg.category_id
     return sem
+
+
+# ---------------------------------------------------------------------------------------------
+# Reader skeleton
+
+CategoryMap = dict[int, tuple[int, bool]]
+"""Dataset category id -> (contiguous class id, is thing)."""
+
+
+class FolderDataset:
+    """Skeleton of the on-disk readers: sample names, image paths and COCO panoptic json + PNG samples.
+
+    A subclass sets ``root``, ``task`` (``"semantic"`` / ``"panoptic"``), ``meta`` and, through
+    :meth:`_set_names` / :meth:`_index_panoptic`, the sample names; it implements :meth:`_image_path`
+    and :meth:`_semantic`, and may override :meth:`_semantic_of_panoptic`.
+    """
+
+    root: Path
+    task: str
+    meta: DatasetMeta
+    names: list[str]
+    json_path: Path
+    png_dir: Path
+    entries: dict[str, PanopticEntry]
+    category_map: CategoryMap
+
+    def _image_path(self, name: str) -> Path:
+        """Image file of sample ``name``."""
+        raise NotImplementedError
+
+    def _semantic(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """(H, W) ``uint8`` contiguous semantic map of sample ``name`` (a semantic-task sample)."""
+        raise NotImplementedError
+
+    def _semantic_of_panoptic(
+        self, name: str, pan_seg: np.ndarray, segments: Sequence[SegmentInfo]
+    ) -> np.ndarray:
+        """(H, W) semantic map of a panoptic sample: derived from its segments unless overridden."""
+        return semantic_from_panoptic(pan_seg, segments)
+
+    def _set_names(self, names: list[str], empty: str, required: Callable[[str], Path], what: str) -> None:
+        """Set the sample names; raise ``empty`` if there are none, and require ``required(name)`` of each."""
+        self.names = names
+        if not names:
+            raise DatasetError(empty)
+        for name in names:
+            require_file(required(name), what)
+
+    def _index_panoptic(
+        self, json_path: Path, png_dir: Path, category_map: Callable[[list[dict[str, Any]]], CategoryMap]
+    ) -> None:
+        """Read the panoptic json (categories mapped by ``category_map``) and name its samples."""
+        self.json_path = json_path
+        self.png_dir = require_dir(png_dir, "panoptic folder")
+        categories, self.entries = parse_panoptic_json(json_path)
+        self.category_map = category_map(categories)
+        self._set_names(sorted(self.entries), f"{json_path}: no annotations", self._image_path, "image")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def image_path(self, index: int) -> Path:
+        """Path of the image of sample ``index``."""
+        return self._image_path(self.names[index])
+
+    def __getitem__(self, index: int) -> Sample:
+        name = self.names[index]
+        image = read_rgb(self._image_path(name))
+        if self.task == "semantic":
+            return Sample(name, image, sem_seg=self._semantic(name, image.shape[:2]))
+        entry = self.entries[name]
+        png = require_file(self.png_dir / entry.file_name, "panoptic PNG")
+        pan = read_panoptic_png(png, image.shape[:2])
+        segments = []
+        for seg in entry.segments:
+            if seg["category_id"] not in self.category_map:
+                raise DatasetError(f"{self.json_path}: segment {seg['id']} of {name} has unknown category")
+            class_id, isthing = self.category_map[seg["category_id"]]
+            segments.append(SegmentInfo(seg["id"], class_id, isthing, bool(seg["iscrowd"])))
+        check_panoptic_ids(png, pan, segments)
+        sem = self._semantic_of_panoptic(name, pan, segments)
+        return Sample(name, image, sem_seg=sem, pan_seg=pan, segments=segments)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -333,6 +334,28 @@ _CAR_PAINTS = [
 ]
 
 
+# Car outlines per view in units of the car size ``u``: a point ``(edge, dx, dy)`` stands at
+# ``x = (left, right)[edge] + dx * u``, ``y = base - dy * u``; a rectangle is two opposite corners and a
+# wheel a centre and its half axes.
+_L, _R = 0, 1
+_CAR_VIEWS: dict[str, dict[str, Any]] = {
+    "side": {
+        "body": ((_L, 0.0, 0.3), (_R, 0.0, 0.07)),
+        "cabin": ((_L, 0.22, 0.3), (_R, -0.12, 0.3), (_R, -0.3, 0.5), (_L, 0.35, 0.5)),
+        "window": ((_L, 0.27, 0.32), (_R, -0.18, 0.32), (_R, -0.32, 0.47), (_L, 0.37, 0.47)),
+        "wheels": (((_L, 0.2, 0.08), (0.085, 0.085)), ((_R, -0.2, 0.08), (0.085, 0.085))),
+        "lights": (((_R, -0.04, 0.27), (_R, 0.0, 0.2)),),
+    },
+    "rear": {
+        "body": ((_L, 0.0, 0.5), (_R, 0.0, 0.06)),
+        "cabin": ((_L, 0.08, 0.5), (_R, -0.08, 0.5), (_R, -0.17, 0.78), (_L, 0.17, 0.78)),
+        "window": ((_L, 0.14, 0.53), (_R, -0.14, 0.53), (_R, -0.21, 0.74), (_L, 0.21, 0.74)),
+        "wheels": (((_L, 0.12, 0.04), (0.08, 0.05)), ((_R, -0.12, 0.04), (0.08, 0.05))),
+        "lights": (((_L, 0.03, 0.45), (_L, 0.18, 0.36)), ((_R, -0.18, 0.45), (_R, -0.03, 0.36))),
+    },
+}
+
+
 def _car_painter(
     rng, cv: _Canvas, label: int, horizon: float, h: int, w: int, t: float, cx: float, rhalf: float
 ):
@@ -348,48 +371,22 @@ def _car_painter(
     def draw(instance: int) -> None:
         shadow = _ellipse_mask((h, w), (cx, yb), (shadow_w, max(1.0, u * 0.05)))
         cv.image[shadow & (cv.labels == road_id)] *= 0.55
-        x0, x1 = cx - u / 2, cx + u / 2
-        if side_view:
-            body = _rect(x0, yb - 0.3 * u, x1, yb - 0.07 * u)
-            cabin = [
-                (x0 + 0.22 * u, yb - 0.3 * u),
-                (x1 - 0.12 * u, yb - 0.3 * u),
-                (x1 - 0.3 * u, yb - 0.5 * u),
-                (x0 + 0.35 * u, yb - 0.5 * u),
-            ]
-            wheels = [
-                ((x0 + 0.2 * u, yb - 0.08 * u), (0.085 * u, 0.085 * u)),
-                ((x1 - 0.2 * u, yb - 0.08 * u), (0.085 * u, 0.085 * u)),
-            ]
-            window = [
-                (x0 + 0.27 * u, yb - 0.32 * u),
-                (x1 - 0.18 * u, yb - 0.32 * u),
-                (x1 - 0.32 * u, yb - 0.47 * u),
-                (x0 + 0.37 * u, yb - 0.47 * u),
-            ]
-            lights = [_rect(x1 - 0.04 * u, yb - 0.27 * u, x1, yb - 0.2 * u)]
-        else:
-            body = _rect(x0, yb - 0.5 * u, x1, yb - 0.06 * u)
-            cabin = [
-                (x0 + 0.08 * u, yb - 0.5 * u),
-                (x1 - 0.08 * u, yb - 0.5 * u),
-                (x1 - 0.17 * u, yb - 0.78 * u),
-                (x0 + 0.17 * u, yb - 0.78 * u),
-            ]
-            wheels = [
-                ((x0 + 0.12 * u, yb - 0.04 * u), (0.08 * u, 0.05 * u)),
-                ((x1 - 0.12 * u, yb - 0.04 * u), (0.08 * u, 0.05 * u)),
-            ]
-            window = [
-                (x0 + 0.14 * u, yb - 0.53 * u),
-                (x1 - 0.14 * u, yb - 0.53 * u),
-                (x1 - 0.21 * u, yb - 0.74 * u),
-                (x0 + 0.21 * u, yb - 0.74 * u),
-            ]
-            lights = [
-                _rect(x0 + 0.03 * u, yb - 0.45 * u, x0 + 0.18 * u, yb - 0.36 * u),
-                _rect(x1 - 0.18 * u, yb - 0.45 * u, x1 - 0.03 * u, yb - 0.36 * u),
-            ]
+        view = _CAR_VIEWS["side" if side_view else "rear"]
+        edges = (cx - u / 2, cx + u / 2)
+
+        def at(point: tuple[int, float, float]) -> tuple[float, float]:
+            edge, dx, dy = point
+            return edges[edge] + dx * u, yb - dy * u
+
+        def rect(corners: tuple[tuple[int, float, float], ...]) -> list[tuple[float, float]]:
+            (x0, y0), (x1, y1) = (at(c) for c in corners)
+            return _rect(x0, y0, x1, y1)
+
+        body = rect(view["body"])
+        cabin = [at(p) for p in view["cabin"]]
+        window = [at(p) for p in view["window"]]
+        wheels = [(at(c), (ax * u, ay * u)) for c, (ax, ay) in view["wheels"]]
+        lights = [rect(c) for c in view["lights"]]
         wheel_masks = [_ellipse_mask((h, w), c, a) for c, a in wheels]
         mask = _poly_mask((h, w), body) | _poly_mask((h, w), cabin)
         for wm in wheel_masks:

@@ -2,6 +2,7 @@
 
 from pem.ops.deform_conv import (
     ModulatedDeformConv2d,
+    conv_output_size,
     deform_conv2d_native,
     deform_conv_backend,
     modulated_deform_conv2d,
@@ -11,6 +12,7 @@ from pem.ops.prototype import prototype_gather, prototype_gather_reference
 
 __all__ = [
     "ModulatedDeformConv2d",
+    "conv_output_size",
     "deform_conv2d_native",
     "deform_conv_backend",
     "modulated_deform_conv2d",

@@ -22,6 +22,7 @@ Public entry points:
   data-dependent Python control flow, so ``torch.export`` / the dynamo ONNX exporter can trace it into
   plain ops (a "decomposed" graph without a ``DeformConv`` node).
 * :func:`deform_conv_backend` -- which kernel the eager op uses (``"torchvision"`` or ``"native"``).
+* :func:`conv_output_size` -- the output side of a convolution (shared by the checks and the fake kernel).
 
 The eager op dispatches to ``torchvision.ops.deform_conv2d`` only when ``torchvision.ops`` imports and
 its kernel runs and agrees with the native code on a tiny probe (checked lazily, once per device type).
@@ -40,14 +41,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import flop_registry, register_flop_formula
-
-__all__ = [
-    "ModulatedDeformConv2d",
-    "deform_conv2d_native",
-    "deform_conv_backend",
-    "modulated_deform_conv2d",
-    "modulated_deform_conv2d_op",
-]
 
 IntOrPair = int | Sequence[int]
 
@@ -302,46 +295,6 @@ def deform_conv_backend(device: torch.device | str = "cpu") -> str:
     return "native" if _torchvision_kernel(torch.device(device)) is None else "torchvision"
 
 
-def _forward_impl(
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-) -> Tensor:
-    """Run the selected backend (differentiable when called under grad mode)."""
-    tv_kernel = _torchvision_kernel(input.device)
-    if tv_kernel is not None:
-        return tv_kernel(
-            input,
-            offset,
-            weight,
-            bias,
-            stride=tuple(stride),
-            padding=tuple(padding),
-            dilation=tuple(dilation),
-            mask=mask,
-        )
-    # Small problems: one vectorised pass (fewer kernel launches); large ones: loop over the taps so
-    # the sampled columns never exceed ~B*C*oH*oW elements per buffer.
-    taps = weight.shape[2] * weight.shape[3]
-    columns = input.shape[0] * input.shape[1] * taps * offset.shape[2] * offset.shape[3]
-    return deform_conv2d_native(
-        input,
-        offset,
-        mask,
-        weight,
-        bias,
-        tuple(stride),
-        tuple(padding),
-        tuple(dilation),
-        per_tap=columns > _PER_TAP_THRESHOLD,
-    )
-
-
 # ---------------------------------------------------------------------------------------------------
 # Custom op: pem::modulated_deform_conv2d
 # ---------------------------------------------------------------------------------------------------
@@ -352,8 +305,7 @@ _SCHEMA = (
 )
 
 
-@torch.library.custom_op("pem::modulated_deform_conv2d", mutates_args=(), schema=_SCHEMA)
-def modulated_deform_conv2d_op(
+def _forward_impl(
     input: Tensor,
     offset: Tensor,
     mask: Tensor,
@@ -363,14 +315,128 @@ def modulated_deform_conv2d_op(
     padding: Sequence[int],
     dilation: Sequence[int],
 ) -> Tensor:
-    """``torch.ops.pem.modulated_deform_conv2d``: unvalidated op, returns ``(B, O, oH, oW)``."""
-    with torch.no_grad():
-        out = _forward_impl(input, offset, mask, weight, bias, stride, padding, dilation)
+    """``torch.ops.pem.modulated_deform_conv2d``: unvalidated op, returns ``(B, O, oH, oW)`` (contiguous).
+
+    Runs the selected backend. The op never records autograd history itself (torch.library calls it
+    below the autograd layer); :func:`_backward` calls this function under grad mode to differentiate it.
+    """
+    tv_kernel = _torchvision_kernel(input.device)
+    if tv_kernel is not None:
+        out = tv_kernel(
+            input,
+            offset,
+            weight,
+            bias,
+            stride=tuple(stride),
+            padding=tuple(padding),
+            dilation=tuple(dilation),
+            mask=mask,
+        )
+        return out.contiguous()
+    # Small problems: one vectorised pass (fewer kernel launches); large ones: loop over the taps so
+    # the sampled columns never exceed ~B*C*oH*oW elements per buffer.
+    taps = weight.shape[2] * weight.shape[3]
+    columns = input.shape[0] * input.shape[1] * taps * offset.shape[2] * offset.shape[3]
+    out = deform_conv2d_native(
+        input,
+        offset,
+        mask,
+        weight,
+        bias,
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        per_tap=columns > _PER_TAP_THRESHOLD,
+    )
     return out.contiguous()
 
 
-def _out_size(size: Any, kernel: Any, stride: int, pad: int, dil: int) -> Any:
-    return (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+modulated_deform_conv2d_op = torch.library.custom_op(
+    "pem::modulated_deform_conv2d", _forward_impl, mutates_args=(), schema=_SCHEMA
+)
+
+
+def conv_output_size(size: Any, kernel: Any, stride: int, padding: int, dilation: int) -> Any:
+    """Output side of a convolution: ``(size + 2*padding - dilation*(kernel-1) - 1) // stride + 1``.
+
+    Works on ints and on symbolic sizes (``torch.SymInt``) alike.
+    """
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _output_shape(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[Any, Any, Any, Any]:
+    """Check shapes, dtypes, devices and conv parameters; return the output shape ``(B, O, oH, oW)``.
+
+    Used by :func:`modulated_deform_conv2d` before it calls the op and by the op's fake kernel (sizes may
+    be symbolic there). Raises ``ValueError`` naming the inconsistent argument.
+    """
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(
+            f"deform_conv2d: need stride >= 1, dilation >= 1, padding >= 0, "
+            f"got stride={tuple(stride)}, padding={tuple(padding)}, dilation={tuple(dilation)}"
+        )
+    for name, t in (("input", input), ("offset", offset), ("mask", mask), ("weight", weight)):
+        if t.dim() != 4:
+            raise ValueError(f"deform_conv2d: {name} must be 4-D, got shape {tuple(t.shape)}")
+    batch, channels, height, width = input.shape
+    out_channels, w_channels, kh, kw = weight.shape
+    if w_channels != channels:
+        raise ValueError(
+            f"deform_conv2d: weight {tuple(weight.shape)} expects {w_channels} input channels "
+            f"but input {tuple(input.shape)} has {channels} (groups=1 only)"
+        )
+    if kh < 1 or kw < 1:
+        raise ValueError(f"deform_conv2d: empty kernel in weight {tuple(weight.shape)}")
+    out_h = conv_output_size(height, kh, stride[0], padding[0], dilation[0])
+    out_w = conv_output_size(width, kw, stride[1], padding[1], dilation[1])
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"deform_conv2d: input {tuple(input.shape)} too small for kernel ({kh}, {kw}) with "
+            f"stride={tuple(stride)}, padding={tuple(padding)}, dilation={tuple(dilation)}"
+        )
+    taps = kh * kw
+    groups = offset.shape[1] // (2 * taps)
+    if offset.shape[1] % (2 * taps) != 0 or groups < 1:
+        raise ValueError(
+            f"deform_conv2d: offset channels ({offset.shape[1]}) must be a positive multiple of "
+            f"2*kH*kW = {2 * taps}"
+        )
+    if channels % groups != 0:
+        raise ValueError(
+            f"deform_conv2d: input channels ({channels}) not divisible by offset groups ({groups})"
+        )
+    expected_offset = (batch, 2 * groups * taps, out_h, out_w)
+    if tuple(offset.shape) != expected_offset:
+        raise ValueError(
+            f"deform_conv2d: offset shape {tuple(offset.shape)} != expected {expected_offset} "
+            "(B, 2*G*kH*kW, oH, oW)"
+        )
+    expected_mask = (batch, groups * taps, out_h, out_w)
+    if tuple(mask.shape) != expected_mask:
+        raise ValueError(
+            f"deform_conv2d: mask shape {tuple(mask.shape)} != expected {expected_mask} (B, G*kH*kW, oH, oW)"
+        )
+    if bias is not None and tuple(bias.shape) != (out_channels,):
+        raise ValueError(f"deform_conv2d: bias shape {tuple(bias.shape)} != expected ({out_channels},)")
+    tensors = [input, offset, mask, weight] + ([bias] if bias is not None else [])
+    if any(t.dtype != input.dtype for t in tensors):
+        raise ValueError(
+            "deform_conv2d: all tensors must share one dtype, got " + ", ".join(str(t.dtype) for t in tensors)
+        )
+    if not input.is_floating_point():
+        raise ValueError(f"deform_conv2d: floating-point tensors required, got {input.dtype}")
+    if any(t.device != input.device for t in tensors):
+        raise ValueError("deform_conv2d: all tensors must be on the same device")
+    return (batch, out_channels, out_h, out_w)
 
 
 @modulated_deform_conv2d_op.register_fake
@@ -384,11 +450,8 @@ def _modulated_deform_conv2d_fake(
     padding: Sequence[int],
     dilation: Sequence[int],
 ) -> Tensor:
-    out_h = _out_size(input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
-    out_w = _out_size(input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
-    torch._check(offset.shape[2] == out_h, lambda: "offset height must equal the output height")
-    torch._check(offset.shape[3] == out_w, lambda: "offset width must equal the output width")
-    return input.new_empty((input.shape[0], weight.shape[0], out_h, out_w))
+    """Fake (meta) kernel: the checked output shape, as an empty tensor."""
+    return input.new_empty(_output_shape(input, offset, mask, weight, bias, stride, padding, dilation))
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -450,75 +513,6 @@ if torch.ops.pem.modulated_deform_conv2d not in flop_registry:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _check_shapes(
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-) -> None:
-    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
-        raise ValueError(
-            f"deform_conv2d: need stride >= 1, dilation >= 1, padding >= 0, "
-            f"got stride={stride}, padding={padding}, dilation={dilation}"
-        )
-    for name, t in (("input", input), ("offset", offset), ("mask", mask), ("weight", weight)):
-        if t.dim() != 4:
-            raise ValueError(f"deform_conv2d: {name} must be 4-D, got shape {tuple(t.shape)}")
-    batch, channels, height, width = input.shape
-    out_channels, w_channels, kh, kw = weight.shape
-    if w_channels != channels:
-        raise ValueError(
-            f"deform_conv2d: weight {tuple(weight.shape)} expects {w_channels} input channels "
-            f"but input {tuple(input.shape)} has {channels} (groups=1 only)"
-        )
-    if kh < 1 or kw < 1:
-        raise ValueError(f"deform_conv2d: empty kernel in weight {tuple(weight.shape)}")
-    out_h = _out_size(height, kh, stride[0], padding[0], dilation[0])
-    out_w = _out_size(width, kw, stride[1], padding[1], dilation[1])
-    if out_h < 1 or out_w < 1:
-        raise ValueError(
-            f"deform_conv2d: input {tuple(input.shape)} too small for kernel ({kh}, {kw}) with "
-            f"stride={stride}, padding={padding}, dilation={dilation}"
-        )
-    taps = kh * kw
-    groups = offset.shape[1] // (2 * taps)
-    if offset.shape[1] % (2 * taps) != 0 or groups < 1:
-        raise ValueError(
-            f"deform_conv2d: offset channels ({offset.shape[1]}) must be a positive multiple of "
-            f"2*kH*kW = {2 * taps}"
-        )
-    if channels % groups != 0:
-        raise ValueError(
-            f"deform_conv2d: input channels ({channels}) not divisible by offset groups ({groups})"
-        )
-    expected_offset = (batch, 2 * groups * taps, out_h, out_w)
-    if tuple(offset.shape) != expected_offset:
-        raise ValueError(
-            f"deform_conv2d: offset shape {tuple(offset.shape)} != expected {expected_offset} "
-            "(B, 2*G*kH*kW, oH, oW)"
-        )
-    expected_mask = (batch, groups * taps, out_h, out_w)
-    if tuple(mask.shape) != expected_mask:
-        raise ValueError(
-            f"deform_conv2d: mask shape {tuple(mask.shape)} != expected {expected_mask} (B, G*kH*kW, oH, oW)"
-        )
-    if bias is not None and tuple(bias.shape) != (out_channels,):
-        raise ValueError(f"deform_conv2d: bias shape {tuple(bias.shape)} != expected ({out_channels},)")
-    tensors = [input, offset, mask, weight] + ([bias] if bias is not None else [])
-    if any(t.dtype != input.dtype for t in tensors):
-        raise ValueError(
-            "deform_conv2d: all tensors must share one dtype, got " + ", ".join(str(t.dtype) for t in tensors)
-        )
-    if not input.is_floating_point():
-        raise ValueError(f"deform_conv2d: floating-point tensors required, got {input.dtype}")
-    if any(t.device != input.device for t in tensors):
-        raise ValueError("deform_conv2d: all tensors must be on the same device")
-
-
 def modulated_deform_conv2d(
     input: Tensor,
     offset: Tensor,
@@ -550,7 +544,7 @@ def modulated_deform_conv2d(
     s = _pair(stride, "stride")
     p = _pair(padding, "padding")
     d = _pair(dilation, "dilation")
-    _check_shapes(input, offset, mask, weight, bias, s, p, d)
+    _output_shape(input, offset, mask, weight, bias, s, p, d)
     return torch.ops.pem.modulated_deform_conv2d(input, offset, mask, weight, bias, list(s), list(p), list(d))
 
 

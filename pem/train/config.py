@@ -28,6 +28,13 @@ class TrainConfig:
     decoder's CSM has BatchNorm on 1x1 maps. ``amp``: ``None`` = mixed precision when on CUDA.
     ``test_short_side``: evaluation resizes the short side to this (None = native size).
     ``eval_period`` / ``checkpoint_period``: every N iterations (0 = only at the end).
+
+    Distributed runs (``torchrun``): ``batch_size`` stays the *global* batch; each of the N ranks
+    takes ``batch_size / accumulate / N`` images of every micro-batch. ``sync_bn`` chooses which
+    BatchNorm layers share their batch statistics across ranks: ``"official"`` where the
+    official configs use SyncBN (pixel decoder, PEM-CA token projections, the R50 backbone of
+    the Cityscapes configs), ``"all"`` every BatchNorm (then the result does not depend on the
+    number of ranks), ``"off"`` none (per-rank statistics). A single process ignores it.
     """
 
     iterations: int = 90_000
@@ -49,8 +56,11 @@ class TrainConfig:
     checkpoint_period: int = 1000
     log_period: int = 20
     num_workers: int = 0
+    sync_bn: str = "official"
 
     def __post_init__(self) -> None:
+        if self.sync_bn not in ("official", "all", "off"):
+            raise ConfigError(f"sync_bn must be official, all or off, got {self.sync_bn!r}")
         if self.iterations < 1:
             raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
         if self.accumulate < 1 or self.batch_size % self.accumulate:
@@ -72,8 +82,25 @@ class TrainConfig:
 
     @property
     def micro_batch(self) -> int:
-        """Images per forward pass."""
+        """Images per forward pass (over all ranks of a distributed run)."""
         return self.batch_size // self.accumulate
+
+    def rank_batch(self, world_size: int) -> int:
+        """Images per forward pass on each of ``world_size`` ranks; :class:`ConfigError` if the
+        micro-batch does not split evenly or a rank would get too few images."""
+        if self.micro_batch % world_size:
+            raise ConfigError(
+                f"batch_size {self.batch_size} / accumulate {self.accumulate} = {self.micro_batch} images "
+                f"per micro-batch do not split over {world_size} ranks; use a global batch divisible by "
+                f"{world_size * self.accumulate}"
+            )
+        per_rank = self.micro_batch // world_size
+        if per_rank < 2 and (world_size == 1 or self.sync_bn == "off"):
+            raise ConfigError(
+                f"{per_rank} image per rank and micro-batch with unsynchronised BatchNorm (the CSM's "
+                "1x1 maps need >= 2): raise batch_size or use sync_bn official"
+            )
+        return per_rank
 
     def replace(self, **changes: Any) -> TrainConfig:
         """Copy with fields replaced; ``augment`` / ``loss`` may be given as dicts of changes."""

@@ -4,16 +4,24 @@ For each supervised output (the final one and, with deep supervision, every auxi
 queries are Hungarian-matched to the targets, then:
 
 - ``loss_ce``: cross-entropy over K+1 classes for all queries (unmatched -> "no object", whose
-  class weight is ``no_object_weight``), weighted mean;
+  class weight is ``no_object_weight``), weighted mean (sum / the sum of the weights);
 - ``loss_mask``: sigmoid BCE on ``num_points`` points per matched mask, chosen by importance
   sampling (uncertain points + uniform ones), mean over points, summed over masks / num_masks;
 - ``loss_dice``: dice loss (+1 smoothing) on the same points, summed over masks / num_masks.
 
 Losses are computed in fp32 whatever the autocast state.
+
+Distributed training: the two divisors (``num_masks`` and the class-weight sum) depend only on
+the targets, so :meth:`SetCriterion.normalizers` gives them per rank and the trainer sums them
+over the ranks of a step (each rank then divides by ``total / world_size``; DDP averages the
+gradients), which makes the losses and gradients those of the whole global batch. With one
+generator per image, the matcher's and the losses' random points of an image do not depend on
+which rank or micro-batch it is in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pem.data.mapper import Target
-from pem.train.matcher import HungarianMatcher, matched_pairs
+from pem.train.matcher import HungarianMatcher, image_generator, matched_pairs
 from pem.train.points import point_sample, uncertain_point_coords
 
 
@@ -69,10 +77,28 @@ class SetCriterion(nn.Module):
         c = self.cfg
         return {"loss_ce": c.class_weight, "loss_mask": c.mask_weight, "loss_dice": c.dice_weight}
 
+    def normalizers(self, targets: list[Target], num_queries: int) -> tuple[float, float]:
+        """(number of masks, sum of the class weights of all queries) of a batch.
+
+        Every image matches ``min(masks, queries)`` queries (weight 1) and leaves the others to
+        "no object" (weight ``no_object_weight``), whatever the predictions.
+        """
+        counts = [int(t.labels.numel()) for t in targets]
+        matched = sum(min(n, num_queries) for n in counts)
+        unmatched = len(targets) * num_queries - matched
+        return float(sum(counts)), matched + self.cfg.no_object_weight * unmatched
+
     def loss_labels(
-        self, logits: Tensor, targets: list[Target], indices: list[tuple[Tensor, Tensor]]
+        self,
+        logits: Tensor,
+        targets: list[Target],
+        indices: list[tuple[Tensor, Tensor]],
+        weight_sum: float | None = None,
     ) -> Tensor:
-        """Weighted cross-entropy of (B, Q, K+1) logits against matched labels / no-object."""
+        """Weighted cross-entropy of (B, Q, K+1) logits against matched labels / no-object.
+
+        ``weight_sum``: the divisor (default: the class-weight sum of this batch, i.e. the mean).
+        """
         batch, src, _ = matched_pairs(indices)
         target_classes = torch.full(
             logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
@@ -80,7 +106,11 @@ class SetCriterion(nn.Module):
         if batch.numel():
             labels = torch.cat([t.labels[j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
             target_classes[batch, src] = labels
-        return F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.empty_weight)
+        weights = self.empty_weight.to(logits.device)
+        total = F.cross_entropy(logits.float().transpose(1, 2), target_classes, weights, reduction="sum")
+        if weight_sum is None:
+            weight_sum = float(weights[target_classes].sum())
+        return total / weight_sum
 
     def loss_masks(
         self,
@@ -88,7 +118,7 @@ class SetCriterion(nn.Module):
         targets: list[Target],
         indices: list[tuple[Tensor, Tensor]],
         num_masks: float,
-        generator: torch.Generator | None,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
     ) -> tuple[Tensor, Tensor]:
         """Point-sampled BCE and dice of matched (B, Q, h, w) mask logits."""
         batch, src, _ = matched_pairs(indices)
@@ -99,32 +129,50 @@ class SetCriterion(nn.Module):
         tgt_masks = torch.cat([t.masks[j] for t, (_, j) in zip(targets, indices)]).to(masks.device)
         tgt_masks = tgt_masks[:, None].float()  # (M, 1, H, W)
         with torch.no_grad():
-            coords = uncertain_point_coords(
-                src_masks,
-                self.cfg.num_points,
-                self.cfg.oversample_ratio,
-                self.cfg.importance_sample_ratio,
-                generator,
-            )
+            if generator is None or isinstance(generator, torch.Generator):
+                coords = self._points(src_masks, generator)
+            else:  # one generator per image: the image's masks draw from its own
+                parts = []
+                for b in range(len(targets)):
+                    select = (batch == b).nonzero()[:, 0].to(masks.device)
+                    if select.numel():
+                        parts.append(self._points(src_masks[select], image_generator(generator, b)))
+                coords = torch.cat(parts)
             point_labels = point_sample(tgt_masks, coords)[:, 0]
         point_logits = point_sample(src_masks, coords)[:, 0]
         return sigmoid_bce_loss(point_logits, point_labels, num_masks), dice_loss(
             point_logits, point_labels, num_masks
         )
 
+    def _points(self, src_masks: Tensor, generator: torch.Generator | None) -> Tensor:
+        cfg = self.cfg
+        return uncertain_point_coords(
+            src_masks, cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio, generator
+        )
+
     def _losses(
-        self, logits: Tensor, masks: Tensor, targets: list[Target], num_masks: float, generator
+        self,
+        logits: Tensor,
+        masks: Tensor,
+        targets: list[Target],
+        num_masks: float,
+        weight_sum: float | None,
+        generator,
     ) -> dict[str, Tensor]:
         indices = self.matcher(logits, masks, targets, generator)
         loss_mask, loss_dice = self.loss_masks(masks, targets, indices, num_masks, generator)
         return {
-            "loss_ce": self.loss_labels(logits, targets, indices),
+            "loss_ce": self.loss_labels(logits, targets, indices, weight_sum),
             "loss_mask": loss_mask,
             "loss_dice": loss_dice,
         }
 
     def forward(
-        self, outputs: dict[str, object], targets: list[Target], generator: torch.Generator | None = None
+        self,
+        outputs: dict[str, object],
+        targets: list[Target],
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        normalizers: tuple[float, float] | None = None,
     ) -> dict[str, Tensor]:
         """All losses (unweighted), keys ``loss_ce``, ``loss_mask``, ``loss_dice`` and ``..._{i}`` for aux i.
 
@@ -132,13 +180,22 @@ class SetCriterion(nn.Module):
             outputs: the model's dict: ``pred_logits`` (B, Q, K+1), ``pred_masks`` (B, Q, h, w),
                 ``aux_outputs`` (list of the same).
             targets: one :class:`~pem.data.mapper.Target` per image, masks at the padded input size.
+            generator: point sampling; one for the batch or one per image.
+            normalizers: (num_masks, class-weight sum) divisors; default :meth:`normalizers` of
+                this batch with num_masks >= 1 (distributed runs pass the global ones, num_masks
+                clamped to >= 1, divided by the world size).
         """
-        num_masks = float(max(sum(int(t.labels.numel()) for t in targets), 1))
-        losses = self._losses(outputs["pred_logits"], outputs["pred_masks"], targets, num_masks, generator)
+        if normalizers is None:
+            count, weight_sum = self.normalizers(targets, outputs["pred_logits"].shape[1])
+            normalizers = (max(count, 1.0), weight_sum)
+        num_masks, weight_sum = normalizers
+        losses = self._losses(
+            outputs["pred_logits"], outputs["pred_masks"], targets, num_masks, weight_sum, generator
+        )
         if self.cfg.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
                 aux_losses = self._losses(
-                    aux["pred_logits"], aux["pred_masks"], targets, num_masks, generator
+                    aux["pred_logits"], aux["pred_masks"], targets, num_masks, weight_sum, generator
                 )
                 losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         return losses

@@ -66,18 +66,22 @@ def micro_batches(
     count: int,
     pixel_mean: Sequence[float],
     num_workers: int = 0,
+    stride: int | None = None,
 ) -> Iterator[Batch]:
-    """``count`` consecutive micro-batches starting at sample ``first_counter``.
+    """``count`` micro-batches of ``micro_batch`` samples; the ``i``-th starts at sample
+    ``first_counter + i * stride`` (``stride`` defaults to ``micro_batch``: consecutive batches;
+    a distributed rank reads its slice of every global micro-batch with a larger stride).
 
     Batches are padded to at least the crop size (multiples of 32) so shapes stay constant.
     """
     collate_fn = _Collate(pixel_mean, stream.augment_cfg.crop_size)
+    stride = micro_batch if stride is None else stride
     if num_workers <= 0:
         for i in range(count):
-            start = first_counter + i * micro_batch
+            start = first_counter + i * stride
             yield collate_fn([stream[c] for c in range(start, start + micro_batch)])
         return
-    counters = list(range(first_counter, first_counter + count * micro_batch))
+    counters = [first_counter + i * stride + j for i in range(count) for j in range(micro_batch)]
     loader = torch.utils.data.DataLoader(
         stream, batch_size=micro_batch, sampler=counters, num_workers=num_workers, collate_fn=collate_fn
     )

@@ -7,6 +7,8 @@ the image; the assignment is ``scipy.optimize.linear_sum_assignment`` on that co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -78,12 +80,14 @@ class HungarianMatcher:
         pred_logits: Tensor,
         pred_masks: Tensor,
         targets: list[Target],
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> list[tuple[Tensor, Tensor]]:
         """Match a batch.
 
         Args:
             pred_logits: (B, Q, K+1); pred_masks: (B, Q, h, w); targets: B :class:`Target`.
+            generator: one generator for the batch, or one per image (then the points of an
+                image do not depend on the other images of the batch).
         Returns:
             per image (query indices, target indices), both int64 of length min(Q, N).
         """
@@ -93,13 +97,23 @@ class HungarianMatcher:
                 empty = torch.zeros(0, dtype=torch.int64)
                 indices.append((empty, empty))
                 continue
-            cost = self.cost_matrix(pred_logits[b], pred_masks[b], target, generator).cpu()
+            cost = self.cost_matrix(pred_logits[b], pred_masks[b], target, image_generator(generator, b))
+            cost = cost.cpu()
             cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6).numpy()
             rows, cols = linear_sum_assignment(cost)
             indices.append(
                 (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
             )
         return indices
+
+
+def image_generator(
+    generator: torch.Generator | Sequence[torch.Generator] | None, index: int
+) -> torch.Generator | None:
+    """The generator of image ``index``: its own when given one per image, else the shared one."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    return generator[index]
 
 
 def matched_pairs(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
@@ -113,4 +127,4 @@ def matched_pairs(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor,
     return batch, src, tgt
 
 
-__all__ = ["HungarianMatcher", "matched_pairs", "pairwise_dice", "pairwise_sigmoid_bce"]
+__all__ = ["HungarianMatcher", "image_generator", "matched_pairs", "pairwise_dice", "pairwise_sigmoid_bce"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 _NO_DECAY_TYPES = (
+    nn.modules.batchnorm._BatchNorm,  # BatchNorm1d/2d/3d, SyncBatchNorm and its CPU variant
     nn.BatchNorm1d,
     nn.BatchNorm2d,
     nn.BatchNorm3d,

@@ -10,12 +10,23 @@ Output directory:
 - ``metrics.jsonl``: one JSON object per logged step (losses, lr, timings) and per evaluation.
 
 The run is deterministic given the seed: model initialisation, batch order, augmentation and
-point sampling are seeded per step (see :mod:`pem.train.loader`), so a resumed run continues
+point sampling are seeded per sample (see :mod:`pem.train.loader`), so a resumed run continues
 exactly like an uninterrupted one.
+
+Distributed (``torchrun``, see :mod:`pem.train.distributed`): the model is wrapped in
+DistributedDataParallel; each rank takes its slice of every global micro-batch (the samples,
+augmentations and point samples of the single-process run), the loss divisors are summed over
+ranks and DDP averages the gradients, so one step is the single-process step on the global batch
+(exactly so with ``sync_bn="all"``; with the official SyncBN choice the layers left unsynchronised
+see per-rank statistics, as in the official code). Accumulation micro-steps skip DDP's gradient
+all-reduce (``no_sync``). Rank 0 alone writes checkpoints, the state and ``metrics.jsonl`` and
+shows the progress bar. A run can be resumed with another number of ranks when the global
+micro-batch still splits evenly (same global batch: same samples and optimizer state).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -35,6 +46,13 @@ from pem.evaluation import EvalResult, evaluate
 from pem.model import PEM
 from pem.train.config import TrainConfig, train_preset
 from pem.train.criterion import SetCriterion
+from pem.train.distributed import (
+    all_reduce_sum,
+    broadcast_object,
+    convert_sync_batch_norm,
+    init_distributed,
+    rank_device,
+)
 from pem.train.loader import TrainStream, micro_batches
 from pem.train.optim import build_optimizer, learning_rate, set_learning_rate
 
@@ -58,16 +76,10 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    """The random generator of the criterion's point sampling at ``step``."""
+def sample_generator(seed: int, counter: int, device: torch.device) -> torch.Generator:
+    """The random generator of the criterion's point sampling for training sample ``counter``."""
     gen = torch.Generator(device=device)
-    gen.manual_seed((seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1))
+    gen.manual_seed((seed * 1_000_003 + counter * 7919 + 17) % (2**63 - 1))
     return gen
 
 
@@ -84,6 +96,9 @@ class Trainer:
         progress: progress bar with loss and ETA; ``None`` = only on a TTY.
         resume: continue from ``out_dir/last_state.safetensors``; without it an existing state
             is an error (nothing is overwritten by accident).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every rank builds a Trainer with the same arguments;
+    it joins the process group (NCCL on CUDA, gloo on CPU) and uses ``cuda:LOCAL_RANK``.
     """
 
     def __init__(
@@ -108,7 +123,10 @@ class Trainer:
         self.train_set = train_set
         self.val_set = val_set
         self.out_dir = Path(out_dir)
-        self.device = _device(device)
+        self.dist = init_distributed(device)
+        self.device = rank_device(device, self.dist)
+        self.world_size = self.dist.world_size
+        self.rank_batch = config.rank_batch(self.world_size)
         self.progress = progress
         self.extra_metadata = dict(extra_metadata or {})
         self.use_amp = config.amp if config.amp is not None else self.device.type == "cuda"
@@ -117,6 +135,9 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
             torch.manual_seed(config.seed)
             self.model = PEM(model_config).to(self.device).train()
+        self.sync_bn_modules: list[str] = []
+        if self.world_size > 1:
+            self.sync_bn_modules = convert_sync_batch_norm(self.model, config.sync_bn, self.device)
         self.criterion = SetCriterion(model_config.num_classes, config.loss).to(self.device)
         self.optimizer = build_optimizer(
             self.model, config.lr, config.backbone_multiplier, config.weight_decay
@@ -124,14 +145,37 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.device.type == "cuda")
         self.stream = TrainStream(train_set, train_set.task, config.augment, config.seed)
         self.step = 0
+        self.resumed_from_world_size: int | None = None
         state = self.out_dir / STATE_FILE
-        if resume:
-            if not state.is_file():
-                raise CheckpointError(f"{state}: no training state to resume from")
-            self._load_state(state)
-        elif state.exists():
-            raise CheckpointError(
-                f"{state}: a run already exists in {self.out_dir}; resume it or pick a new output"
+        # Rank 0 reads the output folder (other nodes may not share it) and every rank gets the
+        # same answer, so all ranks fail together or continue together.
+        status: tuple[str, Any] = ("ok", None)
+        if self.dist.is_main:
+            if resume and not state.is_file():
+                status = ("error", f"{state}: no training state to resume from")
+            elif resume:
+                try:
+                    status = ("state", self._read_state(state))
+                except CheckpointError as exc:
+                    status = ("error", str(exc))
+            elif state.exists():
+                status = (
+                    "error",
+                    f"{state}: a run already exists in {self.out_dir}; resume it or pick a new output",
+                )
+        status = broadcast_object(status)
+        if status[0] == "error":
+            raise CheckpointError(status[1])
+        if status[0] == "state":
+            self._apply_state(state, *status[1])
+        self.ddp: torch.nn.Module = self.model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Wrapping broadcasts rank 0's weights and buffers: every rank starts identical.
+            self.ddp = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
 
     # -----------------------------------------------------------------------------------------
@@ -155,10 +199,12 @@ class Trainer:
             "train_config": json.dumps(self.config.to_dict()),
             "param_groups": json.dumps(groups),
             "scaler": json.dumps(self.scaler.state_dict() if self.scaler.is_enabled() else {}),
+            "world_size": str(self.world_size),
         }
         atomic_write_bytes(self.out_dir / STATE_FILE, save(tensors, metadata=meta))
 
-    def _load_state(self, path: Path) -> None:
+    @staticmethod
+    def _read_state(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -167,6 +213,12 @@ class Trainer:
                 tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{path}: not a readable training state ({exc})") from None
+        return meta, tensors
+
+    def _load_state(self, path: Path) -> None:
+        self._apply_state(path, *self._read_state(path))
+
+    def _apply_state(self, path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
         if meta.get("format") != "pem-deploy-train-state":
             raise CheckpointError(f"{path}: not a pem-deploy training state")
         try:
@@ -202,6 +254,8 @@ class Trainer:
         if scaler and self.scaler.is_enabled():
             self.scaler.load_state_dict(scaler)
         self.step = step
+        # Older states have no world size: they come from single-process runs.
+        self.resumed_from_world_size = int(meta.get("world_size", "1"))
 
     def _save_model(
         self, metrics: EvalResult | None, final_loss: float, seconds: float | None = None
@@ -210,6 +264,8 @@ class Trainer:
             "train": self.config.to_dict(),
             "step": self.step,
             "final_loss": final_loss,
+            "world_size": self.world_size,
+            "per_rank_batch": self.rank_batch,
             **self.extra_metadata,
         }
         if seconds is not None:
@@ -220,6 +276,8 @@ class Trainer:
         return save_checkpoint(model, self.model_config, self.out_dir / MODEL_FILE, extra=extra)
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -236,39 +294,62 @@ class Trainer:
             self.val_set,
             short_side=self.config.test_short_side,
             max_size=self.config.test_max_size,
-            progress=progress,
+            progress=progress if self.dist.is_main else False,
         )
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step (``accumulate`` micro-batches); returns the logged scalars."""
+        """One optimizer step (``accumulate`` micro-batches); returns the logged scalars.
+
+        The step's global batch is samples ``step * batch_size ...``; micro-batch ``j`` is the
+        next ``micro_batch`` of them and rank ``r`` takes its ``r``-th slice of each.
+        """
         cfg = self.config
         lr = learning_rate(self.step, cfg.iterations, cfg.lr, cfg.lr_end, cfg.warmup_iters)
         set_learning_rate(self.optimizer, lr)
-        generator = step_generator(cfg.seed, self.step, self.device)
-        first = self.step * cfg.batch_size
-        sums: dict[str, float] = {}
+        world = self.world_size
+        first = self.step * cfg.batch_size + self.dist.rank * self.rank_batch
+        num_queries = self.model_config.transformer_decoder.num_queries
+        sums = torch.zeros(4, dtype=torch.float64)
         t0 = time.perf_counter()
         data_time = 0.0
         batches = micro_batches(
-            self.stream, first, cfg.micro_batch, cfg.accumulate, self.model_config.pixel_mean, cfg.num_workers
+            self.stream,
+            first,
+            self.rank_batch,
+            cfg.accumulate,
+            self.model_config.pixel_mean,
+            cfg.num_workers,
+            stride=cfg.micro_batch,
         )
-        while True:
+        for j in range(cfg.accumulate):
             td = time.perf_counter()
-            batch = next(batches, None)
+            batch = next(batches)
             data_time += time.perf_counter() - td
-            if batch is None:
-                break
+            start = first + j * cfg.micro_batch
+            generators = [
+                sample_generator(cfg.seed, start + i, self.device) for i in range(len(batch.targets))
+            ]
+            # Loss divisors of the whole global micro-batch (sum over ranks), per rank / world:
+            # with DDP's gradient averaging the gradients are those of the global batch.
+            local = torch.tensor(self.criterion.normalizers(batch.targets, num_queries), dtype=torch.float64)
+            count, weight_sum = all_reduce_sum(local.to(self.device)).tolist()
+            normalizers = (max(count, 1.0) / world, weight_sum / world)
             images = self.model.normalize(batch.images.to(self.device, non_blocking=True))
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                outputs = self.model(images)
-            losses = self.criterion(outputs, batch.targets, generator)
-            total = self.criterion.total(losses)
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"non-finite loss at step {self.step}: {float(total)}")
-            self.scaler.scale(total / cfg.accumulate).backward()
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) / cfg.accumulate
-            for key in ("loss_ce", "loss_mask", "loss_dice"):
-                sums[key] = sums.get(key, 0.0) + float(losses[key].detach()) / cfg.accumulate
+            sync = world == 1 or j == cfg.accumulate - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():  # type: ignore[operator]
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                    outputs = self.ddp(images)
+                losses = self.criterion(outputs, batch.targets, generators, normalizers)
+                total = self.criterion.total(losses)
+                self.scaler.scale(total / cfg.accumulate).backward()
+            values = [total.detach()] + [losses[k].detach() for k in ("loss_ce", "loss_mask", "loss_dice")]
+            sums += torch.stack([v.double().cpu() for v in values]) / cfg.accumulate
+        # Global values: each rank's losses are its share of the global batch's times the world.
+        sums = all_reduce_sum(sums.to(self.device)).cpu() / world
+        loss, loss_ce, loss_mask, loss_dice = sums.tolist()
+        if not math.isfinite(loss):  # the same on every rank: all stop together
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"non-finite loss at step {self.step}: {loss}")
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = float(
@@ -279,7 +360,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {
-            **sums,
+            "loss": loss,
+            "loss_ce": loss_ce,
+            "loss_mask": loss_mask,
+            "loss_dice": loss_dice,
             "lr": lr,
             "grad_norm": grad_norm,
             "step_time": time.perf_counter() - t0,
@@ -304,10 +388,19 @@ class Trainer:
             initial=self.step,
             desc="train",
             unit="it",
-            disable=None if self.progress is None else not self.progress,
+            disable=(None if self.progress is None else not self.progress) if self.dist.is_main else True,
             dynamic_ncols=True,
         )
         metrics: EvalResult | None = None
+        if self.resumed_from_world_size is not None:
+            self._log(
+                {
+                    "step": self.step,
+                    "resumed": True,
+                    "world_size": self.world_size,
+                    "previous_world_size": self.resumed_from_world_size,
+                }
+            )
         try:
             while self.step < cfg.iterations:
                 last = self.train_step()
@@ -317,6 +410,8 @@ class Trainer:
                 if self.step % cfg.log_period == 0 or self.step == cfg.iterations or self.step == 1:
                     record = {"step": self.step, **{k: round(v, 6) for k, v in last.items()}}
                     record["elapsed_s"] = round(time.perf_counter() - start, 3)
+                    record["world_size"] = self.world_size
+                    record["per_rank_batch"] = self.rank_batch
                     history.append(record)
                     self._log(record)
                 done = self.step == cfg.iterations
@@ -324,7 +419,8 @@ class Trainer:
                     result = self.evaluate()
                     if result is not None:
                         self._log({"step": self.step, "eval": result.to_dict()})
-                if (cfg.checkpoint_period and self.step % cfg.checkpoint_period == 0) or done:
+                periodic = bool(cfg.checkpoint_period) and self.step % cfg.checkpoint_period == 0
+                if self.dist.is_main and (periodic or done):
                     self._save_state()
                     if not done:
                         self._save_model(None, last["loss"])
@@ -336,7 +432,9 @@ class Trainer:
         if metrics is not None:
             self._log({"step": self.step, "eval": metrics.to_dict()})
         seconds = time.perf_counter() - start
-        checkpoint = self._save_model(metrics, last["loss"], seconds)
+        checkpoint = self.out_dir / MODEL_FILE
+        if self.dist.is_main:
+            checkpoint = self._save_model(metrics, last["loss"], seconds)
         return TrainResult(checkpoint, self.step, seconds, last["loss"], metrics, history)
 
 

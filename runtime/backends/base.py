@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from contract.sidecar import IOSignature, TensorSignature
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,21 @@ class Backend(abc.ABC):
     def outputs(self) -> list[TensorSpec]:
         """Model outputs."""
         return self._outputs
+
+    def io_signature(self) -> IOSignature:
+        """The model's inputs and outputs as this backend sees them (names, shapes, dtypes), for
+        :meth:`contract.sidecar.Sidecar.check_against`."""
+
+        def one(spec: TensorSpec) -> TensorSignature:
+            dims = tuple(d if isinstance(d, int) and d > 0 else None for d in spec.shape)
+            return TensorSignature(spec.name, dims, np.dtype(spec.dtype).name)
+
+        model = getattr(self, "path", None)
+        return IOSignature(
+            tuple(one(s) for s in self.inputs),
+            tuple(one(s) for s in self.outputs),
+            Path(model).name if model is not None else self.name,
+        )
 
     @abc.abstractmethod
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

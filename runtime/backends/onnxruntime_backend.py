@@ -7,26 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.sidecar import TENSOR_DTYPES, IOSignature, onnxruntime_dtype
 from runtime.backends.base import Backend, TensorSpec
 from runtime.errors import ArtifactError, BackendUnavailableError
 
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(uint8)": np.uint8,
-    "tensor(int8)": np.int8,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(bool)": np.bool_,
-}
 # Preference order when the caller does not choose.
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def _spec(arg) -> TensorSpec:  # arg: an onnxruntime NodeArg
-    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
-    return TensorSpec(arg.name, shape, np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
+    shape = tuple(d if isinstance(d, int) else None for d in (arg.shape or ()))
+    name = onnxruntime_dtype(arg.type)
+    # Types numpy has no name for (strings, sequences) become object: no sidecar dtype matches.
+    return TensorSpec(arg.name, shape, np.dtype(name) if name in TENSOR_DTYPES else np.dtype(object))
 
 
 class OnnxRuntimeBackend(Backend):
@@ -49,6 +42,7 @@ class OnnxRuntimeBackend(Backend):
                 f"{path}: onnxruntime is not installed (pip install onnxruntime or onnxruntime-gpu)"
             ) from None
         path = Path(path)
+        self.path = path
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in DEFAULT_PROVIDERS if p in available]
@@ -70,6 +64,11 @@ class OnnxRuntimeBackend(Backend):
         self.providers = self.session.get_providers()
         self._inputs = [_spec(a) for a in self.session.get_inputs()]
         self._outputs = [_spec(a) for a in self.session.get_outputs()]
+
+    def io_signature(self) -> IOSignature:
+        """Inputs and outputs from ``session.get_inputs()`` / ``get_outputs()`` (rank kept even
+        when onnxruntime cannot tell it: ``shape`` ``None``)."""
+        return IOSignature.from_onnxruntime(self.session, self.path.name)
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe; no lock needed.

@@ -72,6 +72,20 @@ def check_engine_compatibility(
         )
 
 
+def engine_tensor_specs(trt: Any, engine: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) of a deserialized engine: names, shapes (-1 -> ``None``) and dtypes, as
+    :meth:`Backend.io_signature` reports them for the sidecar check."""
+    inputs: list[TensorSpec] = []
+    outputs: list[TensorSpec] = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+        shape = tuple(int(d) if d >= 0 else None for d in engine.get_tensor_shape(name))
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        (inputs if is_input else outputs).append(TensorSpec(name, shape, dtype))
+    return inputs, outputs
+
+
 class TensorRTBackend(Backend):
     """Runs a TensorRT engine (``execute_async_v3`` on its own CUDA stream).
 
@@ -96,6 +110,7 @@ class TensorRTBackend(Backend):
         cudart = _import_cudart()
         self._trt, self._cudart = trt, cudart
         path = Path(path)
+        self.path = path
         _check(cudart.cudaSetDevice(device))
         if sidecar is not None:
             check_engine_compatibility(sidecar, trt.__version__, device_description(cudart, device), path)
@@ -116,15 +131,7 @@ class TensorRTBackend(Backend):
         self._use_graph = cuda_graph
         self._graph_exec: Any = None
         self._graph_key: tuple[Any, ...] | None = None
-        self._inputs: list[TensorSpec] = []
-        self._outputs: list[TensorSpec] = []
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            shape = tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(name))
-            spec = TensorSpec(name, shape, dtype)
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self._inputs if is_input else self._outputs).append(spec)
+        self._inputs, self._outputs = engine_tensor_specs(trt, self.engine)
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))

@@ -7,7 +7,8 @@ from __future__ import annotations
 Shape = tuple[int, ...]
 
 
-def _bn(prefix: str, c: int) -> dict[str, Shape]:
+def bn_keys(prefix: str, c: int) -> dict[str, Shape]:
+    """The five entries of a ``BatchNorm2d`` with ``c`` channels under ``prefix``."""
     return {
         f"{prefix}.weight": (c,),
         f"{prefix}.bias": (c,),
@@ -17,29 +18,42 @@ def _bn(prefix: str, c: int) -> dict[str, Shape]:
     }
 
 
-def resnet50_keys() -> dict[str, Shape]:
-    keys = {"backbone.stem.conv1.weight": (64, 3, 7, 7), **_bn("backbone.stem.conv1.norm", 64)}
+def resnet50_keys(prefix: str = "backbone.", torchvision: bool = False) -> dict[str, Shape]:
+    """ResNet-50 keys in module order under ``prefix``.
+
+    detectron2 names (``stem.conv1``, ``res2..5``, the shortcut registered before ``conv1..3``) or, with
+    ``torchvision``, torchvision names (``conv1``/``bn1``, ``layer1..4``, ``downsample`` after the
+    convolutions, plus the ``fc`` classifier).
+    """
+    stem, stem_norm = ("conv1", "bn1") if torchvision else ("stem.conv1", "stem.conv1.norm")
+    keys = {f"{prefix}{stem}.weight": (64, 3, 7, 7), **bn_keys(f"{prefix}{stem_norm}", 64)}
     in_c = 64
     for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
         out_c = width * 4
         for j in range(blocks):
-            p = f"backbone.res{stage + 2}.{j}"
+            p = f"{prefix}layer{stage + 1}.{j}" if torchvision else f"{prefix}res{stage + 2}.{j}"
+            shapes = ((width, in_c, 1, 1), (width, width, 3, 3), (out_c, width, 1, 1))
+            convs = [
+                (f"conv{k}", f"bn{k}" if torchvision else f"conv{k}.norm", s) for k, s in enumerate(shapes, 1)
+            ]
             if j == 0:
-                keys[f"{p}.shortcut.weight"] = (out_c, in_c, 1, 1)
-                keys.update(_bn(f"{p}.shortcut.norm", out_c))
-            for name, shape in (
-                ("conv1", (width, in_c, 1, 1)),
-                ("conv2", (width, width, 3, 3)),
-                ("conv3", (out_c, width, 1, 1)),
-            ):
-                keys[f"{p}.{name}.weight"] = shape
-                keys.update(_bn(f"{p}.{name}.norm", shape[0]))
+                shortcut = (out_c, in_c, 1, 1)
+                if torchvision:
+                    convs.append(("downsample.0", "downsample.1", shortcut))
+                else:
+                    convs.insert(0, ("shortcut", "shortcut.norm", shortcut))
+            for conv, norm, shape in convs:
+                keys[f"{p}.{conv}.weight"] = shape
+                keys.update(bn_keys(f"{p}.{norm}", shape[0]))
             in_c = out_c
+    if torchvision:
+        keys[f"{prefix}fc.weight"] = (1000, 2048)
+        keys[f"{prefix}fc.bias"] = (1000,)
     return keys
 
 
 def _convx(prefix: str, cin: int, cout: int, k: int) -> dict[str, Shape]:
-    return {f"{prefix}.conv.weight": (cout, cin, k, k), **_bn(f"{prefix}.bn", cout)}
+    return {f"{prefix}.conv.weight": (cout, cin, k, k), **bn_keys(f"{prefix}.bn", cout)}
 
 
 def stdc_keys(layers: tuple[int, ...], base: int = 64) -> dict[str, Shape]:
@@ -58,7 +72,7 @@ def stdc_keys(layers: tuple[int, ...], base: int = 64) -> dict[str, Shape]:
                 block.update(_convx(f"{{p}}.conv_list.{k}", ci, co, ks))
             if j == 0:
                 block["{p}.avd_layer.0.weight"] = (out_c // 2, 1, 3, 3)
-                block.update(_bn("{p}.avd_layer.1", out_c // 2))
+                block.update(bn_keys("{p}.avd_layer.1", out_c // 2))
             features.append(block)
     # The official module also registers the stages as x2, x4, x8, x16, x32 (shared tensors).
     bounds = [0, 1, 2]
@@ -83,22 +97,22 @@ def pixel_decoder_keys(
     keys: dict[str, Shape] = {}
     for i, c in enumerate(in_channels):
         keys[f"{p}.in_projections.{i}.conv.weight"] = (conv_dim, c, 1, 1)
-        keys.update(_bn(f"{p}.in_projections.{i}.bn", conv_dim))
+        keys.update(bn_keys(f"{p}.in_projections.{i}.bn", conv_dim))
     keys[f"{p}.conv_avg.conv.weight"] = (conv_dim, in_channels[-1], 1, 1)
-    keys.update(_bn(f"{p}.conv_avg.bn", conv_dim))
+    keys.update(bn_keys(f"{p}.conv_avg.bn", conv_dim))
     for i in range(4):
         keys[f"{p}.csm.{i}.mlp.0.mlp.0.weight"] = (conv_dim // 2, conv_dim, 1, 1)
-        keys.update(_bn(f"{p}.csm.{i}.mlp.0.mlp.1", conv_dim // 2))
+        keys.update(bn_keys(f"{p}.csm.{i}.mlp.0.mlp.1", conv_dim // 2))
         keys[f"{p}.csm.{i}.mlp.0.mlp.3.weight"] = (conv_dim, conv_dim // 2, 1, 1)
     for j in range(3):
         keys[f"{p}.dcn.{j}.dcn_offset.weight"] = (27, conv_dim, 3, 3)
         keys[f"{p}.dcn.{j}.dcn_offset.bias"] = (27,)
         keys[f"{p}.dcn.{j}.dcn.weight"] = (conv_dim, conv_dim, 3, 3)
-        keys.update(_bn(f"{p}.dcn.{j}.dcn_bn", conv_dim))
+        keys.update(bn_keys(f"{p}.dcn.{j}.dcn_bn", conv_dim))
         keys[f"{p}.dcn.{j}.up_sample.weight"] = (conv_dim, conv_dim, 4, 4)
-        keys.update(_bn(f"{p}.dcn.{j}.up_bn", conv_dim))
+        keys.update(bn_keys(f"{p}.dcn.{j}.up_bn", conv_dim))
     keys[f"{p}.out.conv.weight"] = (mask_dim, conv_dim, 1, 1)
-    keys.update(_bn(f"{p}.out.bn", mask_dim))
+    keys.update(bn_keys(f"{p}.out.bn", mask_dim))
     return keys
 
 
@@ -126,7 +140,7 @@ def predictor_keys(
         keys[f"{ca}.alpha"] = (1, 1, dim)
         keys[f"{ca}.{feature_proj}.to_query_3x3.weight"] = (dim, 1, 3, 3)
         keys[f"{ca}.{feature_proj}.to_query_3x3.bias"] = (dim,)
-        keys.update(_bn(f"{ca}.{feature_proj}.bn", dim))
+        keys.update(bn_keys(f"{ca}.{feature_proj}.bn", dim))
         keys[f"{ca}.{feature_proj}.out.weight"] = (dim, dim)
         keys[f"{ca}.{feature_proj}.out.bias"] = (dim,)
         keys[f"{ca}.{query_proj}.0.weight"] = (dim,)
