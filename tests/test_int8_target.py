@@ -74,4 +74,9 @@ def test_sidecar_records_the_int8_target() -> None:
     )
     sidecar = build_sidecar(precision="int8", int8={"target": "onnxruntime"}, **kwargs)
     assert sidecar["int8"] == {"target": "onnxruntime"}
+    from contract.sidecar import Sidecar
+
+    typed = Sidecar.from_dict(sidecar)  # the typed schema keeps the record
+    assert typed.provenance.int8 == {"target": "onnxruntime"}
+    assert typed.to_dict()["int8"] == {"target": "onnxruntime"}
     assert "int8" not in build_sidecar(precision="fp32", **kwargs)
