@@ -5,7 +5,9 @@ model part with the decomposed deformable conv (OpenVINO has no ONNX DeformConv 
 with the runtime's :class:`~runtime.backends.openvino_backend.OpenVINOBackend` (FP32 inference
 precision) and :class:`~runtime.backends.onnxruntime_backend.OnnxRuntimeBackend` at each thread
 count, and times ``Backend.infer`` on one seeded input: interleaved rounds, median of ``--runs``.
-Also reports the largest output difference between the two backends.
+Also reports the largest output difference between the two backends. ``onnxruntime-native`` is
+onnxruntime on the usual export (ONNX ``DeformConv``), the fastest graph onnxruntime has: the
+fair baseline for "which runtime should a CPU user take".
 
 Usage: ``python benchmarks/openvino_vs_ort.py [--preset cityscapes-semantic-stdc1] [--size 512x1024]
 [--threads 1 2] [--runs 10] [--out results.json]``; ``--preset trained`` uses the trained default.
@@ -52,6 +54,7 @@ def main() -> None:
     else:
         source = load_source(preset=args.preset, height=h, width=w)
     model, _, _ = export_graph(source, ExportOptions(head="raw", deform_impl="decomposed"))
+    native, _, _ = export_graph(source, ExportOptions(head="raw", deform_impl="native"))
     x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
     results: dict[str, object] = {
         "machine": cpu_description(),
@@ -63,18 +66,28 @@ def main() -> None:
         "threads": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
+        path, native_path = Path(tmp) / "model.onnx", Path(tmp) / "native.onnx"
         onnx.save(model, path)
+        onnx.save(native, native_path)
         for threads in args.threads:
             backends = {
                 "onnxruntime": OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"], threads=threads),
                 "openvino": OpenVINOBackend(path, threads=threads),
+                "onnxruntime-native": OnnxRuntimeBackend(
+                    native_path, providers=["CPUExecutionProvider"], threads=threads
+                ),
             }
             outputs = {name: b.infer({"images": x}) for name, b in backends.items()}
             diff = {
                 k: float(np.abs(outputs["onnxruntime"][k] - outputs["openvino"][k]).max())
                 for k in outputs["onnxruntime"]
             }
+            label_agreement = float(
+                np.mean(
+                    outputs["onnxruntime"]["pred_masks"].argmax(1)
+                    == outputs["openvino"]["pred_masks"].argmax(1)
+                )
+            )
             for b in backends.values():
                 b.infer({"images": x})
             times: dict[str, list[float]] = {name: [] for name in backends}
@@ -87,7 +100,9 @@ def main() -> None:
             entry = {
                 "median_ms": {k: round(v, 1) for k, v in med.items()},
                 "openvino_over_onnxruntime": round(med["openvino"] / med["onnxruntime"], 3),
+                "openvino_over_onnxruntime_native": round(med["openvino"] / med["onnxruntime-native"], 3),
                 "max_abs_diff": diff,
+                "mask_argmax_agreement": label_agreement,
                 "openvino_precision": backends["openvino"].inference_precision,
             }
             results["threads"][str(threads)] = entry  # type: ignore[index]

@@ -216,9 +216,10 @@ def decoder_targets(model: onnx.ModelProto, groups: Iterable[str]) -> list[Quant
     gemms = [n for n in decoder if n.op_type == "Gemm" and len(n.input) >= 2 and n.input[1] in inits]
     rows = [shapes.get(n.input[0], [0])[0] for n in gemms]
     query_rows = max(set(rows), key=rows.count) if rows else 0
+    gemm_names = {n.name for n in gemms}
     targets: list[QuantTarget] = []
     for node in decoder:
-        if "tokens" in wanted and node in gemms:
+        if "tokens" in wanted and node.name in gemm_names:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             row_count = shapes.get(node.input[0], [0])[0]
             if int(attrs.get("transA", 0)) or row_count in (0, query_rows):
