@@ -25,6 +25,7 @@ from calib.calibrate import CalibrationConfig, Int8Calibrator, Int8Result
 from calib.errors import CalibrationError
 from calib.trt_cache import write_cache
 from contract.fs import atomic_write_bytes
+from export.metadata import ArtifactWriter
 from export.pipeline import ExportOptions, ExportResult, Progress, export_artifact
 from export.source import ModelSource
 
@@ -76,8 +77,14 @@ def run_calibration(
     eval_limit: int | None = None,
     report: bool = True,
     progress: Progress | None = None,
+    exist_ok: bool = False,
 ) -> CalibrateOutcome:
-    """Calibrate ``source`` and write the INT8 artifact, the TensorRT cache and the report."""
+    """Calibrate ``source`` and write the INT8 artifact, the TensorRT cache and the report.
+
+    All-or-nothing: everything is staged beside ``out_dir`` and moved in at the end, so a failure
+    (or a kill) leaves ``out_dir`` as it was. Files of the names written that already exist there
+    are refused unless ``exist_ok``; nothing else in the folder is touched.
+    """
     say = progress or (lambda message: None)
     start = time.perf_counter()
     if report or max_drop is not None:  # fail before the slow part when there are no labels
@@ -93,25 +100,39 @@ def run_calibration(
         layout=layout,
         progress=progress,
     )
-    options = ExportOptions(out_dir=out_dir, name=name, head=head, precision="int8")
-    exported = export_artifact(source, options, progress=progress, int8_quantizer=calibrator)
-    result = calibrator.result
-    if result is None:  # pragma: no cover - export_artifact always calls the quantizer for int8
-        raise CalibrationError("the export did not run the calibration")
-    cache_path = write_cache(Path(out_dir) / f"{name}.cache", result.ranges.cache)
-    outcome = CalibrateOutcome(exported, result, cache_path)
+    final_dir = Path(out_dir)
+    names = [f"{name}.onnx", f"{name}.json", f"{name}.cache"]
     if report:
-        say("evaluating FP32 / FP16 / INT8 on held-out images")
-        outcome.report = accuracy_comparison(
-            source, result, eval_data or config.data, eval_split, eval_limit, config.threads, layout
-        )
-        outcome.report["calibration"] = calibration_summary(config, result, layout, cache_path)
-        from calib.accuracy import report_markdown
+        names += ["accuracy.json", "accuracy.md"]
+    with ArtifactWriter(final_dir, names=tuple(names), exist_ok=exist_ok) as writer:
+        inner = writer.staging_dir / ".export"  # the exporter's own (atomic) folder, inside the staging
+        options = ExportOptions(out_dir=inner, name=name, head=head, precision="int8")
+        exported = export_artifact(source, options, progress=progress, int8_quantizer=calibrator)
+        result = calibrator.result
+        if result is None:  # pragma: no cover - export_artifact always calls the quantizer for int8
+            raise CalibrationError("the export did not run the calibration")
+        for file in (exported.onnx_path, exported.sidecar_path):
+            os.replace(file, writer.stage_path(file.name))
+        write_cache(writer.stage_path(f"{name}.cache"), result.ranges.cache)
+        cache_path = final_dir / f"{name}.cache"
+        outcome = CalibrateOutcome(exported, result, cache_path)
+        if report:
+            say("evaluating FP32 / FP16 / INT8 on held-out images")
+            outcome.report = accuracy_comparison(
+                source, result, eval_data or config.data, eval_split, eval_limit, config.threads, layout
+            )
+            outcome.report["calibration"] = calibration_summary(config, result, layout, cache_path)
+            from calib.accuracy import report_markdown
 
-        json_path, md_path = Path(out_dir) / "accuracy.json", Path(out_dir) / "accuracy.md"
-        atomic_write_bytes(json_path, (json.dumps(outcome.report, indent=2) + "\n").encode("utf-8"))
-        atomic_write_bytes(md_path, report_markdown(outcome.report).encode("utf-8"))
-        outcome.report_paths = [json_path, md_path]
+            payload = (json.dumps(outcome.report, indent=2) + "\n").encode("utf-8")
+            atomic_write_bytes(writer.stage_path("accuracy.json"), payload)
+            atomic_write_bytes(
+                writer.stage_path("accuracy.md"), report_markdown(outcome.report).encode("utf-8")
+            )
+            outcome.report_paths = [final_dir / "accuracy.json", final_dir / "accuracy.md"]
+        writer.commit()
+    exported.onnx_path = final_dir / exported.onnx_path.name
+    exported.sidecar_path = final_dir / exported.sidecar_path.name
     outcome.seconds = time.perf_counter() - start
     return outcome
 

@@ -50,7 +50,7 @@ def bench_torch(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ExportError(f"--device {device}: CUDA is not available here")
     height, width = shape if shape is not None else (None, None)
-    source = load_source(preset=preset, checkpoint=checkpoint, height=height, width=width)
+    source = load_source(preset=preset, checkpoint=checkpoint, height=height, width=width, batch=batch)
     h, w = source.config.input_size
     dev = torch.device(device)
     before = torch.get_num_threads()

@@ -10,17 +10,17 @@ from typing import Any
 
 import onnx
 
+from contract.parity_policy import POLICIES, ParityPolicy, Tolerance, policy_for
 from contract.sidecar import IOSignature
 from export.errors import ExportError
 from export.fp16 import emulate_fp16
 from export.heads import ExportedModel
 from export.metadata import read_sidecar, sha256_file
-from export.parity import ParityReport, compare, make_samples, open_session
+from export.parity import ParityReport, compare, is_index_output, make_samples, open_session
 from export.source import ModelSource, load_source, load_source_from_sidecar
 
-# Default pass thresholds per precision: max abs error of float outputs, minimum label agreement.
-DEFAULT_MAX_ABS = {"fp32": {"pred_logits": 1e-3, "scores": 1e-3}, "fp16": {}, "int8": {}}
-DEFAULT_MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "int8": 0.98}
+# Default pass thresholds per precision: the shared parity policy (also verify's and demo's).
+DEFAULT_MIN_AGREEMENT = {name: policy.min_label_agreement for name, policy in POLICIES.items()}
 
 
 @dataclass
@@ -42,12 +42,22 @@ class CheckResult:
         lines = []
         for report in self.reports:
             lines.append(report.table())
-            worst = ", ".join(f"{n} {report.worst(n).max_abs:.3g}" for n in report.output_names)
+            diffs = [report.worst(n) for n in report.output_names]
+            floats = ", ".join(f"{d.name} {d.max_abs:.3g}" for d in diffs if not is_index_output(d))
+            indices = ", ".join(f"{d.name} {d.agreement:.4%}" for d in diffs if is_index_output(d))
+            parts = ([f"max abs {floats}"] if floats else []) + ([f"equal {indices}"] if indices else [])
             lines.append(
-                f"worst: max abs {worst}; label agreement {report.label_agreement:.5%}, "
-                f"mIoU {report.miou:.5f}"
+                "worst: "
+                + "; ".join([*parts, f"label agreement {report.label_agreement:.5%}"])
+                + f", mIoU {report.miou:.5f}"
             )
-        limits = ", ".join(f"{k} <= {v:g}" for k, v in self.thresholds.get("max_abs", {}).items())
+        rtol = self.thresholds.get("rtol", {})
+        present = set(self.reports[0].output_names) if self.reports else set()
+        limits = ", ".join(
+            f"{k} <= {v:g}" + (f" + {rtol[k]:g}|ref|" if rtol.get(k) else "")
+            for k, v in self.thresholds.get("max_abs", {}).items()
+            if k in present  # a labels-only model has no scores to hold to a tolerance
+        )
         rule = f"label agreement >= {self.thresholds.get('min_label_agreement', 0):.3%}"
         rule = f"max abs {limits}; {rule}" if limits else rule
         if self.failures:
@@ -146,8 +156,16 @@ def check_artifact(
     if emulate and spec.precision == "fp16":
         emulated = open_session(emulate_fp16(onnx.load(str(onnx_path))))
         result.reports.append(compare(emulated, reference, samples, graph_label="FP16-emulated", **kwargs))
-    limits = DEFAULT_MAX_ABS.get(spec.precision, {}) if max_abs is None else max_abs
-    agreement = DEFAULT_MIN_AGREEMENT.get(spec.precision, 0.99) if min_agreement is None else min_agreement
-    result.thresholds = {"max_abs": limits, "min_label_agreement": agreement}
-    result.failures = report.failures(limits, agreement)
+    policy = policy_for(spec.precision)
+    if max_abs is not None:  # an explicit --max-abs is an absolute limit only
+        policy = ParityPolicy(
+            policy.precision, {n: Tolerance(v) for n, v in max_abs.items()}, policy.min_label_agreement
+        )
+    policy = policy.with_overrides(min_label_agreement=min_agreement)
+    result.thresholds = {
+        "max_abs": {n: t.atol for n, t in policy.tolerances.items()},
+        "rtol": {n: t.rtol for n, t in policy.tolerances.items()},
+        "min_label_agreement": policy.min_label_agreement,
+    }
+    result.failures = report.failures(policy)
     return result

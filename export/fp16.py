@@ -10,8 +10,9 @@ FP32, found from the graph's structure (op types and data flow), never from node
   and the ``Div`` it feeds (PEM-CA normalises queries, pixel tokens and the update; an FP16 norm
   over 256 channels overflows and its ``1e-12`` clamp underflows).
 * **prototype similarity**: everything between an ``ArgMax`` and the layers that produce its
-  input: walking back from the ArgMax through layout ops, the masking ``Where`` (data inputs),
-  activation x activation ``MatMul`` (the similarity) and the normalisation, stopping at
+  input: walking back from the ArgMax through layout ops, the ``Add`` of the 0 / ``-inf`` mask
+  bias and the ``Where`` making it (data inputs), a masking ``Where``, activation x activation
+  ``MatMul`` (the similarity) and the normalisation, stopping at
   parameterised layers (Gemm/Conv, MatMul with a 2-D weight, Mul/Div/Add with a non-scalar
   constant). FP16 rounding of the similarity creates ties that flip the chosen prototype.
 * **index math**: the float tensors that become integer indices (the inputs of ``Floor`` /
@@ -95,6 +96,7 @@ LAYOUT_OPS = frozenset(
 # Walked through when tracing the similarity that feeds an ArgMax (see module docstring).
 _SIMILARITY_OPS = LAYOUT_OPS | {
     "Where",
+    "Add",
     "MatMul",
     "Mul",
     "Div",

@@ -250,6 +250,35 @@ def validated_sidecar(data: dict[str, Any], model: onnx.ModelProto, name: str) -
     return spec
 
 
+STAGING_PREFIX = ".pem-export-"
+
+
+def remove_stale_staging(folder: Path, prefix: str) -> list[Path]:
+    """Delete ``prefix<pid>-*`` staging folders in ``folder`` whose process is gone (a killed run).
+
+    Returns what was removed. Folders of live processes (a concurrent export) are left alone.
+    """
+    removed = []
+    try:
+        entries = list(folder.glob(f"{prefix}*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
+        if not pid_text.isdigit() or not entry.is_dir():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
 class ArtifactWriter:
     """Stages files in a temporary folder and moves them into ``out_dir`` only on :meth:`commit`.
 
@@ -257,16 +286,25 @@ class ArtifactWriter:
     even created when it did not exist. Use as a context manager.
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str]):
+    def __init__(self, out_dir: str | os.PathLike[str], names: tuple[str, ...] = (), exist_ok: bool = False):
         self.out_dir = Path(out_dir)
+        self.names = names
+        self.exist_ok = exist_ok
         self._tmp: Path | None = None
         self._staged: list[str] = []
 
     def check(self) -> None:
-        """Raise :class:`ExportError` when ``out_dir`` cannot be created or written."""
+        """Raise :class:`ExportError` when ``out_dir`` cannot be created or written, or when it
+        already holds one of the files to be written (``names``) and ``exist_ok`` is not set."""
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise ExportError(f"--out {out}: exists and is not a directory")
+        existing = [n for n in self.names if (out / n).exists()]
+        if existing and not self.exist_ok:
+            raise ExportError(
+                f"--out {out}: already holds {', '.join(existing)}; "
+                "pass --exist-ok to replace those files (nothing else in the folder is touched)"
+            )
         base = self._base()
         try:  # os.access is not enough (read-only mounts, /proc, ACLs): really try
             probe = tempfile.mkdtemp(prefix=".pem-export-probe-", dir=base)
@@ -284,8 +322,10 @@ class ArtifactWriter:
 
     def __enter__(self) -> ArtifactWriter:
         self.check()
+        base = self._base()
+        remove_stale_staging(base, STAGING_PREFIX)
         try:
-            self._tmp = Path(tempfile.mkdtemp(prefix=".pem-export-", dir=self._base()))
+            self._tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
         except OSError as exc:
             raise ExportError(f"--out {self.out_dir}: cannot write there ({exc.strerror})") from None
         return self
@@ -294,6 +334,13 @@ class ArtifactWriter:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+    @property
+    def staging_dir(self) -> Path:
+        """The temporary folder (for scratch work; only :meth:`stage_path` files are committed)."""
+        if self._tmp is None:
+            raise RuntimeError("ArtifactWriter used outside its context")
+        return self._tmp
 
     def stage_path(self, name: str) -> Path:
         """Path in the staging folder for the file ``name`` (registered for :meth:`commit`)."""

@@ -20,10 +20,10 @@ import onnx
 import torch
 from torch import nn
 
+from contract.parity_policy import ParityPolicy
 from export.errors import ExportError
 from pem.inference import semantic_inference
-from runtime.postprocess import category_map
-from runtime.postprocess import fuse_panoptic as panoptic_fusion
+from runtime.postprocess import category_map, fuse_panoptic_outputs
 
 VOID_LABEL = 255
 Sample = tuple[str, np.ndarray]
@@ -138,6 +138,7 @@ class TensorDiff:
     max_rel: float
     mean_abs: float
     agreement: float  # fraction of elements equal (1.0 for float outputs within rounding is rare)
+    scale: float = 0.0  # largest magnitude of the reference (for relative tolerances)
 
 
 @dataclass
@@ -168,6 +169,7 @@ class ParityReport:
             max(d.max_rel for d in diffs),
             max(d.mean_abs for d in diffs),
             min(d.agreement for d in diffs),
+            max(d.scale for d in diffs),
         )
 
     @property
@@ -184,30 +186,37 @@ class ParityReport:
         """Lowest per-sample mIoU between the two predictions."""
         return min(s.miou for s in self.samples)
 
-    def failures(
-        self, max_abs: dict[str, float] | None = None, min_agreement: float | None = None
-    ) -> list[str]:
-        """Violated thresholds, as readable lines (empty: passed)."""
+    def failures(self, policy: ParityPolicy) -> list[str]:
+        """Violated thresholds of the shared parity policy, as readable lines (empty: passed)."""
         problems = []
-        for name, limit in (max_abs or {}).items():
-            if name in self.output_names and self.worst(name).max_abs > limit:
-                problems.append(f"{name}: max abs error {self.worst(name).max_abs:.3g} > {limit:g}")
-        if min_agreement is not None and self.label_agreement < min_agreement:
-            problems.append(f"label agreement {self.label_agreement:.5%} < {min_agreement:.3%}")
+        for name in policy.tolerances:
+            if name in self.output_names:
+                worst = self.worst(name)
+                problem = policy.float_failure(name, worst.max_abs, worst.scale)
+                if problem:
+                    problems.append(problem)
+        if self.label_agreement < policy.min_label_agreement:
+            problems.append(f"label agreement {self.label_agreement:.5%} < {policy.min_label_agreement:.3%}")
         return problems
 
     def table(self) -> str:
         """Readable per-sample and worst-case table."""
         lines = [f"parity: {self.graph} vs PyTorch (head {self.head})"]
-        header = f"  {'sample':<20}{'output':<14}{'max abs':>11}{'max rel':>11}{'mean abs':>11}{'equal':>10}"
+        # Image paths can be long: the sample column is as wide as its longest label.
+        w = max([20, *(len(s.label) + 2 for s in self.samples)])
+        header = f"  {'sample':<{w}}{'output':<14}{'max abs':>11}{'max rel':>11}{'mean abs':>11}{'equal':>10}"
         lines.append(header)
         for s in self.samples:
             for d in s.diffs.values():
+                if is_index_output(d):  # ids and classes: equal or not, no float error to speak of
+                    lines.append(f"  {s.label:<{w}}{d.name:<14}{'(index output)':>33}{d.agreement:>10.4%}")
+                    continue
                 lines.append(
-                    f"  {s.label:<20}{d.name:<14}{d.max_abs:>11.3g}{d.max_rel:>11.3g}{d.mean_abs:>11.3g}"
+                    f"  {s.label:<{w}}{d.name:<14}{d.max_abs:>11.3g}{d.max_rel:>11.3g}{d.mean_abs:>11.3g}"
                     f"{d.agreement:>10.4%}"
                 )
-            lines.append(f"  {s.label:<20}{'labels':<14}agreement {s.label_agreement:.5%}  mIoU {s.miou:.5f}")
+            agreement = f"agreement {s.label_agreement:.5%}  mIoU {s.miou:.5f}"
+            lines.append(f"  {s.label:<{w}}{'labels':<14}{agreement}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,6 +230,11 @@ class ParityReport:
                 {"label": s.label, "label_agreement": s.label_agreement, "miou": s.miou} for s in self.samples
             ],
         }
+
+
+def is_index_output(diff: TensorDiff) -> bool:
+    """Integer and boolean outputs (labels, owner, classes, areas) are compared for equality."""
+    return np.dtype(diff.dtype).kind in "iub"
 
 
 def tensor_diff(name: str, got: np.ndarray, ref: np.ndarray) -> TensorDiff:
@@ -239,6 +253,7 @@ def tensor_diff(name: str, got: np.ndarray, ref: np.ndarray) -> TensorDiff:
         max_rel=max_abs / scale if scale > 0 else max_abs,
         mean_abs=float(err.mean()) if err.size else 0.0,
         agreement=float((got == ref).mean()) if got.size else 1.0,
+        scale=scale,
     )
 
 
@@ -274,16 +289,8 @@ def labels_from_outputs(
         return semantic_inference(logits, masks, size).argmax(1).to(torch.int32).numpy()
     maps = []
     for i in range(outputs["owner"].shape[0]):
-        id_map, segments = panoptic_fusion(
-            outputs["scores"][i],
-            outputs["classes"][i],
-            outputs["owner"][i],
-            outputs["owner_fg"][i],
-            outputs["mask_area"][i],
-            thing_ids,
-            num_classes,
-            object_mask_threshold,
-            overlap_threshold,
+        id_map, segments = fuse_panoptic_outputs(
+            outputs, i, thing_ids, num_classes, object_mask_threshold, overlap_threshold
         )
         maps.append(category_map(id_map, segments))
     return np.stack(maps)

@@ -75,6 +75,7 @@ class ExportOptions:
     opset: int = 19
     simplifier: str = "onnxslim"
     exporter: str = "dynamo"
+    exist_ok: bool = False  # replace NAME.onnx / NAME.json already in out_dir
 
     def validate(self) -> None:
         """Raise :class:`ExportError` naming the first bad option."""
@@ -291,7 +292,9 @@ def export_artifact(
     options.validate()
     if options.precision == "int8" and int8_quantizer is None:
         raise ExportError(INT8_UNAVAILABLE)
-    writer = ArtifactWriter(options.out_dir)
+    writer = ArtifactWriter(
+        options.out_dir, names=(f"{options.name}.onnx", f"{options.name}.json"), exist_ok=options.exist_ok
+    )
     writer.check()  # before the slow part
     timings: dict[str, float] = {}
     start = time.perf_counter()

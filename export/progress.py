@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 
@@ -54,6 +56,18 @@ class ConsoleProgress:
         if self._status is not None:
             self._status.stop()
             self._status = None
+
+    @contextlib.contextmanager
+    def bar_below(self) -> Iterator[bool]:
+        """Stop the spinner while a step draws its own progress bar (training's steps and ETA);
+        yields whether a bar should be drawn at all (only when this progress is shown)."""
+        if self._status is not None:
+            self._status.stop()
+        try:
+            yield self.enabled
+        finally:
+            if self._status is not None:
+                self._status.start()
 
     def __enter__(self) -> ConsoleProgress:
         return self

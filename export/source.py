@@ -10,9 +10,16 @@ from typing import Any
 
 import torch
 
+from contract.resources import check_memory
 from export.errors import ExportError
-from pem.checkpoint import CheckpointError, load_checkpoint, load_official_checkpoint
-from pem.config import ConfigError, PEMConfig, get_preset
+from pem.checkpoint import (
+    CheckpointError,
+    check_finite,
+    load_checkpoint,
+    load_official_checkpoint,
+    read_checkpoint_config,
+)
+from pem.config import ConfigError, PEMConfig, estimate_forward_bytes, get_preset
 from pem.model import PEM
 
 OUR_SUFFIXES = (".safetensors",)
@@ -45,6 +52,13 @@ def _input_size(config: PEMConfig, height: int | None, width: int | None) -> tup
     return h, w
 
 
+def _check_memory(config: PEMConfig, height: int | None, width: int | None, batch: int) -> None:
+    h, w = _input_size(config, height, width)
+    check_memory(
+        f"the model {config.name} at {h}x{w}, batch {batch},", estimate_forward_bytes(config, h, w, batch)
+    )
+
+
 def load_source(
     *,
     preset: str | None = None,
@@ -52,6 +66,7 @@ def load_source(
     height: int | None = None,
     width: int | None = None,
     seed: int = 0,
+    batch: int = 1,
 ) -> ModelSource:
     """Build the model to export.
 
@@ -62,7 +77,9 @@ def load_source(
     * ``preset`` alone: the preset's architecture with random weights drawn from ``seed`` (for
       testing the toolchain; the global torch RNG is left untouched).
 
-    ``height``/``width`` override the deployed input size (multiples of 32).
+    ``height``/``width`` override the deployed input size (multiples of 32). Before any model is
+    built, the memory a forward pass of ``batch`` frames at that size needs is estimated and a size
+    that cannot fit is refused (:class:`contract.resources.ResourceError`).
 
     Raises:
         ExportError: one line naming the bad argument or file.
@@ -72,6 +89,7 @@ def load_source(
             if preset is None:
                 raise ExportError("give --preset NAME or --checkpoint FILE")
             config = get_preset(preset)
+            _check_memory(config, height, width, batch)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = PEM(config)
@@ -91,6 +109,7 @@ def load_source(
                         f"--preset {preset}: not used with {path.name} "
                         "(its config is read beside it); drop it"
                     )
+                _check_memory(read_checkpoint_config(path), height, width, batch)
                 model = load_checkpoint(path)  # type: ignore[assignment]
                 config = model.config
             elif path.suffix in OFFICIAL_SUFFIXES:
@@ -100,8 +119,10 @@ def load_source(
                         "for its architecture"
                     )
                 config = get_preset(preset)
+                _check_memory(config, height, width, batch)
                 model = PEM(config)
                 load_official_checkpoint(model, path, strict=True)
+                check_finite(path, model.state_dict())  # NaN/Inf weights: never exported
             else:
                 raise ExportError(
                     f"--checkpoint {path}: unknown checkpoint type {path.suffix!r} "

@@ -1,10 +1,12 @@
-"""ONNX translations of PEM's two custom ops, for both PyTorch exporters.
+"""ONNX translation of PEM's custom op, for both PyTorch exporters.
 
 * ``pem::modulated_deform_conv2d`` -> the standard ONNX ``DeformConv`` (opset >= 19): inputs
   ``(X, W, offset, B, mask)``, same DCNv2 offset/mask layout as our op.
-* ``pem::prototype_gather`` -> ``ArgMax`` over the pixel axis (keepdims, first index on ties like
-  ``torch.argmax``) + ``Transpose`` + ``Expand`` + ``GatherElements``: no NonZero, ScatterND or
-  data-dependent shapes.
+
+The PEM-CA prototype selection needs no custom op: under an exporter it is plain PyTorch
+(:func:`pem.ops.prototype.masked_similarity` + ``argmax`` + ``gather``), which both exporters turn
+into ``MatMul`` + ``Add`` (the 0 / ``-inf`` mask bias) + ``ArgMax`` (first index on ties, like
+``torch.argmax``) + ``GatherElements``: no NonZero, ScatterND or data-dependent shapes.
 
 The dynamo exporter (``torch.onnx.export(dynamo=True)``) takes onnxscript functions through its
 ``custom_translation_table`` (:func:`custom_translation_table`). The deprecated TorchScript exporter
@@ -27,7 +29,6 @@ MIN_OPSET = 19  # DeformConv appeared in opset 19.
 MAX_OPSET = 22  # the newest opset checked with onnxruntime and onnxscript here.
 
 DEFORM_CONV_OP = "pem::modulated_deform_conv2d"
-PROTOTYPE_GATHER_OP = "pem::prototype_gather"
 
 
 def check_opset(opset: int) -> None:
@@ -94,20 +95,8 @@ def custom_translation_table(opset: int = MIN_OPSET) -> dict[Callable[..., Any],
             **attrs,
         )
 
-    def prototype_gather(similarity: Any, features: Any) -> Any:
-        index = op.ArgMax(similarity, axis=2, keepdims=1)  # (B, h, 1, Q)
-        index = op.Transpose(index, perm=[0, 1, 3, 2])  # (B, h, Q, 1)
-        shape = op.Concat(
-            op.Shape(similarity, start=0, end=2),
-            op.Shape(similarity, start=3, end=4),
-            op.Shape(features, start=3, end=4),
-            axis=0,
-        )
-        return op.GatherElements(features, op.Expand(index, shape), axis=2)
-
     return {
         torch.ops.pem.modulated_deform_conv2d.default: deform_conv,
-        torch.ops.pem.prototype_gather.default: prototype_gather,
     }
 
 
@@ -153,26 +142,13 @@ def _ts_deform_conv(
     )
 
 
-def _ts_prototype_gather(g: Any, similarity: Any, features: Any) -> Any:
-    def dims(value: Any, start: int, end: int) -> Any:
-        shape = g.op("Shape", value)
-        starts = g.op("Constant", value_t=torch.tensor([start]))
-        ends = g.op("Constant", value_t=torch.tensor([end]))
-        return g.op("Slice", shape, starts, ends)
-
-    index = g.op("ArgMax", similarity, axis_i=2, keepdims_i=1)
-    index = g.op("Transpose", index, perm_i=[0, 1, 3, 2])
-    shape = g.op("Concat", dims(similarity, 0, 2), dims(similarity, 3, 4), dims(features, 3, 4), axis_i=0)
-    return g.op("GatherElements", features, g.op("Expand", index, shape), axis_i=2)
-
-
 @contextlib.contextmanager
 def torchscript_symbolics(opset: int = MIN_OPSET) -> Iterator[None]:
-    """Register the TorchScript-exporter symbolics of both ops for one export, then remove them."""
+    """Register the TorchScript-exporter symbolic of the custom op for one export, then remove it."""
     check_opset(opset)
     registered = []
     try:
-        for name, fn in ((DEFORM_CONV_OP, _ts_deform_conv), (PROTOTYPE_GATHER_OP, _ts_prototype_gather)):
+        for name, fn in ((DEFORM_CONV_OP, _ts_deform_conv),):
             torch.onnx.register_custom_op_symbolic(name, fn, opset)
             registered.append(name)
         yield

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from contract.errors import PemDeployError
+from contract.errors import PemDeployError, one_line
 from contract.fs import atomic_write_bytes
 from pem.config import ConfigError, PEMConfig
 
@@ -255,7 +255,7 @@ def save_checkpoint(
 
 
 def read_checkpoint_config(path: str | os.PathLike[str]) -> PEMConfig:
-    """Config of one of our checkpoints (from the ``.json`` beside the weights)."""
+    """Config of one of our checkpoints (from the ``.json`` beside the weights), strictly validated."""
     path = Path(path)
     cfg_path = _config_path(path)
     if not path.is_file():
@@ -263,40 +263,115 @@ def read_checkpoint_config(path: str | os.PathLike[str]) -> PEMConfig:
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: config file of checkpoint {path.name} is missing")
     try:
-        meta = json.loads(cfg_path.read_text())
-        return PEMConfig.from_dict(meta["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as exc:
-        raise CheckpointError(f"{cfg_path}: invalid checkpoint config ({exc})") from None
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{cfg_path}: invalid checkpoint config (not JSON: {exc})") from None
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise CheckpointError(f"{cfg_path}: invalid checkpoint config (no 'config' object)")
+    try:
+        return PEMConfig.from_dict(meta["config"], source=str(cfg_path))
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
-    """Build the model described by the checkpoint's config and load its weights (strict)."""
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from pem.model import PEM
-
-    path = Path(path)
-    config = read_checkpoint_config(path)
     try:
-        state = load(path.read_bytes())
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    model = PEM(config)
-    own = model.state_dict()
-    # Restore aliases that were stored once.
-    by_ptr = {}
-    for key, value in own.items():
-        by_ptr.setdefault(value.data_ptr() if value.numel() else id(value), []).append(key)
+        data = path.read_bytes()
+        if not data:
+            raise CheckpointError(f"{path}: file is empty (0 bytes), not a safetensors checkpoint")
+        return load(data)
+    except (SafetensorError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
+
+
+def _alias_groups(model: nn.Module) -> list[list[str]]:
+    """State-dict keys that name the same tensor (STDC registers its stages twice), grouped."""
+    groups: dict[int, list[str]] = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(value), []).append(key)
+    return list(groups.values())
+
+
+def _expand_aliases(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     expanded = dict(state)
-    for keys in by_ptr.values():
+    for keys in _alias_groups(model):
         present = [k for k in keys if k in state]
         if present:
             for k in keys:
                 expanded.setdefault(k, state[present[0]])
-    report = load_state_dict_report(model, expanded)
+    return expanded
+
+
+def check_finite(path: str | os.PathLike[str], state: Mapping[str, Tensor]) -> None:
+    """Raise :class:`CheckpointError` naming the first tensor holding NaN or Inf."""
+    for key, value in state.items():
+        if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{path}: tensor {key} holds {bad} NaN/Inf value(s) of {value.numel()}; "
+                "the weights are broken (diverged training or a corrupt file)"
+            )
+
+
+def check_state_fits(path: str | os.PathLike[str], model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Check that ``state`` fits ``model`` exactly: keys, shapes, dtype kinds, finite values.
+
+    Raises :class:`CheckpointError` naming the file and the first offending tensors.
+    """
+    own = model.state_dict()
+    report = LoadReport()
+    report.unexpected = [k for k in state if k not in own]
+    report.missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    report.mismatched = [
+        (k, tuple(own[k].shape), tuple(v.shape))
+        for k, v in state.items()
+        if k in own and tuple(own[k].shape) != tuple(v.shape)
+    ]
     if not report.ok:
         raise CheckpointError(f"{path}: weights do not fit the config; {report.one_line()}")
+    for key, value in state.items():
+        if own[key].is_floating_point() != value.is_floating_point() or value.dtype == torch.bool:
+            raise CheckpointError(
+                f"{path}: tensor {key} has dtype {str(value.dtype).removeprefix('torch.')}, "
+                f"the model needs {str(own[key].dtype).removeprefix('torch.')}"
+            )
+    check_finite(path, state)
+
+
+def verify_checkpoint(path: str | os.PathLike[str]) -> tuple[PEMConfig, int]:
+    """Open one of our checkpoints and check its weights fit its config (without building weights).
+
+    Returns (config, number of stored tensors). Raises :class:`CheckpointError` for a missing,
+    empty, truncated or unreadable file, missing/unexpected keys, wrong shapes or dtypes, NaN/Inf.
+    """
+    from pem.model import PEM
+
+    path = Path(path)
+    config = read_checkpoint_config(path)
+    state = _read_safetensors(path)
+    with torch.device("meta"):
+        model = PEM(config)
+    check_state_fits(path, model, _expand_aliases(model, state))
+    return config, len(state)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
+    """Build the model described by the checkpoint's config and load its weights (strict).
+
+    Refuses (:class:`CheckpointError`) weights that do not fit the config exactly or hold NaN/Inf.
+    """
+    from pem.model import PEM
+
+    path = Path(path)
+    config = read_checkpoint_config(path)
+    state = _read_safetensors(path)
+    model = PEM(config)
+    expanded = _expand_aliases(model, state)
+    check_state_fits(path, model, expanded)
+    load_state_dict_report(model, expanded)
     return model.to(map_location).eval()
 
 

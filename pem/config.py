@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +30,60 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 class ConfigError(PemDeployError, ValueError):
     """A configuration or preset name is invalid."""
+
+
+BACKBONE_NAMES: tuple[str, ...] = ("resnet50", "stdc")
+TASKS: tuple[str, ...] = ("semantic", "panoptic")
+
+
+def check_int(where: str, value: object, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an int in ``[minimum, maximum]``; else :class:`ConfigError` naming ``where``.
+
+    Booleans and floats are refused (JSON ``true`` or ``2.5`` is not a channel count).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ConfigError(f"{where}: must be {bound}, got {value}")
+    return value
+
+
+def check_float(
+    where: str,
+    value: object,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    exclusive_min: bool = False,
+) -> float:
+    """``value`` as a finite number in range; else :class:`ConfigError` naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    number = float(value)
+    low_bad = minimum is not None and (number <= minimum if exclusive_min else number < minimum)
+    if not math.isfinite(number) or low_bad or (maximum is not None and number > maximum):
+        low = "" if minimum is None else f"{'>' if exclusive_min else '>='} {minimum}"
+        high = "" if maximum is None else f"<= {maximum}"
+        bound = " and ".join(b for b in (low, high) if b)
+        raise ConfigError(f"{where}: must be finite{' and ' + bound if bound else ''}, got {value!r}")
+    return number
+
+
+def check_choice(where: str, value: object, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``; else :class:`ConfigError` naming ``where``."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(f"{where}: must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def check_sequence(where: str, value: object, length: int | None = None) -> tuple[Any, ...]:
+    """``value`` as a tuple (optionally of exactly ``length`` items)."""
+    if not isinstance(value, (tuple, list)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if length is not None and len(value) != length:
+        raise ConfigError(f"{where}: expected {length} values, got {len(value)}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -53,8 +108,13 @@ class BackboneConfig:
     norm: NormName = "BN"
 
     def __post_init__(self) -> None:
-        if self.norm not in ("BN", "SyncBN", "FrozenBN"):
-            raise ConfigError(f"backbone norm must be BN, SyncBN or FrozenBN, got {self.norm!r}")
+        check_choice("backbone.name", self.name, BACKBONE_NAMES)
+        check_choice("backbone.norm", self.norm, ("BN", "SyncBN", "FrozenBN"))
+        layers = check_sequence("backbone.stdc_layers", self.stdc_layers, 3)
+        for i, n in enumerate(layers):
+            check_int(f"backbone.stdc_layers[{i}]", n, 1, 64)
+        check_int("backbone.stdc_base", self.stdc_base, 1, 4096)
+        check_int("backbone.stdc_block_num", self.stdc_block_num, 2, 16)
 
     @property
     def out_channels(self) -> tuple[int, int, int, int]:
@@ -72,6 +132,10 @@ class PixelDecoderConfig:
     conv_dim: int = 128
     mask_dim: int = 256
 
+    def __post_init__(self) -> None:
+        check_int("pixel_decoder.conv_dim", self.conv_dim, 1, 65536)
+        check_int("pixel_decoder.mask_dim", self.mask_dim, 1, 65536)
+
 
 @dataclass(frozen=True)
 class TransformerDecoderConfig:
@@ -84,6 +148,20 @@ class TransformerDecoderConfig:
     num_layers: int = 6
     num_feature_levels: int = 3
 
+    def __post_init__(self) -> None:
+        where = "transformer_decoder"
+        check_int(f"{where}.hidden_dim", self.hidden_dim, 1, 65536)
+        check_int(f"{where}.num_queries", self.num_queries, 1, 100_000)
+        check_int(f"{where}.num_heads", self.num_heads, 1, 1024)
+        check_int(f"{where}.dim_feedforward", self.dim_feedforward, 1, 1 << 20)
+        check_int(f"{where}.num_layers", self.num_layers, 1, 1000)
+        check_int(f"{where}.num_feature_levels", self.num_feature_levels, 1, 3)
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(
+                f"{where}.num_heads: hidden_dim {self.hidden_dim} "
+                f"is not divisible by num_heads {self.num_heads}"
+            )
+
 
 @dataclass(frozen=True)
 class InferenceConfig:
@@ -91,6 +169,10 @@ class InferenceConfig:
 
     object_mask_threshold: float = 0.8
     overlap_threshold: float = 0.8
+
+    def __post_init__(self) -> None:
+        check_float("inference.object_mask_threshold", self.object_mask_threshold, 0.0, 1.0)
+        check_float("inference.overlap_threshold", self.overlap_threshold, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -116,19 +198,36 @@ class PEMConfig:
     pixel_std: tuple[float, float, float] = PIXEL_STD
 
     def __post_init__(self) -> None:
-        h, w = self.input_size
-        if h <= 0 or w <= 0 or h % 32 or w % 32:
-            raise ConfigError(f"input_size must be positive multiples of 32, got {h}x{w}")
-        if self.num_classes < 1:
-            raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
-        if self.class_names and len(self.class_names) != self.num_classes:
-            raise ConfigError(f"{len(self.class_names)} class names for {self.num_classes} classes")
-        bad = [t for t in self.thing_ids if not 0 <= t < self.num_classes]
-        if bad:
-            raise ConfigError(f"thing_ids out of range: {bad}")
-        td = self.transformer_decoder
-        if td.hidden_dim % td.num_heads:
-            raise ConfigError(f"hidden_dim {td.hidden_dim} not divisible by num_heads {td.num_heads}")
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"name: expected a non-empty string, got {self.name!r}")
+        check_choice("task", self.task, TASKS)
+        check_int("num_classes", self.num_classes, 1, 65535)
+        size = check_sequence("input_size", self.input_size, 2)
+        h = check_int("input_size[0]", size[0])
+        w = check_int("input_size[1]", size[1])
+        if h % 32 or w % 32:
+            raise ConfigError(f"input_size: must be positive multiples of 32, got {h}x{w}")
+        names = check_sequence("class_names", self.class_names)
+        if any(not isinstance(n, str) or not n for n in names):
+            raise ConfigError("class_names: every class name must be a non-empty string")
+        if names and len(names) != self.num_classes:
+            raise ConfigError(f"class_names: {len(names)} class names for {self.num_classes} classes")
+        for i, t in enumerate(check_sequence("thing_ids", self.thing_ids)):
+            check_int(f"thing_ids[{i}]", t, 0, self.num_classes - 1)
+        for key, value in (("pixel_mean", self.pixel_mean), ("pixel_std", self.pixel_std)):
+            for i, v in enumerate(check_sequence(key, value, 3)):
+                if key == "pixel_std":
+                    check_float(f"{key}[{i}]", v, 0.0, exclusive_min=True)
+                else:
+                    check_float(f"{key}[{i}]", v)
+        for key, kind in (
+            ("backbone", BackboneConfig),
+            ("pixel_decoder", PixelDecoderConfig),
+            ("transformer_decoder", TransformerDecoderConfig),
+            ("inference", InferenceConfig),
+        ):
+            if not isinstance(getattr(self, key), kind):
+                raise ConfigError(f"{key}: expected a {kind.__name__}, got {getattr(self, key)!r}")
 
     def replace(self, **changes: Any) -> PEMConfig:
         """Return a copy with top-level fields replaced (validated again)."""
@@ -139,8 +238,12 @@ class PEMConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PEMConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> PEMConfig:
+        """Inverse of :meth:`to_dict`, strict: every field must be present and known.
+
+        A missing, unknown, wrongly typed or out-of-range field raises :class:`ConfigError`
+        naming ``source`` (the file) and the field, e.g. ``model.json: backbone.name: ...``.
+        """
         nested = {
             "backbone": BackboneConfig,
             "pixel_decoder": PixelDecoderConfig,
@@ -148,22 +251,55 @@ class PEMConfig:
             "inference": InferenceConfig,
         }
         try:
-            kwargs: dict[str, Any] = {}
-            for key, value in data.items():
-                if key in nested:
-                    sub = nested[key]
-                    kwargs[key] = sub(**{k: _tuplify(v) for k, v in value.items()})
-                else:
-                    kwargs[key] = _tuplify(value)
+            kwargs = strict_fields(cls, data, "")
+            for key, sub in nested.items():
+                kwargs[key] = sub(**strict_fields(sub, kwargs[key], f"{key}."))
             return cls(**kwargs)
-        except TypeError as exc:
-            raise ConfigError(f"invalid config: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+def strict_fields(kind: type, data: object, prefix: str) -> dict[str, Any]:
+    """Keyword arguments for dataclass ``kind`` from a JSON object: exactly its fields, lists as tuples.
+
+    Raises :class:`ConfigError` naming the first missing or unknown field (with ``prefix``).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a JSON object, got {data!r}"[:200])
+    names = [f.name for f in dataclasses.fields(kind)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field (known: {', '.join(names)})")
+    missing = [k for k in names if k not in data]
+    if missing:
+        raise ConfigError(f"{prefix}{missing[0]}: missing field")
+    return {k: _tuplify(data[k]) for k in names}
 
 
 def _tuplify(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_tuplify(v) for v in value)
     return value
+
+
+def estimate_forward_bytes(config: PEMConfig, height: int, width: int, batch: int = 1) -> int:
+    """Rough upper estimate of the memory one forward pass (and its export) needs, in bytes.
+
+    Activations per input pixel, float32: backbone features (x3 for the blocks' temporaries,
+    plus the stride-2 stem), pixel-decoder maps, one stride-4 mask map per decoder layer, and the
+    full-resolution post-processing (every query mask upsampled, then the class scores); plus
+    three copies of the weights. Measured on the tiny preset it is about 2x the peak of an export,
+    so it only refuses sizes that cannot fit.
+    """
+    bb, pd, td = config.backbone, config.pixel_decoder, config.transformer_decoder
+    strides = (4, 8, 16, 32)
+    floats = 3.0 + 2 * bb.out_channels[0] / 4  # the input and the stride-2 stem
+    floats += 3 * sum(c / s**2 for c, s in zip(bb.out_channels, strides))
+    floats += pd.conv_dim * 3 * sum(1 / s**2 for s in strides[1:]) + 2 * pd.mask_dim / 16
+    floats += (td.num_layers + 1) * td.num_queries / 16
+    floats += td.num_queries + config.num_classes + 1
+    weights = 4 * (sum(bb.out_channels) * 64 * 9 + td.num_layers * td.hidden_dim * td.dim_feedforward * 4)
+    return int(4 * floats * height * width * batch + 3 * weights)
 
 
 _BACKBONES: dict[str, BackboneConfig] = {

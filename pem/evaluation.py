@@ -22,10 +22,12 @@ single-process evaluation exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -520,34 +522,36 @@ def evaluate_checkpoint(
     if task not in ("semantic", "panoptic"):
         raise DatasetError(f"{data}: unknown task {task!r} (semantic or panoptic)")
     dataset = open_dataset(data, kind, split, task)  # type: ignore[arg-type]
-    callback = None
-    writer = None
-    if save_predictions is not None:
-        if kind != "cityscapes":
-            raise DatasetError(
-                f"{save_predictions}: saving predictions is supported for Cityscapes data only"
-            )
-        from pem.data.cityscapes import CityscapesPredictionWriter
+    if save_predictions is not None and kind != "cityscapes":
+        raise DatasetError(f"{save_predictions}: saving predictions is supported for Cityscapes data only")
+    with contextlib.ExitStack() as stack:
+        callback = None
+        writer = None
+        if save_predictions is not None:
+            from pem.data.cityscapes import CityscapesPredictionWriter
+            from pem.data.common import staged_directory
 
-        writer = CityscapesPredictionWriter(save_predictions, split)
+            # Staged beside the folder and moved in at the end: all predictions or none.
+            staging = stack.enter_context(staged_directory(Path(save_predictions)))
+            writer = CityscapesPredictionWriter(staging, split)
 
-        def callback(sample: Sample, pred: Prediction) -> None:
-            if pred.semantic is not None:
-                writer.add_semantic(sample.name, pred.semantic)
-            if pred.panoptic is not None:
-                segments = [(s.id, s.category_id) for s in pred.panoptic.segments]
-                writer.add_panoptic(sample.name, pred.panoptic.id_map.cpu().numpy(), segments)
+            def callback(sample: Sample, pred: Prediction) -> None:
+                if pred.semantic is not None:
+                    writer.add_semantic(sample.name, pred.semantic)
+                if pred.panoptic is not None:
+                    segments = [(s.id, s.category_id) for s in pred.panoptic.segments]
+                    writer.add_panoptic(sample.name, pred.panoptic.id_map.cpu().numpy(), segments)
 
-    result = evaluate(
-        model,
-        dataset,
-        batch_size=batch_size,
-        short_side=short_side,
-        max_size=max_size,
-        limit=limit,
-        progress=progress,
-        on_prediction=callback,
-    )
-    if writer is not None:
-        writer.close()
+        result = evaluate(
+            model,
+            dataset,
+            batch_size=batch_size,
+            short_side=short_side,
+            max_size=max_size,
+            limit=limit,
+            progress=progress,
+            on_prediction=callback,
+        )
+        if writer is not None:
+            writer.close()
     return result

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from contract.segments import Segment
 
 
 def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, output_size: tuple[int, int]) -> Tensor:
@@ -30,17 +32,6 @@ def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, output_size: tup
     )[..., :h, :w]
     probs = pred_logits.softmax(dim=-1)[..., :-1]
     return torch.einsum("bqk,bqhw->bkhw", probs, masks.sigmoid())
-
-
-@dataclass
-class Segment:
-    """One panoptic segment: ``id`` in the id map, contiguous ``category_id``, thing or stuff."""
-
-    id: int
-    category_id: int
-    isthing: bool
-    score: float
-    area: int
 
 
 @dataclass
@@ -95,9 +86,10 @@ def panoptic_inference(
             continue
         if not isthing and category in stuff_ids:
             id_map[segment_mask] = stuff_ids[category]
-            for seg in result.segments:
-                if seg.id == stuff_ids[category]:
-                    seg.area += segment_area
+            result.segments = [
+                replace(seg, area=seg.area + segment_area) if seg.id == stuff_ids[category] else seg
+                for seg in result.segments
+            ]
             continue
         if not isthing:
             stuff_ids[category] = next_id

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pem.ops.prototype import prototype_gather
+from pem.ops.prototype import gather_prototypes, masked_similarity, select_prototypes
+
+__all__ = ["LocalRepresentation", "PEMCrossAttention", "masked_similarity"]
 
 
 class LocalRepresentation(nn.Module):
@@ -28,31 +30,6 @@ class LocalRepresentation(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.to_query_3x3(self.bn(x))
         return self.out(x.flatten(2).transpose(1, 2))
-
-
-def masked_similarity(tokens: Tensor, queries: Tensor, mask_logits: Tensor, num_heads: int) -> Tensor:
-    """Per-head similarity with masked pixels set to ``-inf``.
-
-    Args:
-        tokens: (B, N, C) L2-normalised pixel tokens.
-        queries: (B, Q, C) L2-normalised queries.
-        mask_logits: (B, Q, N) previous mask logits; a pixel with logit < 0 is excluded.
-        num_heads: C is split into this many contiguous heads.
-
-    Returns:
-        (B, heads, N, Q) similarities. Exclusion is switched off for an image only when every
-        query's mask is empty there (official rule); one empty query keeps an all ``-inf`` column.
-    """
-    b, n, c = tokens.shape
-    q = queries.shape[1]
-    d = c // num_heads
-    tokens_h = tokens.reshape(b, n, num_heads, d).transpose(1, 2)  # (B, h, N, D)
-    queries_h = queries.reshape(b, q, num_heads, d).transpose(1, 2)  # (B, h, Q, D)
-    similarity = torch.matmul(tokens_h, queries_h.transpose(2, 3))  # (B, h, N, Q)
-    excluded = (mask_logits.detach() < 0).transpose(1, 2)  # (B, N, Q)
-    all_excluded = excluded.flatten(1).all(dim=1).reshape(b, 1, 1)
-    excluded = excluded & ~all_excluded
-    return torch.where(excluded.unsqueeze(1), float("-inf"), similarity)
 
 
 class PEMCrossAttention(nn.Module):
@@ -87,14 +64,10 @@ class PEMCrossAttention(nn.Module):
         Returns:
             (B, Q, C) updated queries.
         """
-        b, q, c = tgt.shape
         tokens = F.normalize(self.feature_proj(memory + pos), dim=-1)  # (B, N, C)
         queries = F.normalize(self.query_proj(tgt + query_pos), dim=-1)  # (B, Q, C)
-        similarity = masked_similarity(tokens, queries, mask_logits.flatten(2), self.num_heads)
-        d = c // self.num_heads
-        tokens_h = tokens.reshape(b, -1, self.num_heads, d).transpose(1, 2)  # (B, h, N, D)
-        prototypes = prototype_gather(similarity, tokens_h)  # (B, h, Q, D)
-        prototypes = prototypes.transpose(1, 2).reshape(b, q, c)
+        index = select_prototypes(tokens, queries, mask_logits.flatten(2), self.num_heads)  # (B, h, Q)
+        prototypes = gather_prototypes(tokens, index)  # (B, Q, C)
         # Normalised over the query axis (dim 1), as the official code does.
         update = F.normalize(self.proj(prototypes * queries), dim=1) * self.alpha + prototypes
         return tgt + self.final(update)

@@ -18,7 +18,9 @@ import io
 import json
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from contract.fs import atomic_write_bytes
+from contract.resources import check_memory
 from runtime.errors import RuntimeToolError
 
 STAGES = ("pre", "infer", "post")
@@ -147,6 +150,23 @@ def bench_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
 
 
+#: Bytes per pixel of a frame in the runtime: the uint8 frame, its float copy, resized copies, labels.
+FRAME_BYTES_PER_PIXEL = 32
+#: Bytes per model-input pixel of a model run, a lower bound for the models of this project.
+MODEL_BYTES_PER_PIXEL = 256
+
+
+def artifact_bench_bytes(
+    model_h: int | None, model_w: int | None, frame_h: int, frame_w: int, batch: int
+) -> int:
+    """Estimated memory of benchmarking an artifact on ``batch`` frames of ``frame_h`` x ``frame_w``.
+
+    A static model runs at its own size (the frames are resized to it); a dynamic one at the frame's.
+    """
+    run_h, run_w = (model_h, model_w) if model_h and model_w else (frame_h, frame_w)
+    return batch * (frame_h * frame_w * FRAME_BYTES_PER_PIXEL + run_h * run_w * MODEL_BYTES_PER_PIXEL)
+
+
 def bench_artifact(
     path: str | os.PathLike[str],
     *,
@@ -157,10 +177,12 @@ def bench_artifact(
     threads: int = 1,
     providers: list[str] | None = None,
     name: str | None = None,
+    cuda_graph: bool = False,
     backend: str | None = None,
 ) -> BenchResult:
     """Time ``Segmenter.predict_batch`` on an ONNX / engine artifact (model file, sidecar or folder).
 
+    ``cuda_graph``: replay inference as a CUDA graph (TensorRT engines, GPU providers).
     ``backend``: run it with this backend (``onnxruntime`` / ``openvino`` for ONNX; default: the
     one its file type asks for).
 
@@ -175,7 +197,9 @@ def bench_artifact(
         raise BenchError(f"{path}: no such artifact")
     try:
         reset_peak_rss()
-        seg = Segmenter.open(path, providers=providers, threads=threads, backend=backend)
+        seg = Segmenter.open(
+            path, providers=providers, threads=threads, cuda_graph=cuda_graph, backend=backend
+        )
     except (ArtifactError, BackendUnavailableError) as exc:
         raise BenchError(str(exc)) from None
     with seg:
@@ -183,6 +207,9 @@ def bench_artifact(
         h, w = shape or (int(fmt.height or 0), int(fmt.width or 0))
         if h <= 0 or w <= 0:
             raise BenchError(f"{path}: dynamic input size; give --shape HxW")
+        check_memory(
+            f"bench at {h}x{w}, batch {batch},", artifact_bench_bytes(fmt.height, fmt.width, h, w, batch)
+        )
         frames = [bench_image(h, w, seed=i) for i in range(batch)]
         for _ in range(warmup):
             seg.predict_batch(frames)
@@ -247,16 +274,17 @@ COLUMNS = (
     ("precision", "precision"),
     ("device", "device"),
     ("batch", "batch"),
-    ("mean_ms", "mean ms"),
-    ("p50_ms", "p50 ms"),
-    ("p90_ms", "p90 ms"),
-    ("p99_ms", "p99 ms"),
-    ("fps", "FPS"),
+    # Latency per call (a call carries `batch` images); throughput and stages per image.
+    ("mean_ms", "mean ms/call"),
+    ("p50_ms", "p50 ms/call"),
+    ("p90_ms", "p90 ms/call"),
+    ("p99_ms", "p99 ms/call"),
+    ("fps", "calls/s"),
     ("throughput", "img/s"),
     ("peak_memory_mb", "peak MiB"),
-    ("pre", "pre ms"),
-    ("infer", "infer ms"),
-    ("post", "post ms"),
+    ("pre", "pre ms/img"),
+    ("infer", "infer ms/img"),
+    ("post", "post ms/img"),
 )
 
 
@@ -306,33 +334,56 @@ def write_reports(
     Returns the written paths and a note when the plot was skipped (matplotlib missing).
     """
     out = Path(out_dir)
-    paths = [out / f"{stem}.json", out / f"{stem}.csv", out / f"{stem}.md"]
-    payload = {"context": context or {}, "results": [r.to_dict() for r in results]}
-    atomic_write_bytes(paths[0], (json.dumps(payload, indent=2) + "\n").encode())
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    keys = [k for k, _ in COLUMNS if k not in STAGES] + [f"{k}_ms" for k in STAGES]
-    writer.writerow(keys)
-    for r in results:
-        data = r.to_dict()
-        writer.writerow([data[k] if k in data else r.stages_ms.get(k[:-3], "") for k in keys])
-    atomic_write_bytes(paths[1], buffer.getvalue().encode())
-    lines = ["# Benchmark", ""]
-    if context:
-        lines += [", ".join(f"{k}: {v}" for k, v in context.items()), ""]
-    lines += [markdown_table(results), ""]
-    atomic_write_bytes(paths[2], "\n".join(lines).encode())
-    note = None
-    if plot:
-        png = out / f"{stem}.png"
-        note = plot_results(results, png)
-        if note is None:
-            paths.append(png)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    # Staged in a hidden folder inside ``out`` and moved in at the end: all reports or none.
+    staging = Path(tempfile.mkdtemp(prefix=f".{stem}-", suffix=".tmp", dir=out))
+    try:
+        staged = [staging / f"{stem}.json", staging / f"{stem}.csv", staging / f"{stem}.md"]
+        payload = {"context": context or {}, "results": [r.to_dict() for r in results]}
+        atomic_write_bytes(staged[0], (json.dumps(payload, indent=2) + "\n").encode())
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        keys = [k for k, _ in COLUMNS if k not in STAGES] + [f"{k}_ms" for k in STAGES]
+        writer.writerow(keys)
+        for r in results:
+            data = r.to_dict()
+            writer.writerow([data[k] if k in data else r.stages_ms.get(k[:-3], "") for k in keys])
+        atomic_write_bytes(staged[1], buffer.getvalue().encode())
+        lines = ["# Benchmark", ""]
+        if context:
+            lines += [", ".join(f"{k}: {v}" for k, v in context.items()), ""]
+        lines += [markdown_table(results), ""]
+        atomic_write_bytes(staged[2], "\n".join(lines).encode())
+        note = None
+        if plot:
+            png = staging / f"{stem}.png"
+            note = plot_results(results, png, context)
+            if note is None:
+                staged.append(png)
+        paths = []
+        for path in staged:
+            os.replace(path, out / path.name)
+            paths.append(out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
     return paths, note
 
 
-def plot_results(results: Sequence[BenchResult], path: Path) -> str | None:
-    """Stacked pre / infer / post bar chart with p50 / p90 markers; a note if matplotlib is missing."""
+def _short_label(result: BenchResult) -> str:
+    """``folder/model.onnx`` -> ``folder`` plus backend and precision on a second line."""
+    path = Path(result.name)
+    name = path.parent.name if path.suffix and path.parent.name else (path.stem or result.name)
+    return f"{name}\n{result.backend} {result.precision}"
+
+
+def plot_results(
+    results: Sequence[BenchResult], path: Path, context: dict[str, Any] | None = None
+) -> str | None:
+    """Stacked pre / infer / post bar chart with p50 / p90 markers, titled with the input shape,
+    device and threads of the run; a note if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -340,7 +391,7 @@ def plot_results(results: Sequence[BenchResult], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "plot skipped: matplotlib is not installed"
-    names = [r.name for r in results]
+    names = [_short_label(r) for r in results]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(results) + 2), 3.5))
     bottom = np.zeros(len(results))
     for stage in STAGES:
@@ -350,7 +401,15 @@ def plot_results(results: Sequence[BenchResult], path: Path) -> str | None:
             bottom += values
     ax.scatter(names, [r.p50_ms for r in results], color="k", marker="_", s=300, label="p50", zorder=3)
     ax.scatter(names, [r.p90_ms for r in results], color="r", marker="_", s=300, label="p90", zorder=3)
-    ax.set_ylabel("ms per batch")
+    ax.set_ylabel("ms per call")
+    context = context or {}
+    devices = ", ".join(sorted({r.device for r in results}))
+    batches = ", ".join(str(b) for b in sorted({r.batch for r in results}))
+    shape = context.get("shape") or ", ".join(sorted({f"{r.shape[0]}x{r.shape[1]}" for r in results}))
+    title = [f"input {shape}" if shape else "", f"device {devices}", f"batch {batches}"]
+    if context.get("threads") is not None:
+        title.append(f"{context['threads']} thread(s)")
+    ax.set_title("latency: " + ", ".join(part for part in title if part), fontsize=9)
     ax.legend(fontsize=8)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
     fig.tight_layout()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import replace
 
 import cv2
 import numpy as np
 
+from contract.segments import Segment
 from runtime.errors import OutputRangeError
 from runtime.preprocess import Geometry
 
@@ -24,17 +26,6 @@ def to_original_size(label_map: np.ndarray, geometry: Geometry) -> np.ndarray:
         (geometry.original_w, geometry.original_h),
         interpolation=cv2.INTER_NEAREST,
     )
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One panoptic segment: its ``id`` in the id map, contiguous class id, thing or stuff."""
-
-    id: int
-    category_id: int
-    isthing: bool
-    score: float
-    area: int
 
 
 def fuse_panoptic(
@@ -163,6 +154,28 @@ def colorize_panoptic(
     return lut[np.clip(id_map, 0, len(lut) - 1)]
 
 
+def legend_image(
+    names: list[str] | tuple[str, ...],
+    palette_rgb: np.ndarray,
+    columns: int = 4,
+    cell: tuple[int, int] = (22, 170),
+) -> np.ndarray:
+    """A BGR legend of ``names`` in their palette colours: a swatch and the name per class, in
+    ``columns`` columns of ``cell`` (height, width) pixels, on white."""
+    rows = -(-len(names) // columns) if names else 0
+    h, w = cell
+    image = np.full((max(1, rows) * h + 4, columns * w + 4, 3), 255, np.uint8)
+    for i, name in enumerate(names):
+        y, x = 2 + (i // columns) * h, 2 + (i % columns) * w
+        color = tuple(int(c) for c in np.asarray(palette_rgb[i], np.uint8)[::-1])
+        cv2.rectangle(image, (x, y + 3), (x + h - 6, y + h - 3), color, thickness=-1)
+        cv2.rectangle(image, (x, y + 3), (x + h - 6, y + h - 3), (0, 0, 0), thickness=1)
+        cv2.putText(
+            image, name, (x + h, y + h - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA
+        )
+    return image
+
+
 def overlay(image_bgr: np.ndarray, color_bgr: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend a colour map over the image (both (H, W, 3) uint8)."""
     return cv2.addWeighted(image_bgr, 1.0 - alpha, color_bgr, alpha, 0.0)
@@ -194,3 +207,34 @@ def label_png_array(
         high = 0
     wide = bits == 16 or high > 255
     return values.astype(np.uint16 if wide else np.uint8, copy=False)
+
+
+def fuse_panoptic_outputs(
+    outputs: Mapping[str, np.ndarray],
+    index: int,
+    thing_ids: frozenset[int] | set[int],
+    num_classes: int,
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+) -> tuple[np.ndarray, list[Segment]]:
+    """:func:`fuse_panoptic` on image ``index`` of a panoptic head's batched outputs."""
+    return fuse_panoptic(
+        outputs["scores"][index],
+        outputs["classes"][index],
+        outputs["owner"][index],
+        outputs["owner_fg"][index],
+        outputs["mask_area"][index],
+        thing_ids,
+        num_classes,
+        object_mask_threshold,
+        overlap_threshold,
+    )
+
+
+def segments_at_size(id_map: np.ndarray, segments: list[Segment]) -> list[Segment]:
+    """``segments`` with ``area`` recounted in ``id_map`` (e.g. after resizing it to the original
+    image); a segment that no pixel of ``id_map`` holds any more is dropped."""
+    if not segments:
+        return []
+    counts = np.bincount(id_map.ravel().astype(np.int64), minlength=max(s.id for s in segments) + 1)
+    return [replace(s, area=int(counts[s.id])) for s in segments if counts[s.id] > 0]

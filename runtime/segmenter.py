@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -14,7 +19,14 @@ from runtime.artifact import Artifact, load_artifact
 from runtime.backends.base import Backend
 from runtime.errors import ArtifactError, InputError
 from runtime.images import max_pixels_limit, prepare_image
-from runtime.postprocess import Segment, category_map, check_class_ids, fuse_panoptic, to_original_size
+from runtime.postprocess import (
+    Segment,
+    category_map,
+    check_class_ids,
+    fuse_panoptic_outputs,
+    segments_at_size,
+    to_original_size,
+)
 from runtime.preprocess import Geometry, Preprocessor, ResizeMode
 
 PANOPTIC_OUTPUTS = ("scores", "classes", "owner", "owner_fg", "mask_area")
@@ -47,10 +59,14 @@ def open_backend(
     providers: list[str] | None = None,
     threads: int = 0,
     cuda_graph: bool = False,
+    contexts: int | None = None,
     backend: str | None = None,
 ) -> Backend:
     """The backend an artifact asks for, or ``backend`` (``onnxruntime`` / ``openvino`` for an
-    ONNX artifact; ``tensorrt`` for an engine)."""
+    ONNX artifact; ``tensorrt`` for an engine).
+
+    ``contexts``: TensorRT execution contexts (default: what the engine was built for, else 1).
+    """
     chosen = backend or artifact.backend
     if chosen not in BACKENDS:
         raise ArtifactError(f"--backend {chosen}: choose one of {', '.join(BACKENDS)}")
@@ -68,17 +84,23 @@ def open_backend(
     if artifact.backend == "tensorrt":
         from runtime.backends.tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(artifact.model_path, artifact.sidecar, cuda_graph=cuda_graph)
-    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+        built = (artifact.sidecar.get("tensorrt") or {}).get("contexts") or 1
+        return TensorRTBackend(
+            artifact.model_path, artifact.sidecar, cuda_graph=cuda_graph, contexts=contexts or int(built)
+        )
+    from runtime.backends.onnxruntime_backend import GpuOptions, OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(artifact.model_path, providers=providers, threads=threads)
+    gpu = GpuOptions(cuda_graph=cuda_graph)
+    return OnnxRuntimeBackend(
+        artifact.model_path, providers=providers, threads=threads, precision=artifact.precision, gpu=gpu
+    )
 
 
 class Segmenter:
     """Semantic / panoptic segmentation with an exported PEM model; no torch needed.
 
     Thread-safe: several threads may call :meth:`predict` on one instance (onnxruntime sessions
-    are re-entrant; the TensorRT backend serialises its execution context).
+    are re-entrant; the TensorRT backend runs a pool of execution contexts).
 
     Args:
         artifact: the loaded artifact.
@@ -126,12 +148,17 @@ class Segmenter:
         threads: int = 0,
         cuda_graph: bool = False,
         verify_checksum: bool = True,
+        contexts: int | None = None,
         backend: str | None = None,
     ) -> Segmenter:
         """Open an artifact (model file, sidecar or folder) with the backend it asks for, or with
-        ``backend`` (``onnxruntime``, ``openvino`` (decomposed-DeformConv ONNX only), ``tensorrt``)."""
+        ``backend`` (``onnxruntime``, ``openvino`` (decomposed-DeformConv ONNX only), ``tensorrt``).
+
+        ``cuda_graph``: replay the inference as a CUDA graph (TensorRT backend; onnxruntime's
+        TensorRT / CUDA providers). ``contexts``: TensorRT execution contexts that run at once.
+        """
         artifact = load_artifact(path, verify_checksum=verify_checksum)
-        runner = open_backend(artifact, providers, threads, cuda_graph, backend)
+        runner = open_backend(artifact, providers, threads, cuda_graph, contexts, backend)
         return cls(artifact, runner, resize, input_color)
 
     def close(self) -> None:
@@ -183,26 +210,57 @@ class Segmenter:
             results.extend(self._run(images[start : start + chunk], names[start : start + chunk]))
         return results
 
-    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[Result]:
-        """Lazily segment a frame iterator (e.g. :func:`read_video`), one result per frame."""
+    def stream(
+        self, frames: Iterable[np.ndarray], *, pipelined: bool = True, queue_size: int = 2
+    ) -> Iterator[Result]:
+        """Segment a frame iterator (e.g. :func:`read_video`) lazily, one result per frame, in order.
+
+        ``pipelined`` (default): pre-processing of frame k+1, inference of frame k and
+        post-processing of frame k-1 run at once on three threads (numpy, OpenCV, onnxruntime and
+        TensorRT release the GIL), linked by queues of ``queue_size`` frames, so a slow consumer
+        holds the producer back (back-pressure) and memory stays bounded. The frame iterator is
+        read on the pre-processing thread. An exception in any stage (or in the iterator) is
+        raised here, on the caller's thread, after the frames before it; closing the generator
+        (``close()``, ``break``, garbage collection, Ctrl-C) stops and joins every thread.
+        ``pipelined=False``: one frame after the other on the caller's thread.
+        """
+        if not pipelined:
+            return self._sequential(frames)
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        return _pipeline(self, frames, queue_size)
+
+    def _sequential(self, frames: Iterable[np.ndarray]) -> Iterator[Result]:
         for index, frame in enumerate(frames):
             yield self.predict(frame, f"frame {index}")
 
-    def _run(self, images: list[np.ndarray], names: list[str]) -> list[Result]:
-        t0 = time.perf_counter()
+    def postprocess(self, outputs: dict[str, np.ndarray], index: int, geometry: Geometry) -> Result:
+        """Model outputs (a batch) -> the :class:`Result` of image ``index`` at its original size."""
+        return self._postprocess(outputs, index, geometry)
+
+    def prepare(
+        self, images: list[np.ndarray], names: list[str]
+    ) -> tuple[np.ndarray, list[Geometry], list[list[str]]]:
+        """Model input for up to one batch of images (static batches padded), their geometries
+        and each image's conversion notes; unusable images raise :class:`InputError`."""
         prepared = [prepare_image(img, name, self.max_pixels) for img, name in zip(images, names)]
-        checked = [image for image, _ in prepared]
-        batch, geometries = self.preprocessor(checked)
-        n = len(checked)
+        batch, geometries = self.preprocessor([image for image, _ in prepared])
+        n = len(prepared)
         if self.artifact.batch and n < self.artifact.batch:  # static batch: pad with copies
             batch = np.concatenate([batch, np.repeat(batch[-1:], self.artifact.batch - n, axis=0)])
+        return batch, geometries, [notes for _, notes in prepared]
+
+    def _run(self, images: list[np.ndarray], names: list[str]) -> list[Result]:
+        t0 = time.perf_counter()
+        batch, geometries, notes = self.prepare(images, names)
+        n = len(images)
         t1 = time.perf_counter()
         outputs = self.backend.infer({self.artifact.input_name: batch})
         t2 = time.perf_counter()
         results = [self._postprocess(outputs, i, geometries[i]) for i in range(n)]
         t3 = time.perf_counter()
-        for r, (_, notes) in zip(results, prepared):
-            r.notes = notes
+        for r, image_notes in zip(results, notes):
+            r.notes = image_notes
             r.timings = {
                 "pre": (t1 - t0) * 1e3 / n,
                 "infer": (t2 - t1) * 1e3 / n,
@@ -216,18 +274,16 @@ class Segmenter:
             check_class_ids(outputs["labels"][i], self.artifact.num_classes)
             return Result(to_original_size(outputs["labels"][i], geometry))
         if head == "panoptic":
-            id_map, segments = fuse_panoptic(
-                outputs["scores"][i],
-                outputs["classes"][i],
-                outputs["owner"][i],
-                outputs["owner_fg"][i],
-                outputs["mask_area"][i],
+            id_map, segments = fuse_panoptic_outputs(
+                outputs,
+                i,
                 self.artifact.thing_ids,
                 self.artifact.num_classes,
                 self.artifact.object_mask_threshold,
                 self.artifact.overlap_threshold,
             )
             id_map = to_original_size(id_map, geometry)
+            segments = segments_at_size(id_map, segments)
             return Result(category_map(id_map, segments, VOID), id_map, segments)
         return Result(to_original_size(self._semantic_from_raw(outputs, i), geometry))
 
@@ -246,6 +302,134 @@ class Segmenter:
         if scores.ndim == 2:  # a single class: cv2 drops the channel axis
             scores = scores[:, :, None]
         return scores.argmax(-1).astype(np.int32)
+
+
+class _Failure:
+    """An exception travelling down the pipeline to the caller's thread."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()  # end of the frame stream
+_POLL_S = 0.05  # how often blocked stages look at the stop flag
+
+
+def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> Iterator[Result]:
+    """Three-stage pipelined :meth:`Segmenter.stream` (pre / infer / post threads, bounded queues)."""
+    stop = threading.Event()
+    prepared: queue.Queue[Any] = queue.Queue(queue_size)
+    inferred: queue.Queue[Any] = queue.Queue(queue_size)
+    done: queue.Queue[Any] = queue.Queue(queue_size)
+
+    def put(q: queue.Queue[Any], item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(q: queue.Queue[Any]) -> Any:
+        while not stop.is_set():
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+        return _END
+
+    def pre() -> None:
+        iterator = iter(frames)
+        try:
+            for index, frame in enumerate(iterator):
+                if stop.is_set():
+                    return
+                t0 = time.perf_counter()
+                batch, geometries, notes = seg.prepare([frame], [f"frame {index}"])
+                if not put(prepared, (batch, geometries[0], notes[0], (time.perf_counter() - t0) * 1e3)):
+                    return
+            put(prepared, _END)
+        except BaseException as exc:  # surfaced on the caller's thread
+            put(prepared, _Failure(exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # e.g. read_video: release the capture on this thread
+                close()
+
+    backend = seg.backend
+    submit, collect = getattr(backend, "submit", None), getattr(backend, "collect", None)
+    # Backends with an async API and several contexts (TensorRT) keep that many frames in flight:
+    # the copy-in of frame k+1 overlaps the inference of frame k.
+    depth = int(getattr(backend, "num_contexts", 1)) if submit and collect else 1
+
+    def infer() -> None:
+        pending: collections.deque[Any] = collections.deque()
+        try:
+            while True:
+                item = get(prepared)
+                finished = item is _END or isinstance(item, _Failure)
+                if not finished:
+                    batch, geometry, notes, pre_ms = item
+                    t0 = time.perf_counter()
+                    feed = {seg.artifact.input_name: batch}
+                    if depth > 1:
+                        pending.append((submit(feed), geometry, notes, pre_ms, t0))  # type: ignore[misc]
+                    else:
+                        outputs = backend.infer(feed)
+                        ms = (time.perf_counter() - t0) * 1e3
+                        if not put(inferred, (outputs, geometry, notes, pre_ms, ms)):
+                            return
+                while pending and (finished or len(pending) >= depth):
+                    ticket, geometry, notes, pre_ms, t0 = pending.popleft()
+                    outputs = collect(ticket)  # type: ignore[misc]
+                    ms = (time.perf_counter() - t0) * 1e3
+                    if not put(inferred, (outputs, geometry, notes, pre_ms, ms)):
+                        return
+                if finished:
+                    put(inferred, item)
+                    return
+        except BaseException as exc:
+            put(inferred, _Failure(exc))
+        finally:
+            for ticket, *_ in pending:  # stopped early: give the contexts back
+                with contextlib.suppress(Exception):
+                    collect(ticket)  # type: ignore[misc]
+
+    def post() -> None:
+        try:
+            while (item := get(inferred)) is not _END and not isinstance(item, _Failure):
+                outputs, geometry, notes, pre_ms, infer_ms = item
+                t0 = time.perf_counter()
+                result = seg.postprocess(outputs, 0, geometry)
+                result.notes = notes
+                result.timings = {"pre": pre_ms, "infer": infer_ms, "post": (time.perf_counter() - t0) * 1e3}
+                if not put(done, result):
+                    return
+            put(done, item)
+        except BaseException as exc:
+            put(done, _Failure(exc))
+
+    threads = [
+        threading.Thread(target=f, name=f"pem-stream-{f.__name__}", daemon=True) for f in (pre, infer, post)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            try:
+                item = done.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:  # normal end, exception, close() or Ctrl-C: stop every stage and wait for it
+        stop.set()
+        for t in threads:
+            t.join()
 
 
 def read_video(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 TORCH_FREE = os.environ.get("PEM_DEPLOY_TORCH_FREE") == "1"
 REPO = Path(__file__).resolve().parent.parent
 _torch_import_attempts: list[str] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.official_layout import bn_keys, resnet50_keys
 from torch import Tensor
 
 from pem.backbones import (
@@ -19,6 +18,7 @@ from pem.backbones import (
     stdc2,
 )
 from pem.config import TINY_BACKBONE, BackboneConfig
+from tests.helpers.official_layout import bn_keys, resnet50_keys
 
 R50 = BackboneConfig(name="resnet50")
 STDC1 = BackboneConfig(name="stdc", stdc_layers=(2, 2, 2))

@@ -14,10 +14,10 @@ from runtime.bench import BenchError, bench_artifact, format_table, parse_shape,
 
 def _artifact(folder: Path, h: int = 32, w: int = 64) -> Path:
     """A tiny semantic artifact (argmax over a 1x1 identity conv) built like the runtime tests do."""
-    from test_runtime_segmenter import _semantic_model, _write
+    from tests.helpers.runtime_models import semantic_model, write_artifact
 
     folder.mkdir(parents=True, exist_ok=True)
-    return _write(folder, _semantic_model(h, w), shape=(1, 3, h, w))
+    return write_artifact(folder, semantic_model(h, w), shape=(1, 3, h, w))
 
 
 def test_summarize_percentiles() -> None:

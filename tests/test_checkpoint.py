@@ -4,7 +4,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers.official_layout import official_keys
 
 from pem.checkpoint import (
     CheckpointError,
@@ -15,6 +14,7 @@ from pem.checkpoint import (
 )
 from pem.config import get_preset
 from pem.model import PEM
+from tests.helpers.official_layout import official_keys
 
 
 def _official_arrays(backbone: str, num_classes: int = 19, legacy: bool = False) -> dict[str, np.ndarray]:
@@ -162,9 +162,8 @@ def test_our_format_errors(tmp_path):
 
 
 def test_backbone_weights_from_torchvision_d2_and_stdc_files(tmp_path):
-    from helpers.official_layout import resnet50_keys, stdc_keys
-
     from pem.checkpoint import load_backbone_weights
+    from tests.helpers.official_layout import resnet50_keys, stdc_keys
 
     rng = np.random.default_rng(1)
     d2 = {

@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_export_onnx import tiny_graph, tiny_source
 
 from export.errors import ExportError
 from export.fp16 import convert_to_fp16, emulate_fp16, fp32_nodes
 from export.heads import ExportedModel
 from export.parity import compare, make_samples, open_session
 from export.simplify import finalize
+from tests.helpers.export_models import tiny_graph, tiny_source
 
 pytest.importorskip("onnxruntime")
 
@@ -58,12 +58,15 @@ def test_fragile_ops_compute_in_fp32(tiny):
             assert set(float_in(node)) == {F32}, node.op_type
             checked += 1
     assert checked >= 20
-    # The similarity feeding each ArgMax: Where <- MatMul(tokens, queries), all FP32.
+    # The similarity feeding each ArgMax: Add(MatMul(queries, tokens), mask bias), all FP32.
     for argmax in (n for n in model16.graph.node if n.op_type == "ArgMax"):
-        where = _producer(model16, argmax.input[0])
-        assert where.op_type == "Where"
-        matmul = _producer(model16, where.input[2])
-        assert matmul.op_type == "MatMul" and set(float_in(matmul)) == {F32}
+        add = _producer(model16, argmax.input[0])
+        assert add.op_type == "Add" and set(float_in(add)) == {F32}
+        producers = {_producer(model16, name).op_type: _producer(model16, name) for name in add.input}
+        assert set(producers) == {"MatMul", "Unsqueeze"}, producers  # similarity + the (B, 1, Q, N) bias
+        bias = _producer(model16, producers["Unsqueeze"].input[0])
+        assert bias.op_type == "Where" and set(float_in(bias)) == {F32}  # 0 / -inf
+        assert set(float_in(producers["MatMul"])) == {F32}
     # L2-normalize divisions are FP32; convolutions and Gemms are FP16 with FP16 weights.
     for node in model16.graph.node:
         if node.op_type in ("Conv", "Gemm", "DeformConv"):

@@ -1,8 +1,6 @@
 """ONNX export of the tiny preset: every head, both deformable-conv implementations, dynamic
 shapes, in-graph preprocessing and the TorchScript fallback, checked in onnxruntime."""
 
-import functools
-
 import numpy as np
 import pytest
 
@@ -12,29 +10,12 @@ from export.pipeline import ExportOptions, export_graph
 from export.simplify import FORBIDDEN_OPS, MAX_IR_VERSION
 from export.source import load_source
 from export.trt_lint import lint_model
-from pem.config import InferenceConfig
+from tests.helpers.export_models import tiny_graph, tiny_source
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 H, W = 64, 128
-
-
-@functools.cache
-def tiny_source():
-    """The tiny panoptic preset at 64x128 (shared by the export test modules; do not modify)."""
-    source = load_source(preset="cityscapes-panoptic-tiny", height=H, width=W, seed=0)
-    # Random weights never reach a 0.8 class score: keep every query so the panoptic outputs matter.
-    source.config = source.config.replace(inference=InferenceConfig(object_mask_threshold=0.0))
-    source.model.config = source.config
-    return source
-
-
-@functools.cache
-def tiny_graph(head: str, deform_impl: str = "native"):
-    """Exported graph and context of :func:`tiny_source` (cached: exporting takes seconds)."""
-    model, context, _ = export_graph(tiny_source(), ExportOptions(head=head, deform_impl=deform_impl))
-    return model, context
 
 
 def _input_spec(source, dtype="float32", in_graph=False, shape=(1, 3, H, W)):

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from test_export_onnx import tiny_graph, tiny_source
 from typer.testing import CliRunner
 
 import export.pipeline as pipeline
@@ -21,6 +20,7 @@ from export.parity import open_session, run_reference
 from export.pipeline import ExportOptions, export_artifact
 from export.source import load_source
 from pem.checkpoint import save_checkpoint
+from tests.helpers.export_models import tiny_graph, tiny_source
 
 pytest.importorskip("onnxruntime")
 
@@ -149,7 +149,7 @@ def test_failed_export_leaves_out_dir_unchanged(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "lint_model", boom)
     source = tiny_source()
     with pytest.raises(ExportError, match="simulated"):
-        export_artifact(source, ExportOptions(out_dir=out, head="raw"))
+        export_artifact(source, ExportOptions(out_dir=out, head="raw", exist_ok=True))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "model.onnx"]
     assert (out / "model.onnx").read_bytes() == b"old"
     monkeypatch.setattr(pipeline, "_raw_part", boom)
@@ -263,7 +263,10 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
             ],
             "INT8",
         ),
-        (["export", "--preset", "cityscapes-semantic-tiny", "--out", str(a_file)], "not a directory"),
+        (
+            ["export", "--preset", "cityscapes-semantic-tiny", "--out", str(a_file)],
+            "exists and is not a folder",
+        ),
         (
             ["export", "--preset", "cityscapes-semantic-tiny", "--head", "x", "--out", str(tmp_path / "o")],
             "--head x",

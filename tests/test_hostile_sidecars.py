@@ -465,7 +465,7 @@ def test_accepted_variations_load_and_run(artifacts, tmp_path, variant, name, ch
         result = seg.predict(np.full((40, 70, 3), 200, np.uint8))
     assert result.labels.shape == (40, 70)
     if variant.startswith("panoptic"):
-        assert [(s.category_id, s.area) for s in result.segments] == [(0, H * W)]  # model pixels
+        assert [(s.category_id, s.area) for s in result.segments] == [(0, 40 * 70)]  # original pixels
         assert (result.labels == 0).all()
 
 
@@ -792,7 +792,8 @@ def test_panoptic_outputs_out_of_range(field, value, expected):
 
 
 def test_export_refuses_to_write_an_invalid_sidecar(tmp_path):
-    config = get_preset("cityscapes-semantic-tiny").replace(input_size=(H, W), pixel_std=(58.0, 0.0, 57.0))
+    # PEMConfig itself refuses std 0 (pem.config), so the bad value is put into the sidecar directly
+    config = get_preset("cityscapes-semantic-tiny").replace(input_size=(H, W))
     sidecar = build_sidecar(
         config=config,
         head="semantic",
@@ -806,6 +807,7 @@ def test_export_refuses_to_write_an_invalid_sidecar(tmp_path):
         source={},
         onnx_info={},
     )
+    sidecar["input"]["normalization"]["std"][1] = 0.0
     out = tmp_path / "out"
     with pytest.raises(ExportError) as info, ArtifactWriter(out) as writer:
         write_artifact(writer, _graph_for(sidecar), sidecar, "model")

@@ -117,5 +117,5 @@ def test_config_validation_and_presets():
     cfg = get_preset("cityscapes-panoptic-r50")
     assert cfg.thing_ids == (11, 12, 13, 14, 15, 16, 17, 18)
     assert PEMConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ConfigError, match="invalid config"):
+    with pytest.raises(ConfigError, match="bogus: unknown field"):
         PEMConfig.from_dict({"bogus": 1})

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pem.ops.prototype import prototype_gather, prototype_gather_reference
-from pem.pem_ca import PEMCrossAttention, masked_similarity
+from pem.ops.prototype import gather_prototypes, mask_bias, masked_similarity, select_prototypes
+from pem.pem_ca import PEMCrossAttention
 
 
 def _reference_pem_ca(layer: PEMCrossAttention, tgt, memory, mask_logits, pos, query_pos):
@@ -55,47 +55,134 @@ def test_pem_ca_matches_literal_reference():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_masking_rules():
-    tokens = F.normalize(torch.randn(2, 6, 8), dim=-1)
-    queries = F.normalize(torch.randn(2, 3, 8), dim=-1)
+def _frozen_old_selection(tokens, queries, mask_logits, num_heads):
+    """The selection as it was before the (B, heads, Q, N) rework, frozen here as the reference:
+    (B, h, N, Q) similarity, boolean ``where`` to ``-inf``, argmax over the token axis."""
+    b, n, c = tokens.shape
+    q = queries.shape[1]
+    d = c // num_heads
+    tokens_h = tokens.reshape(b, n, num_heads, d).transpose(1, 2)
+    queries_h = queries.reshape(b, q, num_heads, d).transpose(1, 2)
+    similarity = torch.matmul(tokens_h, queries_h.transpose(2, 3))  # (B, h, N, Q)
+    excluded = (mask_logits < 0).transpose(1, 2)
+    all_excluded = excluded.flatten(1).all(dim=1).reshape(b, 1, 1)
+    excluded = excluded & ~all_excluded
+    similarity = torch.where(excluded.unsqueeze(1), float("-inf"), similarity)
+    return similarity.argmax(dim=2)  # (B, h, Q)
+
+
+def _crafted_masks(b, q, n, gen):
+    """Random masks plus the edge cases: empty queries, a full query, an all-empty image,
+    a single allowed pixel (first, last), and logits of exactly 0 (kept: only < 0 excludes)."""
+    mask = torch.randn(b, q, n, generator=gen)
+    mask[0, 0] = -1.0  # one empty query among non-empty ones -> token 0
+    mask[0, 1] = 1.0  # nothing excluded
+    mask[0, 2] = -1.0
+    mask[0, 2, -1] = 0.5  # only the last pixel allowed
+    mask[0, 3] = -1.0
+    mask[0, 3, 0] = 0.0  # only the first pixel allowed (0 is not < 0)
+    if b > 1:
+        mask[1] = -1e-7  # every query empty: exclusion switched off for this image
+    if b > 2:
+        mask[2] = (torch.rand(q, n, generator=gen) < 0.02).float() * 2 - 1  # sparse masks
+    return mask
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 7, 2048])
+@pytest.mark.parametrize("n", [12, 40])
+def test_selection_matches_frozen_old_code(n, chunk):
+    gen = torch.Generator().manual_seed(n * 100 + chunk)
+    b, q, c, heads = 3, 9, 16, 4
+    tokens = F.normalize(torch.randn(b, n, c, generator=gen), dim=-1)
+    queries = F.normalize(torch.randn(b, q, c, generator=gen), dim=-1)
+    mask = _crafted_masks(b, q, n, gen)
+    old = _frozen_old_selection(tokens, queries, mask, heads)
+    assert torch.equal(select_prototypes(tokens, queries, mask, heads, chunk=chunk), old)
+    assert torch.equal(masked_similarity(tokens, queries, mask, heads).argmax(dim=-1), old)
+    assert (old[0, :, 0] == 0).all()  # empty query -> top-left token
+    assert (old[0, :, 2] == n - 1).all() and (old[0, :, 3] == 0).all()
+
+
+def test_selection_ties_pick_the_first_token_across_chunks():
+    # Duplicated tokens give exact ties; the first copy must win whichever chunk it falls in.
+    gen = torch.Generator().manual_seed(1)
+    base = F.normalize(torch.randn(1, 6, 8, generator=gen), dim=-1)
+    tokens = torch.cat([base, base, base], dim=1)  # token i, i + 6 and i + 12 are equal
+    queries = F.normalize(torch.randn(1, 5, 8, generator=gen), dim=-1)
+    mask = torch.randn(1, 5, 18, generator=gen)
+    mask[0, 0, :6] = -1.0  # query 0 may not use the first copies: the second copy wins
+    mask[0, 1] = 0.0  # everything allowed
+    old = _frozen_old_selection(tokens, queries, mask, 2)
+    for chunk in (1, 4, 6, 18):
+        assert torch.equal(select_prototypes(tokens, queries, mask, 2, chunk=chunk), old)
+    assert (old[0, :, 1] < 6).all()
+
+
+@torch.no_grad()
+def test_selection_matches_frozen_old_code_at_cityscapes_1_32():
+    # Real width: 256 channels, 8 heads, 100 queries, 32x64 tokens (1/32 of 1024x2048).
+    gen = torch.Generator().manual_seed(3)
+    layer = PEMCrossAttention(256, 8).eval()
+    memory, pos = torch.randn(2, 256, 32, 64, generator=gen), torch.randn(2, 256, 32, 64, generator=gen)
+    tokens = F.normalize(layer.feature_proj(memory + pos), dim=-1)
+    queries = F.normalize(torch.randn(2, 100, 256, generator=gen), dim=-1)
+    mask = torch.randn(2, 100, 2048, generator=gen)
+    mask[0, :10] = -1.0
+    old = _frozen_old_selection(tokens, queries, mask, 8)
+    assert torch.equal(select_prototypes(tokens, queries, mask, 8), old)
+    assert torch.equal(masked_similarity(tokens, queries, mask, 8).argmax(dim=-1), old)
+
+
+def test_mask_bias_rules():
     mask = torch.randn(2, 3, 6)
     mask[0, 2] = -1.0
     mask[1] = -5.0
+    bias = mask_bias(mask)
+    assert set(bias.unique().tolist()) <= {0.0, float("-inf")}
+    assert torch.isinf(bias[0, 2]).all()  # the empty query sees nothing
+    assert (bias[1] == 0).all()  # whole image empty -> no masking at all
+    assert torch.equal(torch.isinf(bias[0, :2]), mask[0, :2] < 0)
+    tokens = F.normalize(torch.randn(2, 6, 8), dim=-1)
+    queries = F.normalize(torch.randn(2, 3, 8), dim=-1)
     s = masked_similarity(tokens, queries, mask, num_heads=2)
-    assert s.shape == (2, 2, 6, 3)
-    assert torch.isinf(s[0, :, :, 2]).all()  # the empty query sees nothing
-    assert torch.isfinite(s[1]).all()  # whole image empty -> no masking at all
-    assert torch.equal(torch.isinf(s[0, 0, :, :2]), (mask[0, :2] < 0).T)
-    idx = s.argmax(dim=2)
-    assert (idx[0, :, 2] == 0).all()  # argmax of an all -inf column is the top-left token
+    assert s.shape == (2, 2, 3, 6)
+    assert (s.argmax(dim=-1)[0, :, 2] == 0).all()  # argmax of an all -inf row is the top-left token
 
 
-def test_prototype_gather_op_values_and_gradient():
-    sim = torch.randn(2, 3, 7, 4)
-    sim[0, 1, :, 2] = float("-inf")
-    feats = torch.randn(2, 3, 7, 5, dtype=torch.float64, requires_grad=True)
-    out = prototype_gather(sim, feats)
-    ref = prototype_gather_reference(sim, feats)
-    assert torch.equal(out, ref)
-    assert torch.equal(out[0, 1, 2], feats[0, 1, 0])
-    grad = torch.randn_like(out)
-    (g_op,) = torch.autograd.grad(out, feats, grad)
-    (g_ref,) = torch.autograd.grad(ref, feats, grad)
-    assert torch.equal(g_op, g_ref)
-    torch.autograd.gradcheck(lambda f: prototype_gather(sim.double(), f), (feats,))
+def test_gather_prototypes_values_and_gradient():
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randn(2, 7, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    index = torch.randint(0, 7, (2, 3, 4), generator=gen)  # 3 heads of 2 channels, 4 queries
+    out = gather_prototypes(tokens, index)
+    assert out.shape == (2, 4, 6)
+    for b in range(2):
+        for h in range(3):
+            for q in range(4):
+                assert torch.equal(out[b, q, 2 * h : 2 * h + 2], tokens[b, index[b, h, q], 2 * h : 2 * h + 2])
+    torch.autograd.gradcheck(lambda t: gather_prototypes(t, index), (tokens,))
 
 
-def test_prototype_gather_exports_as_its_own_op():
+def test_selection_has_no_gradient_but_tokens_do():
+    layer = PEMCrossAttention(16, 4)
+    tgt, memory = torch.randn(1, 5, 16), torch.randn(1, 16, 3, 4, requires_grad=True)
+    out = layer(tgt, memory, torch.randn(1, 5, 3, 4), torch.randn(1, 16, 3, 4), torch.randn(1, 5, 16))
+    out.sum().backward()
+    assert memory.grad is not None and memory.grad.abs().sum() > 0
+
+
+def test_selection_exports_without_data_dependent_ops():
     class M(torch.nn.Module):
-        def forward(self, s, f):
-            return prototype_gather(s, f)
+        def forward(self, t, q, m):
+            return gather_prototypes(t, select_prototypes(t, q, m, 2))
 
-    ep = torch.export.export(M(), (torch.randn(1, 2, 6, 3), torch.randn(1, 2, 6, 4)))
+    ep = torch.export.export(M(), (torch.randn(1, 6, 4), torch.randn(1, 3, 4), torch.randn(1, 3, 6)))
     targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
-    assert any("prototype_gather" in t for t in targets), targets
-    assert not any("nonzero" in t or "index_put" in t for t in targets)
+    assert any("argmax" in t for t in targets) and any("gather" in t for t in targets), targets
+    assert not any("nonzero" in t or "index_put" in t or "masked_select" in t for t in targets), targets
 
 
-def test_prototype_gather_rejects_bad_shapes():
+def test_select_prototypes_rejects_bad_shapes():
     with pytest.raises(ValueError, match="disagree"):
-        prototype_gather(torch.randn(1, 2, 6, 3), torch.randn(1, 2, 5, 4))
+        select_prototypes(torch.randn(1, 6, 4), torch.randn(1, 3, 4), torch.randn(1, 3, 5), 2)
+    with pytest.raises(ValueError, match="heads"):
+        select_prototypes(torch.randn(1, 6, 4), torch.randn(1, 3, 4), torch.randn(1, 3, 6), 3)

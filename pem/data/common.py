@@ -311,11 +311,15 @@ class FolderDataset:
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
-    """Write an (H, W) label map (uint8 / uint16) or an (H, W, 3) RGB image as PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write an (H, W) label map (uint8 / uint16) or an (H, W, 3) RGB image as PNG (atomically)."""
+    from contract.fs import atomic_write_bytes
+
     data = cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array
-    if not cv2.imwrite(str(path), data):
-        raise DatasetError(f"{path}: could not write PNG")
+    ok, buffer = cv2.imencode(".png", data)
+    if not ok:
+        raise DatasetError(f"{path}: could not encode PNG of shape {array.shape} and dtype {array.dtype}")
+    # Not cv2.imwrite: on a full disk it reports success and leaves a 0-byte file.
+    atomic_write_bytes(path, buffer.tobytes())
 
 
 @contextmanager
@@ -337,3 +341,28 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """Write files into a temporary sibling of ``target``; on success move them into ``target``.
+
+    Files of the same relative names in ``target`` are replaced, nothing else there is touched;
+    on any error (a full disk, a read-only folder) ``target`` is left as it was and the staging
+    folder is removed.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise DatasetError(f"{target}: exists and is not a folder")
+    parent = target.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        for path in files:
+            final = target / path.relative_to(tmp)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

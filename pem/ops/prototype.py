@@ -1,8 +1,24 @@
-"""The prototype gather of PEM-CA: per (image, head, query), pick the most similar pixel token.
+"""Prototype selection and gather of PEM-CA: per (image, head, query), the most similar pixel token.
 
-It is a custom op (``pem::prototype_gather``) so that the exporter can give it its own symbolic
-(ArgMax + GatherElements) instead of whatever the tracer would make of it. The eager
-implementation is argmax + gather only: no boolean indexing, nothing data-dependent in shape.
+The similarity is laid out (B, heads, Q, N) so that the (B, Q, N) mask needs no transpose and the
+argmax runs over the contiguous last axis, and the mask enters as an additive float bias of the
+similarity GEMM (0 where a pixel may be chosen, ``-inf`` where it may not) instead of a boolean
+``where`` over the big tensor. With a bias of exactly 0 or ``-inf`` the masked scores equal the
+old ``where`` ones bit for bit (``s + 0 == s``, ``s + -inf == -inf`` for finite ``s``), so the
+argmax (first index on ties; an all ``-inf`` row gives token 0) picks the same token.
+
+Two implementations of the selection, same result:
+
+* :func:`masked_similarity` + ``argmax``: one batched GEMM + bias + ArgMax. Used when exporting or
+  compiling (it becomes ONNX ``MatMul`` + ``Add`` + ``ArgMax``: nothing data-dependent) and on
+  accelerators.
+* the eager CPU path of :func:`select_prototypes`: the same GEMM + bias, chunked over the tokens
+  and heads into one reused cache-sized buffer with a running (max, first index), so the
+  (B, heads, Q, N) tensor (105 MB at 1/8 of 1024x2048) is never allocated. It is 2-4x faster
+  on one CPU core (no page faults on fresh large buffers, nothing leaves the cache).
+
+The gather (:func:`gather_prototypes`) is a plain ``torch.gather`` (ONNX ``GatherElements``) from
+the (B, N, heads, D) view of the tokens: differentiable w.r.t. the tokens, the selection is not.
 """
 
 from __future__ import annotations
@@ -10,64 +26,137 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def _gather_index(similarity: Tensor, head_dim: int) -> Tensor:
-    """(B, h, N, Q) similarity -> (B, h, Q, D) int64 gather index of the argmax token."""
-    idx = similarity.argmax(dim=2)  # (B, h, Q)
-    return idx.unsqueeze(-1).expand(-1, -1, -1, head_dim)
+# Tokens per chunk of the eager CPU selection: the (Q, chunk) score and bias buffers stay in L2.
+DEFAULT_CHUNK = 2048
 
 
-def prototype_gather_reference(similarity: Tensor, features: Tensor) -> Tensor:
-    """Plain PyTorch version of :func:`prototype_gather` (differentiable w.r.t. ``features``)."""
-    return torch.gather(features, 2, _gather_index(similarity, features.shape[-1]))
-
-
-@torch.library.custom_op("pem::prototype_gather", mutates_args=())
-def _prototype_gather_op(similarity: Tensor, features: Tensor) -> Tensor:
-    return torch.gather(features, 2, _gather_index(similarity, features.shape[-1]))
-
-
-@_prototype_gather_op.register_fake
-def _(similarity: Tensor, features: Tensor) -> Tensor:
-    b, h, _, q = similarity.shape
-    return features.new_empty((b, h, q, features.shape[-1]))
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    similarity, features = inputs
-    ctx.save_for_backward(_gather_index(similarity, features.shape[-1]))
-    ctx.num_tokens = features.shape[2]
-
-
-def _backward(ctx, grad_output: Tensor):
-    (index,) = ctx.saved_tensors
-    b, h, _, d = index.shape
-    grad_features = grad_output.new_zeros((b, h, ctx.num_tokens, d))
-    grad_features.scatter_add_(2, index, grad_output)
-    # The selection itself is not differentiable: no gradient flows into the similarity.
-    return None, grad_features
-
-
-_prototype_gather_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def prototype_gather(similarity: Tensor, features: Tensor) -> Tensor:
-    """Gather, per head and query, the token with the highest similarity.
+def mask_bias(mask_logits: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Additive bias of the prototype similarity: 0 = may be chosen, ``-inf`` = excluded.
 
     Args:
-        similarity: (B, h, N, Q) masked similarities (masked entries are ``-inf``; an all ``-inf``
-            column selects token 0, like the official code).
-        features: (B, h, N, D) per-head token features.
+        mask_logits: (B, Q, N) previous mask logits; a pixel with logit < 0 is excluded.
+        dtype: of the bias (default: that of ``mask_logits``).
 
     Returns:
-        (B, h, Q, D) prototypes.
+        (B, Q, N). Exclusion is switched off for an image only when every query's mask is empty
+        there (official rule: ``max < 0`` over all its logits); one empty query among non-empty
+        ones keeps an all ``-inf`` row (its argmax is token 0).
     """
-    if similarity.dim() != 4 or features.dim() != 4:
+    logits = mask_logits.detach()
+    excluded = logits < 0
+    reset = logits.amax(dim=(1, 2), keepdim=True) < 0  # (B, 1, 1): every query empty
+    excluded = excluded & ~reset
+    zero = torch.zeros((), dtype=dtype or logits.dtype, device=logits.device)
+    return torch.where(excluded, float("-inf"), zero)
+
+
+def masked_similarity(tokens: Tensor, queries: Tensor, mask_logits: Tensor, num_heads: int) -> Tensor:
+    """Per-head similarity plus the mask bias (masked pixels are ``-inf``), batched.
+
+    Args:
+        tokens: (B, N, C) L2-normalised pixel tokens.
+        queries: (B, Q, C) L2-normalised queries.
+        mask_logits: (B, Q, N) previous mask logits (see :func:`mask_bias`).
+        num_heads: C is split into this many contiguous heads.
+
+    Returns:
+        (B, heads, Q, N) scores.
+    """
+    b, n, c = tokens.shape
+    q = queries.shape[1]
+    d = c // num_heads
+    queries_h = queries.reshape(b, q, num_heads, d).transpose(1, 2)  # (B, h, Q, D)
+    tokens_t = tokens.reshape(b, n, num_heads, d).permute(0, 2, 3, 1)  # (B, h, D, N)
+    bias = mask_bias(mask_logits, tokens.dtype).unsqueeze(1)  # (B, 1, Q, N)
+    return torch.matmul(queries_h, tokens_t) + bias
+
+
+def _select_chunked(
+    tokens: Tensor, queries: Tensor, mask_logits: Tensor, num_heads: int, chunk: int
+) -> Tensor:
+    """Eager CPU selection: GEMM + bias per (image, token chunk, head) into one reused buffer."""
+    b, n, c = tokens.shape
+    q = queries.shape[1]
+    d = c // num_heads
+    chunk = max(1, min(chunk, n))
+    index = torch.zeros(b, num_heads, q, dtype=torch.long, device=tokens.device)
+    scores_buf = torch.empty(q * chunk, dtype=tokens.dtype, device=tokens.device)
+    bias_buf = torch.empty(q * chunk, dtype=tokens.dtype, device=tokens.device)
+    logits = mask_logits.detach()
+    for bi in range(b):
+        reset = bool(logits[bi].amax() < 0)  # every query empty: no exclusion for this image
+        best: list[Tensor | None] = [None] * num_heads
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            width = stop - start
+            bias_c = bias_buf[: q * width].view(q, width).zero_()
+            scores_c = scores_buf[: q * width].view(q, width)
+            if not reset:
+                bias_c.masked_fill_(logits[bi, :, start:stop] < 0, float("-inf"))
+            keys = tokens[bi, start:stop]
+            for h in range(num_heads):
+                cols = slice(h * d, (h + 1) * d)
+                torch.addmm(bias_c, queries[bi, :, cols], keys[:, cols].t(), out=scores_c)
+                value, arg = scores_c.max(dim=1)  # first index of the chunk's maximum
+                if best[h] is None:
+                    best[h] = value
+                    index[bi, h] = arg
+                    continue
+                # Later chunks win only when strictly better (first index on ties), or with a
+                # NaN where there was none yet (torch.argmax treats NaN as the maximum).
+                better = (value > best[h]) | (value.isnan() & ~best[h].isnan())
+                best[h] = torch.where(better, value, best[h])
+                index[bi, h] = torch.where(better, arg + start, index[bi, h])
+    return index
+
+
+def select_prototypes(
+    tokens: Tensor, queries: Tensor, mask_logits: Tensor, num_heads: int, chunk: int = DEFAULT_CHUNK
+) -> Tensor:
+    """Index of the prototype token per (image, head, query): argmax of :func:`masked_similarity`.
+
+    Args:
+        tokens: (B, N, C) L2-normalised pixel tokens.
+        queries: (B, Q, C) L2-normalised queries.
+        mask_logits: (B, Q, N) previous mask logits (see :func:`mask_bias`).
+        num_heads: C is split into this many contiguous heads.
+        chunk: tokens per chunk of the eager CPU path.
+
+    Returns:
+        (B, heads, Q) int64. Not differentiable (the selection has no gradient).
+    """
+    if tokens.dim() != 3 or queries.dim() != 3 or mask_logits.dim() != 3:
         raise ValueError(
-            f"prototype_gather expects 4-D tensors, got {tuple(similarity.shape)} and {tuple(features.shape)}"
+            f"select_prototypes expects (B, N, C), (B, Q, C), (B, Q, N); got {tuple(tokens.shape)}, "
+            f"{tuple(queries.shape)}, {tuple(mask_logits.shape)}"
         )
-    if similarity.shape[:3] != features.shape[:3]:
+    b, n, c = tokens.shape
+    if queries.shape[0] != b or queries.shape[2] != c or mask_logits.shape != (b, queries.shape[1], n):
         raise ValueError(
-            f"similarity {tuple(similarity.shape)} and features {tuple(features.shape)} disagree on (B, h, N)"
+            f"select_prototypes: tokens {tuple(tokens.shape)}, queries {tuple(queries.shape)} and mask "
+            f"{tuple(mask_logits.shape)} disagree on (B, Q, N, C)"
         )
-    return _prototype_gather_op(similarity, features)
+    if c % num_heads:
+        raise ValueError(f"select_prototypes: {c} channels do not split into {num_heads} heads")
+    tokens, queries = tokens.detach(), queries.detach()  # the selection carries no gradient
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+    if tracing or tokens.device.type != "cpu":
+        return masked_similarity(tokens, queries, mask_logits, num_heads).argmax(dim=-1)
+    return _select_chunked(tokens, queries, mask_logits, num_heads, chunk)
+
+
+def gather_prototypes(tokens: Tensor, index: Tensor) -> Tensor:
+    """Gather each head's slice of each query's prototype.
+
+    Args:
+        tokens: (B, N, C) pixel tokens.
+        index: (B, heads, Q) token index per head and query (:func:`select_prototypes`).
+
+    Returns:
+        (B, Q, C) prototypes: channels of head h come from token ``index[b, h, q]``.
+    """
+    b, n, c = tokens.shape
+    heads, q = index.shape[1], index.shape[2]
+    d = c // heads
+    gather_index = index.transpose(1, 2).unsqueeze(-1).expand(b, q, heads, d)  # (B, Q, h, D)
+    return torch.gather(tokens.reshape(b, n, heads, d), 1, gather_index).reshape(b, q, c)

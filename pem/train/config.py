@@ -14,7 +14,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pem.config import ConfigError, preset_names
+from pem.config import (
+    ConfigError,
+    check_choice,
+    check_float,
+    check_int,
+    check_sequence,
+    preset_names,
+    strict_fields,
+)
 from pem.data.transforms import AugmentConfig
 from pem.train.criterion import LossConfig
 
@@ -59,26 +67,38 @@ class TrainConfig:
     sync_bn: str = "official"
 
     def __post_init__(self) -> None:
-        if self.sync_bn not in ("official", "all", "off"):
-            raise ConfigError(f"sync_bn must be official, all or off, got {self.sync_bn!r}")
-        if self.iterations < 1:
-            raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
-        if self.accumulate < 1 or self.batch_size % self.accumulate:
+        check_choice("sync_bn", self.sync_bn, ("official", "all", "off"))
+        check_int("iterations", self.iterations, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("accumulate", self.accumulate, 1)
+        if self.batch_size % self.accumulate:
             raise ConfigError(
-                f"batch_size {self.batch_size} is not divisible into {self.accumulate} micro-batches"
+                f"accumulate: batch_size {self.batch_size} "
+                f"is not divisible into {self.accumulate} micro-batches"
             )
         if self.micro_batch < 2:
             raise ConfigError(
-                f"micro-batch of {self.micro_batch} image: need >= 2 per micro-batch "
+                f"batch_size: micro-batch of {self.micro_batch} image: need >= 2 per micro-batch "
                 "(BatchNorm on the CSM's 1x1 maps); lower accumulate or raise batch_size"
             )
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        ch, cw = self.augment.crop_size
-        if ch < 32 or cw < 32:
-            raise ConfigError(f"crop size {ch}x{cw} is too small (>= 32)")
-        if self.loss.num_points < 1:
-            raise ConfigError(f"num_points must be >= 1, got {self.loss.num_points}")
+        check_float("lr", self.lr, 0.0, exclusive_min=True)
+        check_float("lr_end", self.lr_end, 0.0)
+        if self.lr_end > self.lr:
+            raise ConfigError(f"lr_end: {self.lr_end} is above lr {self.lr}")
+        check_int("warmup_iters", self.warmup_iters, 0)
+        for key in ("backbone_multiplier", "weight_decay", "clip_grad_norm"):
+            check_float(key, getattr(self, key), 0.0)
+        if self.amp is not None and not isinstance(self.amp, bool):
+            raise ConfigError(f"amp: expected true, false or null, got {self.amp!r}")
+        if self.test_short_side is not None:
+            check_int("test_short_side", self.test_short_side, 32)
+        check_int("test_max_size", self.test_max_size, 32)
+        check_int("seed", self.seed, 0)
+        for key in ("eval_period", "checkpoint_period", "num_workers"):
+            check_int(key, getattr(self, key), 0)
+        check_int("log_period", self.log_period, 1)
+        _check_augment(self.augment)
+        _check_loss(self.loss)
 
     @property
     def micro_batch(self) -> int:
@@ -117,15 +137,52 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, data: dict[str, Any], source: str = "training config") -> TrainConfig:
+        """Inverse of :meth:`to_dict`, strict: every field present and known, values in range.
+
+        Raises :class:`ConfigError` naming ``source`` and the field.
+        """
         try:
-            data = dict(data)
-            augment = AugmentConfig(**_tuplify(data.pop("augment", {})))
-            loss = LossConfig(**data.pop("loss", {}))
-            return cls(augment=augment, loss=loss, **_tuplify(data))
-        except TypeError as exc:
-            raise ConfigError(f"invalid training config: {exc}") from None
+            kwargs = strict_fields(cls, data, "")
+            kwargs["augment"] = AugmentConfig(**strict_fields(AugmentConfig, kwargs["augment"], "augment."))
+            kwargs["loss"] = LossConfig(**strict_fields(LossConfig, kwargs["loss"], "loss."))
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+def _check_augment(aug: AugmentConfig) -> None:
+    if not isinstance(aug, AugmentConfig):
+        raise ConfigError(f"augment: expected an AugmentConfig, got {aug!r}")
+    check_int("augment.short_side", aug.short_side, 1)
+    lo, hi = check_sequence("augment.scale_range", aug.scale_range, 2)
+    check_float("augment.scale_range[0]", lo, 0.0, exclusive_min=True)
+    check_float("augment.scale_range[1]", hi, 0.0, exclusive_min=True)
+    if lo > hi:
+        raise ConfigError(f"augment.scale_range: {lo} > {hi}")
+    check_float("augment.scale_step", aug.scale_step, 0.0)
+    check_int("augment.max_size", aug.max_size, 32)
+    ch, cw = check_sequence("augment.crop_size", aug.crop_size, 2)
+    check_int("augment.crop_size[0]", ch, 32)
+    check_int("augment.crop_size[1]", cw, 32)
+    check_float(
+        "augment.single_category_max_area", aug.single_category_max_area, 0.0, 1.0, exclusive_min=True
+    )
+    for key in ("color", "flip"):
+        if not isinstance(getattr(aug, key), bool):
+            raise ConfigError(f"augment.{key}: expected true or false, got {getattr(aug, key)!r}")
+
+
+def _check_loss(loss: LossConfig) -> None:
+    if not isinstance(loss, LossConfig):
+        raise ConfigError(f"loss: expected a LossConfig, got {loss!r}")
+    for key in ("class_weight", "mask_weight", "dice_weight", "no_object_weight"):
+        check_float(f"loss.{key}", getattr(loss, key), 0.0)
+    check_int("loss.num_points", loss.num_points, 1)
+    check_float("loss.oversample_ratio", loss.oversample_ratio, 1.0)
+    check_float("loss.importance_sample_ratio", loss.importance_sample_ratio, 0.0, 1.0)
+    if not isinstance(loss.deep_supervision, bool):
+        raise ConfigError(f"loss.deep_supervision: expected true or false, got {loss.deep_supervision!r}")
 
 
 def _tuplify(data: dict[str, Any]) -> dict[str, Any]:

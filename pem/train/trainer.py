@@ -163,6 +163,15 @@ class Trainer:
                     "error",
                     f"{state}: a run already exists in {self.out_dir}; resume it or pick a new output",
                 )
+            else:
+                ours = (MODEL_FILE, Path(MODEL_FILE).with_suffix(".json").name, METRICS_FILE)
+                found = [n for n in ours if (self.out_dir / n).exists()]
+                if found:
+                    status = (
+                        "error",
+                        f"{self.out_dir}: already holds {', '.join(found)} (an earlier run without a "
+                        "resumable state); pick a new --out or delete those files",
+                    )
         status = broadcast_object(status)
         if status[0] == "error":
             raise CheckpointError(status[1])
@@ -278,9 +287,10 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.out_dir / METRICS_FILE
+        before = path.read_bytes() if path.is_file() else b""
+        # Rewritten whole through a rename (the file is small): a full disk never leaves half a line.
+        atomic_write_bytes(path, before + (json.dumps(record) + "\n").encode())
 
     # -----------------------------------------------------------------------------------------
     # Loop
@@ -478,4 +488,16 @@ def run_training(
     model_cfg = model_config_for(preset, train_set.meta)
     extra = {"dataset": str(Path(data)), "preset": preset, **(extra_metadata or {})}
     trainer = Trainer(model_cfg, config, train_set, out_dir, val_set, device, progress, resume, extra)
-    return trainer.train()
+    created = not trainer.out_dir.exists()
+    try:
+        return trainer.train()
+    except BaseException:
+        # a run that failed before writing anything (full disk, read-only...) leaves no empty folder
+        if (
+            created
+            and trainer.dist.is_main
+            and trainer.out_dir.is_dir()
+            and not any(trainer.out_dir.iterdir())
+        ):
+            trainer.out_dir.rmdir()
+        raise

@@ -3,16 +3,100 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from contract.sidecar import TENSOR_DTYPES, IOSignature, onnxruntime_dtype
 from runtime.backends.base import Backend, TensorSpec
-from runtime.errors import ArtifactError, BackendUnavailableError
+from runtime.backends.ort_session import create_session
+from runtime.errors import BackendUnavailableError
 
 # Preference order when the caller does not choose.
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@dataclass(frozen=True)
+class GpuOptions:
+    """Settings of onnxruntime's TensorRT and CUDA execution providers.
+
+    Without an engine cache the TensorRT provider rebuilds its engine at every program start
+    (minutes on a Jetson); with it, the first start builds and later ones load.
+
+    Args:
+        cache_dir: engine + timing caches; default ``<model stem>.trt-cache/`` beside the model.
+        workspace_mib: TensorRT builder workspace.
+        fp16: let TensorRT pick FP16 kernels; default: only for FP16 artifacts (an FP32 artifact
+            stays FP32, an INT8 Q/DQ artifact keeps its float parts FP32).
+        device_id: CUDA device.
+        builder_optimization_level: TensorRT's 0-5 (default 3).
+        cuda_graph: capture the run in a CUDA graph (static shapes; lower launch overhead).
+    """
+
+    cache_dir: Path | None = None
+    workspace_mib: int = 2048
+    fp16: bool | None = None
+    device_id: int = 0
+    builder_optimization_level: int | None = None
+    cuda_graph: bool = False
+
+
+def cache_dir_for(model_path: Path, gpu: GpuOptions) -> Path:
+    """Where the TensorRT provider keeps its engines for ``model_path``."""
+    return (
+        Path(gpu.cache_dir)
+        if gpu.cache_dir is not None
+        else model_path.with_name(f"{model_path.stem}.trt-cache")
+    )
+
+
+def provider_options(
+    model_path: str | os.PathLike[str], providers: list[str], precision: str, gpu: GpuOptions | None = None
+) -> list[dict[str, Any]]:
+    """One option dict per provider (``InferenceSession(provider_options=...)``), documented names.
+
+    TensorRT provider: workspace, engine cache + timing cache beside the artifact, FP16 where the
+    artifact allows it, INT8 for Q/DQ artifacts (explicit quantisation: no calibration table).
+    CUDA provider: device, exhaustive cuDNN convolution search, memory arena grown as requested.
+    """
+    gpu = gpu or GpuOptions()
+    model_path = Path(model_path)
+    fp16 = gpu.fp16 if gpu.fp16 is not None else precision == "fp16"
+    cache = str(cache_dir_for(model_path, gpu))
+    options: list[dict[str, Any]] = []
+    for provider in providers:
+        if provider == "TensorrtExecutionProvider":
+            trt: dict[str, Any] = {
+                "device_id": gpu.device_id,
+                "trt_max_workspace_size": gpu.workspace_mib << 20,
+                "trt_fp16_enable": bool(fp16),
+                "trt_int8_enable": precision == "int8",
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": cache,
+                "trt_engine_cache_prefix": model_path.stem,
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": cache,
+            }
+            if gpu.builder_optimization_level is not None:
+                trt["trt_builder_optimization_level"] = gpu.builder_optimization_level
+            if gpu.cuda_graph:
+                trt["trt_cuda_graph_enable"] = True
+            options.append(trt)
+        elif provider == "CUDAExecutionProvider":
+            cuda: dict[str, Any] = {
+                "device_id": gpu.device_id,
+                "cudnn_conv_algo_search": "EXHAUSTIVE",
+                "arena_extend_strategy": "kSameAsRequested",
+                "do_copy_in_default_stream": True,
+            }
+            if gpu.cuda_graph:
+                cuda["enable_cuda_graph"] = True
+            options.append(cuda)
+        else:
+            options.append({})
+    return options
 
 
 def _spec(arg) -> TensorSpec:  # arg: an onnxruntime NodeArg
@@ -30,11 +114,20 @@ class OnnxRuntimeBackend(Backend):
         providers: execution providers in preference order; default: TensorRT, CUDA, CPU,
             whichever are available.
         threads: intra-op threads (0 = onnxruntime's default).
+        precision: the artifact's precision (decides FP16 / INT8 of the TensorRT provider).
+        gpu: TensorRT / CUDA provider settings (:class:`GpuOptions`; engine cache by default).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None, threads: int = 0):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        providers: list[str] | None = None,
+        threads: int = 0,
+        precision: str = "fp32",
+        gpu: GpuOptions | None = None,
+    ):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -52,15 +145,12 @@ class OnnxRuntimeBackend(Backend):
                 f"{path}: execution provider(s) {', '.join(missing)} not available "
                 f"(have {', '.join(available)})"
             )
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ArtifactError(f"{path}: onnxruntime cannot load the model ({first})") from None
+        self.provider_options = provider_options(path, providers, precision, gpu)
+        if "TensorrtExecutionProvider" in providers:
+            cache_dir_for(path, gpu or GpuOptions()).mkdir(parents=True, exist_ok=True)
+        self.session = create_session(
+            path, threads=threads, inter_op_threads=0, providers=list(zip(providers, self.provider_options))
+        )
         self.providers = self.session.get_providers()
         self._inputs = [_spec(a) for a in self.session.get_inputs()]
         self._outputs = [_spec(a) for a in self.session.get_outputs()]

@@ -9,8 +9,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from test_runtime_segmenter import _semantic_model, _write
 from typer.testing import CliRunner
 
 from runtime import Segmenter
@@ -26,33 +24,9 @@ from runtime.ros.messages import (
     segmentation_messages,
 )
 from runtime.ros.node import FrameProcessor, LatestFrame, NodeConfig
+from tests.helpers.runtime_models import constant_panoptic_artifact, semantic_model, write_artifact
 
 HAS_RCLPY = importlib.util.find_spec("rclpy") is not None
-
-
-def panoptic_model(tmp_path, h=32, w=64):
-    """A fixed panoptic model: stuff 'road' on the left, a 'car' on the right (any input)."""
-    owner = np.zeros((1, h, w), np.int32)
-    owner[:, :, 40:] = 1
-    consts = {
-        "scores": np.array([[0.95, 0.9]], np.float32),
-        "classes": np.array([[0, 2]], np.int32),
-        "owner": owner,
-        "owner_fg": np.ones((1, h, w), np.uint8),
-        "mask_area": np.array([[40 * h, 24 * h]], np.int32),
-    }
-    nodes, outputs, inits = [], [], []
-    for name, value in consts.items():
-        inits.append(numpy_helper.from_array(value, f"{name}_c"))
-        nodes.append(helper.make_node("Identity", [f"{name}_c"], [name]))
-        dtype = helper.np_dtype_to_tensor_dtype(value.dtype)
-        outputs.append(helper.make_tensor_value_info(name, dtype, value.shape))
-    nodes.append(helper.make_node("ReduceSum", ["images"], ["unused"], keepdims=0))
-    outputs.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, []))
-    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, h, w])]
-    graph = helper.make_graph(nodes, "pan", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
-    return _write(tmp_path, model, head="panoptic", panoptic={"object_mask_threshold": 0.8})
 
 
 def _msg(image, encoding="bgr8", sec=5, nanosec=6, frame_id="cam"):
@@ -70,7 +44,7 @@ def _msg(image, encoding="bgr8", sec=5, nanosec=6, frame_id="cam"):
 
 
 def test_frame_processor_semantic(tmp_path):
-    seg = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)))
+    seg = Segmenter.open(write_artifact(tmp_path, semantic_model(32, 64)))
     rng = np.random.default_rng(0)
     process = FrameProcessor(seg, "/cam/image_raw")
     for i in range(3):
@@ -88,7 +62,7 @@ def test_frame_processor_semantic(tmp_path):
 
 
 def test_frame_processor_panoptic_and_message_classes(tmp_path):
-    seg = Segmenter.open(panoptic_model(tmp_path))
+    seg = Segmenter.open(constant_panoptic_artifact(tmp_path))
     out = FrameProcessor(seg, "/cam/image_raw", with_overlay=False)(_msg(np.zeros((64, 128, 3), np.uint8)))
     assert out.overlay is None and out.panoptic.encoding == "mono16"
     ids = labels_array(out.panoptic)
@@ -167,7 +141,7 @@ def test_rclpy_node_publishes_labels(tmp_path):  # pragma: no cover - needs ROS 
 
     from runtime.ros.node import run_node
 
-    model = _write(tmp_path, _semantic_model(32, 64))
+    model = write_artifact(tmp_path, semantic_model(32, 64))
     config = NodeConfig(str(model), "/pem_test/image_raw")
     thread = threading.Thread(target=run_node, args=(config, ["x"]), daemon=True)
     thread.start()

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 pytest.importorskip("rosbags", reason="the 'ros' extra (rosbags) is not installed")
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
-from test_runtime_segmenter import _semantic_model, _write
 
 from cli import app
 from runtime import Segmenter
 from runtime.ros.messages import decode_image, labels_array, output_topics
+from tests.helpers.runtime_models import semantic_model, write_artifact
 
 TS = get_typestore(Stores.ROS2_JAZZY)
 Image = TS.types["sensor_msgs/msg/Image"]
@@ -113,7 +113,7 @@ def _read(path):
 
 
 def _model(tmp_path):
-    return _write(tmp_path, _semantic_model(32, 64))
+    return write_artifact(tmp_path, semantic_model(32, 64))
 
 
 @pytest.mark.parametrize(
@@ -215,7 +215,7 @@ def test_bag_to_folder_with_max_frames(tmp_path):
 
 
 def test_panoptic_bag_messages(tmp_path):
-    from test_ros_node import panoptic_model
+    from tests.helpers.runtime_models import constant_panoptic_artifact as panoptic_model
 
     model = panoptic_model(tmp_path)
     bag = _write_bag(tmp_path / "drive", StoragePlugin.MCAP, frames=2)

@@ -24,15 +24,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_runtime_segmenter import _scene, _semantic_model, _write
 from typer.testing import CliRunner
 
 from cli import app
 from runtime import InputError, Segmenter
 from runtime.batch_infer import LOCK_NAME, STAGING_MARKER, STAGING_PREFIX, _Lock, infer_path
 from runtime.images import load_image, prepare_image
+from tests.helpers.runtime_models import scene, semantic_model, write_artifact
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 RUNNER = CliRunner()
 
 
@@ -41,7 +41,7 @@ RUNNER = CliRunner()
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    return _write(tmp_path_factory.mktemp("model"), _semantic_model(32, 64))
+    return write_artifact(tmp_path_factory.mktemp("model"), semantic_model(32, 64))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def _palette_png(transparent: bool) -> bytes:
 
 def _exif_jpeg(orientation: int, image: np.ndarray | None = None) -> bytes:
     """A JPEG with an APP1 Exif segment (big-endian TIFF, one IFD entry: Orientation)."""
-    data = _encode(".jpg", image if image is not None else _scene(20, 40), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    data = _encode(".jpg", image if image is not None else scene(20, 40), [cv2.IMWRITE_JPEG_QUALITY, 95])
     tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1)
     tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
     payload = b"Exif\x00\x00" + tiff
@@ -348,7 +348,7 @@ def test_accepted_image_file(case, model, seg, tmp_path):
 def test_exif_orientation_agrees_with_cv2_imread(seg, tmp_path):
     """Orientation 6 (rotate 90 cw): the CLI's output is portrait, like cv2.imread's image."""
     path = tmp_path / "rot.jpg"
-    path.write_bytes(_exif_jpeg(6, _scene(20, 40)))
+    path.write_bytes(_exif_jpeg(6, scene(20, 40)))
     loaded = load_image(path)
     assert loaded.image.shape == (40, 20, 3) == cv2.imread(str(path)).shape
     assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape == (20, 40, 3)  # the raw pixels
@@ -408,7 +408,7 @@ def test_folder_skips_unreadable_entries(kind, model, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(2):
-        (folder / f"ok{i}.png").write_bytes(_encode(".png", _scene()))
+        (folder / f"ok{i}.png").write_bytes(_encode(".png", scene()))
     message = _fs_case(kind, folder)
     out = tmp_path / "out"
     result = _invoke(["infer", str(model), str(folder), "--out", str(out)])
@@ -589,7 +589,7 @@ def test_predict_batch_mixed_forms_and_static_batch(tmp_path, seg):
     np.testing.assert_array_equal(results[2].labels, results[0].labels)
     four = np.stack([_A] * 4)
     assert len(seg.predict_batch(four)) == 4
-    static2 = Segmenter.open(_write(tmp_path, _semantic_model(32, 64, batch=2), shape=(2, 3, 32, 64)))
+    static2 = Segmenter.open(write_artifact(tmp_path, semantic_model(32, 64, batch=2), shape=(2, 3, 32, 64)))
     assert static2.artifact.batch == 2
     out = static2.predict_batch([_A, _A, _A])  # 3 images on a batch-2 model: the last chunk padded
     assert all(np.array_equal(r.labels, out[0].labels) for r in out)
@@ -603,7 +603,7 @@ def test_predict_batch_mixed_forms_and_static_batch(tmp_path, seg):
 @pytest.fixture()
 def scene_png(tmp_path) -> Path:
     path = tmp_path / "scene.png"
-    path.write_bytes(_encode(".png", _scene()))
+    path.write_bytes(_encode(".png", scene()))
     return path
 
 
@@ -665,9 +665,9 @@ def test_out_contains_the_input_and_the_artifact(tmp_path):
     """The artifact and the images live in DIR: refused without --exist-ok, untouched with it."""
     work = tmp_path / "work"
     work.mkdir()
-    model = _write(work, _semantic_model(32, 64))
+    model = write_artifact(work, semantic_model(32, 64))
     (work / "images").mkdir()
-    (work / "images" / "x.png").write_bytes(_encode(".png", _scene()))
+    (work / "images" / "x.png").write_bytes(_encode(".png", scene()))
     (work / "labels").mkdir()
     (work / "labels" / "ground_truth.png").write_bytes(b"user data")
     before = _tree(work)
@@ -702,18 +702,18 @@ def test_foreign_predictions_json_is_refused(model, scene_png, tmp_path):
 def test_rerun_with_exist_ok_replaces_only_ours_and_merges(model, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    (folder / "a.png").write_bytes(_encode(".png", _scene()))
+    (folder / "a.png").write_bytes(_encode(".png", scene()))
     out = tmp_path / "out"
     assert _invoke(["infer", str(model), str(folder), "--out", str(out)]).exit_code == 0
     _assert_error(_invoke(["infer", str(model), str(folder), "--out", str(out)]), "not empty")
-    (folder / "b.png").write_bytes(_encode(".png", _scene(20, 30)))
+    (folder / "b.png").write_bytes(_encode(".png", scene(20, 30)))
     (out / "mine.txt").write_text("user")
     assert _invoke(["infer", str(model), str(folder), "--out", str(out), "--exist-ok"]).exit_code == 0
     data = json.loads((out / "predictions.json").read_text())
     assert sorted(r["name"] for r in data["predictions"]) == ["a.png", "b.png"]
     assert (out / "mine.txt").read_text() == "user"
     single = tmp_path / "c.png"
-    single.write_bytes(_encode(".png", _scene()))
+    single.write_bytes(_encode(".png", scene()))
     assert _invoke(["infer", str(model), str(single), "--out", str(out), "--exist-ok"]).exit_code == 0
     data = json.loads((out / "predictions.json").read_text())
     assert sorted(r["name"] for r in data["predictions"]) == ["a.png", "b.png", "c.png"]
@@ -724,12 +724,12 @@ def test_same_stem_inputs_do_not_collide(model, seg, tmp_path):
     (folder / "a").mkdir(parents=True)
     (folder / "b").mkdir()
     images = {
-        "x.png": _scene(),
-        "x.jpg": _scene(30, 30),
-        "X.png": _scene(20, 50),
-        "a/x.png": _scene(16, 16),
-        "b/x.png": _scene(40, 24),
-        "x.png.png": _scene(10, 10),
+        "x.png": scene(),
+        "x.jpg": scene(30, 30),
+        "X.png": scene(20, 50),
+        "a/x.png": scene(16, 16),
+        "b/x.png": scene(40, 24),
+        "x.png.png": scene(10, 10),
     }
     for rel, image in images.items():
         cv2.imwrite(str(folder / rel), image)
@@ -747,7 +747,7 @@ def test_video_frames_named_under_the_video(model, tmp_path):
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 48))
     for _ in range(3):
-        writer.write(_scene())
+        writer.write(scene())
     writer.release()
     out = tmp_path / "out"
     assert _invoke(["infer", str(model), str(video), "--out", str(out)]).exit_code == 0
@@ -834,7 +834,7 @@ def test_two_threads_into_one_folder(exist_ok, seg, tmp_path):
         folder = tmp_path / f"in{t}"
         folder.mkdir()
         for i in range(6):
-            (folder / f"t{t}_{i}.png").write_bytes(_encode(".png", _scene()))
+            (folder / f"t{t}_{i}.png").write_bytes(_encode(".png", scene()))
         folders.append(folder)
     out = tmp_path / "out"
     outcomes: list[object] = [None, None]

@@ -6,91 +6,17 @@ import threading
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime import ArtifactError, InputError, Segmenter, load_artifact
-from runtime.artifact import sha256_file
 from runtime.batch_infer import infer_path
-
-K = 3
-CLASSES = [
-    {"id": 0, "name": "road", "color": [128, 64, 128], "isthing": False},
-    {"id": 1, "name": "sky", "color": [70, 130, 180], "isthing": False},
-    {"id": 2, "name": "car", "color": [0, 0, 142], "isthing": True},
-]
-
-
-def _semantic_model(h: int, w: int, batch: int | str = 1) -> onnx.ModelProto:
-    """labels = argmax_c(conv1x1(images)): the class is whichever RGB channel dominates."""
-    weight = numpy_helper.from_array(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1), "W")
-    nodes = [
-        helper.make_node("Conv", ["images", "W"], ["scores"]),
-        helper.make_node("ArgMax", ["scores"], ["idx"], axis=1, keepdims=0),
-        helper.make_node("Cast", ["idx"], ["labels"], to=TensorProto.INT32),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "semantic",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, h, w])],
-        [helper.make_tensor_value_info("labels", TensorProto.INT32, [batch, h, w])],
-        [weight],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
-
-
-def _outputs_of(model: onnx.ModelProto) -> list[dict]:
-    """The sidecar ``outputs`` entries of a hand-built model: its declared names, dtypes, shapes."""
-    entries = []
-    for value in model.graph.output:
-        tensor = value.type.tensor_type
-        shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-        entries.append({"name": value.name, "dtype": dtype, "shape": shape})
-    return entries
-
-
-def sidecar_for(model: onnx.ModelProto, head="semantic", shape=(1, 3, 32, 64), **extra) -> dict:
-    """A valid format-1 sidecar (export/ARTIFACT.md) for a hand-built model; ``extra`` overrides."""
-    dynamic = any(isinstance(d, str) for d in shape)
-    return {
-        "format": "pem-deploy",
-        "format_version": 1,
-        "head": head,
-        "task": "panoptic" if head == "panoptic" else "semantic",
-        "precision": "fp32",
-        "input": {
-            "name": "images",
-            "shape": list(shape),
-            "dtype": "float32",
-            "layout": "NCHW",
-            "color": "RGB",
-            "normalize_in_graph": False,
-            "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
-            **({"default_size": [32, 64]} if dynamic else {}),
-        },
-        "outputs": _outputs_of(model),
-        "num_classes": K,
-        "classes": CLASSES,
-        **extra,
-    }
-
-
-def _write(tmp_path, model, head="semantic", shape=(1, 3, 32, 64), **extra):
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    sidecar = {**sidecar_for(model, head, shape, **extra), "sha256": sha256_file(path)}
-    path.with_suffix(".json").write_text(json.dumps(sidecar))
-    return path
-
-
-def _scene(h=48, w=80):
-    """BGR image: left half red (class 0), right half blue (class 2: B is channel 2 in RGB)."""
-    image = np.zeros((h, w, 3), np.uint8)
-    image[:, : w // 2] = (0, 0, 200)  # BGR red -> RGB channel 0
-    image[:, w // 2 :] = (200, 0, 0)  # BGR blue -> RGB channel 2
-    return image
+from tests.helpers.runtime_models import (
+    scene,
+    semantic_model,
+    sidecar_for,
+    write_artifact,
+)
 
 
 def test_runtime_never_imports_torch(tmp_path):
@@ -98,7 +24,7 @@ def test_runtime_never_imports_torch(tmp_path):
         "import sys; sys.modules['torch'] = None\n"
         "import runtime, runtime.segmenter, runtime.batch_infer, runtime.backends.onnxruntime_backend\n"
         "import runtime.backends.tensorrt_backend\n"
-        f"s = runtime.Segmenter.open({str(_write(tmp_path, _semantic_model(32, 64)))!r})\n"
+        f"s = runtime.Segmenter.open({str(write_artifact(tmp_path, semantic_model(32, 64)))!r})\n"
         "import numpy as np; print(s.predict(np.zeros((10, 10, 3), np.uint8)).labels.shape)\n"
     )
     import subprocess
@@ -109,31 +35,33 @@ def test_runtime_never_imports_torch(tmp_path):
 
 
 def test_semantic_prediction_at_original_size(tmp_path):
-    seg = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)))
-    result = seg.predict(_scene())
+    seg = Segmenter.open(write_artifact(tmp_path, semantic_model(32, 64)))
+    result = seg.predict(scene())
     assert result.labels.shape == (48, 80) and result.labels.dtype == np.int32
     assert (result.labels[:, :38] == 0).all() and (result.labels[:, 42:] == 2).all()
     assert set(result.timings) == {"pre", "infer", "post"}
-    letterboxed = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)), resize="letterbox").predict(
-        _scene(80, 48)
-    )
+    letterboxed = Segmenter.open(
+        write_artifact(tmp_path, semantic_model(32, 64)), resize="letterbox"
+    ).predict(scene(80, 48))
     assert letterboxed.labels.shape == (80, 48)
-    rgb = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)), input_color="RGB").predict(_scene())
+    rgb = Segmenter.open(write_artifact(tmp_path, semantic_model(32, 64)), input_color="RGB").predict(scene())
     assert (rgb.labels[:, :38] == 2).all()  # the same array read as RGB swaps red and blue
 
 
 def test_batches_static_and_dynamic(tmp_path):
-    static = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)))
-    results = static.predict_batch([_scene(), _scene(20, 30), _scene(64, 64)])
+    static = Segmenter.open(write_artifact(tmp_path, semantic_model(32, 64)))
+    results = static.predict_batch([scene(), scene(20, 30), scene(64, 64)])
     assert [r.labels.shape for r in results] == [(48, 80), (20, 30), (64, 64)]
-    dynamic = Segmenter.open(_write(tmp_path, _semantic_model(32, 64, batch="N"), shape=("N", 3, 32, 64)))
+    dynamic = Segmenter.open(
+        write_artifact(tmp_path, semantic_model(32, 64, batch="N"), shape=("N", 3, 32, 64))
+    )
     assert dynamic.artifact.batch is None
-    results = dynamic.predict_batch([_scene(), _scene()])
+    results = dynamic.predict_batch([scene(), scene()])
     assert all(np.array_equal(r.labels, results[0].labels) for r in results)
 
 
 def test_threads_share_one_segmenter(tmp_path):
-    seg = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)))
+    seg = Segmenter.open(write_artifact(tmp_path, semantic_model(32, 64)))
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40, 70, 3), dtype=np.uint8) for _ in range(8)]
     expected = [seg.predict(img).labels for img in images]
@@ -183,11 +111,18 @@ def test_panoptic_head_fusion(tmp_path):
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
-    seg = Segmenter.open(_write(tmp_path, model, head="panoptic", panoptic={"object_mask_threshold": 0.8}))
+    seg = Segmenter.open(
+        write_artifact(tmp_path, model, head="panoptic", panoptic={"object_mask_threshold": 0.8})
+    )
     result = seg.predict(np.zeros((64, 128, 3), np.uint8))
     assert [(s.category_id, s.isthing) for s in result.segments] == [(0, False), (2, True)]
     assert result.panoptic.shape == (64, 128)
     assert (result.labels[:, :78] == 0).all() and (result.labels[:, 82:] == 2).all()
+    # Areas are counted in the returned (original-size) id map, not at the model's input size.
+    for segment in result.segments:
+        assert segment.area == int((result.panoptic == segment.id).sum())
+    bigger = seg.predict(np.zeros((128, 256, 3), np.uint8))
+    assert [s.area for s in bigger.segments] == [4 * s.area for s in result.segments]
     out = infer_path(seg, _save(tmp_path / "in.png", np.zeros((64, 128, 3), np.uint8)), tmp_path / "out")
     data = json.loads((out.out_dir / "predictions.json").read_text())
     assert [s["category"] for s in data["predictions"][0]["segments"]] == ["road", "car"]
@@ -200,11 +135,11 @@ def _save(path, image):
 
 
 def test_infer_folder_and_video_write_atomically(tmp_path):
-    seg = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)))
+    seg = Segmenter.open(write_artifact(tmp_path, semantic_model(32, 64)))
     folder = tmp_path / "frames"
     folder.mkdir()
     for i in range(3):
-        _save(folder / f"f{i}.png", _scene())
+        _save(folder / f"f{i}.png", scene())
     summary = infer_path(seg, folder, tmp_path / "out")
     assert summary.frames == 3
     labels = cv2.imread(str(tmp_path / "out" / "labels" / "f1.png.png"), cv2.IMREAD_UNCHANGED)
@@ -213,7 +148,7 @@ def test_infer_folder_and_video_write_atomically(tmp_path):
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 48))
     for _ in range(4):
-        writer.write(_scene())
+        writer.write(scene())
     writer.release()
     assert infer_path(seg, video, tmp_path / "vid").frames == 4
     # A corrupt file in a folder: strict -> one-line error naming it, the previous output untouched.
@@ -230,26 +165,26 @@ def test_infer_folder_and_video_write_atomically(tmp_path):
 
 
 def test_artifact_errors(tmp_path):
-    path = _write(tmp_path, _semantic_model(32, 64))
+    path = write_artifact(tmp_path, semantic_model(32, 64))
     with pytest.raises(ArtifactError, match="no such model file"):
         load_artifact(tmp_path / "absent.onnx")
     path.write_bytes(path.read_bytes() + b"x")
     with pytest.raises(ArtifactError, match="checksum does not match"):
         load_artifact(path)
-    path = _write(tmp_path, _semantic_model(32, 64))
+    path = write_artifact(tmp_path, semantic_model(32, 64))
     path.with_suffix(".json").write_text("{not json")
     with pytest.raises(ArtifactError, match=r"model\.json: not a valid JSON sidecar"):
         load_artifact(path)
-    path = _write(tmp_path, _semantic_model(32, 64), head="panoptic")
+    path = write_artifact(tmp_path, semantic_model(32, 64), head="panoptic")
     with pytest.raises(ArtifactError, match="model.json: outputs lacks output"):
         Segmenter.open(path)
-    path = _write(tmp_path, _semantic_model(32, 64))
+    path = write_artifact(tmp_path, semantic_model(32, 64))
     path.with_suffix(".json").unlink()
     with pytest.raises(ArtifactError, match="sidecar model.json is missing"):
         Segmenter.open(path)
     bad = tmp_path / "m2.onnx"
     bad.write_bytes(b"garbage")
-    bad.with_suffix(".json").write_text(json.dumps(sidecar_for(_semantic_model(32, 64))))
+    bad.with_suffix(".json").write_text(json.dumps(sidecar_for(semantic_model(32, 64))))
     with pytest.raises(ArtifactError, match="onnxruntime cannot load"):
         Segmenter.open(bad)
 
@@ -268,7 +203,7 @@ def test_runtime_sources_compile_on_python_310():
     if not working:
         pytest.skip("no python3.10 interpreter on this machine")
     python310 = working[0]
-    files = [str(p) for p in (Path(__file__).parents[1] / "runtime").rglob("*.py")]
+    files = [str(p) for p in (Path(__file__).parents[2] / "runtime").rglob("*.py")]
     code = "import sys, ast\nfor f in sys.argv[1:]:\n    ast.parse(open(f).read(), f)\n"
     out = subprocess.run([python310, "-c", code, *files], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
@@ -279,8 +214,8 @@ def test_infer_cli(tmp_path):
 
     from cli import app
 
-    model = _write(tmp_path, _semantic_model(32, 64))
-    image = _save(tmp_path / "scene.png", _scene())
+    model = write_artifact(tmp_path, semantic_model(32, 64))
+    image = _save(tmp_path / "scene.png", scene())
     runner = CliRunner()
     result = runner.invoke(app, ["infer", str(model), str(image), "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output

@@ -7,7 +7,6 @@ import signal
 import cv2
 import numpy as np
 import pytest
-from test_runtime_segmenter import _semantic_model, _write
 from typer.testing import CliRunner
 
 from cli import app
@@ -21,6 +20,7 @@ from runtime.sources import (
     gstreamer_available,
     stop_on_interrupt,
 )
+from tests.helpers.runtime_models import semantic_model, write_artifact
 
 
 def _video(path, frames=6, seed=0):
@@ -46,7 +46,7 @@ def test_camera_specs():
 
 def test_file_url_through_camera_path_matches_predict(tmp_path):
     video = _video(tmp_path / "clip.avi")
-    model = _write(tmp_path, _semantic_model(32, 64))
+    model = write_artifact(tmp_path, semantic_model(32, 64))
     out = tmp_path / "out"
     args = ["infer", str(model), video.as_uri(), "--out", str(out), "--max-frames", "4"]
     result = CliRunner().invoke(app, args)
@@ -68,7 +68,7 @@ def test_video_to_bag_with_duration(tmp_path):
     from runtime.ros.messages import decode_image, labels_array
 
     video = _video(tmp_path / "clip.avi", frames=5)
-    model = _write(tmp_path, _semantic_model(32, 64))
+    model = write_artifact(tmp_path, semantic_model(32, 64))
     out = tmp_path / "live.mcap"
     args = ["infer", str(model), str(video), "--out", str(out), "--duration", "60", "--copy-input"]
     result = CliRunner().invoke(app, args)
@@ -90,7 +90,7 @@ def test_video_to_bag_with_duration(tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_writes_what_was_done(tmp_path):
     video = _video(tmp_path / "clip.avi", frames=8)
-    seg = Segmenter.open(_write(tmp_path, _semantic_model(32, 64)))
+    seg = Segmenter.open(write_artifact(tmp_path, semantic_model(32, 64)))
 
     def interrupt_after_two(done, total):
         if done == 2:
@@ -110,7 +110,7 @@ def test_ctrl_c_stops_cleanly_and_writes_what_was_done(tmp_path):
 
 
 def test_camera_errors_are_one_line(tmp_path):
-    model = str(_write(tmp_path, _semantic_model(32, 64)))
+    model = str(write_artifact(tmp_path, semantic_model(32, 64)))
     for source, expected in [
         ("/dev/video97", "/dev/video97: cannot open camera"),
         ("file:///nonexistent/clip.mp4", "no such video file"),
@@ -131,7 +131,7 @@ def test_camera_errors_are_one_line(tmp_path):
     not gstreamer_available(), reason="this OpenCV build has no GStreamer (getBuildInformation)"
 )
 def test_gstreamer_videotestsrc(tmp_path):
-    model = _write(tmp_path, _semantic_model(32, 64))
+    model = write_artifact(tmp_path, semantic_model(32, 64))
     pipeline = "videotestsrc num-buffers=5 ! video/x-raw,width=64,height=48 ! videoconvert ! appsink"
     result = CliRunner().invoke(app, ["infer", str(model), pipeline, "--out", str(tmp_path / "g")])
     assert result.exit_code == 0, result.output

@@ -1,0 +1,54 @@
+"""``demo``: the whole toolchain on the embedded default (delegates to ``workflows.demo``)."""
+
+from __future__ import annotations
+
+import typer
+
+from commands import options as opt
+from commands.common import fail as _fail
+
+
+def demo_command(
+    out: str = typer.Option(
+        "pem-demo",
+        "--out",
+        help="Output folder (artifacts, report.md, overlays).",
+        callback=opt.folder("--out"),
+    ),
+    quick: bool = typer.Option(False, "--quick", help="The quick default model and few iterations (tests)."),
+    iterations: int = typer.Option(
+        None,
+        "--iterations",
+        help="Timed calls per model (default 20; quick 3).",
+        callback=opt.int_range("--iterations", 1, 1_000_000),
+    ),
+    threads: int = typer.Option(1, "--threads", help="CPU threads.", callback=opt.at_least("--threads", 1)),
+) -> None:
+    """Whole toolchain on the embedded default: data, model, FP32/FP16/INT8 ONNX, parity, bench, report."""
+    from export.errors import ExportError
+    from export.progress import ConsoleProgress
+    from runtime.errors import RuntimeToolError
+    from workflows.demo import run_demo
+
+    try:
+        with ConsoleProgress() as progress:
+            result = run_demo(out, quick=quick, iterations=iterations, threads=threads, progress=progress)
+    except (ExportError, RuntimeToolError) as exc:
+        _fail(str(exc))
+    typer.echo(result.bench_table)
+    for precision, entry in result.parity.items():
+        verdict = "PASS" if entry["passed"] else "FAIL"
+        typer.echo(
+            f"parity {precision:<5} label agreement {entry['label_agreement']:.4%} "
+            f"(>= {entry['min_agreement']:.1%})  {verdict}"
+        )
+    if result.accuracy is not None:
+        for name, entry in result.accuracy["precisions"].items():
+            pq = f", PQ {entry['PQ']:.2f}" if "PQ" in entry else ""
+            typer.echo(f"accuracy {name:<5} mIoU {entry['mIoU']:.2f} (drop {entry['mIoU_drop']:+.2f}){pq}")
+    for note in result.notes:
+        typer.echo(note)
+    typer.echo(f"report {result.report_path}  ({result.seconds:.0f} s)")
+    if not result.parity_passed:
+        typer.echo("parity FAILED for " + ", ".join(p for p, e in result.parity.items() if not e["passed"]))
+        raise typer.Exit(code=1)

@@ -1,0 +1,375 @@
+"""Export commands: ``export``, ``calibrate``, ``check`` (delegate to ``export`` / ``calib``)."""
+
+from __future__ import annotations
+
+import typer
+
+from commands import options as opt
+from commands.common import fail as _fail
+
+
+def export_command(
+    preset: str = typer.Option(None, "--preset", help="Preset name; alone: seeded random weights."),
+    checkpoint: str = typer.Option(
+        None, "--checkpoint", help="Our .safetensors checkpoint, or an official .pkl/.pth (with --preset)."
+    ),
+    out: str = typer.Option(
+        ..., "--out", help="Output folder for NAME.onnx + NAME.json.", callback=opt.folder("--out")
+    ),
+    exist_ok: bool = typer.Option(
+        False, "--exist-ok", help="Replace NAME.onnx / NAME.json already in --out (nothing else is touched)."
+    ),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: calibration)."),
+    head: str = typer.Option(None, "--head", help="raw | semantic | panoptic (default: the model's task)."),
+    height: int = typer.Option(
+        None,
+        "--height",
+        help="Input height (multiple of 32); default: the preset's.",
+        callback=opt.multiple_of_32("--height"),
+    ),
+    width: int = typer.Option(
+        None,
+        "--width",
+        help="Input width (multiple of 32); default: the preset's.",
+        callback=opt.multiple_of_32("--width"),
+    ),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width."),
+    batch: int = typer.Option(
+        1, "--batch", help="Static batch size.", callback=opt.int_range("--batch", 1, 1024)
+    ),
+    deform_impl: str = typer.Option(
+        "native", "--deform-impl", help="native (ONNX DeformConv) | decomposed (standard ops only)."
+    ),
+    preprocess: str = typer.Option(
+        "none",
+        "--preprocess",
+        help="none (normalised input) | normalize (0-255 float) | uint8 (0-255 uint8).",
+    ),
+    opset: int = typer.Option(19, "--opset", help="ONNX opset (19-22)."),
+    simplifier: str = typer.Option("onnxslim", "--simplifier", help="onnxslim | onnxsim | none."),
+    exporter: str = typer.Option("dynamo", "--exporter", help="dynamo | torchscript (fallback)."),
+    name: str = typer.Option("model", "--name", help="File stem of the artifact."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seed of the random weights (preset without checkpoint).",
+        callback=opt.at_least("--seed", 0),
+    ),
+    lint_table: bool = typer.Option(False, "--lint-table", help="Print the per-op TensorRT table."),
+    calib_data: str = typer.Option(
+        None,
+        "--calib-data",
+        help="int8: calibration images (Cityscapes folder, image folder or 'synthetic').",
+    ),
+    calib_method: str = typer.Option(
+        "percentile", "--calib-method", help="int8: percentile | minmax | entropy."
+    ),
+    calib_images: int = typer.Option(
+        200,
+        "--calib-images",
+        help="int8: number of calibration images.",
+        callback=opt.at_least("--calib-images", 1),
+    ),
+    calib_cache: str = typer.Option(
+        None, "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
+    ),
+    out_format: str = typer.Option(
+        "onnx", "--format", help="onnx | engine (also build a TensorRT engine; needs TensorRT and a GPU)."
+    ),
+    target: str = typer.Option(
+        None,
+        "--target",
+        "--layout",
+        help="int8: runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: tensorrt with "
+        "--format engine, else onnxruntime). --layout is an alias.",
+    ),
+) -> None:
+    """Export to ONNX: custom DeformConv / prototype-gather translations, heads, FP16, metadata, lint."""
+    from export.errors import ExportError
+    from export.pipeline import ExportOptions, export_artifact
+    from export.progress import ConsoleProgress
+    from export.source import load_source
+
+    options = ExportOptions(
+        out_dir=out,
+        name=name,
+        head=head,
+        precision=precision,
+        deform_impl=deform_impl,
+        preprocess=preprocess,
+        dynamic=dynamic,
+        batch=batch,
+        opset=opset,
+        simplifier=simplifier,
+        exporter=exporter,
+        exist_ok=exist_ok,
+    )
+    if out_format not in ("onnx", "engine"):
+        _fail(f"--format {out_format}: choose onnx or engine")
+    try:
+        options.validate()
+        quantizer = _int8_quantizer(
+            precision, calib_data, calib_method, calib_images, calib_cache, target, out_format
+        )
+        if out_format == "engine":
+            from export.tensorrt_engine import import_tensorrt
+
+            import_tensorrt()  # fail before the slow export when TensorRT is missing
+        with ConsoleProgress() as progress:
+            progress("loading the model")
+            source = load_source(
+                preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed, batch=batch
+            )
+            result = export_artifact(source, options, progress=progress, int8_quantizer=quantizer)
+            engine = _build_engine(result.onnx_path, precision, quantizer) if out_format == "engine" else None
+    except ExportError as exc:
+        _fail(str(exc))
+    typer.echo(result.summary(lint_table=lint_table))
+    calibrated = getattr(quantizer, "result", None)
+    if calibrated is not None:
+        ranges = calibrated.ranges
+        how = "reused" if ranges.reused else f"{ranges.images} images, {ranges.seconds:.1f} s"
+        typer.echo(f"calibration  {how}; TensorRT cache {ranges.cache_path}")
+    if engine is not None:
+        typer.echo(f"engine       {engine}")
+
+
+def _int8_quantizer(
+    precision: str,
+    calib_data: str | None,
+    method: str,
+    images: int,
+    cache: str | None,
+    target: str | None = None,
+    out_format: str = "onnx",
+) -> object | None:
+    """The calibration package's quantizer for ``--precision int8`` (None otherwise)."""
+    if precision != "int8":
+        if calib_data is not None or cache is not None or target is not None:
+            _fail("--calib-data / --calib-cache / --target are for --precision int8")
+        return None
+    if calib_data is None and cache is None:
+        _fail("--precision int8: INT8 needs --calib-data DIR (calibration images) or --calib-cache FILE")
+    from calib.calibrate import CalibrationConfig, Int8Calibrator
+    from calib.graph import check_target, default_target
+
+    target = check_target(target or default_target(out_format))
+    if target != "tensorrt" and out_format == "engine":
+        _fail(f"--target {target} --format engine: TensorRT engines need --target tensorrt")
+    config = CalibrationConfig(
+        data=calib_data or "synthetic",
+        method=method,
+        num_images=images,
+        cache_file=cache,  # type: ignore[arg-type]
+    )
+    return Int8Calibrator(config, layout=target)
+
+
+def _build_engine(onnx_path: object, precision: str, quantizer: object | None) -> object:
+    """``--format engine``: compile the exported ONNX with TensorRT (strongly typed for FP16 / INT8
+    graphs, which carry their precisions; on TensorRT 10 an FP32 graph builds weakly typed)."""
+    from pathlib import Path
+
+    from export.tensorrt_engine import EngineOptions, build_engine
+
+    onnx_file = Path(str(onnx_path))
+    engine_path = onnx_file.with_name(f"{onnx_file.stem}.{precision}.engine")  # sidecar: STEM.PRECISION.json
+    # The graph's own precision decides the typing (runtime.engine_build, same as pem-deploy build).
+    build_engine(onnx_file, engine_path, EngineOptions(precision=precision))  # type: ignore[arg-type]
+    return engine_path
+
+
+def calibrate_command(
+    checkpoint: str = typer.Option(
+        None, "--checkpoint", help="Our .safetensors checkpoint, or an official .pkl/.pth (with --preset)."
+    ),
+    preset: str = typer.Option(None, "--preset", help="Preset name; alone: seeded random weights."),
+    data: str = typer.Option(
+        "synthetic",
+        "--data",
+        help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder, 'synthetic'.",
+    ),
+    out: str = typer.Option(
+        ...,
+        "--out",
+        help="Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md.",
+        callback=opt.folder("--out"),
+    ),
+    exist_ok: bool = typer.Option(
+        False,
+        "--exist-ok",
+        help="Replace those files when --out already holds them (nothing else is touched).",
+    ),
+    method: str = typer.Option("percentile", "--method", help="percentile | minmax | entropy."),
+    num_images: int = typer.Option(
+        200,
+        "--num-images",
+        help="Calibration images (deterministic sample).",
+        callback=opt.int_range("--num-images", 1, 100_000),
+    ),
+    calib_seed: int = typer.Option(
+        0, "--calib-seed", help="Seed of the image sample.", callback=opt.at_least("--calib-seed", 0)
+    ),
+    percentile: float = typer.Option(
+        99.99,
+        "--percentile",
+        help="Percentile of |x| for --method percentile.",
+        callback=opt.float_range("--percentile", 0, 100, min_open=True),
+    ),
+    target: str = typer.Option(
+        None,
+        "--target",
+        "--layout",
+        help="Runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: onnxruntime; "
+        "TensorRT engines need tensorrt). --layout is an alias.",
+    ),
+    max_drop: float = typer.Option(
+        None,
+        "--max-drop",
+        help="Accuracy-aware: keep sensitive layers float until the mIoU drop <= POINTS.",
+        callback=opt.float_range("--max-drop", 0, 100),
+    ),
+    eval_data: str = typer.Option(
+        None, "--eval-data", help="Labelled data for the report (default: --data)."
+    ),
+    eval_split: str = typer.Option(
+        "val", "--eval-split", help="Held-out split for the report and --max-drop."
+    ),
+    eval_limit: int = typer.Option(
+        None, "--eval-limit", help="Evaluate at most N images.", callback=opt.at_least("--eval-limit", 1)
+    ),
+    report: bool = typer.Option(True, "--report/--no-report", help="FP32/FP16/INT8 accuracy report."),
+    head: str = typer.Option(None, "--head", help="raw | semantic | panoptic (default: the model's task)."),
+    height: int = typer.Option(
+        None, "--height", help="Input height (multiple of 32).", callback=opt.multiple_of_32("--height")
+    ),
+    width: int = typer.Option(
+        None, "--width", help="Input width (multiple of 32).", callback=opt.multiple_of_32("--width")
+    ),
+    name: str = typer.Option("model", "--name", help="File stem of the artifact."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seed of the random weights (preset without checkpoint).",
+        callback=opt.at_least("--seed", 0),
+    ),
+    trt_version: str = typer.Option("10.3.0", "--trt-version", help="TensorRT version in the cache header."),
+    cache_dir: str = typer.Option(None, "--cache-dir", help="Where calibration caches are kept for reuse."),
+    calib_cache: str = typer.Option(
+        None, "--calib-cache", help="Reuse this TensorRT cache (skip calibration)."
+    ),
+    reuse: bool = typer.Option(
+        True, "--reuse/--no-reuse", help="Reuse a cache of the same model + data + method."
+    ),
+    threads: int = typer.Option(
+        1, "--threads", help="onnxruntime threads.", callback=opt.at_least("--threads", 1)
+    ),
+) -> None:
+    """INT8 calibration: Q/DQ INT8 ONNX, TensorRT calibration cache, FP32/FP16/INT8 accuracy report."""
+    from calib.calibrate import CalibrationConfig
+    from calib.graph import check_target, default_target
+    from calib.run import run_calibration
+    from export.errors import ExportError
+    from export.progress import ConsoleProgress
+    from export.source import load_source
+
+    try:
+        config = CalibrationConfig(
+            data=data,
+            method=method,  # type: ignore[arg-type]
+            num_images=num_images,
+            seed=calib_seed,
+            percentile=percentile,
+            trt_version=trt_version,
+            cache_dir=cache_dir,
+            cache_file=calib_cache,
+            reuse=reuse,
+            threads=threads,
+        )
+        config.validate()
+        with ConsoleProgress() as progress:
+            progress("loading the model")
+            source = load_source(preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed)
+            outcome = run_calibration(
+                source,
+                out,
+                config,
+                head=head,
+                name=name,
+                layout=check_target(target or default_target()),
+                max_drop=max_drop,
+                eval_data=eval_data,
+                eval_split=eval_split,
+                eval_limit=eval_limit,
+                report=report,
+                progress=progress,
+                exist_ok=exist_ok,
+            )
+    except ExportError as exc:  # CalibrationError is an ExportError
+        _fail(str(exc))
+    typer.echo(outcome.summary())
+
+
+def check_command(
+    artifact: str = typer.Argument(
+        ..., help="The exported .onnx (sidecar beside it), its .json or its folder."
+    ),
+    preset: str = typer.Option(
+        None, "--preset", help="Compare with this preset instead of the sidecar's source."
+    ),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="Compare with this checkpoint instead."),
+    image: list[str] = typer.Option(None, "--image", help="Image file(s) to compare on (repeatable)."),
+    random: int = typer.Option(
+        2, "--random", help="Number of random-noise inputs.", callback=opt.int_range("--random", 0, 1000)
+    ),
+    scenes: int = typer.Option(
+        1,
+        "--scenes",
+        help="Number of synthetic street-scene inputs.",
+        callback=opt.int_range("--scenes", 0, 1000),
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the generated inputs.", callback=opt.at_least("--seed", 0)
+    ),
+    emulate: bool = typer.Option(
+        None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."
+    ),
+    max_abs: float = typer.Option(
+        None,
+        "--max-abs",
+        help="Max abs error of logits/scores (default fp32: 1e-3).",
+        callback=opt.float_range("--max-abs", 0),
+    ),
+    min_agreement: float = typer.Option(
+        None,
+        "--min-agreement",
+        help="Minimum label agreement (default: fp32 0.999, fp16 0.99, int8 0.95).",
+        callback=opt.float_range("--min-agreement", 0, 1, min_open=True),
+    ),
+) -> None:
+    """Compare an exported model with PyTorch: max abs/rel error per output, label agreement, mIoU.
+
+    Exit code 0 when the thresholds hold, 1 when not, 2 on bad arguments or files.
+    """
+    from export.check import check_artifact
+    from export.errors import ExportError
+
+    limits = None if max_abs is None else {"pred_logits": max_abs, "scores": max_abs}
+    try:
+        result = check_artifact(
+            artifact,
+            preset=preset,
+            checkpoint=checkpoint,
+            images=image or (),
+            random=random,
+            scenes=scenes,
+            seed=seed,
+            emulate=emulate,
+            max_abs=limits,
+            min_agreement=min_agreement,
+        )
+    except ExportError as exc:
+        _fail(str(exc))
+    typer.echo(result.summary())
+    if not result.passed:
+        raise typer.Exit(code=1)

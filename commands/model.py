@@ -1,0 +1,296 @@
+"""Model commands: ``info``, ``make-synthetic``, ``train``, ``eval`` (parse, delegate to ``pem``, print)."""
+
+from __future__ import annotations
+
+import typer
+
+from commands import options as opt
+from commands.common import fail as _fail
+
+
+def _parse_known_errors() -> tuple[type[BaseException], ...]:
+    from pem.checkpoint import CheckpointError
+    from pem.config import ConfigError
+
+    return (ConfigError, CheckpointError, FileNotFoundError)
+
+
+def info(
+    preset: str = typer.Option(None, "--preset", help="Preset name (see --list)."),
+    checkpoint: str = typer.Option(
+        None, "--checkpoint", help="Our .safetensors checkpoint (config read beside it)."
+    ),
+    height: int = typer.Option(
+        None,
+        "--height",
+        help="Input height (multiple of 32); default: the preset's.",
+        callback=opt.multiple_of_32("--height"),
+    ),
+    width: int = typer.Option(
+        None,
+        "--width",
+        help="Input width (multiple of 32); default: the preset's.",
+        callback=opt.multiple_of_32("--width"),
+    ),
+    postprocess: bool = typer.Option(
+        False, "--postprocess/--no-postprocess", help="Also count semantic inference (class x mask product)."
+    ),
+    list_presets: bool = typer.Option(False, "--list", help="List preset names and exit."),
+    paper: bool = typer.Option(
+        False, "--paper", help="Compare every paper row (params, GFLOPs) as markdown."
+    ),
+) -> None:
+    """Print parameters and GFLOPs (PyTorch's FLOP counter; fvcore/paper convention: 1 MAC = 1 FLOP)."""
+    from pem.config import get_preset, preset_names
+    from pem.flops import count_cost
+
+    if list_presets:
+        typer.echo("\n".join(preset_names()))
+        return
+    if paper:
+        from pem.paper import compare_with_paper, comparison_markdown
+
+        typer.echo(comparison_markdown(compare_with_paper()))
+        return
+    try:
+        if (preset is None) == (checkpoint is None):
+            _fail("give exactly one of --preset or --checkpoint")
+        tensors = None
+        if checkpoint is not None:
+            from pem.checkpoint import verify_checkpoint
+
+            config, tensors = verify_checkpoint(checkpoint)  # opens the weights: they must fit
+        else:
+            config = get_preset(preset)
+        h = height or config.input_size[0]
+        w = width or config.input_size[1]
+        config = config.replace(input_size=(h, w))
+        cost = count_cost(config, with_postprocess=postprocess)
+    except _parse_known_errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"model        {config.name} ({config.task}, {config.num_classes} classes)")
+    typer.echo(f"input        {h}x{w}")
+    if tensors is not None:
+        typer.echo(f"weights      {tensors} tensors, all fit the config and are finite")
+    typer.echo(f"parameters   {cost.params / 1e6:.2f} M")
+    for part, macs in cost.macs_by_part.items():
+        typer.echo(f"  {part:<20} {macs / 1e9:8.2f} GFLOPs")
+    typer.echo(f"GFLOPs       {cost.gflops_fvcore:.2f}  (multiply-accumulates, fvcore/paper convention)")
+
+
+def _data_errors() -> tuple[type[BaseException], ...]:
+    from pem.checkpoint import CheckpointError
+    from pem.config import ConfigError
+    from pem.data import DatasetError
+
+    return (ConfigError, CheckpointError, DatasetError, FileNotFoundError, NotADirectoryError)
+
+
+def make_synthetic_command(
+    out: str = typer.Argument(
+        ..., help="Output folder (must not exist or be empty).", callback=opt.folder("OUT")
+    ),
+    train: int = typer.Option(
+        300, "--train", help="Number of training images.", callback=opt.int_range("--train", 0, 1_000_000)
+    ),
+    val: int = typer.Option(
+        50, "--val", help="Number of validation images.", callback=opt.int_range("--val", 0, 1_000_000)
+    ),
+    size: str = typer.Option("256x512", "--size", help="Image size HxW.", callback=opt.hw_size("--size")),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Random seed (image i depends only on seed, split, i).",
+        callback=opt.at_least("--seed", 0),
+    ),
+) -> None:
+    """Generate the synthetic street-scene set in the exact Cityscapes layout (panoptic included)."""
+    from pem.data.synthetic import SyntheticConfig, make_synthetic
+
+    hw = opt.parse_hw("--size", size)
+    try:
+        path = make_synthetic(out, SyntheticConfig(train=train, val=val, size=hw, seed=seed), progress=True)
+    except _data_errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {train} train + {val} val images ({hw[0]}x{hw[1]}) to {path}")
+
+
+def train(
+    preset: str = typer.Option(..., "--preset", help="Model preset (see `info --list`); sets the recipe."),
+    data: str = typer.Option(..., "--data", help="Dataset folder (Cityscapes layout or ADE20K)."),
+    out: str = typer.Option(
+        None, "--out", help="Output folder (default: runs/PRESET).", callback=opt.folder("--out")
+    ),
+    iterations: int = typer.Option(
+        None, "--iterations", help="Optimizer steps.", callback=opt.at_least("--iterations", 1)
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Images per optimizer step.", callback=opt.at_least("--batch-size", 1)
+    ),
+    accumulate: int = typer.Option(
+        None,
+        "--accumulate",
+        help="Micro-batches per step (grad accumulation).",
+        callback=opt.at_least("--accumulate", 1),
+    ),
+    lr: float = typer.Option(
+        None, "--lr", help="Base learning rate.", callback=opt.float_range("--lr", 0, min_open=True)
+    ),
+    crop: str = typer.Option(None, "--crop", help="Training crop HxW.", callback=opt.hw_size("--crop")),
+    num_points: int = typer.Option(
+        None,
+        "--num-points",
+        help="Points per mask for the mask losses.",
+        callback=opt.at_least("--num-points", 1),
+    ),
+    seed: int = typer.Option(None, "--seed", help="Random seed.", callback=opt.at_least("--seed", 0)),
+    eval_period: int = typer.Option(
+        None,
+        "--eval-period",
+        help="Evaluate every N steps (0: at the end).",
+        callback=opt.at_least("--eval-period", 0),
+    ),
+    checkpoint_period: int = typer.Option(
+        None,
+        "--checkpoint-period",
+        help="Checkpoint every N steps.",
+        callback=opt.at_least("--checkpoint-period", 0),
+    ),
+    workers: int = typer.Option(
+        None, "--workers", help="Data-loading worker processes.", callback=opt.at_least("--workers", 0)
+    ),
+    amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on CUDA)."),
+    device: str = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).", callback=opt.device()
+    ),
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        help="CPU threads for PyTorch (1 is best on a busy CPU).",
+        callback=opt.at_least("--threads", 1),
+    ),
+    val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    sync_bn: str = typer.Option(
+        None, "--sync-bn", help="Under torchrun: official (default), all or off (which BN syncs)."
+    ),
+) -> None:
+    """Train a preset on a dataset (checkpoints, metrics.jsonl, progress bar with loss and ETA).
+
+    Several GPUs / nodes: launch it with ``torchrun --nproc-per-node N [--nnodes M ...]``;
+    ``--batch-size`` stays the global batch (README, "Training at scale").
+    """
+    from pem.train import run_training, train_preset
+    from pem.train.distributed import current_context, shutdown
+
+    changes: dict[str, object] = {
+        k: v
+        for k, v in {
+            "iterations": iterations,
+            "batch_size": batch_size,
+            "accumulate": accumulate,
+            "lr": lr,
+            "seed": seed,
+            "eval_period": eval_period,
+            "checkpoint_period": checkpoint_period,
+            "num_workers": workers,
+            "amp": amp,
+            "sync_bn": sync_bn,
+        }.items()
+        if v is not None
+    }
+    if crop is not None:
+        changes["augment"] = {"crop_size": opt.parse_hw("--crop", crop)}
+    if num_points is not None:
+        changes["loss"] = {"num_points": num_points}
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        config = train_preset(preset).replace(**changes)
+        result = run_training(
+            preset,
+            data,
+            out or f"runs/{preset}",
+            config,
+            val_split=None if no_eval else val_split,
+            resume=resume,
+            device=device,
+            progress=None,
+        )
+    except _data_errors() as exc:
+        _fail(str(exc))
+    main = current_context().is_main
+    shutdown()
+    if not main:
+        return
+    typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.3f}")
+    if result.metrics is not None:
+        typer.echo(result.metrics.summary())
+    typer.echo(f"checkpoint   {result.checkpoint}")
+
+
+def eval_command(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Our .safetensors checkpoint."),
+    data: str = typer.Option(..., "--data", help="Dataset folder (Cityscapes layout or ADE20K)."),
+    split: str = typer.Option("val", "--split", help="Split to evaluate."),
+    task: str = typer.Option(None, "--task", help="semantic or panoptic (default: the model's task)."),
+    batch_size: int = typer.Option(
+        4, "--batch-size", help="Images per forward pass.", callback=opt.at_least("--batch-size", 1)
+    ),
+    limit: int = typer.Option(
+        None, "--limit", help="Evaluate only the first N images.", callback=opt.at_least("--limit", 1)
+    ),
+    short_side: int = typer.Option(
+        None,
+        "--short-side",
+        help="Resize short side first (ADE20K 512/640).",
+        callback=opt.int_range("--short-side", 32, 32768),
+    ),
+    device: str = typer.Option(
+        None, "--device", help="cpu, cuda ... (default: cuda if available).", callback=opt.device()
+    ),
+    json_out: str = typer.Option(
+        None, "--json", help="Also write the metrics to this JSON file.", callback=opt.file("--json")
+    ),
+    save_predictions: str = typer.Option(
+        None,
+        "--save-predictions",
+        help="Write predictions in the official Cityscapes evaluators' formats.",
+        callback=opt.folder("--save-predictions"),
+    ),
+) -> None:
+    """Evaluate a checkpoint: mIoU (per class + mean) and, for panoptic models, PQ / SQ / RQ."""
+    import json
+    from pathlib import Path
+
+    from pem.evaluation import evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(
+            checkpoint,
+            data,
+            split=split,
+            task=task,
+            batch_size=batch_size,
+            limit=limit,
+            short_side=short_side,
+            device=device,
+            save_predictions=save_predictions,
+            progress=None,
+        )
+    except _data_errors() as exc:
+        _fail(str(exc))
+    from pem.train.distributed import current_context, shutdown
+
+    main = current_context().is_main  # under torchrun every rank evaluates a shard
+    shutdown()
+    if not main:
+        return
+    if json_out:  # before the summary: a failed write is then the only output
+        from contract.fs import atomic_write_bytes
+
+        atomic_write_bytes(Path(json_out), (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+    typer.echo(result.summary())

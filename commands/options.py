@@ -1,0 +1,210 @@
+"""Shared validation of ``pem-deploy`` options: one place for every range and path rule.
+
+Each factory returns a typer/click *callback* that checks one option's value as soon as it is
+parsed and raises :class:`contract.errors.UsageError` with one line naming the flag, the value
+and the allowed range (the CLI's error handler prints ``error: ...`` and exits 2). ``None`` (an
+option left at its "use the default" value) always passes. Usage::
+
+    threads: int = typer.Option(1, "--threads", callback=at_least("--threads", 1))
+
+The rules are plain functions too (:func:`check_int_range`, :func:`check_float_range`,
+:func:`check_device`, ...) so the Python API and the CLI can share them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from contract.errors import UsageError
+
+T = TypeVar("T")
+Callback = Callable[[Any], Any]
+
+
+def check_int_range(
+    flag: str,
+    value: int,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    multiple_of: int | None = None,
+) -> int:
+    """``value`` if ``minimum <= value <= maximum`` (and a multiple of ``multiple_of``)."""
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if maximum is None:
+            bound = f">= {minimum}"
+        elif minimum is None:
+            bound = f"<= {maximum}"
+        else:
+            bound = f"in [{minimum}, {maximum}]"
+        raise UsageError(f"{flag} {value}: must be {bound}")
+    if multiple_of is not None and value % multiple_of:
+        raise UsageError(f"{flag} {value}: must be a positive multiple of {multiple_of}")
+    return value
+
+
+def check_float_range(
+    flag: str,
+    value: float,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    min_open: bool = False,
+    max_open: bool = False,
+) -> float:
+    """``value`` if finite and within the (half-)open or closed interval given."""
+    low_bad = minimum is not None and (value <= minimum if min_open else value < minimum)
+    high_bad = maximum is not None and (value >= maximum if max_open else value > maximum)
+    if not math.isfinite(value) or low_bad or high_bad:
+        if minimum is not None and maximum is not None:
+            bound = f"in {'(' if min_open else '['}{minimum:g}, {maximum:g}{')' if max_open else ']'}"
+        elif minimum is not None:
+            bound = f"{'>' if min_open else '>='} {minimum:g}"
+        elif maximum is not None:
+            bound = f"{'<' if max_open else '<='} {maximum:g}"
+        else:
+            bound = "a number"
+        raise UsageError(f"{flag} {value}: must be finite and {bound}")
+    return value
+
+
+def parse_hw(flag: str, text: str, minimum: int = 32, multiple_of: int | None = None) -> tuple[int, int]:
+    """``"HxW"`` as two ints, each ``>= minimum`` (and a multiple of ``multiple_of``)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        raise UsageError(f"{flag} must be HxW (e.g. 256x512), got {text!r}")
+    h, w = int(match.group(1)), int(match.group(2))
+    for value in (h, w):
+        if value < minimum or (multiple_of and value % multiple_of):
+            rule = f">= {minimum}" + (f" and multiples of {multiple_of}" if multiple_of else "")
+            raise UsageError(f"{flag} {text}: height and width must be {rule}")
+    return h, w
+
+
+def check_device(flag: str, device: str) -> str:
+    """``device`` if PyTorch can use it here: ``cpu``, ``cuda[:N]`` with a GPU, ``mps`` on a Mac."""
+    name = device.strip().lower()
+    match = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", name)
+    if not match:
+        raise UsageError(f"{flag} {device!r}: unknown device (use cpu, cuda, cuda:N or mps)")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu":
+        return device
+    import torch
+
+    if kind == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise UsageError(f"{flag} {device}: MPS is not available on this machine; use --device cpu")
+        return device
+    if not torch.cuda.is_available():
+        raise UsageError(
+            f"{flag} {device}: CUDA is not available on this machine "
+            f"(PyTorch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); use --device cpu"
+        )
+    count = torch.cuda.device_count()
+    if index is not None and int(index) >= count:
+        raise UsageError(f"{flag} {device}: only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    return device
+
+
+def check_folder_path(flag: str, path: str) -> str:
+    """``path`` unless it names an existing file (a folder is needed there)."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a folder")
+    return path
+
+
+def check_file_path(flag: str, path: str) -> str:
+    """``path`` unless it names an existing folder, or its parent is an existing file."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder, give a file name")
+    parent = target.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is not a folder")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# typer callbacks
+
+
+def _optional(check: Callable[[Any], T]) -> Callback:
+    def callback(value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, list | tuple):
+            return [check(v) for v in value]
+        return check(value)
+
+    return callback
+
+
+def int_range(
+    flag: str, minimum: int | None = None, maximum: int | None = None, multiple_of: int | None = None
+) -> Callback:
+    """Callback: an int option within ``[minimum, maximum]`` (optionally a multiple)."""
+    return _optional(lambda v: check_int_range(flag, v, minimum, maximum, multiple_of))
+
+
+def at_least(flag: str, minimum: int) -> Callback:
+    """Callback: an int option ``>= minimum``."""
+    return int_range(flag, minimum)
+
+
+def float_range(
+    flag: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    min_open: bool = False,
+    max_open: bool = False,
+) -> Callback:
+    """Callback: a finite float option within the given interval."""
+    return _optional(
+        lambda v: check_float_range(flag, v, minimum, maximum, min_open=min_open, max_open=max_open)
+    )
+
+
+def multiple_of_32(flag: str) -> Callback:
+    """Callback: an input height / width, a positive multiple of 32."""
+    return int_range(flag, 32, 32768, multiple_of=32)
+
+
+def hw_size(flag: str, minimum: int = 32, multiple_of: int | None = None) -> Callback:
+    """Callback: an ``HxW`` option (string kept as given; parsed and checked here)."""
+
+    def check(text: str) -> str:
+        parse_hw(flag, text, minimum, multiple_of)
+        return text
+
+    return _optional(check)
+
+
+def device(flag: str = "--device") -> Callback:
+    """Callback: a PyTorch device available on this machine."""
+    return _optional(lambda v: check_device(flag, v))
+
+
+def folder(flag: str = "--out") -> Callback:
+    """Callback: a folder path that is not an existing file."""
+    return _optional(lambda v: check_folder_path(flag, v))
+
+
+def file(flag: str) -> Callback:
+    """Callback: a file path that is not an existing folder."""
+    return _optional(lambda v: check_file_path(flag, v))
+
+
+def choice(flag: str, allowed: tuple[str, ...]) -> Callback:
+    """Callback: one of ``allowed`` (spelled out in the error)."""
+
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise UsageError(f"{flag} {value!r}: choose one of {', '.join(allowed)}")
+        return value
+
+    return _optional(check)

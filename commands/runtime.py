@@ -1,0 +1,282 @@
+"""Runtime commands: ``infer``, ``ros2``, ``bench`` (parse, delegate to ``runtime``, print)."""
+
+from __future__ import annotations
+
+import typer
+
+from commands import options as opt
+from commands.common import fail as _fail
+
+
+def infer(
+    artifact: str = typer.Argument(
+        ..., help="Model artifact: .onnx / .engine (sidecar .json beside it) or its folder."
+    ),
+    source: str = typer.Argument(
+        ...,
+        help="An image, a folder of images, a video, a ROS 2 bag (.mcap, .db3 or bag folder; with --topic), "
+        "a camera index, /dev/videoN, an rtsp/http/file URL or a GStreamer pipeline.",
+    ),
+    out: str = typer.Option(
+        ...,
+        "--out",
+        help="Output folder (labels/, panoptic/, overlay/, predictions.json), or a bag file (.mcap / .db3).",
+    ),
+    resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox (keep aspect ratio)."),
+    provider: list[str] = typer.Option(
+        None, "--provider", help="onnxruntime execution provider(s), in order."
+    ),
+    overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
+    alpha: float = typer.Option(
+        0.5, "--alpha", help="Overlay opacity.", callback=opt.float_range("--alpha", 0, 1)
+    ),
+    topic: list[str] = typer.Option(None, "--topic", help="Bag image topic(s) to segment (repeatable)."),
+    max_frames: int = typer.Option(
+        None,
+        "--max-frames",
+        help="Stop after this many frames (bags, cameras).",
+        callback=opt.at_least("--max-frames", 1),
+    ),
+    duration: float = typer.Option(
+        None,
+        "--duration",
+        help="Stop a live camera after this many seconds.",
+        callback=opt.float_range("--duration", 0, min_open=True),
+    ),
+    exist_ok: bool = typer.Option(
+        False,
+        "--exist-ok",
+        help="Allow a non-empty --out folder: add our labels/, panoptic/, overlay/, predictions.json "
+        "(only files pem-deploy wrote are replaced); or replace an existing output bag file.",
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
+    ),
+    copy_input: bool = typer.Option(False, "--copy-input", help="Also copy the input images to the bag."),
+    cuda_graph: bool = typer.Option(
+        False, "--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."
+    ),
+    contexts: int = typer.Option(
+        None,
+        "--contexts",
+        help="TensorRT execution contexts (default: as built).",
+        callback=opt.at_least("--contexts", 1),
+    ),
+    backend: str = typer.Option(
+        None,
+        "--backend",
+        help="onnxruntime | openvino (a --deform-impl decomposed ONNX) | tensorrt (default: by file type).",
+    ),
+) -> None:
+    """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime).
+
+    Output names keep the input's relative path and suffix (labels/a/x.jpg.png); see README.
+    Exit status: 0 all segmented, 1 some files of a folder skipped, 2 error.
+    """
+    from runtime import Segmenter
+    from runtime.batch_infer import infer_path, stderr_progress
+
+    if resize not in ("stretch", "letterbox"):
+        _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
+    from runtime.robotics import infer_robotics, is_robotics_job
+
+    if is_robotics_job(source, out, topic or (), max_frames, duration):  # bags, cameras, streams
+        from runtime.sources import ProgressLine
+
+        with Segmenter.open(
+            artifact,
+            providers=provider or None,
+            resize=resize,
+            cuda_graph=cuda_graph,
+            contexts=contexts,  # type: ignore[arg-type]
+            backend=backend,
+        ) as segmenter:
+            line = ProgressLine()
+            options = dict(exist_ok=exist_ok, overlays=overlays, alpha=alpha, copy_input=copy_input)
+            summary = infer_robotics(
+                segmenter, source, out, topic or (), max_frames, duration, progress=line, **options
+            )
+            line.finish()
+        t = summary.mean_timings_ms
+        typer.echo(
+            f"{summary.frames} frame(s) -> {summary.out_dir}  ({line.fps():.1f} FPS; mean ms: pre "
+            f"{t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
+        )
+        return
+    with Segmenter.open(
+        artifact,
+        providers=provider or None,
+        resize=resize,
+        cuda_graph=cuda_graph,
+        contexts=contexts,  # type: ignore[arg-type]
+        backend=backend,
+    ) as segmenter:
+        summary = infer_path(
+            segmenter,
+            source,
+            out,
+            overlays=overlays,
+            alpha=alpha,
+            progress=stderr_progress,
+            exist_ok=exist_ok,
+            strict=strict,
+            on_skip=lambda line: typer.echo(f"skipped: {line}", err=True),
+            on_note=lambda line: typer.echo(f"note: {line}", err=True),
+        )
+    t = summary.mean_timings_ms
+    skipped = f", {len(summary.failed)} skipped" if summary.failed else ""
+    typer.echo(
+        f"{summary.frames} frame(s){skipped} -> {summary.out_dir}  "
+        f"(mean ms: pre {t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
+    )
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+def ros2_command(
+    artifact: str = typer.Argument(..., help="Model artifact: .onnx / .engine or its folder."),
+    input_topic: str = typer.Option(
+        "/camera/image_raw", "--input", help="Image topic (a '/compressed' topic is a CompressedImage)."
+    ),
+    namespace: str = typer.Option("pem", "--namespace", help="Outputs go to <input>/<namespace>/..."),
+    overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Publish the overlay topic."),
+    alpha: float = typer.Option(
+        0.5, "--alpha", help="Overlay opacity.", callback=opt.float_range("--alpha", 0, 1)
+    ),
+    resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox."),
+    ros_args: list[str] = typer.Argument(
+        None, help="Extra ROS arguments after '--' (e.g. --ros-args -p ...)."
+    ),
+) -> None:
+    """ROS 2 node: subscribe to an image topic, publish labels / panoptic / overlay (needs rclpy)."""
+    from runtime.ros.node import NodeConfig, import_rclpy, run_node
+
+    import_rclpy()
+    config = NodeConfig(
+        artifact, input_topic, namespace=namespace, overlay=overlays, alpha=alpha, resize=resize
+    )
+    run_node(config, args=["pem-deploy", *(ros_args or [])], log=typer.echo)
+
+
+def bench_command(
+    artifacts: list[str] = typer.Argument(
+        None, help="ONNX models / engines (or their sidecar or folder) and our .safetensors checkpoints."
+    ),
+    preset: list[str] = typer.Option(
+        None, "--preset", help="Also time this preset in PyTorch (seeded random weights)."
+    ),
+    device: str = typer.Option(
+        "cpu", "--device", help="PyTorch device: cpu, cuda, cuda:1 ...", callback=opt.device()
+    ),
+    providers: str = typer.Option(
+        None, "--providers", help="onnxruntime providers, comma-separated (default: the best available)."
+    ),
+    shape: str = typer.Option(
+        None,
+        "--shape",
+        help="HxW of the frames (default: each model's input size).",
+    ),
+    batch: int = typer.Option(
+        1, "--batch", help="Frames per call.", callback=opt.int_range("--batch", 1, 1024)
+    ),
+    warmup: int = typer.Option(
+        3, "--warmup", help="Untimed warm-up calls.", callback=opt.at_least("--warmup", 0)
+    ),
+    iterations: int = typer.Option(
+        20, "--iterations", help="Timed calls.", callback=opt.int_range("--iterations", 1, 1_000_000)
+    ),
+    threads: int = typer.Option(
+        1,
+        "--threads",
+        help="CPU threads (onnxruntime intra-op and torch).",
+        callback=opt.at_least("--threads", 1),
+    ),
+    out: str = typer.Option(
+        None,
+        "--out",
+        help="Write bench.json, bench.csv, bench.md (and bench.png) here.",
+        callback=opt.folder("--out"),
+    ),
+    plot: bool = typer.Option(False, "--plot", help="Also a PNG plot (needs matplotlib)."),
+    cuda_graph: bool = typer.Option(
+        False, "--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."
+    ),
+    backend: list[str] = typer.Option(
+        None,
+        "--backend",
+        help="Run ONNX artifacts with this backend: onnxruntime | openvino (repeatable: side by side).",
+    ),
+) -> None:
+    """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
+    from pathlib import Path
+
+    from runtime.bench import BenchError, bench_artifact, format_table, parse_shape, write_reports
+
+    if not artifacts and not preset:
+        _fail("give one or more artifacts (ONNX, engine, .safetensors) or --preset NAME")
+    results = []
+    try:
+        size = parse_shape(shape) if shape else None
+        provider_list = [p.strip() for p in providers.split(",")] if providers else None
+        for item in artifacts or []:
+            if not Path(item).exists():
+                raise BenchError(f"{item}: no such file or folder")
+            if Path(item).suffix in (".safetensors", ".pkl", ".pth", ".pt"):
+                results.append(_bench_torch(item, None, device, size, batch, warmup, iterations, threads))
+            else:
+                for runner in backend or [None]:
+                    results.append(
+                        bench_artifact(
+                            item,
+                            shape=size,
+                            batch=batch,
+                            warmup=warmup,
+                            iterations=iterations,
+                            threads=threads,
+                            providers=provider_list,
+                            name=item,
+                            cuda_graph=cuda_graph,
+                            backend=runner,
+                        )
+                    )
+        for name in preset or []:
+            results.append(_bench_torch(None, name, device, size, batch, warmup, iterations, threads))
+    except BenchError as exc:
+        _fail(str(exc))
+    written = write_reports(results, out, plot=plot) if out else None  # a failed write: the only output
+    typer.echo(format_table(results))
+    if written is not None:
+        paths, note = written
+        typer.echo("wrote " + ", ".join(str(p) for p in paths))
+        if note:
+            typer.echo(note)
+
+
+def _bench_torch(
+    checkpoint: str | None,
+    preset: str | None,
+    device: str,
+    shape: tuple[int, int] | None,
+    batch: int,
+    warmup: int,
+    iterations: int,
+    threads: int,
+) -> object:
+    """PyTorch timing through ``export.bench_torch`` (torch imported only when needed)."""
+    from export.bench_torch import bench_torch
+    from export.errors import ExportError
+
+    try:
+        return bench_torch(
+            checkpoint=checkpoint,
+            preset=preset,
+            device=device,
+            shape=shape,
+            batch=batch,
+            warmup=warmup,
+            iterations=iterations,
+            threads=threads,
+            name=checkpoint or preset,
+        )
+    except ExportError as exc:
+        _fail(str(exc))
