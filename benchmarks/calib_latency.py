@@ -13,8 +13,14 @@ It also reports the float floor: the share of FP32 time spent in nodes that stay
 softmax), from onnxruntime's per-node profile. INT8/FP32 cannot go below it even if every
 quantised op took no time. ``--profile`` adds the per-op-type breakdown. ``--preset NAME`` times
 a paper-size architecture instead (seeded random weights; latency only).
+
+``--decoder GROUP...`` (``tokens``, ``mask_einsum``; see :func:`calib.graph.decoder_targets`) adds
+``int8-onnxruntime+GROUP`` graphs that also quantise those transformer-decoder ops, and the
+variant with all of them. For every INT8 graph ``--stability N`` reports the prototype stability
+(the fraction of PEM-CA ArgMax choices per (image, layer, head, query) equal to FP32's on N
+held-out images) and, for the trained model, ``--accuracy N`` the mIoU on N held-out images.
 Usage: ``python benchmarks/calib_latency.py [--sizes 256x512 512x1024] [--runs 30] [--preset P]
-[--out results.json]``.
+[--decoder tokens mask_einsum] [--stability 8] [--accuracy 50] [--out results.json]``.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ def main() -> None:
         default=None,
         help="time this preset (seeded random weights) instead of the trained tiny model",
     )
+    parser.add_argument("--decoder", nargs="*", default=[], help="decoder groups: tokens mask_einsum")
+    parser.add_argument("--stability", type=int, default=0, help="prototype stability on N images")
+    parser.add_argument("--accuracy", type=int, default=0, help="mIoU on N held-out images (trained)")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     args = parser.parse_args()
 
@@ -66,6 +75,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from calib.calibrate import CalibrationConfig, calibrate_ranges, input_format
+    from calib.graph import find_targets
     from calib.ort_layout import prepare_for_layout
     from calib.quantize import quantize_model
     from export.pipeline import ExportOptions, export_graph
@@ -100,15 +110,21 @@ def main() -> None:
         ranges = calibrate_ranges(fp32, config, fmt)
         calib_s = time.perf_counter() - start
         subpixel = prepare_for_layout(fp32, "onnxruntime")
-        ort_ranges = calibrate_ranges(subpixel, config, fmt)
-        graphs = {
-            "fp32": fp32.SerializeToString(),
-            "fp32-subpixel": subpixel.SerializeToString(),
-            "int8-tensorrt": quantize_model(fp32, ranges.scales(), layout="tensorrt").SerializeToString(),
-            "int8-onnxruntime": quantize_model(
-                subpixel, ort_ranges.scales(), layout="onnxruntime"
-            ).SerializeToString(),
+        groups = tuple(args.decoder)
+        ort_ranges = calibrate_ranges(subpixel, config, fmt, find_targets(subpixel, decoder=groups))
+        models = {
+            "fp32": fp32,
+            "fp32-subpixel": subpixel,
+            "int8-tensorrt": quantize_model(fp32, ranges.scales(), layout="tensorrt"),
+            "int8-onnxruntime": quantize_model(subpixel, ort_ranges.scales(), layout="onnxruntime"),
         }
+        variants = [(g,) for g in groups] + ([groups] if len(groups) > 1 else [])
+        for variant in variants:
+            targets = find_targets(subpixel, decoder=variant)
+            models["int8-onnxruntime+" + "+".join(variant)] = quantize_model(
+                subpixel, ort_ranges.scales(), targets=targets, layout="onnxruntime"
+            )
+        graphs = {name: m.SerializeToString() for name, m in models.items()}
         x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
         sessions = {name: ort_session(data) for name, data in graphs.items()}
         times: dict[str, list[float]] = {name: [] for name in graphs}
@@ -124,11 +140,35 @@ def main() -> None:
         entry: dict[str, object] = {
             "median_ms": {k: round(v, 2) for k, v in medians.items()},
             "ratio_vs_fp32": {k: round(v / medians["fp32"], 3) for k, v in medians.items()},
+            # the fastest run: less sensitive than the median to other jobs on a shared machine
+            "min_ms": {k: round(1e3 * min(ts), 2) for k, ts in times.items()},
             "calibration_s": round(calib_s, 1),
             "calibration_images": ranges.images,
             "size_mb": {k: round(len(v) / 1e6, 2) for k, v in graphs.items()},
         }
-        entry["float_floor"] = _float_floor(fp32, x)
+        movable = {t.node for t in find_targets(fp32, decoder=groups) if t.part == "transformer_decoder"}
+        entry["float_floor"] = _float_floor(fp32, x, movable)
+        int8_names = [n for n in models if n.startswith("int8")]
+        if args.stability:
+            from calib.accuracy import prototype_stability
+            from calib.data import CalibrationImages
+
+            held_out = list(CalibrationImages("synthetic", fmt, args.stability, 1, "val"))
+            # fp32-subpixel: an exact rewrite (float rounding only), the control for near-ties
+            entry["prototype_stability"] = {
+                n: prototype_stability(fp32, models[n], held_out) for n in ["fp32-subpixel", *int8_names]
+            }
+            print("  prototype stability: " + json.dumps(entry["prototype_stability"]))
+        if args.accuracy and checkpoint is not None:
+            from calib.accuracy import evaluate_onnx, open_eval_dataset
+
+            dataset = open_eval_dataset("synthetic", "val", source.config)
+            miou = {}
+            for n in ["fp32", *int8_names]:
+                result = evaluate_onnx(models[n], source.config, fmt, dataset, limit=args.accuracy)
+                miou[n] = round(100.0 * result.semantic.miou, 2)
+            entry["miou"] = miou
+            print("  mIoU: " + json.dumps(miou))
         if args.profile:
             entry["profile_ms"] = {name: _profile(data, x) for name, data in graphs.items()}
         results["sizes"][size] = entry  # type: ignore[index]
@@ -144,12 +184,14 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def _float_floor(model, x: np.ndarray, runs: int = 10) -> dict[str, object]:
+def _float_floor(model, x: np.ndarray, movable: set[str] = frozenset(), runs: int = 10) -> dict[str, object]:
     """Share of the FP32 graph's kernel time spent in nodes that stay float in every INT8 layout.
 
     Nodes are attributed to model parts by :func:`calib.graph.node_part` (unknown parts inherit
     their producer's); a node onnxruntime renamed while fusing counts as quantisable, so the
-    share is a lower bound.
+    share is a lower bound. ``movable``: decoder nodes the ``--decoder`` groups quantise; their
+    FP32 time is reported apart (``movable_ms``), and ``share_without_movable`` is the floor if
+    they ran in no time.
     """
     from calib.graph import FLOAT_ONLY_OPS, node_part
 
@@ -167,17 +209,22 @@ def _float_floor(model, x: np.ndarray, runs: int = 10) -> dict[str, object]:
         for _ in range(runs):
             session.run(None, {"images": x})
         events = json.loads(Path(session.end_profiling()).read_text())
-    total = float_ms = 0.0
+    total = float_ms = movable_ms = 0.0
     per_op: collections.Counter[str] = collections.Counter()
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             ms = e["dur"] / runs / 1e3
             total += ms
-            if e["name"][: -len("_kernel_time")] in fixed:
+            node = e["name"][: -len("_kernel_time")]
+            if node in movable:
+                movable_ms += ms
+            if node in fixed:
                 float_ms += ms
                 per_op[e["args"]["op_name"]] += ms
     return {
         "share": round(float_ms / total, 3),
+        "movable_ms": round(movable_ms, 3),
+        "share_without_movable": round((float_ms - movable_ms) / total, 3),
         "float_ms": round(float_ms, 3),
         "total_kernel_ms": round(total, 3),
         "float_ops_ms": {op: round(ms, 3) for op, ms in per_op.most_common(8)},

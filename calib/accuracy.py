@@ -230,3 +230,92 @@ def tune_exclusions(
         if fp32 - miou <= max_drop:
             return excluded, sensitivity, steps
     raise CalibrationError(f"--max-drop {max_drop}: not reached even with every node float")
+
+
+def prototype_outputs(model: onnx.ModelProto) -> list[str]:
+    """The PEM-CA prototype choices of a graph: the outputs of its transformer-decoder ``ArgMax``
+    nodes (one per PEM-CA layer; (B, heads, Q)-shaped token indices), in graph order."""
+    from calib.graph import node_parts
+
+    parts = node_parts(model)
+    return [
+        n.output[0]
+        for n in model.graph.node
+        if n.op_type == "ArgMax" and parts.get(n.name) == "transformer_decoder"
+    ]
+
+
+def with_prototype_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A measurement copy of ``model`` that also outputs the INT64 ArgMax tensors ``names``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    existing = {o.name for o in out.graph.output}
+    for name in names:
+        if name not in existing:
+            out.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))
+    return out
+
+
+def prototype_stability(
+    fp32: onnx.ModelProto,
+    other: onnx.ModelProto,
+    inputs: list[np.ndarray],
+    threads: int = 1,
+    tie: float = 1e-3,
+) -> dict[str, Any]:
+    """How often ``other`` (e.g. the INT8 graph) picks the same prototype token as ``fp32``.
+
+    Compares the PEM-CA ``ArgMax`` outputs per (image, layer, head, query); both graphs must keep
+    those tensor names (the Q/DQ insertion does). Returns ``agreement`` (the fraction of equal
+    choices), ``per_layer`` fractions, ``choices`` (how many were compared) and
+    ``agreement_within_tie``: the fraction where ``other``'s token is FP32's or scores, in FP32's
+    own similarity (the ArgMax input), within ``tie`` of FP32's best (a near-tie: both tokens are
+    as good a prototype). ``median_flip_margin``: the median FP32 similarity gap of the flips.
+    """
+    names = prototype_outputs(fp32)
+    if not names:
+        raise CalibrationError("the FP32 graph has no PEM-CA ArgMax (prototype choice) to compare")
+    argmax = {n.output[0]: n for n in fp32.graph.node if n.output[0] in names}
+    scores = [argmax[name].input[0] for name in names]
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in argmax[name].attribute} for name in names]
+    reference = with_prototype_outputs(fp32, names)
+    from calib.calibrate import with_outputs
+
+    sessions = [
+        model_session(with_outputs(reference, scores), threads),
+        model_session(with_prototype_outputs(other, names), threads),
+    ]
+    input_name = sessions[0].get_inputs()[0].name
+    same = np.zeros(len(names))
+    near = np.zeros(len(names))
+    total = np.zeros(len(names))
+    margins: list[np.ndarray] = []
+    best: list[float] = []
+    for x in inputs:
+        ref = sessions[0].run(names + scores, {input_name: x})
+        got = sessions[1].run(names, {input_name: x})
+        for i, (u, v) in enumerate(zip(ref[: len(names)], got)):
+            equal = u == v
+            axis = int(attrs[i].get("axis", 0))
+            keep = int(attrs[i].get("keepdims", 1))
+            sim = np.asarray(ref[len(names) + i], np.float64)
+            pick_u, pick_v = (p if keep else np.expand_dims(p, axis) for p in (u, v))
+            gap = np.take_along_axis(sim, pick_u, axis) - np.take_along_axis(sim, pick_v, axis)
+            gap = np.nan_to_num(gap.reshape(u.shape), nan=0.0)  # -inf - -inf: fully masked rows
+            same[i] += float(equal.sum())
+            near[i] += float((equal | (gap <= tie)).sum())
+            total[i] += u.size
+            margins.append(gap[~equal])
+            top = np.take_along_axis(sim, pick_u, axis)
+            if np.isfinite(top).any():
+                best.append(float(np.median(top[np.isfinite(top)])))
+    flips = np.concatenate(margins) if margins else np.zeros(0)
+    return {
+        "agreement": float(same.sum() / total.sum()),
+        "agreement_within_tie": float(near.sum() / total.sum()),
+        "tie": tie,
+        "median_flip_margin": float(np.median(flips)) if flips.size else 0.0,
+        "median_best_score": float(np.median(best)) if best else 0.0,
+        "per_layer": [round(float(s / t), 5) for s, t in zip(same, total)],
+        "choices": int(total.sum()),
+    }

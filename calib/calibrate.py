@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 
 from calib.data import CalibrationImages
 from calib.errors import CalibrationError
-from calib.graph import LAYOUTS, QuantTarget, find_targets
+from calib.graph import DECODER_GROUPS, QuantTarget, check_target, find_targets
 from calib.ort_layout import prepare_for_layout
 from calib.quantize import model_session, quantize_model
 from calib.ranges import METHODS, Method, RangeCollector
@@ -194,7 +194,7 @@ def calibrate_ranges(
     start = time.perf_counter()
     targets = targets if targets is not None else find_targets(model)
     tensors = int8_region_tensors(model, targets)
-    needed = {t.activation for t in targets}
+    needed = {t.activation for t in targets} | {t.weight for t in targets if t.weight_is_activation}
     if config.cache_file is not None:
         cache = read_cache(config.cache_file)
         missing = sorted(needed - set(cache.scales))
@@ -275,8 +275,10 @@ class Int8Calibrator:
         eval_data: labelled Cityscapes-layout data for ``max_drop`` (default: ``config.data``).
         eval_split: its split (held out from calibration).
         eval_limit: evaluate at most this many images per step.
-        layout: Q/DQ layout, ``tensorrt`` (inputs of quantised nodes only) or ``onnxruntime``
-            (outputs too, fused into QLinearConv on CPU); see :func:`calib.graph.insert_qdq`.
+        layout: the target runtime, which fixes the Q/DQ layout (CLI ``--target``): ``tensorrt``
+            (inputs of quantised nodes only) or ``onnxruntime`` (outputs too, fused into
+            QLinearConv on CPU); see :func:`calib.graph.insert_qdq`.
+        decoder: opt-in transformer-decoder groups to quantise too (:data:`calib.graph.DECODER_GROUPS`).
         progress: a step callback (``progress(message)``), as the export pipeline's.
     """
 
@@ -289,12 +291,15 @@ class Int8Calibrator:
         eval_split: str = "val",
         eval_limit: int | None = None,
         layout: str = "tensorrt",
+        decoder: Iterable[str] = (),
         progress: Callable[[str], None] | None = None,
     ):
         config.validate()
-        if layout not in LAYOUTS:
-            raise CalibrationError(f"--layout {layout}: choose one of {', '.join(LAYOUTS)}")
-        self.layout = layout
+        self.layout = check_target(layout)
+        self.decoder = tuple(decoder)
+        unknown = sorted(set(self.decoder) - set(DECODER_GROUPS))
+        if unknown:
+            raise CalibrationError(f"decoder group {unknown[0]!r}: choose from {', '.join(DECODER_GROUPS)}")
         if max_drop is not None and max_drop < 0:
             raise CalibrationError(f"--max-drop {max_drop}: must be >= 0")
         self.config = config
@@ -314,8 +319,14 @@ class Int8Calibrator:
             size = tuple(context.source.config.input_size)
             pem_config = context.source.config
         fmt = input_format(model, preprocess, size)  # type: ignore[arg-type]
+        if context is not None:  # recorded in the sidecar by the export pipeline
+            context.info["int8"] = {
+                "target": self.layout,
+                "activation_dtype": "uint8" if self.layout == "onnxruntime" else "int8",
+                "calibration_method": self.config.method,
+            }
         model = prepare_for_layout(model, self.layout)
-        targets = find_targets(model)
+        targets = find_targets(model, decoder=self.decoder)
         self.progress(
             f"calibrating on {self.config.data} ({self.config.method}, {self.config.num_images} images)"
         )

@@ -33,8 +33,28 @@ from export.onnx_graph import GraphIndex
 
 QUANTIZABLE_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QUANTIZED_PARTS: tuple[str, ...] = ("backbone", "pixel_decoder")
+# Opt-in transformer-decoder groups (``find_targets(..., decoder=...)``): see :func:`decoder_targets`.
+DECODER_GROUPS: tuple[str, ...] = ("tokens", "mask_einsum")
 # Ops that must never receive a dequantised input (checked by tests and by :func:`check_qdq`).
 LAYOUTS: tuple[str, ...] = ("tensorrt", "onnxruntime")
+# The CLI's ``--target`` names the runtime an INT8 graph is laid out for; each target has its layout.
+TARGETS: tuple[str, ...] = LAYOUTS
+
+
+def default_target(out_format: str = "onnx") -> str:
+    """The Q/DQ target when the user names none: ``tensorrt`` when a TensorRT engine is built from
+    the graph (``--format engine``; TensorRT takes no UINT8 Q/DQ), else ``onnxruntime``, the
+    runtime that runs a plain ONNX artifact (and the only layout that is faster than FP32 there)."""
+    return "tensorrt" if out_format == "engine" else "onnxruntime"
+
+
+def check_target(target: str) -> str:
+    """``target`` if it is one of :data:`TARGETS`; else :class:`CalibrationError` naming ``--target``."""
+    if target not in TARGETS:
+        raise CalibrationError(f"--target {target}: choose one of {', '.join(TARGETS)}")
+    return target
+
+
 ORT_FLOAT_OPS: tuple[str, ...] = ("ConvTranspose",)  # kept float in the ``onnxruntime`` layout
 # A non-grouped Conv reading fewer channels than this (the RGB stem) stays float in the
 # ``onnxruntime`` layout: with a reduction depth of 3 x 3 x 3 its INT8 kernel is slower than float.
@@ -97,6 +117,9 @@ class QuantTarget:
     activation: str
     weight: str
     axis: int | None  # None: per tensor
+    # ``weight`` is a second activation (an activation x activation MatMul such as the mask einsum):
+    # it gets an activation Q/DQ pair from its calibrated range instead of a weight quantisation.
+    weight_is_activation: bool = False
 
 
 def _weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
@@ -110,8 +133,11 @@ def _weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
     return weight.ndim - 1 if weight.ndim >= 2 else None  # MatMul (K, N)
 
 
-def find_targets(model: onnx.ModelProto, parts: Iterable[str] = QUANTIZED_PARTS) -> list[QuantTarget]:
-    """The quantisable nodes of ``parts``, in graph order."""
+def find_targets(
+    model: onnx.ModelProto, parts: Iterable[str] = QUANTIZED_PARTS, decoder: Iterable[str] = ()
+) -> list[QuantTarget]:
+    """The quantisable nodes of ``parts`` plus the transformer-decoder groups ``decoder`` (see
+    :data:`DECODER_GROUPS`), in graph order."""
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     wanted = set(parts)
@@ -141,6 +167,84 @@ def find_targets(model: onnx.ModelProto, parts: Iterable[str] = QUANTIZED_PARTS)
             "no quantisable node found in the model (no Conv/Gemm of the backbone or pixel decoder); "
             "is this a PEM export?"
         )
+    groups = set(decoder)
+    unknown = sorted(groups - set(DECODER_GROUPS))
+    if unknown:
+        raise CalibrationError(f"decoder group {unknown[0]!r}: choose from {', '.join(DECODER_GROUPS)}")
+    if groups:
+        targets += decoder_targets(model, groups)
+        order = {n.name: i for i, n in enumerate(graph.node)}
+        targets.sort(key=lambda t: order[t.node])
+    return targets
+
+
+def node_parts(model: onnx.ModelProto) -> dict[str, str | None]:
+    """:func:`node_part` of every node; a node of unknown scope takes the part of its producers
+    (``transformer_decoder`` when any producer is in it, else the first known one)."""
+    inits = {t.name for t in model.graph.initializer}
+    producer = {name: n.name for n in model.graph.node for name in n.output}
+    part: dict[str, str | None] = {}
+    for node in model.graph.node:
+        own = node_part(node, inits)
+        if own is None:
+            known = [part[producer[i]] for i in node.input if i in producer and part.get(producer[i])]
+            own = "transformer_decoder" if "transformer_decoder" in known else (known[0] if known else None)
+        part[node.name] = own
+    return part
+
+
+def decoder_targets(model: onnx.ModelProto, groups: Iterable[str]) -> list[QuantTarget]:
+    """Transformer-decoder nodes of the ``groups`` (:data:`DECODER_GROUPS`), in graph order.
+
+    ``tokens``: the token-level ``Gemm`` (the PEM-CA token projection's Linear, run on every pixel
+    token; query-level Gemms, whose row count is the most common one, are not touched).
+    ``mask_einsum``: the rank-3 activation x activation ``MatMul`` (mask embeddings x mask
+    features) of the prediction heads. Neither feeds ``ArgMax`` directly; both influence the
+    prototype choice indirectly (tokens through the similarity, masks through the next layer's
+    attention mask), which is why they are opt-in and measured (BENCHMARKS.md).
+    """
+    wanted = set(groups)
+    if not model.graph.value_info:
+        model = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]
+    }
+    inits = {t.name: t for t in model.graph.initializer}
+    parts = node_parts(model)
+    decoder = [n for n in model.graph.node if parts[n.name] == "transformer_decoder"]
+    gemms = [n for n in decoder if n.op_type == "Gemm" and len(n.input) >= 2 and n.input[1] in inits]
+    rows = [shapes.get(n.input[0], [0])[0] for n in gemms]
+    query_rows = max(set(rows), key=rows.count) if rows else 0
+    gemm_names = {n.name for n in gemms}
+    targets: list[QuantTarget] = []
+    for node in decoder:
+        if "tokens" in wanted and node.name in gemm_names:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            row_count = shapes.get(node.input[0], [0])[0]
+            if int(attrs.get("transA", 0)) or row_count in (0, query_rows):
+                continue
+            weight = numpy_helper.to_array(inits[node.input[1]])
+            targets.append(
+                QuantTarget(
+                    node.name,
+                    "Gemm",
+                    "transformer_decoder",
+                    node.input[0],
+                    node.input[1],
+                    _weight_axis(node, weight),
+                )
+            )
+        elif "mask_einsum" in wanted and node.op_type == "MatMul":
+            a, b = node.input[0], node.input[1]
+            if a in inits or b in inits:
+                continue
+            if len(shapes.get(a, [])) == 3 and len(shapes.get(b, [])) == 3:
+                targets.append(
+                    QuantTarget(
+                        node.name, "MatMul", "transformer_decoder", a, b, None, weight_is_activation=True
+                    )
+                )
     return targets
 
 
@@ -206,8 +310,7 @@ def insert_qdq(
     the RGB stem (a non-grouped ``Conv`` reading fewer than :data:`ORT_MIN_INT8_CHANNELS`
     channels, whose INT8 kernel is slower than the float one).
     """
-    if layout not in LAYOUTS:
-        raise CalibrationError(f"--layout {layout}: choose one of {', '.join(LAYOUTS)}")
+    check_target(layout)
     targets = list(targets)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -235,6 +338,9 @@ def insert_qdq(
         node = by_name.get(target.node)
         if node is None:
             raise CalibrationError(f"node {target.node!r} not found in the model")
+        gemm_bias = (
+            layout == "onnxruntime" and target.op_type == "Gemm" and target.part == "transformer_decoder"
+        )
         act = target.activation
         if act not in dequantised:
             if act not in activation_scales:
@@ -242,6 +348,18 @@ def insert_qdq(
             produced[act], dequantised[act] = _activation_qdq(act, activation_scales[act], zero, new_inits)
         node.input[0] = dequantised[act]
 
+        if target.weight_is_activation:  # a second activation: its own (shared) Q/DQ pair
+            other = target.weight
+            if other not in dequantised:
+                if other not in activation_scales:
+                    raise CalibrationError(
+                        f"no calibration range for tensor {other!r} (input of {target.node})"
+                    )
+                produced[other], dequantised[other] = _activation_qdq(
+                    other, activation_scales[other], zero, new_inits
+                )
+            node.input[1] = dequantised[other]
+            continue
         key = (target.weight, target.axis)
         if key not in weights_done:
             weight = numpy_helper.to_array(inits[target.weight])
@@ -268,6 +386,10 @@ def insert_qdq(
             )
             weights_done[key] = dq_name
         node.input[1] = weights_done[key]
+        if gemm_bias and len(node.input) > 2 and node.input[2] in inits:
+            node.input[2] = _int32_bias(
+                node.input[2], inits, activation_scales[act], weights_done[key], new_inits, produced
+            )
 
     if layout == "onnxruntime":
         graph_outputs = {o.name for o in graph.output}
@@ -275,6 +397,8 @@ def insert_qdq(
         # chains of different targets are disjoint, so the index stays true for what is still read.
         index = GraphIndex(out)
         for target in targets:
+            if target.part == "transformer_decoder":  # decoder outputs stay float (no requantisation)
+                continue
             tensor = by_name[target.node].output[0]
             if tensor in dequantised or tensor not in activation_scales or tensor in graph_outputs:
                 continue
@@ -312,6 +436,42 @@ def insert_qdq(
     graph.initializer.extend(new_inits)
     drop_unused_initializers(graph)
     return out
+
+
+def _int32_bias(
+    bias: str,
+    inits: dict[str, TensorProto],
+    act_scale: float,
+    weight_dq: str,
+    new_inits: list[TensorProto],
+    produced: dict[str, list[onnx.NodeProto]],
+) -> str:
+    """An INT32 ``DequantizeLinear`` bias (scale = activation scale x weight scale per channel):
+    onnxruntime fuses ``DQ -> Gemm`` into ``QGemm`` only with such a bias."""
+    w_scale = next(
+        numpy_helper.to_array(t) for t in new_inits if t.name == weight_dq.replace("_dequantized", "_scale")
+    )
+    scale = (np.float32(act_scale) * w_scale).astype(np.float32)
+    values = numpy_helper.to_array(inits[bias]).astype(np.float64)
+    q = np.clip(np.rint(values / scale), -(2**31), 2**31 - 1).astype(np.int32)
+    q_name, s_name, z_name, dq_name = (
+        f"{bias}_int32",
+        f"{bias}_int32_scale",
+        f"{bias}_int32_zero",
+        f"{bias}_int32_dq",
+    )
+    new_inits += [
+        numpy_helper.from_array(q, q_name),
+        numpy_helper.from_array(scale, s_name),
+        numpy_helper.from_array(np.zeros(scale.shape, np.int32), z_name),
+    ]
+    attrs = {"axis": 0} if scale.ndim else {}
+    produced.setdefault(f"weight:{bias}:int32", []).append(
+        helper.make_node(
+            "DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=f"{bias}_int32_DQ", **attrs
+        )
+    )
+    return dq_name
 
 
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:

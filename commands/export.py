@@ -69,6 +69,13 @@ def export_command(
     out_format: str = typer.Option(
         "onnx", "--format", help="onnx | engine (also build a TensorRT engine; needs TensorRT and a GPU)."
     ),
+    target: str = typer.Option(
+        None,
+        "--target",
+        "--layout",
+        help="int8: runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: tensorrt with "
+        "--format engine, else onnxruntime). --layout is an alias.",
+    ),
 ) -> None:
     """Export to ONNX: custom DeformConv / prototype-gather translations, heads, FP16, metadata, lint."""
     from export.errors import ExportError
@@ -94,7 +101,9 @@ def export_command(
         _fail(f"--format {out_format}: choose onnx or engine")
     try:
         options.validate()
-        quantizer = _int8_quantizer(precision, calib_data, calib_method, calib_images, calib_cache)
+        quantizer = _int8_quantizer(
+            precision, calib_data, calib_method, calib_images, calib_cache, target, out_format
+        )
         if out_format == "engine":
             from export.tensorrt_engine import import_tensorrt
 
@@ -119,24 +128,34 @@ def export_command(
 
 
 def _int8_quantizer(
-    precision: str, calib_data: str | None, method: str, images: int, cache: str | None
+    precision: str,
+    calib_data: str | None,
+    method: str,
+    images: int,
+    cache: str | None,
+    target: str | None = None,
+    out_format: str = "onnx",
 ) -> object | None:
     """The calibration package's quantizer for ``--precision int8`` (None otherwise)."""
     if precision != "int8":
-        if calib_data is not None or cache is not None:
-            _fail("--calib-data / --calib-cache are for --precision int8")
+        if calib_data is not None or cache is not None or target is not None:
+            _fail("--calib-data / --calib-cache / --target are for --precision int8")
         return None
     if calib_data is None and cache is None:
         _fail("--precision int8: INT8 needs --calib-data DIR (calibration images) or --calib-cache FILE")
     from calib.calibrate import CalibrationConfig, Int8Calibrator
+    from calib.graph import check_target, default_target
 
+    target = check_target(target or default_target(out_format))
+    if target != "tensorrt" and out_format == "engine":
+        _fail(f"--target {target} --format engine: TensorRT engines need --target tensorrt")
     config = CalibrationConfig(
         data=calib_data or "synthetic",
         method=method,
         num_images=images,
         cache_file=cache,  # type: ignore[arg-type]
     )
-    return Int8Calibrator(config)
+    return Int8Calibrator(config, layout=target)
 
 
 def _build_engine(onnx_path: object, precision: str, quantizer: object | None) -> object:
@@ -185,8 +204,12 @@ def calibrate_command(
         help="Percentile of |x| for --calib-method percentile.",
         callback=opt.float_range("--percentile", 0, 100, min_open=True),
     ),
-    layout: str = typer.Option(
-        "tensorrt", "--layout", help="Q/DQ layout: tensorrt (inputs of INT8 ops) | onnxruntime (outputs too)."
+    target: str = typer.Option(
+        None,
+        "--target",
+        "--layout",
+        help="Runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: onnxruntime; "
+        "TensorRT engines need tensorrt). --layout is an alias.",
     ),
     max_drop: float = typer.Option(
         None,
@@ -230,6 +253,7 @@ def calibrate_command(
 ) -> None:
     """INT8 calibration: Q/DQ INT8 ONNX, TensorRT calibration cache, FP32/FP16/INT8 accuracy report."""
     from calib.calibrate import CalibrationConfig
+    from calib.graph import check_target, default_target
     from calib.run import run_calibration
     from export.errors import ExportError
     from export.progress import ConsoleProgress
@@ -258,7 +282,7 @@ def calibrate_command(
                 config,
                 head=head,
                 name=name,
-                layout=layout,
+                layout=check_target(target or default_target()),
                 max_drop=max_drop,
                 eval_data=eval_data,
                 eval_split=eval_split,

@@ -61,6 +61,11 @@ def infer(
         help="TensorRT execution contexts (default: as built).",
         callback=opt.at_least("--contexts", 1),
     ),
+    backend: str = typer.Option(
+        None,
+        "--backend",
+        help="onnxruntime | openvino (a --deform-impl decomposed ONNX) | tensorrt (default: by file type).",
+    ),
 ) -> None:
     """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime).
 
@@ -84,6 +89,7 @@ def infer(
             resize=resize,
             cuda_graph=cuda_graph,
             contexts=contexts,  # type: ignore[arg-type]
+            backend=backend,
         ) as segmenter:
             line = ProgressLine()
             options = dict(exist_ok=exist_ok, overlays=overlays, alpha=alpha, copy_input=copy_input)
@@ -104,6 +110,7 @@ def infer(
         resize=resize,
         cuda_graph=cuda_graph,
         contexts=contexts,  # type: ignore[arg-type]
+        backend=backend,
     ) as segmenter:
         summary = infer_path(
             segmenter,
@@ -188,6 +195,11 @@ def bench_command(
     cuda_graph: bool = typer.Option(
         False, "--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."
     ),
+    backend: list[str] = typer.Option(
+        None,
+        "--backend",
+        help="Run ONNX artifacts with this backend: onnxruntime | openvino (repeatable: side by side).",
+    ),
 ) -> None:
     """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
     from pathlib import Path
@@ -206,19 +218,21 @@ def bench_command(
             if Path(item).suffix in (".safetensors", ".pkl", ".pth", ".pt"):
                 results.append(_bench_torch(item, None, device, size, batch, warmup, iterations, threads))
             else:
-                results.append(
-                    bench_artifact(
-                        item,
-                        shape=size,
-                        batch=batch,
-                        warmup=warmup,
-                        iterations=iterations,
-                        threads=threads,
-                        providers=provider_list,
-                        name=item,
-                        cuda_graph=cuda_graph,
+                for runner in backend or [None]:
+                    results.append(
+                        bench_artifact(
+                            item,
+                            shape=size,
+                            batch=batch,
+                            warmup=warmup,
+                            iterations=iterations,
+                            threads=threads,
+                            providers=provider_list,
+                            name=item,
+                            cuda_graph=cuda_graph,
+                            backend=runner,
+                        )
                     )
-                )
         for name in preset or []:
             results.append(_bench_torch(None, name, device, size, batch, warmup, iterations, threads))
     except BenchError as exc:

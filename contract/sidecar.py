@@ -107,6 +107,7 @@ _TOP_KEYS = (
     "onnx",
     "fp16",
     "tensorrt_lint",
+    "int8",
     "tools",
     "source",
     "sha256",
@@ -114,7 +115,7 @@ _TOP_KEYS = (
     "created_utc",
     "tensorrt",
 )
-_FREE_SECTIONS = ("onnx", "fp16", "tensorrt_lint", "tools", "source", "tensorrt")
+_FREE_SECTIONS = ("onnx", "fp16", "tensorrt_lint", "int8", "tools", "source", "tensorrt")
 _INPUT_KEYS = (
     "name",
     "shape",
@@ -552,6 +553,7 @@ class Provenance:
     onnx: dict[str, Any] | None = None
     fp16: dict[str, Any] | None = None
     tensorrt_lint: dict[str, Any] | None = None
+    int8: dict[str, Any] | None = None  # INT8 exports: {"target": "onnxruntime" | "tensorrt", ...}
     tools: dict[str, str] | None = None
     source: dict[str, Any] | None = None
     tensorrt: dict[str, Any] | None = None
@@ -694,7 +696,7 @@ class Sidecar:
             data["num_queries"] = self.num_queries
         data["classes"] = [c.to_dict() for c in self.classes]
         data["panoptic"] = self.panoptic.to_dict()
-        for key in ("onnx", "fp16", "tensorrt_lint", "tools", "source"):
+        for key in ("onnx", "fp16", "tensorrt_lint", "int8", "tools", "source"):
             if getattr(p, key) is not None:
                 data[key] = copy.deepcopy(getattr(p, key))
         for key in ("sha256", "size_bytes", "created_utc"):
@@ -972,6 +974,7 @@ def _read_provenance(r: _Reader, data: dict[str, Any]) -> Provenance:
         onnx=onnx,
         fp16=sections["fp16"],
         tensorrt_lint=sections["tensorrt_lint"],
+        int8=sections["int8"],
         tools=tools,
         source=sections["source"],
         tensorrt=trt,

@@ -94,8 +94,13 @@ def build_sidecar(
     source: dict[str, Any],
     onnx_info: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    int8: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The sidecar dict (without ``sha256``/``created_utc``, which :func:`write_artifact` adds)."""
+    """The sidecar dict (without ``sha256``/``created_utc``, which :func:`write_artifact` adds).
+
+    ``int8`` (INT8 exports): what the quantizer recorded, at least ``target`` (the runtime the
+    Q/DQ layout is for: ``onnxruntime`` or ``tensorrt``); stored as ``sidecar["int8"]``.
+    """
     h, w = config.input_size
     q = config.transformer_decoder.num_queries
     k = config.num_classes
@@ -161,6 +166,8 @@ def build_sidecar(
         "tools": tool_versions(),
         "source": source,
     }
+    if int8 is not None:
+        sidecar["int8"] = dict(int8)
     if extra:
         sidecar.update(extra)
     return sidecar

@@ -333,6 +333,7 @@ def export_artifact(
         source=source.description,
         onnx_info=onnx_info,
         extra=extra,
+        int8=context.info.get("int8") if options.precision == "int8" else None,
     )
     embed_metadata(model, sidecar)
     with writer:

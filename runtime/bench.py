@@ -178,10 +178,13 @@ def bench_artifact(
     providers: list[str] | None = None,
     name: str | None = None,
     cuda_graph: bool = False,
+    backend: str | None = None,
 ) -> BenchResult:
     """Time ``Segmenter.predict_batch`` on an ONNX / engine artifact (model file, sidecar or folder).
 
     ``cuda_graph``: replay inference as a CUDA graph (TensorRT engines, GPU providers).
+    ``backend``: run it with this backend (``onnxruntime`` / ``openvino`` for ONNX; default: the
+    one its file type asks for).
 
     ``shape`` is the (H, W) of the frames fed in (default: the model's input size; the
     preprocessing resizes to the model). Latency is wall time per call of ``batch`` frames.
@@ -194,7 +197,9 @@ def bench_artifact(
         raise BenchError(f"{path}: no such artifact")
     try:
         reset_peak_rss()
-        seg = Segmenter.open(path, providers=providers, threads=threads, cuda_graph=cuda_graph)
+        seg = Segmenter.open(
+            path, providers=providers, threads=threads, cuda_graph=cuda_graph, backend=backend
+        )
     except (ArtifactError, BackendUnavailableError) as exc:
         raise BenchError(str(exc)) from None
     with seg:
@@ -217,11 +222,12 @@ def bench_artifact(
             for k in STAGES:
                 stages[k].append(float(np.mean([r.timings.get(k, 0.0) for r in results])))
         artifact = seg.artifact
-        device = "gpu" if artifact.backend == "tensorrt" else _ort_device(seg)
+        runner = seg.backend.name
+        device = "gpu" if runner == "tensorrt" else ("cpu" if runner == "openvino" else _ort_device(seg))
         return summarize(
             latencies,
             name=name or Path(artifact.model_path).parent.name + "/" + Path(artifact.model_path).name,
-            backend=artifact.backend,
+            backend=runner,
             precision=artifact.precision,
             device=device,
             shape=(h, w),

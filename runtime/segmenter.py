@@ -51,17 +51,36 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
+BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
+
+
 def open_backend(
     artifact: Artifact,
     providers: list[str] | None = None,
     threads: int = 0,
     cuda_graph: bool = False,
     contexts: int | None = None,
+    backend: str | None = None,
 ) -> Backend:
-    """The backend an artifact asks for.
+    """The backend an artifact asks for, or ``backend`` (``onnxruntime`` / ``openvino`` for an
+    ONNX artifact; ``tensorrt`` for an engine).
 
     ``contexts``: TensorRT execution contexts (default: what the engine was built for, else 1).
     """
+    chosen = backend or artifact.backend
+    if chosen not in BACKENDS:
+        raise ArtifactError(f"--backend {chosen}: choose one of {', '.join(BACKENDS)}")
+    wants_engine = chosen == "tensorrt"
+    if wants_engine != (artifact.backend == "tensorrt"):
+        kind = "a TensorRT engine" if artifact.backend == "tensorrt" else "an ONNX model"
+        raise ArtifactError(f"{artifact.model_path}: is {kind}; --backend {chosen} cannot run it")
+    if chosen == "openvino":
+        from runtime.backends.openvino_backend import NATIVE_DEFORM_CONV, OpenVINOBackend
+
+        ops = artifact.sidecar.get("onnx", {}).get("op_counts", {})
+        if ops.get("DeformConv") or artifact.sidecar.get("onnx", {}).get("deform_impl") == "native":
+            raise ArtifactError(NATIVE_DEFORM_CONV.format(path=artifact.model_path))
+        return OpenVINOBackend(artifact.model_path, threads=threads)
     if artifact.backend == "tensorrt":
         from runtime.backends.tensorrt_backend import TensorRTBackend
 
@@ -130,15 +149,17 @@ class Segmenter:
         cuda_graph: bool = False,
         verify_checksum: bool = True,
         contexts: int | None = None,
+        backend: str | None = None,
     ) -> Segmenter:
-        """Open an artifact (model file, sidecar or folder) with the backend it asks for.
+        """Open an artifact (model file, sidecar or folder) with the backend it asks for, or with
+        ``backend`` (``onnxruntime``, ``openvino`` (decomposed-DeformConv ONNX only), ``tensorrt``).
 
         ``cuda_graph``: replay the inference as a CUDA graph (TensorRT backend; onnxruntime's
         TensorRT / CUDA providers). ``contexts``: TensorRT execution contexts that run at once.
         """
         artifact = load_artifact(path, verify_checksum=verify_checksum)
-        backend = open_backend(artifact, providers, threads, cuda_graph, contexts)
-        return cls(artifact, backend, resize, input_color)
+        runner = open_backend(artifact, providers, threads, cuda_graph, contexts, backend)
+        return cls(artifact, runner, resize, input_color)
 
     def close(self) -> None:
         self.backend.close()

@@ -263,7 +263,7 @@ def test_missing_range_is_a_one_line_error():
     model = _toy_model()
     with pytest.raises(CalibrationError, match="no calibration range for tensor 'images'"):
         insert_qdq(model, find_targets(model), {})
-    with pytest.raises(CalibrationError, match="--layout"):
+    with pytest.raises(CalibrationError, match="--target"):
         insert_qdq(model, find_targets(model), {}, layout="x")
 
 

@@ -165,7 +165,7 @@ def test_int8_calibrator_validates():
         Int8Calibrator(CalibrationConfig(), max_drop=-1)
     with pytest.raises(CalibrationError, match="--calib-method"):
         Int8Calibrator(CalibrationConfig(method="mse"))  # type: ignore[arg-type]
-    with pytest.raises(CalibrationError, match="--layout"):
+    with pytest.raises(CalibrationError, match="--target"):
         Int8Calibrator(CalibrationConfig(), layout="fast")
 
 
@@ -185,9 +185,11 @@ def test_cli_calibrate_end_to_end(quick, tmp_path):
     ]
     sidecar = json.loads((out / "model.json").read_text())
     assert sidecar["precision"] == "int8"
+    assert sidecar["int8"]["target"] == "onnxruntime"  # the default: the CPU runtime's fast layout
     report = json.loads((out / "accuracy.json").read_text())
     assert set(report["precisions"]) == {"fp32", "fp16", "int8"}
     assert report["calibration"]["images"] == 4 and report["calibration"]["method"] == "percentile"
+    assert report["calibration"]["layout"] == "onnxruntime"
     assert read_cache(out / "model.cache").scales
     assert "mIoU" in result.output and "trt cache" in result.output
 
@@ -225,8 +227,25 @@ def test_cli_export_int8(quick, tmp_path):
     assert ok.exit_code == 0, ok.output
     model = onnx.load(out / "model.onnx")
     assert "QuantizeLinear" in {n.op_type for n in model.graph.node}
-    assert json.loads((out / "model.json").read_text())["precision"] == "int8"
+    sidecar = json.loads((out / "model.json").read_text())
+    assert sidecar["precision"] == "int8" and sidecar["int8"]["target"] == "onnxruntime"
+    assert "DepthToSpace" in {n.op_type for n in model.graph.node}  # the onnxruntime layout's up-samplers
     assert "TensorRT cache" in ok.output
+    trt = CliRunner().invoke(
+        app,
+        [
+            *base[:-1],
+            str(tmp_path / "t"),
+            "--calib-data",
+            str(data),
+            "--calib-images",
+            "2",
+            "--layout",
+            "tensorrt",
+        ],
+    )
+    assert trt.exit_code == 0, trt.output
+    assert json.loads((tmp_path / "t" / "model.json").read_text())["int8"]["target"] == "tensorrt"
 
 
 def test_accuracy_aware_mode_ranks_and_stops_within_budget(quick, ranges):
