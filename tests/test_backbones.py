@@ -101,7 +101,7 @@ def test_tiny_preset_backbone_matches() -> None:
 def test_build_backbone_types_and_unknown_name() -> None:
     assert isinstance(build_backbone(STDC2), STDCNet)
     assert build_backbone(STDC2).layers == (4, 5, 3)
-    with pytest.raises(ValueError, match="unknown backbone"):
+    with pytest.raises(ValueError, match="backbone.name: must be one of"):
         build_backbone(BackboneConfig(name="vit"))  # type: ignore[arg-type]
 
 

@@ -34,7 +34,7 @@ def test_info_cli():
     assert "16.96 M" in result.output and "91.67" in result.output
     result = runner.invoke(app, ["info", "--preset", "cityscapes-semantic-tiny", "--height", "100"])
     assert result.exit_code == 2
-    assert result.output.strip().startswith("error:") and "multiples of 32" in result.output
+    assert result.output.strip().startswith("error:") and "multiple of 32" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(app, ["info", "--preset", "nope"])
     assert result.exit_code == 2 and "unknown preset 'nope'" in result.output
