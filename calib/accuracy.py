@@ -21,7 +21,7 @@ import torch
 from calib.data import resolve_root
 from calib.errors import CalibrationError
 from calib.graph import QuantTarget
-from calib.quantize import model_session, quantize_model
+from calib.quantize import model_session, quantize_model, with_outputs
 from pem.config import PEMConfig
 from pem.evaluation import EvalResult, evaluate
 from runtime.preprocess import InputFormat, Preprocessor
@@ -279,7 +279,6 @@ def prototype_stability(
     scores = [argmax[name].input[0] for name in names]
     attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in argmax[name].attribute} for name in names]
     reference = with_prototype_outputs(fp32, names)
-    from calib.calibrate import with_outputs
 
     sessions = [
         model_session(with_outputs(reference, scores), threads),

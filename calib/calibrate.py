@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from calib.data import CalibrationImages
 from calib.errors import CalibrationError
 from calib.graph import DECODER_GROUPS, QuantTarget, check_target, find_targets
 from calib.ort_layout import prepare_for_layout
-from calib.quantize import model_session, quantize_model
+from calib.quantize import model_session, quantize_model, with_outputs
 from calib.ranges import METHODS, Method, RangeCollector
 from calib.trt_cache import DEFAULT_TRT_VERSION, CalibrationCache, make_cache, read_cache, write_cache
 from export.onnx_graph import GraphIndex
@@ -155,17 +155,6 @@ def int8_region_tensors(model: onnx.ModelProto, targets: Iterable[QuantTarget]) 
             ):
                 names.append(tensor)
     return names
-
-
-def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the float tensors ``names``."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    existing = {o.name for o in out.graph.output}
-    for name in names:
-        if name not in existing:
-            out.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    return out
 
 
 def model_hash(model: onnx.ModelProto) -> str:

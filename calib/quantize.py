@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import onnx
+from onnx import TensorProto, helper
 
 from calib.errors import CalibrationError
 from calib.graph import QuantTarget, check_qdq, find_targets, insert_qdq
@@ -38,3 +39,14 @@ def quantize_model(
     if problems:
         raise CalibrationError(f"Q/DQ placement error: {problems[0]}")
     return quantized
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the float tensors ``names``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    existing = {o.name for o in out.graph.output}
+    for name in names:
+        if name not in existing:
+            out.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return out

@@ -68,7 +68,7 @@ def _decoder_like(seed: int = 0) -> onnx.ModelProto:
 
 
 def _scales(model: onnx.ModelProto, x: np.ndarray) -> dict[str, float]:
-    from calib.calibrate import with_outputs
+    from calib.quantize import with_outputs
 
     names = [v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT]
     names.append("images")
