@@ -9,10 +9,8 @@ from commands.common import fail as _fail
 
 
 def export_command(
-    preset: str = typer.Option(None, "--preset", help="Preset name; alone: seeded random weights."),
-    checkpoint: str = typer.Option(
-        None, "--checkpoint", help="Our .safetensors checkpoint, or an official .pkl/.pth (with --preset)."
-    ),
+    preset: opt.Preset = None,
+    checkpoint: opt.Checkpoint = None,
     out: str = typer.Option(
         ..., "--out", help="Output folder for NAME.onnx + NAME.json.", callback=opt.folder("--out")
     ),
@@ -21,18 +19,8 @@ def export_command(
     ),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: calibration)."),
     head: str = typer.Option(None, "--head", help="raw | semantic | panoptic (default: the model's task)."),
-    height: int = typer.Option(
-        None,
-        "--height",
-        help="Input height (multiple of 32); default: the preset's.",
-        callback=opt.multiple_of_32("--height"),
-    ),
-    width: int = typer.Option(
-        None,
-        "--width",
-        help="Input width (multiple of 32); default: the preset's.",
-        callback=opt.multiple_of_32("--width"),
-    ),
+    height: opt.Height = None,
+    width: opt.Width = None,
     dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width."),
     batch: int = typer.Option(
         1, "--batch", help="Static batch size.", callback=opt.int_range("--batch", 1, 1024)
@@ -49,12 +37,7 @@ def export_command(
     simplifier: str = typer.Option("onnxslim", "--simplifier", help="onnxslim | onnxsim | none."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo | torchscript (fallback)."),
     name: str = typer.Option("model", "--name", help="File stem of the artifact."),
-    seed: int = typer.Option(
-        0,
-        "--seed",
-        help="Seed of the random weights (preset without checkpoint).",
-        callback=opt.at_least("--seed", 0),
-    ),
+    seed: opt.WeightSeed = 0,
     lint_table: bool = typer.Option(False, "--lint-table", help="Print the per-op TensorRT table."),
     calib_data: str = typer.Option(
         None,
@@ -173,10 +156,8 @@ def _build_engine(onnx_path: object, precision: str, quantizer: object | None) -
 
 
 def calibrate_command(
-    checkpoint: str = typer.Option(
-        None, "--checkpoint", help="Our .safetensors checkpoint, or an official .pkl/.pth (with --preset)."
-    ),
-    preset: str = typer.Option(None, "--preset", help="Preset name; alone: seeded random weights."),
+    checkpoint: opt.Checkpoint = None,
+    preset: opt.Preset = None,
     data: str = typer.Option(
         "synthetic",
         "--data",
@@ -228,19 +209,10 @@ def calibrate_command(
     ),
     report: bool = typer.Option(True, "--report/--no-report", help="FP32/FP16/INT8 accuracy report."),
     head: str = typer.Option(None, "--head", help="raw | semantic | panoptic (default: the model's task)."),
-    height: int = typer.Option(
-        None, "--height", help="Input height (multiple of 32).", callback=opt.multiple_of_32("--height")
-    ),
-    width: int = typer.Option(
-        None, "--width", help="Input width (multiple of 32).", callback=opt.multiple_of_32("--width")
-    ),
+    height: opt.Height = None,
+    width: opt.Width = None,
     name: str = typer.Option("model", "--name", help="File stem of the artifact."),
-    seed: int = typer.Option(
-        0,
-        "--seed",
-        help="Seed of the random weights (preset without checkpoint).",
-        callback=opt.at_least("--seed", 0),
-    ),
+    seed: opt.WeightSeed = 0,
     trt_version: str = typer.Option("10.3.0", "--trt-version", help="TensorRT version in the cache header."),
     cache_dir: str = typer.Option(None, "--cache-dir", help="Where calibration caches are kept for reuse."),
     calib_cache: str = typer.Option(

@@ -16,22 +16,10 @@ def _parse_known_errors() -> tuple[type[BaseException], ...]:
 
 
 def info(
-    preset: str = typer.Option(None, "--preset", help="Preset name (see --list)."),
-    checkpoint: str = typer.Option(
-        None, "--checkpoint", help="Our .safetensors checkpoint (config read beside it)."
-    ),
-    height: int = typer.Option(
-        None,
-        "--height",
-        help="Input height (multiple of 32); default: the preset's.",
-        callback=opt.multiple_of_32("--height"),
-    ),
-    width: int = typer.Option(
-        None,
-        "--width",
-        help="Input width (multiple of 32); default: the preset's.",
-        callback=opt.multiple_of_32("--width"),
-    ),
+    preset: opt.Preset = None,
+    checkpoint: opt.Checkpoint = None,
+    height: opt.Height = None,
+    width: opt.Width = None,
     postprocess: bool = typer.Option(
         False, "--postprocess/--no-postprocess", help="Also count semantic inference (class x mask product)."
     ),

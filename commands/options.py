@@ -257,3 +257,40 @@ def provider_list(values: list[str] | None) -> list[str] | None:
     """``--providers a,b --providers c`` -> ``["a", "b", "c"]`` (None: let the runtime choose)."""
     names = [name.strip() for value in values or () for name in value.split(",") if name.strip()]
     return names or None
+
+
+Height = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--height",
+        help="Input height, a multiple of 32 (default: the model's).",
+        callback=multiple_of_32("--height"),
+    ),
+]
+Width = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--width",
+        help="Input width, a multiple of 32 (default: the model's).",
+        callback=multiple_of_32("--width"),
+    ),
+]
+Preset = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--preset", help="Preset name (see `info --list`); alone: seeded random weights."),
+]
+Checkpoint = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--checkpoint",
+        help="Our .safetensors checkpoint (config beside it), or an official .pkl/.pth (with --preset).",
+    ),
+]
+WeightSeed = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        help="Seed of the random weights (preset without checkpoint).",
+        callback=at_least("--seed", 0),
+    ),
+]
