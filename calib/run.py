@@ -23,6 +23,7 @@ from typing import Any
 
 from calib.calibrate import CalibrationConfig, Int8Calibrator, Int8Result
 from calib.errors import CalibrationError
+from calib.graph import dequantized_consumers
 from calib.trt_cache import write_cache
 from contract.fs import atomic_write_bytes
 from export.metadata import ArtifactWriter
@@ -44,11 +45,17 @@ class CalibrateOutcome:
     def summary(self) -> str:
         r = self.int8.ranges
         how = "reused cache" if r.reused else f"{r.images} images in {r.seconds:.1f} s"
-        quantized = len(self.int8.targets) - len(self.int8.excluded)
+        total = len(self.int8.targets)
+        quantized = total - len(self.int8.excluded)
+        if self.int8.int8_model is not None:  # what the graph really runs in INT8 (the layout may skip some)
+            names = {t.node for t in self.int8.targets}
+            quantized = len({n.name for n in dequantized_consumers(self.int8.int8_model)} & names)
+        by_layout = total - quantized - len(self.int8.excluded)
         lines = [
             self.export.summary(),
-            f"calibration  {how}; {quantized}/{len(self.int8.targets)} nodes INT8"
-            + (f", {len(self.int8.excluded)} kept float (accuracy-aware)" if self.int8.excluded else ""),
+            f"calibration  {how}; {quantized}/{total} nodes INT8"
+            + (f", {len(self.int8.excluded)} kept float (accuracy-aware)" if self.int8.excluded else "")
+            + (f", {by_layout} kept float where INT8 does not pay (layout)" if by_layout > 0 else ""),
             f"trt cache    {self.cache_path}  ({len(r.cache.scales)} tensors, TRT-{r.cache.version})",
         ]
         if self.report is not None:
