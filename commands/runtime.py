@@ -79,10 +79,8 @@ def infer(
         _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
     from runtime.robotics import infer_robotics, is_robotics_job
 
-    if is_robotics_job(source, out, topic or (), max_frames, duration):  # bags, cameras, streams
-        from runtime.sources import ProgressLine
-
-        with Segmenter.open(
+    def open_segmenter() -> Segmenter:
+        return Segmenter.open(
             artifact,
             providers=opt.provider_list(providers),
             threads=threads or 0,
@@ -90,7 +88,12 @@ def infer(
             cuda_graph=cuda_graph,
             contexts=contexts,  # type: ignore[arg-type]
             backend=backend,
-        ) as segmenter:
+        )
+
+    if is_robotics_job(source, out, topic or (), max_frames, duration):  # bags, cameras, streams
+        from runtime.sources import ProgressLine
+
+        with open_segmenter() as segmenter:
             line = ProgressLine()
             options = dict(exist_ok=exist_ok, overlays=overlays, alpha=alpha, copy_input=copy_input)
             summary = infer_robotics(
@@ -103,15 +106,7 @@ def infer(
             f"{t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
         )
         return
-    with Segmenter.open(
-        artifact,
-        providers=opt.provider_list(providers),
-        threads=threads or 0,
-        resize=resize,
-        cuda_graph=cuda_graph,
-        contexts=contexts,  # type: ignore[arg-type]
-        backend=backend,
-    ) as segmenter:
+    with open_segmenter() as segmenter:
         summary = infer_path(
             segmenter,
             source,

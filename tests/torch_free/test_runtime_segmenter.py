@@ -7,11 +7,11 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from runtime import ArtifactError, InputError, Segmenter, load_artifact
 from runtime.batch_infer import infer_path
 from tests.helpers.runtime_models import (
+    constant_panoptic_artifact,
     scene,
     semantic_model,
     sidecar_for,
@@ -83,37 +83,7 @@ def test_threads_share_one_segmenter(tmp_path):
 
 def test_panoptic_head_fusion(tmp_path):
     """A fixed panoptic model: two queries, stuff 'road' everywhere but the right part, a 'car' there."""
-    h, w = 32, 64
-    owner = np.zeros((1, h, w), np.int32)
-    owner[:, :, 40:] = 1
-    consts = {
-        "scores": np.array([[0.95, 0.9]], np.float32),
-        "classes": np.array([[0, 2]], np.int32),
-        "owner": owner,
-        "owner_fg": np.ones((1, h, w), np.uint8),
-        "mask_area": np.array([[40 * h, 24 * h]], np.int32),
-    }
-    nodes, outputs, inits = [], [], []
-    for name, value in consts.items():
-        inits.append(numpy_helper.from_array(value, f"{name}_c"))
-        nodes.append(helper.make_node("Identity", [f"{name}_c"], [name]))
-        outputs.append(
-            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
-        )
-    # Keep the image input alive in the graph.
-    nodes.append(helper.make_node("ReduceSum", ["images"], ["unused"], keepdims=0))
-    outputs.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, []))
-    graph = helper.make_graph(
-        nodes,
-        "pan",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, h, w])],
-        outputs,
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
-    seg = Segmenter.open(
-        write_artifact(tmp_path, model, head="panoptic", panoptic={"object_mask_threshold": 0.8})
-    )
+    seg = Segmenter.open(constant_panoptic_artifact(tmp_path))
     result = seg.predict(np.zeros((64, 128, 3), np.uint8))
     assert [(s.category_id, s.isthing) for s in result.segments] == [(0, False), (2, True)]
     assert result.panoptic.shape == (64, 128)
