@@ -250,22 +250,23 @@ class VerifyReport:
         return not self.failures
 
     def table(self) -> str:
+        w = max([18, *(len(s.name) + 2 for s in self.samples)])  # long image names keep columns apart
         lines = [
             f"verify: {self.candidate.get('model_file')} ({self.candidate.get('backend')}, "
             f"{self.candidate.get('precision')}) vs {self.reference.get('model_file')} "
             f"({self.reference.get('backend')}, {self.reference.get('precision')})",
-            f"  {'image':<18}{'output':<14}{'max abs':>11}{'|ref| max':>11}{'equal':>10}",
+            f"  {'image':<{w}}{'output':<14}{'max abs':>11}{'|ref| max':>11}{'equal':>10}",
         ]
         for s in self.samples:
             for d in s.outputs.values():
                 lines.append(
-                    f"  {s.name:<18}{d.name:<14}{d.max_abs:>11.3g}{d.scale:>11.3g}{d.agreement:>10.4%}"
+                    f"  {s.name:<{w}}{d.name:<14}{d.max_abs:>11.3g}{d.scale:>11.3g}{d.agreement:>10.4%}"
                 )
             extra = ""
             if s.segment_match is not None and s.segments is not None:
                 m, r, g = s.segments
                 extra = f"  segments matched {m} of {r} ref / {g} candidate ({s.segment_match:.2%})"
-            lines.append(f"  {s.name:<18}{'labels':<14}agreement {s.label_agreement:.4%}{extra}")
+            lines.append(f"  {s.name:<{w}}{'labels':<14}agreement {s.label_agreement:.4%}{extra}")
         if self.failures:
             lines.append("FAIL: " + "; ".join(self.failures))
         else:
