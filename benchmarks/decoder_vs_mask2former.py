@@ -12,12 +12,15 @@ cross-attention) on the same multi-scale features (128 channels) and mask featur
 
 Eval mode, inference mode, batch 1, 1 thread, the variants interleaved run by run, median after
 warm-up; ``--repeat`` runs the whole measurement again (default twice) and records every round.
-``--allocators none,tcmalloc,jemalloc`` reruns the script once per allocator (``LD_PRELOAD`` of the
-system's libtcmalloc_minimal / libjemalloc, skipped with a reason when absent) and prints the
-ratios side by side.
+The process applies the malloc policy the ``pem-deploy`` commands apply to eager work
+(``PEM_DEPLOY_MALLOC``, default ``tuned``: glibc keeps large freed blocks, ``pem/malloc.py``).
+``--allocators system,tuned,tcmalloc,jemalloc`` reruns the script once per allocator (glibc's
+defaults, glibc tuned, or ``LD_PRELOAD`` of the system's libtcmalloc_minimal / libjemalloc,
+skipped with a reason when absent; ``none`` is an alias of ``system``) and prints the ratios
+side by side.
 
 Usage: ``python benchmarks/decoder_vs_mask2former.py [--runs 9] [--no-ort] [--out results.json]
-[--allocators none,tcmalloc]``.
+[--allocators system,tuned,tcmalloc]``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_description, interleaved, ort_session
+from common import cpu_description, eager_malloc_policy, interleaved, ort_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pem, not an installed one
 
@@ -52,7 +55,7 @@ def allocator_library(name: str) -> str | None:
     return None
 
 
-def machine() -> dict[str, object]:
+def machine(malloc_policy: str) -> dict[str, object]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         **cpu_description(),
@@ -60,6 +63,7 @@ def machine() -> dict[str, object]:
         "threads": 1,
         "load_average": [round(x, 2) for x in load] if load else None,
         "ld_preload": os.environ.get("LD_PRELOAD", ""),
+        "malloc_policy": malloc_policy,
     }
 
 
@@ -101,6 +105,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     from pem.pem_ca import PEMCrossAttention
     from pem.transformer_decoder import TransformerDecoder
 
+    malloc_policy = eager_malloc_policy()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = TransformerDecoderConfig()  # 256-d, 8 heads, 100 queries, 6 layers, 3 levels
@@ -174,7 +179,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         print(f"PEM-CA layer, max |onnxruntime - eager|: {agreement}")
     return {
         "pem_ca_ort_vs_eager_max_abs": agreement,
-        "machine": machine(),
+        "machine": machine(malloc_policy),
         "setup": {
             "input": [args.height, args.width],
             "runs": args.runs,
@@ -202,7 +207,8 @@ def compare_allocators(names: list[str], argv: list[str], out: Path | None) -> d
     for name in names:
         env = {**os.environ}
         env.pop("LD_PRELOAD", None)
-        if name != "none":
+        env["PEM_DEPLOY_MALLOC"] = "tuned" if name == "tuned" else "system"
+        if name not in ("none", "system", "tuned"):
             lib = allocator_library(name)
             if lib is None:
                 results[name] = {"skipped": f"no {ALLOCATOR_LIBS[name]} on this machine"}
@@ -210,7 +216,8 @@ def compare_allocators(names: list[str], argv: list[str], out: Path | None) -> d
                 continue
             env["LD_PRELOAD"] = lib
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            print(f"=== allocator: {name} ({env.get('LD_PRELOAD', 'glibc malloc')})", flush=True)
+            label = env.get("LD_PRELOAD", f"glibc malloc, {env['PEM_DEPLOY_MALLOC']}")
+            print(f"=== allocator: {name} ({label})", flush=True)
             subprocess.run([sys.executable, __file__, *argv, "--out", out.name], env=env, check=True)
             results[name] = json.loads(Path(out.name).read_text())
         if out:
@@ -233,7 +240,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--no-ort", dest="ort", action="store_false", help="eager PyTorch only")
-    parser.add_argument("--allocators", default=None, help="e.g. none,tcmalloc,jemalloc (one run each)")
+    parser.add_argument("--allocators", default=None, help="system,tuned,tcmalloc,jemalloc: one run each")
     parser.add_argument("--onnx-dir", type=Path, default=None, help="keep / reuse the exported graphs here")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     args = parser.parse_args()

@@ -88,16 +88,17 @@ def _crafted_masks(b, q, n, gen):
     return mask
 
 
+@pytest.mark.parametrize("block", [1, 4, 64])
 @pytest.mark.parametrize("chunk", [1, 5, 7, 2048])
 @pytest.mark.parametrize("n", [12, 40])
-def test_selection_matches_frozen_old_code(n, chunk):
+def test_selection_matches_frozen_old_code(n, chunk, block):
     gen = torch.Generator().manual_seed(n * 100 + chunk)
     b, q, c, heads = 3, 9, 16, 4
     tokens = F.normalize(torch.randn(b, n, c, generator=gen), dim=-1)
     queries = F.normalize(torch.randn(b, q, c, generator=gen), dim=-1)
     mask = _crafted_masks(b, q, n, gen)
     old = _frozen_old_selection(tokens, queries, mask, heads)
-    assert torch.equal(select_prototypes(tokens, queries, mask, heads, chunk=chunk), old)
+    assert torch.equal(select_prototypes(tokens, queries, mask, heads, chunk=chunk, block=block), old)
     assert torch.equal(masked_similarity(tokens, queries, mask, heads).argmax(dim=-1), old)
     assert (old[0, :, 0] == 0).all()  # empty query -> top-left token
     assert (old[0, :, 2] == n - 1).all() and (old[0, :, 3] == 0).all()
@@ -114,8 +115,27 @@ def test_selection_ties_pick_the_first_token_across_chunks():
     mask[0, 1] = 0.0  # everything allowed
     old = _frozen_old_selection(tokens, queries, mask, 2)
     for chunk in (1, 4, 6, 18):
-        assert torch.equal(select_prototypes(tokens, queries, mask, 2, chunk=chunk), old)
+        for block in (1, 2, 3, 6):  # ties inside a block, across blocks and across chunks
+            assert torch.equal(select_prototypes(tokens, queries, mask, 2, chunk=chunk, block=block), old)
     assert (old[0, :, 1] < 6).all()
+
+
+def test_selection_nan_scores_pick_the_first_nan_as_argmax_does():
+    # torch.argmax counts NaN as the maximum and returns the first one; so must the blocks and
+    # chunks of the eager path (the batched / exported path is the reference: NaN + bias is NaN).
+    gen = torch.Generator().manual_seed(4)
+    tokens = F.normalize(torch.randn(1, 24, 8, generator=gen), dim=-1)
+    tokens[0, 9, 1] = float("nan")  # head 0 (channels 0-3) of token 9
+    tokens[0, 17, 0] = float("nan")
+    tokens[0, 21, 6] = float("nan")  # head 1 only
+    queries = F.normalize(torch.randn(1, 5, 8, generator=gen), dim=-1)
+    mask = torch.full((1, 5, 24), 1.0)
+    mask[0, 0, 2] = -1.0  # exclusions elsewhere do not matter
+    reference = masked_similarity(tokens, queries, mask, 2).argmax(dim=-1)
+    assert (reference[0, 0] == 9).all() and (reference[0, 1] == 21).all()
+    for chunk in (4, 8, 10, 24):
+        for block in (1, 2, 4, 8):
+            assert torch.equal(select_prototypes(tokens, queries, mask, 2, chunk=chunk, block=block), reference)
 
 
 @torch.no_grad()

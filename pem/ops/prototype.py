@@ -14,7 +14,9 @@ Two implementations of the selection, same result:
   accelerators.
 * the eager CPU path of :func:`select_prototypes`: the same GEMM + bias, chunked over the tokens
   and heads into one reused cache-sized buffer with a running (max, first index), so the
-  (B, heads, Q, N) tensor (105 MB at 1/8 of 1024x2048) is never allocated. It is 2-4x faster
+  (B, heads, Q, N) tensor (105 MB at 1/8 of 1024x2048) is never allocated, and an arg-max in
+  two steps (vectorised ``amax`` per block of 64 tokens, then the indexed reduction over one
+  block per row), because ``max`` with indices is a scalar loop on the CPU. It is 2-5x faster
   on one CPU core (no page faults on fresh large buffers, nothing leaves the cache).
 
 The gather (:func:`gather_prototypes`) is a plain ``torch.gather`` (ONNX ``GatherElements``) from
@@ -28,6 +30,8 @@ from torch import Tensor
 
 # Tokens per chunk of the eager CPU selection: the (Q, chunk) score and bias buffers stay in L2.
 DEFAULT_CHUNK = 2048
+# Tokens per block of the two-step arg-max (vectorised block maxima, then one block per row).
+DEFAULT_BLOCK = 64
 
 
 def mask_bias(mask_logits: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -71,47 +75,77 @@ def masked_similarity(tokens: Tensor, queries: Tensor, mask_logits: Tensor, num_
     return torch.matmul(queries_h, tokens_t) + bias
 
 
+def _chunk_argmax(scores: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """Maximum and first index of it over the last axis of (H, Q, W) scores.
+
+    ``torch.max(dim=...)`` with indices is a scalar loop on the CPU (~13x slower than ``amax``),
+    so the index is found in two steps: the vectorised ``amax`` of each ``block`` of tokens, the
+    first block holding the row maximum, then the first maximum inside that block. The first
+    occurrence of the row maximum lies in the first block whose maximum equals it, so this is
+    ``argmax``'s index exactly, ties and NaN included (NaN propagates through ``amax`` and counts
+    as the maximum, as in ``torch.argmax``). W must be a multiple of ``block``.
+    """
+    heads, q, width = scores.shape
+    blocks = scores.view(heads, q, width // block, block)
+    best, first_block = blocks.amax(dim=-1).max(dim=-1)  # (H, Q): the small reduction has indices
+    inside = blocks.gather(2, first_block[..., None, None].expand(heads, q, 1, block)).squeeze(2)
+    return best, first_block * block + inside.argmax(dim=-1)
+
+
 def _select_chunked(
-    tokens: Tensor, queries: Tensor, mask_logits: Tensor, num_heads: int, chunk: int
+    tokens: Tensor, queries: Tensor, mask_logits: Tensor, num_heads: int, chunk: int, block: int
 ) -> Tensor:
-    """Eager CPU selection: GEMM + bias per (image, token chunk, head) into one reused buffer."""
+    """Eager CPU selection: per (image, token chunk), the bias once, one GEMM per head into one
+    reused (heads, Q, chunk) buffer, and one block-wise arg-max for all heads."""
     b, n, c = tokens.shape
     q = queries.shape[1]
     d = c // num_heads
     chunk = max(1, min(chunk, n))
     index = torch.zeros(b, num_heads, q, dtype=torch.long, device=tokens.device)
-    scores_buf = torch.empty(q * chunk, dtype=tokens.dtype, device=tokens.device)
+    scores_buf = torch.empty(num_heads * q * chunk, dtype=tokens.dtype, device=tokens.device)
     bias_buf = torch.empty(q * chunk, dtype=tokens.dtype, device=tokens.device)
+    excluded = torch.tensor(float("-inf"), dtype=tokens.dtype, device=tokens.device)
+    allowed = torch.zeros((), dtype=tokens.dtype, device=tokens.device)
     logits = mask_logits.detach()
     for bi in range(b):
         reset = bool(logits[bi].amax() < 0)  # every query empty: no exclusion for this image
-        best: list[Tensor | None] = [None] * num_heads
+        best: Tensor | None = None
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             width = stop - start
-            bias_c = bias_buf[: q * width].view(q, width).zero_()
-            scores_c = scores_buf[: q * width].view(q, width)
-            if not reset:
-                bias_c.masked_fill_(logits[bi, :, start:stop] < 0, float("-inf"))
+            bias = bias_buf[: q * width].view(q, width)
+            if reset:
+                bias.zero_()
+            else:
+                torch.where(logits[bi, :, start:stop] < 0, excluded, allowed, out=bias)
+            scores = scores_buf[: num_heads * q * width].view(num_heads, q, width)
             keys = tokens[bi, start:stop]
             for h in range(num_heads):
                 cols = slice(h * d, (h + 1) * d)
-                torch.addmm(bias_c, queries[bi, :, cols], keys[:, cols].t(), out=scores_c)
-                value, arg = scores_c.max(dim=1)  # first index of the chunk's maximum
-                if best[h] is None:
-                    best[h] = value
-                    index[bi, h] = arg
-                    continue
-                # Later chunks win only when strictly better (first index on ties), or with a
-                # NaN where there was none yet (torch.argmax treats NaN as the maximum).
-                better = (value > best[h]) | (value.isnan() & ~best[h].isnan())
-                best[h] = torch.where(better, value, best[h])
-                index[bi, h] = torch.where(better, arg + start, index[bi, h])
+                torch.addmm(bias, queries[bi, :, cols], keys[:, cols].t(), out=scores[h])
+            if width % block == 0:
+                value, arg = _chunk_argmax(scores, block)
+            else:  # a ragged last chunk: the plain reduction (first index of the maximum)
+                value, arg = scores.max(dim=-1)
+            if best is None:
+                best = value
+                index[bi] = arg
+                continue
+            # Later chunks win only when strictly better (first index on ties), or with a
+            # NaN where there was none yet (torch.argmax treats NaN as the maximum).
+            better = (value > best) | (value.isnan() & ~best.isnan())
+            best = torch.where(better, value, best)
+            index[bi] = torch.where(better, arg + start, index[bi])
     return index
 
 
 def select_prototypes(
-    tokens: Tensor, queries: Tensor, mask_logits: Tensor, num_heads: int, chunk: int = DEFAULT_CHUNK
+    tokens: Tensor,
+    queries: Tensor,
+    mask_logits: Tensor,
+    num_heads: int,
+    chunk: int = DEFAULT_CHUNK,
+    block: int = DEFAULT_BLOCK,
 ) -> Tensor:
     """Index of the prototype token per (image, head, query): argmax of :func:`masked_similarity`.
 
@@ -121,6 +155,7 @@ def select_prototypes(
         mask_logits: (B, Q, N) previous mask logits (see :func:`mask_bias`).
         num_heads: C is split into this many contiguous heads.
         chunk: tokens per chunk of the eager CPU path.
+        block: tokens per block of the eager CPU path's two-step arg-max.
 
     Returns:
         (B, heads, Q) int64. Not differentiable (the selection has no gradient).
@@ -142,7 +177,7 @@ def select_prototypes(
     tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
     if tracing or tokens.device.type != "cpu":
         return masked_similarity(tokens, queries, mask_logits, num_heads).argmax(dim=-1)
-    return _select_chunked(tokens, queries, mask_logits, num_heads, chunk)
+    return _select_chunked(tokens, queries, mask_logits, num_heads, chunk, max(1, block))
 
 
 def gather_prototypes(tokens: Tensor, index: Tensor) -> Tensor:
