@@ -247,13 +247,7 @@ def prototype_outputs(model: onnx.ModelProto) -> list[str]:
 
 def with_prototype_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     """A measurement copy of ``model`` that also outputs the INT64 ArgMax tensors ``names``."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    existing = {o.name for o in out.graph.output}
-    for name in names:
-        if name not in existing:
-            out.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT64, None))
-    return out
+    return with_outputs(model, names, onnx.TensorProto.INT64)
 
 
 def prototype_stability(

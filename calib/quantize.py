@@ -41,12 +41,15 @@ def quantize_model(
     return quantized
 
 
-def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs the float tensors ``names``."""
+def with_outputs(
+    model: onnx.ModelProto, names: Iterable[str], elem_type: int = TensorProto.FLOAT
+) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the tensors ``names`` (of ONNX type ``elem_type``, float
+    by default); names that already are graph outputs are left as they are."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     existing = {o.name for o in out.graph.output}
     for name in names:
         if name not in existing:
-            out.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+            out.graph.output.append(helper.make_tensor_value_info(name, elem_type, None))
     return out

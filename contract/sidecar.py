@@ -441,6 +441,21 @@ class ClassSpec:
         return {"id": self.id, "name": self.name, "color": list(self.color), "isthing": self.isthing}
 
 
+class HasClasses:
+    """What a class list tells: its size and its thing ids (for :class:`Sidecar` and the runtime's
+    ``Artifact``, which both hold a ``classes`` tuple)."""
+
+    classes: tuple[ClassSpec, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def thing_ids(self) -> frozenset[int]:
+        return frozenset(c.id for c in self.classes if c.isthing)
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """The model input: ``(batch, 3, height, width)`` NCHW, its dtype and normalisation.
@@ -560,7 +575,7 @@ class Provenance:
 
 
 @dataclass(frozen=True)
-class Sidecar:
+class Sidecar(HasClasses):
     """A validated sidecar (``format_version`` :data:`FORMAT_VERSION`). Build it with
     :meth:`from_json` / :meth:`from_file`; ``to_json`` writes the documented layout."""
 
@@ -575,15 +590,7 @@ class Sidecar:
     provenance: Provenance = field(default_factory=Provenance)
     format_version: int = FORMAT_VERSION
 
-    # -- derived ---------------------------------------------------------------------------------
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def thing_ids(self) -> frozenset[int]:
-        return frozenset(c.id for c in self.classes if c.isthing)
+    # -- derived (num_classes and thing_ids: HasClasses) -----------------------------------------
 
     @property
     def output_names(self) -> tuple[str, ...]:

@@ -23,7 +23,9 @@ from torch import nn
 from contract.parity_policy import ParityPolicy
 from export.errors import ExportError
 from pem.inference import semantic_inference
+from runtime.diff_table import name_width, row
 from runtime.postprocess import category_map, fuse_panoptic_outputs
+from runtime.scenes import paint_cars_and_noise
 
 VOID_LABEL = 255
 Sample = tuple[str, np.ndarray]
@@ -48,14 +50,8 @@ def synthetic_scene(height: int, width: int, seed: int = 0) -> np.ndarray:
         x0 += bw
     image[horizon:] = np.array([128, 64, 128], np.float32) * 0.6 + 40  # road
     image[horizon : horizon + max(1, height // 40)] = (244, 35, 232)  # sidewalk edge
-    for _ in range(int(rng.integers(2, 6))):  # cars
-        ch = int(rng.integers(height // 16 + 1, height // 6 + 2))
-        cw = int(ch * rng.uniform(1.5, 2.5))
-        cy = int(rng.integers(horizon, max(horizon + 1, height - ch)))
-        cx = int(rng.integers(0, max(1, width - cw)))
-        image[cy : cy + ch, cx : cx + cw] = rng.integers(0, 255, 3)
-    image += rng.normal(0.0, 6.0, image.shape).astype(np.float32)
-    return np.clip(image, 0, 255).astype(np.uint8)
+    cars = int(rng.integers(2, 6))
+    return paint_cars_and_noise(image, rng, horizon, cars, (height // 16 + 1, height // 6 + 2))
 
 
 def load_image(path: str | os.PathLike[str], height: int, width: int) -> np.ndarray:
@@ -202,34 +198,34 @@ class ParityReport:
     def table(self) -> str:
         """Readable per-sample and worst-case table."""
         lines = [f"parity: {self.graph} vs PyTorch (head {self.head})"]
-        # Image paths can be long: the sample column is as wide as its longest label.
-        w = max([20, *(len(s.label) + 2 for s in self.samples)])
-        header = f"  {'sample':<{w}}{'output':<14}{'max abs':>11}{'max rel':>11}{'mean abs':>11}{'equal':>10}"
-        lines.append(header)
+        w = name_width((s.label for s in self.samples), 20)
+        lines.append(
+            row("sample", "output", w, f"{'max abs':>11}{'max rel':>11}{'mean abs':>11}{'equal':>10}")
+        )
         for s in self.samples:
             for d in s.diffs.values():
                 if is_index_output(d):  # ids and classes: equal or not, no float error to speak of
-                    lines.append(f"  {s.label:<{w}}{d.name:<14}{'(index output)':>33}{d.agreement:>10.4%}")
-                    continue
-                lines.append(
-                    f"  {s.label:<{w}}{d.name:<14}{d.max_abs:>11.3g}{d.max_rel:>11.3g}{d.mean_abs:>11.3g}"
-                    f"{d.agreement:>10.4%}"
-                )
+                    figures = f"{'(index output)':>33}"
+                else:
+                    figures = f"{d.max_abs:>11.3g}{d.max_rel:>11.3g}{d.mean_abs:>11.3g}"
+                lines.append(row(s.label, d.name, w, f"{figures}{d.agreement:>10.4%}"))
             agreement = f"agreement {s.label_agreement:.5%}  mIoU {s.miou:.5f}"
-            lines.append(f"  {s.label:<{w}}{'labels':<14}{agreement}")
+            lines.append(row(s.label, "labels", w, agreement))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "head": self.head,
             "graph": self.graph,
-            "label_agreement": self.label_agreement,
-            "miou": self.miou,
+            **_scores(self),
             "outputs": {n: vars(self.worst(n)) for n in self.output_names},
-            "samples": [
-                {"label": s.label, "label_agreement": s.label_agreement, "miou": s.miou} for s in self.samples
-            ],
+            "samples": [{"label": s.label, **_scores(s)} for s in self.samples],
         }
+
+
+def _scores(result: SampleResult | ParityReport) -> dict[str, float]:
+    """Label agreement and mIoU as the report writes them, for itself (its worst sample) and each sample."""
+    return {"label_agreement": result.label_agreement, "miou": result.miou}
 
 
 def is_index_output(diff: TensorDiff) -> bool:

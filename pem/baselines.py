@@ -66,14 +66,10 @@ class MaskedCrossAttentionLayer(nn.Module):
     def forward(
         self, tgt: Tensor, memory: Tensor, mask_logits: Tensor, pos: Tensor, query_pos: Tensor
     ) -> Tensor:
-        """Same arguments as :meth:`pem.pem_ca.PEMCrossAttention.forward`.
+        """Update queries by masked attention; arguments and result as in PEM-CA.
 
-        Args:
-            tgt: (B, Q, C) queries.
-            memory: (B, C, H, W) pixel features of one level.
-            mask_logits: (B, Q, H, W) previous mask logits resized to this level.
-            pos: (B, C, H, W) positional encoding of the level.
-            query_pos: (B, Q, C) query positional embedding.
+        The two layers are interchangeable in the decoder, so their arguments are documented once, at
+        :meth:`pem.pem_ca.PEMCrossAttention.forward`.
         """
         value = memory.flatten(2).transpose(1, 2)  # (B, N, C)
         key = value + pos.flatten(2).transpose(1, 2)

@@ -7,6 +7,7 @@ is deployed at). Presets are plain functions of their name: no registry, no glob
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -77,6 +78,34 @@ def check_choice(where: str, value: object, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def int_field(default: int, minimum: int = 1, maximum: int | None = None) -> Any:
+    """A dataclass field holding an int in ``[minimum, maximum]``, checked by :func:`check_fields`."""
+    return field(
+        default=default, metadata={"check": functools.partial(check_int, minimum=minimum, maximum=maximum)}
+    )
+
+
+def channels_field(default: int) -> Any:
+    """A channel width (an :func:`int_field` in ``[1, 65536]``)."""
+    return int_field(default, 1, 65536)
+
+
+def float_field(default: float, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A dataclass field holding a finite number in ``[minimum, maximum]`` (see :func:`check_fields`)."""
+    return field(
+        default=default, metadata={"check": functools.partial(check_float, minimum=minimum, maximum=maximum)}
+    )
+
+
+def check_fields(config: Any, prefix: str) -> None:
+    """Check the :func:`int_field` / :func:`float_field` fields of dataclass ``config`` in declaration
+    order; the first bad one raises :class:`ConfigError` naming ``{prefix}{field}``."""
+    for f in dataclasses.fields(config):
+        check = f.metadata.get("check")
+        if check is not None:
+            check(f"{prefix}{f.name}", getattr(config, f.name))
+
+
 def check_sequence(where: str, value: object, length: int | None = None) -> tuple[Any, ...]:
     """``value`` as a tuple (optionally of exactly ``length`` items)."""
     if not isinstance(value, (tuple, list)):
@@ -129,36 +158,29 @@ class BackboneConfig:
 class PixelDecoderConfig:
     """Efficient multi-scale pixel decoder (CSM + deformable layers)."""
 
-    conv_dim: int = 128
-    mask_dim: int = 256
+    conv_dim: int = channels_field(128)
+    mask_dim: int = channels_field(256)
 
     def __post_init__(self) -> None:
-        check_int("pixel_decoder.conv_dim", self.conv_dim, 1, 65536)
-        check_int("pixel_decoder.mask_dim", self.mask_dim, 1, 65536)
+        check_fields(self, "pixel_decoder.")
 
 
 @dataclass(frozen=True)
 class TransformerDecoderConfig:
     """PEM transformer decoder; ``num_layers`` excludes the query-only prediction (DEC_LAYERS - 1)."""
 
-    hidden_dim: int = 256
-    num_queries: int = 100
-    num_heads: int = 8
-    dim_feedforward: int = 2048
-    num_layers: int = 6
-    num_feature_levels: int = 3
+    hidden_dim: int = channels_field(256)
+    num_queries: int = int_field(100, 1, 100_000)
+    num_heads: int = int_field(8, 1, 1024)
+    dim_feedforward: int = int_field(2048, 1, 1 << 20)
+    num_layers: int = int_field(6, 1, 1000)
+    num_feature_levels: int = int_field(3, 1, 3)
 
     def __post_init__(self) -> None:
-        where = "transformer_decoder"
-        check_int(f"{where}.hidden_dim", self.hidden_dim, 1, 65536)
-        check_int(f"{where}.num_queries", self.num_queries, 1, 100_000)
-        check_int(f"{where}.num_heads", self.num_heads, 1, 1024)
-        check_int(f"{where}.dim_feedforward", self.dim_feedforward, 1, 1 << 20)
-        check_int(f"{where}.num_layers", self.num_layers, 1, 1000)
-        check_int(f"{where}.num_feature_levels", self.num_feature_levels, 1, 3)
+        check_fields(self, "transformer_decoder.")
         if self.hidden_dim % self.num_heads:
             raise ConfigError(
-                f"{where}.num_heads: hidden_dim {self.hidden_dim} "
+                f"transformer_decoder.num_heads: hidden_dim {self.hidden_dim} "
                 f"is not divisible by num_heads {self.num_heads}"
             )
 
@@ -167,12 +189,11 @@ class TransformerDecoderConfig:
 class InferenceConfig:
     """Post-processing thresholds (Mask2Former panoptic rules)."""
 
-    object_mask_threshold: float = 0.8
-    overlap_threshold: float = 0.8
+    object_mask_threshold: float = float_field(0.8, 0.0, 1.0)
+    overlap_threshold: float = float_field(0.8, 0.0, 1.0)
 
     def __post_init__(self) -> None:
-        check_float("inference.object_mask_threshold", self.object_mask_threshold, 0.0, 1.0)
-        check_float("inference.overlap_threshold", self.overlap_threshold, 0.0, 1.0)
+        check_fields(self, "inference.")
 
 
 @dataclass(frozen=True)

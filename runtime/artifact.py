@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from contract.sidecar import Sidecar
+from contract.sidecar import ClassSpec, HasClasses, Sidecar
 from runtime.errors import ArtifactError
 from runtime.preprocess import InputFormat
 
@@ -24,18 +24,12 @@ Head = Literal["raw", "semantic", "panoptic"]
 MODEL_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}
 
 
-@dataclass(frozen=True)
-class ClassInfo:
-    """One class: contiguous id, name, RGB colour, thing or stuff."""
-
-    id: int
-    name: str
-    color: tuple[int, int, int]
-    isthing: bool
+# One class: contiguous id, name, RGB colour, thing or stuff (the sidecar's own record).
+ClassInfo = ClassSpec
 
 
 @dataclass(frozen=True)
-class Artifact:
+class Artifact(HasClasses):
     """Everything the runtime needs to know about a model file."""
 
     model_path: Path
@@ -53,14 +47,6 @@ class Artifact:
     overlap_threshold: float = 0.8
     sidecar: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     spec: Sidecar | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def thing_ids(self) -> frozenset[int]:
-        return frozenset(c.id for c in self.classes if c.isthing)
 
     @property
     def palette(self) -> np.ndarray:
@@ -132,7 +118,6 @@ def load_artifact(path: str | os.PathLike[str], verify_checksum: bool = True) ->
         mean=inp.mean,
         std=inp.std,
     )
-    classes = tuple(ClassInfo(c.id, c.name, c.color, c.isthing) for c in spec.classes)
     return Artifact(
         model_path=model_path,
         sidecar_path=sidecar_path,
@@ -144,7 +129,7 @@ def load_artifact(path: str | os.PathLike[str], verify_checksum: bool = True) ->
         input_format=fmt,
         batch=inp.batch,
         output_names=spec.output_names,
-        classes=classes,
+        classes=spec.classes,
         object_mask_threshold=spec.panoptic.object_mask_threshold,
         overlap_threshold=spec.panoptic.overlap_threshold,
         sidecar=spec.to_dict(),

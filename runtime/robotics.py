@@ -9,13 +9,23 @@ source, ``--topic``, ``--max-frames`` / ``--duration``, or a ``.mcap`` / ``.db3`
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from runtime.batch_infer import InferSummary, infer_path
 from runtime.errors import InputError
 from runtime.images import VIDEO_SUFFIXES
-from runtime.ros.bags import BagReader, bag_frame_names, camera_bag_frames, is_bag, is_bag_output, write_bag
+from runtime.ros.bags import (
+    BagFrame,
+    BagReader,
+    bag_frame_names,
+    camera_bag_frames,
+    is_bag,
+    is_bag_output,
+    write_bag,
+)
 from runtime.segmenter import Segmenter
 from runtime.sources import camera_frames, camera_spec, frame_total, stop_on_interrupt, video_spec
 
@@ -61,6 +71,18 @@ def infer_robotics(
     segmented until then is still written.
     """
     to_bag = is_bag_output(out)
+
+    # Both sources end the same way: the frames go to a bag file or to an image folder.
+    def to_bag_file(frames: Iterable[BagFrame], total: int | None) -> InferSummary:
+        return write_bag(
+            segmenter, frames, out, exist_ok, overlays, alpha, copy_input, progress=progress, total=total
+        )
+
+    def to_folder(frames: Iterable[tuple[str, np.ndarray]], total: int | None) -> InferSummary:
+        return infer_path(
+            segmenter, source, out, overlays, alpha, progress, frames=frames, total=total, exist_ok=exist_ok
+        )
+
     if is_bag(source):
         if not topics:
             raise InputError(f"{source}: is a ROS 2 bag; give the image topic(s) to segment with --topic")
@@ -68,28 +90,8 @@ def infer_robotics(
             raise InputError("--duration is for live cameras; use --max-frames with a bag")
         with BagReader(source, topics, max_frames) as reader:
             if to_bag:
-                return write_bag(
-                    segmenter,
-                    reader,
-                    out,
-                    exist_ok,
-                    overlays,
-                    alpha,
-                    copy_input,
-                    progress=progress,
-                    total=reader.total,
-                )
-            return infer_path(
-                segmenter,
-                source,
-                out,
-                overlays,
-                alpha,
-                progress,
-                frames=bag_frame_names(reader),
-                total=reader.total,
-                exist_ok=exist_ok,
-            )
+                return to_bag_file(reader, reader.total)
+            return to_folder(bag_frame_names(reader), reader.total)
     if topics:
         raise InputError(
             f"{source}: --topic is only for ROS 2 bags (.mcap, .db3 or a folder with metadata.yaml)"
@@ -108,18 +110,5 @@ def infer_robotics(
     with stop_on_interrupt() as stop:
         frames = camera_frames(spec, max_frames, duration, stop)
         if to_bag:
-            return write_bag(
-                segmenter,
-                camera_bag_frames(frames),
-                out,
-                exist_ok,
-                overlays,
-                alpha,
-                copy_input,
-                progress=progress,
-                total=total,
-            )
-        named = ((f"{stem}_{i:06d}", image) for i, (_, image) in enumerate(frames))
-        return infer_path(
-            segmenter, source, out, overlays, alpha, progress, frames=named, total=total, exist_ok=exist_ok
-        )
+            return to_bag_file(camera_bag_frames(frames), total)
+        return to_folder(((f"{stem}_{i:06d}", image) for i, (_, image) in enumerate(frames)), total)

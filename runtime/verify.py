@@ -28,7 +28,9 @@ import numpy as np
 from contract.fs import atomic_write_bytes
 from contract.parity_policy import ParityPolicy, policy_for, segment_match, segment_match_rate
 from runtime.artifact import load_artifact
+from runtime.diff_table import name_width, row
 from runtime.errors import ArtifactError, InputError
+from runtime.scenes import street_scene
 from runtime.segmenter import Segmenter, open_backend
 
 REFERENCE_FORMAT = "pem-deploy-reference"
@@ -42,29 +44,6 @@ class VerifyError(ArtifactError):
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
-
-
-def street_scene(height: int, width: int, seed: int) -> np.ndarray:
-    """A deterministic street-like BGR image: sky, building blocks, road, a few cars, sensor noise."""
-    rng = np.random.default_rng(seed)
-    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    image = (1 - y) * np.float32([200, 130, 70]) + y * np.float32([190, 170, 150])
-    image = np.broadcast_to(image, (height, width, 3)).copy()
-    horizon = int(height * rng.uniform(0.4, 0.6))
-    x = 0
-    while x < width:
-        bw = int(rng.integers(max(1, width // 12), max(2, width // 4)))
-        image[int(rng.integers(0, max(1, horizon))) : horizon, x : x + bw] = rng.integers(40, 170, 3)
-        x += bw
-    image[horizon:] = (128, 64, 128)
-    for _ in range(int(rng.integers(1, 5))):
-        ch = int(rng.integers(max(1, height // 16), max(2, height // 5)))
-        cw = int(ch * rng.uniform(1.5, 2.5))
-        cy = int(rng.integers(horizon, max(horizon + 1, height - ch)))
-        cx = int(rng.integers(0, max(1, width - cw)))
-        image[cy : cy + ch, cx : cx + cw] = rng.integers(0, 255, 3)
-    image += rng.normal(0.0, 6.0, image.shape).astype(np.float32)
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def make_images(
@@ -250,23 +229,23 @@ class VerifyReport:
         return not self.failures
 
     def table(self) -> str:
-        w = max([18, *(len(s.name) + 2 for s in self.samples)])  # long image names keep columns apart
+        w = name_width((s.name for s in self.samples), 18)
         lines = [
             f"verify: {self.candidate.get('model_file')} ({self.candidate.get('backend')}, "
             f"{self.candidate.get('precision')}) vs {self.reference.get('model_file')} "
             f"({self.reference.get('backend')}, {self.reference.get('precision')})",
-            f"  {'image':<{w}}{'output':<14}{'max abs':>11}{'|ref| max':>11}{'equal':>10}",
+            row("image", "output", w, f"{'max abs':>11}{'|ref| max':>11}{'equal':>10}"),
         ]
         for s in self.samples:
             for d in s.outputs.values():
                 lines.append(
-                    f"  {s.name:<{w}}{d.name:<14}{d.max_abs:>11.3g}{d.scale:>11.3g}{d.agreement:>10.4%}"
+                    row(s.name, d.name, w, f"{d.max_abs:>11.3g}{d.scale:>11.3g}{d.agreement:>10.4%}")
                 )
             extra = ""
             if s.segment_match is not None and s.segments is not None:
                 m, r, g = s.segments
                 extra = f"  segments matched {m} of {r} ref / {g} candidate ({s.segment_match:.2%})"
-            lines.append(f"  {s.name:<{w}}{'labels':<14}agreement {s.label_agreement:.4%}{extra}")
+            lines.append(row(s.name, "labels", w, f"agreement {s.label_agreement:.4%}{extra}"))
         if self.failures:
             lines.append("FAIL: " + "; ".join(self.failures))
         else:

@@ -35,7 +35,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,23 @@ def _pair(value: IntOrPair, name: str) -> tuple[int, int]:
     if len(items) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return (items[0], items[1])
+
+
+class _ConvGeometry(NamedTuple):
+    """Stride, padding and dilation of one convolution, each as ``(h, w)`` (the op's ``int[]`` arguments)."""
+
+    stride: Sequence[int]
+    padding: Sequence[int]
+    dilation: Sequence[int]
+
+    @classmethod
+    def of(cls, stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair) -> _ConvGeometry:
+        """Normalise user-facing ints or pairs (raises ``ValueError`` naming the bad argument)."""
+        return cls(_pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"))
+
+    def as_tuples(self) -> _ConvGeometry:
+        """The same geometry with every field a tuple (torchvision and the error messages want tuples)."""
+        return _ConvGeometry(tuple(self.stride), tuple(self.padding), tuple(self.dilation))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -171,9 +188,7 @@ def deform_conv2d_native(
     Returns:
         ``(B, O, oH, oW)`` in ``input.dtype``.
     """
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    dh, dw = _pair(dilation, "dilation")
+    (sh, sw), (ph, pw), (dh, dw) = _ConvGeometry.of(stride, padding, dilation)
     batch, channels, height, width = input.shape
     out_channels, _, kh, kw = weight.shape
     taps = kh * kw
@@ -320,33 +335,17 @@ def _forward_impl(
     Runs the selected backend. The op never records autograd history itself (torch.library calls it
     below the autograd layer); :func:`_backward` calls this function under grad mode to differentiate it.
     """
+    geometry = _ConvGeometry(stride, padding, dilation).as_tuples()
     tv_kernel = _torchvision_kernel(input.device)
     if tv_kernel is not None:
-        out = tv_kernel(
-            input,
-            offset,
-            weight,
-            bias,
-            stride=tuple(stride),
-            padding=tuple(padding),
-            dilation=tuple(dilation),
-            mask=mask,
-        )
+        out = tv_kernel(input, offset, weight, bias, mask=mask, **geometry._asdict())
         return out.contiguous()
     # Small problems: one vectorised pass (fewer kernel launches); large ones: loop over the taps so
     # the sampled columns never exceed ~B*C*oH*oW elements per buffer.
     taps = weight.shape[2] * weight.shape[3]
     columns = input.shape[0] * input.shape[1] * taps * offset.shape[2] * offset.shape[3]
     out = deform_conv2d_native(
-        input,
-        offset,
-        mask,
-        weight,
-        bias,
-        tuple(stride),
-        tuple(padding),
-        tuple(dilation),
-        per_tap=columns > _PER_TAP_THRESHOLD,
+        input, offset, mask, weight, bias, *geometry, per_tap=columns > _PER_TAP_THRESHOLD
     )
     return out.contiguous()
 
@@ -370,19 +369,18 @@ def _output_shape(
     mask: Tensor,
     weight: Tensor,
     bias: Tensor | None,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
+    geometry: _ConvGeometry,
 ) -> tuple[Any, Any, Any, Any]:
     """Check shapes, dtypes, devices and conv parameters; return the output shape ``(B, O, oH, oW)``.
 
     Used by :func:`modulated_deform_conv2d` before it calls the op and by the op's fake kernel (sizes may
     be symbolic there). Raises ``ValueError`` naming the inconsistent argument.
     """
+    stride, padding, dilation = geometry.as_tuples()
     if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
         raise ValueError(
             f"deform_conv2d: need stride >= 1, dilation >= 1, padding >= 0, "
-            f"got stride={tuple(stride)}, padding={tuple(padding)}, dilation={tuple(dilation)}"
+            f"got stride={stride}, padding={padding}, dilation={dilation}"
         )
     for name, t in (("input", input), ("offset", offset), ("mask", mask), ("weight", weight)):
         if t.dim() != 4:
@@ -401,7 +399,7 @@ def _output_shape(
     if out_h < 1 or out_w < 1:
         raise ValueError(
             f"deform_conv2d: input {tuple(input.shape)} too small for kernel ({kh}, {kw}) with "
-            f"stride={tuple(stride)}, padding={tuple(padding)}, dilation={tuple(dilation)}"
+            f"stride={stride}, padding={padding}, dilation={dilation}"
         )
     taps = kh * kw
     groups = offset.shape[1] // (2 * taps)
@@ -440,24 +438,20 @@ def _output_shape(
 
 
 @modulated_deform_conv2d_op.register_fake
-def _modulated_deform_conv2d_fake(
-    input: Tensor,
-    offset: Tensor,
-    mask: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-) -> Tensor:
-    """Fake (meta) kernel: the checked output shape, as an empty tensor."""
-    return input.new_empty(_output_shape(input, offset, mask, weight, bias, stride, padding, dilation))
+def _modulated_deform_conv2d_fake(*args: Any) -> Tensor:
+    """Fake (meta) kernel: the checked output shape, as an empty tensor.
+
+    ``args`` are the op's arguments in ``_SCHEMA`` order, as the dispatcher passes them (positionally,
+    the schema having no keyword-only argument), the same tuple :func:`_setup_context` unpacks.
+    """
+    input, offset, mask, weight, bias, *geometry = args
+    return input.new_empty(_output_shape(input, offset, mask, weight, bias, _ConvGeometry(*geometry)))
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-    input, offset, mask, weight, bias, stride, padding, dilation = inputs
+    input, offset, mask, weight, bias, *geometry = inputs
     ctx.save_for_backward(input, offset, mask, weight, bias)
-    ctx.conv_args = (tuple(stride), tuple(padding), tuple(dilation))
+    ctx.conv_args = _ConvGeometry(*geometry).as_tuples()
 
 
 def _backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
@@ -541,11 +535,9 @@ def modulated_deform_conv2d(
     Raises:
         ValueError: on inconsistent shapes, dtypes, devices or conv parameters.
     """
-    s = _pair(stride, "stride")
-    p = _pair(padding, "padding")
-    d = _pair(dilation, "dilation")
-    _output_shape(input, offset, mask, weight, bias, s, p, d)
-    return torch.ops.pem.modulated_deform_conv2d(input, offset, mask, weight, bias, list(s), list(p), list(d))
+    geometry = _ConvGeometry.of(stride, padding, dilation)
+    _output_shape(input, offset, mask, weight, bias, geometry)
+    return torch.ops.pem.modulated_deform_conv2d(input, offset, mask, weight, bias, *map(list, geometry))
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -581,9 +573,7 @@ class ModulatedDeformConv2d(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.stride, self.padding, self.dilation = _ConvGeometry.of(stride, padding, dilation)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels))

@@ -17,6 +17,7 @@ from typing import Any
 from pem.config import (
     ConfigError,
     check_choice,
+    check_fields,
     check_float,
     check_int,
     check_sequence,
@@ -176,11 +177,7 @@ def _check_augment(aug: AugmentConfig) -> None:
 def _check_loss(loss: LossConfig) -> None:
     if not isinstance(loss, LossConfig):
         raise ConfigError(f"loss: expected a LossConfig, got {loss!r}")
-    for key in ("class_weight", "mask_weight", "dice_weight", "no_object_weight"):
-        check_float(f"loss.{key}", getattr(loss, key), 0.0)
-    check_int("loss.num_points", loss.num_points, 1)
-    check_float("loss.oversample_ratio", loss.oversample_ratio, 1.0)
-    check_float("loss.importance_sample_ratio", loss.importance_sample_ratio, 0.0, 1.0)
+    check_fields(loss, "loss.")
     if not isinstance(loss.deep_supervision, bool):
         raise ConfigError(f"loss.deep_supervision: expected true or false, got {loss.deep_supervision!r}")
 

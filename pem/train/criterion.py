@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pem.config import float_field, int_field
 from pem.data.mapper import Target
 from pem.train.matcher import HungarianMatcher, image_generator, matched_pairs
 from pem.train.points import point_sample, uncertain_point_coords
@@ -37,13 +38,14 @@ from pem.train.points import point_sample, uncertain_point_coords
 class LossConfig:
     """Loss weights (also the matching costs) and point sampling of the criterion."""
 
-    class_weight: float = 2.0
-    mask_weight: float = 5.0
-    dice_weight: float = 5.0
-    no_object_weight: float = 0.1
-    num_points: int = 12544
-    oversample_ratio: float = 3.0
-    importance_sample_ratio: float = 0.75
+    # The ranges are checked by TrainConfig (pem.train.config), not here.
+    class_weight: float = float_field(2.0, 0.0)
+    mask_weight: float = float_field(5.0, 0.0)
+    dice_weight: float = float_field(5.0, 0.0)
+    no_object_weight: float = float_field(0.1, 0.0)
+    num_points: int = int_field(12544, 1)
+    oversample_ratio: float = float_field(3.0, 1.0)
+    importance_sample_ratio: float = float_field(0.75, 0.0, 1.0)
     deep_supervision: bool = True
 
 
