@@ -21,28 +21,16 @@ from pem.checkpoint import load_checkpoint, load_official_checkpoint
 from pem.config import ConfigError, get_preset
 from pem.data.cityscapes import CityscapesDataset
 from pem.data.synthetic import SyntheticConfig, make_synthetic
-from pem.data.transforms import AugmentConfig
 from pem.datasets_meta import ADE20K_PANOPTIC_THING_IDS
 from pem.evaluation import evaluate
 from pem.model import PEM
 from pem.norm import FrozenBatchNorm2d, freeze_batch_norm
 from pem.train import TrainConfig
-from pem.train.criterion import LossConfig
 from pem.train.trainer import MODEL_FILE, STATE_FILE, Trainer, model_config_for
+from tests.helpers.train_runs import TINY_RUN
 
-RUN = TrainConfig(
-    iterations=3,
-    batch_size=4,
-    lr=1e-3,
-    backbone_multiplier=1.0,
-    augment=AugmentConfig(
-        short_side=64, scale_range=(0.75, 1.0), scale_step=0.25, max_size=256, crop_size=(64, 128)
-    ),
-    loss=LossConfig(num_points=64),
-    checkpoint_period=2,
-    log_period=1,
-    sync_bn="all",
-)
+# Every BatchNorm synchronised, so the 2-rank run must match the single-process one.
+RUN = TINY_RUN.replace(iterations=3, batch_size=4, sync_bn="all")
 PRESET = "cityscapes-panoptic-tiny"
 
 

@@ -10,6 +10,7 @@ a kill must finish the run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -600,7 +601,12 @@ def dataset(work: Path) -> Path:
     return work / "data"
 
 
-def _mount(folder: Path, options: str) -> None:
+@contextlib.contextmanager
+def _tmpfs(folder: Path, options: str, needs_root: str) -> Iterator[Path]:
+    """``folder`` as a tmpfs mounted with ``options``, unmounted on exit; skips the test where it
+    cannot mount one (``needs_root``: the skip reason when not root)."""
+    if os.geteuid() != 0:
+        pytest.skip(needs_root)
     folder.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
@@ -609,16 +615,16 @@ def _mount(folder: Path, options: str) -> None:
         pytest.skip(
             f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'}): full-disk test skipped"
         )
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs, filled up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    folder = tmp_path / "full"
-    _mount(folder, "size=64k")
-    try:
+    with _tmpfs(tmp_path / "full", "size=64k", "mounting a tmpfs needs root") as folder:
         try:
             with open(folder / "filler", "wb") as f:
                 for _ in range(64):
@@ -627,21 +633,14 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         except OSError:
             pass
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture
 def read_only(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs (chmod does not stop root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root (chmod does not stop root)")
-    folder = tmp_path / "ro"
-    _mount(folder, "ro,size=64k")
-    try:
+    why = "mounting a read-only tmpfs needs root (chmod does not stop root)"
+    with _tmpfs(tmp_path / "ro", "ro,size=64k", why) as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 _WRITERS = {

@@ -25,11 +25,12 @@ from cli import app
 from contract.errors import ArtifactError, PemDeployError, SidecarError
 from contract.sidecar import FORMAT_VERSION, MAX_DEPTH, MAX_SIDECAR_BYTES, IOSignature, Sidecar
 from export.errors import ExportError
-from export.metadata import ArtifactWriter, build_sidecar, embed_metadata, onnx_signature, write_artifact
+from export.metadata import ArtifactWriter, embed_metadata, onnx_signature, write_artifact
 from pem.config import get_preset
 from runtime import Segmenter, load_artifact
 from runtime.errors import OutputRangeError
 from runtime.postprocess import fuse_panoptic, label_png_array
+from tests.helpers.sidecars import tiny_sidecar
 
 pytest.importorskip("onnxruntime")
 
@@ -112,16 +113,12 @@ def _export(out: Path, head: str, dynamic: bool = False, preprocess: str = "none
     """``out/model.onnx`` + ``model.json`` written by export's writer, like ``pem-deploy export``."""
     preset = "cityscapes-panoptic-tiny" if head == "panoptic" else "cityscapes-semantic-tiny"
     config = get_preset(preset).replace(input_size=(H, W))
-    sidecar = build_sidecar(
-        config=config,
+    sidecar = tiny_sidecar(
+        config,
         head=head,
-        precision="fp32",
         preprocess=preprocess,
         batch=batch,
         dynamic=dynamic,
-        opset=19,
-        ir_version=9,
-        model_file="model.onnx",
         source={"preset": preset, "weights": "random", "seed": 0, "config": config.to_dict()},
         onnx_info={"exporter": "hand-built", "dynamic": dynamic},
     )
@@ -131,6 +128,11 @@ def _export(out: Path, head: str, dynamic: bool = False, preprocess: str = "none
         write_artifact(writer, model, sidecar, "model")
         writer.commit()
     return out / "model.onnx"
+
+
+def _semantic_sidecar() -> dict[str, Any]:
+    """The sidecar export would write for the tiny semantic preset at HxW (not yet written)."""
+    return tiny_sidecar(get_preset("cityscapes-semantic-tiny").replace(input_size=(H, W)))
 
 
 VARIANTS = {
@@ -793,20 +795,7 @@ def test_panoptic_outputs_out_of_range(field, value, expected):
 
 def test_export_refuses_to_write_an_invalid_sidecar(tmp_path):
     # PEMConfig itself refuses std 0 (pem.config), so the bad value is put into the sidecar directly
-    config = get_preset("cityscapes-semantic-tiny").replace(input_size=(H, W))
-    sidecar = build_sidecar(
-        config=config,
-        head="semantic",
-        precision="fp32",
-        preprocess="none",
-        batch=1,
-        dynamic=False,
-        opset=19,
-        ir_version=9,
-        model_file="model.onnx",
-        source={},
-        onnx_info={},
-    )
+    sidecar = _semantic_sidecar()
     sidecar["input"]["normalization"]["std"][1] = 0.0
     out = tmp_path / "out"
     with pytest.raises(ExportError) as info, ArtifactWriter(out) as writer:
@@ -817,20 +806,7 @@ def test_export_refuses_to_write_an_invalid_sidecar(tmp_path):
 
 
 def test_export_refuses_a_sidecar_that_does_not_fit_its_graph(tmp_path):
-    config = get_preset("cityscapes-semantic-tiny").replace(input_size=(H, W))
-    sidecar = build_sidecar(
-        config=config,
-        head="semantic",
-        precision="fp32",
-        preprocess="none",
-        batch=1,
-        dynamic=False,
-        opset=19,
-        ir_version=9,
-        model_file="model.onnx",
-        source={},
-        onnx_info={},
-    )
+    sidecar = _semantic_sidecar()
     other = _mutated(input__shape=[1, 3, 32, 64], outputs__0__shape=[1, 32, 64])(sidecar)
     with pytest.raises(ExportError) as info, ArtifactWriter(tmp_path / "out") as writer:
         write_artifact(writer, other, sidecar, "model")

@@ -57,26 +57,14 @@ def test_export_refuses_bad_targets_before_exporting(tmp_path, extra, message) -
 
 
 def test_sidecar_records_the_int8_target() -> None:
-    from export.metadata import build_sidecar
-    from pem.config import get_preset
+    from tests.helpers.sidecars import tiny_sidecar
 
-    kwargs = dict(
-        config=get_preset("cityscapes-semantic-tiny"),
-        head="raw",
-        preprocess="none",
-        batch=1,
-        dynamic=False,
-        opset=19,
-        ir_version=10,
-        model_file="model.onnx",
-        source={},
-        onnx_info={},
-    )
-    sidecar = build_sidecar(precision="int8", int8={"target": "onnxruntime"}, **kwargs)
+    kwargs = dict(head="raw", ir_version=10)
+    sidecar = tiny_sidecar(precision="int8", int8={"target": "onnxruntime"}, **kwargs)
     assert sidecar["int8"] == {"target": "onnxruntime"}
     from contract.sidecar import Sidecar
 
     typed = Sidecar.from_dict(sidecar)  # the typed schema keeps the record
     assert typed.provenance.int8 == {"target": "onnxruntime"}
     assert typed.to_dict()["int8"] == {"target": "onnxruntime"}
-    assert "int8" not in build_sidecar(precision="fp32", **kwargs)
+    assert "int8" not in tiny_sidecar(precision="fp32", **kwargs)

@@ -18,7 +18,6 @@ from pem.config import ConfigError, get_preset
 from pem.data.cityscapes import CityscapesDataset
 from pem.data.mapper import Target
 from pem.data.synthetic import SyntheticConfig, make_synthetic
-from pem.data.transforms import AugmentConfig
 from pem.model import PEM
 from pem.train import TrainConfig, train_preset
 from pem.train.criterion import LossConfig, SetCriterion
@@ -26,20 +25,7 @@ from pem.train.matcher import HungarianMatcher
 from pem.train.optim import build_optimizer, learning_rate, parameter_groups
 from pem.train.points import point_sample, uncertain_point_coords
 from pem.train.trainer import METRICS_FILE, MODEL_FILE, STATE_FILE, Trainer, model_config_for
-
-# A run small enough for unit tests: 64x128 images, whole-image crops, few points.
-TINY_RUN = TrainConfig(
-    iterations=4,
-    batch_size=2,
-    lr=1e-3,
-    backbone_multiplier=1.0,
-    augment=AugmentConfig(
-        short_side=64, scale_range=(0.75, 1.0), scale_step=0.25, max_size=256, crop_size=(64, 128)
-    ),
-    loss=LossConfig(num_points=64),
-    checkpoint_period=2,
-    log_period=1,
-)
+from tests.helpers.train_runs import TINY_RUN
 
 
 @pytest.fixture(scope="module")

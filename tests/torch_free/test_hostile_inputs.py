@@ -16,7 +16,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -30,6 +29,7 @@ from cli import app
 from runtime import InputError, Segmenter
 from runtime.batch_infer import LOCK_NAME, STAGING_MARKER, STAGING_PREFIX, _Lock, infer_path
 from runtime.images import load_image, prepare_image
+from tests.helpers.concurrency import run_in_threads
 from tests.helpers.runtime_models import scene, semantic_model, write_artifact
 
 ROOT = Path(__file__).parents[2]
@@ -845,11 +845,7 @@ def test_two_threads_into_one_folder(exist_ok, seg, tmp_path):
         except InputError as exc:
             outcomes[t] = exc
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    run_in_threads(work, 2)
     ok = [t for t in range(2) if not isinstance(outcomes[t], InputError)]
     assert ok, outcomes
     for t in range(2):

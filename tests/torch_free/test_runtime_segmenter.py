@@ -2,7 +2,6 @@
 
 import json
 import sys
-import threading
 
 import cv2
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 
 from runtime import ArtifactError, InputError, Segmenter, load_artifact
 from runtime.batch_infer import infer_path
+from tests.helpers.concurrency import run_in_threads
 from tests.helpers.runtime_models import (
     constant_panoptic_artifact,
     scene,
@@ -73,11 +73,7 @@ def test_threads_share_one_segmenter(tmp_path):
             if not np.array_equal(seg.predict(images[i]).labels, expected[i]):
                 failures.append(i)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(work, 4)
     assert failures == []
 
 

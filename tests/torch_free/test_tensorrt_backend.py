@@ -17,6 +17,7 @@ from runtime import Segmenter
 from runtime.artifact import sha256_file
 from runtime.backends.tensorrt_backend import TensorRTBackend
 from runtime.errors import ArtifactError
+from tests.helpers.concurrency import run_in_threads
 from tests.helpers.runtime_models import semantic_model, sidecar_for
 
 
@@ -253,11 +254,7 @@ def test_context_pool_runs_callers_at_once(install, tmp_path):
             if not np.array_equal(backend.infer({"images": x})["labels"], x.argmax(1)):
                 failures.append(seed)
 
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(work, 5)
     assert failures == [] and trt.stats["executed"] == 25
     assert 1 < trt.stats["peak"] <= 3  # several contexts busy at once, never more than the pool
     backend.close()
