@@ -9,11 +9,12 @@ from commands.common import fail as _fail
 
 
 def export_command(
+    ctx: typer.Context,
     preset: opt.Preset = None,
     checkpoint: opt.Checkpoint = None,
     out: str = opt.folder_option(..., "--out", "Output folder for NAME.onnx + NAME.json."),
-    exist_ok: bool = typer.Option(
-        False, "--exist-ok", help="Replace NAME.onnx / NAME.json already in --out (nothing else is touched)."
+    exist_ok: bool = opt.exist_ok_option(
+        "Replace NAME.onnx / NAME.json already in --out (nothing else is touched)."
     ),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: calibration)."),
     head: opt.Head = None,
@@ -57,25 +58,17 @@ def export_command(
     ),
 ) -> None:
     """Export to ONNX: custom DeformConv / prototype-gather translations, heads, FP16, metadata, lint."""
+    import dataclasses
+
     from export.errors import ExportError
     from export.pipeline import ExportOptions, export_artifact
     from export.progress import ConsoleProgress
     from export.source import load_source
 
-    options = ExportOptions(
-        out_dir=out,
-        name=name,
-        head=head,
-        precision=precision,
-        deform_impl=deform_impl,
-        preprocess=preprocess,
-        dynamic=dynamic,
-        batch=batch,
-        opset=opset,
-        simplifier=simplifier,
-        exporter=exporter,
-        exist_ok=exist_ok,
-    )
+    # Every ExportOptions field but out_dir (--out) is a flag of this command of the same name:
+    # they pass through by name, and a field without its flag fails here (KeyError), not silently.
+    flags = {f.name: ctx.params[f.name] for f in dataclasses.fields(ExportOptions) if f.name != "out_dir"}
+    options = ExportOptions(out_dir=out, **flags)
     if out_format not in ("onnx", "engine"):
         _fail(f"--format {out_format}: choose onnx or engine")
     try:
@@ -162,10 +155,8 @@ def calibrate_command(
     out: str = opt.folder_option(
         ..., "--out", "Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md."
     ),
-    exist_ok: bool = typer.Option(
-        False,
-        "--exist-ok",
-        help="Replace those files when --out already holds them (nothing else is touched).",
+    exist_ok: bool = opt.exist_ok_option(
+        "Replace those files when --out already holds them (nothing else is touched)."
     ),
     method: opt.CalibMethod = "percentile",
     num_images: opt.CalibImages = 200,

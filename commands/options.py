@@ -7,6 +7,8 @@ option left at its "use the default" value) always passes. Usage::
 
     threads: int = typer.Option(1, "--threads", callback=at_least("--threads", 1))
 
+or, naming the flag once, ``threads: int = int_option(1, "--threads", "CPU threads.", 1)``.
+
 The rules are plain functions too (:func:`check_int_range`, :meth:`Interval.check`,
 :func:`check_device`, ...) so the Python API and the CLI can share them.
 """
@@ -244,6 +246,11 @@ def float_option(default: Any, flag: str, help: str, interval: Interval) -> Any:
 def folder_option(default: Any, flag: str, help: str) -> Any:
     """``typer.Option`` for a folder path (refused when it names an existing file)."""
     return typer.Option(default, flag, help=help, callback=folder(flag))
+
+
+def exist_ok_option(help: str) -> Any:
+    """``typer.Option`` ``--exist-ok``: off unless given; the command's help says what it replaces."""
+    return typer.Option(False, "--exist-ok", help=help)
 
 
 def device_option(default: Any, help: str) -> Any:

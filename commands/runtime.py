@@ -32,11 +32,9 @@ def infer(
     duration: float = opt.float_option(
         None, "--duration", "Stop a live camera after this many seconds.", opt.POSITIVE
     ),
-    exist_ok: bool = typer.Option(
-        False,
-        "--exist-ok",
-        help="Allow a non-empty --out folder: add our labels/, panoptic/, overlay/, predictions.json "
-        "(only files pem-deploy wrote are replaced); or replace an existing output bag file.",
+    exist_ok: bool = opt.exist_ok_option(
+        "Allow a non-empty --out folder: add our labels/, panoptic/, overlay/, predictions.json "
+        "(only files pem-deploy wrote are replaced); or replace an existing output bag file."
     ),
     strict: bool = typer.Option(
         False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
