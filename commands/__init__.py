@@ -5,23 +5,34 @@ Each command only parses its arguments, calls into the packages and prints.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import typer
+
+
+def _commands() -> dict[str, Callable[..., Any]]:
+    """Every command by name, in the order ``--help`` lists them."""
+    from commands import demo, device, export, model, runtime
+
+    return {
+        "info": model.info,
+        "infer": runtime.infer,
+        "ros2": runtime.ros2_command,
+        "make-synthetic": model.make_synthetic_command,
+        "train": model.train,
+        "eval": model.eval_command,
+        "export": export.export_command,
+        "build": device.build_command,
+        "calibrate": export.calibrate_command,
+        "check": export.check_command,
+        "verify": device.verify_command,
+        "bench": runtime.bench_command,
+        "demo": demo.demo_command,
+    }
 
 
 def register(app: typer.Typer) -> None:
     """Add every command to ``app``, in the order ``--help`` lists them."""
-    from commands import demo, device, export, model, runtime
-
-    app.command("info")(model.info)
-    app.command("infer")(runtime.infer)
-    app.command("ros2")(runtime.ros2_command)
-    app.command("make-synthetic")(model.make_synthetic_command)
-    app.command("train")(model.train)
-    app.command("eval")(model.eval_command)
-    app.command("export")(export.export_command)
-    app.command("build")(device.build_command)
-    app.command("calibrate")(export.calibrate_command)
-    app.command("check")(export.check_command)
-    app.command("verify")(device.verify_command)
-    app.command("bench")(runtime.bench_command)
-    app.command("demo")(demo.demo_command)
+    for name, function in _commands().items():
+        app.command(name)(function)

@@ -9,18 +9,10 @@ from commands.common import fail as _fail
 
 
 def demo_command(
-    out: str = typer.Option(
-        "pem-demo",
-        "--out",
-        help="Output folder (artifacts, report.md, overlays).",
-        callback=opt.folder("--out"),
-    ),
+    out: str = opt.folder_option("pem-demo", "--out", "Output folder (artifacts, report.md, overlays)."),
     quick: bool = typer.Option(False, "--quick", help="The quick default model and few iterations (tests)."),
-    iterations: int = typer.Option(
-        None,
-        "--iterations",
-        help="Timed calls per model (default 20; quick 3).",
-        callback=opt.int_range("--iterations", 1, 1_000_000),
+    iterations: int = opt.int_option(
+        None, "--iterations", "Timed calls per model (default 20; quick 3).", 1, 1_000_000
     ),
     threads: opt.Threads = 1,
 ) -> None:

@@ -20,31 +20,21 @@ def build_command(
         None, "--calib-cache", help="TRT 10 weakly typed INT8: calibration cache."
     ),
     timing_cache: str = typer.Option(None, "--timing-cache", help="Timing cache to reuse and update."),
-    workspace: int = typer.Option(
-        2048, "--workspace", help="Builder workspace limit in MiB.", callback=opt.at_least("--workspace", 1)
-    ),
-    dla_core: int = typer.Option(
-        None, "--dla-core", help="Build for this DLA core (Jetson).", callback=opt.at_least("--dla-core", 0)
-    ),
+    workspace: int = opt.int_option(2048, "--workspace", "Builder workspace limit in MiB.", 1),
+    dla_core: int = opt.int_option(None, "--dla-core", "Build for this DLA core (Jetson).", 0),
     gpu_fallback: bool = typer.Option(
         False, "--gpu-fallback", help="DLA: run unsupported layers on the GPU."
     ),
-    opt_level: int = typer.Option(
-        None,
-        "--opt-level",
-        help="Builder optimisation level 0-5 (TensorRT: 3).",
-        callback=opt.int_range("--opt-level", 0, 5),
+    opt_level: int = opt.int_option(
+        None, "--opt-level", "Builder optimisation level 0-5 (TensorRT: 3).", 0, 5
     ),
     min_shape: str = typer.Option(None, "--min", help="Dynamic exports: profile min, NxCxHxW or HxW."),
     opt_shape: str = typer.Option(
         None, "--opt", help="Dynamic exports: profile opt (default: default_size)."
     ),
     max_shape: str = typer.Option(None, "--max", help="Dynamic exports: profile max."),
-    contexts: int = typer.Option(
-        1,
-        "--contexts",
-        help="Profile copies: execution contexts that run at once.",
-        callback=opt.int_range("--contexts", 1, 64),
+    contexts: int = opt.int_option(
+        1, "--contexts", "Profile copies: execution contexts that run at once.", 1, 64
     ),
     log: str = typer.Option(None, "--log", help="Write TensorRT's build log here."),
 ) -> None:
@@ -79,44 +69,22 @@ def verify_command(
         None, "--save-reference", help="Also save the reference outputs (.npz)."
     ),
     load_reference: str = typer.Option(None, "--load-reference", help="Reference outputs saved elsewhere."),
-    random: int = typer.Option(
-        1,
-        "--random",
-        help="Random-noise images (without --images).",
-        callback=opt.int_range("--random", 0, 1000),
-    ),
-    scenes: int = typer.Option(
-        2,
-        "--scenes",
-        help="Synthetic street scenes (without --images).",
-        callback=opt.int_range("--scenes", 0, 1000),
-    ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of the generated images.", callback=opt.at_least("--seed", 0)
-    ),
-    limit: int = typer.Option(
-        None, "--limit", help="At most N images of --images.", callback=opt.at_least("--limit", 1)
-    ),
+    random: int = opt.int_option(1, "--random", "Random-noise images (without --images).", 0, 1000),
+    scenes: int = opt.int_option(2, "--scenes", "Synthetic street scenes (without --images).", 0, 1000),
+    seed: int = opt.int_option(0, "--seed", "Seed of the generated images.", 0),
+    limit: int = opt.int_option(None, "--limit", "At most N images of --images.", 1),
     precision: str = typer.Option(
         None, "--policy", help="Policy fp32 | fp16 | int8 (default: the candidate's)."
     ),
-    atol: float = typer.Option(
-        None, "--atol", help="Absolute tolerance of scores / logits.", callback=opt.float_range("--atol", 0)
+    atol: float = opt.float_option(
+        None, "--atol", "Absolute tolerance of scores / logits.", opt.NON_NEGATIVE
     ),
-    rtol: float = typer.Option(
-        None, "--rtol", help="Relative tolerance of scores / logits.", callback=opt.float_range("--rtol", 0)
+    rtol: float = opt.float_option(
+        None, "--rtol", "Relative tolerance of scores / logits.", opt.NON_NEGATIVE
     ),
-    min_agreement: float = typer.Option(
-        None,
-        "--min-agreement",
-        help="Minimum label agreement.",
-        callback=opt.float_range("--min-agreement", 0, 1, min_open=True),
-    ),
-    min_segments: float = typer.Option(
-        None,
-        "--min-segment-match",
-        help="Minimum panoptic segment match.",
-        callback=opt.float_range("--min-segment-match", 0, 1, min_open=True),
+    min_agreement: float = opt.float_option(None, "--min-agreement", "Minimum label agreement.", opt.SHARE),
+    min_segments: float = opt.float_option(
+        None, "--min-segment-match", "Minimum panoptic segment match.", opt.SHARE
     ),
     providers: opt.Providers = None,
     json_out: str = typer.Option(None, "--json", help="Write the report as JSON here."),

@@ -9,22 +9,19 @@ from commands.common import fail as _fail
 
 
 def export_command(
+    ctx: typer.Context,
     preset: opt.Preset = None,
     checkpoint: opt.Checkpoint = None,
-    out: str = typer.Option(
-        ..., "--out", help="Output folder for NAME.onnx + NAME.json.", callback=opt.folder("--out")
-    ),
-    exist_ok: bool = typer.Option(
-        False, "--exist-ok", help="Replace NAME.onnx / NAME.json already in --out (nothing else is touched)."
+    out: str = opt.folder_option(..., "--out", "Output folder for NAME.onnx + NAME.json."),
+    exist_ok: bool = opt.exist_ok_option(
+        "Replace NAME.onnx / NAME.json already in --out (nothing else is touched)."
     ),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: calibration)."),
-    head: str = typer.Option(None, "--head", help="raw | semantic | panoptic (default: the model's task)."),
+    head: opt.Head = None,
     height: opt.Height = None,
     width: opt.Width = None,
     dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width."),
-    batch: int = typer.Option(
-        1, "--batch", help="Static batch size.", callback=opt.int_range("--batch", 1, 1024)
-    ),
+    batch: int = opt.int_option(1, "--batch", "Static batch size.", 1, 1024),
     deform_impl: str = typer.Option(
         "native", "--deform-impl", help="native (ONNX DeformConv) | decomposed (standard ops only)."
     ),
@@ -36,7 +33,7 @@ def export_command(
     opset: int = typer.Option(19, "--opset", help="ONNX opset (19-22)."),
     simplifier: str = typer.Option("onnxslim", "--simplifier", help="onnxslim | onnxsim | none."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo | torchscript (fallback)."),
-    name: str = typer.Option("model", "--name", help="File stem of the artifact."),
+    name: opt.ArtifactName = "model",
     seed: opt.WeightSeed = 0,
     lint_table: bool = typer.Option(False, "--lint-table", help="Print the per-op TensorRT table."),
     calib_data: str = typer.Option(
@@ -61,25 +58,17 @@ def export_command(
     ),
 ) -> None:
     """Export to ONNX: custom DeformConv / prototype-gather translations, heads, FP16, metadata, lint."""
+    import dataclasses
+
     from export.errors import ExportError
     from export.pipeline import ExportOptions, export_artifact
     from export.progress import ConsoleProgress
     from export.source import load_source
 
-    options = ExportOptions(
-        out_dir=out,
-        name=name,
-        head=head,
-        precision=precision,
-        deform_impl=deform_impl,
-        preprocess=preprocess,
-        dynamic=dynamic,
-        batch=batch,
-        opset=opset,
-        simplifier=simplifier,
-        exporter=exporter,
-        exist_ok=exist_ok,
-    )
+    # Every ExportOptions field but out_dir (--out) is a flag of this command of the same name:
+    # they pass through by name, and a field without its flag fails here (KeyError), not silently.
+    flags = {f.name: ctx.params[f.name] for f in dataclasses.fields(ExportOptions) if f.name != "out_dir"}
+    options = ExportOptions(out_dir=out, **flags)
     if out_format not in ("onnx", "engine"):
         _fail(f"--format {out_format}: choose onnx or engine")
     try:
@@ -163,27 +152,17 @@ def calibrate_command(
         "--data",
         help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder, 'synthetic'.",
     ),
-    out: str = typer.Option(
-        ...,
-        "--out",
-        help="Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md.",
-        callback=opt.folder("--out"),
+    out: str = opt.folder_option(
+        ..., "--out", "Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md."
     ),
-    exist_ok: bool = typer.Option(
-        False,
-        "--exist-ok",
-        help="Replace those files when --out already holds them (nothing else is touched).",
+    exist_ok: bool = opt.exist_ok_option(
+        "Replace those files when --out already holds them (nothing else is touched)."
     ),
     method: opt.CalibMethod = "percentile",
     num_images: opt.CalibImages = 200,
-    calib_seed: int = typer.Option(
-        0, "--calib-seed", help="Seed of the image sample.", callback=opt.at_least("--calib-seed", 0)
-    ),
-    percentile: float = typer.Option(
-        99.99,
-        "--percentile",
-        help="Percentile of |x| for --calib-method percentile.",
-        callback=opt.float_range("--percentile", 0, 100, min_open=True),
+    calib_seed: int = opt.int_option(0, "--calib-seed", "Seed of the image sample.", 0),
+    percentile: float = opt.float_option(
+        99.99, "--percentile", "Percentile of |x| for --calib-method percentile.", opt.POSITIVE_PERCENT
     ),
     target: str = typer.Option(
         None,
@@ -192,11 +171,11 @@ def calibrate_command(
         help="Runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: onnxruntime; "
         "TensorRT engines need tensorrt). --layout is an alias.",
     ),
-    max_drop: float = typer.Option(
+    max_drop: float = opt.float_option(
         None,
         "--max-drop",
-        help="Accuracy-aware: keep sensitive layers float until the mIoU drop <= POINTS.",
-        callback=opt.float_range("--max-drop", 0, 100),
+        "Accuracy-aware: keep sensitive layers float until the mIoU drop <= POINTS.",
+        opt.PERCENT,
     ),
     eval_data: str = typer.Option(
         None, "--eval-data", help="Labelled data for the report (default: --data)."
@@ -204,14 +183,12 @@ def calibrate_command(
     eval_split: str = typer.Option(
         "val", "--eval-split", help="Held-out split for the report and --max-drop."
     ),
-    eval_limit: int = typer.Option(
-        None, "--eval-limit", help="Evaluate at most N images.", callback=opt.at_least("--eval-limit", 1)
-    ),
+    eval_limit: int = opt.int_option(None, "--eval-limit", "Evaluate at most N images.", 1),
     report: bool = typer.Option(True, "--report/--no-report", help="FP32/FP16/INT8 accuracy report."),
-    head: str = typer.Option(None, "--head", help="raw | semantic | panoptic (default: the model's task)."),
+    head: opt.Head = None,
     height: opt.Height = None,
     width: opt.Width = None,
-    name: str = typer.Option("model", "--name", help="File stem of the artifact."),
+    name: opt.ArtifactName = "model",
     seed: opt.WeightSeed = 0,
     trt_version: str = typer.Option("10.3.0", "--trt-version", help="TensorRT version in the cache header."),
     cache_dir: str = typer.Option(None, "--cache-dir", help="Where calibration caches are kept for reuse."),
@@ -277,32 +254,20 @@ def check_command(
     ),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Compare with this checkpoint instead."),
     image: list[str] = typer.Option(None, "--image", help="Image file(s) to compare on (repeatable)."),
-    random: int = typer.Option(
-        2, "--random", help="Number of random-noise inputs.", callback=opt.int_range("--random", 0, 1000)
-    ),
-    scenes: int = typer.Option(
-        1,
-        "--scenes",
-        help="Number of synthetic street-scene inputs.",
-        callback=opt.int_range("--scenes", 0, 1000),
-    ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of the generated inputs.", callback=opt.at_least("--seed", 0)
-    ),
+    random: int = opt.int_option(2, "--random", "Number of random-noise inputs.", 0, 1000),
+    scenes: int = opt.int_option(1, "--scenes", "Number of synthetic street-scene inputs.", 0, 1000),
+    seed: int = opt.int_option(0, "--seed", "Seed of the generated inputs.", 0),
     emulate: bool = typer.Option(
         None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."
     ),
-    max_abs: float = typer.Option(
-        None,
-        "--max-abs",
-        help="Max abs error of logits/scores (default fp32: 1e-3).",
-        callback=opt.float_range("--max-abs", 0),
+    max_abs: float = opt.float_option(
+        None, "--max-abs", "Max abs error of logits/scores (default fp32: 1e-3).", opt.NON_NEGATIVE
     ),
-    min_agreement: float = typer.Option(
+    min_agreement: float = opt.float_option(
         None,
         "--min-agreement",
-        help="Minimum label agreement (default: fp32 0.999, fp16 0.99, int8 0.95).",
-        callback=opt.float_range("--min-agreement", 0, 1, min_open=True),
+        "Minimum label agreement (default: fp32 0.999, fp16 0.99, int8 0.95).",
+        opt.SHARE,
     ),
     threads: opt.Threads = 1,
 ) -> None:

@@ -78,19 +78,10 @@ def make_synthetic_command(
     out: str = typer.Argument(
         ..., help="Output folder (must not exist or be empty).", callback=opt.folder("OUT")
     ),
-    train: int = typer.Option(
-        300, "--train", help="Number of training images.", callback=opt.int_range("--train", 0, 1_000_000)
-    ),
-    val: int = typer.Option(
-        50, "--val", help="Number of validation images.", callback=opt.int_range("--val", 0, 1_000_000)
-    ),
-    size: str = typer.Option("256x512", "--size", help="Image size HxW.", callback=opt.hw_size("--size")),
-    seed: int = typer.Option(
-        0,
-        "--seed",
-        help="Random seed (image i depends only on seed, split, i).",
-        callback=opt.at_least("--seed", 0),
-    ),
+    train: int = opt.int_option(300, "--train", "Number of training images.", 0, 1_000_000),
+    val: int = opt.int_option(50, "--val", "Number of validation images.", 0, 1_000_000),
+    size: str = opt.hw_option("256x512", "--size", "Image size HxW."),
+    seed: int = opt.int_option(0, "--seed", "Random seed (image i depends only on seed, split, i).", 0),
 ) -> None:
     """Generate the synthetic street-scene set in the exact Cityscapes layout (panoptic included)."""
     from pem.data.synthetic import SyntheticConfig, make_synthetic
@@ -105,52 +96,20 @@ def make_synthetic_command(
 
 def train(
     preset: str = typer.Option(..., "--preset", help="Model preset (see `info --list`); sets the recipe."),
-    data: str = typer.Option(..., "--data", help="Dataset folder (Cityscapes layout or ADE20K)."),
-    out: str = typer.Option(
-        None, "--out", help="Output folder (default: runs/PRESET).", callback=opt.folder("--out")
-    ),
-    iterations: int = typer.Option(
-        None, "--iterations", help="Optimizer steps.", callback=opt.at_least("--iterations", 1)
-    ),
-    batch_size: int = typer.Option(
-        None, "--batch-size", help="Images per optimizer step.", callback=opt.at_least("--batch-size", 1)
-    ),
-    accumulate: int = typer.Option(
-        None,
-        "--accumulate",
-        help="Micro-batches per step (grad accumulation).",
-        callback=opt.at_least("--accumulate", 1),
-    ),
-    lr: float = typer.Option(
-        None, "--lr", help="Base learning rate.", callback=opt.float_range("--lr", 0, min_open=True)
-    ),
-    crop: str = typer.Option(None, "--crop", help="Training crop HxW.", callback=opt.hw_size("--crop")),
-    num_points: int = typer.Option(
-        None,
-        "--num-points",
-        help="Points per mask for the mask losses.",
-        callback=opt.at_least("--num-points", 1),
-    ),
-    seed: int = typer.Option(None, "--seed", help="Random seed.", callback=opt.at_least("--seed", 0)),
-    eval_period: int = typer.Option(
-        None,
-        "--eval-period",
-        help="Evaluate every N steps (0: at the end).",
-        callback=opt.at_least("--eval-period", 0),
-    ),
-    checkpoint_period: int = typer.Option(
-        None,
-        "--checkpoint-period",
-        help="Checkpoint every N steps.",
-        callback=opt.at_least("--checkpoint-period", 0),
-    ),
-    workers: int = typer.Option(
-        None, "--workers", help="Data-loading worker processes.", callback=opt.at_least("--workers", 0)
-    ),
+    data: opt.Dataset = ...,
+    out: str = opt.folder_option(None, "--out", "Output folder (default: runs/PRESET)."),
+    iterations: int = opt.int_option(None, "--iterations", "Optimizer steps.", 1),
+    batch_size: int = opt.int_option(None, "--batch-size", "Images per optimizer step.", 1),
+    accumulate: int = opt.int_option(None, "--accumulate", "Micro-batches per step (grad accumulation).", 1),
+    lr: float = opt.float_option(None, "--lr", "Base learning rate.", opt.POSITIVE),
+    crop: str = opt.hw_option(None, "--crop", "Training crop HxW."),
+    num_points: int = opt.int_option(None, "--num-points", "Points per mask for the mask losses.", 1),
+    seed: int = opt.int_option(None, "--seed", "Random seed.", 0),
+    eval_period: int = opt.int_option(None, "--eval-period", "Evaluate every N steps (0: at the end).", 0),
+    checkpoint_period: int = opt.int_option(None, "--checkpoint-period", "Checkpoint every N steps.", 0),
+    workers: int = opt.int_option(None, "--workers", "Data-loading worker processes.", 0),
     amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on CUDA)."),
-    device: str = typer.Option(
-        None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).", callback=opt.device()
-    ),
+    device: str = opt.device_option(None, "cpu, cuda, cuda:1 ... (default: cuda if available)."),
     threads: opt.Threads = None,  # type: ignore[assignment]
     val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
@@ -217,32 +176,20 @@ def train(
 
 def eval_command(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Our .safetensors checkpoint."),
-    data: str = typer.Option(..., "--data", help="Dataset folder (Cityscapes layout or ADE20K)."),
+    data: opt.Dataset = ...,
     split: str = typer.Option("val", "--split", help="Split to evaluate."),
     task: str = typer.Option(None, "--task", help="semantic or panoptic (default: the model's task)."),
-    batch_size: int = typer.Option(
-        4, "--batch-size", help="Images per forward pass.", callback=opt.at_least("--batch-size", 1)
+    batch_size: int = opt.int_option(4, "--batch-size", "Images per forward pass.", 1),
+    limit: int = opt.int_option(None, "--limit", "Evaluate only the first N images.", 1),
+    short_side: int = opt.int_option(
+        None, "--short-side", "Resize short side first (ADE20K 512/640).", 32, 32768
     ),
-    limit: int = typer.Option(
-        None, "--limit", help="Evaluate only the first N images.", callback=opt.at_least("--limit", 1)
-    ),
-    short_side: int = typer.Option(
-        None,
-        "--short-side",
-        help="Resize short side first (ADE20K 512/640).",
-        callback=opt.int_range("--short-side", 32, 32768),
-    ),
-    device: str = typer.Option(
-        None, "--device", help="cpu, cuda ... (default: cuda if available).", callback=opt.device()
-    ),
+    device: str = opt.device_option(None, "cpu, cuda ... (default: cuda if available)."),
     json_out: str = typer.Option(
         None, "--json", help="Also write the metrics to this JSON file.", callback=opt.file("--json")
     ),
-    save_predictions: str = typer.Option(
-        None,
-        "--save-predictions",
-        help="Write predictions in the official Cityscapes evaluators' formats.",
-        callback=opt.folder("--save-predictions"),
+    save_predictions: str = opt.folder_option(
+        None, "--save-predictions", "Write predictions in the official Cityscapes evaluators' formats."
     ),
     threads: opt.Threads = 1,
 ) -> None:

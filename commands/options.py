@@ -7,7 +7,9 @@ option left at its "use the default" value) always passes. Usage::
 
     threads: int = typer.Option(1, "--threads", callback=at_least("--threads", 1))
 
-The rules are plain functions too (:func:`check_int_range`, :func:`check_float_range`,
+or, naming the flag once, ``threads: int = int_option(1, "--threads", "CPU threads.", 1)``.
+
+The rules are plain functions too (:func:`check_int_range`, :meth:`Interval.check`,
 :func:`check_device`, ...) so the Python API and the CLI can share them.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -48,29 +51,46 @@ def check_int_range(
     return value
 
 
-def check_float_range(
-    flag: str,
-    value: float,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    *,
-    min_open: bool = False,
-    max_open: bool = False,
-) -> float:
-    """``value`` if finite and within the (half-)open or closed interval given."""
-    low_bad = minimum is not None and (value <= minimum if min_open else value < minimum)
-    high_bad = maximum is not None and (value >= maximum if max_open else value > maximum)
-    if not math.isfinite(value) or low_bad or high_bad:
-        if minimum is not None and maximum is not None:
-            bound = f"in {'(' if min_open else '['}{minimum:g}, {maximum:g}{')' if max_open else ']'}"
-        elif minimum is not None:
-            bound = f"{'>' if min_open else '>='} {minimum:g}"
-        elif maximum is not None:
-            bound = f"{'<' if max_open else '<='} {maximum:g}"
-        else:
-            bound = "a number"
-        raise UsageError(f"{flag} {value}: must be finite and {bound}")
-    return value
+@dataclass(frozen=True)
+class Interval:
+    """Where a float option may lie: each end closed unless ``*_open``, ``None`` for no bound.
+
+    One value for the whole rule, so the check, its callback and its error message agree.
+    """
+
+    minimum: float | None = None
+    maximum: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+
+    def describe(self) -> str:
+        """The interval as the error messages spell it: ``in (0, 1]``, ``>= 0``, ``a number``."""
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            return f"in {'(' if self.min_open else '['}{low:g}, {high:g}{')' if self.max_open else ']'}"
+        if low is not None:
+            return f"{'>' if self.min_open else '>='} {low:g}"
+        if high is not None:
+            return f"{'<' if self.max_open else '<='} {high:g}"
+        return "a number"
+
+    def check(self, flag: str, value: float) -> float:
+        """``value`` if finite and inside; else :class:`UsageError` naming ``flag`` and the interval."""
+        low, high = self.minimum, self.maximum
+        low_bad = low is not None and (value <= low if self.min_open else value < low)
+        high_bad = high is not None and (value >= high if self.max_open else value > high)
+        if not math.isfinite(value) or low_bad or high_bad:
+            raise UsageError(f"{flag} {value}: must be finite and {self.describe()}")
+        return value
+
+
+# The intervals several options use, named for what they mean.
+NON_NEGATIVE = Interval(0)
+POSITIVE = Interval(0, min_open=True)
+UNIT = Interval(0, 1)  # an opacity
+SHARE = Interval(0, 1, min_open=True)  # a share of matching labels / segments: 0 is never a goal
+PERCENT = Interval(0, 100)
+POSITIVE_PERCENT = Interval(0, 100, min_open=True)
 
 
 def parse_hw(flag: str, text: str, minimum: int = 32, multiple_of: int | None = None) -> tuple[int, int]:
@@ -157,18 +177,9 @@ def at_least(flag: str, minimum: int) -> Callback:
     return int_range(flag, minimum)
 
 
-def float_range(
-    flag: str,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    *,
-    min_open: bool = False,
-    max_open: bool = False,
-) -> Callback:
-    """Callback: a finite float option within the given interval."""
-    return _optional(
-        lambda v: check_float_range(flag, v, minimum, maximum, min_open=min_open, max_open=max_open)
-    )
+def float_range(flag: str, interval: Interval) -> Callback:
+    """Callback: a finite float option within ``interval``."""
+    return _optional(lambda v: interval.check(flag, v))
 
 
 def multiple_of_32(flag: str) -> Callback:
@@ -213,15 +224,56 @@ def choice(flag: str, allowed: tuple[str, ...]) -> Callback:
 
 
 # ---------------------------------------------------------------------------------------------
+# Option factories: each names its flag once, for the option and for the check of its value.
+# ``default`` comes first, as in ``typer.Option``; the shared types below pass SET_BY_COMMAND
+# there, and each command sets its own default with ``=``.
+
+SET_BY_COMMAND: Any = ...
+
+
+def int_option(
+    default: Any, flag: str, help: str, minimum: int | None = None, maximum: int | None = None
+) -> Any:
+    """``typer.Option`` for an int ``flag`` within ``[minimum, maximum]`` (either end open if None)."""
+    return typer.Option(default, flag, help=help, callback=int_range(flag, minimum, maximum))
+
+
+def float_option(default: Any, flag: str, help: str, interval: Interval) -> Any:
+    """``typer.Option`` for a finite float ``flag`` within ``interval``."""
+    return typer.Option(default, flag, help=help, callback=float_range(flag, interval))
+
+
+def folder_option(default: Any, flag: str, help: str) -> Any:
+    """``typer.Option`` for a folder path (refused when it names an existing file)."""
+    return typer.Option(default, flag, help=help, callback=folder(flag))
+
+
+def exist_ok_option(help: str) -> Any:
+    """``typer.Option`` ``--exist-ok``: off unless given; the command's help says what it replaces."""
+    return typer.Option(False, "--exist-ok", help=help)
+
+
+def device_option(default: Any, help: str) -> Any:
+    """``typer.Option`` ``--device``: a PyTorch device available on this machine."""
+    return typer.Option(default, "--device", help=help, callback=device())
+
+
+def hw_option(default: Any, flag: str, help: str) -> Any:
+    """``typer.Option`` for an ``HxW`` size (kept as the string given, checked when parsed)."""
+    return typer.Option(default, flag, help=help, callback=hw_size(flag))
+
+
+# ---------------------------------------------------------------------------------------------
 # Options several commands take: one definition each, so name, meaning and checks agree.
 # Use as ``threads: opt.Threads = 1`` (the default stays the command's own).
 
 Threads = Annotated[
     int,
-    typer.Option(
+    int_option(
+        SET_BY_COMMAND,
         "--threads",
-        help="CPU threads for PyTorch and onnxruntime (>= 1; infer's default: every core).",
-        callback=at_least("--threads", 1),
+        "CPU threads for PyTorch and onnxruntime (>= 1; infer's default: every core).",
+        1,
     ),
 ]
 Providers = Annotated[
@@ -259,22 +311,18 @@ def provider_list(values: list[str] | None) -> list[str] | None:
     return names or None
 
 
-Height = Annotated[
-    Optional[int],  # noqa: UP045
-    typer.Option(
-        "--height",
-        help="Input height, a multiple of 32 (default: the model's).",
-        callback=multiple_of_32("--height"),
-    ),
-]
-Width = Annotated[
-    Optional[int],  # noqa: UP045
-    typer.Option(
-        "--width",
-        help="Input width, a multiple of 32 (default: the model's).",
-        callback=multiple_of_32("--width"),
-    ),
-]
+def _input_side(flag: str, side: str) -> Any:
+    """``--height`` / ``--width``: the same rule and help for either side of the input."""
+    return typer.Option(
+        SET_BY_COMMAND,
+        flag,
+        help=f"Input {side}, a multiple of 32 (default: the model's).",
+        callback=multiple_of_32(flag),
+    )
+
+
+Height = Annotated[Optional[int], _input_side("--height", "height")]  # noqa: UP045
+Width = Annotated[Optional[int], _input_side("--width", "width")]  # noqa: UP045
 Preset = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--preset", help="Preset name (see `info --list`); alone: seeded random weights."),
@@ -287,10 +335,13 @@ Checkpoint = Annotated[
     ),
 ]
 WeightSeed = Annotated[
-    int,
-    typer.Option(
-        "--seed",
-        help="Seed of the random weights (preset without checkpoint).",
-        callback=at_least("--seed", 0),
-    ),
+    int, int_option(SET_BY_COMMAND, "--seed", "Seed of the random weights (preset without checkpoint).", 0)
+]
+Head = Annotated[str, typer.Option("--head", help="raw | semantic | panoptic (default: the model's task).")]
+ArtifactName = Annotated[str, typer.Option("--name", help="File stem of the artifact.")]
+Dataset = Annotated[str, typer.Option("--data", help="Dataset folder (Cityscapes layout or ADE20K).")]
+Alpha = Annotated[float, float_option(SET_BY_COMMAND, "--alpha", "Overlay opacity.", UNIT)]
+CudaGraph = Annotated[
+    bool,
+    typer.Option("--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."),
 ]

@@ -26,41 +26,22 @@ def infer(
     providers: opt.Providers = None,
     threads: opt.Threads = None,  # type: ignore[assignment]
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
-    alpha: float = typer.Option(
-        0.5, "--alpha", help="Overlay opacity.", callback=opt.float_range("--alpha", 0, 1)
-    ),
+    alpha: opt.Alpha = 0.5,
     topic: list[str] = typer.Option(None, "--topic", help="Bag image topic(s) to segment (repeatable)."),
-    max_frames: int = typer.Option(
-        None,
-        "--max-frames",
-        help="Stop after this many frames (bags, cameras).",
-        callback=opt.at_least("--max-frames", 1),
+    max_frames: int = opt.int_option(None, "--max-frames", "Stop after this many frames (bags, cameras).", 1),
+    duration: float = opt.float_option(
+        None, "--duration", "Stop a live camera after this many seconds.", opt.POSITIVE
     ),
-    duration: float = typer.Option(
-        None,
-        "--duration",
-        help="Stop a live camera after this many seconds.",
-        callback=opt.float_range("--duration", 0, min_open=True),
-    ),
-    exist_ok: bool = typer.Option(
-        False,
-        "--exist-ok",
-        help="Allow a non-empty --out folder: add our labels/, panoptic/, overlay/, predictions.json "
-        "(only files pem-deploy wrote are replaced); or replace an existing output bag file.",
+    exist_ok: bool = opt.exist_ok_option(
+        "Allow a non-empty --out folder: add our labels/, panoptic/, overlay/, predictions.json "
+        "(only files pem-deploy wrote are replaced); or replace an existing output bag file."
     ),
     strict: bool = typer.Option(
         False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
     ),
     copy_input: bool = typer.Option(False, "--copy-input", help="Also copy the input images to the bag."),
-    cuda_graph: bool = typer.Option(
-        False, "--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."
-    ),
-    contexts: int = typer.Option(
-        None,
-        "--contexts",
-        help="TensorRT execution contexts (default: as built).",
-        callback=opt.at_least("--contexts", 1),
-    ),
+    cuda_graph: opt.CudaGraph = False,
+    contexts: int = opt.int_option(None, "--contexts", "TensorRT execution contexts (default: as built).", 1),
     backend: str = typer.Option(
         None,
         "--backend",
@@ -136,9 +117,7 @@ def ros2_command(
     ),
     namespace: str = typer.Option("pem", "--namespace", help="Outputs go to <input>/<namespace>/..."),
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Publish the overlay topic."),
-    alpha: float = typer.Option(
-        0.5, "--alpha", help="Overlay opacity.", callback=opt.float_range("--alpha", 0, 1)
-    ),
+    alpha: opt.Alpha = 0.5,
     resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox."),
     ros_args: list[str] = typer.Argument(
         None, help="Extra ROS arguments after '--' (e.g. --ros-args -p ...)."
@@ -161,35 +140,22 @@ def bench_command(
     preset: list[str] = typer.Option(
         None, "--preset", help="Also time this preset in PyTorch (seeded random weights)."
     ),
-    device: str = typer.Option(
-        "cpu", "--device", help="PyTorch device: cpu, cuda, cuda:1 ...", callback=opt.device()
-    ),
+    device: str = opt.device_option("cpu", "PyTorch device: cpu, cuda, cuda:1 ..."),
     providers: opt.Providers = None,
     shape: str = typer.Option(
         None,
         "--shape",
         help="HxW of the frames (default: each model's input size).",
     ),
-    batch: int = typer.Option(
-        1, "--batch", help="Frames per call.", callback=opt.int_range("--batch", 1, 1024)
-    ),
-    warmup: int = typer.Option(
-        3, "--warmup", help="Untimed warm-up calls.", callback=opt.at_least("--warmup", 0)
-    ),
-    iterations: int = typer.Option(
-        20, "--iterations", help="Timed calls.", callback=opt.int_range("--iterations", 1, 1_000_000)
-    ),
+    batch: int = opt.int_option(1, "--batch", "Frames per call.", 1, 1024),
+    warmup: int = opt.int_option(3, "--warmup", "Untimed warm-up calls.", 0),
+    iterations: int = opt.int_option(20, "--iterations", "Timed calls.", 1, 1_000_000),
     threads: opt.Threads = 1,
-    out: str = typer.Option(
-        None,
-        "--out",
-        help="Write bench.json, bench.csv, bench.md (and bench.png) here.",
-        callback=opt.folder("--out"),
+    out: str = opt.folder_option(
+        None, "--out", "Write bench.json, bench.csv, bench.md (and bench.png) here."
     ),
     plot: bool = typer.Option(False, "--plot", help="Also a PNG plot (needs matplotlib)."),
-    cuda_graph: bool = typer.Option(
-        False, "--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."
-    ),
+    cuda_graph: opt.CudaGraph = False,
     backend: list[str] = typer.Option(
         None,
         "--backend",
