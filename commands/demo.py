@@ -6,6 +6,7 @@ import typer
 
 from commands import options as opt
 from commands.common import fail as _fail
+from commands.common import prepare_eager_torch
 
 
 def demo_command(
@@ -22,6 +23,7 @@ def demo_command(
     from runtime.errors import RuntimeToolError
     from workflows.demo import run_demo
 
+    prepare_eager_torch(threads)
     try:
         with ConsoleProgress() as progress:
             result = run_demo(out, quick=quick, iterations=iterations, threads=threads, progress=progress)

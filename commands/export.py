@@ -6,6 +6,7 @@ import typer
 
 from commands import options as opt
 from commands.common import fail as _fail
+from commands.common import prepare_eager_torch
 
 
 def export_command(
@@ -65,6 +66,7 @@ def export_command(
     from export.progress import ConsoleProgress
     from export.source import load_source
 
+    prepare_eager_torch(None)
     # Every ExportOptions field but out_dir (--out) is a flag of this command of the same name:
     # they pass through by name, and a field without its flag fails here (KeyError), not silently.
     flags = {f.name: ctx.params[f.name] for f in dataclasses.fields(ExportOptions) if f.name != "out_dir"}
@@ -201,6 +203,7 @@ def calibrate_command(
     threads: opt.Threads = 1,
 ) -> None:
     """INT8 calibration: Q/DQ INT8 ONNX, TensorRT calibration cache, FP32/FP16/INT8 accuracy report."""
+    prepare_eager_torch(threads)
     from calib.calibrate import CalibrationConfig
     from calib.graph import check_target, default_target
     from calib.run import run_calibration
@@ -277,10 +280,7 @@ def check_command(
     """
     from export.check import check_artifact
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    prepare_eager_torch(threads)
     from export.errors import ExportError
 
     limits = None if max_abs is None else {"pred_logits": max_abs, "scores": max_abs}

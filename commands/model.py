@@ -6,6 +6,7 @@ import typer
 
 from commands import options as opt
 from commands.common import fail as _fail
+from commands.common import prepare_eager_torch
 
 
 def _parse_known_errors() -> tuple[type[BaseException], ...]:
@@ -146,10 +147,7 @@ def train(
         changes["augment"] = {"crop_size": opt.parse_hw("--crop", crop)}
     if num_points is not None:
         changes["loss"] = {"num_points": num_points}
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    prepare_eager_torch(threads)
     try:
         config = train_preset(preset).replace(**changes)
         result = run_training(
@@ -199,10 +197,7 @@ def eval_command(
 
     from pem.evaluation import evaluate_checkpoint
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    prepare_eager_torch(threads)
     try:
         result = evaluate_checkpoint(
             checkpoint,
