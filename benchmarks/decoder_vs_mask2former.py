@@ -215,11 +215,11 @@ def compare_allocators(names: list[str], argv: list[str], out: Path | None) -> d
                 print(f"{name}: skipped (library not found)")
                 continue
             env["LD_PRELOAD"] = lib
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        with tempfile.NamedTemporaryFile(suffix=".json") as child_out:
             label = env.get("LD_PRELOAD", f"glibc malloc, {env['PEM_DEPLOY_MALLOC']}")
             print(f"=== allocator: {name} ({label})", flush=True)
-            subprocess.run([sys.executable, __file__, *argv, "--out", out.name], env=env, check=True)
-            results[name] = json.loads(Path(out.name).read_text())
+            subprocess.run([sys.executable, __file__, *argv, "--out", child_out.name], env=env, check=True)
+            results[name] = json.loads(Path(child_out.name).read_text())
         if out:
             _write_json(results, out)
     return results
