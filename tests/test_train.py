@@ -116,6 +116,38 @@ def test_matcher_cost_matches_a_direct_computation():
     torch.testing.assert_close(cost, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_matcher_orders_indistinguishable_targets_canonically():
+    """Two one-pixel segments of one class that no matching point falls in have identical cost
+    columns: which query gets which is decided by the data (ascending queries to ascending
+    targets), not by rounding noise in the predictions (the 2-rank vs 1-process runs of
+    test_distributed differ by such noise)."""
+    masks = torch.zeros(4, 64, 64, dtype=torch.bool)
+    masks[0, :32] = True
+    masks[1, 40, 10] = True
+    masks[2, 50, 60] = True
+    masks[3, 5, 33] = True
+    target = Target(torch.tensor([1, 3, 3, 3]), masks)
+    matcher = HungarianMatcher(num_points=16)
+    coords = torch.rand(1, 16, 2, generator=torch.Generator().manual_seed(0))
+    points = point_sample(masks[:, None].float(), coords.expand(4, -1, -1))[:, 0]
+    assert points[1:].abs().sum() == 0 and points[0].sum() > 0  # the three small ones: no point
+    torch.manual_seed(4)
+    logits, pred = torch.randn(8, 6), torch.randn(8, 16, 16)
+    found = set()
+    for seed in range(12):
+        noise = torch.Generator().manual_seed(seed)
+        ((src, tgt),) = matcher(
+            (logits + 1e-6 * torch.randn(logits.shape, generator=noise))[None],
+            (pred + 1e-6 * torch.randn(pred.shape, generator=noise))[None],
+            [target],
+            [torch.Generator().manual_seed(0)],
+        )
+        small = [(q, t) for q, t in zip(src.tolist(), tgt.tolist()) if t != 0]
+        assert [t for _, t in small] == [1, 2, 3]  # ascending queries take ascending targets
+        found.add(tuple(zip(src.tolist(), tgt.tolist())))
+    assert len(found) == 1
+
+
 def test_criterion_prefers_the_right_answer_and_supervises_aux_outputs():
     target = _blocks_target()
     crit = SetCriterion(7, LossConfig(num_points=256))

@@ -3,12 +3,21 @@
 Cost per (query, target) = ``class_weight * -p(target class)`` + ``mask_weight * BCE`` +
 ``dice_weight * dice``, the mask terms on ``num_points`` random points shared by all masks of
 the image; the assignment is ``scipy.optimize.linear_sum_assignment`` on that cost (fp32).
+
+Targets the matcher cannot tell apart (same class and the same value at every matching point,
+e.g. small segments of one class that no point falls in) have identical cost columns: any
+permutation of their queries costs the same, and the solver's choice among them would be decided
+by float rounding in the other costs (different between thread counts, batch layouts, world
+sizes and CPUs). Such targets get their queries in a canonical order instead (ascending query
+to ascending target), a choice that depends on the data only: the matching, and with it the
+loss, no longer hangs on the last bits of the costs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -64,6 +73,12 @@ class HungarianMatcher:
         Returns:
             (Q, N) cost.
         """
+        return self._cost_and_target_points(logits, masks, target, generator)[0]
+
+    def _cost_and_target_points(
+        self, logits: Tensor, masks: Tensor, target: Target, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`cost_matrix` and the targets' values at the matching points (N, P)."""
         prob = logits.float().softmax(-1)
         cost_class = -prob[:, target.labels.to(logits.device)]
         coords = torch.rand(1, self.num_points, 2, generator=generator, device=masks.device)
@@ -72,7 +87,8 @@ class HungarianMatcher:
         pred_points = point_sample(masks.float()[:, None], coords.expand(masks.shape[0], -1, -1))[:, 0]
         cost_mask = pairwise_sigmoid_bce(pred_points, tgt_points)
         cost_dice = pairwise_dice(pred_points, tgt_points)
-        return self.mask_weight * cost_mask + self.class_weight * cost_class + self.dice_weight * cost_dice
+        cost = self.mask_weight * cost_mask + self.class_weight * cost_class + self.dice_weight * cost_dice
+        return cost, tgt_points
 
     @torch.no_grad()
     def __call__(
@@ -97,14 +113,39 @@ class HungarianMatcher:
                 empty = torch.zeros(0, dtype=torch.int64)
                 indices.append((empty, empty))
                 continue
-            cost = self.cost_matrix(pred_logits[b], pred_masks[b], target, image_generator(generator, b))
+            cost, tgt_points = self._cost_and_target_points(
+                pred_logits[b], pred_masks[b], target, image_generator(generator, b)
+            )
             cost = cost.cpu()
             cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6).numpy()
             rows, cols = linear_sum_assignment(cost)
+            cols = canonical_ties(cols, target.labels, tgt_points)
             indices.append(
                 (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
             )
         return indices
+
+
+def canonical_ties(cols: np.ndarray, labels: Tensor, target_points: Tensor) -> np.ndarray:
+    """The assignment ``cols`` (target per matched query, queries ascending) with every group of
+    indistinguishable targets (same label, same values at the matching points: identical cost
+    columns, so every permutation among them costs the same) matched in a canonical order: the
+    group's queries, ascending, take the group's lowest target indices, ascending.
+
+    Equality is exact, on the targets' data (not on the costs, which carry the predictions'
+    rounding): the same groups on every machine.
+    """
+    groups: dict[tuple[int, bytes], list[int]] = {}
+    points = target_points.detach().cpu().contiguous()
+    for index, label in enumerate(labels.tolist()):
+        groups.setdefault((int(label), points[index].numpy().tobytes()), []).append(index)
+    out = np.array(cols, copy=True)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        slots = np.flatnonzero(np.isin(out, members))  # this group's queries, ascending
+        out[slots] = members[: len(slots)]
+    return out
 
 
 def image_generator(
@@ -127,4 +168,11 @@ def matched_pairs(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor,
     return batch, src, tgt
 
 
-__all__ = ["HungarianMatcher", "image_generator", "matched_pairs", "pairwise_dice", "pairwise_sigmoid_bce"]
+__all__ = [
+    "HungarianMatcher",
+    "canonical_ties",
+    "image_generator",
+    "matched_pairs",
+    "pairwise_dice",
+    "pairwise_sigmoid_bce",
+]
