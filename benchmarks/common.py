@@ -48,12 +48,3 @@ def cpu_description() -> dict[str, object]:
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
     return {"cpu": model, "cores": os.cpu_count()}
-
-
-def eager_malloc_policy() -> str:
-    """Apply the eager-PyTorch malloc policy the CLI applies (``PEM_DEPLOY_MALLOC``, default
-    ``tuned``: see ``pem/malloc.py``) and return what is in effect, for the result's machine
-    record (``system`` with tcmalloc / jemalloc preloaded: they are recorded as ``LD_PRELOAD``)."""
-    from pem.malloc import apply_malloc_policy
-
-    return apply_malloc_policy()

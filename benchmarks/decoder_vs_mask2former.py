@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_description, eager_malloc_policy, interleaved, ort_session
+from common import cpu_description, interleaved, ort_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pem, not an installed one
 
@@ -102,10 +102,11 @@ def _ratios(med: dict[str, float], ours: str, others: tuple[str, ...]) -> dict[s
 def measure(args: argparse.Namespace) -> dict[str, object]:
     from pem.baselines import Mask2FormerDecoder, MaskedCrossAttentionLayer, SDPAMaskedCrossAttentionLayer
     from pem.config import TransformerDecoderConfig
+    from pem.malloc import apply_malloc_policy
     from pem.pem_ca import PEMCrossAttention
     from pem.transformer_decoder import TransformerDecoder
 
-    malloc_policy = eager_malloc_policy()
+    malloc_policy = apply_malloc_policy()  # the policy the CLI applies to eager work
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = TransformerDecoderConfig()  # 256-d, 8 heads, 100 queries, 6 layers, 3 levels

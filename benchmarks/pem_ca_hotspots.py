@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import cpu_description, eager_malloc_policy, interleaved
+from common import cpu_description, interleaved
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pem, not an installed one
 
@@ -69,10 +69,11 @@ def _scores(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def measure(runs: int) -> dict[str, object]:
+    from pem.malloc import apply_malloc_policy
     from pem.ops.prototype import DEFAULT_BLOCK, _chunk_argmax
     from pem.pem_ca import LocalRepresentation
 
-    policy = eager_malloc_policy()
+    policy = apply_malloc_policy()  # the policy the CLI applies to eager work
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     table: dict[str, object] = {}
