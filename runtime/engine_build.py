@@ -240,10 +240,9 @@ def onnx_op_types(path: Path) -> set[str]:
 
 
 def _parse_onnx(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool) -> Any:
-    if strongly_typed and tensorrt_major(trt) < 11:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    else:  # TensorRT 11: every network is strongly typed (the flag is gone); TRT 10 weak: none
-        flags = 0
+    # STRONGLY_TYPED is 1 on TensorRT 10 and 0 on 11 (whose networks are all strongly typed, but
+    # whose bindings still have the flag: checked against the real 10.3 / 10.16 / 11.4 bindings).
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):

@@ -26,12 +26,15 @@ from runtime.engine_build import (
     parse_shape,
 )
 from runtime.errors import ArtifactError
+from tests.helpers.real_api_surface import TENSORRT_VERSIONS, surface_or_reason
 from tests.helpers.runtime_models import semantic_model, write_artifact
+from tests.helpers.strict_api import StrictApi
 
 
 class _Recorder:
     def __init__(self):
         self.calls = []
+        self.strict = False  # True: the stand-in runs behind the strict proxy of the real release
 
 
 def _fake_tensorrt(version: str, rec: _Recorder, plugins=("ModulatedDeformConv2d",)) -> types.ModuleType:
@@ -43,7 +46,12 @@ def _fake_tensorrt(version: str, rec: _Recorder, plugins=("ModulatedDeformConv2d
         def __init__(self, **members):
             self.__dict__.update(members)
 
-    trt.NetworkDefinitionCreationFlag = Enum(STRONGLY_TYPED=5)
+    # The real values (10.x: EXPLICIT_BATCH 0, STRONGLY_TYPED 1; 11.x: STRONGLY_TYPED 0, EXPLICIT_BATCH
+    # gone): the code shifts 1 by them, so a wrong value here would hide a wrong flag word.
+    if version.startswith("10."):
+        trt.NetworkDefinitionCreationFlag = Enum(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
+    else:
+        trt.NetworkDefinitionCreationFlag = Enum(STRONGLY_TYPED=0)
     trt.BuilderFlag = Enum(
         FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY", TF32="TF32", GPU_FALLBACK="GPU_FALLBACK"
     )
@@ -58,6 +66,7 @@ def _fake_tensorrt(version: str, rec: _Recorder, plugins=("ModulatedDeformConv2d
         TOPK="topk",
         CONVOLUTION="conv",
         PLUGIN_V2="plugin",
+        PLUGIN_V3="plugin_v3",
     )
 
     class Logger:
@@ -77,23 +86,23 @@ def _fake_tensorrt(version: str, rec: _Recorder, plugins=("ModulatedDeformConv2d
         def __init__(self, name, type_):
             self.name, self.type, self.num_outputs, self.precision = name, type_, 1, None
 
-        def get_output(self, i):
+        def get_output(self, index):
             return Tensor()
 
-        def set_output_type(self, i, t):
-            rec.calls.append(("set_output_type", self.name, t))
+        def set_output_type(self, index, dtype):
+            rec.calls.append(("set_output_type", self.name, dtype))
 
     class Network:
-        layers: typing.ClassVar = [
+        _layers: typing.ClassVar = [
             Layer("ln", "norm"),
             Layer("conv", "conv"),
             Layer("argmax", "topk"),
             Layer("DeformConv_1", "plugin"),
         ]
-        num_layers = len(layers)
+        num_layers = len(_layers)
 
-        def get_layer(self, i):
-            return self.layers[i]
+        def get_layer(self, index):
+            return self._layers[index]
 
     class Parser:
         num_errors = 0
@@ -101,21 +110,20 @@ def _fake_tensorrt(version: str, rec: _Recorder, plugins=("ModulatedDeformConv2d
         def __init__(self, network, logger):
             self.logger = logger
 
-        def parse_from_file(self, path):
-            rec.calls.append(("parse", Path(path).name))
+        def parse_from_file(self, model):
+            rec.calls.append(("parse", Path(model).name))
             if hasattr(self.logger, "log"):
-                self.logger.log(types.SimpleNamespace(name="INFO"), f"parsed {Path(path).name}")
+                self.logger.log(types.SimpleNamespace(name="INFO"), f"parsed {Path(model).name}")
             return True
 
     class Config:
-        int8_calibrator = None
         default_device_type = "GPU"
         DLA_core = -1
         profiling_verbosity = None
         builder_optimization_level = 3
 
-        def set_memory_pool_limit(self, pool, size):
-            rec.calls.append(("workspace", size))
+        def set_memory_pool_limit(self, pool, pool_size):
+            rec.calls.append(("workspace", pool_size))
 
         def set_flag(self, flag):
             rec.calls.append(("flag", flag))
@@ -126,9 +134,10 @@ def _fake_tensorrt(version: str, rec: _Recorder, plugins=("ModulatedDeformConv2d
         def add_optimization_profile(self, profile):
             rec.calls.append(("profile", profile.shapes))
 
-        def create_timing_cache(self, data):
-            rec.calls.append(("timing_cache_in", bytes(data)))
-            return types.SimpleNamespace(serialize=lambda: bytes(data) + b"+timing")
+        def create_timing_cache(self, serialized_timing_cache):
+            data = bytes(serialized_timing_cache)
+            rec.calls.append(("timing_cache_in", data))
+            return types.SimpleNamespace(serialize=lambda: data + b"+timing")
 
         def set_timing_cache(self, cache, ignore_mismatch):
             self._cache = cache
@@ -144,8 +153,8 @@ def _fake_tensorrt(version: str, rec: _Recorder, plugins=("ModulatedDeformConv2d
         def __init__(self):
             self.shapes = []
 
-        def set_shape(self, name, lo, opt, hi):
-            self.shapes.append((name, tuple(lo), tuple(opt), tuple(hi)))
+        def set_shape(self, input, min, opt, max):  # the real argument names
+            self.shapes.append((input, tuple(min), tuple(opt), tuple(max)))
 
     class Builder:
         def __init__(self, logger):
@@ -163,14 +172,14 @@ def _fake_tensorrt(version: str, rec: _Recorder, plugins=("ModulatedDeformConv2d
             return Profile()
 
         def build_serialized_network(self, network, config):
-            rec.calls.append(("calibrator", config.int8_calibrator is not None))
+            rec.calls.append(("calibrator", getattr(config, "int8_calibrator", None) is not None))
             rec.calls.append(("device", config.default_device_type, config.DLA_core))
             rec.calls.append(("verbosity", config.profiling_verbosity))
             return b"ENGINE"
 
     class Inspector:
-        def get_engine_information(self, fmt):
-            assert fmt == "JSON"
+        def get_engine_information(self, format):
+            assert format == "JSON"
             return json.dumps({"Layers": [{"Name": "{ForeignNode[conv]}"}, {"Name": "DeformConv_1"}]})
 
     class Engine:
@@ -183,8 +192,8 @@ def _fake_tensorrt(version: str, rec: _Recorder, plugins=("ModulatedDeformConv2d
         def __init__(self, logger):
             pass
 
-        def deserialize_cuda_engine(self, data):
-            rec.calls.append(("deserialize", bytes(data), self.DLA_core))
+        def deserialize_cuda_engine(self, serialized_engine):
+            rec.calls.append(("deserialize", bytes(serialized_engine), self.DLA_core))
             return Engine()
 
     class IInt8EntropyCalibrator2:
@@ -212,16 +221,30 @@ def _fake_tensorrt(version: str, rec: _Recorder, plugins=("ModulatedDeformConv2d
 
 @pytest.fixture
 def fake_trt(monkeypatch):
+    """Installs the stand-in as ``tensorrt``; for a release in TENSORRT_VERSIONS, behind the strict
+    proxy of that release's real API (when its bindings can be fetched), and at teardown asserts
+    that the code made no call the real release would refuse."""
+    apis: list[StrictApi] = []
+
     def install(version, **kwargs):
         rec = _Recorder()
-        monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(version, rec, **kwargs))
+        module = _fake_tensorrt(version, rec, **kwargs)
+        if version in TENSORRT_VERSIONS:
+            surface, _ = surface_or_reason("tensorrt", version)
+            if surface is not None:
+                apis.append(StrictApi(surface, f"TensorRT {version}"))
+                module = apis[-1].module(module)
+                rec.strict = True
+        monkeypatch.setitem(sys.modules, "tensorrt", module)
         monkeypatch.setattr(
             "runtime.engine_build.device_description",
             lambda: {"gpu_name": "Orin", "compute_capability": "8.7"},
         )
         return rec
 
-    return install
+    yield install
+    mismatches = [m for api in apis for m in api.mismatches]
+    assert not mismatches, "calls the real TensorRT would refuse:\n" + "\n".join(mismatches)
 
 
 def _artifact(tmp_path, precision="fp32", dynamic=False, model=None):
@@ -242,12 +265,14 @@ def _flags(rec):
 
 
 def test_tensorrt_11_is_strongly_typed_without_flags(fake_trt, tmp_path):
-    rec = fake_trt("11.1.0")
+    rec = fake_trt("11.4.0.106")
     result = build_engine(_artifact(tmp_path, "fp16"), tmp_path / "out")
     assert result.engine_path == tmp_path / "out" / "model.fp16.engine"
-    assert ("create_network", 0) in rec.calls and _flags(rec) == []
+    # TensorRT 11 keeps the STRONGLY_TYPED flag (value 0); every network is strongly typed and the
+    # builder is asked for it explicitly, as on 10.x.
+    assert ("create_network", 1 << 0) in rec.calls and _flags(rec) == []
     info = result.sidecar["tensorrt"]
-    assert (info["version"], info["strongly_typed"], info["precision"]) == ("11.1.0", True, "fp16")
+    assert (info["version"], info["strongly_typed"], info["precision"]) == ("11.4.0.106", True, "fp16")
     assert info["compute_capability"] == "8.7" and info["profiles"] == []
     assert result.engine_path.read_bytes() == b"ENGINE"
     # The engine + sidecar pair is an artifact the runtime opens (tensorrt backend, checksum ok).
@@ -290,7 +315,7 @@ def test_tensorrt_10_weak_typing_flags_constraints_and_caches(fake_trt, tmp_path
     assert ("clear_flag", "TF32") in rec.calls and _flags(rec) == []
     rec.calls.clear()
     int8 = build_engine(_artifact(tmp_path, "int8"), tmp_path / "out")
-    assert int8.sidecar["tensorrt"]["strongly_typed"] and ("create_network", 1 << 5) in rec.calls
+    assert int8.sidecar["tensorrt"]["strongly_typed"] and ("create_network", 1 << 1) in rec.calls
     assert _flags(rec) == [] and ("calibrator", False) in rec.calls
 
 
@@ -345,7 +370,7 @@ def test_dla_with_gpu_fallback_reports_the_layer_split(fake_trt, tmp_path):
     ]
     assert dla["engine_layers"] == ["{ForeignNode[conv]}", "DeformConv_1"]
     assert "1 on DLA, 3 on the GPU" in result.summary()
-    fake_trt("11.1.0")
+    fake_trt("11.4.0.106")
     with pytest.raises(EngineBuildError, match="no DLA support on Jetson"):
         build_engine(onnx_path, tmp_path / "out", EngineOptions(dla_core=0, gpu_fallback=True))
 
@@ -433,7 +458,7 @@ def test_wrong_artifacts_and_build_log(fake_trt, tmp_path):
 def test_export_engine_step_is_the_same_code(fake_trt, tmp_path):
     from export.tensorrt_engine import build_engine as export_build
 
-    fake_trt("11.0.0")
+    fake_trt("11.4.0.106")
     onnx_path = _artifact(tmp_path, "fp16")
     sidecar = export_build(
         onnx_path, onnx_path.with_name("model.fp16.engine"), EngineOptions(precision="fp16")
@@ -475,3 +500,63 @@ def test_real_engine_build_and_run(tmp_path):
     with TensorRTBackend(result.engine_path, result.sidecar) as backend:
         labels = backend.infer({"images": x})["labels"]
     np.testing.assert_array_equal(labels, x.argmax(1))
+
+
+@pytest.mark.parametrize("version", TENSORRT_VERSIONS)
+def test_every_build_path_against_the_real_release(fake_trt, tmp_path, version):
+    """Each path of build_engine, run through the strict proxy of the real bindings of ``version``:
+    any attribute, enum member, property or argument the release lacks fails the test (at the call,
+    or at teardown where the code caught it)."""
+    _, reason = surface_or_reason("tensorrt", version)
+    if reason:
+        pytest.skip(reason)
+    rec = fake_trt(version)
+    assert rec.strict
+    dyn = _artifact(tmp_path, "fp16", dynamic=True, model=semantic_model("height", "width", batch="batch"))
+    log, timing = tmp_path / "build.log", tmp_path / "timing.cache"
+    options = EngineOptions(contexts=2, timing_cache=timing, log_path=log, builder_optimization_level=4)
+    result = build_engine(dyn, tmp_path / "dyn", options)  # strongly typed FP16, profiles, contexts
+    assert len(result.sidecar["tensorrt"]["profiles"]) == 1 and timing.is_file() and log.is_file()
+    int8 = build_engine(_artifact(tmp_path, "int8"), tmp_path / "int8")  # Q/DQ INT8, strongly typed
+    assert int8.sidecar["tensorrt"]["strongly_typed"]
+    strongly = 1 << (1 if version.startswith("10.") else 0)
+    assert [c for c in rec.calls if c[0] == "create_network"] == [("create_network", strongly)] * 2
+    cache = tmp_path / "calib.cache"
+    cache.write_text("TRT-100300-EntropyCalibration2\nimages: 3c010204\n")
+    if version.startswith("10."):  # the weakly typed path: builder flags, calibrator, DLA
+        weak = build_engine(
+            _artifact(tmp_path), tmp_path / "w", EngineOptions(precision="int8", calibration_cache=cache)
+        )
+        assert not weak.sidecar["tensorrt"]["strongly_typed"] and _flags(rec) == ["FP16", "INT8", "OBEY"]
+        build_engine(_artifact(tmp_path), tmp_path / "w32", EngineOptions(precision="fp32"))
+        dla = build_engine(
+            _artifact(tmp_path, "fp16"), tmp_path / "d", EngineOptions(dla_core=0, gpu_fallback=True)
+        )
+        assert dla.sidecar["tensorrt"]["dla"]["core"] == 0
+    else:  # TensorRT 11 refuses the weakly typed requests before touching the API
+        with pytest.raises(EngineBuildError, match="strongly typed"):
+            build_engine(
+                _artifact(tmp_path), tmp_path / "w", EngineOptions(precision="int8", calibration_cache=cache)
+            )
+        with pytest.raises(EngineBuildError, match="no DLA support"):
+            build_engine(
+                _artifact(tmp_path, "fp16"), tmp_path / "d", EngineOptions(dla_core=0, gpu_fallback=True)
+            )
+
+
+@pytest.mark.parametrize("version", TENSORRT_VERSIONS)
+def test_calibration_cache_algorithms_are_the_real_ones(version):
+    """calib/trt_cache.py writes TensorRT's cache header by algorithm name: every name must be a
+    CalibrationAlgoType of TensorRT 10; TensorRT 11 has no implicit calibration at all."""
+    from calib.trt_cache import ALGORITHMS
+
+    surface, reason = surface_or_reason("tensorrt", version)
+    if surface is None:
+        pytest.skip(reason)
+    algo = surface["module"].get("CalibrationAlgoType")
+    if version.startswith("10."):
+        real = {name.replace("_", "").lower() for name in algo["enum"]}
+        assert {name.lower() for name in ALGORITHMS} <= real
+        assert "IInt8EntropyCalibrator2" in surface["module"]
+    else:
+        assert algo is None and "IInt8EntropyCalibrator2" not in surface["module"]

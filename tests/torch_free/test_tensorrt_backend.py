@@ -4,6 +4,7 @@ buffers, the execution-context pool, submit/collect, CUDA-graph capture and repl
 engine-compatibility refusals, and the pipelined stream on top."""
 
 import ctypes
+import inspect
 import json
 import sys
 import threading
@@ -18,7 +19,9 @@ from runtime.artifact import sha256_file
 from runtime.backends.tensorrt_backend import TensorRTBackend
 from runtime.errors import ArtifactError
 from tests.helpers.concurrency import run_in_threads
+from tests.helpers.real_api_surface import CUDA_BINDINGS_VERSIONS, surface_or_reason
 from tests.helpers.runtime_models import semantic_model, sidecar_for
+from tests.helpers.strict_api import StrictApi
 
 
 class FakeCudart(types.ModuleType):
@@ -107,7 +110,7 @@ def fake_tensorrt(cudart, dynamic=False, profiles=1, delay=0.0, version="10.3.0"
     trt.__version__ = version
     trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
     trt.nptype = lambda t: {"float32": np.float32, "int32": np.int32}[t]
-    stats = {"active": 0, "peak": 0, "executed": 0, "profiles": []}
+    stats = {"active": 0, "peak": 0, "executed": 0, "profiles": [], "contexts": 0}
     lock = threading.Lock()
 
     class Logger:
@@ -120,8 +123,8 @@ def fake_tensorrt(cudart, dynamic=False, profiles=1, delay=0.0, version="10.3.0"
         def __init__(self):
             self.shapes, self.addresses = {}, {}
 
-        def set_optimization_profile_async(self, index, stream):
-            stats["profiles"].append(index)
+        def set_optimization_profile_async(self, profile_index, stream_handle):
+            stats["profiles"].append(profile_index)
             return True
 
         def set_input_shape(self, name, shape):
@@ -131,8 +134,8 @@ def fake_tensorrt(cudart, dynamic=False, profiles=1, delay=0.0, version="10.3.0"
             n, _, h, w = self.shapes["images"]
             return (n, h, w)
 
-        def set_tensor_address(self, name, ptr):
-            self.addresses[name] = ptr
+        def set_tensor_address(self, name, memory):
+            self.addresses[name] = memory
 
         def _run(self, addresses):
             shape = self.shapes["images"]
@@ -143,9 +146,9 @@ def fake_tensorrt(cudart, dynamic=False, profiles=1, delay=0.0, version="10.3.0"
             ctypes.memmove(addresses["labels"], labels.ctypes.data, labels.nbytes)
             stats["executed"] += 1
 
-        def execute_async_v3(self, stream):
+        def execute_async_v3(self, stream_handle):
             addresses = dict(self.addresses)
-            if cudart.capturing == stream:  # recorded into the graph, not run
+            if cudart.capturing == stream_handle:  # recorded into the graph, not run
                 cudart.captured = lambda: self._run(addresses)
                 return True
             with lock:
@@ -160,10 +163,9 @@ def fake_tensorrt(cudart, dynamic=False, profiles=1, delay=0.0, version="10.3.0"
     class Engine:
         num_io_tensors = 2
         num_optimization_profiles = profiles
-        contexts = 0
 
-        def get_tensor_name(self, i):
-            return ("images", "labels")[i]
+        def get_tensor_name(self, index):
+            return ("images", "labels")[index]
 
         def get_tensor_dtype(self, name):
             return "float32" if name == "images" else "int32"
@@ -176,16 +178,16 @@ def fake_tensorrt(cudart, dynamic=False, profiles=1, delay=0.0, version="10.3.0"
         def get_tensor_mode(self, name):
             return "in" if name == "images" else "out"
 
-        def create_execution_context(self):
-            Engine.contexts += 1
+        def create_execution_context(self, strategy=None):
+            stats["contexts"] += 1
             return Context()
 
     class Runtime:
         def __init__(self, logger):
             pass
 
-        def deserialize_cuda_engine(self, data):
-            return Engine() if data == b"ENGINE" else None
+        def deserialize_cuda_engine(self, serialized_engine):
+            return Engine() if serialized_engine == b"ENGINE" else None
 
     trt.Logger, trt.Runtime = Logger, Runtime
     trt.init_libnvinfer_plugins = lambda logger, ns: True
@@ -195,18 +197,33 @@ def fake_tensorrt(cudart, dynamic=False, profiles=1, delay=0.0, version="10.3.0"
 
 @pytest.fixture
 def install(monkeypatch):
-    def go(**kwargs):
+    """Installs the stand-ins as ``tensorrt`` and ``cuda.bindings.runtime``, each behind the strict
+    proxy of the real release it pretends to be (when that release's module can be fetched); at
+    teardown, asserts that the backend made no call either real module would refuse."""
+    apis: list[StrictApi] = []
+
+    def strict(fake, kind, version):
+        surface, _ = surface_or_reason("tensorrt" if kind == "tensorrt" else "cuda", version)
+        if surface is None:
+            return fake
+        apis.append(StrictApi(surface, f"{kind} {version}"))
+        return apis[-1].module(fake)
+
+    def go(version="10.3.0", cuda="12.9.10", **kwargs):
         cudart = FakeCudart()
-        trt = fake_tensorrt(cudart, **kwargs)
+        trt = fake_tensorrt(cudart, version=version, **kwargs)
+        strict_cudart = strict(cudart, "cuda-bindings", cuda)
         bindings = types.ModuleType("cuda.bindings")
-        bindings.runtime = cudart
-        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        bindings.runtime = strict_cudart
+        monkeypatch.setitem(sys.modules, "tensorrt", strict(trt, "tensorrt", version))
         monkeypatch.setitem(sys.modules, "cuda", types.ModuleType("cuda"))
         monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
-        monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
+        monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", strict_cudart)
         return trt, cudart
 
-    return go
+    yield go
+    mismatches = [m for api in apis for m in api.mismatches]
+    assert not mismatches, "calls the real modules would refuse:\n" + "\n".join(mismatches)
 
 
 def _engine(tmp_path, **trt_info):
@@ -245,7 +262,7 @@ def test_context_pool_runs_callers_at_once(install, tmp_path):
     trt, cudart = install(delay=0.02)
     path, sidecar = _engine(tmp_path)
     backend = TensorRTBackend(path, sidecar, contexts=3)
-    assert backend.num_contexts == 3 and trt.Engine.contexts == 3 and cudart.streams == 3
+    assert backend.num_contexts == 3 and trt.stats["contexts"] == 3 and cudart.streams == 3
     failures = []
 
     def work(seed):
@@ -318,3 +335,54 @@ def test_pipelined_stream_on_the_engine_equals_predict(install, tmp_path):
         expected = [seg.predict(f).labels for f in frames]
         got = [r.labels for r in seg.stream(frames)]
     assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+# JetPack 6 pairs TensorRT 10.3 with CUDA 12; the newer releases run with cuda-python 13.
+_RELEASES = [("10.3.0", "12.9.10"), ("10.16.1.11", "13.5.0"), ("11.4.0.106", "13.5.0")]
+
+
+@pytest.mark.parametrize(("version", "cuda"), _RELEASES)
+def test_backend_against_the_real_releases(install, tmp_path, version, cuda):
+    """Set-up, a dynamic engine with two contexts, CUDA-graph capture and replay, and close, run
+    through the strict proxies of the real TensorRT and cuda-python releases (teardown asserts no
+    call either would refuse)."""
+    for kind, v in (("tensorrt", version), ("cuda", cuda)):
+        _, reason = surface_or_reason(kind, v)
+        if reason:
+            pytest.skip(reason)
+    trt, cudart = install(version=version, cuda=cuda, dynamic=True, profiles=2)
+    path, sidecar = _engine(tmp_path, version=version)
+    with TensorRTBackend(path, sidecar, cuda_graph=True, contexts=2) as backend:
+        assert backend.num_contexts == 2 and trt.stats["profiles"] == [0, 1]
+        for seed in range(2):
+            x = _x(seed, (1, 3, 16, 32))
+            np.testing.assert_array_equal(backend.infer({"images": x})["labels"], x.argmax(1))
+    # one graph captured per context (the two inferences ran on the two contexts in turn)
+    assert [c[0] for c in cudart.calls].count("instantiate") == 2 and cudart.buffers == {}
+
+
+@pytest.mark.parametrize("cuda", CUDA_BINDINGS_VERSIONS)
+def test_cudart_stand_in_offers_only_real_functions(cuda):
+    """Every cuda* function of the stand-in exists in the real cuda.bindings.runtime of that
+    release with the same parameters, and the enum members it offers are real."""
+    surface, reason = surface_or_reason("cuda", cuda)
+    if surface is None:
+        pytest.skip(reason)
+    real = surface["module"]
+    fake = FakeCudart()
+    wrong = []
+    for name in dir(FakeCudart):
+        if not name.startswith("cuda") or not callable(getattr(FakeCudart, name)):
+            continue
+        if name not in real:
+            wrong.append(f"{name}: not in cuda-bindings {cuda}")
+            continue
+        ours = list(inspect.signature(getattr(fake, name)).parameters)
+        theirs = [p["name"] for p in real[name]["signatures"][0]["params"]]
+        if len(ours) != len(theirs):
+            wrong.append(f"{name}{tuple(ours)}: the real one takes {tuple(theirs)}")
+    for enum in ("cudaMemcpyKind", "cudaStreamCaptureMode"):
+        for member in vars(getattr(fake, enum)):
+            if member not in (real[enum]["enum"] or {}):
+                wrong.append(f"{enum}.{member}: not a member in cuda-bindings {cuda}")
+    assert not wrong, "\n".join(wrong)
