@@ -6,6 +6,15 @@ statically; TensorRT 11 is the same matrix plus the 11.0 parser additions (Swish
 strongly-typed-only build (no FP16/INT8 builder flags: the ONNX types are the engine's types, INT8
 only through Q/DQ). The TensorRT 11 profile is derived from the release notes, not from an install.
 
+Checked against onnx-tensorrt's published matrix (``docs/operators.md`` at commit 96e7811, the
+"10.1 GA" release, the newest copy reachable from this project's machines; the 10.3, 10.16 and 11.4
+copies were not): every op the 10.1 matrix marks supported is supported here, every op it marks
+unsupported is unsupported here, except the ops added after 10.1 (BlackmanWindow, HammingWindow,
+HannWindow, STFT, and the opset-23/24 Attention, RMSNormalization, RotaryEmbedding,
+TensorScatter, from the 10.15 matrix). Element types differ for 8 ops, all where later releases
+widened them (e.g. INT8/UINT8 constants and shapes, INT32/INT64 Pow, FP4 DequantizeLinear).
+None of these ops is in an exported PEM graph.
+
 Findings have a level:
 
 * ``reject``: the parser or builder will fail (unsupported op, unsupported type, violated restriction).
