@@ -34,7 +34,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +67,10 @@ __all__ = [
     "MANIFEST_NAME",
     "OVERWRITE_FLAG",
     "STAGING_PREFIX",
+    "FileOutput",
     "FolderOutput",
+    "check_file",
+    "check_folder",
     "clean_stale_staging",
     "guard_inputs",
     "is_internal",
@@ -220,53 +223,104 @@ def _check_file(target: Path, overwrite: bool, inputs: list[PathLike | None]) ->
         raise OutputError(f"{target}: {target.parent} is not a folder")
 
 
-@contextlib.contextmanager
-def staged_file(
-    target: PathLike, *, overwrite: bool = False, inputs: Iterable[PathLike | None] = ()
-) -> Iterator[Path]:
-    """Write one file at ``target``: yields the path to write (in a private staging folder
-    beside ``target``, free for scratch files too), renamed onto ``target`` on a clean exit.
+class FileOutput:
+    """One explicit file target being written: :meth:`open` checks the rules and returns the
+    path to write (in a private staging folder beside the target, free for scratch files too),
+    :meth:`commit` renames it onto the target, :meth:`discard` (always safe to call, a no-op
+    after a commit) removes the staging. :func:`staged_file` is the context-manager form."""
 
-    Refused before anything is written: ``target`` is an input (:class:`OutputIsInputError`) or
-    exists and ``overwrite`` is off (:class:`OutputExistsError`). A failure inside the block or
-    in the rename leaves ``target`` as it was (:class:`OutputWriteError` for a file-system error).
-    """
-    target = Path(target)
-    inputs = list(inputs)
-    _check_file(target, overwrite, inputs)
-    created = _make_parents(target.parent)
-    clean_stale_staging(target.parent)
-    staging = target.parent / staging_name(target.name)
-    installed = False
-    try:
+    def __init__(self, target: PathLike, *, overwrite: bool = False, inputs: Iterable[PathLike | None] = ()):
+        self.target = Path(target)
+        self.overwrite = overwrite
+        self._inputs = list(inputs)
+        self._staging: Path | None = None
+        self._created: list[Path] = []
+        self._committed = False
+
+    @property
+    def staged(self) -> Path:
+        """The path to write; renamed onto the target by :meth:`commit`."""
+        if self._staging is None:
+            raise RuntimeError("FileOutput used before open() or after commit()")
+        return self._staging / self.target.name
+
+    def open(self) -> Path:
+        """Refuse before anything is written: the target is an input (:class:`OutputIsInputError`)
+        or exists and ``overwrite`` is off (:class:`OutputExistsError`); returns :attr:`staged`."""
+        target = self.target
+        _check_file(target, self.overwrite, self._inputs)
+        self._created = _make_parents(target.parent)
+        clean_stale_staging(target.parent)
+        staging = target.parent / staging_name(target.name)
         try:
             staging.mkdir()
         except OSError as exc:
+            _remove_created(self._created)
             raise _write_error(target, exc) from None
-        staged = staging / target.name
-        try:
-            yield staged
-        except OSError as exc:
-            if _inside_staging(exc, staging):
-                raise _write_error(target, exc) from None
-            raise
+        self._staging = staging
+        return self.staged
+
+    def commit(self) -> Path:
+        """Rename the staged file onto the target (checked again: it may have appeared meanwhile)."""
+        target, staged = self.target, self.staged
         if not staged.is_file():
             raise OutputError(f"{target}: the run wrote nothing to install")
-        _check_file(target, overwrite, inputs)
+        _check_file(target, self.overwrite, self._inputs)
         pause_for_tests()
         try:
-            install(staged, target, replace=overwrite)
+            install(staged, target, replace=self.overwrite)
         except FileExistsError:
             raise OutputExistsError(
                 f"{target}: appeared while this run was writing; pass {OVERWRITE_FLAG} to replace it"
             ) from None
         except OSError as exc:
             raise _write_error(target, exc) from None
-        installed = True
+        self._committed = True
+        self.discard()
+        return target
+
+    def discard(self) -> None:
+        """Remove the staging (and the folders :meth:`open` created, unless committed)."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+        if not self._committed:
+            _remove_created(self._created)
+            self._created = []
+
+    def write_error(self, exc: BaseException) -> BaseException:
+        """``exc`` as this target's :class:`OutputWriteError` when it is a failure to write the
+        staging (full disk, read-only), else ``exc`` itself."""
+        if self._staging is not None and _inside_staging(exc, self._staging):
+            return _write_error(self.target, exc)  # type: ignore[arg-type]
+        return exc
+
+
+@contextlib.contextmanager
+def staged_file(
+    target: PathLike, *, overwrite: bool = False, inputs: Iterable[PathLike | None] = ()
+) -> Iterator[Path]:
+    """Write one file at ``target``: yields the path to write, renamed onto ``target`` on a clean
+    exit (see :class:`FileOutput`). A failure inside the block or in the rename leaves ``target``
+    as it was (:class:`OutputWriteError` for a file-system error)."""
+    output = FileOutput(target, overwrite=overwrite, inputs=inputs)
+    staged = output.open()
+    try:
+        try:
+            yield staged
+        except BaseException as exc:
+            converted = output.write_error(exc)
+            if converted is not exc:
+                raise converted from None
+            raise
+        output.commit()
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not installed:
-            _remove_created(created)
+        output.discard()
+
+
+def check_file(target: PathLike, *, overwrite: bool = False, inputs: Iterable[PathLike | None] = ()) -> None:
+    """The checks of :func:`staged_file` alone, to refuse a bad target before long work."""
+    _check_file(Path(target), overwrite, list(inputs))
 
 
 def write_file(
@@ -355,13 +409,14 @@ def _foreign(folder: Path, limit: int) -> list[str]:
     for root, dirs, files in os.walk(folder):
         base = Path(root)
         rel_base = base.relative_to(folder)
+        dirs.sort()
         for name in list(dirs):
             if is_internal(name):
                 dirs.remove(name)
             elif (base / name).is_symlink() or not any(os.scandir(base / name)):
                 found.append((rel_base / name).as_posix())
                 dirs.remove(name)
-        for name in files:
+        for name in sorted(files):
             if is_internal(name) and (name != MANIFEST_NAME or _manifest_format_ok(base / name)):
                 continue
             if not owns(folder, (rel_base / name).as_posix()):
@@ -425,6 +480,7 @@ class FolderOutput:
         self._inputs = list(inputs)
         self._names = list(names)
         self._order: list[str] = []
+        self._merges: dict[str, Callable[[Path | None], bytes | str]] = {}
         self._staging: Path | None = None
         self._new = False
         self._created: list[Path] = []
@@ -459,14 +515,7 @@ class FolderOutput:
             self._lock = _Lock(target)
             clean_stale_staging(target)
             clean_stale_staging(target.parent)
-            if not self.exist_ok:
-                foreign = _foreign(target, 4)
-                if foreign:
-                    shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-                    raise OutputExistsError(
-                        f"{target}: holds files pem-deploy did not write ({shown}); pass "
-                        f"{EXIST_OK_FLAG} to add this run's files beside them, or choose a new folder"
-                    )
+            self._refuse_foreign()
             for name in self._names:
                 self._check_collision(name)
             staging = target / staging_name("out")
@@ -476,6 +525,17 @@ class FolderOutput:
             raise _write_error(target, exc) from None
         self._staging = staging
         return self
+
+    def _refuse_foreign(self) -> None:
+        if self.exist_ok:
+            return
+        foreign = _foreign(self.target, 4)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise OutputExistsError(
+                f"{self.target}: holds files pem-deploy did not write ({shown}); pass "
+                f"{EXIST_OK_FLAG} to add this run's files beside them, or choose a new folder"
+            )
 
     def __enter__(self) -> FolderOutput:
         return self.open()
@@ -546,6 +606,19 @@ class FolderOutput:
         os.replace(source, path)
         return path
 
+    def merge(self, rel: str, content: Callable[[Path | None], bytes | str]) -> None:
+        """Write the output file ``rel`` at commit time, under the folder's lock, as
+        ``content(previous)``: ``previous`` is the target's existing ``rel`` when this tool wrote
+        it (else None). For an index that several runs into one folder extend (no lost update)."""
+        self.path(rel)
+        self._merges[rel] = content
+
+    def _run_merges(self, existing: bool) -> None:
+        for rel, content in self._merges.items():
+            previous = self.target / rel if existing and owns(self.target, rel) else None
+            data = content(previous)
+            atomic_write_bytes(self.staging / rel, data.encode("utf-8") if isinstance(data, str) else data)
+
     def register_tree(self, rel: str = "") -> list[str]:
         """Register every file already in staging under ``rel`` (written there by another writer,
         e.g. an output folder created inside this one); returns the names registered."""
@@ -591,26 +664,27 @@ class FolderOutput:
         if self._committed is not None:
             return self._committed
         staging = self.staging
-        order = [rel for rel in self._order if (staging / rel).is_file()]
+        order = [rel for rel in self._order if (staging / rel).is_file() or rel in self._merges]
         guard_inputs([self.target / rel for rel in order], self._inputs)
         scratch = staging / _SCRATCH
         try:
             if scratch.exists():
                 shutil.rmtree(scratch)
-            if self._new and not os.path.lexists(self.target):
-                self._commit_new(staging, order)
-            else:
-                if self._new:
-                    raise OutputExistsError(
-                        f"{self.target}: appeared while this run was writing; run again to add to it"
-                    )
+            if self._new:
+                self._run_merges(existing=False)
+            if not (self._new and self._commit_new(staging, order)):
+                if self._lock is None:  # created by a concurrent run meanwhile: add to it
+                    self._lock = _Lock(self.target)
+                    self._refuse_foreign()
+                self._run_merges(existing=True)
                 self._commit_merge(staging, order)
         except OSError as exc:
             raise _write_error(self.target, exc) from None
         self._committed = [self.target / rel for rel in order]
         return self._committed
 
-    def _commit_new(self, staging: Path, order: list[str]) -> None:
+    def _commit_new(self, staging: Path, order: list[str]) -> bool:
+        """Rename the whole staging onto the missing target; False if the target appeared."""
         keep = set(order)
         for root, _dirs, files in os.walk(staging):
             for name in files:
@@ -620,8 +694,16 @@ class FolderOutput:
         prints = {rel: [fp] for rel in order if (fp := _fingerprint(staging / rel)) is not None}
         _write_manifest(staging, prints)
         pause_for_tests()
-        os.rename(staging, self.target)
+        if os.path.lexists(self.target):
+            return False
+        try:
+            os.rename(staging, self.target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return False
+            raise
         self._staging = None  # it is the target now
+        return True
 
     def _commit_merge(self, staging: Path, order: list[str]) -> None:
         target = self.target
@@ -643,6 +725,24 @@ class FolderOutput:
         for rel, fp in new.items():
             files[rel] = [fp]
         _write_manifest(target, files)
+
+
+def check_folder(
+    target: PathLike,
+    *,
+    exist_ok: bool = False,
+    overwrite: bool = False,
+    inputs: Iterable[PathLike | None] = (),
+    names: Iterable[str] = (),
+    flag: str = "--out",
+) -> None:
+    """The entry checks of :func:`staged_folder` alone (nothing is left behind), to refuse a bad
+    target before long work; the commit checks again."""
+    output = FolderOutput(
+        target, exist_ok=exist_ok, overwrite=overwrite, inputs=inputs, names=names, flag=flag
+    )
+    output.open()
+    output._release(failed=True)
 
 
 @contextlib.contextmanager
