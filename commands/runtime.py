@@ -42,7 +42,15 @@ def infer(
     strict: bool = typer.Option(
         False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
     ),
-    copy_input: bool = typer.Option(False, "--copy-input", help="Also copy the input images to the bag."),
+    copy_input: bool = typer.Option(
+        False, "--copy-input", help="Also copy the input images (and their CameraInfo) to the bag."
+    ),
+    compression: str = typer.Option(
+        "zstd", "--compression", help="Output MCAP chunk compression: zstd | lz4 | none."
+    ),
+    timeout: float = opt.float_option(
+        None, "--timeout", "Seconds to wait for a stream to open and for each frame.", opt.POSITIVE
+    ),
     cuda_graph: opt.CudaGraph = False,
     contexts: int = opt.int_option(None, "--contexts", "TensorRT execution contexts (default: as built).", 1),
     backend: str = typer.Option(
@@ -74,13 +82,23 @@ def infer(
             backend=backend,
         )
 
-    if is_robotics_job(source, out, topic or (), max_frames, duration):  # bags, cameras, streams
+    from runtime.sources import quiet_video_logs
+
+    quiet_video_logs()  # our one line, not OpenCV's / FFmpeg's
+    if compression not in ("zstd", "lz4", "none"):
+        _fail(f"--compression must be zstd, lz4 or none, got {compression!r}")
+    if is_robotics_job(source, out, topic or (), max_frames, duration, timeout):  # bags, cameras, streams
         from runtime.sources import ProgressLine
 
         with open_segmenter() as segmenter:
             line = ProgressLine()
             options = dict(
                 exist_ok=exist_ok, overwrite=overwrite, overlays=overlays, alpha=alpha, copy_input=copy_input
+            )
+            options |= dict(
+                compression=compression,
+                timeout=timeout,
+                on_note=lambda line: typer.echo(f"note: {line}", err=True),
             )
             summary = infer_robotics(
                 segmenter, source, out, topic or (), max_frames, duration, progress=line, **options

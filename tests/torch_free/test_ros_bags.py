@@ -205,12 +205,13 @@ def test_bag_to_folder_with_max_frames(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     files = sorted(p.name for p in (out / "labels" / "front_image_raw").iterdir())
-    assert files == [f"{i:06d}.png" for i in range(4)]
+    # Each frame's header stamp and frame id are kept in its name (issue 21: they were lost).
+    assert files == [f"{i:06d}_{1_700_000_000 + i}.{1000 * i + 3:09d}_front_cam.png" for i in range(4)]
     meta = json.loads((out / "predictions.json").read_text())
     assert meta["frames"] == 4
     first = next(iter(_read(bag)["/front/image_raw"]))[1]
     expected = Segmenter.open(model).predict(decode_image(first, "/front/image_raw")).labels
-    got = cv2.imread(str(out / "labels" / "front_image_raw" / "000000.png"), cv2.IMREAD_UNCHANGED)
+    got = cv2.imread(str(out / "labels" / "front_image_raw" / files[0]), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(got, expected)
 
 
