@@ -143,18 +143,22 @@ def ros2_command(
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Publish the overlay topic."),
     alpha: opt.Alpha = 0.5,
     resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox."),
+    lifecycle: bool = typer.Option(
+        False, "--lifecycle", help="Run as a managed (lifecycle) node: starts unconfigured."
+    ),
     ros_args: list[str] = typer.Argument(
         None, help="Extra ROS arguments after '--' (e.g. --ros-args -p ...)."
     ),
 ) -> None:
     """ROS 2 node: subscribe to an image topic, publish labels / panoptic / overlay (needs rclpy)."""
-    from runtime.ros.node import NodeConfig, import_rclpy, run_node
+    from runtime.ros.node import NodeConfig, import_rclpy, run_lifecycle_node, run_node
 
     import_rclpy()
     config = NodeConfig(
         artifact, input_topic, namespace=namespace, overlay=overlays, alpha=alpha, resize=resize
     )
-    run_node(config, args=["pem-deploy", *(ros_args or [])], log=typer.echo)
+    run = run_lifecycle_node if lifecycle else run_node
+    run(config, args=["pem-deploy", *(ros_args or [])], log=typer.echo)
 
 
 def bench_command(

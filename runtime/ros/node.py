@@ -554,23 +554,22 @@ def run_node(config: NodeConfig, args: list[str] | None = None, log: Callable[[s
     from rclpy.node import Node
     from rclpy.signals import SignalHandlerOptions
 
-    # Our own signal handlers: rclpy's would shut the context down under the executor and end
-    # in ExternalShutdownException (exit 1, what `ros2 launch` reports as a crash).
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
-    in_main = threading.current_thread() is threading.main_thread()  # Python sets handlers there only
-    previous = (
-        {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-        if in_main
-        else {}
-    )
+    previous = _handle_signals(stop)
     node = None
     try:
         node = Node(NODE_NAME)
         config = _declare_parameters(node, config)
         segmenter = Segmenter.open(config.artifact, resize=config.resize)  # type: ignore[arg-type]
         try:
-            _serve(node, config, segmenter, stop, log)
+            active = threading.Event()
+            active.set()
+            close = _wire(node, config, segmenter, log, active)
+            try:
+                _spin(node, stop)
+            finally:
+                close()
         finally:
             segmenter.close()
     finally:
@@ -582,19 +581,129 @@ def run_node(config: NodeConfig, args: list[str] | None = None, log: Callable[[s
             signal.signal(sig, handler)
 
 
-def _serve(
-    node: Any, config: NodeConfig, segmenter: Segmenter, stop: threading.Event, log: Callable[[str], None]
+def run_lifecycle_node(
+    config: NodeConfig, args: list[str] | None = None, log: Callable[[str], None] = print
 ) -> None:
-    """Wire ``node`` (publishers, subscriptions, parameters, timers, worker) and spin until ``stop``."""
+    """The managed (lifecycle) variant of :func:`run_node` (``pem-deploy ros2 --lifecycle``).
+
+    Starts *unconfigured* with its parameters declared and checked (a bad one is one line, exit 2).
+    ``configure`` opens the model and creates the topics, ``activate`` starts segmenting,
+    ``deactivate`` stops taking frames (topics stay), ``cleanup`` closes the model and removes the
+    topics; a model that cannot be opened fails ``configure`` with the reason in the log. Drive it
+    with ``ros2 lifecycle set /pem_segmentation configure`` (then ``activate``) or a lifecycle
+    manager. SIGINT / SIGTERM stop it cleanly in any state (exit status 0)."""
+    rclpy = import_rclpy()
+    from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+    from rclpy.signals import SignalHandlerOptions
+
+    class SegmentationLifecycleNode(LifecycleNode):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__(NODE_NAME)
+            self.config = _declare_parameters(self, config)
+            self.segmenter: Segmenter | None = None
+            self.release: Callable[[], None] | None = None
+            self.active = threading.Event()
+
+        def on_configure(self, state: Any) -> Any:
+            try:
+                self.config = config_from_parameters({n: self.get_parameter(n).value for n in PARAMETERS})
+                self.segmenter = Segmenter.open(self.config.artifact, resize=self.config.resize)  # type: ignore[arg-type]
+                self.release = _wire(self, self.config, self.segmenter, log, self.active)
+            except RuntimeToolError as exc:
+                self.get_logger().error(f"configure failed: {one_line(exc)}")
+                self.teardown()
+                return TransitionCallbackReturn.FAILURE
+            return TransitionCallbackReturn.SUCCESS
+
+        def on_activate(self, state: Any) -> Any:
+            self.active.set()
+            return super().on_activate(state)
+
+        def on_deactivate(self, state: Any) -> Any:
+            self.active.clear()
+            return super().on_deactivate(state)
+
+        def on_cleanup(self, state: Any) -> Any:
+            self.teardown()
+            return TransitionCallbackReturn.SUCCESS
+
+        def on_shutdown(self, state: Any) -> Any:
+            self.teardown()
+            return TransitionCallbackReturn.SUCCESS
+
+        def teardown(self) -> None:
+            self.active.clear()
+            release, self.release = self.release, None
+            if release is not None:
+                release()
+            segmenter, self.segmenter = self.segmenter, None
+            if segmenter is not None:
+                segmenter.close()
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = _handle_signals(stop)
+    node = None
+    try:
+        node = SegmentationLifecycleNode()
+        log(f"pem-deploy ros2: lifecycle node /{NODE_NAME} unconfigured; configure and activate it to start")
+        _spin(node, stop)
+    finally:
+        if node is not None:
+            node.teardown()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _handle_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGINT and SIGTERM set ``stop`` (main thread only: Python sets handlers there); returns
+    the previous handlers. rclpy's own handlers would shut the context down under the executor
+    and end in ExternalShutdownException (exit 1, what ``ros2 launch`` reports as a crash)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _spin(node: Any, stop: threading.Event) -> None:
+    """Spin ``node`` until ``stop`` is set (SIGINT / SIGTERM) or ROS is shut down."""
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        stop.set()
+        executor.remove_node(node)
+        executor.shutdown(timeout_sec=1.0)
+
+
+def _wire(
+    node: Any,
+    config: NodeConfig,
+    segmenter: Segmenter,
+    log: Callable[[str], None],
+    active: threading.Event,
+) -> Callable[[], None]:
+    """Wire ``node``: publishers, subscriptions, parameter callbacks, timers and the worker thread.
+
+    Frames are taken only while ``active`` is set (always for the plain node; between activate
+    and deactivate for the lifecycle node). Returns the function that undoes it all (the worker
+    finishes its frame and is joined, every entity is destroyed)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from rcl_interfaces.msg import SetParametersResult as set_result
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
     from std_msgs.msg import String
 
     types = _rclpy_types()
     topics = config.topics()
-    executor = SingleThreadedExecutor()
+    stop = threading.Event()
     artifact = segmenter.artifact
     names = [c.name for c in artifact.classes]
     panoptic = artifact.head == "panoptic"
@@ -667,14 +776,17 @@ def _serve(
     camera_info: list[Any] = [None]
 
     def on_image(msg: Any) -> None:
-        mailbox.put((msg, time.monotonic()))
+        if active.is_set():
+            mailbox.put((msg, time.monotonic()))
 
     def on_camera_info(msg: Any) -> None:
         camera_info[0] = msg
 
     in_type = CompressedImage if config.input.rstrip("/").endswith("/compressed") else Image
-    node.create_subscription(in_type, config.input, on_image, in_qos)
-    node.create_subscription(CameraInfo, config.camera_info_in(), on_camera_info, in_qos)
+    subscriptions = [
+        node.create_subscription(in_type, config.input, on_image, in_qos),
+        node.create_subscription(CameraInfo, config.camera_info_in(), on_camera_info, in_qos),
+    ]
 
     def wanted(key: str) -> bool:
         publisher = publishers.get(key)
@@ -719,7 +831,9 @@ def _serve(
         values = diagnostic_values(stats, mailbox)
         recent_failures = stats.failed - report_diagnostics.failed_before  # type: ignore[attr-defined]
         report_diagnostics.failed_before = stats.failed  # type: ignore[attr-defined]
-        if recent_failures:
+        if not active.is_set():
+            level, message = DiagnosticStatus.OK, "inactive (lifecycle node not activated)"
+        elif recent_failures:
             level, message = DiagnosticStatus.WARN, f"{recent_failures} frame(s) failed: {stats.last_error}"
         elif mailbox.received == 0:
             level, message = DiagnosticStatus.OK, f"waiting for images on {config.input}"
@@ -745,25 +859,31 @@ def _serve(
             f"{stats.idle} skipped (no subscribers)"
         )
 
-    node.create_timer(config.diagnostics_period, report_diagnostics)
-    node.create_timer(10.0, report)
+    timers = [
+        node.create_timer(config.diagnostics_period, report_diagnostics),
+        node.create_timer(10.0, report),
+    ]
     worker = threading.Thread(target=work, name="pem-segment", daemon=True)
     worker.start()
     outputs = ", ".join(p.topic_name for p in publishers.values())
     log(f"pem-deploy ros2: {config.input} (+ {config.camera_info_in()}) -> {outputs}, /diagnostics")
-    executor.add_node(node)
-    try:
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
+
+    def close() -> None:
         stop.set()
         mailbox.close()
         worker.join(timeout=10)
-        executor.remove_node(node)
-        executor.shutdown(timeout_sec=1.0)
-    log(f"pem-deploy ros2: stopped after {stats.segmented} frame(s), {stats.failed} failed")
+        if hasattr(node, "remove_pre_set_parameters_callback"):
+            node.remove_pre_set_parameters_callback(integers_as_doubles)
+        node.remove_on_set_parameters_callback(on_set)
+        for timer in timers:
+            node.destroy_timer(timer)
+        for subscription in subscriptions:
+            node.destroy_subscription(subscription)
+        for publisher in [*publishers.values(), diagnostics]:
+            node.destroy_publisher(publisher)
+        log(f"pem-deploy ros2: stopped after {stats.segmented} frame(s), {stats.failed} failed")
+
+    return close
 
 
 def _restamped(info: Any, header: Any, camera_info_type: type) -> Any:
@@ -791,5 +911,6 @@ __all__ = [
     "diagnostic_values",
     "import_rclpy",
     "parse_palette",
+    "run_lifecycle_node",
     "run_node",
 ]

@@ -51,9 +51,10 @@ def _env() -> dict[str, str]:
 class NodeProcess:
     """``pem-deploy ros2`` in a subprocess; output captured to files (never blocks on a pipe)."""
 
-    def __init__(self, tmp: Path, artifact: Path, topic: str, *ros_args: str):
+    def __init__(self, tmp: Path, artifact: Path, topic: str, *ros_args: str, lifecycle: bool = False):
         self.out, self.err = tmp / "node.out", tmp / "node.err"
-        cmd = [sys.executable, "-m", "cli", "ros2", str(artifact), "--input", topic, "--", "--ros-args"]
+        cmd = [sys.executable, "-m", "cli", "ros2", str(artifact), "--input", topic]
+        cmd += ["--lifecycle"] * lifecycle + ["--", "--ros-args"]
         self.proc = subprocess.Popen(
             [*cmd, *ros_args],
             cwd=REPO,
@@ -450,3 +451,46 @@ def test_bad_parameter_at_start_is_one_line_exit_2(tmp_path, override, message):
     err = node.err.read_text()
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def _lifecycle(probe: Probe, transition: str | None = None) -> str:
+    """Trigger ``transition`` (or none) on the node and return its state's label."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    if transition is not None:
+        client = probe.node.create_client(ChangeState, "/pem_segmentation/change_state")
+        assert client.wait_for_service(timeout_sec=30)
+        request = ChangeState.Request(transition=Transition(label=transition))
+        request.transition.id = getattr(Transition, f"TRANSITION_{transition.upper()}")
+        future = client.call_async(request)
+        assert probe.spin_until(future.done, 60) and future.result().success, transition
+    client = probe.node.create_client(GetState, "/pem_segmentation/get_state")
+    assert client.wait_for_service(timeout_sec=30)
+    future = client.call_async(GetState.Request())
+    assert probe.spin_until(future.done, 30)
+    return future.result().current_state.label
+
+
+def test_lifecycle_node_segments_only_while_active(tmp_path):
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    artifact = write_artifact(tmp_path, semantic_model(32, 64))
+    node = NodeProcess(tmp_path, artifact, "/life/image_raw", lifecycle=True)
+    probe = Probe()
+    try:
+        labels = probe.subscribe("/life/image_raw/pem/labels", Image)
+        pub = probe.node.create_publisher(Image, "/life/image_raw", qos_profile_sensor_data)
+        frame = _image_msg(_scene(7), 5)
+        assert _lifecycle(probe) == "unconfigured"
+        assert _lifecycle(probe, "configure") == "inactive"
+        assert not probe.spin_until(lambda: labels, 2, lambda: pub.publish(frame))  # inactive: nothing
+        assert _lifecycle(probe, "activate") == "active"
+        assert probe.spin_until(lambda: labels, 60, lambda: pub.publish(frame)), node.err.read_text()[-2000:]
+        assert _lifecycle(probe, "deactivate") == "inactive"
+        assert _lifecycle(probe, "cleanup") == "unconfigured"
+    finally:
+        probe.close()
+        code, out, err = node.stop(signal.SIGINT)
+    assert code == 0 and "Traceback" not in err + out, err
