@@ -151,14 +151,15 @@ def ros2_command(
     ),
 ) -> None:
     """ROS 2 node: subscribe to an image topic, publish labels / panoptic / overlay (needs rclpy)."""
-    from runtime.ros.node import NodeConfig, import_rclpy, run_lifecycle_node, run_node
+    from runtime.ros.node import NodeConfig, import_rclpy, run_lifecycle_node, run_node, stop_on_signals
 
-    import_rclpy()
-    config = NodeConfig(
-        artifact, input_topic, namespace=namespace, overlay=overlays, alpha=alpha, resize=resize
-    )
-    run = run_lifecycle_node if lifecycle else run_node
-    run(config, args=["pem-deploy", *(ros_args or [])], log=typer.echo)
+    with stop_on_signals() as stop:  # SIGINT / SIGTERM: a clean exit 0 from here on
+        import_rclpy()
+        config = NodeConfig(
+            artifact, input_topic, namespace=namespace, overlay=overlays, alpha=alpha, resize=resize
+        )
+        run = run_lifecycle_node if lifecycle else run_node
+        run(config, args=["pem-deploy", *(ros_args or [])], log=typer.echo, stop=stop)
 
 
 def bench_command(

@@ -47,12 +47,13 @@ Python 3.12); everything except :func:`run_node` works without it.
 from __future__ import annotations
 
 import array
+import contextlib
 import re
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -544,19 +545,25 @@ class _Live:
     resize: str
 
 
-def run_node(config: NodeConfig, args: list[str] | None = None, log: Callable[[str], None] = print) -> None:
+def run_node(
+    config: NodeConfig,
+    args: list[str] | None = None,
+    log: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
+) -> None:
     """Spin the node until SIGINT / SIGTERM / shutdown, then return (exit status 0).
 
     ROS parameters (``--ros-args -p input:=...`` or ``--params-file``) override ``config``; the
     artifact is opened once at start. Invalid parameters raise :class:`NodeParameterError`.
+    ``stop``: an event the caller's SIGINT / SIGTERM handlers set (:func:`stop_on_signals`);
+    without it the node installs its own handlers while it runs.
     """
     rclpy = import_rclpy()
     from rclpy.node import Node
     from rclpy.signals import SignalHandlerOptions
 
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    previous = _handle_signals(stop)
+    previous = _handle_signals(stop := threading.Event()) if stop is None else {}
     node = None
     try:
         node = Node(NODE_NAME)
@@ -582,7 +589,10 @@ def run_node(config: NodeConfig, args: list[str] | None = None, log: Callable[[s
 
 
 def run_lifecycle_node(
-    config: NodeConfig, args: list[str] | None = None, log: Callable[[str], None] = print
+    config: NodeConfig,
+    args: list[str] | None = None,
+    log: Callable[[str], None] = print,
+    stop: threading.Event | None = None,
 ) -> None:
     """The managed (lifecycle) variant of :func:`run_node` (``pem-deploy ros2 --lifecycle``).
 
@@ -641,8 +651,7 @@ def run_lifecycle_node(
                 segmenter.close()
 
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    previous = _handle_signals(stop)
+    previous = _handle_signals(stop := threading.Event()) if stop is None else {}
     node = None
     try:
         node = SegmentationLifecycleNode()
@@ -654,6 +663,19 @@ def run_lifecycle_node(
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """Within the block SIGINT and SIGTERM set the yielded event instead of ending the process
+    (installed before the slow imports of rclpy and the model, so an early signal is clean too)."""
+    stop = threading.Event()
+    previous = _handle_signals(stop)
+    try:
+        yield stop
+    finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -913,4 +935,5 @@ __all__ = [
     "parse_palette",
     "run_lifecycle_node",
     "run_node",
+    "stop_on_signals",
 ]
