@@ -63,6 +63,7 @@ from contract.errors import one_line
 from runtime.errors import RuntimeToolError
 from runtime.postprocess import colorize_labels
 from runtime.preprocess import Preprocessor
+from runtime.ros.bags import camera_info_topic
 from runtime.ros.messages import (
     ImageFields,
     MessageTypes,
@@ -241,13 +242,7 @@ class NodeConfig:
 
     def camera_info_in(self) -> str:
         """The CameraInfo input: explicit, else ``camera_info`` in the input topic's folder."""
-        if self.camera_info_topic:
-            return self.camera_info_topic
-        base = self.input.rstrip("/")
-        if base.endswith("/compressed"):
-            base = base[: -len("/compressed")]
-        folder = base.rsplit("/", 1)[0] if "/" in base else ""
-        return f"{folder}/camera_info"
+        return self.camera_info_topic or camera_info_topic(self.input)
 
     def validate(self) -> None:
         """Raise :class:`NodeParameterError` (one line) for the first invalid value."""
