@@ -812,7 +812,7 @@ def _wire(
     def publish_frame(msg: Any, received: float) -> None:
         settings = live
         want = {key for key in publishers if wanted(key)}
-        if not want:
+        if not want - {"camera_info"}:  # the CameraInfo goes with segmentation outputs, not alone
             stats.idle += 1
             return
         process.alpha = settings.alpha
