@@ -473,18 +473,27 @@ def _lifecycle(probe: Probe, transition: str | None = None) -> str:
 
 
 def test_lifecycle_node_segments_only_while_active(tmp_path):
-    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
     artifact = write_artifact(tmp_path, semantic_model(32, 64))
-    node = NodeProcess(tmp_path, artifact, "/life/image_raw", lifecycle=True)
+    node = NodeProcess(
+        tmp_path, artifact, "/life/image_raw", "-p", "input_qos_reliability:=reliable", lifecycle=True
+    )
     probe = Probe()
     try:
         labels = probe.subscribe("/life/image_raw/pem/labels", Image)
-        pub = probe.node.create_publisher(Image, "/life/image_raw", qos_profile_sensor_data)
+        reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)  # as the node asks for
+        pub = probe.node.create_publisher(Image, "/life/image_raw", reliable)
         frame = _image_msg(_scene(7), 5)
         assert _lifecycle(probe) == "unconfigured"
         assert _lifecycle(probe, "configure") == "inactive"
+        subs: list = []
+        probe.spin_until(
+            lambda: bool(subs.extend(probe.node.get_subscriptions_info_by_topic("/life/image_raw")) or subs),
+            30,
+        )
+        assert subs and subs[0].qos_profile.reliability == ReliabilityPolicy.RELIABLE  # the QoS parameter
         assert not probe.spin_until(lambda: labels, 2, lambda: pub.publish(frame))  # inactive: nothing
         assert _lifecycle(probe, "activate") == "active"
         assert probe.spin_until(lambda: labels, 60, lambda: pub.publish(frame)), node.err.read_text()[-2000:]
