@@ -495,7 +495,8 @@ def _descriptor(name: str, spec: ParameterSpec) -> Any:
 
 def _declare_parameters(node: Any, config: NodeConfig) -> NodeConfig:
     """Declare every parameter (typed, described, read-only where static) and return the values
-    the node starts with. Overrides of the wrong type are fixed (int for double) or refused in one line."""
+    the node starts with. Overrides of the wrong type are fixed (int for double) or refused in one
+    line; unknown ones are logged as a warning."""
     from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
     from rclpy.parameter import Parameter
 
@@ -504,6 +505,11 @@ def _declare_parameters(node: Any, config: NodeConfig) -> NodeConfig:
         for name, param in list(overrides.items()):
             if name in PARAMETERS:
                 overrides[name] = Parameter(name, value=coerce_parameter(name, param.value))
+        unknown = sorted(set(overrides) - set(PARAMETERS) - {"use_sim_time"})
+        if unknown:  # rclpy ignores them silently: a typo (alpa:=0.3) would go unnoticed
+            node.get_logger().warning(
+                f"unknown parameter(s) ignored: {', '.join(unknown)} (known: {', '.join(PARAMETERS)})"
+            )
     values: dict[str, Any] = {}
     for name, spec in PARAMETERS.items():
         try:
