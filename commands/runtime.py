@@ -33,13 +33,24 @@ def infer(
         None, "--duration", "Stop a live camera after this many seconds.", opt.POSITIVE
     ),
     exist_ok: bool = opt.exist_ok_option(
-        "Allow a non-empty --out folder: add our labels/, panoptic/, overlay/, predictions.json "
-        "(only files pem-deploy wrote are replaced); or replace an existing output bag file."
+        "Allow an --out folder holding other files: add our labels/, panoptic/, overlay/, "
+        "predictions.json beside them (only files pem-deploy wrote are replaced)."
+    ),
+    overwrite: bool = opt.overwrite_option(
+        "Replace an existing output bag file, or files at our output names that pem-deploy did not write."
     ),
     strict: bool = typer.Option(
         False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
     ),
-    copy_input: bool = typer.Option(False, "--copy-input", help="Also copy the input images to the bag."),
+    copy_input: bool = typer.Option(
+        False, "--copy-input", help="Also copy the input images (and their CameraInfo) to the bag."
+    ),
+    compression: str = typer.Option(
+        "zstd", "--compression", help="Output MCAP chunk compression: zstd | lz4 | none."
+    ),
+    timeout: float = opt.float_option(
+        None, "--timeout", "Seconds to wait for a stream to open and for each frame.", opt.POSITIVE
+    ),
     cuda_graph: opt.CudaGraph = False,
     contexts: int = opt.int_option(None, "--contexts", "TensorRT execution contexts (default: as built).", 1),
     backend: str = typer.Option(
@@ -71,12 +82,24 @@ def infer(
             backend=backend,
         )
 
-    if is_robotics_job(source, out, topic or (), max_frames, duration):  # bags, cameras, streams
+    from runtime.sources import quiet_video_logs
+
+    quiet_video_logs()  # our one line, not OpenCV's / FFmpeg's
+    if compression not in ("zstd", "lz4", "none"):
+        _fail(f"--compression must be zstd, lz4 or none, got {compression!r}")
+    if is_robotics_job(source, out, topic or (), max_frames, duration, timeout):  # bags, cameras, streams
         from runtime.sources import ProgressLine
 
         with open_segmenter() as segmenter:
             line = ProgressLine()
-            options = dict(exist_ok=exist_ok, overlays=overlays, alpha=alpha, copy_input=copy_input)
+            options = dict(
+                exist_ok=exist_ok, overwrite=overwrite, overlays=overlays, alpha=alpha, copy_input=copy_input
+            )
+            options |= dict(
+                compression=compression,
+                timeout=timeout,
+                on_note=lambda line: typer.echo(f"note: {line}", err=True),
+            )
             summary = infer_robotics(
                 segmenter, source, out, topic or (), max_frames, duration, progress=line, **options
             )
@@ -96,6 +119,7 @@ def infer(
             alpha=alpha,
             progress=stderr_progress,
             exist_ok=exist_ok,
+            overwrite=overwrite,
             strict=strict,
             on_skip=lambda line: typer.echo(f"skipped: {line}", err=True),
             on_note=lambda line: typer.echo(f"note: {line}", err=True),
@@ -119,18 +143,23 @@ def ros2_command(
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Publish the overlay topic."),
     alpha: opt.Alpha = 0.5,
     resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox."),
+    lifecycle: bool = typer.Option(
+        False, "--lifecycle", help="Run as a managed (lifecycle) node: starts unconfigured."
+    ),
     ros_args: list[str] = typer.Argument(
         None, help="Extra ROS arguments after '--' (e.g. --ros-args -p ...)."
     ),
 ) -> None:
     """ROS 2 node: subscribe to an image topic, publish labels / panoptic / overlay (needs rclpy)."""
-    from runtime.ros.node import NodeConfig, import_rclpy, run_node
+    from runtime.ros.node import NodeConfig, import_rclpy, run_lifecycle_node, run_node, stop_on_signals
 
-    import_rclpy()
-    config = NodeConfig(
-        artifact, input_topic, namespace=namespace, overlay=overlays, alpha=alpha, resize=resize
-    )
-    run_node(config, args=["pem-deploy", *(ros_args or [])], log=typer.echo)
+    with stop_on_signals() as stop:  # SIGINT / SIGTERM: a clean exit 0 from here on
+        import_rclpy()
+        config = NodeConfig(
+            artifact, input_topic, namespace=namespace, overlay=overlays, alpha=alpha, resize=resize
+        )
+        run = run_lifecycle_node if lifecycle else run_node
+        run(config, args=["pem-deploy", *(ros_args or [])], log=typer.echo, stop=stop)
 
 
 def bench_command(
@@ -155,6 +184,10 @@ def bench_command(
         None, "--out", "Write bench.json, bench.csv, bench.md (and bench.png) here."
     ),
     plot: bool = typer.Option(False, "--plot", help="Also a PNG plot (needs matplotlib)."),
+    exist_ok: bool = opt.exist_ok_option(
+        "Allow an --out folder holding other files (ours are added beside them)."
+    ),
+    overwrite: bool = opt.overwrite_option("Replace bench.* files in --out that pem-deploy did not write."),
     cuda_graph: opt.CudaGraph = False,
     backend: list[str] = typer.Option(
         None,
@@ -165,10 +198,22 @@ def bench_command(
     """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
     from pathlib import Path
 
-    from runtime.bench import BenchError, bench_artifact, format_table, parse_shape, write_reports
+    from runtime.bench import (
+        BenchError,
+        bench_artifact,
+        check_reports_target,
+        format_table,
+        parse_shape,
+        write_reports,
+    )
 
     if not artifacts and not preset:
         _fail("give one or more artifacts (ONNX, engine, .safetensors) or --preset NAME")
+    # The benchmarked files and their sidecars are never written; refused before the timing runs.
+    read = [p for item in artifacts or [] for p in (Path(item), Path(item).with_suffix(".json"))]
+    target = dict(plot=plot, exist_ok=exist_ok, overwrite=overwrite, inputs=read)
+    if out:
+        check_reports_target(out, **target)
     results = []
     try:
         size = parse_shape(shape) if shape else None
@@ -198,7 +243,7 @@ def bench_command(
             results.append(_bench_torch(None, name, device, size, batch, warmup, iterations, threads))
     except BenchError as exc:
         _fail(str(exc))
-    written = write_reports(results, out, plot=plot) if out else None  # a failed write: the only output
+    written = write_reports(results, out, **target) if out else None  # a failed write: the only output
     typer.echo(format_table(results))
     if written is not None:
         paths, note = written

@@ -9,6 +9,7 @@ source, ``--topic``, ``--max-frames`` / ``--duration``, or a ``.mcap`` / ``.db3`
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from runtime.errors import InputError
 from runtime.images import VIDEO_SUFFIXES
 from runtime.ros.bags import (
     BagFrame,
+    BagPassthrough,
     BagReader,
     bag_frame_names,
     camera_bag_frames,
@@ -38,10 +40,12 @@ def is_robotics_job(
     topics: Sequence[str] = (),
     max_frames: int | None = None,
     duration: float | None = None,
+    timeout: float | None = None,
 ) -> bool:
     """Whether this ``infer`` call is for :func:`infer_robotics`."""
     return bool(
         topics
+        or timeout is not None
         or max_frames is not None
         or duration is not None
         or is_bag_output(out)
@@ -62,25 +66,68 @@ def infer_robotics(
     alpha: float = 0.5,
     copy_input: bool = False,
     progress: Progress | None = None,
+    overwrite: bool = False,
+    compression: str = "zstd",
+    timeout: float | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> InferSummary:
     """Segment a bag (``topics`` required) or a camera / stream / video into ``out``.
 
     ``out`` ending in ``.mcap`` / ``.db3`` gets a bag (:func:`runtime.ros.bags.write_bag`),
     anything else a folder as ``infer`` writes. A camera stops at ``max_frames``, after
     ``duration`` seconds, at the end of the stream or on the first Ctrl-C, and what was
-    segmented until then is still written.
+    segmented until then is still written. ``exist_ok`` (a folder holding other files) and
+    ``overwrite`` (replace files pem-deploy did not write, or an existing bag file) follow
+    :mod:`contract.output`; the source is never written, whatever the flags.
+
+    Bags out: MCAP chunks compressed with ``compression`` (``zstd`` / ``lz4`` / ``none``);
+    ``copy_input`` copies the source images and their CameraInfo; a Ctrl-C or an error after the
+    first frame still leaves a valid bag with the frames done (``on_note`` says so). Timing: a
+    bag's frames keep their header stamp and frame id (in the output bag, or in the file names of
+    a folder, :func:`runtime.ros.bags.bag_frame_names`); a video's frames are stamped with the
+    container's timestamps, a camera's with the capture time. ``timeout``: seconds to wait for a
+    stream to open and for each frame (:func:`runtime.sources.camera_frames`).
     """
     to_bag = is_bag_output(out)
+    # What this run reads from disk (never written, whatever the flags): the bag or video file.
+    given = camera_spec(source)
+    local = [source, given.target] if given is not None and not given.live else [source]
+    read = [p for p in local if isinstance(p, str) and os.path.exists(p)]
 
     # Both sources end the same way: the frames go to a bag file or to an image folder.
-    def to_bag_file(frames: Iterable[BagFrame], total: int | None) -> InferSummary:
+    def to_bag_file(
+        frames: Iterable[BagFrame | BagPassthrough], total: int | None, stop: threading.Event | None = None
+    ) -> InferSummary:
         return write_bag(
-            segmenter, frames, out, exist_ok, overlays, alpha, copy_input, progress=progress, total=total
+            segmenter,
+            frames,
+            out,
+            overwrite,
+            overlays,
+            alpha,
+            copy_input,
+            progress=progress,
+            total=total,
+            inputs=read,
+            compression=compression,
+            input_topics=topics,
+            on_note=on_note,
+            stop=stop,
         )
 
     def to_folder(frames: Iterable[tuple[str, np.ndarray]], total: int | None) -> InferSummary:
         return infer_path(
-            segmenter, source, out, overlays, alpha, progress, frames=frames, total=total, exist_ok=exist_ok
+            segmenter,
+            source,
+            out,
+            overlays,
+            alpha,
+            progress,
+            frames=frames,
+            total=total,
+            exist_ok=exist_ok,
+            overwrite=overwrite,
+            inputs=read,
         )
 
     if is_bag(source):
@@ -88,9 +135,12 @@ def infer_robotics(
             raise InputError(f"{source}: is a ROS 2 bag; give the image topic(s) to segment with --topic")
         if duration is not None:
             raise InputError("--duration is for live cameras; use --max-frames with a bag")
-        with BagReader(source, topics, max_frames) as reader:
+        with BagReader(source, topics, max_frames, camera_info=copy_input and to_bag) as reader:
+            if reader.note and on_note:
+                on_note(reader.note)
             if to_bag:
-                return to_bag_file(reader, reader.total)
+                with stop_on_interrupt() as interrupted:  # stop between frames: whole frames only
+                    return to_bag_file(reader, reader.total, interrupted)
             return to_folder(bag_frame_names(reader), reader.total)
     if topics:
         raise InputError(
@@ -108,7 +158,7 @@ def infer_robotics(
     total = frame_total(spec, max_frames)
     stem = Path(str(spec.target)).stem if isinstance(spec.target, str) and not spec.live else "camera"
     with stop_on_interrupt() as stop:
-        frames = camera_frames(spec, max_frames, duration, stop)
+        frames = camera_frames(spec, max_frames, duration, stop, timeout=timeout)
         if to_bag:
             return to_bag_file(camera_bag_frames(frames), total)
         return to_folder(((f"{stem}_{i:06d}", image) for i, (_, image) in enumerate(frames)), total)

@@ -86,8 +86,21 @@ def video_spec(path: str | os.PathLike[str]) -> CameraSpec:
     return CameraSpec(str(path), str(path), cv2.CAP_ANY, live=False)
 
 
-def open_capture(spec: CameraSpec) -> cv2.VideoCapture:
-    """Open ``spec`` or raise :class:`CameraError` naming it."""
+def quiet_video_logs() -> None:
+    """Silence OpenCV's and FFmpeg's own log lines (``[tcp @ 0x...] Connection refused``,
+    ``[ WARN:0@0.1] global cap_ffmpeg_impl.hpp``), so a failed stream is our one line only.
+    For the CLI; a user's explicit ``OPENCV_FFMPEG_LOGLEVEL`` / ``OPENCV_LOG_LEVEL`` is kept."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read at the first capture
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        with contextlib.suppress(AttributeError):
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def open_capture(spec: CameraSpec, timeout: float | None = None) -> cv2.VideoCapture:
+    """Open ``spec`` or raise :class:`CameraError` naming it.
+
+    ``timeout`` (seconds) bounds opening a stream and waiting for each of its frames (FFmpeg's
+    open / read timeouts; URLs only, the other backends do not take them)."""
     if spec.api == cv2.CAP_GSTREAMER and not gstreamer_available():
         raise CameraError(
             f"{spec.text}: this OpenCV build has no GStreamer support (cv2.getBuildInformation()); "
@@ -95,10 +108,21 @@ def open_capture(spec: CameraSpec) -> cv2.VideoCapture:
         )
     if not spec.live and not Path(str(spec.target)).is_file():
         raise CameraError(f"{spec.text}: no such video file")
-    capture = cv2.VideoCapture(spec.target, spec.api)
+    if timeout is not None and timeout <= 0:
+        raise CameraError(f"--timeout {timeout}: must be > 0 seconds")
+    is_url = isinstance(spec.target, str) and urlparse(spec.target).scheme.lower() in URL_SCHEMES
+    if timeout is not None and is_url and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
+        ms = int(timeout * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        capture = cv2.VideoCapture(spec.target, spec.api, params)
+    else:
+        capture = cv2.VideoCapture(spec.target, spec.api)
     if not capture.isOpened():
         capture.release()
-        raise CameraError(f"{spec.text}: cannot open {spec.kind} (not connected, busy, or unsupported)")
+        waited = f" within {timeout:g} s" if timeout is not None and is_url else ""
+        raise CameraError(
+            f"{spec.text}: cannot open {spec.kind}{waited} (not connected, busy, or unsupported)"
+        )
     return capture
 
 
@@ -129,14 +153,19 @@ def camera_frames(
     max_frames: int | None = None,
     duration: float | None = None,
     stop: threading.Event | None = None,
+    timeout: float | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """``(wall-clock ns, BGR frame)`` from ``spec`` until the stream ends, ``max_frames`` frames,
-    ``duration`` seconds, or ``stop`` is set. Raises :class:`CameraError` if no frame arrives."""
+    """``(stamp ns, BGR frame)`` from ``spec`` until the stream ends, ``max_frames`` frames,
+    ``duration`` seconds, or ``stop`` is set. Raises :class:`CameraError` if no frame arrives.
+
+    Stamps: a video file's frames carry the container's timestamps (presentation time from the
+    start of the video); live sources the wall-clock time at which the frame was grabbed (before
+    it is decoded). ``timeout``: see :func:`open_capture`."""
     if max_frames is not None and max_frames < 1:
         raise CameraError(f"--max-frames {max_frames}: must be >= 1")
     if duration is not None and duration <= 0:
         raise CameraError(f"--duration {duration}: must be > 0 seconds")
-    capture = open_capture(spec)
+    capture = open_capture(spec, timeout)
     try:
         count, start = 0, time.monotonic()
         while not (stop is not None and stop.is_set()):
@@ -144,17 +173,22 @@ def camera_frames(
                 break
             if duration is not None and time.monotonic() - start >= duration:
                 break
-            ok, frame = capture.read()
+            grabbed = capture.grab()
+            stamp = time.time_ns()
+            ok, frame = capture.retrieve() if grabbed else (False, None)
             if not ok or frame is None:
                 break
+            if not spec.live:
+                stamp = round(capture.get(cv2.CAP_PROP_POS_MSEC) * 1_000_000)
             if frame.ndim == 2:
                 frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
             elif frame.shape[2] == 4:
                 frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
             count += 1
-            yield time.time_ns(), frame
+            yield stamp, frame
         if count == 0 and not (stop is not None and stop.is_set()):
-            raise CameraError(f"{spec.text}: {spec.kind} gave no frames")
+            waited = f" within {timeout:g} s" if timeout is not None else ""
+            raise CameraError(f"{spec.text}: {spec.kind} gave no frames{waited}")
     finally:
         capture.release()
 

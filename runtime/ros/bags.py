@@ -5,15 +5,16 @@ with the pure-Python ``rosbags`` package (the ``ros`` extra), segments the image
 either a new bag (``--out seg.mcap`` / ``seg.db3``: one storage file, topics and message layout in
 :mod:`runtime.ros.messages`) or image files to a folder as ``infer`` does for videos.
 
-The output bag is written into a temporary folder beside the destination and renamed into place
-when complete; an existing destination is refused unless ``exist_ok``.
+The output bag is written by :class:`contract.output.FileOutput`: staged beside the destination
+and renamed into place when complete; an existing destination is refused unless ``overwrite``,
+and an input of the run (the source bag) never, whatever the flags.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.output import FileOutput
 from runtime.batch_infer import InferSummary
 from runtime.errors import InputError, RuntimeToolError
 from runtime.ros.messages import (
@@ -30,6 +32,7 @@ from runtime.ros.messages import (
     STRING_TYPE,
     Header,
     MessageTypes,
+    OutputTopics,
     Stamp,
     build,
     decode_image,
@@ -92,16 +95,52 @@ class BagFrame:
     raw: bytes | None = None
 
 
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The CameraInfo beside an image topic: ``/x/image_raw`` and ``/x/image_raw/compressed`` ->
+    ``/x/camera_info`` (image_transport's layout)."""
+    base = image_topic.rstrip("/")
+    if base.endswith("/compressed"):
+        base = base[: -len("/compressed")]
+    folder = base.rsplit("/", 1)[0] if "/" in base else ""
+    return f"{folder}/camera_info"
+
+
+@dataclass(frozen=True)
+class BagPassthrough:
+    """A message copied to the output bag as it is (CameraInfo beside a segmented image topic)."""
+
+    topic: str
+    timestamp: int
+    msgtype: str
+    raw: bytes
+
+
 class BagReader:
     """The image messages of ``topics`` in a bag, in time order, decoded to BGR.
 
     ``total`` is the number of frames to expect, from the bag's index (capped by ``max_frames``).
-    Use as a context manager; every failure is a one-line :class:`BagError` naming the bag.
+    With ``camera_info``, the CameraInfo topic beside each image topic (:func:`camera_info_topic`),
+    where the bag has one, is read too and yielded as :class:`BagPassthrough`.
+
+    A truncated MCAP file (a recorder that died: no index at the end) is read up to its last
+    complete message (:class:`runtime.ros.mcap_recovery.McapRecovery`); :attr:`note` then says how
+    many messages were recovered and where the file stopped. Use as a context manager; every
+    failure is a one-line :class:`BagError` naming the bag.
     """
 
-    def __init__(self, path: str | os.PathLike[str], topics: Iterable[str], max_frames: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        topics: Iterable[str],
+        max_frames: int | None = None,
+        camera_info: bool = False,
+    ):
         self.path = Path(path)
         self.topics = list(dict.fromkeys(topics))
+        self.note = ""
         if not self.topics:
             raise BagError(f"{self.path}: give the image topic(s) to segment with --topic")
         if max_frames is not None and max_frames < 1:
@@ -110,19 +149,39 @@ class BagReader:
         rosbag2, self.typestore = _rosbags()
         if not self.path.exists():
             raise BagError(f"{self.path}: no such bag file or folder")
+        self._error: type[BaseException] | tuple[type[BaseException], ...] = rosbag2.ReaderError
         try:
             self._reader = rosbag2.Reader(self.path)
             self._reader.open()
         except (rosbag2.ReaderError, FileNotFoundError) as exc:
-            raise BagError(f"{self.path}: not a readable ROS 2 bag ({exc})") from None
-        self._error = rosbag2.ReaderError
+            self._reader = self._recover(exc)
         try:
             self.connections = self._select()
+            self.extra = self._camera_infos() if camera_info else []
         except BaseException:
             self.close()
             raise
         indexed = sum(c.msgcount for c in self.connections)
         self.total = min(indexed, max_frames) if max_frames else indexed
+
+    def _recover(self, exc: BaseException) -> Any:
+        """The stream-recovery reader for a truncated MCAP file, else the one-line refusal."""
+        from runtime.ros.mcap_recovery import McapRecovery, RecoveryError
+
+        refusal = BagError(f"{self.path}: not a readable ROS 2 bag ({exc})")
+        files = [self.path] if self.path.is_file() else sorted(self.path.glob("*.mcap"))
+        if len(files) != 1 or files[0].suffix.lower() != ".mcap":
+            raise refusal from None
+        try:
+            reader = McapRecovery(files[0])
+        except (RecoveryError, OSError):
+            raise refusal from None
+        self.note = (
+            f"{files[0]}: the file is truncated or has no index ({exc}); read it up to its last complete "
+            f"message: {reader.recovered} message(s) recovered, stopped at byte {reader.stopped_at} "
+            f"of {files[0].stat().st_size} ({reader.reason})"
+        )
+        return reader
 
     def _select(self) -> list[Any]:
         available = {c.topic: c for c in self._reader.connections}
@@ -141,10 +200,20 @@ class BagReader:
             chosen.extend(matches)
         return chosen
 
-    def __iter__(self) -> Iterator[BagFrame]:
+    def _camera_infos(self) -> list[Any]:
+        wanted = {camera_info_topic(topic) for topic in self.topics}
+        return [c for c in self._reader.connections if c.topic in wanted and c.msgtype == CAMERA_INFO_TYPE]
+
+    def __iter__(self) -> Iterator[BagFrame | BagPassthrough]:
         count = 0
+        extra = {c.topic for c in self.extra}
         try:
-            for connection, timestamp, raw in self._reader.messages(connections=self.connections):
+            for connection, timestamp, raw in self._reader.messages(
+                connections=[*self.connections, *self.extra]
+            ):
+                if connection.topic in extra:
+                    yield BagPassthrough(connection.topic, timestamp, connection.msgtype, bytes(raw))
+                    continue
                 if self.max_frames is not None and count >= self.max_frames:
                     return
                 topic = connection.topic
@@ -175,38 +244,87 @@ class BagReader:
         self.close()
 
 
-def _staging_for(out: Path, exist_ok: bool) -> Path:
-    if out.is_dir():
-        raise BagError(f"{out}: is a folder; give a .mcap or .db3 file name for the output bag")
-    if out.exists() and not exist_ok:
-        raise BagError(f"{out}: already exists; pass --exist-ok to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+COMPRESSIONS = ("zstd", "lz4", "none")
+
+
+def bag_output_topics(input_topics: Iterable[str], namespace: str = "pem") -> dict[str, OutputTopics]:
+    """Output topics per input topic, distinct for every input: ``/x/image_raw`` and
+    ``/x/image_raw/compressed`` (the usual recorded pair) would both map to ``/x/image_raw/pem/...``,
+    so when both are segmented the compressed one keeps its ``/compressed``:
+    ``/x/image_raw/compressed/pem/...``."""
+    topics = list(dict.fromkeys(input_topics))
+    plain = {topic: output_topics(topic, namespace) for topic in topics}
+    result = {}
+    for topic in topics:
+        clash = any(other != topic and plain[other] == plain[topic] for other in topics)
+        if clash and topic.rstrip("/").endswith("/compressed"):
+            prefix = f"{topic.rstrip('/')}/{namespace}" if namespace else topic.rstrip("/")
+            result[topic] = OutputTopics(
+                f"{prefix}/labels",
+                f"{prefix}/panoptic",
+                f"{prefix}/panoptic/segments",
+                f"{prefix}/overlay/compressed",
+            )
+        else:
+            result[topic] = plain[topic]
+    return result
+
+
+def _compress(writer: Any, rosbag2: Any, plugin: Any, compression: str) -> None:
+    """MCAP chunk compression (``zstd`` through rosbags; ``lz4`` by swapping the chunk compressor,
+    both readable by every MCAP reader). sqlite3 bags are written uncompressed."""
+    if compression == "none" or plugin != rosbag2.StoragePlugin.MCAP:
+        return
+    writer.set_compression(rosbag2.CompressionMode.STORAGE, rosbag2.CompressionFormat.ZSTD)
+
+
+def _use_lz4(writer: Any) -> None:
+    import lz4.frame  # a dependency of rosbags (it reads lz4 chunks)
+
+    storage = writer.storage
+    if not hasattr(storage, "compressor"):
+        raise BagError("this rosbags version cannot write lz4 MCAP chunks; use --compression zstd")
+    storage.compression, storage.compressor = "lz4", lz4.frame.compress
 
 
 def write_bag(
     segmenter: Segmenter,
-    frames: Iterable[BagFrame],
+    frames: Iterable[BagFrame | BagPassthrough],
     out: str | os.PathLike[str],
-    exist_ok: bool = False,
+    overwrite: bool = False,
     overlays: bool = True,
     alpha: float = 0.5,
     copy_input: bool = False,
     namespace: str = "pem",
     progress: Progress | None = None,
     total: int | None = None,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    compression: str = "zstd",
+    input_topics: Iterable[str] = (),
+    on_note: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> InferSummary:
     """Segment ``frames`` and write the result messages to the bag file ``out`` (``.mcap``/``.db3``).
 
     Per input topic: ``labels``, for panoptic artifacts ``panoptic`` and ``segments``, and with
-    ``overlays`` an ``overlay`` topic (see :func:`runtime.ros.messages.output_topics`), each message
-    logged at the source message's bag time with its header copied. ``copy_input`` also copies
-    the source messages. Nothing appears at ``out`` unless the whole bag was written.
+    ``overlays`` an ``overlay`` topic (:func:`bag_output_topics`: distinct for every input topic
+    among ``input_topics``), each message logged at the source message's bag time with its header
+    copied. ``copy_input`` also copies the source messages and the :class:`BagPassthrough` ones
+    (CameraInfo). MCAP chunks are compressed with ``compression`` (``zstd``, ``lz4``, ``none``).
+
+    Nothing appears at ``out`` unless a valid bag was closed: when the run is interrupted
+    (Ctrl-C) or fails after the first frame, the bag is closed with the frames done so far and
+    installed, ``on_note`` says so, and the interruption or error is raised again. ``stop`` (set by
+    a SIGINT handler, :func:`runtime.sources.stop_on_interrupt`) is checked between frames, so an
+    interrupted bag holds whole frames only; it ends the run as a Ctrl-C. ``inputs`` (the
+    source bag, the artifact) are never written, ``overwrite`` replaces an existing ``out``.
     """
     rosbag2, typestore = _rosbags()
     out = Path(out)
     if out.suffix.lower() not in BAG_SUFFIXES:
         raise BagError(f"{out}: output bag must end in .mcap or .db3")
+    if compression not in COMPRESSIONS:
+        raise BagError(f"--compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
     plugin = rosbag2.StoragePlugin.MCAP if out.suffix.lower() == ".mcap" else rosbag2.StoragePlugin.SQLITE3
     types = MessageTypes(
         typestore.types[IMAGE_TYPE],
@@ -218,16 +336,31 @@ def write_bag(
     artifact = segmenter.artifact
     names = [c.name for c in artifact.classes]
     panoptic = artifact.head == "panoptic"
-    staging = _staging_for(out, exist_ok)
+    planned = bag_output_topics(input_topics, namespace)
+    read = [*inputs, artifact.model_path, artifact.sidecar_path]
+    output = FileOutput(out, overwrite=overwrite, inputs=read)
+    staging = output.open().parent
     writer = None
+    count = 0
     try:
-        bag_dir = staging / "bag"
+        # The storage file is named after its folder and recorded by that name in the bag's
+        # embedded metadata: name the folder after the final file so the metadata is right.
+        bag_dir = staging / out.stem
         writer = rosbag2.Writer(bag_dir, version=9, storage_plugin=plugin)
+        _compress(writer, rosbag2, plugin, compression)
         writer.open()
+        if compression == "lz4" and plugin == rosbag2.StoragePlugin.MCAP:
+            _use_lz4(writer)
         connections: dict[str, dict[str, Any]] = {}
+        used: set[str] = set()
 
         def connect(frame: BagFrame) -> dict[str, Any]:
-            topics = output_topics(frame.topic, namespace)
+            topics = planned.get(frame.topic) or output_topics(frame.topic, namespace)
+            if topics.labels in used:  # a topic not announced in input_topics that collides
+                topics = bag_output_topics([frame.topic, topics.labels.rsplit("/", 2)[0]], namespace)[
+                    frame.topic
+                ]
+            used.add(topics.labels)
             conns: dict[str, Any] = {
                 "labels": writer.add_connection(topics.labels, IMAGE_TYPE, typestore=typestore)
             }
@@ -240,63 +373,96 @@ def write_bag(
                 conns["input"] = writer.add_connection(frame.topic, frame.msgtype, typestore=typestore)
             return conns
 
-        sums, count = {"pre": 0.0, "infer": 0.0, "post": 0.0}, 0
-        for frame in frames:
-            if frame.topic not in connections:
-                connections[frame.topic] = connect(frame)
-            conns = connections[frame.topic]
-            result = segmenter.predict(frame.image, f"{frame.topic} message {count}")
-            messages = segmentation_messages(
-                result, frame.image, frame.header, names, artifact.palette, overlays, alpha
-            )
-            for key, fields, msgtype in (
-                ("labels", messages.labels, IMAGE_TYPE),
-                ("panoptic", messages.panoptic, IMAGE_TYPE),
-                ("segments", messages.segments, STRING_TYPE),
-                ("overlay", messages.overlay, COMPRESSED_TYPE),
-            ):
-                if fields is not None and key in conns:
-                    data = typestore.serialize_cdr(build(fields, types), msgtype)
-                    writer.write(conns[key], frame.timestamp, data)
-            if copy_input:
-                raw = frame.raw
-                if raw is None:
-                    raw = typestore.serialize_cdr(
-                        build(image_fields(frame.image, frame.header), types), IMAGE_TYPE
-                    )
-                writer.write(conns["input"], frame.timestamp, raw)
-            for key in sums:
-                sums[key] += result.timings.get(key, 0.0)
-            count += 1
-            if progress:
-                progress(count, total)
+        passthrough: dict[str, Any] = {}
+        sums = {"pre": 0.0, "infer": 0.0, "post": 0.0}
+        try:
+            for frame in frames:
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
+                if isinstance(frame, BagPassthrough):
+                    if copy_input:
+                        if frame.topic not in passthrough:
+                            passthrough[frame.topic] = writer.add_connection(
+                                frame.topic, frame.msgtype, typestore=typestore
+                            )
+                        writer.write(passthrough[frame.topic], frame.timestamp, frame.raw)
+                    continue
+                if frame.topic not in connections:
+                    connections[frame.topic] = connect(frame)
+                conns = connections[frame.topic]
+                result = segmenter.predict(frame.image, f"{frame.topic} message {count}")
+                messages = segmentation_messages(
+                    result, frame.image, frame.header, names, artifact.palette, overlays, alpha
+                )
+                for key, fields, msgtype in (
+                    ("labels", messages.labels, IMAGE_TYPE),
+                    ("panoptic", messages.panoptic, IMAGE_TYPE),
+                    ("segments", messages.segments, STRING_TYPE),
+                    ("overlay", messages.overlay, COMPRESSED_TYPE),
+                ):
+                    if fields is not None and key in conns:
+                        data = typestore.serialize_cdr(build(fields, types), msgtype)
+                        writer.write(conns[key], frame.timestamp, data)
+                if copy_input:
+                    raw = frame.raw
+                    if raw is None:
+                        raw = typestore.serialize_cdr(
+                            build(image_fields(frame.image, frame.header), types), IMAGE_TYPE
+                        )
+                    writer.write(conns["input"], frame.timestamp, raw)
+                for key in sums:
+                    sums[key] += result.timings.get(key, 0.0)
+                count += 1
+                if progress:
+                    progress(count, total)
+        except (KeyboardInterrupt, Exception) as exc:
+            if count == 0 or output.write_error(exc) is not exc:  # nothing done, or the bag itself failed
+                raise
+            writer.close()
+            os.replace(bag_dir / f"{out.stem}{out.suffix.lower()}", output.staged)
+            output.commit()
+            if on_note:
+                why = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by an error"
+                on_note(f"{why} after {count} frame(s): {out} holds them (a complete, readable bag)")
+            raise
         if count == 0:
             raise BagError(f"{out}: nothing to segment")
         writer.close()
-        storage = bag_dir / f"bag{out.suffix.lower()}"
-        os.replace(storage, out)
+        os.replace(bag_dir / f"{out.stem}{out.suffix.lower()}", output.staged)
+        output.commit()
         return InferSummary(out, count, {k: v / count for k, v in sums.items()})
-    except BaseException:
+    except BaseException as exc:
         if writer is not None and writer.storage is not None:
             writer.abort()
+        converted = output.write_error(exc)
+        if converted is not exc:
+            raise converted from None
         raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        output.discard()
 
 
-def bag_frame_names(frames: Iterable[BagFrame]) -> Iterator[tuple[str, np.ndarray]]:
-    """``(name, image)`` pairs for writing a bag's frames as files: ``<topic_as_folder>/<index>``."""
+def bag_frame_names(frames: Iterable[BagFrame | BagPassthrough]) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, image)`` pairs for writing a bag's frames as files, keeping each frame's timing:
+    ``<topic_as_folder>/<index>_<sec>.<nanosec>_<frame_id>`` (header stamp, 9-digit nanoseconds;
+    the frame id with characters other than letters, digits, ``-`` and ``.`` as ``_``), e.g.
+    ``front_image_raw/000003_1700000003.000003003_front_cam``."""
     counters: dict[str, int] = {}
     for frame in frames:
+        if isinstance(frame, BagPassthrough):
+            continue
         slug = frame.topic.strip("/").replace("/", "_") or "topic"
         index = counters.get(frame.topic, 0)
         counters[frame.topic] = index + 1
-        yield f"{slug}/{index:06d}", frame.image
+        stamp = frame.header.stamp
+        frame_id = re.sub(r"[^A-Za-z0-9.\-]", "_", frame.header.frame_id) or "_"
+        yield f"{slug}/{index:06d}_{stamp.sec}.{stamp.nanosec:09d}_{frame_id}", frame.image
 
 
 def camera_bag_frames(
     frames: Iterable[tuple[int, np.ndarray]], topic: str = "/camera/image_raw", frame_id: str = "camera"
 ) -> Iterator[BagFrame]:
-    """Live frames ``(wall-clock ns, BGR image)`` as bag frames on ``topic`` (copied as ``bgr8``)."""
+    """Frames ``(stamp ns, BGR image)`` of :func:`runtime.sources.camera_frames` (capture time, or a
+    video's container timestamps) as bag frames on ``topic``, logged and stamped at that time."""
     for stamp_ns, image in frames:
         yield BagFrame(topic, stamp_ns, Header(Stamp.from_ns(stamp_ns), frame_id), image)

@@ -205,12 +205,13 @@ def test_bag_to_folder_with_max_frames(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     files = sorted(p.name for p in (out / "labels" / "front_image_raw").iterdir())
-    assert files == [f"{i:06d}.png" for i in range(4)]
+    # Each frame's header stamp and frame id are kept in its name (issue 21: they were lost).
+    assert files == [f"{i:06d}_{1_700_000_000 + i}.{1000 * i + 3:09d}_front_cam.png" for i in range(4)]
     meta = json.loads((out / "predictions.json").read_text())
     assert meta["frames"] == 4
     first = next(iter(_read(bag)["/front/image_raw"]))[1]
     expected = Segmenter.open(model).predict(decode_image(first, "/front/image_raw")).labels
-    got = cv2.imread(str(out / "labels" / "front_image_raw" / "000000.png"), cv2.IMREAD_UNCHANGED)
+    got = cv2.imread(str(out / "labels" / "front_image_raw" / files[0]), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(got, expected)
 
 
@@ -274,18 +275,19 @@ def test_bad_bags_one_line_errors(tmp_path):
     line = _cli_error(["infer", model, str(weird), "--topic", "/front/image_raw", "--out", out])
     assert "/front/image_raw: unsupported image encoding '32FC1'" in line
     assert not (tmp_path / "o.mcap").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.mcap.")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".o.mcap.", ".pem-deploy-staging-"))]
 
 
-def test_existing_output_bag_needs_exist_ok(tmp_path):
+def test_existing_output_bag_needs_overwrite(tmp_path):
     model = str(_model(tmp_path))
     bag = str(_write_bag(tmp_path / "drive", StoragePlugin.MCAP, frames=2))
     out = tmp_path / "seg.mcap"
     out.write_bytes(b"precious")
     args = ["infer", model, bag, "--topic", "/front/image_raw", "--out", str(out)]
-    assert "already exists; pass --exist-ok" in _cli_error(args)
+    assert "seg.mcap: exists; pass --overwrite" in _cli_error(args)
+    assert "seg.mcap: exists; pass --overwrite" in _cli_error([*args, "--exist-ok"])  # a folder's flag
     assert out.read_bytes() == b"precious"
-    assert CliRunner().invoke(app, [*args, "--exist-ok"]).exit_code == 0
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
     assert len(_read(out)[output_topics("/front/image_raw").labels]) == 2
 
 

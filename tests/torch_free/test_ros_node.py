@@ -159,3 +159,118 @@ def test_rclpy_node_publishes_labels(tmp_path):  # pragma: no cover - needs ROS 
     assert got and got[0].encoding == "mono8"
     assert (labels_array(got[0]) == 0).all()
     rclpy.shutdown()
+
+
+def test_parameters_coerced_validated_in_one_line():
+    from runtime.ros.node import PARAMETERS, NodeParameterError, config_from_parameters, parse_palette
+
+    base = {name: getattr(NodeConfig("m.onnx"), name) for name in PARAMETERS}
+    config = config_from_parameters(base | {"alpha": 1, "diagnostics_period": 2})  # integers for doubles
+    assert config.alpha == 1.0 and isinstance(config.alpha, float) and config.diagnostics_period == 2.0
+    for bad, message in [
+        ({"resize": "bogus"}, "parameter 'resize': 'bogus' is not one of stretch, letterbox"),
+        ({"alpha": 1.5}, "parameter 'alpha': 1.5 is outside 0.0..1.0"),
+        ({"overlay": "yes"}, "parameter 'overlay': expected a bool, got string 'yes'"),
+        ({"input_qos_reliability": "sometimes"}, "not one of best_effort, reliable"),
+        ({"input_qos_depth": 0}, "parameter 'input_qos_depth'"),
+        ({"color_palette": "#zzzzzz"}, "palette entry '#zzzzzz'"),
+    ]:
+        with pytest.raises(NodeParameterError, match=message):
+            config_from_parameters(base | bad)
+    palette = parse_palette("#ff0000, car=#00ff00", np.zeros((3, 3), np.uint8), ["road", "sky", "car"])
+    assert palette.tolist() == [[255, 0, 0], [0, 0, 0], [0, 255, 0]]
+    with pytest.raises(ValueError, match="no class 'bus'"):
+        parse_palette("bus=#ffffff", np.zeros((3, 3), np.uint8), ["road", "sky", "car"])
+
+
+def test_node_topics_camera_info_and_colored_mask(tmp_path):
+    config = NodeConfig("m.onnx", "/x/image_raw/compressed")
+    assert config.camera_info_in() == "/x/camera_info"
+    assert config.colored_mask_out() == "/x/image_raw/pem/colored_mask"
+    assert config.camera_info_out() == "/x/image_raw/pem/camera_info"
+    assert NodeConfig("m.onnx", "/image").camera_info_in() == "/camera_info"
+    seg = Segmenter.open(write_artifact(tmp_path, semantic_model(32, 64)))
+    image = np.random.default_rng(3).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    out = FrameProcessor(seg, "/x/image_raw").segment(_msg(image), overlay=False, colored_mask=True)
+    labels = seg.predict(image).labels
+    rgb = out.colored_mask.data.reshape(24, 40, 3)
+    assert out.colored_mask.encoding == "rgb8" and out.messages.overlay is None
+    np.testing.assert_array_equal(rgb, seg.artifact.palette[labels])
+
+
+def test_node_stats_percentiles_and_failures():
+    from runtime.ros.node import NodeStats, diagnostic_values
+
+    stats = NodeStats()
+    for i in range(100):
+        stats.success((i + 1) / 1000, now=100.0 + i * 0.05)
+    stats.failure(ValueError("bad\nframe"))
+    assert stats.fps(now=105.0) == pytest.approx(20.0, rel=0.05)
+    lat = stats.latency_ms()
+    assert lat["p50"] == pytest.approx(50.5) and lat["max"] == pytest.approx(100.0)
+    values = dict(diagnostic_values(stats, LatestFrame()))
+    assert values["frames_failed"] == "1" and values["last_error"].startswith("ValueError: bad")
+    assert "\n" not in values["last_error"]
+
+
+def test_launch_file_and_parameters_yaml_match_the_node():
+    """ros2 launch cannot run here: the launch file is executed against recording stand-ins of the
+    launch API, and the YAML is checked against the node's parameters (rclpy parses it for real
+    in test_ros_node_live)."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    from ruamel.yaml import YAML
+
+    from runtime.ros.node import PARAMETERS, config_from_parameters
+
+    root = Path(__file__).resolve().parents[2]
+    params = YAML(typ="safe").load((root / "ros/config/pem_segmentation.params.yaml").read_text())
+    values = params["pem_segmentation"]["ros__parameters"]
+    assert set(values) <= set(PARAMETERS) and "alpha" in values
+    defaults = {name: getattr(NodeConfig("m.onnx"), name) for name in PARAMETERS}
+    assert config_from_parameters(defaults | values) == NodeConfig("m.onnx", **values)
+
+    source = (root / "ros/launch/pem_segmentation.launch.py").read_text()
+    ast.parse(source)
+    recorded = {}
+
+    class Record:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+            recorded.setdefault(type(self).__name__, []).append(self)
+
+    stand_ins = {
+        "launch": {"LaunchDescription": type("LaunchDescription", (Record,), {})},
+        "launch.actions": {
+            "DeclareLaunchArgument": type("DeclareLaunchArgument", (Record,), {}),
+            "ExecuteProcess": type("ExecuteProcess", (Record,), {}),
+        },
+        "launch.substitutions": {"LaunchConfiguration": type("LaunchConfiguration", (Record,), {})},
+    }
+    saved = {name: sys.modules.get(name) for name in stand_ins}
+    try:
+        for name, attrs in stand_ins.items():
+            sys.modules[name] = type(sys)(name)
+            vars(sys.modules[name]).update(attrs)
+        namespace = {"__file__": str(root / "ros/launch/pem_segmentation.launch.py")}
+        exec(compile(source, "pem_segmentation.launch.py", "exec"), namespace)
+        description = namespace["generate_launch_description"]()
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    process = recorded["ExecuteProcess"][0]
+    assert description.args[0][-1] is process
+    cmd = process.kwargs["cmd"]
+    words = [w if isinstance(w, str) else f"${w.args[0]}" for w in cmd]
+    assert (
+        " ".join(words)
+        == "$pem_deploy ros2 $artifact --input $input -- --ros-args --params-file $params_file"
+    )
+    declared = {a.args[0]: a.kwargs.get("default_value") for a in recorded["DeclareLaunchArgument"]}
+    assert set(declared) == {"artifact", "input", "params_file", "pem_deploy"}
+    assert Path(declared["params_file"]) == root / "ros/config/pem_segmentation.params.yaml"
