@@ -45,9 +45,11 @@ def pytriton_dir() -> Path | None:
 
 STUB_PYTHON_VARIABLE = "PEM_TRITON_STUB_PYTHON"
 _PROBE = (
-    "import sys, sysconfig, numpy, cv2, onnxruntime; "
-    "print(f'{sys.version_info[0]}.{sys.version_info[1]}'); print(sysconfig.get_config_var('LIBDIR')); "
-    "print(int(bool(sysconfig.get_config_var('Py_ENABLE_SHARED')))); print(numpy.__version__)"
+    "import sys, sysconfig, ctypes.util, pathlib, numpy, cv2, onnxruntime; "
+    "v = f'{sys.version_info[0]}.{sys.version_info[1]}'; d = sysconfig.get_config_var('LIBDIR') or ''; "
+    "shared = (pathlib.Path(d) / f'libpython{v}.so.1.0').exists() "
+    "or bool(ctypes.util.find_library(f'python{v}')); "
+    "print(v); print(d or '-'); print(int(shared)); print(numpy.__version__)"
 )
 
 
@@ -70,7 +72,7 @@ def stub_python() -> tuple[str, str, str] | str:
             f"{python} has numpy {numpy_version}; the nvidia-pytriton stub needs numpy < 2: set "
             f"${STUB_PYTHON_VARIABLE} to a Python with numpy<2, opencv-python-headless<4.12, onnxruntime"
         )
-    return python, version, libdir
+    return python, version, "" if libdir == "-" else libdir
 
 
 def unavailable_reason() -> str | None:
