@@ -228,7 +228,21 @@ def test_isaac_ros_bindings_and_encoder_values_reproduce_the_runtime(tmp_path, p
         tensor = ((rgb - mean) / std).astype(np.float32).transpose(2, 0, 1)[None]
         (out,) = session.run(["output"], {"input": tensor})
         _assert_same_labels(out[0, 0], bgr, runtime.predict(bgr).labels)
-    assert "launch_fragments:=segformer" in (root / "README.md").read_text()
+    assert "launch_fragments:=segformer" in (root / isaac_ros.LAUNCH_SCRIPT).read_text()
+    assert "input_binding_names:='[\"input\"]'" in (root / "README.md").read_text()
+
+
+def test_isaac_ros_params_file_loads_in_rclpy(tmp_path):
+    rclpy_parameter = pytest.importorskip("rclpy.parameter", reason="rclpy (ROS 2) is not installed here")
+    root = package_artifact(
+        _semantic_artifact(tmp_path), tmp_path / "isaac", PackageOptions("isaac-ros")
+    ).root
+    path = str(root / isaac_ros.PARAMS_FILE)
+    for node in ("segformer_decoder_node", "tensor_rt", "dnn_image_encoder"):
+        values = rclpy_parameter.parameter_dict_from_yaml_file(path, target_nodes=[node])
+        assert values, node
+    decoder = rclpy_parameter.parameter_dict_from_yaml_file(path, target_nodes=["segformer_decoder_node"])
+    assert decoder["network_output_type"].value == "argmax"
 
 
 # -- Triton ----------------------------------------------------------------------------------------

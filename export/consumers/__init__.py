@@ -324,16 +324,22 @@ def _write_isaac_ros(artifact: Artifact, stage: Path, options: PackageOptions, s
         {o.name: (o.dtype, o.shape) for o in packaged.outputs},
         packaged.num_classes,
     )
-    params = isaac_ros.parameters(
-        packaged, "/workspaces/models/pem/model.onnx", "/workspaces/models/pem/model.plan"
-    )
+    model_paths = ("/workspaces/models/pem/model.onnx", "/workspaces/models/pem/model.plan")
+    params = isaac_ros.parameters(packaged, *model_paths)
+    launch = isaac_ros.launch_arguments(packaged, *model_paths)
     comment = (
-        "Isaac ROS parameters for a PEM semantic model packaged by pem-deploy.\n"
-        "Copy model.onnx to the paths below (or edit them). Nodes as in isaac_ros_segformer_core.launch.py;\n"
-        "_launch_arguments: the same values as arguments of the segformer launch fragment."
+        "ROS 2 parameters (--params-file) for a PEM semantic model packaged by pem-deploy, per node of\n"
+        "isaac_ros_segformer_core.launch.py. Copy model.onnx to model_file_path (or edit the paths)."
     )
     (stage / isaac_ros.PARAMS_FILE).write_text(isaac_ros.render_yaml(params, comment))
-    (stage / "README.md").write_text(_readme("isaac-ros", packaged, height, width, params=params))
+    script = stage / isaac_ros.LAUNCH_SCRIPT
+    script.write_text(
+        "#!/bin/sh\n# Isaac ROS SegFormer graph with this model (same values as the params file)\n"
+        + isaac_ros.launch_command(launch)
+        + "\n"
+    )
+    script.chmod(0o755)
+    (stage / "README.md").write_text(_readme("isaac-ros", packaged, height, width, launch=launch))
     return Bundle(
         "isaac-ros",
         stage,

@@ -26,6 +26,7 @@ from contract.sidecar import Sidecar
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 PARAMS_FILE = "isaac_ros_pem_params.yaml"
+LAUNCH_SCRIPT = "run_segformer_launch.sh"
 NETWORK_OUTPUT_TYPES = ("softmax", "sigmoid", "argmax")
 DATA_FORMATS = ("NCHW", "NHWC", "HWC")
 ARGMAX_DTYPES = ("int32", "int64")
@@ -42,11 +43,11 @@ def parameters(sidecar: Sidecar, onnx_file: str, engine_file: str) -> dict[str, 
 
     The node names are the ones ``isaac_ros_segformer_core.launch.py`` gives its nodes, and the
     DNN image encoder's; the ``tensor_rt`` node's are ``isaac_ros_tensor_rt``'s parameter names.
-    ``_launch_arguments`` holds the same values as the SegFormer launch fragment's arguments.
+    :func:`launch_arguments` gives the same values as the SegFormer launch fragment's arguments.
     """
     _, _, height, width = sidecar.input.shape
-    mean = [round(m / 255.0, 9) for m in sidecar.input.mean]
-    std = [round(s / 255.0, 9) for s in sidecar.input.std]
+    mean = [round(m / 255.0, 12) for m in sidecar.input.mean]
+    std = [round(s / 255.0, 12) for s in sidecar.input.std]
     decoder = {
         "network_output_type": "argmax",
         "data_format": "NCHW",
@@ -72,7 +73,20 @@ def parameters(sidecar: Sidecar, onnx_file: str, engine_file: str) -> dict[str, 
         "image_stddev": std,
         "enable_padding": False,
     }
-    launch = {
+    return {
+        "segformer_decoder_node": {"ros__parameters": decoder},
+        "tensor_rt": {"ros__parameters": tensor_rt},
+        "dnn_image_encoder": {"ros__parameters": encoder},
+    }
+
+
+def launch_arguments(sidecar: Sidecar, onnx_file: str, engine_file: str) -> dict[str, Any]:
+    """The SegFormer launch fragment's arguments (isaac_ros_segformer_core.launch.py) for the
+    packaged artifact: the same values as :func:`parameters`."""
+    _, _, height, width = sidecar.input.shape
+    mean = [round(m / 255.0, 12) for m in sidecar.input.mean]
+    std = [round(s / 255.0, 12) for s in sidecar.input.std]
+    return {
         "network_image_width": width,
         "network_image_height": height,
         "encoder_image_mean": mean,
@@ -84,12 +98,6 @@ def parameters(sidecar: Sidecar, onnx_file: str, engine_file: str) -> dict[str, 
         "network_output_type": "argmax",
         "mask_width": width,
         "mask_height": height,
-    }
-    return {
-        "segformer_decoder_node": {"ros__parameters": decoder},
-        "tensor_rt": {"ros__parameters": tensor_rt},
-        "dnn_image_encoder": {"ros__parameters": encoder},
-        "_launch_arguments": launch,
     }
 
 
@@ -117,9 +125,8 @@ def render_yaml(params: dict[str, dict[str, Any]], comment: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def launch_command(params: dict[str, dict[str, Any]]) -> str:
-    """``ros2 launch`` of the Isaac ROS examples with the SegFormer fragment and these values."""
-    args = params["_launch_arguments"]
+def launch_command(args: dict[str, Any]) -> str:
+    """``ros2 launch`` of the Isaac ROS examples with the SegFormer fragment and these arguments."""
     parts = ["ros2 launch isaac_ros_examples isaac_ros_examples.launch.py launch_fragments:=segformer"]
     for key, value in args.items():
         text = _yaml_value(value).replace(" ", "")

@@ -43,17 +43,17 @@ and compare with `runtime.Segmenter`. Not run: DeepStream itself, the engine bui
 """
 
 
-def _isaac_ros(spec: Sidecar, height: int, width: int, params: dict[str, Any], **_: Any) -> str:
+def _isaac_ros(spec: Sidecar, height: int, width: int, launch: dict[str, Any], **_: Any) -> str:
     return f"""Files: `model.onnx` (input `input` float32 1 x 3 x {height} x {width} as the Isaac ROS DNN
 image encoder produces it, output `output` int32 1 x 1 x {height} x {width}: argmax class ids, NCHW),
 `model.json` (sidecar; `consumer.edits` lists the graph edits), `{isaac_ros.PARAMS_FILE}` (ROS 2
-parameters of the decoder, TensorRT and encoder nodes, plus the launch arguments).
+parameters of the decoder, TensorRT and encoder nodes), `{isaac_ros.LAUNCH_SCRIPT}` (the command below).
 
 Run with the SegFormer launch fragment of `isaac_ros_image_segmentation` (copy `model.onnx` to
 the path given; the TensorRT node builds the plan on first start):
 
 ```
-{isaac_ros.launch_command(params)}
+{isaac_ros.launch_command(launch)}
 ```
 
 The encoder's mean / stddev are PEM's (divided by 255), so its output is exactly the normalised
