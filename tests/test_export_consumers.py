@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from contract.errors import SidecarError
+from contract.errors import ArtifactError, SidecarError
 from contract.sidecar import Sidecar
 from export.consumers import PackageError, PackageOptions, deepstream, isaac_ros, package_artifact, triton
 from runtime import Segmenter
@@ -163,6 +163,10 @@ def test_package_refuses_a_non_empty_out_and_bad_options(tmp_path):
     with pytest.raises(PackageError, match="--for nvinfer"):
         package_artifact(artifact, tmp_path / "x", PackageOptions("nvinfer"))
     packaged = package_artifact(artifact, tmp_path / "ds", PackageOptions("deepstream")).root
+    with pytest.raises(
+        ArtifactError, match="packaged for deepstream.*run the exported artifact it was made from"
+    ):
+        Segmenter.open(packaged / "model.onnx")
     with pytest.raises(PackageError, match="already packaged for deepstream"):
         package_artifact(packaged / "model.onnx", tmp_path / "again", PackageOptions("triton"))
 
