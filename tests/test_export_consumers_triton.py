@@ -93,7 +93,7 @@ def test_semantic_runtime_model_labels_equal_segmenter_predict(served, protocol)
     runtime = Segmenter.open(semantic)
     for image in _images():
         got = _infer(module, client, "sem_runtime", [("image", image, "UINT8")], ["labels"])["labels"]
-        assert got.dtype == np.int32 and got.shape == image.shape[:2]
+        assert got.dtype == np.uint8 and got.shape == image.shape[:2]  # 3 classes: ids fit a byte
         np.testing.assert_array_equal(got, runtime.predict(image).labels)
 
 
@@ -107,6 +107,7 @@ def test_panoptic_runtime_model_equals_segmenter_predict(served, protocol):
             module, client, "pan_runtime", [("image", image, "UINT8")], ["labels", "panoptic", "segments"]
         )
         expected = runtime.predict(image)
+        assert got["labels"].dtype == np.uint8 and got["panoptic"].dtype == np.int32
         np.testing.assert_array_equal(got["labels"], expected.labels)
         np.testing.assert_array_equal(got["panoptic"], expected.panoptic)
         segments = json.loads(got["segments"][0])

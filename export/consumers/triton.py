@@ -12,7 +12,8 @@ Models written (``NAME`` = ``--model-name``, default ``pem``):
   --dynamic``); H x W are fixed in the config either way (Triton batches equal shapes only).
 - ``NAME_runtime``: a Python-backend model wrapping the torch-free :class:`runtime.Segmenter`
   (any image size, resize + post-processing + panoptic fusion included): input ``image`` uint8
-  H x W x 3 (BGR, as OpenCV decodes; ``input_color`` parameter), outputs ``labels`` int32 H x W
+  H x W x 3 (BGR, as OpenCV decodes; ``input_color`` parameter), outputs ``labels`` H x W: uint8
+  when the class ids (and 255 = void) fit a byte, else int32 (:func:`labels_dtype`)
   (+ ``panoptic`` int32 H x W and ``segments`` JSON for panoptic artifacts).
 - panoptic artifacts also get ``NAME_fuse`` (Python backend: the runtime's panoptic fusion on the
   graph's outputs) and ``NAME_panoptic``, an ensemble ``NAME`` -> ``NAME_fuse``.
@@ -167,9 +168,15 @@ def graph_model_config(
     return config
 
 
+def labels_dtype(sidecar: Sidecar) -> str:
+    """The label map's wire dtype in the Python-backend models: uint8 (a quarter of int32's bytes)
+    when every class id and the void id 255 fit a byte, else int32."""
+    return "uint8" if sidecar.num_classes <= 255 else "int32"
+
+
 def runtime_model_config(sidecar: Sidecar, name: str, artifact_file: str, instances: int) -> dict[str, Any]:
     """``config.pbtxt`` data of the Python-backend model around :class:`runtime.Segmenter`."""
-    outputs = [{"name": "labels", "data_type": Enum("TYPE_INT32"), "dims": [-1, -1]}]
+    outputs = [{"name": "labels", "data_type": Enum(TRITON_DTYPES[labels_dtype(sidecar)]), "dims": [-1, -1]}]
     if sidecar.head == "panoptic":
         outputs.append({"name": "panoptic", "data_type": Enum("TYPE_INT32"), "dims": [-1, -1]})
         outputs.append({"name": "segments", "data_type": Enum("TYPE_STRING"), "dims": [1]})
@@ -210,16 +217,16 @@ def fuse_model_config(
         "backend": "python",
         "max_batch_size": max_batch_size,
         "input": inputs,
-        "output": _panoptic_outputs(size, lead),
+        "output": _panoptic_outputs(size, lead, labels_dtype(sidecar)),
         "instance_group": [{"count": instances, "kind": Enum("KIND_CPU")}],
         "parameters": _params({"sidecar": "model.json"}),
     }
 
 
-def _panoptic_outputs(size: tuple[int, int], lead: list[int]) -> list[dict[str, Any]]:
+def _panoptic_outputs(size: tuple[int, int], lead: list[int], dtype: str) -> list[dict[str, Any]]:
     height, width = size
     return [
-        {"name": "labels", "data_type": Enum("TYPE_INT32"), "dims": [*lead, height, width]},
+        {"name": "labels", "data_type": Enum(TRITON_DTYPES[dtype]), "dims": [*lead, height, width]},
         {"name": "panoptic", "data_type": Enum("TYPE_INT32"), "dims": [*lead, height, width]},
         {"name": "segments", "data_type": Enum("TYPE_STRING"), "dims": [1]},
     ]
@@ -239,7 +246,7 @@ def ensemble_config(
         "input": [
             {"name": inp.name, "data_type": Enum(TRITON_DTYPES[inp.dtype]), "dims": [*lead, 3, height, width]}
         ],
-        "output": _panoptic_outputs(size, lead),
+        "output": _panoptic_outputs(size, lead, labels_dtype(sidecar)),
         "ensemble_scheduling": {
             "step": [
                 {

@@ -1,9 +1,10 @@
 """Triton Python-backend model: panoptic fusion of a PEM panoptic graph's outputs (ensemble step).
 
 Inputs: the panoptic head's ``scores``, ``classes``, ``owner``, ``owner_fg``, ``mask_area`` for one
-image at network size (batch axis 1). Outputs at network size: ``labels`` int32 (class ids, 255 =
-void), ``panoptic`` int32 (segment ids, 0 = void), ``segments`` (JSON). Thing classes and
-thresholds come from the artifact's sidecar (``sidecar`` parameter, beside this file).
+image at network size (batch axis 1). Outputs at network size: ``labels`` uint8 / int32 as
+configured (class ids, 255 = void), ``panoptic`` int32 (segment ids, 0 = void), ``segments``
+(JSON). Thing classes and thresholds come from the artifact's sidecar (``sidecar`` parameter,
+beside this file).
 """
 
 import json
@@ -27,6 +28,8 @@ class TritonPythonModel:
         folder = os.path.join(args["model_repository"], args["model_version"])
         self.sidecar = Sidecar.from_file(os.path.join(folder, params.get("sidecar", "model.json")))
         self.batching = int(config.get("max_batch_size", 0)) > 0
+        wire = {o["name"]: o["data_type"] for o in config["output"]}["labels"]
+        self.labels_dtype = pb_utils.triton_string_to_numpy(wire)
 
     def execute(self, requests):
         responses = []
@@ -51,7 +54,7 @@ class TritonPythonModel:
                 responses.append(
                     pb_utils.InferenceResponse(
                         output_tensors=[
-                            pb_utils.Tensor("labels", np.stack(labels).astype(np.int32)),
+                            pb_utils.Tensor("labels", np.stack(labels).astype(self.labels_dtype)),
                             pb_utils.Tensor("panoptic", np.stack(panoptic).astype(np.int32)),
                             pb_utils.Tensor(
                                 "segments", np.array(texts, dtype=np.object_).reshape(segments_shape)

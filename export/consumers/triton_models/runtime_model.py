@@ -1,7 +1,8 @@
 """Triton Python-backend model: the torch-free ``runtime.Segmenter`` behind one Triton model.
 
 Input ``image``: uint8 H x W x 3 (any size; BGR unless the ``input_color`` parameter says RGB).
-Outputs: ``labels`` int32 H x W (class ids, 255 = void for panoptic); panoptic artifacts also
+Outputs: ``labels`` H x W (class ids, 255 = void for panoptic; the dtype the config gives it:
+uint8 when the ids fit a byte); panoptic artifacts also
 ``panoptic`` int32 H x W (segment ids, 0 = void) and ``segments`` (one JSON string: the segments'
 id, category_id, isthing, score, area). Parameters (config.pbtxt): ``artifact`` (path relative to
 this version folder), ``input_color``, ``providers`` (comma-separated onnxruntime providers;
@@ -31,6 +32,8 @@ class TritonPythonModel:
             threads=int(params.get("threads", "0") or 0),
         )
         self.panoptic = self.segmenter.artifact.head == "panoptic"
+        wire = {o["name"]: o["data_type"] for o in config["output"]}["labels"]
+        self.labels_dtype = pb_utils.triton_string_to_numpy(wire)
 
     def execute(self, requests):
         responses = []
@@ -38,7 +41,7 @@ class TritonPythonModel:
             try:
                 image = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
                 result = self.segmenter.predict(image)
-                outputs = [pb_utils.Tensor("labels", np.ascontiguousarray(result.labels, np.int32))]
+                outputs = [pb_utils.Tensor("labels", np.ascontiguousarray(result.labels, self.labels_dtype))]
                 if self.panoptic:
                     segments = json.dumps([asdict(s) for s in result.segments])
                     outputs.append(
