@@ -328,6 +328,7 @@ def test_every_triton_config_parses_with_tritons_schema(tmp_path):
         "panoptic",
         "segments",
     ]
+    assert model_config_pb2.DataType.Name(runtime.output[0].data_type) == "TYPE_UINT8"  # 3 classes: a byte
 
 
 def test_the_schema_check_fails_on_unknown_keys_and_wrong_types(tmp_path):

@@ -68,6 +68,7 @@ reads N x C x H x W), the sidecar against the graph. Not run: Isaac ROS, the eng
 
 def _triton(spec: Sidecar, height: int, width: int, models: list[str], engine: bool, **_: Any) -> str:
     listing = "\n".join(f"- `{m}`" for m in models)
+    extra_outputs = ", plus `panoptic` and `segments`" if spec.head == "panoptic" else ""
     labels_mb = height * width * 4 / 1e6
     scores_mb = labels_mb * spec.num_classes
     graph = "a TensorRT plan (`tensorrt_plan`)" if engine else "ONNX Runtime with the TensorRT accelerator"
@@ -77,7 +78,7 @@ def _triton(spec: Sidecar, height: int, width: int, models: list[str], engine: b
 
 `{models[0]}` runs the graph through {graph}; `{models[0]}_runtime` is a Python-backend model around
 pem-deploy's torch-free runtime (any image size: send uint8 H x W x 3 BGR as `image`, get `labels`
-int32 H x W back{", plus `panoptic` and `segments`" if spec.head == "panoptic" else ""}).
+H x W back (uint8 when the class ids fit a byte){extra_outputs}).
 
 ```
 tritonserver --model-repository=$PWD/model_repository
