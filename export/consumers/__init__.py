@@ -20,6 +20,7 @@ existing non-empty ``out_dir`` is refused (nothing the tool did not write is rep
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -180,8 +181,6 @@ def _write_edited(
     onnx.checker.check_model(model)
     blob = model.SerializeToString()
     (folder / "model.onnx").write_bytes(blob)
-    import hashlib
-
     data["sha256"] = hashlib.sha256(blob).hexdigest()
     data["size_bytes"] = len(blob)
     packaged = validated_sidecar(data, model, "model.json")

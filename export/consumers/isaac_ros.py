@@ -33,6 +33,14 @@ ARGMAX_DTYPES = ("int32", "int64")
 MAX_MASK_CLASSES = 256  # the raw mask is mono8
 
 
+def encoder_normalization(sidecar: Sidecar) -> tuple[list[float], list[float]]:
+    """The DNN image encoder's ``image_mean`` / ``image_stddev`` (on x / 255) that produce PEM's
+    ``(x - mean) / std`` on 0..255 pixels."""
+    mean = [round(m / 255.0, 12) for m in sidecar.input.mean]
+    std = [round(s / 255.0, 12) for s in sidecar.input.std]
+    return mean, std
+
+
 def palette(sidecar: Sidecar) -> list[int]:
     """The decoder's ``color_palette``: 0xRRGGBB per class id."""
     return [(r << 16) | (g << 8) | b for r, g, b in (c.color for c in sidecar.classes)]
@@ -46,8 +54,7 @@ def parameters(sidecar: Sidecar, onnx_file: str, engine_file: str) -> dict[str, 
     :func:`launch_arguments` gives the same values as the SegFormer launch fragment's arguments.
     """
     _, _, height, width = sidecar.input.shape
-    mean = [round(m / 255.0, 12) for m in sidecar.input.mean]
-    std = [round(s / 255.0, 12) for s in sidecar.input.std]
+    mean, std = encoder_normalization(sidecar)
     decoder = {
         "network_output_type": "argmax",
         "data_format": "NCHW",
@@ -84,8 +91,7 @@ def launch_arguments(sidecar: Sidecar, onnx_file: str, engine_file: str) -> dict
     """The SegFormer launch fragment's arguments (isaac_ros_segformer_core.launch.py) for the
     packaged artifact: the same values as :func:`parameters`."""
     _, _, height, width = sidecar.input.shape
-    mean = [round(m / 255.0, 12) for m in sidecar.input.mean]
-    std = [round(s / 255.0, 12) for s in sidecar.input.std]
+    mean, std = encoder_normalization(sidecar)
     return {
         "network_image_width": width,
         "network_image_height": height,
