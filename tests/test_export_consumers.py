@@ -403,3 +403,29 @@ def test_cli_package_writes_a_bundle_and_refuses_bad_input_in_one_line(tmp_path)
         bad = cli("package", *args)
         assert bad.returncode == 2, bad.stderr
         assert bad.stderr.count("\n") == 1 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("precision", "mode", "strongly_typed"), [("fp32", "0", None), ("fp16", "2", "1"), ("int8", "1", "1")]
+)
+def test_deepstream_precision_keys(tmp_path, precision, mode, strongly_typed):
+    """network-mode follows the artifact's precision; FP16 / Q/DQ-INT8 graphs carry their own
+    precisions, so nvinfer builds them strongly typed."""
+    root = package_artifact(_semantic_artifact(tmp_path), tmp_path / "ds", PackageOptions("deepstream")).root
+    spec = Sidecar.from_file(root / "model.json").replace(precision=precision)
+    props = deepstream.nvinfer_config(spec, "model.onnx")
+    deepstream.check_config(deepstream.render_config(props, "test"))
+    assert props["network-mode"] == mode and props.get("strongly-typed") == strongly_typed
+    assert props["model-engine-file"] == f"model.onnx_b1_gpu0_{precision}.engine"
+
+
+def test_cli_export_for_refuses_an_unknown_consumer_before_exporting(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(
+        app, ["export", "--preset", "cityscapes-panoptic-tiny", "--out", str(tmp_path / "x"), "--for", "gst"]
+    )
+    assert result.exit_code == 2 and "--for gst: choose one of triton, deepstream, isaac-ros" in result.output
+    assert not (tmp_path / "x").exists()
