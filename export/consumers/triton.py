@@ -190,6 +190,23 @@ def runtime_model_config(sidecar: Sidecar, name: str, artifact_file: str, instan
         "parameters": _params(
             {"artifact": artifact_file, "input_color": "BGR", "providers": "", "threads": "0"}
         ),
+        # One network-size frame before the model reports ready (session + allocator warm).
+        "model_warmup": [
+            {
+                "name": "frame",
+                "batch_size": 1,
+                "inputs": [
+                    {
+                        "key": "image",
+                        "value": {
+                            "data_type": Enum("TYPE_UINT8"),
+                            "dims": [*sidecar.input.size, 3],
+                            "zero_data": True,
+                        },
+                    }
+                ],
+            }
+        ],
     }
 
 
