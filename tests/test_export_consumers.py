@@ -236,17 +236,64 @@ def test_isaac_ros_bindings_and_encoder_values_reproduce_the_runtime(tmp_path, p
     assert "input_binding_names:='[\"input\"]'" in (root / "README.md").read_text()
 
 
-def test_isaac_ros_params_file_loads_in_rclpy(tmp_path):
-    rclpy_parameter = pytest.importorskip("rclpy.parameter", reason="rclpy (ROS 2) is not installed here")
+RCLPY_PYTHON_VARIABLE = "PEM_RCLPY_PYTHON"  # a Python with rclpy (e.g. 3.12 + ros-jazzy-rclpy wheels)
+_RCLPY_PROBE = """
+import json, sys
+from rclpy.parameter import Parameter, parameter_dict_from_yaml_file, parameter_value_to_python
+out = {}
+for node in sys.argv[2:]:
+    values = parameter_dict_from_yaml_file(sys.argv[1], target_nodes=[node])
+    out[node] = {
+        k: [Parameter.Type(v.value.type).name, parameter_value_to_python(v.value)] for k, v in values.items()
+    }
+print(json.dumps(out))
+"""
+
+
+def _rclpy_python():
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("rclpy") is not None:
+        return sys.executable
+    return os.environ.get(RCLPY_PYTHON_VARIABLE)
+
+
+@pytest.mark.skipif(
+    _rclpy_python() is None,
+    reason=f"rclpy is not installed here and ${RCLPY_PYTHON_VARIABLE} names no Python with it",
+)
+def test_isaac_ros_params_file_loads_in_rclpy_with_the_decoders_types(tmp_path):
+    """ROS 2's own parameter-file reader (rclpy) loads every node's parameters with the types the
+    Isaac ROS nodes declare (strings, integers, integer / double / string arrays, booleans)."""
+    import subprocess
+
     root = package_artifact(
         _semantic_artifact(tmp_path), tmp_path / "isaac", PackageOptions("isaac-ros")
     ).root
-    path = str(root / isaac_ros.PARAMS_FILE)
-    for node in ("segformer_decoder_node", "tensor_rt", "dnn_image_encoder"):
-        values = rclpy_parameter.parameter_dict_from_yaml_file(path, target_nodes=[node])
-        assert values, node
-    decoder = rclpy_parameter.parameter_dict_from_yaml_file(path, target_nodes=["segformer_decoder_node"])
-    assert decoder["network_output_type"].value == "argmax"
+    nodes = ["segformer_decoder_node", "tensor_rt", "dnn_image_encoder"]
+    run = subprocess.run(
+        [_rclpy_python(), "-c", _RCLPY_PROBE, str(root / isaac_ros.PARAMS_FILE), *nodes],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    loaded = json.loads(run.stdout)
+    decoder, trt, encoder = (loaded[n] for n in nodes)
+    assert decoder["network_output_type"] == ["STRING", "argmax"] and decoder["data_format"] == [
+        "STRING",
+        "NCHW",
+    ]
+    assert decoder["mask_width"] == ["INTEGER", 64] and decoder["mask_height"] == ["INTEGER", 32]
+    assert decoder["color_palette"][0] == "INTEGER_ARRAY"
+    assert trt["input_binding_names"] == ["STRING_ARRAY", ["input"]]
+    assert trt["output_binding_names"] == ["STRING_ARRAY", ["output"]]
+    assert trt["force_engine_update"] == ["BOOL", False]
+    assert encoder["image_mean"][0] == "DOUBLE_ARRAY" and encoder["image_stddev"][0] == "DOUBLE_ARRAY"
+    np.testing.assert_allclose(encoder["image_mean"][1], [m / 255 for m in MEAN], rtol=1e-10)
+    np.testing.assert_allclose(encoder["image_stddev"][1], [s / 255 for s in STD], rtol=1e-10)
 
 
 # -- Triton ----------------------------------------------------------------------------------------

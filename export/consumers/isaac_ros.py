@@ -36,8 +36,8 @@ MAX_MASK_CLASSES = 256  # the raw mask is mono8
 def encoder_normalization(sidecar: Sidecar) -> tuple[list[float], list[float]]:
     """The DNN image encoder's ``image_mean`` / ``image_stddev`` (on x / 255) that produce PEM's
     ``(x - mean) / std`` on 0..255 pixels."""
-    mean = [round(m / 255.0, 12) for m in sidecar.input.mean]
-    std = [round(s / 255.0, 12) for s in sidecar.input.std]
+    mean = [float(f"{m / 255.0:.15g}") for m in sidecar.input.mean]  # 0.485, not 0.48500000000000004
+    std = [float(f"{s / 255.0:.15g}") for s in sidecar.input.std]
     return mean, std
 
 
