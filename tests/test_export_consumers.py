@@ -426,20 +426,15 @@ def test_real_exported_graph_packages_for_every_consumer(tmp_path):
 
 
 def test_cli_package_writes_a_bundle_and_refuses_bad_input_in_one_line(tmp_path):
-    import subprocess
-    import sys
+    from typer.testing import CliRunner
+
+    from cli import app
 
     artifact = _semantic_artifact(tmp_path)
-
-    def cli(*args):
-        code = "import sys; from cli import app; sys.argv = ['pem-deploy', *sys.argv[1:]]; app()"
-        return subprocess.run(
-            [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
-        )
-
-    ok = cli("package", str(artifact), "--for", "deepstream", "--out", str(tmp_path / "ds"))
-    assert ok.returncode == 0, ok.stderr
-    assert "bundle" in ok.stdout and (tmp_path / "ds" / deepstream.CONFIG_FILE).is_file()
+    runner = CliRunner()
+    ok = runner.invoke(app, ["package", str(artifact), "--for", "deepstream", "--out", str(tmp_path / "ds")])
+    assert ok.exit_code == 0, ok.output
+    assert "bundle" in ok.output and (tmp_path / "ds" / deepstream.CONFIG_FILE).is_file()
     panoptic = write_artifact(tmp_path, image_panoptic_model(), head="panoptic", num_queries=3)
     for args, message in [
         ((str(panoptic), "--for", "isaac-ros", "--out", str(tmp_path / "i")), "panoptic artifact"),
@@ -447,9 +442,10 @@ def test_cli_package_writes_a_bundle_and_refuses_bad_input_in_one_line(tmp_path)
         ((str(tmp_path / "missing.onnx"), "--for", "triton", "--out", str(tmp_path / "m")), "missing.onnx"),
         ((str(artifact), "--for", "triton", "--out", str(tmp_path / "ds")), "not an empty folder"),
     ]:
-        bad = cli("package", *args)
-        assert bad.returncode == 2, bad.stderr
-        assert bad.stderr.count("\n") == 1 and message in bad.stderr and "Traceback" not in bad.stderr
+        bad = runner.invoke(app, ["package", *args])
+        assert bad.exit_code == 2, bad.output
+        assert bad.output.startswith("error: ") and bad.output.count("\n") == 1, bad.output
+        assert message in bad.output and isinstance(bad.exception, SystemExit)  # an exit, not a crash
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,7 @@ class TritonServer:
             "--allow-metrics=false",
             "--exit-on-error=true",
             "--strict-readiness=true",
+            "--exit-timeout-secs=5",  # default 30: stopping waits that long for the stubs
         ]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env())
