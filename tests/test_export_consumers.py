@@ -160,6 +160,10 @@ def test_package_refuses_a_non_empty_out_and_bad_options(tmp_path):
     with pytest.raises(PackageError, match="not an empty folder"):
         package_artifact(artifact, out, PackageOptions("triton"))
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert package_artifact(artifact, empty, PackageOptions("triton")).root == empty
+    assert (empty / "model_repository" / "pem" / "config.pbtxt").is_file()
     with pytest.raises(PackageError, match="--for nvinfer"):
         package_artifact(artifact, tmp_path / "x", PackageOptions("nvinfer"))
     packaged = package_artifact(artifact, tmp_path / "ds", PackageOptions("deepstream")).root
@@ -169,6 +173,22 @@ def test_package_refuses_a_non_empty_out_and_bad_options(tmp_path):
         Segmenter.open(packaged / "model.onnx")
     with pytest.raises(PackageError, match="already packaged for deepstream"):
         package_artifact(packaged / "model.onnx", tmp_path / "again", PackageOptions("triton"))
+
+
+def test_a_graph_the_edits_cannot_take_is_one_package_error(tmp_path):
+    model = semantic_model(32, 64)
+    model.graph.node[-1].attribute[0].i = onnx.TensorProto.INT64  # labels int64, sidecar says int32
+    model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.INT64
+    folder = tmp_path / "a"
+    folder.mkdir()
+    path = folder / "model.onnx"
+    onnx.save(model, path)
+    data = sidecar_for(semantic_model(32, 64))
+    data["sha256"] = sha256_file(path)
+    path.with_suffix(".json").write_text(json.dumps(data))
+    with pytest.raises(PackageError, match="model.onnx: the graph's labels output is not int32"):
+        package_artifact(path, tmp_path / "ds", PackageOptions("deepstream"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
 def test_sidecar_consumer_section_is_typed(tmp_path):

@@ -121,11 +121,12 @@ def package_artifact(
         )
     stage = _stage_dir(out)
     try:
-        bundle = _WRITERS[options.consumer](artifact, stage, options, say)
+        try:
+            bundle = _WRITERS[options.consumer](artifact, stage, options, say)
+        except (ValueError, onnx.checker.ValidationError) as exc:  # a graph the edits cannot take
+            raise PackageError(f"{artifact.model_path}: {exc}") from None
         say(f"moving the bundle into {out}")
-        if out.exists():
-            out.rmdir()  # empty (checked above): rename onto it
-        os.rename(stage, out)
+        os.rename(stage, out)  # onto an empty folder too (rename(2) replaces an empty directory)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
