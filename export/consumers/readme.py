@@ -31,6 +31,11 @@ writes it as `model-engine-file`):
 deepstream-app -c {deepstream.APP_CONFIG_FILE}      # edit uri= under [source0] first
 ```
 
+Precision follows the artifact: `network-mode` {deepstream.NETWORK_MODE[spec.precision]} ({spec.precision}).
+For FP16 speed, export with `--precision fp16` (LayerNorm, Softmax and the similarity feeding the
+argmax stay FP32 in the graph, built `strongly-typed=1`) rather than setting `network-mode=2` on an
+FP32 graph, which lets TensorRT pick FP16 for those layers too.
+
 The stock parser `{deepstream.PARSER_FUNCTION}` (`libnvds_infercustomparser.so`) copies
 `argmax_1` into the frame's `NvDsInferSegmentationMeta` class map: no custom code. `num-detected-classes`
 is {spec.num_classes}; class names are in `{deepstream.LABELS_FILE}`.
@@ -89,7 +94,9 @@ start `tritonserver` from an environment where `pip install pem-deploy[ort]` was
 environment's `bin` first on `PATH` and the stub built for its Python version (the NGC image ships
 Python 3.12; the `nvidia-pytriton` wheel has stubs for 3.8-3.13 under
 `pytriton/tritonserver/python_backend_stubs/`), or pack the environment with `conda-pack` and
-set `EXECUTION_ENV_PATH` in the model's config. On a GPU, set the `providers` parameter of
+set `EXECUTION_ENV_PATH` in the model's config. With the `nvidia-pytriton` 0.7.0 stubs that
+environment needs numpy < 2 (they are built on numpy 1.x: under numpy 2 the outputs arrive empty).
+On a GPU, set the `providers` parameter of
 `{models[0]}_runtime` to `CUDAExecutionProvider` (or `TensorrtExecutionProvider`).
 
 Outputs are label maps, not dense class scores: {height} x {width} int32 is {labels_mb:.2f} MB per
