@@ -23,6 +23,7 @@ def _commands() -> dict[str, Callable[..., Any]]:
         "train": model.train,
         "eval": model.eval_command,
         "export": export.export_command,
+        "package": export.package_command,
         "build": device.build_command,
         "calibrate": export.calibrate_command,
         "check": export.check_command,

@@ -57,15 +57,28 @@ def export_command(
         help="int8: runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: tensorrt with "
         "--format engine, else onnxruntime). --layout is an alias.",
     ),
+    consumer: str = typer.Option(
+        None,
+        "--for",
+        help="Also package the artifact for triton | deepstream | isaac-ros into OUT/NAME-CONSUMER "
+        "(the same as `pem-deploy package`).",
+    ),
 ) -> None:
     """Export to ONNX: custom DeformConv / prototype-gather translations, heads, FP16, metadata, lint."""
     import dataclasses
 
+    from export.consumers import PackageError, PackageOptions
     from export.errors import ExportError
     from export.pipeline import ExportOptions, export_artifact
     from export.progress import ConsoleProgress
     from export.source import load_source
 
+    package_options = PackageOptions(consumer) if consumer else None
+    if package_options is not None:
+        try:
+            package_options.validate()
+        except PackageError as exc:
+            _fail(str(exc))
     prepare_eager_torch(None)
     # Every ExportOptions field but out_dir (--out) is a flag of this command of the same name:
     # they pass through by name, and a field without its flag fails here (KeyError), not silently.
@@ -99,6 +112,49 @@ def export_command(
         typer.echo(f"calibration  {how}; TensorRT cache {ranges.cache_path}")
     if engine is not None:
         typer.echo(f"engine       {engine}")
+    if package_options is not None:
+        from pathlib import Path
+
+        from export.consumers import package_artifact
+
+        # Triton serves the engine as a tensorrt_plan; DeepStream / Isaac ROS edit the ONNX graph.
+        source_model = engine if engine is not None and consumer == "triton" else result.onnx_path
+        bundle_dir = Path(out) / f"{options.name}-{consumer}"
+        try:
+            bundle = package_artifact(source_model, bundle_dir, package_options)  # type: ignore[arg-type]
+        except PackageError as exc:
+            _fail(str(exc))
+        typer.echo(bundle.summary())
+
+
+def package_command(
+    artifact: str = typer.Argument(
+        ..., help="Exported artifact: NAME.onnx / NAME.engine, its sidecar or folder."
+    ),
+    consumer: str = typer.Option(..., "--for", help="triton | deepstream | isaac-ros."),
+    out: str = opt.folder_option(..., "--out", "New (or empty) folder for the bundle."),
+    model_name: str = typer.Option(
+        "pem", "--model-name", help="triton: model name (prefix of the helper models)."
+    ),
+    max_batch_size: int = opt.int_option(
+        4, "--max-batch-size", "triton: dynamic batching limit (graphs with a dynamic batch axis).", 1, 1024
+    ),
+    instances: int = opt.int_option(1, "--instances", "triton: instance-group count per model.", 1, 64),
+) -> None:
+    """Package an exported artifact for a consumer: Triton repository, DeepStream nvinfer config or
+    Isaac ROS bindings + parameters (graph ends edited, never re-exported; see the README)."""
+    from export.consumers import PackageError, PackageOptions, package_artifact
+    from export.progress import ConsoleProgress
+
+    options = PackageOptions(
+        consumer, model_name=model_name, max_batch_size=max_batch_size, instances=instances
+    )
+    try:
+        with ConsoleProgress() as progress:
+            bundle = package_artifact(artifact, out, options, progress=progress)
+    except PackageError as exc:
+        _fail(str(exc))
+    typer.echo(bundle.summary())
 
 
 def _int8_quantizer(

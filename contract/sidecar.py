@@ -91,8 +91,21 @@ HEAD_OUTPUTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     },
 }
 
+# Consumer profiles (`pem-deploy package --for ...`, export/consumers): the graph of a packaged
+# artifact is the semantic head's, with its label map renamed / reshaped into what the consumer's
+# stock decoder reads. Name -> (dtype, shape template); literal "1" is a size-1 axis.
+CONSUMER_PROFILES = ("deepstream", "isaac-ros")
+PROFILE_OUTPUTS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
+    # DeepStream's NvDsInferParseCustomPeopleSemSegNet: INT32 layer "argmax_1", H x W x 1.
+    "deepstream": {"argmax_1": ("int32", ("B", "H", "W", "1"))},
+    # Isaac ROS UNetDecoderNode, network_output_type argmax, data_format NCHW: int32 N x 1 x H x W.
+    "isaac-ros": {"output": ("int32", ("B", "1", "H", "W"))},
+}
+PROFILE_INPUT_NAMES: dict[str, str | None] = {"deepstream": None, "isaac-ros": "input"}
+
 _TOP_KEYS = (
     "format",
+    "consumer",
     "format_version",
     "model_file",
     "task",
@@ -132,6 +145,7 @@ _INPUT_KEYS = (
 _NORM_KEYS = ("in_graph", "mean", "std", "formula")
 _OUTPUT_KEYS = ("name", "dtype", "shape", "shape_symbols", "meaning")
 _CLASS_KEYS = ("id", "name", "color", "isthing")
+_CONSUMER_KEYS = ("profile", "packaged_from", "packaged_from_sha256", "edits")
 _PANOPTIC_KEYS = ("object_mask_threshold", "overlap_threshold", "object_mask_threshold_in_graph")
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_./+*-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -575,6 +589,29 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class ConsumerProfile:
+    """How a packaged artifact's graph was edited for a consumer (sidecar ``consumer``).
+
+    ``profile``: one of :data:`CONSUMER_PROFILES`; ``packaged_from`` / ``packaged_from_sha256``:
+    the artifact's model file it was made from; ``edits``: one line per graph edit, in order.
+    """
+
+    profile: str
+    packaged_from: str | None = None
+    packaged_from_sha256: str | None = None
+    edits: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"profile": self.profile}
+        if self.packaged_from is not None:
+            data["packaged_from"] = self.packaged_from
+        if self.packaged_from_sha256 is not None:
+            data["packaged_from_sha256"] = self.packaged_from_sha256
+        data["edits"] = list(self.edits)
+        return data
+
+
+@dataclass(frozen=True)
 class Sidecar(HasClasses):
     """A validated sidecar (``format_version`` :data:`FORMAT_VERSION`). Build it with
     :meth:`from_json` / :meth:`from_file`; ``to_json`` writes the documented layout."""
@@ -589,6 +626,7 @@ class Sidecar(HasClasses):
     panoptic: Thresholds = field(default_factory=Thresholds)
     provenance: Provenance = field(default_factory=Provenance)
     format_version: int = FORMAT_VERSION
+    consumer: ConsumerProfile | None = None
 
     # -- derived (num_classes and thing_ids: HasClasses) -----------------------------------------
 
@@ -668,6 +706,7 @@ class Sidecar(HasClasses):
         outputs = _read_outputs(r, data["outputs"])
         thresholds = _read_thresholds(r, data.get("panoptic"), head)
         provenance = _read_provenance(r, data)
+        consumer = _read_consumer(r, data.get("consumer"), head, inp)
         sidecar = cls(
             head=head,
             task=task,
@@ -679,6 +718,7 @@ class Sidecar(HasClasses):
             panoptic=thresholds,
             provenance=provenance,
             format_version=version,
+            consumer=consumer,
         )
         _check_head_outputs(r, sidecar)
         return sidecar
@@ -711,6 +751,8 @@ class Sidecar(HasClasses):
                 data[key] = getattr(p, key)
         if p.tensorrt is not None:
             data["tensorrt"] = copy.deepcopy(p.tensorrt)
+        if self.consumer is not None:
+            data["consumer"] = self.consumer.to_dict()
         return data
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -988,13 +1030,42 @@ def _read_provenance(r: _Reader, data: dict[str, Any]) -> Provenance:
     )
 
 
+def _read_consumer(r: _Reader, value: Any, head: str, inp: InputSpec) -> ConsumerProfile | None:
+    if value is None:
+        return None
+    c = r.obj(value, "consumer", _CONSUMER_KEYS, ("profile",))
+    profile = r.string(c["profile"], "consumer.profile", CONSUMER_PROFILES)
+    if head != "semantic":
+        raise r.fail("consumer.profile", f"{profile!r} is for the semantic head, not {head!r}")
+    wanted_input = PROFILE_INPUT_NAMES[profile]
+    if wanted_input is not None and inp.name != wanted_input:
+        raise r.fail("input.name", f"must be {wanted_input!r} for consumer {profile!r}, got {inp.name!r}")
+    if profile in ("deepstream", "isaac-ros") and inp.dtype != "float32":
+        raise r.fail("input.dtype", f"must be float32 for consumer {profile!r}, got {inp.dtype}")
+    source = (
+        None if c.get("packaged_from") is None else r.string(c["packaged_from"], "consumer.packaged_from")
+    )
+    sha = None
+    if c.get("packaged_from_sha256") is not None:
+        sha = r.string(c["packaged_from_sha256"], "consumer.packaged_from_sha256", max_len=64).lower()
+        if not _SHA256.fullmatch(sha):
+            raise r.fail("consumer.packaged_from_sha256", f"must be 64 hex digits, got {_show(sha)}")
+    edits = tuple(
+        r.string(e, f"consumer.edits[{i}]", max_len=MAX_TEXT)
+        for i, e in enumerate(r.array(c.get("edits", []), "consumer.edits", 0, 64))
+    )
+    return ConsumerProfile(profile, source, sha, edits)
+
+
 def _check_head_outputs(r: _Reader, sc: Sidecar) -> None:
-    """The head's documented outputs are listed, with their dtypes, ranks and consistent sizes."""
-    wanted = HEAD_OUTPUTS[sc.head]
+    """The head's documented outputs (or its consumer profile's) are listed, with their dtypes,
+    ranks and consistent sizes."""
+    wanted = PROFILE_OUTPUTS[sc.consumer.profile] if sc.consumer is not None else HEAD_OUTPUTS[sc.head]
+    needs = f"head {sc.head!r}" if sc.consumer is None else f"consumer {sc.consumer.profile!r}"
     index = {o.name: (i, o) for i, o in enumerate(sc.outputs)}
     missing = [n for n in wanted if n not in index]
     if missing:
-        raise r.fail("outputs", f"lacks output(s) {', '.join(missing)} that head {sc.head!r} needs")
+        raise r.fail("outputs", f"lacks output(s) {', '.join(missing)} that {needs} needs")
     b, _, h, w = sc.input.shape
     sizes: dict[str, Dim | None] = {
         "B": b,
@@ -1004,14 +1075,13 @@ def _check_head_outputs(r: _Reader, sc: Sidecar) -> None:
         "W/4": w // 4 if isinstance(w, int) else None,
         "K+1": sc.num_classes + 1,
         "Q": sc.num_queries,
+        "1": 1,
     }
     queries: int | None = sc.num_queries
     for name, (dtype, template) in wanted.items():
         i, out = index[name]
         if out.dtype != dtype:
-            raise r.fail(
-                f"outputs[{i}].dtype", f"of {name!r} must be {dtype} (head {sc.head!r}), got {out.dtype}"
-            )
+            raise r.fail(f"outputs[{i}].dtype", f"of {name!r} must be {dtype} ({needs}), got {out.dtype}")
         if len(out.shape) != len(template):
             raise r.fail(
                 f"outputs[{i}].shape",
@@ -1030,7 +1100,7 @@ def _check_head_outputs(r: _Reader, sc: Sidecar) -> None:
             if isinstance(expected, int) and isinstance(dim, int) and dim != expected:
                 what = {"B": "the input batch", "H": "the input height", "W": "the input width",
                         "H/4": "input height / 4", "W/4": "input width / 4", "K+1": "num_classes + 1",
-                        "Q": "num_queries"}[symbol]  # fmt: skip
+                        "Q": "num_queries", "1": "a size-1 axis"}[symbol]  # fmt: skip
                 raise r.fail(f"outputs[{i}].shape[{axis}]", f"of {name!r} is {dim} but {what} is {expected}")
 
 

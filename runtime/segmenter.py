@@ -129,6 +129,13 @@ class Segmenter:
         self.max_pixels = max_pixels_limit(max_pixels)
         if artifact.spec is not None:  # the sidecar must describe the model's real inputs/outputs
             artifact.spec.check_against(backend.io_signature(), artifact.sidecar_path)
+            if artifact.spec.consumer is not None:  # pem-deploy package --for ...: the consumer's I/O
+                consumer = artifact.spec.consumer
+                source = consumer.packaged_from or "see the sidecar"
+                raise ArtifactError(
+                    f"{artifact.model_path}: packaged for {consumer.profile} (its I/O is that consumer's); "
+                    f"run the exported artifact it was made from ({source})"
+                )
         names = {spec.name for spec in backend.outputs}
         needed = {"semantic": ("labels",), "panoptic": PANOPTIC_OUTPUTS, "raw": ("pred_logits", "pred_masks")}
         missing = [n for n in needed[artifact.head] if n not in names]
