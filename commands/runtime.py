@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-import warnings
-
 import typer
+from typer.core import TyperCommand
 
 from commands import options as opt
 from commands.common import fail as _fail
 
-# Click's optional-value option (`--ray` alone or `--ray ADDRESS`); Typer passes is_flag/flag_value
-# through to click but warns that it does not document them.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    _RAY_OPTION = typer.Option(
-        None,
-        "--ray",
-        is_flag=False,
-        flag_value="local",
-        metavar="[ADDRESS]",
-        help="Segment the inputs on a Ray cluster (the 'fleet' extra): --ray alone starts a local one; "
-        "--ray auto or --ray ray://host:port joins a running one (paths must be visible to every node). "
-        "Put it after the inputs.",
-    )
+
+class InferCommand(TyperCommand):
+    """``infer``'s parser: ``--ray`` may stand alone (a local cluster) or take an ADDRESS; Typer has
+    no optional-value options, so a bare ``--ray`` (last, or before another option) becomes
+    ``--ray local``."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        args = list(args)
+        for i in reversed(range(len(args))):
+            if args[i] == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args.insert(i + 1, "local")
+        return super().parse_args(ctx, args)
+
+
+_RAY_OPTION = typer.Option(
+    None,
+    "--ray",
+    metavar="[ADDRESS]",
+    help="Segment the inputs on a Ray cluster (the 'fleet' extra): --ray alone starts a local one; "
+    "--ray auto or --ray ray://host:port joins a running one (paths must be visible to every node). "
+    "Put it after the inputs.",
+)
 
 
 def infer(
@@ -363,3 +370,6 @@ def _bench_torch(
         )
     except ExportError as exc:
         _fail(str(exc))
+
+
+infer.command_class = InferCommand  # type: ignore[attr-defined]  # read by commands.register

@@ -588,6 +588,14 @@ class ProgressPrinter(ProgressLine):
     def text(self, done: int, total: int | None) -> str:
         return self.state.text()
 
+    def finish(self) -> None:
+        """End the refreshed line (TTY), or print the final state (a log)."""
+        if self.tty:
+            super().finish()
+        else:
+            self.stream.write(self.state.text() + "\n")
+            self.stream.flush()
+
 
 @dataclass(frozen=True)
 class FleetSummary:
@@ -866,7 +874,7 @@ def _run_on_ray(
         def report() -> None:
             while not stop.wait(every):
                 with contextlib.suppress(Exception):
-                    state.frames = ray.get(counter.get.remote(), timeout=5)
+                    state.frames = max(state.frames, ray.get(counter.get.remote(), timeout=5))
                 state.seconds = time.perf_counter() - start
                 if progress:
                     progress(state)
@@ -878,7 +886,7 @@ def _run_on_ray(
             ShardWorker,
             batch_size=1,
             batch_format="numpy",
-            concurrency=workers,
+            compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=cpus_per_worker,
             num_gpus=gpus_per_worker or None,
             fn_constructor_kwargs={
@@ -891,6 +899,7 @@ def _run_on_ray(
                 "counter": counter,
             },
         )
+        finished_frames = 0
         try:
             for row in dataset.iter_rows():
                 outcome = json.loads(str(row["outcome"]))
@@ -906,12 +915,14 @@ def _run_on_ray(
                 _write_manifest(out, manifest)
                 if outcome["status"] == "done":
                     state.shards_done += 1
+                    finished_frames += outcome["frames"]
+                    state.frames = max(state.frames, finished_frames)
                 else:
                     state.shards_failed += 1
         except Exception as exc:  # actor start-up (bad artifact on a node) or a lost node
             raise FleetError(one_line(f"Ray run failed: {_root_cause(exc)}")) from None
         with contextlib.suppress(Exception):
-            state.frames = ray.get(counter.get.remote(), timeout=5)
+            state.frames = max(finished_frames, ray.get(counter.get.remote(), timeout=5))
     finally:
         stop.set()
         if reporter is not None:
