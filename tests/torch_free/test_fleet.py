@@ -52,6 +52,7 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
+    pytest.importorskip("rosbags", reason="the 'ros' extra (rosbags) is not installed")
     from rosbags.rosbag2 import StoragePlugin
 
     root = tmp_path_factory.mktemp("fleet_inputs")
