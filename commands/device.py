@@ -88,17 +88,21 @@ def verify_command(
     ),
     providers: opt.Providers = None,
     json_out: str = typer.Option(None, "--json", help="Write the report as JSON here."),
+    overwrite: bool = opt.overwrite_option("Replace an existing --json / --save-reference file."),
 ) -> None:
     """Compare two artifacts on the same images under the shared parity policy (torch-free).
 
     Exit code 0 when the thresholds hold, 1 when not, 2 on bad arguments or files.
     """
     import json
-    from pathlib import Path
 
-    from contract.fs import atomic_write_bytes
+    from contract.output import check_file, write_file
     from contract.parity_policy import POLICIES, policy_for
-    from runtime.verify import verify
+    from runtime.verify import verify, verify_inputs
+
+    read = verify_inputs(candidate, against, load_reference, images)  # never written, whatever the flags
+    if json_out:  # refused before the comparison runs
+        check_file(json_out, overwrite=overwrite, inputs=read)
 
     if precision is not None and precision not in POLICIES:
         _fail(f"--policy {precision}: choose {', '.join(POLICIES)}")
@@ -128,11 +132,12 @@ def verify_command(
         limit=limit,
         policy=policy,
         providers=opt.provider_list(providers),
+        overwrite=overwrite,
     )
     typer.echo(report.table())
     if save_reference:
         typer.echo(f"reference saved to {save_reference}")
     if json_out:
-        atomic_write_bytes(Path(json_out), (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+        write_file(json_out, json.dumps(report.to_dict(), indent=2) + "\n", overwrite=overwrite, inputs=read)
     if not report.passed:
         raise typer.Exit(code=1)

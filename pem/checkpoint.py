@@ -226,6 +226,13 @@ def _config_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
+def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files a checkpoint is read from (weights, and for ours the ``.json`` config beside
+    them): inputs that no output of the same run may replace (contract/output.py)."""
+    path = Path(path)
+    return [path, _config_path(path)]
+
+
 def _unique_state(model: nn.Module) -> dict[str, Tensor]:
     """State dict with aliased tensors (STDC registers its stages twice) stored once."""
     seen: dict[int, str] = {}
