@@ -541,18 +541,30 @@ class FolderOutput:
         return self.open()
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        failed = exc is not None
-        try:
-            if not failed and self._committed is None:
+        if exc is None and self._committed is None:
+            try:
                 self.commit()
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            staging = self._staging
-            self._release(failed)
-            if exc is not None and staging is not None and _inside_staging(exc, staging):
-                raise _write_error(self.target, exc) from None  # type: ignore[arg-type]
+            except BaseException:
+                self.close()
+                raise
+        converted = self.close(exc)
+        if converted is not exc:
+            raise converted from None
+
+    @property
+    def inputs(self) -> list[PathLike | None]:
+        """The run's inputs this output never writes."""
+        return list(self._inputs)
+
+    def close(self, exc: BaseException | None = None) -> BaseException | None:
+        """Remove the staging and release the folder without installing anything more (the
+        target stays as it was unless :meth:`commit` ran). Returns ``exc``, or the target's
+        :class:`OutputWriteError` when ``exc`` is a failure to write the staging (full disk)."""
+        staging = self._staging
+        self._release(failed=self._committed is None)
+        if exc is not None and staging is not None and _inside_staging(exc, staging):
+            return _write_error(self.target, exc)  # type: ignore[arg-type]
+        return exc
 
     def _release(self, failed: bool) -> None:
         if self._staging is not None:
