@@ -37,6 +37,10 @@ def build_command(
         1, "--contexts", "Profile copies: execution contexts that run at once.", 1, 64
     ),
     log: str = typer.Option(None, "--log", help="Write TensorRT's build log here."),
+    exist_ok: bool = opt.exist_ok_option("Allow an --out folder holding other files (ours are added)."),
+    overwrite: bool = opt.overwrite_option(
+        "Replace an existing --out .engine / --log file, or files in --out pem-deploy did not write."
+    ),
 ) -> None:
     """Torch-free TensorRT engine from an ONNX artifact (TensorRT + numpy + onnx only; run on the device)."""
     from pathlib import Path
@@ -57,6 +61,8 @@ def build_command(
         gpu_fallback=gpu_fallback,
         contexts=contexts,
         log_path=Path(log) if log else None,
+        exist_ok=exist_ok,
+        overwrite=overwrite,
     )
     typer.echo(build_engine(artifact, out, options).summary())
 

@@ -115,6 +115,9 @@ def train(
     val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    exist_ok: bool = opt.exist_ok_option(
+        "Start a new run in an --out folder holding other files (they are never replaced)."
+    ),
     sync_bn: str = typer.Option(
         None, "--sync-bn", help="Under torchrun: official (default), all or off (which BN syncs)."
     ),
@@ -159,6 +162,7 @@ def train(
             resume=resume,
             device=device,
             progress=None,
+            exist_ok=exist_ok,
         )
     except _data_errors() as exc:
         _fail(str(exc))

@@ -78,6 +78,7 @@ __all__ = [
     "staged_file",
     "staged_folder",
     "write_file",
+    "write_into",
 ]
 
 OVERWRITE_FLAG = "--overwrite"
@@ -755,6 +756,23 @@ def check_folder(
     )
     output.open()
     output._release(failed=True)
+
+
+def write_into(
+    folder: PathLike,
+    rel: str,
+    data: bytes | str,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[PathLike | None] = (),
+) -> Path:
+    """Write one file into an output folder that a long run fills over time (a training run's
+    checkpoints and logs): staged, renamed, recorded as ours. The folder's other files are left
+    alone (its entry check is :func:`check_folder`, once, at the start of the run); a file at
+    ``rel`` that pem-deploy did not write is replaced only with ``overwrite``."""
+    with staged_folder(folder, exist_ok=True, overwrite=overwrite, inputs=inputs) as out:
+        out.write(rel, data)
+    return Path(folder) / rel
 
 
 @contextlib.contextmanager
