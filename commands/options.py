@@ -253,6 +253,12 @@ def exist_ok_option(help: str) -> Any:
     return typer.Option(False, "--exist-ok", help=help)
 
 
+def overwrite_option(help: str) -> Any:
+    """``typer.Option`` ``--overwrite``: replace an existing file pem-deploy did not write (the one
+    flag name for it in every command; contract/output.py); the command's help says which."""
+    return typer.Option(False, "--overwrite", help=help)
+
+
 def device_option(default: Any, help: str) -> Any:
     """``typer.Option`` ``--device``: a PyTorch device available on this machine."""
     return typer.Option(default, "--device", help=help, callback=device())

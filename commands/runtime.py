@@ -59,8 +59,11 @@ def infer(
         None, "--duration", "Stop a live camera after this many seconds.", opt.POSITIVE
     ),
     exist_ok: bool = opt.exist_ok_option(
-        "Allow a non-empty --out folder: add our labels/, panoptic/, overlay/, predictions.json "
-        "(only files pem-deploy wrote are replaced); or replace an existing output bag file."
+        "Allow an --out folder holding other files: add our labels/, panoptic/, overlay/, "
+        "predictions.json beside them (only files pem-deploy wrote are replaced)."
+    ),
+    overwrite: bool = opt.overwrite_option(
+        "Replace an existing output bag file, or files at our output names that pem-deploy did not write."
     ),
     strict: bool = typer.Option(
         False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
@@ -151,7 +154,9 @@ def infer(
 
         with open_segmenter() as segmenter:
             line = ProgressLine()
-            options = dict(exist_ok=exist_ok, overlays=overlays, alpha=alpha, copy_input=copy_input)
+            options = dict(
+                exist_ok=exist_ok, overwrite=overwrite, overlays=overlays, alpha=alpha, copy_input=copy_input
+            )
             summary = infer_robotics(
                 segmenter, source, out, topic or (), max_frames, duration, progress=line, **options
             )
@@ -171,6 +176,7 @@ def infer(
             alpha=alpha,
             progress=stderr_progress,
             exist_ok=exist_ok,
+            overwrite=overwrite,
             strict=strict,
             on_skip=lambda line: typer.echo(f"skipped: {line}", err=True),
             on_note=lambda line: typer.echo(f"note: {line}", err=True),
@@ -290,6 +296,10 @@ def bench_command(
         None, "--out", "Write bench.json, bench.csv, bench.md (and bench.png) here."
     ),
     plot: bool = typer.Option(False, "--plot", help="Also a PNG plot (needs matplotlib)."),
+    exist_ok: bool = opt.exist_ok_option(
+        "Allow an --out folder holding other files (ours are added beside them)."
+    ),
+    overwrite: bool = opt.overwrite_option("Replace bench.* files in --out that pem-deploy did not write."),
     cuda_graph: opt.CudaGraph = False,
     backend: list[str] = typer.Option(
         None,
@@ -300,10 +310,22 @@ def bench_command(
     """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
     from pathlib import Path
 
-    from runtime.bench import BenchError, bench_artifact, format_table, parse_shape, write_reports
+    from runtime.bench import (
+        BenchError,
+        bench_artifact,
+        check_reports_target,
+        format_table,
+        parse_shape,
+        write_reports,
+    )
 
     if not artifacts and not preset:
         _fail("give one or more artifacts (ONNX, engine, .safetensors) or --preset NAME")
+    # The benchmarked files and their sidecars are never written; refused before the timing runs.
+    read = [p for item in artifacts or [] for p in (Path(item), Path(item).with_suffix(".json"))]
+    target = dict(plot=plot, exist_ok=exist_ok, overwrite=overwrite, inputs=read)
+    if out:
+        check_reports_target(out, **target)
     results = []
     try:
         size = parse_shape(shape) if shape else None
@@ -333,7 +355,7 @@ def bench_command(
             results.append(_bench_torch(None, name, device, size, batch, warmup, iterations, threads))
     except BenchError as exc:
         _fail(str(exc))
-    written = write_reports(results, out, plot=plot) if out else None  # a failed write: the only output
+    written = write_reports(results, out, **target) if out else None  # a failed write: the only output
     typer.echo(format_table(results))
     if written is not None:
         paths, note = written

@@ -8,7 +8,11 @@ Hierarchy of the artifact errors (shared by ``export`` and ``runtime``, which re
 
     PemDeployError
     +-- ArtifactError          a model file or its sidecar is missing, unreadable or inconsistent
-        +-- SidecarError       the sidecar breaks the schema of contract/sidecar.py (names the field)
+    |   +-- SidecarError       the sidecar breaks the schema of contract/sidecar.py (names the field)
+    +-- OutputError            an output cannot be written as asked (contract/output.py; names the path)
+        +-- OutputExistsError  the target holds a file or folder pem-deploy did not write
+        +-- OutputIsInputError the target is an input of the same run
+        +-- OutputWriteError   the file system refused the write (full disk, read-only, permission)
 """
 
 from __future__ import annotations
@@ -42,6 +46,24 @@ class SidecarError(ArtifactError, ValueError):
         self.problem = problem
         where = f"{source}: {field} " if field else f"{source}: "
         super().__init__(one_line(where + problem))
+
+
+class OutputError(PemDeployError):
+    """An output of a run cannot be written as asked; the message names the path (contract/output.py)."""
+
+
+class OutputExistsError(OutputError):
+    """The target already holds a file or folder this tool did not write (or a file given
+    explicitly): refused unless the caller opts in (``--exist-ok`` / ``--overwrite``)."""
+
+
+class OutputIsInputError(OutputError):
+    """The target is (or lies inside) an input of the same run: refused whatever the flags."""
+
+
+class OutputWriteError(OutputError):
+    """The file system refused the write (full disk, read-only folder, permission); the target
+    was left as it was."""
 
 
 def one_line(message: object) -> str:

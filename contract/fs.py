@@ -1,17 +1,115 @@
-"""File writing that never leaves a half-written file: the one atomic-write helper of the project."""
+"""The file-system primitives every writer of pem-deploy builds on (the policy is contract/output.py).
+
+- :func:`atomic_write_bytes`: a reader sees the old file or the whole new one, never a part.
+- Staging names: every temporary file or folder this tool creates is named
+  ``.pem-deploy-staging-<pid>-<8 hex>-<name>.tmp`` beside (or inside) its target, so a later run
+  can prove a leftover is ours and that its writer is dead (:func:`remove_stale_staging`).
+- :func:`install`: move a finished staged file onto its target, optionally never replacing an
+  existing file (a hard link is the atomic "create if absent" of POSIX file systems).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import secrets
+import shutil
+import time
 from pathlib import Path
 
+STAGING_PREFIX = ".pem-deploy-staging-"
+_STAGING_RE = re.compile(r"^\.pem-deploy-staging-(\d+)-[0-9a-f]{8}(?:-.*)?\.tmp$", re.DOTALL)
+# Test hook (documented in contract/output.py): pause this many seconds before the first rename
+# of a commit, so a test can SIGKILL the writer with everything staged and nothing installed.
+PAUSE_ENV = "PEM_DEPLOY_TEST_PAUSE_BEFORE_COMMIT"
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+def staging_name(name: str) -> str:
+    """A fresh staging name for ``name`` (a file or folder), unique and provably this process's."""
+    return f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{name[:120]}.tmp"
+
+
+def staging_pid(name: str) -> int | None:
+    """The writer's process id in a staging name, or None when ``name`` is not one of ours."""
+    match = _STAGING_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists (another user's) or not a pid: not provably dead
+    return True
+
+
+def remove_stale_staging(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the staging files and folders in ``folder`` whose writing process is gone (killed).
+
+    Only entries named by :func:`staging_name` are considered, and only when their process id is
+    no longer running; a concurrent run's staging is left alone. Returns what was removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = staging_pid(entry.name)
+        if pid is None or _alive(pid):
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue  # read-only folder: leave it for a run that can write here
+        removed.append(path)
+    return removed
+
+
+def pause_for_tests() -> None:
+    """Sleep ``$PEM_DEPLOY_TEST_PAUSE_BEFORE_COMMIT`` seconds (unset: no-op); see :data:`PAUSE_ENV`."""
+    value = os.environ.get(PAUSE_ENV)
+    if value:
+        time.sleep(float(value))
+
+
+def install(staged: Path, target: Path, *, replace: bool) -> None:
+    """Rename ``staged`` onto ``target`` (same file system). ``replace=False`` never replaces an
+    existing ``target``: :class:`FileExistsError` instead, atomically (no check-then-rename race)."""
+    if replace:
+        os.replace(staged, target)
+        return
+    try:
+        os.link(staged, target, follow_symlinks=False)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        # No hard links here (vfat, some FUSE mounts): the best a rename can do.
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        os.rename(staged, target)
+        return
+    os.unlink(staged)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, replace: bool = True) -> None:
+    """Write ``data`` to ``path`` through a staging file in the same folder and a rename.
 
     A reader sees the old file or the whole new one, never a part; a failure (full disk,
-    permission, kill) leaves no temporary file behind where Python still runs.
+    permission) leaves no staging file behind, and one left by a kill is removed by the next
+    output run into that folder. ``replace=False`` refuses an existing ``path`` (FileExistsError).
+    The error of a failed write names ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -19,7 +117,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        install(Path(tmp), path, replace=replace)
     except OSError as exc:  # name the file (a failed write() does not): "PATH: No space left on device"
         Path(tmp).unlink(missing_ok=True)
         if exc.filename is None:
@@ -31,10 +129,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def _create_temp(path: Path) -> tuple[int, str]:
-    """A new temporary file beside ``path``, created with the umask's permissions (mkstemp's
+    """A new staging file beside ``path``, created with the umask's permissions (mkstemp's
     0600 would make engines and caches unreadable to the other users of a shared device)."""
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        tmp = path.parent / staging_name(path.name)
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
         except FileExistsError:

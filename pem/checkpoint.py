@@ -11,7 +11,7 @@ import json
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,6 +226,13 @@ def _config_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
+def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files a checkpoint is read from (weights, and for ours the ``.json`` config beside
+    them): inputs that no output of the same run may replace (contract/output.py)."""
+    path = Path(path)
+    return [path, _config_path(path)]
+
+
 def _unique_state(model: nn.Module) -> dict[str, Tensor]:
     """State dict with aliased tensors (STDC registers its stages twice) stored once."""
     seen: dict[int, str] = {}
@@ -240,17 +247,25 @@ def _unique_state(model: nn.Module) -> dict[str, Tensor]:
 
 
 def save_checkpoint(
-    model: nn.Module, config: PEMConfig, path: str | os.PathLike[str], extra: dict[str, Any] | None = None
+    model: nn.Module,
+    config: PEMConfig,
+    path: str | os.PathLike[str],
+    extra: dict[str, Any] | None = None,
+    write: Callable[[Path, bytes], object] = atomic_write_bytes,
 ) -> Path:
-    """Write ``path`` (.safetensors) and its ``.json`` config atomically; returns the weights path."""
+    """Write ``path`` (.safetensors) and its ``.json`` config atomically; returns the weights path.
+
+    ``write(path, data)`` writes each file (default: :func:`contract.fs.atomic_write_bytes`; an
+    output folder's writer of :mod:`contract.output` to record them as ours).
+    """
     from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
     meta = {"format": "pem-deploy", "config": config.to_dict(), **(extra or {})}
-    atomic_write_bytes(path, save(_unique_state(model), metadata={"format": "pem-deploy"}))
-    atomic_write_bytes(_config_path(path), (json.dumps(meta, indent=2) + "\n").encode())
+    write(path, save(_unique_state(model), metadata={"format": "pem-deploy"}))
+    write(_config_path(path), (json.dumps(meta, indent=2) + "\n").encode())
     return path
 
 

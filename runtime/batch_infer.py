@@ -1,29 +1,23 @@
 """Segment an image, a folder or a video and write label PNGs, overlays and JSON (``pem-deploy infer``).
 
-Output folder semantics (``--out DIR``), chosen so that nothing the tool did not write is ever
-deleted or replaced (the ``mkdir`` / ``git clone`` convention, plus an opt-in to add to a folder):
+Output folder semantics (``--out DIR``): the rules of :mod:`contract.output`, which owns all
+writing (nothing the tool did not write is ever deleted or replaced):
 
-- ``DIR`` must be missing or empty; it is created (with its parents). A non-empty ``DIR`` is
-  refused unless ``exist_ok`` (``--exist-ok``), which only *adds* ``labels/``, ``panoptic/``,
-  ``overlay/`` files and ``predictions.json``. A file already at one of those paths is replaced
-  only if ``DIR/predictions.json`` (our manifest) lists it as ours; anything else there is
-  refused with its name. ``predictions.json`` is merged: entries of earlier runs are kept unless
-  this run wrote the same name again.
+- ``DIR`` is created (with its parents) if missing. A ``DIR`` holding files pem-deploy did not
+  write is refused unless ``exist_ok`` (``--exist-ok``), which only *adds* ``labels/``,
+  ``panoptic/``, ``overlay/`` files and ``predictions.json``; a foreign file at one of those
+  names is still refused unless ``overwrite`` (``--overwrite``). Our own files of an earlier run
+  are replaced; ``predictions.json`` is merged: entries of earlier runs are kept unless this run
+  wrote the same name again.
 - Output names keep the input's path relative to ``INPUT`` and its suffix, so ``x.png``,
   ``x.jpg``, ``a/x.png`` and ``b/x.png`` never collide: ``labels/x.png.png``,
   ``labels/x.jpg.png``, ``labels/a/x.png.png``, ``overlay/a/x.png.jpg``; video frames are
   ``labels/<video name>/<frame:06d>.png``.
 - ``DIR`` may not be the input folder, lie inside it (outputs would become inputs), or contain
-  the input inside its own ``labels/``/``panoptic/``/``overlay/``. A ``DIR`` that contains the
-  input or the artifact elsewhere is fine with ``exist_ok``; they are never touched.
-- One run at a time per ``DIR``: a run holds an ``flock`` on ``DIR/.pem-deploy.lock`` (released
-  by the kernel if the process dies) and a second run fails at once with one line.
-- Everything is written into ``DIR/.pem-deploy-staging-<pid>-<random>/`` (with a marker file
-  naming it ours), then moved into place one file at a time with atomic renames,
-  ``predictions.json`` last; a failure before the moves leaves ``DIR`` as it was. Staging
-  folders left by a killed run are removed by the next run into ``DIR`` when provably ours: our
-  prefix and our marker, or our prefix and empty (killed before the marker was written); files
-  a killed run had already moved in are listed in its marker and count as ours.
+  the input inside its own ``labels/``/``panoptic/``/``overlay/``; no output is ever written onto
+  an input (the images, the video or bag, the artifact and its sidecar), whatever the flags.
+- One run at a time per ``DIR``; everything is staged and renamed into place when complete
+  (``predictions.json`` last), so a failure or a kill leaves ``DIR`` as it was.
 - A folder run skips files that cannot be read (one ``skipped`` line each through
   ``on_skip``), finishes the others and reports them in :class:`InferSummary` and
   ``predictions.json``; ``strict`` stops at the first one instead (and writes nothing).
@@ -31,24 +25,20 @@ deleted or replaced (the ``mkdir`` / ``git clone`` convention, plus an opt-in to
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
-import shutil
 import sys
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from contract.output import FolderOutput, staged_folder
 from runtime.errors import InputError
 from runtime.images import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
-    atomic_write_bytes,
     list_images,
     load_image,
     write_image,
@@ -56,17 +46,8 @@ from runtime.images import (
 from runtime.postprocess import colorize_labels, colorize_panoptic, label_png_array, overlay
 from runtime.segmenter import Result, Segmenter, read_video
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None  # type: ignore[assignment]
-
 OUTPUT_FOLDERS = ("labels", "panoptic", "overlay")
 PREDICTIONS = "predictions.json"
-LOCK_NAME = ".pem-deploy.lock"
-STAGING_PREFIX = ".pem-deploy-staging-"
-STAGING_MARKER = ".pem-deploy-staging.json"
-_MARKER_TOOL = "pem-deploy infer staging folder"
 _PREDICTIONS_FORMAT = "pem-deploy-predictions"
 
 
@@ -190,99 +171,15 @@ def check_out_dir(out_dir: Path, source: Path) -> None:
             )
 
 
-class _Lock:
-    """An exclusive ``flock`` on ``DIR/.pem-deploy.lock``; the file is removed on release."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / LOCK_NAME
-        self.fd: int | None = None
-        for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            if fcntl is None:
-                self.fd = fd
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise InputError(
-                        f"{folder}: another pem-deploy infer is writing into this folder right now "
-                        f"(it holds {self.path.name}); wait for it or choose another --out"
-                    ) from None
-                raise
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:  # not unlinked by a finishing run between our open and our flock
-                os.write(fd, f"{os.getpid()}\n".encode())
-                self.fd = fd
-                return
-            os.close(fd)
-        raise InputError(f"{self.path}: could not lock (it keeps being replaced)")
-
-    def release(self) -> None:
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self.fd)
-            self.fd = None
-
-
-def _read_marker(folder: Path) -> dict[str, object] | None:
-    try:
-        marker = json.loads((folder / STAGING_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) and marker.get("tool") == _MARKER_TOOL else None
-
-
-def _clean_stale_staging(out_dir: Path) -> set[str]:
-    """Remove staging folders of dead runs (ours: prefix and marker); return the files they moved."""
-    moved: set[str] = set()
-    for entry in out_dir.iterdir():
-        if not entry.name.startswith(STAGING_PREFIX) or entry.is_symlink() or not entry.is_dir():
-            continue
-        marker = _read_marker(entry)
-        if marker is None:
-            # Killed between mkdir and the marker's single write: empty, or an empty marker only.
-            leftovers = list(entry.iterdir())
-            if leftovers and (
-                [p.name for p in leftovers] != [STAGING_MARKER] or leftovers[0].stat().st_size != 0
-            ):
-                continue  # not provably ours: leave it
-            for p in leftovers:
-                p.unlink()
-            entry.rmdir()
-            continue
-        moving = marker.get("moving", [])
-        if isinstance(moving, list):
-            moved.update(m for m in moving if isinstance(m, str))
-        shutil.rmtree(entry)
-    return moved
-
-
-def _read_predictions(out_dir: Path) -> dict[str, object] | None:
-    """The existing ``predictions.json`` if it is ours; None if absent; refuses a foreign one."""
-    path = out_dir / PREDICTIONS
-    if not path.exists() and not path.is_symlink():
+def _read_predictions(path: Path | None) -> dict[str, object] | None:
+    """An earlier run's ``predictions.json`` (this tool's, else None), merged into the new one."""
+    if path is None:
         return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = None
-    if not (isinstance(data, dict) and isinstance(data.get("predictions"), list) and "artifact" in data):
-        raise InputError(f"{path}: exists and is not a pem-deploy predictions file; refusing to replace it")
-    return data
-
-
-def _owned(previous: dict[str, object] | None) -> set[str]:
-    owned: set[str] = set()
-    for record in (previous or {}).get("predictions", []):  # type: ignore[union-attr]
-        outputs = record.get("outputs") if isinstance(record, dict) else None
-        if isinstance(outputs, dict):
-            owned.update(v for v in outputs.values() if isinstance(v, str))
-    return owned
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("predictions"), list) else None
 
 
 def infer_path(
@@ -298,6 +195,8 @@ def infer_path(
     on_note: Callable[[str], None] | None = None,
     frames: Iterable[tuple[str, np.ndarray]] | None = None,
     total: int | None = None,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> InferSummary:
     """Segment ``source`` (image, folder or video) into ``out_dir`` (see the module docstring).
 
@@ -307,42 +206,25 @@ def infer_path(
     ``on_skip`` gets one line per unreadable file of a folder (``strict``: raise instead),
     ``on_note`` one line per converted image (grayscale, alpha, 16-bit, EXIF orientation).
     ``frames`` (``(name, BGR image)`` pairs, ``total`` of them if known: a bag, a camera)
-    replaces reading ``source``, which then only names the input.
+    replaces reading ``source``, which then only names the input. ``exist_ok`` /
+    ``overwrite``: see the module docstring; ``inputs``: more files this run reads, never written.
     """
     source, out_dir = Path(source), Path(out_dir)
     kind = "stream" if frames is not None else _source_kind(source)
     listing_errors: list[tuple[str, str]] = []
     paths = list_images(source, None if strict else listing_errors) if kind == "folder" else [source]
     check_out_dir(out_dir, source)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = _Lock(out_dir)
-    staging: Path | None = None
-    try:
-        stale_moves = _clean_stale_staging(out_dir)
-        present = sorted(e.name for e in out_dir.iterdir() if e.name != LOCK_NAME)
-        if present and not exist_ok:
-            shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-            raise InputError(
-                f"{out_dir}: output folder is not empty ({len(present)} entries: {shown}); pass "
-                "--exist-ok (exist_ok=True) to add labels/, panoptic/, overlay/ and predictions.json "
-                "to it, or choose a new folder"
-            )
-        previous = _read_predictions(out_dir)
-        staging = out_dir / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        # One small write(): a kill leaves no marker, an empty one or a whole one (see the cleaner).
-        fd = os.open(staging / STAGING_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, json.dumps({"tool": _MARKER_TOOL, "pid": os.getpid(), "moving": []}).encode())
-        finally:
-            os.close(fd)
+    artifact = segmenter.artifact
+    read = [source, artifact.model_path, artifact.sidecar_path, *inputs]
+    with staged_folder(
+        out_dir, exist_ok=exist_ok, overwrite=overwrite, inputs=read, names=[PREDICTIONS]
+    ) as out:
         summary, records = _segment_all(
             segmenter,
             source,
             kind,
             paths,
-            staging,
+            out,
             overlays,
             alpha,
             progress,
@@ -353,17 +235,8 @@ def infer_path(
             frames,
             total,
         )
-        _install(
-            out_dir, staging, records, previous, _owned(previous) | stale_moves, segmenter, source, summary
-        )
-        return InferSummary(out_dir, summary.frames, summary.mean_timings_ms, summary.failed, summary.notes)
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        lock.release()
-        if created:
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()  # only succeeds if this failed run left it empty
+        out.merge(PREDICTIONS, lambda previous: _predictions(previous, records, segmenter, source, summary))
+    return InferSummary(out_dir, summary.frames, summary.mean_timings_ms, summary.failed, summary.notes)
 
 
 def _segment_all(
@@ -371,7 +244,7 @@ def _segment_all(
     source: Path,
     kind: str,
     paths: list[Path],
-    staging: Path,
+    out: FolderOutput,
     overlays: bool,
     alpha: float,
     progress: Callable[[int, int | None], None] | None,
@@ -413,10 +286,10 @@ def _segment_all(
                 on_note(note)
         files = _outputs(frame.name, result.panoptic is not None, overlays)
         labels = result.labels
-        write_image(staging / files["labels"], label_png_array(labels, files["labels"]))
+        write_image(out.path(files["labels"]), label_png_array(labels, files["labels"]))
         if result.panoptic is not None:
             write_image(
-                staging / files["panoptic"],
+                out.path(files["panoptic"]),
                 label_png_array(result.panoptic, files["panoptic"], "panoptic", 16),
             )
         if overlays:
@@ -425,7 +298,7 @@ def _segment_all(
                 if result.panoptic is not None
                 else colorize_labels(labels, palette)
             )
-            write_image(staging / files["overlay"], overlay(frame.image, colors, alpha))
+            write_image(out.path(files["overlay"]), overlay(frame.image, colors, alpha))
         records.append(_record(frame.name, result, classes, files))
         for key in sums:
             sums[key] += result.timings.get(key, 0.0)
@@ -439,28 +312,19 @@ def _segment_all(
             )
         raise InputError(f"{source}: nothing to segment")
     means = {k: v / count for k, v in sums.items()}
-    return InferSummary(staging, count, means, tuple(failed), tuple(notes)), records
+    return InferSummary(out.target, count, means, tuple(failed), tuple(notes)), records
 
 
-def _install(
-    out_dir: Path,
-    staging: Path,
+def _predictions(
+    previous_path: Path | None,
     records: list[dict[str, object]],
-    previous: dict[str, object] | None,
-    owned: set[str],
     segmenter: Segmenter,
     source: Path,
     summary: InferSummary,
-) -> None:
-    """Check for foreign files, write the merged manifest into staging, then move everything in."""
-    moving = [rel for r in records for rel in r["outputs"].values()]  # type: ignore[union-attr]
-    for rel in moving:
-        dest = out_dir / rel
-        if (dest.exists() or dest.is_symlink()) and (rel not in owned or dest.is_dir()):
-            raise InputError(
-                f"{dest}: exists and was not written by pem-deploy (not in {PREDICTIONS}); refusing to "
-                "replace it: move it away or choose another --out"
-            )
+) -> str:
+    """``predictions.json``: this run's records plus an earlier run's other names (computed at
+    commit under the folder's lock, so two runs into one folder both keep their records)."""
+    previous = _read_predictions(previous_path)
     names = {r["name"] for r in records}
     kept = [
         r
@@ -478,14 +342,7 @@ def _install(
         "failed": [{"name": n, "error": e} for n, e in summary.failed],
         "predictions": kept + records,
     }
-    atomic_write_bytes(staging / PREDICTIONS, (json.dumps(meta, indent=2) + "\n").encode())
-    marker = {"tool": _MARKER_TOOL, "pid": os.getpid(), "moving": moving}
-    atomic_write_bytes(staging / STAGING_MARKER, json.dumps(marker).encode())
-    for rel in moving:
-        dest = out_dir / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / rel, dest)
-    os.replace(staging / PREDICTIONS, out_dir / PREDICTIONS)
+    return json.dumps(meta, indent=2) + "\n"
 
 
 def stderr_progress(done: int, total: int | None) -> None:

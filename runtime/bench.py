@@ -18,9 +18,7 @@ import io
 import json
 import os
 import resource
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from contract.fs import atomic_write_bytes
+from contract.output import check_folder, staged_folder
 from contract.resources import check_memory
 from runtime.errors import RuntimeToolError
 
@@ -321,6 +320,26 @@ def markdown_table(results: Sequence[BenchResult]) -> str:
     return "\n".join([head, rule] + ["| " + " | ".join(_row(r)) + " |" for r in results])
 
 
+def report_names(stem: str = "bench", plot: bool = False) -> list[str]:
+    """The files :func:`write_reports` writes into its folder."""
+    return [f"{stem}.{suffix}" for suffix in ("json", "csv", "md", *(("png",) if plot else ()))]
+
+
+def check_reports_target(
+    out_dir: str | os.PathLike[str],
+    *,
+    stem: str = "bench",
+    plot: bool = False,
+    exist_ok: bool = False,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+) -> None:
+    """Refuse an ``out_dir`` :func:`write_reports` would refuse, before the timing runs."""
+    check_folder(
+        out_dir, exist_ok=exist_ok, overwrite=overwrite, inputs=inputs, names=report_names(stem, plot)
+    )
+
+
 def write_reports(
     results: Sequence[BenchResult],
     out_dir: str | os.PathLike[str],
@@ -328,20 +347,21 @@ def write_reports(
     stem: str = "bench",
     plot: bool = False,
     context: dict[str, Any] | None = None,
+    exist_ok: bool = False,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> tuple[list[Path], str | None]:
     """Write ``STEM.json``, ``STEM.csv``, ``STEM.md`` (and ``STEM.png`` with ``plot``) into ``out_dir``.
 
-    Returns the written paths and a note when the plot was skipped (matplotlib missing).
+    All reports or none, by the rules of :mod:`contract.output`: a folder holding other files
+    needs ``exist_ok``, a report file there that pem-deploy did not write needs ``overwrite``,
+    and the benchmarked artifacts (``inputs``) are never written. Returns the written paths and a
+    note when the plot was skipped (matplotlib missing).
     """
-    out = Path(out_dir)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    # Staged in a hidden folder inside ``out`` and moved in at the end: all reports or none.
-    staging = Path(tempfile.mkdtemp(prefix=f".{stem}-", suffix=".tmp", dir=out))
-    try:
-        staged = [staging / f"{stem}.json", staging / f"{stem}.csv", staging / f"{stem}.md"]
+    names = report_names(stem, plot)
+    with staged_folder(out_dir, exist_ok=exist_ok, overwrite=overwrite, inputs=inputs, names=names) as out:
         payload = {"context": context or {}, "results": [r.to_dict() for r in results]}
-        atomic_write_bytes(staged[0], (json.dumps(payload, indent=2) + "\n").encode())
+        out.write(f"{stem}.json", json.dumps(payload, indent=2) + "\n")
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         keys = [k for k, _ in COLUMNS if k not in STAGES] + [f"{k}_ms" for k in STAGES]
@@ -349,26 +369,14 @@ def write_reports(
         for r in results:
             data = r.to_dict()
             writer.writerow([data[k] if k in data else r.stages_ms.get(k[:-3], "") for k in keys])
-        atomic_write_bytes(staged[1], buffer.getvalue().encode())
+        out.write(f"{stem}.csv", buffer.getvalue())
         lines = ["# Benchmark", ""]
         if context:
             lines += [", ".join(f"{k}: {v}" for k, v in context.items()), ""]
         lines += [markdown_table(results), ""]
-        atomic_write_bytes(staged[2], "\n".join(lines).encode())
-        note = None
-        if plot:
-            png = staging / f"{stem}.png"
-            note = plot_results(results, png, context)
-            if note is None:
-                staged.append(png)
-        paths = []
-        for path in staged:
-            os.replace(path, out / path.name)
-            paths.append(out / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        out.write(f"{stem}.md", "\n".join(lines))
+        note = plot_results(results, out.path(f"{stem}.png"), context) if plot else None
+        paths = out.commit()
     return paths, note
 
 

@@ -62,25 +62,51 @@ def infer_robotics(
     alpha: float = 0.5,
     copy_input: bool = False,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> InferSummary:
     """Segment a bag (``topics`` required) or a camera / stream / video into ``out``.
 
     ``out`` ending in ``.mcap`` / ``.db3`` gets a bag (:func:`runtime.ros.bags.write_bag`),
     anything else a folder as ``infer`` writes. A camera stops at ``max_frames``, after
     ``duration`` seconds, at the end of the stream or on the first Ctrl-C, and what was
-    segmented until then is still written.
+    segmented until then is still written. ``exist_ok`` (a folder holding other files) and
+    ``overwrite`` (replace files pem-deploy did not write, or an existing bag file) follow
+    :mod:`contract.output`; the source is never written, whatever the flags.
     """
     to_bag = is_bag_output(out)
+    # What this run reads from disk (never written, whatever the flags): the bag or video file.
+    given = camera_spec(source)
+    local = [source, given.target] if given is not None and not given.live else [source]
+    read = [p for p in local if isinstance(p, str) and os.path.exists(p)]
 
     # Both sources end the same way: the frames go to a bag file or to an image folder.
     def to_bag_file(frames: Iterable[BagFrame], total: int | None) -> InferSummary:
         return write_bag(
-            segmenter, frames, out, exist_ok, overlays, alpha, copy_input, progress=progress, total=total
+            segmenter,
+            frames,
+            out,
+            overwrite,
+            overlays,
+            alpha,
+            copy_input,
+            progress=progress,
+            total=total,
+            inputs=read,
         )
 
     def to_folder(frames: Iterable[tuple[str, np.ndarray]], total: int | None) -> InferSummary:
         return infer_path(
-            segmenter, source, out, overlays, alpha, progress, frames=frames, total=total, exist_ok=exist_ok
+            segmenter,
+            source,
+            out,
+            overlays,
+            alpha,
+            progress,
+            frames=frames,
+            total=total,
+            exist_ok=exist_ok,
+            overwrite=overwrite,
+            inputs=read,
         )
 
     if is_bag(source):

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from contract.output import MANIFEST_NAME
 from runtime.bench import BenchError, bench_artifact, format_table, parse_shape, summarize, write_reports
 
 
@@ -67,7 +68,8 @@ def test_bench_artifact_and_reports(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "out" / "bench.csv").open()))
     assert float(rows[0]["p50_ms"]) == pytest.approx(r.p50_ms) and "infer_ms" in rows[0]
     assert "| artifact |" in (tmp_path / "out" / "bench.md").read_text()
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+    hidden = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert hidden == [MANIFEST_NAME]  # the record of what pem-deploy wrote; no temp files left
 
 
 def test_cli_bench(tmp_path: Path) -> None:

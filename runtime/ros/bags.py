@@ -5,15 +5,14 @@ with the pure-Python ``rosbags`` package (the ``ros`` extra), segments the image
 either a new bag (``--out seg.mcap`` / ``seg.db3``: one storage file, topics and message layout in
 :mod:`runtime.ros.messages`) or image files to a folder as ``infer`` does for videos.
 
-The output bag is written into a temporary folder beside the destination and renamed into place
-when complete; an existing destination is refused unless ``exist_ok``.
+The output bag is written by :class:`contract.output.FileOutput`: staged beside the destination
+and renamed into place when complete; an existing destination is refused unless ``overwrite``,
+and an input of the run (the source bag) never, whatever the flags.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.output import FileOutput
 from runtime.batch_infer import InferSummary
 from runtime.errors import InputError, RuntimeToolError
 from runtime.ros.messages import (
@@ -175,33 +175,26 @@ class BagReader:
         self.close()
 
 
-def _staging_for(out: Path, exist_ok: bool) -> Path:
-    if out.is_dir():
-        raise BagError(f"{out}: is a folder; give a .mcap or .db3 file name for the output bag")
-    if out.exists() and not exist_ok:
-        raise BagError(f"{out}: already exists; pass --exist-ok to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-
-
 def write_bag(
     segmenter: Segmenter,
     frames: Iterable[BagFrame],
     out: str | os.PathLike[str],
-    exist_ok: bool = False,
+    overwrite: bool = False,
     overlays: bool = True,
     alpha: float = 0.5,
     copy_input: bool = False,
     namespace: str = "pem",
     progress: Progress | None = None,
     total: int | None = None,
+    inputs: Iterable[str | os.PathLike[str]] = (),
 ) -> InferSummary:
     """Segment ``frames`` and write the result messages to the bag file ``out`` (``.mcap``/``.db3``).
 
     Per input topic: ``labels``, for panoptic artifacts ``panoptic`` and ``segments``, and with
     ``overlays`` an ``overlay`` topic (see :func:`runtime.ros.messages.output_topics`), each message
     logged at the source message's bag time with its header copied. ``copy_input`` also copies
-    the source messages. Nothing appears at ``out`` unless the whole bag was written.
+    the source messages. Nothing appears at ``out`` unless the whole bag was written; ``inputs``
+    (the source bag, the artifact) are never written, ``overwrite`` replaces an existing ``out``.
     """
     rosbag2, typestore = _rosbags()
     out = Path(out)
@@ -218,7 +211,9 @@ def write_bag(
     artifact = segmenter.artifact
     names = [c.name for c in artifact.classes]
     panoptic = artifact.head == "panoptic"
-    staging = _staging_for(out, exist_ok)
+    read = [*inputs, artifact.model_path, artifact.sidecar_path]
+    output = FileOutput(out, overwrite=overwrite, inputs=read)
+    staging = output.open().parent
     writer = None
     try:
         bag_dir = staging / "bag"
@@ -274,14 +269,18 @@ def write_bag(
             raise BagError(f"{out}: nothing to segment")
         writer.close()
         storage = bag_dir / f"bag{out.suffix.lower()}"
-        os.replace(storage, out)
+        os.replace(storage, output.staged)
+        output.commit()
         return InferSummary(out, count, {k: v / count for k, v in sums.items()})
-    except BaseException:
+    except BaseException as exc:
         if writer is not None and writer.storage is not None:
             writer.abort()
+        converted = output.write_error(exc)
+        if converted is not exc:
+            raise converted from None
         raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        output.discard()
 
 
 def bag_frame_names(frames: Iterable[BagFrame]) -> Iterator[tuple[str, np.ndarray]]:

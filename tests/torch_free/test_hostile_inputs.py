@@ -26,8 +26,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from contract.errors import PemDeployError
+from contract.fs import STAGING_PREFIX, staging_pid
+from contract.output import LOCK_NAME, MANIFEST_NAME, _Lock
 from runtime import InputError, Segmenter
-from runtime.batch_infer import LOCK_NAME, STAGING_MARKER, STAGING_PREFIX, _Lock, infer_path
+from runtime.batch_infer import infer_path
 from runtime.images import load_image, prepare_image
 from tests.helpers.concurrency import run_in_threads
 from tests.helpers.runtime_models import scene, semantic_model, write_artifact
@@ -176,8 +179,8 @@ def _no_partial(out: Path) -> None:
         assert not p.name.endswith(".tmp") or STAGING_PREFIX in str(p), p
         if p.suffix == ".png" and "labels" in p.parts and STAGING_PREFIX not in str(p):
             assert cv2.imread(str(p), cv2.IMREAD_UNCHANGED) is not None, p
-        if p.name.startswith(STAGING_PREFIX):  # ours: a marker, or empty (killed before it)
-            assert (p / STAGING_MARKER).is_file() or not any(p.iterdir()), p
+        if p.name.startswith(STAGING_PREFIX):  # ours: named with its writer's pid
+            assert staging_pid(p.name) is not None, p
 
 
 # -- 1. image files through the CLI: refused with one line --------------------------------------
@@ -612,13 +615,14 @@ def test_out_dot_in_a_non_empty_cwd(model, scene_png, tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("mine")
     before = _tree(tmp_path)
     result = _invoke(["infer", str(model), str(scene_png), "--out", "."])
-    _assert_error(result, "output folder is not empty")
+    _assert_error(result, "holds files pem-deploy did not write (notes.txt, scene.png)")
     assert "--exist-ok" in result.output and _tree(tmp_path) == before
     result = _invoke(["infer", str(model), str(scene_png), "--out", ".", "--exist-ok"])
     assert result.exit_code == 0, result.output
     after = _tree(tmp_path)
     assert all(after[k] == v for k, v in before.items())  # nothing of the user's changed
     assert sorted(set(after) - set(before)) == [
+        MANIFEST_NAME,
         "labels/scene.png.png",
         "overlay/scene.png.jpg",
         "predictions.json",
@@ -671,7 +675,7 @@ def test_out_contains_the_input_and_the_artifact(tmp_path):
     (work / "labels").mkdir()
     (work / "labels" / "ground_truth.png").write_bytes(b"user data")
     before = _tree(work)
-    _assert_error(_invoke(["infer", str(model), str(work / "images"), "--out", str(work)]), "not empty")
+    _assert_error(_invoke(["infer", str(model), str(work / "images"), "--out", str(work)]), "did not write")
     assert _tree(work) == before
     result = _invoke(["infer", str(work), str(work / "images"), "--out", str(work), "--exist-ok"])
     assert result.exit_code == 0, result.output
@@ -695,7 +699,7 @@ def test_foreign_predictions_json_is_refused(model, scene_png, tmp_path):
     out.mkdir()
     (out / "predictions.json").write_text('{"mine": true}')
     result = _invoke(["infer", str(model), str(scene_png), "--out", str(out), "--exist-ok"])
-    _assert_error(result, "is not a pem-deploy predictions file")
+    _assert_error(result, "predictions.json: exists and was not written by pem-deploy")
     assert (out / "predictions.json").read_text() == '{"mine": true}'
 
 
@@ -705,9 +709,11 @@ def test_rerun_with_exist_ok_replaces_only_ours_and_merges(model, tmp_path):
     (folder / "a.png").write_bytes(_encode(".png", scene()))
     out = tmp_path / "out"
     assert _invoke(["infer", str(model), str(folder), "--out", str(out)]).exit_code == 0
-    _assert_error(_invoke(["infer", str(model), str(folder), "--out", str(out)]), "not empty")
+    # Only our files there: a rerun replaces them without a flag.
+    assert _invoke(["infer", str(model), str(folder), "--out", str(out)]).exit_code == 0
     (folder / "b.png").write_bytes(_encode(".png", scene(20, 30)))
     (out / "mine.txt").write_text("user")
+    _assert_error(_invoke(["infer", str(model), str(folder), "--out", str(out)]), "did not write (mine.txt)")
     assert _invoke(["infer", str(model), str(folder), "--out", str(out), "--exist-ok"]).exit_code == 0
     data = json.loads((out / "predictions.json").read_text())
     assert sorted(r["name"] for r in data["predictions"]) == ["a.png", "b.png"]
@@ -821,7 +827,7 @@ def test_second_run_while_locked_fails_with_one_line(model, scene_png, tmp_path)
     lock = _Lock(out)
     try:
         result = _invoke(["infer", str(model), str(scene_png), "--out", str(out)])
-        _assert_error(result, "another pem-deploy infer is writing into this folder")
+        _assert_error(result, "another pem-deploy run is writing into this folder")
     finally:
         lock.release()
     assert _invoke(["infer", str(model), str(scene_png), "--out", str(out)]).exit_code == 0
@@ -842,51 +848,41 @@ def test_two_threads_into_one_folder(exist_ok, seg, tmp_path):
     def work(t: int) -> None:
         try:
             outcomes[t] = infer_path(seg, folders[t], out, exist_ok=exist_ok)
-        except InputError as exc:
+        except PemDeployError as exc:
             outcomes[t] = exc
 
     run_in_threads(work, 2)
-    ok = [t for t in range(2) if not isinstance(outcomes[t], InputError)]
+    ok = [t for t in range(2) if not isinstance(outcomes[t], PemDeployError)]
     assert ok, outcomes
     for t in range(2):
-        if isinstance(outcomes[t], InputError):
-            assert "another pem-deploy infer" in str(outcomes[t]) or "not empty" in str(outcomes[t])
+        if isinstance(outcomes[t], PemDeployError):
+            text = str(outcomes[t])
+            assert "another pem-deploy run" in text or "appeared while" in text, text
     names = {r["name"] for r in json.loads((out / "predictions.json").read_text())["predictions"]}
     for t in ok:  # every successful run's results are all there: none silently lost
         assert {f"t{t}_{i}.png" for i in range(6)} <= names
         assert all((out / "labels" / f"t{t}_{i}.png.png").is_file() for i in range(6))
-    assert sorted(p.name for p in out.iterdir()) == ["labels", "overlay", "predictions.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "labels", "overlay", "predictions.json"]
 
 
 def test_stale_staging_is_cleaned_only_when_ours(model, scene_png, tmp_path):
     out = tmp_path / "out"
-    stale = out / f"{STAGING_PREFIX}999-dead"
-    (stale / "labels").mkdir(parents=True)
-    (stale / "labels" / "half.png.png").write_bytes(b"\x89PNG half")
-    (stale / STAGING_MARKER).write_text(json.dumps({"tool": "pem-deploy infer staging folder", "moving": []}))
-    (out / LOCK_NAME).write_text("12345\n")  # left by a killed run; nobody holds it
+    for stale in (
+        tmp_path / f"{STAGING_PREFIX}999999999-deadbeef-out.tmp",
+        out / f"{STAGING_PREFIX}999999998-0badf00d-out.tmp",
+    ):
+        (stale / "labels").mkdir(parents=True)
+        (stale / "labels" / "half.png.png").write_bytes(b"\x89PNG half")
     result = _invoke(["infer", str(model), str(scene_png), "--out", str(out)])
     assert result.exit_code == 0, result.output  # only our leftovers: counts as empty
-    assert sorted(p.name for p in out.iterdir()) == ["labels", "overlay", "predictions.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "labels", "overlay", "predictions.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGING_PREFIX)]
     lookalike = out / f"{STAGING_PREFIX}user"
     lookalike.mkdir()
     (lookalike / "data.txt").write_text("user")
-    _assert_error(_invoke(["infer", str(model), str(scene_png), "--out", str(out)]), "not empty")
+    _assert_error(_invoke(["infer", str(model), str(scene_png), "--out", str(out)]), "did not write")
     assert _invoke(["infer", str(model), str(scene_png), "--out", str(out), "--exist-ok"]).exit_code == 0
-    assert (lookalike / "data.txt").read_text() == "user"  # no marker: not provably ours, kept
-
-
-def test_files_moved_by_a_killed_run_count_as_ours(model, scene_png, tmp_path):
-    out = tmp_path / "out"
-    (out / "labels").mkdir(parents=True)
-    (out / "labels" / "scene.png.png").write_bytes(_encode(".png", np.zeros((4, 4), np.uint8)))
-    stale = out / f"{STAGING_PREFIX}1-dead"
-    stale.mkdir()
-    marker = {"tool": "pem-deploy infer staging folder", "moving": ["labels/scene.png.png"]}
-    (stale / STAGING_MARKER).write_text(json.dumps(marker))
-    result = _invoke(["infer", str(model), str(scene_png), "--out", str(out), "--exist-ok"])
-    assert result.exit_code == 0, result.output
-    assert _read_labels(out / "labels" / "scene.png.png").shape == (48, 80)
+    assert (lookalike / "data.txt").read_text() == "user"  # no pid in its name: not provably ours, kept
 
 
 # -- 8. kill -9 sweep ----------------------------------------------------------------------------
@@ -897,7 +893,8 @@ _CLI = "import sys; sys.argv[0] = 'pem-deploy'; import cli; cli.app()"
 def _phase_reached(out: Path, phase: str) -> bool:
     if phase == "started":
         return out.exists()
-    stagings = list(out.glob(f"{STAGING_PREFIX}*")) if out.exists() else []
+    stagings = list(out.parent.glob(f"{STAGING_PREFIX}*"))
+    stagings += list(out.glob(f"{STAGING_PREFIX}*")) if out.exists() else []
     if phase == "mid-folder":
         return any(len(list((s / "labels").glob("*.png"))) >= 20 for s in stagings if (s / "labels").is_dir())
     return (out / "labels").is_dir()  # "moving": the first outputs are being renamed in
@@ -929,20 +926,9 @@ def test_kill_9_sweep(phase, model, tmp_path):
         _no_partial(out)
     rerun = _invoke(["infer", str(model), str(folder), "--out", str(out), "--exist-ok"])
     assert rerun.exit_code == 0, rerun.output
-    assert not list(out.glob(f"{STAGING_PREFIX}*")) and not (out / LOCK_NAME).exists()
+    assert not list(out.glob(f"{STAGING_PREFIX}*")) and not list(tmp_path.glob(f"{STAGING_PREFIX}*"))
+    assert not (out / LOCK_NAME).exists()
     assert len(list((out / "labels").iterdir())) == count
     data = json.loads((out / "predictions.json").read_text())
     assert len(data["predictions"]) == count
     _no_partial(out)
-
-
-@pytest.mark.parametrize("leftover", ["empty", "empty marker"])
-def test_staging_killed_before_its_marker_is_cleaned(leftover, model, scene_png, tmp_path):
-    out = tmp_path / "out"
-    stale = out / f"{STAGING_PREFIX}7-dead"
-    stale.mkdir(parents=True)
-    if leftover == "empty marker":
-        (stale / STAGING_MARKER).write_bytes(b"")
-    result = _invoke(["infer", str(model), str(scene_png), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["labels", "overlay", "predictions.json"]

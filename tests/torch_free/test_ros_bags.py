@@ -274,18 +274,19 @@ def test_bad_bags_one_line_errors(tmp_path):
     line = _cli_error(["infer", model, str(weird), "--topic", "/front/image_raw", "--out", out])
     assert "/front/image_raw: unsupported image encoding '32FC1'" in line
     assert not (tmp_path / "o.mcap").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.mcap.")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".o.mcap.", ".pem-deploy-staging-"))]
 
 
-def test_existing_output_bag_needs_exist_ok(tmp_path):
+def test_existing_output_bag_needs_overwrite(tmp_path):
     model = str(_model(tmp_path))
     bag = str(_write_bag(tmp_path / "drive", StoragePlugin.MCAP, frames=2))
     out = tmp_path / "seg.mcap"
     out.write_bytes(b"precious")
     args = ["infer", model, bag, "--topic", "/front/image_raw", "--out", str(out)]
-    assert "already exists; pass --exist-ok" in _cli_error(args)
+    assert "seg.mcap: exists; pass --overwrite" in _cli_error(args)
+    assert "seg.mcap: exists; pass --overwrite" in _cli_error([*args, "--exist-ok"])  # a folder's flag
     assert out.read_bytes() == b"precious"
-    assert CliRunner().invoke(app, [*args, "--exist-ok"]).exit_code == 0
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
     assert len(_read(out)[output_topics("/front/image_raw").labels]) == 2
 
 

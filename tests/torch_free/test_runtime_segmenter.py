@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from contract.output import MANIFEST_NAME
 from runtime import ArtifactError, InputError, Segmenter, load_artifact
 from runtime.batch_infer import infer_path
 from tests.helpers.concurrency import run_in_threads
@@ -123,7 +124,8 @@ def test_infer_folder_and_video_write_atomically(tmp_path):
         infer_path(seg, folder, tmp_path / "out", exist_ok=True, strict=True)
     names = ["f0.png.png", "f1.png.png", "f2.png.png"]
     assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == names
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["labels", "overlay", "predictions.json"]
+    listing = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert listing == [MANIFEST_NAME, "labels", "overlay", "predictions.json"]
     # Not strict: the corrupt file is skipped and reported; the others are written.
     skipped: list[str] = []
     summary = infer_path(seg, folder, tmp_path / "out", exist_ok=True, on_skip=skipped.append)
