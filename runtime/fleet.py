@@ -16,10 +16,11 @@ single-machine writers, so the outputs are the same files ``pem-deploy infer`` w
   ``predictions.json``, names relative to the input as in ``infer``);
 - in each shard folder ``frames.parquet`` (its frames' index rows) and ``.pem-fleet-shard.json``.
 
-A shard is written into ``OUT/.pem-fleet-staging-*`` and renamed into place as one folder, so a
-killed run leaves no partial shard output (the next run removes the staging folders it proves
-ours). The driver records finished and failed shards in ``OUT/fleet-manifest.json``; a re-run with
-the same inputs and settings skips the finished ones and retries the failed ones. At the end it
+Every shard folder is written through :func:`contract.output.staged_folder`: staged beside its
+target and renamed into place as one folder, so a killed run leaves no partial shard output (the
+next run removes the staging of dead processes). The driver records finished and failed shards in
+``OUT/fleet-manifest.json``; a re-run with the same inputs and settings skips the finished ones
+and retries the failed ones. At the end it
 writes ``OUT/index.parquet``: one row per frame of every finished shard (:data:`INDEX_COLUMNS`),
 and with ``keep_uncertain`` the input frames of the lowest-margin fraction to ``OUT/uncertain/``.
 
@@ -37,7 +38,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,9 +47,10 @@ from typing import Any, TextIO, TypeVar
 import numpy as np
 
 from contract.errors import PemDeployError, one_line
-from contract.fs import atomic_write_bytes
+from contract.fs import atomic_write_bytes, staging_name
+from contract.output import _Lock, clean_stale_staging, guard_inputs, is_internal, staged_folder
 from runtime.artifact import load_artifact
-from runtime.batch_infer import PREDICTIONS, _Lock, check_out_dir, infer_path
+from runtime.batch_infer import PREDICTIONS, infer_path
 from runtime.errors import InputError, RuntimeToolError
 from runtime.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_images, load_image, write_image
 from runtime.ros.bags import BagFrame, BagReader, is_bag, write_bag
@@ -64,8 +65,6 @@ UNCERTAIN = "uncertain"
 FRAMES = "frames.parquet"
 SHARD_MARKER = ".pem-fleet-shard.json"
 BAG_FILE = "segmentation.mcap"
-STAGING_PREFIX = ".pem-fleet-staging-"
-STAGING_MARKER = ".pem-fleet-staging.json"
 LIST_SUFFIXES = (".txt", ".list")
 _TOOL = "pem-deploy fleet"
 _MANIFEST_FORMAT = "pem-deploy-fleet-manifest"
@@ -346,7 +345,7 @@ def run_shard(
     batch: int = 8,
     on_frames: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Segment and write one shard into ``out`` (staged, then renamed into place as one folder).
+    """Segment and write one shard into ``out / shard.output`` (one staged folder, renamed into place).
 
     Returns ``{"key", "status": "done" | "failed", "frames", "skipped", "error", "seconds"}``;
     a failure (corrupt bag, unreadable video, output in the way) is returned, not raised, so the
@@ -355,21 +354,16 @@ def run_shard(
     out = Path(out)
     start = time.perf_counter()
     outcome: dict[str, Any] = {"key": shard.key, "status": "failed", "frames": 0, "skipped": 0, "error": None}
-    staging = out / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:10]}"
+    artifact = segmenter.artifact
+    inputs = [shard.source, artifact.model_path, artifact.sidecar_path]
     try:
-        staging.mkdir()
-        atomic_write_bytes(staging / STAGING_MARKER, json.dumps({"tool": _TOOL, "shard": shard.key}).encode())
-        tree = staging / "shard"
         batcher = _BatchingSegmenter(segmenter, batch, on_frames)
-        outputs = _write_shard(batcher, shard, tree, overlays, alpha)
-        table = _index_table(shard, batcher.rows, outputs, segmenter)
-        _write_parquet(table, tree / FRAMES)
-        atomic_write_bytes(tree / SHARD_MARKER, json.dumps({"tool": _TOOL, "shard": shard.key}).encode())
-        dest = out / shard.output
-        if dest.exists() or dest.is_symlink():
-            raise FleetError(f"{dest}: already exists and is not a finished shard of this run; move it away")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(tree, dest)
+        with staged_folder(out / shard.output, inputs=inputs) as folder:
+            outputs = _write_shard(batcher, shard, folder.staging, overlays, alpha)
+            folder.register_tree()  # what write_bag / infer_path wrote into the staging
+            table = _index_table(shard, batcher.rows, outputs, segmenter)
+            folder.write(FRAMES, _parquet_bytes(table))
+            folder.write(SHARD_MARKER, json.dumps({"tool": _TOOL, "shard": shard.key}))
         done = sum(1 for r in batcher.rows if r.result is not None)
         outcome.update(status="done", frames=done, skipped=len(batcher.rows) - done)
     except PemDeployError as exc:
@@ -378,8 +372,6 @@ def run_shard(
         outcome["error"] = one_line(f"{exc.filename or shard.source}: {exc.strerror or exc}")
     except Exception as exc:  # a bug or a library failure in one shard must not stop the others
         outcome["error"] = one_line(f"{shard.source}: {type(exc).__name__}: {exc}")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     outcome["seconds"] = time.perf_counter() - start
     return outcome
 
@@ -387,7 +379,8 @@ def run_shard(
 def _write_shard(
     batcher: _BatchingSegmenter, shard: Shard, tree: Path, overlays: bool, alpha: float
 ) -> dict[str, str]:
-    """Write the shard's outputs under ``tree``; return each frame's labels output, relative to it."""
+    """Write the shard's outputs into the (existing) staging folder ``tree`` with the
+    single-machine writers; return each frame's labels output, relative to it."""
     source = Path(shard.source)
     if shard.kind == "bag":
         counters: dict[str, int] = {}
@@ -401,7 +394,6 @@ def _write_shard(
             row.frame_id = frame.header.frame_id
             return row, frame.image
 
-        tree.mkdir()
         with BagReader(source, shard.topics) as reader:
             frames = batcher.feed(reader, describe_bag)
             write_bag(batcher, frames, tree / BAG_FILE, overlays=overlays, alpha=alpha)  # type: ignore[arg-type]
@@ -495,12 +487,12 @@ def _index_schema() -> Any:
     return pa.schema([(name, types.get(name, pa.string())) for name in INDEX_COLUMNS])
 
 
-def _write_parquet(table: Any, path: Path) -> None:
+def _parquet_bytes(table: Any) -> bytes:
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 class ShardWorker:
@@ -635,21 +627,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _clean_stale_staging(out: Path) -> None:
-    """Remove staging folders of killed runs that are provably ours (prefix and marker, or empty)."""
-    for entry in out.iterdir():
-        if not entry.name.startswith(STAGING_PREFIX) or entry.is_symlink() or not entry.is_dir():
-            continue
-        try:
-            marker = json.loads((entry / STAGING_MARKER).read_text())
-        except (OSError, ValueError):
-            marker = None
-        if isinstance(marker, dict) and marker.get("tool") == _TOOL:
-            shutil.rmtree(entry)
-        elif not any(entry.iterdir()):
-            entry.rmdir()
-
-
 def _read_manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The manifest of an earlier run into ``out`` (same settings), a new one for an empty ``out``;
     refuses a non-empty folder that is not ours and one written with other settings."""
@@ -668,7 +645,7 @@ def _read_manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
                 "same artifact and options, or choose another --out"
             )
         return manifest
-    present = sorted(e.name for e in out.iterdir() if e.name != ".pem-deploy.lock")
+    present = sorted(e.name for e in out.iterdir() if not is_internal(e.name))
     if present:
         shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
         raise FleetError(
@@ -734,15 +711,14 @@ def segment(
     artifact_path = Path(os.path.abspath(artifact))
     settings = _settings(artifact_path, topics, overlays, alpha, resize)
     shards = plan_shards(inputs, topics, images_per_shard)
-    for shard in shards:
-        check_out_dir(out, Path(shard.source))
+    guard_inputs([out], [*(s.source for s in shards), artifact_path])
     if out.exists() and not out.is_dir():
         raise FleetError(f"{out}: --out exists and is not a folder")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = _Lock(out)
     try:
-        _clean_stale_staging(out)
+        clean_stale_staging(out)
         manifest = _read_manifest(out, settings)
         recorded = manifest["shards"]
         for shard in shards:  # outputs a killed run finished but could not record
@@ -954,7 +930,7 @@ def _write_index(out: Path, shards: list[Shard], recorded: dict[str, Any]) -> tu
         if recorded[s.key]["status"] == "done"
     ]
     table = pa.concat_tables(tables) if tables else _index_schema().empty_table()
-    _write_parquet(table, out / INDEX)
+    atomic_write_bytes(out / INDEX, _parquet_bytes(table))
     skipped = table.num_rows - table.column("error").null_count
     return table, table.num_rows - skipped, skipped
 
@@ -977,35 +953,30 @@ def _keep_uncertain(out: Path, shards: list[Shard], index: Any, fraction: float)
     by_shard: dict[str, dict[int, str]] = {}
     for key, frame_index, frame in zip(*(chosen.column(c).to_pylist() for c in ("shard", "index", "frame"))):
         by_shard.setdefault(key, {})[frame_index] = frame
-    staging = out / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:10]}"
-    staging.mkdir()
-    try:
-        atomic_write_bytes(staging / STAGING_MARKER, json.dumps({"tool": _TOOL, "shard": UNCERTAIN}).encode())
-        tree = staging / UNCERTAIN
-        tree.mkdir()
+    dest = out / UNCERTAIN
+    if os.path.lexists(dest):  # the previous selection goes whole: move it aside, then remove it
+        if not _finished_on_disk(out, Shard(UNCERTAIN, "", "", UNCERTAIN)):
+            raise FleetError(f"{dest}: exists and was not written by pem-deploy; move it away")
+        previous = out / staging_name(UNCERTAIN)  # removed as stale staging if we die now
+        os.rename(dest, previous)
+        shutil.rmtree(previous)
+    sources = [s.source for s in shards if s.key in by_shard]
+    with staged_folder(dest, inputs=sources) as folder:
         paths: dict[tuple[str, int], str] = {}
         for shard in shards:
             wanted = by_shard.get(shard.key)
             if not wanted:
                 continue
             for frame_index, image in _frames_at(shard, set(wanted)):
-                rel = f"{shard.output}/{wanted[frame_index]}.png".replace("//", "/")
-                write_image(tree / rel, image)
+                rel = f"{shard.output}/{wanted[frame_index].lstrip('/')}.png"
+                write_image(folder.path(rel), image)
                 paths[(shard.key, frame_index)] = f"{UNCERTAIN}/{rel}"
         image_paths = [
             paths.get((k, i))
             for k, i in zip(chosen.column("shard").to_pylist(), chosen.column("index").to_pylist())
         ]
-        _write_parquet(chosen.append_column("image", pa.array(image_paths, pa.string())), tree / INDEX)
-        atomic_write_bytes(tree / SHARD_MARKER, json.dumps({"tool": _TOOL, "shard": UNCERTAIN}).encode())
-        dest = out / UNCERTAIN
-        if dest.exists() or dest.is_symlink():
-            if not _finished_on_disk(out, Shard(UNCERTAIN, "", "", UNCERTAIN)):
-                raise FleetError(f"{dest}: exists and was not written by pem-deploy; move it away")
-            os.rename(dest, staging / "previous")
-        os.rename(tree, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        folder.write(INDEX, _parquet_bytes(chosen.append_column("image", pa.array(image_paths, pa.string()))))
+        folder.write(SHARD_MARKER, json.dumps({"tool": _TOOL, "shard": UNCERTAIN}))
     return len(keep)
 
 
