@@ -9,10 +9,11 @@ images, one bgr8 topic) and an image folder of ``--frames`` images, then segment
 - ``ray wN``: :func:`runtime.fleet.segment` in an already started local Ray session (2 CPUs),
   N workers of 1 CPU and 1 thread each (``ray.init`` is timed once, separately).
 
-Modes run interleaved for ``--rounds`` rounds; each run writes into a fresh folder. Ray's cost per
-frame is ``(ray w1 - single t1) / frames``: the same compute, plus actors, shards, the index; it is
-split into the time inside the actors' shards beyond ``single t1`` (per frame) and the rest of the
-run (actor start-up, scheduling, the index: a fixed cost per run).
+Modes run interleaved for ``--rounds`` rounds (medians reported); each run writes into a fresh
+folder. Ray's cost per frame is ``(ray w1 b1 - single t1) / frames`` (same compute: one frame per
+model call, one thread): actors, shards, the index; it is split into the time inside the actors'
+shards beyond ``single t1`` (per frame) and the rest of the run (actor start-up, scheduling, the
+index: a fixed cost per run). ``ray wN bB`` batches B frames per model call.
 Usage: ``python benchmarks/fleet_throughput.py [--frames 60] [--bags 2] [--rounds 2] [--out F]``.
 """
 
@@ -20,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +33,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout, not an installed copy
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout, not an installed copy
 
 TOPIC = "/camera/image_raw"
 
@@ -76,17 +81,32 @@ def _write_bag(path: Path, images: list[np.ndarray]) -> None:
             writer.write(conn, (i + 1) * 50_000_000, ts.serialize_cdr(msg, image_t.__msgtype__))
 
 
-def _single(model: Path, bags: list[Path], folder: Path, out: Path, threads: int) -> int:
-    from runtime.batch_infer import infer_path
-    from runtime.robotics import infer_robotics
-    from runtime.segmenter import Segmenter
-
-    frames = 0
-    with Segmenter.open(model, threads=threads) as segmenter:
-        for i, bag in enumerate(bags):
-            frames += infer_robotics(segmenter, str(bag), out / f"bag{i}.mcap", [TOPIC]).frames
-        frames += infer_path(segmenter, folder, out / "images").frames
-    return frames
+def _single(model: Path, bags: list[Path], folder: Path, out: Path, threads: int) -> tuple[int, float]:
+    """Frames and seconds of the single-process path, timed in a fresh process (as ``infer`` runs:
+    the Ray driver's own threads in this process must not slow it down); start-up (imports, opening
+    the model) not timed."""
+    code = (
+        "import json, sys, time\n"
+        "from runtime.batch_infer import infer_path\n"
+        "from runtime.robotics import infer_robotics\n"
+        "from runtime.segmenter import Segmenter\n"
+        "from runtime.ros.bags import _rosbags\n"
+        "model, folder, out, threads, topic, *bags = sys.argv[1:]\n"
+        "_rosbags()\n"  # imported and the model opened before the clock starts, as in an actor
+        "with Segmenter.open(model, threads=int(threads)) as segmenter:\n"
+        "    start, frames = time.perf_counter(), 0\n"
+        "    for i, bag in enumerate(bags):\n"
+        "        frames += infer_robotics(segmenter, bag, f'{out}/bag{i}.mcap', [topic]).frames\n"
+        "    frames += infer_path(segmenter, folder, f'{out}/images').frames\n"
+        "print(json.dumps([frames, time.perf_counter() - start]))\n"
+    )
+    argv = [str(model), str(folder), str(out), str(threads), TOPIC, *map(str, bags)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True, env=env
+    )
+    frames, seconds = json.loads(run.stdout.strip().splitlines()[-1])
+    return frames, seconds
 
 
 def main() -> None:
@@ -94,7 +114,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60, help="frames per bag and images in the folder")
     parser.add_argument("--bags", type=int, default=2)
     parser.add_argument("--size", default="256x512", help="HxW of the model and the frames")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--images-per-shard", type=int, default=30)
     parser.add_argument("--artifact", type=Path, default=None)
@@ -125,42 +145,41 @@ def main() -> None:
 
         shard_seconds: dict[str, list[float]] = {}
 
-        def fleet(workers: int, out: Path) -> int:
+        def fleet(workers: int, out: Path, batch: int, name: str) -> tuple[int, float]:
+            start = time.perf_counter()
             frames = segment(
                 model,
                 [*bags, folder],
                 out,
                 topics=[TOPIC],
                 workers=workers,
-                batch=args.batch,
+                batch=batch,
                 images_per_shard=args.images_per_shard,
             ).frames
             # Time inside the actors' run_shard (read, segment, write, index rows), summed over shards.
             shards = json.loads((out / MANIFEST).read_text())["shards"].values()
-            shard_seconds.setdefault(f"ray w{workers}", []).append(
-                round(sum(s["seconds"] for s in shards), 3)
-            )
-            return frames
+            shard_seconds.setdefault(name, []).append(round(sum(s["seconds"] for s in shards), 3))
+            return frames, time.perf_counter() - start
 
         modes = {
             "single t1": lambda out: _single(model, bags, folder, out, 1),
             "single t2": lambda out: _single(model, bags, folder, out, 2),
-            "ray w1": lambda out: fleet(1, out),
-            "ray w2": lambda out: fleet(2, out),
+            "ray w1 b1": lambda out: fleet(1, out, 1, "ray w1 b1"),
+            f"ray w1 b{args.batch}": lambda out: fleet(1, out, args.batch, f"ray w1 b{args.batch}"),
+            f"ray w2 b{args.batch}": lambda out: fleet(2, out, args.batch, f"ray w2 b{args.batch}"),
         }
         times: dict[str, list[float]] = {name: [] for name in modes}
         frames: dict[str, int] = {}
         for r in range(args.rounds):
             for name, run in modes.items():
                 out = work / f"out-{r}-{name.replace(' ', '-')}"
-                start = time.perf_counter()
-                frames[name] = run(out)
-                times[name].append(time.perf_counter() - start)
+                frames[name], seconds = run(out)
+                times[name].append(seconds)
                 shutil.rmtree(out)
                 print(f"round {r} {name}: {frames[name]} frames in {times[name][-1]:.2f} s", flush=True)
         ray.shutdown()
         total = frames["single t1"]
-        best = {name: min(t) for name, t in times.items()}
+        median = {name: statistics.median(t) for name, t in times.items()}
         result = {
             "machine": cpu_description(),
             "size": list(size),
@@ -168,13 +187,13 @@ def main() -> None:
             "batch": args.batch,
             "ray_init_s": round(ray_init, 2),
             "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
-            "fps_best": {k: round(total / v, 2) for k, v in best.items()},
-            "ray_overhead_ms_per_frame": round((best["ray w1"] - best["single t1"]) * 1e3 / total, 2),
+            "fps_median": {k: round(total / v, 2) for k, v in median.items()},
+            "ray_overhead_ms_per_frame": round((median["ray w1 b1"] - median["single t1"]) * 1e3 / total, 2),
             "shard_seconds_sum": shard_seconds,
             "in_actor_overhead_ms_per_frame": round(
-                (min(shard_seconds["ray w1"]) - best["single t1"]) * 1e3 / total, 2
+                (statistics.median(shard_seconds["ray w1 b1"]) - median["single t1"]) * 1e3 / total, 2
             ),
-            "fixed_ray_run_s": round(best["ray w1"] - min(shard_seconds["ray w1"]), 2),
+            "fixed_ray_run_s": round(median["ray w1 b1"] - statistics.median(shard_seconds["ray w1 b1"]), 2),
         }
         print(json.dumps(result, indent=2))
         if args.out:
