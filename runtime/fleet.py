@@ -20,9 +20,13 @@ Every shard folder is written through :func:`contract.output.staged_folder`: sta
 target and renamed into place as one folder, so a killed run leaves no partial shard output (the
 next run removes the staging of dead processes). The driver records finished and failed shards in
 ``OUT/fleet-manifest.json``; a re-run with the same inputs and settings skips the finished ones
-and retries the failed ones. At the end it
-writes ``OUT/index.parquet``: one row per frame of every finished shard (:data:`INDEX_COLUMNS`),
-and with ``keep_uncertain`` the input frames of the lowest-margin fraction to ``OUT/uncertain/``.
+and retries the failed ones. At the end it writes ``OUT/index.parquet``: one row per frame of every
+finished shard of this run's inputs (:data:`INDEX_COLUMNS`), and with ``keep_uncertain`` the input
+frames of the lowest-margin fraction to ``OUT/uncertain/``.
+
+On several nodes, stale staging is recognised by its writer's process id (:mod:`contract.fs`),
+which is only meaningful on the node that wrote it: a worker may remove another node's live
+staging, and that shard then fails with a file error and is redone by the next run.
 
 Ray is the optional ``fleet`` extra; without it :class:`RayMissingError` says how to install it.
 """
@@ -40,7 +44,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -432,7 +436,7 @@ def _index_table(shard: Shard, rows: list[_Row], outputs: dict[str, str], segmen
 
     classes = segmenter.artifact.num_classes
     columns: dict[str, list[Any]] = {name: [] for name in INDEX_COLUMNS}
-    for row in rows:
+    for row in sorted(rows, key=lambda r: r.index):  # skipped frames were recorded first
         result = row.result
         histogram, void = None, None
         if result is not None:
@@ -602,7 +606,6 @@ class FleetSummary:
     seconds: float
     index: Path
     uncertain: int = 0
-    notes: tuple[str, ...] = field(default=())
 
 
 def _settings(

@@ -29,6 +29,7 @@ from runtime.fleet import (
     UNCERTAIN,
     looks_like_address,
     plan_shards,
+    run_shard,
     segment,
 )
 from runtime.images import load_image
@@ -375,3 +376,31 @@ def test_plan_shards_list_files_and_names(inputs, tmp_path):
 )
 def test_ray_address_forms(address, ok):
     assert looks_like_address(address) is ok
+
+
+def test_run_shard_skips_an_unreadable_image_and_records_it(inputs, tmp_path):
+    """One shard without Ray: an unreadable file of a folder slice is a row with its error (as
+    ``infer`` skips it), the others are segmented, and the shard folder appears whole."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    folder = tmp_path / "cam"
+    fd.write_images(folder, 3, 7)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    names = tuple(sorted(p.name for p in folder.rglob("*.*") if p.parent == folder))
+    shard = plan_shards([folder], images_per_shard=10)[0]
+    assert set(names) <= set(shard.names)
+    out = tmp_path / "out"
+    out.mkdir()
+    counted = []
+    with Segmenter.open(inputs["model"]) as segmenter:
+        outcome = run_shard(segmenter, shard, out, batch=2, on_frames=counted.append)
+    assert outcome["status"] == "done" and outcome["frames"] == 3 and outcome["skipped"] == 1
+    assert sum(counted) == 3
+    rows = pq.read_table(out / shard.output / FRAMES).to_pylist()
+    assert [r["index"] for r in rows] == list(range(4))
+    bad = [r for r in rows if r["error"] is not None]
+    assert [r["frame"] for r in bad] == ["broken.png"] and "broken.png" in bad[0]["error"]
+    assert bad[0]["output"] is None and bad[0]["class_pixels"] is None
+    for row in rows:
+        if row["error"] is None:
+            assert (out / row["output"]).is_file()
+    assert not (out / shard.output / "labels" / "broken.png.png").exists()
