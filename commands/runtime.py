@@ -191,6 +191,9 @@ def infer(
         raise typer.Exit(code=1)
 
 
+infer.command_class = InferCommand  # type: ignore[attr-defined]  # read by commands.register
+
+
 def _infer_on_ray(
     artifact: str,
     sources: list[str],
@@ -392,6 +395,3 @@ def _bench_torch(
         )
     except ExportError as exc:
         _fail(str(exc))
-
-
-infer.command_class = InferCommand  # type: ignore[attr-defined]  # read by commands.register

@@ -404,3 +404,27 @@ def test_run_shard_skips_an_unreadable_image_and_records_it(inputs, tmp_path):
         if row["error"] is None:
             assert (out / row["output"]).is_file()
     assert not (out / shard.output / "labels" / "broken.png.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--workers", "2"], "--workers: only with --ray"),
+        (["--keep-uncertain", "0.1"], "--keep-uncertain: only with --ray"),
+        ([], "2 inputs given; one at a time, or several with --ray"),
+    ],
+)
+def test_several_inputs_and_fleet_options_need_ray(inputs, tmp_path, extra, message):
+    sources = [str(inputs["video"]), str(inputs["images"])] if not extra else [str(inputs["video"])]
+    result = CliRunner().invoke(
+        app, ["infer", str(inputs["model"]), *sources, "--out", str(tmp_path / "out"), *extra]
+    )
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_address_that_is_an_input_is_refused(inputs, tmp_path):
+    args = [str(inputs["model"]), str(inputs["video"]), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(app, ["infer", *args, "--ray", str(inputs["images"])])
+    assert result.exit_code == 2 and "not a Ray address" in result.output
+    assert "put --ray after the inputs" in result.output
