@@ -808,9 +808,10 @@ def _connect(ray: Any, address: str | None) -> bool:
         return False
     import logging
 
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    # Ray's own notices would bury the progress lines; failures reach us as exceptions anyway.
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR}
     if address is not None:
-        kwargs = {"address": address, "logging_level": logging.WARNING}
+        kwargs = {"address": address, "logging_level": logging.ERROR}
     try:
         ray.init(**kwargs)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: one line naming the address
@@ -839,7 +840,7 @@ def _run_on_ray(
     import logging
 
     started_here = _connect(ray, address)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     with contextlib.suppress(AttributeError):
