@@ -500,11 +500,11 @@ class FolderOutput:
 
     def _open(self) -> FolderOutput:
         target = self.target
+        guard_inputs([target], self._inputs)
         if target.is_symlink() and not target.exists():
             raise OutputError(f"{target}: {self.flag} is a broken symbolic link")
         if target.exists() and not target.is_dir():
             raise OutputExistsError(f"{target}: {self.flag} exists and is not a folder")
-        guard_inputs([target], self._inputs)
         if self._names:
             guard_inputs([target / n for n in self._names], self._inputs)
         self._new = not target.exists()
