@@ -136,31 +136,47 @@ def guard_inputs(targets: Iterable[PathLike], inputs: Iterable[PathLike | None])
     found = [_input(p) for p in inputs if p is not None]
     if not found:
         return
+    parents: dict[Path, tuple[Path, list[os.stat_result]]] = {}  # one walk up per folder
     for target in targets:
-        _guard_one(Path(target), found)
-
-
-def _guard_one(target: Path, inputs: list[_Input]) -> None:
-    resolved = target.resolve()
-    # The target and each existing folder above it, by inode: a hard link or a bind mount of an
-    # input is the input, whatever its path.
-    chain: list[tuple[Path, os.stat_result]] = []
-    for path in (target, *target.parents):
-        with contextlib.suppress(OSError):
-            chain.append((path, os.stat(path)))
-    for item in inputs:
-        same = resolved == item.resolved or (
-            item.stat is not None and bool(chain) and chain[0][0] == target and _same(chain[0][1], item.stat)
+        target = Path(target)
+        if target.parent not in parents:
+            chain = []
+            for path in target.parents:
+                with contextlib.suppress(OSError):
+                    chain.append(os.stat(path))
+            parents[target.parent] = (target.parent.resolve(), chain)
+        resolved_parent, chain = parents[target.parent]
+        try:
+            own: os.stat_result | None = os.stat(target)
+        except OSError:
+            own = None
+        resolved = (
+            target.resolve()
+            if target.is_symlink() or target.name in ("", ".", "..")
+            else (resolved_parent / target.name)
         )
-        if same:
+        _guard_one(target, resolved, own, chain, found)
+
+
+def _guard_one(
+    target: Path,
+    resolved: Path,
+    own: os.stat_result | None,
+    chain: list[os.stat_result],
+    inputs: list[_Input],
+) -> None:
+    # By inode too (the target, then each existing folder above it): a hard link or a bind
+    # mount of an input is the input, whatever its path.
+    for item in inputs:
+        if resolved == item.resolved or (item.stat is not None and own is not None and _same(own, item.stat)):
             raise OutputIsInputError(
                 f"{target}: is an input of this run ({item.given}); pem-deploy never writes onto "
                 "its own inputs: choose another output path"
             )
         if not item.is_dir:
             continue
-        inside = item.resolved in resolved.parents or any(
-            item.stat is not None and _same(st, item.stat) for path, st in chain if path != target
+        inside = item.resolved in resolved.parents or (
+            item.stat is not None and any(_same(st, item.stat) for st in chain)
         )
         if inside:
             raise OutputIsInputError(
@@ -501,7 +517,8 @@ class FolderOutput:
         self.flag = flag
         self._inputs = list(inputs)
         self._names = list(names)
-        self._order: list[str] = []
+        self._order: dict[str, None] = {}  # registration order, O(1) membership
+        self._made: set[Path] = set()
         self._merges: dict[str, Callable[[Path | None], bytes | str]] = {}
         self._staging: Path | None = None
         self._new = False
@@ -622,10 +639,11 @@ class FolderOutput:
         if bad or is_internal(parts[0]) or parts[0] == _SCRATCH:
             raise OutputError(f"{self.target / rel}: not a valid output name")
         rel = Path(*parts).as_posix()
-        if rel not in self._order:
-            self._order.append(rel)
+        self._order.setdefault(rel, None)
         path = self.staging / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(path.parent)
         return path
 
     def write(self, rel: str, data: bytes | str) -> Path:
@@ -665,8 +683,7 @@ class FolderOutput:
                 relname = full.relative_to(self.staging).as_posix()
                 if relname in (MANIFEST_NAME, LOCK_NAME) or staging_pid(name) is not None:
                     continue
-                if relname not in self._order:
-                    self._order.append(relname)
+                self._order.setdefault(relname, None)
                 names.append(relname)
         return names
 
