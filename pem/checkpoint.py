@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from contract.errors import PemDeployError, one_line
-from contract.fs import atomic_write_bytes
+from contract.output import check_file, write_file
 from pem.config import ConfigError, PEMConfig
 
 
@@ -251,12 +251,14 @@ def save_checkpoint(
     config: PEMConfig,
     path: str | os.PathLike[str],
     extra: dict[str, Any] | None = None,
-    write: Callable[[Path, bytes], object] = atomic_write_bytes,
+    write: Callable[[Path, bytes], object] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``path`` (.safetensors) and its ``.json`` config atomically; returns the weights path.
 
-    ``write(path, data)`` writes each file (default: :func:`contract.fs.atomic_write_bytes`; an
-    output folder's writer of :mod:`contract.output` to record them as ours).
+    By default each file is written by :func:`contract.output.write_file`: an existing weights or
+    config file is refused unless ``overwrite`` (both are checked before either is written).
+    ``write(path, data)`` replaces that (a training run records its files in its run folder).
     """
     from safetensors.torch import save
 
@@ -264,6 +266,13 @@ def save_checkpoint(
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
     meta = {"format": "pem-deploy", "config": config.to_dict(), **(extra or {})}
+    if write is None:
+        for target in (path, _config_path(path)):
+            check_file(target, overwrite=overwrite)
+
+        def write(target: Path, data: bytes) -> object:
+            return write_file(target, data, overwrite=overwrite)
+
     write(path, save(_unique_state(model), metadata={"format": "pem-deploy"}))
     write(_config_path(path), (json.dumps(meta, indent=2) + "\n").encode())
     return path
