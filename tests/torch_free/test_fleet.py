@@ -428,3 +428,19 @@ def test_ray_address_that_is_an_input_is_refused(inputs, tmp_path):
     result = CliRunner().invoke(app, ["infer", *args, "--ray", str(inputs["images"])])
     assert result.exit_code == 2 and "not a Ray address" in result.output
     assert "put --ray after the inputs" in result.output
+
+
+def test_shard_renamed_but_not_recorded_counts_as_finished(ray_session, inputs, tmp_path):
+    """A kill between a shard's rename and the manifest's update: the next run finds the shard
+    folder (ours, same shard) and does not segment it again."""
+    out = tmp_path / "out"
+    first = segment(inputs["model"], [inputs["video"]], out)
+    assert first.frames == 6
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["shards"] = {}
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    before = (out / "clip.avi" / FRAMES).stat().st_mtime_ns
+    second = segment(inputs["model"], [inputs["video"]], out)
+    assert second.resumed == 1 and second.frames == 6 and second.failed == ()
+    assert (out / "clip.avi" / FRAMES).stat().st_mtime_ns == before  # not written again
+    assert json.loads((out / MANIFEST).read_text())["shards"][str(inputs["video"])]["status"] == "done"
