@@ -53,7 +53,7 @@ import numpy as np
 from contract.errors import PemDeployError, one_line
 from contract.fs import atomic_write_bytes, staging_name
 from contract.output import _Lock, clean_stale_staging, guard_inputs, is_internal, staged_folder
-from runtime.artifact import load_artifact
+from runtime.artifact import load_artifact, sha256_file
 from runtime.batch_infer import PREDICTIONS, infer_path
 from runtime.errors import InputError, RuntimeToolError
 from runtime.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_images, load_image, write_image
@@ -614,20 +614,12 @@ def _settings(
     loaded = load_artifact(artifact)
     return {
         "artifact": str(loaded.model_path),
-        "model_sha256": _sha256(loaded.model_path),
+        "model_sha256": sha256_file(loaded.model_path),
         "topics": list(topics),
         "overlays": overlays,
         "alpha": alpha,
         "resize": resize,
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -761,6 +753,8 @@ def segment(
                 progress,
                 every,
             )
+        for shard in todo:  # defensive: every shard has a recorded outcome
+            recorded.setdefault(shard.key, {"status": "failed", "error": "no result came back from Ray"})
         index, frames, skipped = _write_index(out, shards, recorded)
         kept = _keep_uncertain(out, shards, index, keep_uncertain) if keep_uncertain else 0
         failed = tuple(
