@@ -609,9 +609,14 @@ class FleetSummary:
 
 
 def _settings(
-    artifact: Path, topics: Sequence[str], overlays: bool, alpha: float, resize: str
+    artifact: Path, topics: Sequence[str], overlays: bool, alpha: float, resize: str, keep_uncertain: bool
 ) -> dict[str, Any]:
     loaded = load_artifact(artifact)
+    if keep_uncertain and loaded.head != "raw":
+        raise InputError(
+            f"{loaded.model_path}: --keep-uncertain needs confidence margins, which only 'raw' head "
+            f"artifacts give (this one is {loaded.head!r}; export with --head raw)"
+        )
     return {
         "artifact": str(loaded.model_path),
         "model_sha256": sha256_file(loaded.model_path),
@@ -704,7 +709,7 @@ def segment(
     started = time.perf_counter()
     out = Path(os.path.abspath(out))
     artifact_path = Path(os.path.abspath(artifact))
-    settings = _settings(artifact_path, topics, overlays, alpha, resize)
+    settings = _settings(artifact_path, topics, overlays, alpha, resize, keep_uncertain is not None)
     shards = plan_shards(inputs, topics, images_per_shard)
     guard_inputs([out], [*(s.source for s in shards), artifact_path])
     if out.exists() and not out.is_dir():
@@ -940,11 +945,8 @@ def _keep_uncertain(out: Path, shards: list[Shard], index: Any, fraction: float)
 
     margins = index.column("margin").to_pylist()
     candidates = [i for i, m in enumerate(margins) if m is not None and not math.isnan(m)]
-    if not candidates:
-        raise FleetError(
-            "--keep-uncertain needs confidence margins, which only 'raw' head artifacts give "
-            "(export with --head raw); no frame has one"
-        )
+    if not candidates:  # no finished frame (the head was checked before the run)
+        return 0
     keep = sorted(candidates, key=lambda i: (margins[i], i))[: max(1, math.ceil(fraction * len(candidates)))]
     keep.sort()
     chosen = index.take(pa.array(keep))

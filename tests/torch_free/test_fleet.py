@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from contract.fs import STAGING_PREFIX
+from runtime.errors import InputError
 from runtime.fleet import (
     FRAMES,
     INDEX,
@@ -444,3 +445,13 @@ def test_shard_renamed_but_not_recorded_counts_as_finished(ray_session, inputs, 
     assert second.resumed == 1 and second.frames == 6 and second.failed == ()
     assert (out / "clip.avi" / FRAMES).stat().st_mtime_ns == before  # not written again
     assert json.loads((out / MANIFEST).read_text())["shards"][str(inputs["video"])]["status"] == "done"
+
+
+def test_keep_uncertain_refused_before_any_work_without_margins(ray_session, inputs, tmp_path):
+    from tests.helpers.runtime_models import semantic_model, write_artifact
+
+    (tmp_path / "m").mkdir()
+    model = write_artifact(tmp_path / "m", semantic_model(32, 64))  # labels only: no margins
+    with pytest.raises(InputError, match="only 'raw' head artifacts"):
+        segment(model, [inputs["video"]], tmp_path / "out", keep_uncertain=0.1)
+    assert not (tmp_path / "out").exists()
