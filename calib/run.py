@@ -28,7 +28,7 @@ from calib.trt_cache import write_cache
 from contract.fs import atomic_write_bytes
 from export.metadata import ArtifactWriter
 from export.pipeline import ExportOptions, ExportResult, Progress, export_artifact
-from export.source import ModelSource
+from export.source import ModelSource, source_files
 
 
 @dataclass
@@ -85,12 +85,14 @@ def run_calibration(
     report: bool = True,
     progress: Progress | None = None,
     exist_ok: bool = False,
+    overwrite: bool = False,
 ) -> CalibrateOutcome:
     """Calibrate ``source`` and write the INT8 artifact, the TensorRT cache and the report.
 
-    All-or-nothing: everything is staged beside ``out_dir`` and moved in at the end, so a failure
-    (or a kill) leaves ``out_dir`` as it was. Files of the names written that already exist there
-    are refused unless ``exist_ok``; nothing else in the folder is touched.
+    All-or-nothing, by the rules of :mod:`contract.output`: everything is staged and moved in at
+    the end, so a failure (or a kill) leaves ``out_dir`` as it was. A folder holding other files
+    needs ``exist_ok`` (ours are added beside them), a file of our names there that pem-deploy
+    did not write needs ``overwrite``; the checkpoint and the calibration data are never written.
     """
     say = progress or (lambda message: None)
     start = time.perf_counter()
@@ -111,7 +113,12 @@ def run_calibration(
     names = [f"{name}.onnx", f"{name}.json", f"{name}.cache"]
     if report:
         names += ["accuracy.json", "accuracy.md"]
-    with ArtifactWriter(final_dir, names=tuple(names), exist_ok=exist_ok) as writer:
+    read = (*source_files(source), *(Path(p) for p in (config.data, eval_data) if _is_path(p)))
+    writer = ArtifactWriter(
+        final_dir, names=tuple(names), exist_ok=exist_ok, overwrite=overwrite, inputs=read
+    )
+    writer.check()  # before the calibration
+    with writer:
         inner = writer.staging_dir / ".export"  # the exporter's own (atomic) folder, inside the staging
         options = ExportOptions(out_dir=inner, name=name, head=head, precision="int8")
         exported = export_artifact(source, options, progress=progress, int8_quantizer=calibrator)
@@ -119,7 +126,7 @@ def run_calibration(
         if result is None:  # pragma: no cover - export_artifact always calls the quantizer for int8
             raise CalibrationError("the export did not run the calibration")
         for file in (exported.onnx_path, exported.sidecar_path):
-            os.replace(file, writer.stage_path(file.name))
+            os.replace(file, writer.stage_path(file.name))  # same file system: inside the staging
         write_cache(writer.stage_path(f"{name}.cache"), result.ranges.cache)
         cache_path = final_dir / f"{name}.cache"
         outcome = CalibrateOutcome(exported, result, cache_path)
@@ -142,6 +149,11 @@ def run_calibration(
     exported.sidecar_path = final_dir / exported.sidecar_path.name
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _is_path(data: object) -> bool:
+    """Whether a ``--data`` value names a folder here (not 'synthetic')."""
+    return isinstance(data, (str, os.PathLike)) and os.path.exists(data)
 
 
 def calibration_summary(

@@ -36,4 +36,4 @@ def _commands() -> dict[str, Callable[..., Any]]:
 def register(app: typer.Typer) -> None:
     """Add every command to ``app``, in the order ``--help`` lists them."""
     for name, function in _commands().items():
-        app.command(name)(function)
+        app.command(name, cls=getattr(function, "command_class", None))(function)

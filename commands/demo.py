@@ -16,6 +16,12 @@ def demo_command(
         None, "--iterations", "Timed calls per model (default 20; quick 3).", 1, 1_000_000
     ),
     threads: opt.Threads = 1,
+    exist_ok: bool = opt.exist_ok_option(
+        "Allow an --out folder holding other files (the demo's are added beside them)."
+    ),
+    overwrite: bool = opt.overwrite_option(
+        "Replace files at the demo's names (report.md, inputs/...) that pem-deploy did not write."
+    ),
 ) -> None:
     """Whole toolchain on the embedded default: data, model, FP32/FP16/INT8 ONNX, parity, bench, report."""
     from export.errors import ExportError
@@ -26,7 +32,15 @@ def demo_command(
     prepare_eager_torch(threads)
     try:
         with ConsoleProgress() as progress:
-            result = run_demo(out, quick=quick, iterations=iterations, threads=threads, progress=progress)
+            result = run_demo(
+                out,
+                quick=quick,
+                iterations=iterations,
+                threads=threads,
+                progress=progress,
+                exist_ok=exist_ok,
+                overwrite=overwrite,
+            )
     except (ExportError, RuntimeToolError) as exc:
         _fail(str(exc))
     typer.echo(result.bench_table)

@@ -37,6 +37,10 @@ def build_command(
         1, "--contexts", "Profile copies: execution contexts that run at once.", 1, 64
     ),
     log: str = typer.Option(None, "--log", help="Write TensorRT's build log here."),
+    exist_ok: bool = opt.exist_ok_option("Allow an --out folder holding other files (ours are added)."),
+    overwrite: bool = opt.overwrite_option(
+        "Replace an existing --out .engine / --log file, or files in --out pem-deploy did not write."
+    ),
 ) -> None:
     """Torch-free TensorRT engine from an ONNX artifact (TensorRT + numpy + onnx only; run on the device)."""
     from pathlib import Path
@@ -57,6 +61,8 @@ def build_command(
         gpu_fallback=gpu_fallback,
         contexts=contexts,
         log_path=Path(log) if log else None,
+        exist_ok=exist_ok,
+        overwrite=overwrite,
     )
     typer.echo(build_engine(artifact, out, options).summary())
 
@@ -88,17 +94,21 @@ def verify_command(
     ),
     providers: opt.Providers = None,
     json_out: str = typer.Option(None, "--json", help="Write the report as JSON here."),
+    overwrite: bool = opt.overwrite_option("Replace an existing --json / --save-reference file."),
 ) -> None:
     """Compare two artifacts on the same images under the shared parity policy (torch-free).
 
     Exit code 0 when the thresholds hold, 1 when not, 2 on bad arguments or files.
     """
     import json
-    from pathlib import Path
 
-    from contract.fs import atomic_write_bytes
+    from contract.output import check_file, write_file
     from contract.parity_policy import POLICIES, policy_for
-    from runtime.verify import verify
+    from runtime.verify import verify, verify_inputs
+
+    read = verify_inputs(candidate, against, load_reference, images)  # never written, whatever the flags
+    if json_out:  # refused before the comparison runs
+        check_file(json_out, overwrite=overwrite, inputs=read)
 
     if precision is not None and precision not in POLICIES:
         _fail(f"--policy {precision}: choose {', '.join(POLICIES)}")
@@ -128,11 +138,12 @@ def verify_command(
         limit=limit,
         policy=policy,
         providers=opt.provider_list(providers),
+        overwrite=overwrite,
     )
     typer.echo(report.table())
     if save_reference:
         typer.echo(f"reference saved to {save_reference}")
     if json_out:
-        atomic_write_bytes(Path(json_out), (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+        write_file(json_out, json.dumps(report.to_dict(), indent=2) + "\n", overwrite=overwrite, inputs=read)
     if not report.passed:
         raise typer.Exit(code=1)

@@ -15,7 +15,10 @@ def export_command(
     checkpoint: opt.Checkpoint = None,
     out: str = opt.folder_option(..., "--out", "Output folder for NAME.onnx + NAME.json."),
     exist_ok: bool = opt.exist_ok_option(
-        "Replace NAME.onnx / NAME.json already in --out (nothing else is touched)."
+        "Allow an --out folder holding other files (NAME.onnx / NAME.json are added beside them)."
+    ),
+    overwrite: bool = opt.overwrite_option(
+        "Replace a NAME.onnx / NAME.json in --out that pem-deploy did not write (its own are replaced)."
     ),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: calibration)."),
     head: opt.Head = None,
@@ -214,8 +217,9 @@ def calibrate_command(
         ..., "--out", "Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md."
     ),
     exist_ok: bool = opt.exist_ok_option(
-        "Replace those files when --out already holds them (nothing else is touched)."
+        "Allow an --out folder holding other files (ours are added beside them)."
     ),
+    overwrite: bool = opt.overwrite_option("Replace files of those names that pem-deploy did not write."),
     method: opt.CalibMethod = "percentile",
     num_images: opt.CalibImages = 200,
     calib_seed: int = opt.int_option(0, "--calib-seed", "Seed of the image sample.", 0),
@@ -298,6 +302,7 @@ def calibrate_command(
                 report=report,
                 progress=progress,
                 exist_ok=exist_ok,
+                overwrite=overwrite,
             )
     except ExportError as exc:  # CalibrationError is an ExportError
         _fail(str(exc))

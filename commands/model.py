@@ -115,6 +115,9 @@ def train(
     val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    exist_ok: bool = opt.exist_ok_option(
+        "Start a new run in an --out folder holding other files (they are never replaced)."
+    ),
     sync_bn: str = typer.Option(
         None, "--sync-bn", help="Under torchrun: official (default), all or off (which BN syncs)."
     ),
@@ -159,6 +162,7 @@ def train(
             resume=resume,
             device=device,
             progress=None,
+            exist_ok=exist_ok,
         )
     except _data_errors() as exc:
         _fail(str(exc))
@@ -189,14 +193,24 @@ def eval_command(
     save_predictions: str = opt.folder_option(
         None, "--save-predictions", "Write predictions in the official Cityscapes evaluators' formats."
     ),
+    exist_ok: bool = opt.exist_ok_option(
+        "Allow a --save-predictions folder holding other files (ours are added beside them)."
+    ),
+    overwrite: bool = opt.overwrite_option(
+        "Replace an existing --json file, or prediction files pem-deploy did not write."
+    ),
     threads: opt.Threads = 1,
 ) -> None:
     """Evaluate a checkpoint: mIoU (per class + mean) and, for panoptic models, PQ / SQ / RQ."""
     import json
-    from pathlib import Path
 
+    from contract.output import check_file, write_file
+    from pem.checkpoint import checkpoint_files
     from pem.evaluation import evaluate_checkpoint
 
+    read = [*checkpoint_files(checkpoint), data]  # never written, whatever the flags
+    if json_out:  # refused before the evaluation, not after it
+        check_file(json_out, overwrite=overwrite, inputs=read)
     prepare_eager_torch(threads)
     try:
         result = evaluate_checkpoint(
@@ -210,6 +224,8 @@ def eval_command(
             device=device,
             save_predictions=save_predictions,
             progress=None,
+            exist_ok=exist_ok,
+            overwrite=overwrite,
         )
     except _data_errors() as exc:
         _fail(str(exc))
@@ -220,7 +236,5 @@ def eval_command(
     if not main:
         return
     if json_out:  # before the summary: a failed write is then the only output
-        from contract.fs import atomic_write_bytes
-
-        atomic_write_bytes(Path(json_out), (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+        write_file(json_out, json.dumps(result.to_dict(), indent=2) + "\n", overwrite=overwrite, inputs=read)
     typer.echo(result.summary())

@@ -3,19 +3,45 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperCommand
 
 from commands import options as opt
 from commands.common import fail as _fail
+
+
+class InferCommand(TyperCommand):
+    """``infer``'s parser: ``--ray`` may stand alone (a local cluster) or take an ADDRESS; Typer has
+    no optional-value options, so a bare ``--ray`` (last, or before another option) becomes
+    ``--ray local``."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        args = list(args)
+        for i in reversed(range(len(args))):
+            if args[i] == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                args.insert(i + 1, "local")
+        return super().parse_args(ctx, args)
+
+
+_RAY_OPTION = typer.Option(
+    None,
+    "--ray",
+    metavar="[ADDRESS]",
+    help="Segment the inputs on a Ray cluster (the 'fleet' extra): --ray alone starts a local one; "
+    "--ray auto or --ray ray://host:port joins a running one (paths must be visible to every node). "
+    "Put it after the inputs.",
+)
 
 
 def infer(
     artifact: str = typer.Argument(
         ..., help="Model artifact: .onnx / .engine (sidecar .json beside it) or its folder."
     ),
-    source: str = typer.Argument(
+    sources: list[str] = typer.Argument(
         ...,
+        metavar="INPUT...",
         help="An image, a folder of images, a video, a ROS 2 bag (.mcap, .db3 or bag folder; with --topic), "
-        "a camera index, /dev/videoN, an rtsp/http/file URL or a GStreamer pipeline.",
+        "a camera index, /dev/videoN, an rtsp/http/file URL or a GStreamer pipeline. With --ray: any number "
+        "of bags, videos, image folders and list files (.txt/.list, one path a line).",
     ),
     out: str = typer.Option(
         ...,
@@ -58,17 +84,66 @@ def infer(
         "--backend",
         help="onnxruntime | openvino (a --deform-impl decomposed ONNX) | tensorrt (default: by file type).",
     ),
+    ray: str = _RAY_OPTION,
+    workers: int = opt.int_option(1, "--workers", "--ray: model actors (one Segmenter each).", 1),
+    gpus_per_worker: float = opt.float_option(
+        0.0, "--gpus-per-worker", "--ray: GPUs per actor (0: CPU).", opt.NON_NEGATIVE
+    ),
+    batch: int = opt.int_option(8, "--batch", "--ray: frames per model call.", 1, 1024),
+    images_per_shard: int = opt.int_option(
+        256, "--images-per-shard", "--ray: images of a folder per shard (the unit of work).", 1
+    ),
+    keep_uncertain: float = opt.float_option(
+        None,
+        "--keep-uncertain",
+        "--ray: also write the input frames whose confidence margin is in this lowest fraction "
+        "(0-1; 'raw' head artifacts) to OUT/uncertain/.",
+        opt.SHARE,
+    ),
 ) -> None:
     """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime).
 
     Output names keep the input's relative path and suffix (labels/a/x.jpg.png); see README.
-    Exit status: 0 all segmented, 1 some files of a folder skipped, 2 error.
+    With --ray, many inputs are segmented on a Ray cluster into OUT (resumable; OUT/index.parquet).
+    Exit status: 0 all segmented, 1 some files of a folder (or, with --ray, some shards) failed, 2 error.
     """
     from runtime import Segmenter
     from runtime.batch_infer import infer_path, stderr_progress
 
     if resize not in ("stretch", "letterbox"):
         _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
+    if ray is not None:
+        _infer_on_ray(
+            artifact,
+            sources,
+            out,
+            ray,
+            topic or (),
+            workers,
+            gpus_per_worker,
+            batch,
+            images_per_shard,
+            keep_uncertain,
+            overlays,
+            alpha,
+            resize,
+            opt.provider_list(providers),
+            threads,
+            backend,
+        )
+        return
+    ray_only = {
+        "--workers": workers != 1,
+        "--gpus-per-worker": gpus_per_worker != 0,
+        "--batch": batch != 8,
+        "--images-per-shard": images_per_shard != 256,
+        "--keep-uncertain": keep_uncertain is not None,
+    }
+    if any(ray_only.values()):
+        _fail(f"{', '.join(k for k, v in ray_only.items() if v)}: only with --ray")
+    if len(sources) != 1:
+        _fail(f"{len(sources)} inputs given; one at a time, or several with --ray")
+    source = sources[0]
     from runtime.robotics import infer_robotics, is_robotics_job
 
     def open_segmenter() -> Segmenter:
@@ -131,6 +206,69 @@ def infer(
         f"(mean ms: pre {t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
     )
     if summary.failed:
+        raise typer.Exit(code=1)
+
+
+infer.command_class = InferCommand  # type: ignore[attr-defined]  # read by commands.register
+
+
+def _infer_on_ray(
+    artifact: str,
+    sources: list[str],
+    out: str,
+    address: str,
+    topics: list[str],
+    workers: int,
+    gpus_per_worker: float,
+    batch: int,
+    images_per_shard: int,
+    keep_uncertain: float | None,
+    overlays: bool,
+    alpha: float,
+    resize: str,
+    providers: list[str] | None,
+    threads: int | None,
+    backend: str | None,
+) -> None:
+    """``infer --ray``: :func:`runtime.fleet.segment`, progress on stderr, a summary line."""
+    from runtime.fleet import ProgressPrinter, looks_like_address, segment
+
+    if not looks_like_address(address):
+        _fail(
+            f"--ray {address}: not a Ray address (auto, ray://host:port, host:port); "
+            "put --ray after the inputs"
+        )
+    printer = ProgressPrinter()
+    summary = segment(
+        artifact,
+        sources,
+        out,
+        topics=topics,
+        address=None if address == "local" else address,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        batch=batch,
+        images_per_shard=images_per_shard,
+        overlays=overlays,
+        alpha=alpha,
+        resize=resize,
+        providers=providers,
+        threads=threads,
+        backend=backend,
+        keep_uncertain=keep_uncertain,
+        progress=printer.update,
+    )
+    printer.finish()
+    for key, error in summary.failed:
+        typer.echo(f"failed: {key}: {error}", err=True)
+    resumed = f", {summary.resumed} finished earlier" if summary.resumed else ""
+    skipped = f", {summary.skipped_frames} frame(s) skipped" if summary.skipped_frames else ""
+    uncertain = f", {summary.uncertain} uncertain frame(s) kept" if summary.uncertain else ""
+    typer.echo(
+        f"{summary.frames} frame(s) in {summary.shards} shard(s){resumed}, {len(summary.failed)} failed"
+        f"{skipped}{uncertain} -> {summary.index}  ({summary.seconds:.1f} s)"
+    )
+    if summary.failed or summary.skipped_frames:
         raise typer.Exit(code=1)
 
 

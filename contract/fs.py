@@ -20,6 +20,12 @@ from pathlib import Path
 
 STAGING_PREFIX = ".pem-deploy-staging-"
 _STAGING_RE = re.compile(r"^\.pem-deploy-staging-(\d+)-[0-9a-f]{8}(?:-.*)?\.tmp$", re.DOTALL)
+# Staging of earlier versions that also carried the writer's pid: export's folders and infer's.
+_LEGACY_RE = re.compile(r"^(?:\.pem-export-(\d+)-[a-z0-9_]{8}|\.pem-deploy-staging-(\d+)-[0-9a-f]{8})$")
+# The bag writer's staging of earlier versions: ``.<name>.<8 random>`` holding ``bag/`` only.
+_LEGACY_BAG_RE = re.compile(r"^\..+\.(?:mcap|db3)\.[a-z0-9_]{8}$")
+_LEGACY_BAG_FILES = {"bag.mcap", "bag.db3", "bag.db3-shm", "bag.db3-wal", "metadata.yaml"}
+_LEGACY_BAG_AGE_S = 3600.0
 # Test hook (documented in contract/output.py): pause this many seconds before the first rename
 # of a commit, so a test can SIGKILL the writer with everything staged and nothing installed.
 PAUSE_ENV = "PEM_DEPLOY_TEST_PAUSE_BEFORE_COMMIT"
@@ -34,6 +40,31 @@ def staging_pid(name: str) -> int | None:
     """The writer's process id in a staging name, or None when ``name`` is not one of ours."""
     match = _STAGING_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+def _legacy_pid(name: str) -> int | None:
+    match = _LEGACY_RE.match(name)
+    if not match:
+        return None
+    return int(match.group(1) or match.group(2))
+
+
+def _legacy_bag_staging(path: Path) -> bool:
+    """An earlier bag writer's staging: ``.<out>.<8 chars>/bag/`` holding rosbag2 files only, and
+    untouched for an hour (no pid in its name: its age shows the writer is gone)."""
+    if not _LEGACY_BAG_RE.match(path.name) or path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        inside = list(path.iterdir())
+        if [p.name for p in inside] not in ([], ["bag"]):
+            return False
+        files = list((path / "bag").iterdir()) if inside else []
+        if any(f.is_dir() or f.name not in _LEGACY_BAG_FILES for f in files):
+            return False
+        newest = max([path.stat().st_mtime, *(f.stat().st_mtime for f in files)])
+    except OSError:
+        return False
+    return time.time() - newest > _LEGACY_BAG_AGE_S
 
 
 def _alive(pid: int) -> bool:
@@ -52,7 +83,10 @@ def remove_stale_staging(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete the staging files and folders in ``folder`` whose writing process is gone (killed).
 
     Only entries named by :func:`staging_name` are considered, and only when their process id is
-    no longer running; a concurrent run's staging is left alone. Returns what was removed.
+    no longer running; a concurrent run's staging is left alone. Staging folders of earlier
+    versions are removed too when provably ours and dead: export's ``.pem-export-<pid>-*`` and
+    infer's ``.pem-deploy-staging-<pid>-<hex>`` (dead pid), the bag writer's ``.<out>.<random>``
+    holding only ``bag/`` rosbag2 files untouched for an hour. Returns what was removed.
     """
     removed: list[Path] = []
     try:
@@ -60,10 +94,14 @@ def remove_stale_staging(folder: str | os.PathLike[str]) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        pid = staging_pid(entry.name)
-        if pid is None or _alive(pid):
-            continue
         path = Path(entry.path)
+        pid = staging_pid(entry.name)
+        if pid is None:
+            pid = _legacy_pid(entry.name) if entry.is_dir(follow_symlinks=False) else None
+        if pid is None and not _legacy_bag_staging(path):
+            continue
+        if pid is not None and _alive(pid):
+            continue
         try:
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(path)

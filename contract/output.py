@@ -20,8 +20,19 @@ The rules (README, "What pem-deploy writes"):
    renames leaves only files that are recorded as ours). Staging left by a killed run is
    removed by the next run that writes beside it (its process id is dead).
 
-API: :func:`guard_inputs`, :func:`write_file` / :func:`staged_file` for one file,
-:func:`staged_folder` (a :class:`FolderOutput`) for a folder, :func:`clean_stale_staging`.
+API:
+
+- :func:`guard_inputs` (rule 1 alone);
+- one explicit file: :func:`write_file`, :func:`staged_file` (context manager) or
+  :class:`FileOutput` (open / commit / discard, for writers that cannot nest a ``with``);
+- a folder: :func:`staged_folder` (a :class:`FolderOutput`: ``path`` / ``write`` / ``adopt`` /
+  ``merge`` / ``register_tree``, installed on a clean exit); :func:`write_into` for a folder a
+  long run fills file by file (a training run);
+- :func:`check_file` / :func:`check_folder`: the entry checks alone, to refuse a bad target
+  before minutes of work; :func:`owns`: whether a file is ours; :func:`clean_stale_staging`.
+
+Refusals are :class:`contract.errors.OutputError` subclasses with one-line messages naming the
+path; the CLI prints them as ``error: ...`` with exit status 2.
 
 Test hook: with ``PEM_DEPLOY_TEST_PAUSE_BEFORE_COMMIT=<seconds>`` in the environment a commit
 sleeps before its first rename, everything staged, so a test can SIGKILL the writer there.
@@ -78,6 +89,7 @@ __all__ = [
     "staged_file",
     "staged_folder",
     "write_file",
+    "write_into",
 ]
 
 OVERWRITE_FLAG = "--overwrite"
@@ -124,31 +136,47 @@ def guard_inputs(targets: Iterable[PathLike], inputs: Iterable[PathLike | None])
     found = [_input(p) for p in inputs if p is not None]
     if not found:
         return
+    parents: dict[Path, tuple[Path, list[os.stat_result]]] = {}  # one walk up per folder
     for target in targets:
-        _guard_one(Path(target), found)
-
-
-def _guard_one(target: Path, inputs: list[_Input]) -> None:
-    resolved = target.resolve()
-    # The target and each existing folder above it, by inode: a hard link or a bind mount of an
-    # input is the input, whatever its path.
-    chain: list[tuple[Path, os.stat_result]] = []
-    for path in (target, *target.parents):
-        with contextlib.suppress(OSError):
-            chain.append((path, os.stat(path)))
-    for item in inputs:
-        same = resolved == item.resolved or (
-            item.stat is not None and bool(chain) and chain[0][0] == target and _same(chain[0][1], item.stat)
+        target = Path(target)
+        if target.parent not in parents:
+            chain = []
+            for path in target.parents:
+                with contextlib.suppress(OSError):
+                    chain.append(os.stat(path))
+            parents[target.parent] = (target.parent.resolve(), chain)
+        resolved_parent, chain = parents[target.parent]
+        try:
+            own: os.stat_result | None = os.stat(target)
+        except OSError:
+            own = None
+        resolved = (
+            target.resolve()
+            if target.is_symlink() or target.name in ("", ".", "..")
+            else (resolved_parent / target.name)
         )
-        if same:
+        _guard_one(target, resolved, own, chain, found)
+
+
+def _guard_one(
+    target: Path,
+    resolved: Path,
+    own: os.stat_result | None,
+    chain: list[os.stat_result],
+    inputs: list[_Input],
+) -> None:
+    # By inode too (the target, then each existing folder above it): a hard link or a bind
+    # mount of an input is the input, whatever its path.
+    for item in inputs:
+        if resolved == item.resolved or (item.stat is not None and own is not None and _same(own, item.stat)):
             raise OutputIsInputError(
                 f"{target}: is an input of this run ({item.given}); pem-deploy never writes onto "
                 "its own inputs: choose another output path"
             )
         if not item.is_dir:
             continue
-        inside = item.resolved in resolved.parents or any(
-            item.stat is not None and _same(st, item.stat) for path, st in chain if path != target
+        inside = item.resolved in resolved.parents or (
+            item.stat is not None and any(_same(st, item.stat) for st in chain)
         )
         if inside:
             raise OutputIsInputError(
@@ -382,11 +410,12 @@ def _write_manifest(folder: Path, files: dict[str, list[list[int]]]) -> None:
     atomic_write_bytes(folder / MANIFEST_NAME, (json.dumps(payload, indent=1) + "\n").encode())
 
 
-def owns(folder: PathLike, rel: str) -> bool:
+def owns(folder: PathLike, rel: str, manifests: dict[Path, dict[str, list[list[int]]]] | None = None) -> bool:
     """Whether ``folder/rel`` is a file this tool wrote and nobody changed since.
 
     Looks in the manifest of ``folder`` and of each folder between it and the file (an output
-    folder written inside another one keeps its own manifest).
+    folder written inside another one keeps its own manifest). ``manifests`` caches the parsed
+    manifests across calls (one walk of a large folder reads each once).
     """
     folder = Path(folder)
     path = folder / rel
@@ -395,17 +424,26 @@ def owns(folder: PathLike, rel: str) -> bool:
     fingerprint = _fingerprint(path)
     if fingerprint is None:
         return False
+    cache = manifests if manifests is not None else {}
     parts = Path(rel).parts
     for i in range(len(parts)):
         base = folder.joinpath(*parts[:i])
-        if fingerprint in _read_manifest(base).get("/".join(parts[i:]), []):
+        if base not in cache:
+            cache[base] = _read_manifest(base)
+        if fingerprint in cache[base].get("/".join(parts[i:]), []):
             return True
     return False
+
+
+def _is_empty_dir(path: Path) -> bool:
+    with os.scandir(path) as entries:
+        return not any(True for _ in entries)
 
 
 def _foreign(folder: Path, limit: int) -> list[str]:
     """Up to ``limit`` entries of ``folder`` (relative) that this tool did not write."""
     found: list[str] = []
+    manifests: dict[Path, dict[str, list[list[int]]]] = {}
     for root, dirs, files in os.walk(folder):
         base = Path(root)
         rel_base = base.relative_to(folder)
@@ -413,13 +451,13 @@ def _foreign(folder: Path, limit: int) -> list[str]:
         for name in list(dirs):
             if is_internal(name):
                 dirs.remove(name)
-            elif (base / name).is_symlink() or not any(os.scandir(base / name)):
+            elif (base / name).is_symlink() or _is_empty_dir(base / name):
                 found.append((rel_base / name).as_posix())
                 dirs.remove(name)
         for name in sorted(files):
             if is_internal(name) and (name != MANIFEST_NAME or _manifest_format_ok(base / name)):
                 continue
-            if not owns(folder, (rel_base / name).as_posix()):
+            if not owns(folder, (rel_base / name).as_posix(), manifests):
                 found.append((rel_base / name).as_posix())
         if len(found) >= limit:
             return found[:limit]
@@ -479,7 +517,8 @@ class FolderOutput:
         self.flag = flag
         self._inputs = list(inputs)
         self._names = list(names)
-        self._order: list[str] = []
+        self._order: dict[str, None] = {}  # registration order, O(1) membership
+        self._made: set[Path] = set()
         self._merges: dict[str, Callable[[Path | None], bytes | str]] = {}
         self._staging: Path | None = None
         self._new = False
@@ -499,11 +538,11 @@ class FolderOutput:
 
     def _open(self) -> FolderOutput:
         target = self.target
+        guard_inputs([target], self._inputs)
         if target.is_symlink() and not target.exists():
             raise OutputError(f"{target}: {self.flag} is a broken symbolic link")
         if target.exists() and not target.is_dir():
             raise OutputExistsError(f"{target}: {self.flag} exists and is not a folder")
-        guard_inputs([target], self._inputs)
         if self._names:
             guard_inputs([target / n for n in self._names], self._inputs)
         self._new = not target.exists()
@@ -541,18 +580,30 @@ class FolderOutput:
         return self.open()
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        failed = exc is not None
-        try:
-            if not failed and self._committed is None:
+        if exc is None and self._committed is None:
+            try:
                 self.commit()
-        except BaseException:
-            failed = True
-            raise
-        finally:
-            staging = self._staging
-            self._release(failed)
-            if exc is not None and staging is not None and _inside_staging(exc, staging):
-                raise _write_error(self.target, exc) from None  # type: ignore[arg-type]
+            except BaseException:
+                self.close()
+                raise
+        converted = self.close(exc)
+        if converted is not exc:
+            raise converted from None
+
+    @property
+    def inputs(self) -> list[PathLike | None]:
+        """The run's inputs this output never writes."""
+        return list(self._inputs)
+
+    def close(self, exc: BaseException | None = None) -> BaseException | None:
+        """Remove the staging and release the folder without installing anything more (the
+        target stays as it was unless :meth:`commit` ran). Returns ``exc``, or the target's
+        :class:`OutputWriteError` when ``exc`` is a failure to write the staging (full disk)."""
+        staging = self._staging
+        self._release(failed=self._committed is None)
+        if exc is not None and staging is not None and _inside_staging(exc, staging):
+            return _write_error(self.target, exc)  # type: ignore[arg-type]
+        return exc
 
     def _release(self, failed: bool) -> None:
         if self._staging is not None:
@@ -588,10 +639,11 @@ class FolderOutput:
         if bad or is_internal(parts[0]) or parts[0] == _SCRATCH:
             raise OutputError(f"{self.target / rel}: not a valid output name")
         rel = Path(*parts).as_posix()
-        if rel not in self._order:
-            self._order.append(rel)
+        self._order.setdefault(rel, None)
         path = self.staging / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(path.parent)
         return path
 
     def write(self, rel: str, data: bytes | str) -> Path:
@@ -631,8 +683,7 @@ class FolderOutput:
                 relname = full.relative_to(self.staging).as_posix()
                 if relname in (MANIFEST_NAME, LOCK_NAME) or staging_pid(name) is not None:
                     continue
-                if relname not in self._order:
-                    self._order.append(relname)
+                self._order.setdefault(relname, None)
                 names.append(relname)
         return names
 
@@ -640,7 +691,9 @@ class FolderOutput:
         """Whether the target's existing ``rel`` is ours (see :func:`owns`)."""
         return owns(self.target, rel)
 
-    def _check_collision(self, rel: str) -> None:
+    def _check_collision(
+        self, rel: str, manifests: dict[Path, dict[str, list[list[int]]]] | None = None
+    ) -> None:
         dest = self.target / rel
         for parent in list(Path(rel).parents)[::-1][1:]:
             folder = self.target / parent
@@ -651,7 +704,7 @@ class FolderOutput:
         if os.path.lexists(dest):
             if dest.is_dir() and not dest.is_symlink():
                 raise OutputExistsError(f"{dest}: is a folder where this run writes a file")
-            if not self.overwrite and not owns(self.target, rel):
+            if not self.overwrite and not owns(self.target, rel, manifests):
                 raise OutputExistsError(
                     f"{dest}: exists and was not written by pem-deploy (or was changed since); "
                     f"refusing to replace it: move it away or pass {OVERWRITE_FLAG}"
@@ -707,8 +760,9 @@ class FolderOutput:
 
     def _commit_merge(self, staging: Path, order: list[str]) -> None:
         target = self.target
+        manifests: dict[Path, dict[str, list[list[int]]]] = {}
         for rel in order:
-            self._check_collision(rel)
+            self._check_collision(rel, manifests)
         old = _read_manifest(target)
         files = {rel: prints for rel, prints in old.items() if os.path.lexists(target / rel)}
         new = {rel: _fingerprint(staging / rel) for rel in order}
@@ -743,6 +797,23 @@ def check_folder(
     )
     output.open()
     output._release(failed=True)
+
+
+def write_into(
+    folder: PathLike,
+    rel: str,
+    data: bytes | str,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[PathLike | None] = (),
+) -> Path:
+    """Write one file into an output folder that a long run fills over time (a training run's
+    checkpoints and logs): staged, renamed, recorded as ours. The folder's other files are left
+    alone (its entry check is :func:`check_folder`, once, at the start of the run); a file at
+    ``rel`` that pem-deploy did not write is replaced only with ``overwrite``."""
+    with staged_folder(folder, exist_ok=True, overwrite=overwrite, inputs=inputs) as out:
+        out.write(rel, data)
+    return Path(folder) / rel
 
 
 @contextlib.contextmanager

@@ -15,14 +15,13 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from contract.errors import SidecarError
+from contract.output import FolderOutput, check_folder
 from contract.sidecar import FORMAT, FORMAT_VERSION, IOSignature, Sidecar, TensorSignature
 from export.errors import ExportError
 from export.heads import HEAD_OUTPUTS, INPUT_NAME
@@ -250,120 +249,75 @@ def validated_sidecar(data: dict[str, Any], model: onnx.ModelProto, name: str) -
     return spec
 
 
-STAGING_PREFIX = ".pem-export-"
-
-
-def remove_stale_staging(folder: Path, prefix: str) -> list[Path]:
-    """Delete ``prefix<pid>-*`` staging folders in ``folder`` whose process is gone (a killed run).
-
-    Returns what was removed. Folders of live processes (a concurrent export) are left alone.
-    """
-    removed = []
-    try:
-        entries = list(folder.glob(f"{prefix}*"))
-    except OSError:
-        return removed
-    for entry in entries:
-        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
-        if not pid_text.isdigit() or not entry.is_dir():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-            continue  # alive
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
-
-
 class ArtifactWriter:
-    """Stages files in a temporary folder and moves them into ``out_dir`` only on :meth:`commit`.
+    """Stages an artifact's files and moves them into ``out_dir`` only on :meth:`commit`, by the
+    rules of :mod:`contract.output` (the one output mechanism; this class keeps export's API).
 
-    A failed export (any exception before ``commit``) leaves ``out_dir`` exactly as it was: not
-    even created when it did not exist. Use as a context manager.
+    ``out_dir`` may hold other files only with ``exist_ok`` (ours are added beside them); a file
+    at one of ``names`` that pem-deploy did not write is replaced only with ``overwrite`` (our
+    own, from an earlier export, is replaced); ``inputs`` (the checkpoint and its config) are
+    never written. A failed export (any exception before ``commit``) leaves ``out_dir`` exactly
+    as it was: not even created when it did not exist. Use as a context manager.
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str], names: tuple[str, ...] = (), exist_ok: bool = False):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        names: tuple[str, ...] = (),
+        exist_ok: bool = False,
+        overwrite: bool = False,
+        inputs: tuple[str | os.PathLike[str], ...] = (),
+    ):
         self.out_dir = Path(out_dir)
         self.names = names
-        self.exist_ok = exist_ok
-        self._tmp: Path | None = None
-        self._staged: list[str] = []
+        self._output = FolderOutput(
+            self.out_dir, exist_ok=exist_ok, overwrite=overwrite, inputs=inputs, names=names
+        )
+        self._open = False
 
     def check(self) -> None:
-        """Raise :class:`ExportError` when ``out_dir`` cannot be created or written, or when it
-        already holds one of the files to be written (``names``) and ``exist_ok`` is not set."""
-        out = self.out_dir
-        if out.exists() and not out.is_dir():
-            raise ExportError(f"--out {out}: exists and is not a directory")
-        existing = [n for n in self.names if (out / n).exists()]
-        if existing and not self.exist_ok:
-            raise ExportError(
-                f"--out {out}: already holds {', '.join(existing)}; "
-                "pass --exist-ok to replace those files (nothing else in the folder is touched)"
-            )
-        base = self._base()
-        try:  # os.access is not enough (read-only mounts, /proc, ACLs): really try
-            probe = tempfile.mkdtemp(prefix=".pem-export-probe-", dir=base)
-            os.rmdir(probe)
-        except OSError as exc:
-            raise ExportError(f"--out {out}: cannot write in {base} ({exc.strerror})") from None
-
-    def _base(self) -> Path:
-        base = self.out_dir.absolute()
-        while not base.exists():
-            base = base.parent
-        if not base.is_dir():
-            raise ExportError(f"--out {self.out_dir}: {base} is not a directory")
-        return base
+        """Raise :class:`contract.errors.OutputError` now (before the slow part) when ``out_dir``
+        would be refused: a file, an input, foreign files or names, not writable."""
+        check_folder(
+            self.out_dir,
+            exist_ok=self._output.exist_ok,
+            overwrite=self._output.overwrite,
+            inputs=self._output.inputs,
+            names=self.names,
+        )
 
     def __enter__(self) -> ArtifactWriter:
-        self.check()
-        base = self._base()
-        remove_stale_staging(base, STAGING_PREFIX)
-        try:
-            self._tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
-        except OSError as exc:
-            raise ExportError(f"--out {self.out_dir}: cannot write there ({exc.strerror})") from None
+        self._output.open()
+        self._open = True
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        # Nothing is installed here: only an explicit commit() installs (a failed export, even
+        # one that raises nothing inside the block, must not half-replace an artifact).
+        if self._open:
+            self._open = False
+            converted = self._output.close(exc)
+            if converted is not exc:
+                raise converted from None
 
     @property
     def staging_dir(self) -> Path:
-        """The temporary folder (for scratch work; only :meth:`stage_path` files are committed)."""
-        if self._tmp is None:
+        """A scratch folder (for work files; only :meth:`stage_path` files are committed)."""
+        if not self._open:
             raise RuntimeError("ArtifactWriter used outside its context")
-        return self._tmp
+        return self._output.scratch
 
     def stage_path(self, name: str) -> Path:
         """Path in the staging folder for the file ``name`` (registered for :meth:`commit`)."""
-        if self._tmp is None:
+        if not self._open:
             raise RuntimeError("ArtifactWriter used outside its context")
-        if name not in self._staged:
-            self._staged.append(name)
-        return self._tmp / name
+        return self._output.path(name)
 
     def commit(self) -> list[Path]:
         """Move the staged files into ``out_dir`` (in staging order); returns their final paths."""
-        if self._tmp is None:
+        if not self._open:
             raise RuntimeError("ArtifactWriter used outside its context")
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            final = []
-            for name in self._staged:
-                target = self.out_dir / name
-                os.replace(self._tmp / name, target)
-                final.append(target)
-        except OSError as exc:
-            raise ExportError(f"--out {self.out_dir}: cannot write there ({exc.strerror})") from None
-        return final
+        return self._output.commit()
 
 
 def write_artifact(

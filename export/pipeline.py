@@ -36,7 +36,7 @@ from export.heads import (
 from export.metadata import ArtifactWriter, build_sidecar, embed_metadata, write_artifact
 from export.onnx_export import EXPORTERS, DynamicDim, export_to_onnx
 from export.simplify import SIMPLIFIERS, default_opset, finalize, op_counts, rewrite_integer_clip, simplify
-from export.source import ModelSource
+from export.source import ModelSource, source_files
 from export.symbolics import check_opset
 from export.trt_lint import LintReport, lint_model
 
@@ -75,7 +75,8 @@ class ExportOptions:
     opset: int = 19
     simplifier: str = "onnxslim"
     exporter: str = "dynamo"
-    exist_ok: bool = False  # replace NAME.onnx / NAME.json already in out_dir
+    exist_ok: bool = False  # out_dir may hold other files (contract/output.py)
+    overwrite: bool = False  # replace a NAME.onnx / NAME.json there that pem-deploy did not write
 
     def validate(self) -> None:
         """Raise :class:`ExportError` naming the first bad option."""
@@ -293,7 +294,11 @@ def export_artifact(
     if options.precision == "int8" and int8_quantizer is None:
         raise ExportError(INT8_UNAVAILABLE)
     writer = ArtifactWriter(
-        options.out_dir, names=(f"{options.name}.onnx", f"{options.name}.json"), exist_ok=options.exist_ok
+        options.out_dir,
+        names=(f"{options.name}.onnx", f"{options.name}.json"),
+        exist_ok=options.exist_ok,
+        overwrite=options.overwrite,
+        inputs=source_files(source),
     )
     writer.check()  # before the slow part
     timings: dict[str, float] = {}

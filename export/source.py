@@ -35,6 +35,14 @@ class ModelSource:
     description: dict[str, Any] = field(default_factory=dict)
 
 
+def source_files(source: ModelSource) -> tuple[Path, ...]:
+    """The files ``source`` was read from (checkpoint and config): never written by an export."""
+    from pem.checkpoint import checkpoint_files
+
+    checkpoint = source.description.get("checkpoint")
+    return tuple(checkpoint_files(checkpoint)) if checkpoint else ()
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:

@@ -11,7 +11,7 @@ import json
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from contract.errors import PemDeployError, one_line
-from contract.fs import atomic_write_bytes
+from contract.output import check_file, write_file
 from pem.config import ConfigError, PEMConfig
 
 
@@ -226,6 +226,13 @@ def _config_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
+def checkpoint_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files a checkpoint is read from (weights, and for ours the ``.json`` config beside
+    them): inputs that no output of the same run may replace (contract/output.py)."""
+    path = Path(path)
+    return [path, _config_path(path)]
+
+
 def _unique_state(model: nn.Module) -> dict[str, Tensor]:
     """State dict with aliased tensors (STDC registers its stages twice) stored once."""
     seen: dict[int, str] = {}
@@ -240,17 +247,34 @@ def _unique_state(model: nn.Module) -> dict[str, Tensor]:
 
 
 def save_checkpoint(
-    model: nn.Module, config: PEMConfig, path: str | os.PathLike[str], extra: dict[str, Any] | None = None
+    model: nn.Module,
+    config: PEMConfig,
+    path: str | os.PathLike[str],
+    extra: dict[str, Any] | None = None,
+    write: Callable[[Path, bytes], object] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``path`` (.safetensors) and its ``.json`` config atomically; returns the weights path."""
+    """Write ``path`` (.safetensors) and its ``.json`` config atomically; returns the weights path.
+
+    By default each file is written by :func:`contract.output.write_file`: an existing weights or
+    config file is refused unless ``overwrite`` (both are checked before either is written).
+    ``write(path, data)`` replaces that (a training run records its files in its run folder).
+    """
     from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
     meta = {"format": "pem-deploy", "config": config.to_dict(), **(extra or {})}
-    atomic_write_bytes(path, save(_unique_state(model), metadata={"format": "pem-deploy"}))
-    atomic_write_bytes(_config_path(path), (json.dumps(meta, indent=2) + "\n").encode())
+    if write is None:
+        for target in (path, _config_path(path)):
+            check_file(target, overwrite=overwrite)
+
+        def write(target: Path, data: bytes) -> object:
+            return write_file(target, data, overwrite=overwrite)
+
+    write(path, save(_unique_state(model), metadata={"format": "pem-deploy"}))
+    write(_config_path(path), (json.dumps(meta, indent=2) + "\n").encode())
     return path
 
 

@@ -493,13 +493,17 @@ def evaluate_checkpoint(
     device: str | None = None,
     save_predictions: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
+    exist_ok: bool = False,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Evaluate one of our checkpoints on ``split`` of the dataset folder ``data``.
 
     ``task`` defaults to the model's: a panoptic model is evaluated on the panoptic annotations
     (mIoU and PQ), a semantic one on the semantic labels (mIoU). ``short_side`` defaults to the
     preset's test size (native size for Cityscapes). ``save_predictions`` writes the
-    predictions in the official Cityscapes evaluators' formats (Cityscapes data only).
+    predictions in the official Cityscapes evaluators' formats (Cityscapes data only), by the
+    rules of :mod:`contract.output` (``exist_ok``: a folder holding other files; ``overwrite``:
+    replace files there pem-deploy did not write; never into the checkpoint or the data).
     """
     from pem.checkpoint import load_checkpoint
     from pem.data import open_dataset
@@ -528,11 +532,19 @@ def evaluate_checkpoint(
         callback = None
         writer = None
         if save_predictions is not None:
+            from pem.checkpoint import checkpoint_files
             from pem.data.cityscapes import CityscapesPredictionWriter
             from pem.data.common import staged_directory
 
-            # Staged beside the folder and moved in at the end: all predictions or none.
-            staging = stack.enter_context(staged_directory(Path(save_predictions)))
+            # Staged and moved in at the end: all predictions or none (contract/output.py).
+            staging = stack.enter_context(
+                staged_directory(
+                    Path(save_predictions),
+                    exist_ok=exist_ok,
+                    overwrite=overwrite,
+                    inputs=[*checkpoint_files(checkpoint), data],
+                )
+            )
             writer = CityscapesPredictionWriter(staging, split)
 
             def callback(sample: Sample, pred: Prediction) -> None:

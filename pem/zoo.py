@@ -26,13 +26,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from contract.output import is_internal, staged_folder
 from pem.config import get_preset
 from pem.data.synthetic import GENERATOR_VERSION, SyntheticConfig, make_synthetic
 from pem.train.config import TINY_RECIPE, TrainConfig
@@ -155,25 +154,22 @@ def ensure_default_checkpoint(variant: Variant = "default", progress: bool = Fal
     with _lock(target.with_name(target.name + ".lock")):
         if weights.is_file():
             return weights
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-        try:
-            with _single_thread():
-                run_training(
-                    recipe.preset,
-                    data,
-                    tmp,
-                    recipe.train,
-                    device="cpu",
-                    progress=progress,
-                    extra_metadata={"zoo_variant": variant, "zoo_key": recipe.key()},
-                )
-            (tmp / "last_state.safetensors").unlink(missing_ok=True)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        # The cache is pem-deploy's own: an incomplete folder left by an older version is
+        # replaced (exist_ok / overwrite), through the one output mechanism (contract/output.py).
+        with _single_thread(), staged_folder(target, exist_ok=True, overwrite=True) as out:
+            run = out.scratch / "run"
+            run_training(
+                recipe.preset,
+                data,
+                run,
+                recipe.train,
+                device="cpu",
+                progress=progress,
+                extra_metadata={"zoo_variant": variant, "zoo_key": recipe.key()},
+            )
+            for file in sorted(run.iterdir()):
+                if file.is_file() and not is_internal(file.name) and file.name != "last_state.safetensors":
+                    out.adopt(file.name, file)
     return weights
 
 

@@ -92,6 +92,17 @@ def locate(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return path, sidecar
 
 
+def artifact_files(path: str | os.PathLike[str] | None) -> list[Path]:
+    """The files an artifact is read from (model and sidecar; the path itself when it cannot be
+    located): inputs that no output of the same run may replace (contract/output.py)."""
+    if path is None:
+        return []
+    try:
+        return list(locate(path))
+    except ArtifactError:
+        return [] if Path(path).is_dir() else [Path(path)]
+
+
 def load_artifact(path: str | os.PathLike[str], verify_checksum: bool = True) -> Artifact:
     """Read and validate an artifact's sidecar (:class:`contract.sidecar.Sidecar`, the one schema);
     optionally check the model file's sha256.

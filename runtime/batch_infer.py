@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.output import FolderOutput, staged_folder
+from contract.output import FolderOutput, guard_inputs, staged_folder
 from runtime.errors import InputError
 from runtime.images import (
     IMAGE_SUFFIXES,
@@ -213,9 +213,10 @@ def infer_path(
     kind = "stream" if frames is not None else _source_kind(source)
     listing_errors: list[tuple[str, str]] = []
     paths = list_images(source, None if strict else listing_errors) if kind == "folder" else [source]
-    check_out_dir(out_dir, source)
     artifact = segmenter.artifact
     read = [source, artifact.model_path, artifact.sidecar_path, *inputs]
+    guard_inputs([out_dir], read)  # first: "that is your input" says more than "not a folder"
+    check_out_dir(out_dir, source)
     with staged_folder(
         out_dir, exist_ok=exist_ok, overwrite=overwrite, inputs=read, names=[PREDICTIONS]
     ) as out:

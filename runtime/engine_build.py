@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from contract.errors import SidecarError
 from contract.fs import atomic_write_bytes
+from contract.output import check_file, check_folder, staged_folder, write_file
 from contract.sidecar import Sidecar
 from runtime.artifact import Artifact, load_artifact
 from runtime.errors import ArtifactError, BackendUnavailableError, RuntimeToolError
@@ -89,6 +90,9 @@ class EngineOptions:
         contexts: copies of the optimisation profile, so that this many execution contexts of a
             dynamic engine can run at once (each context owns one profile).
         log_path: write TensorRT's log (INFO and above) to this file.
+        exist_ok / overwrite: how the outputs may meet existing files (:mod:`contract.output`):
+            ``exist_ok`` an output folder holding other files; ``overwrite`` replace an existing
+            explicit ``.engine`` / log file, or files pem-deploy did not write in the folder.
     """
 
     precision: EnginePrecision | None = None
@@ -105,6 +109,8 @@ class EngineOptions:
     gpu_fallback: bool = False
     contexts: int = 1
     log_path: Path | None = None
+    exist_ok: bool = False
+    overwrite: bool = False
 
     def validate(self) -> None:
         """Refuse inconsistent options (one line each)."""
@@ -467,13 +473,21 @@ def build_engine(
         raise ArtifactError(
             f"{artifact.model_path}: already a TensorRT engine; build takes the ONNX artifact"
         )
+    out = Path(out)
+    explicit = out.suffix in (".engine", ".plan")
+    # Refused before TensorRT runs: an input as target (whatever the flags), an existing file
+    # without --overwrite, a folder holding other files without --exist-ok.
+    read = [artifact.model_path, artifact.sidecar_path, options.calibration_cache]
+    if explicit:
+        for path in (out, out.with_suffix(".json")):
+            check_file(path, overwrite=options.overwrite, inputs=read)
+    else:
+        check_folder(out, exist_ok=options.exist_ok, overwrite=options.overwrite, inputs=read)
+    if options.log_path is not None:
+        check_file(options.log_path, overwrite=options.overwrite, inputs=read)
     trt = import_tensorrt()
     strongly_typed, precision = _choose_typing(trt, artifact, options)
-    out = Path(out)
-    if out.suffix in (".engine", ".plan"):
-        engine_path = out
-    else:
-        engine_path = out / f"{artifact.model_path.stem}.{precision}.engine"
+    engine_path = out if explicit else out / f"{artifact.model_path.stem}.{precision}.engine"
     if options.dla_core is not None and precision == "fp32":
         raise EngineBuildError(f"--dla-core {options.dla_core}: DLA runs FP16 / INT8 only, not fp32")
     if options.dla_core is not None and tensorrt_major(trt) >= 11:
@@ -544,7 +558,7 @@ def build_engine(
 
     serialized = builder.build_serialized_network(network, config)
     if options.log_path is not None and log_lines is not None:
-        atomic_write_bytes(Path(options.log_path), ("\n".join(log_lines) + "\n").encode())
+        write_file(options.log_path, "\n".join(log_lines) + "\n", overwrite=options.overwrite, inputs=read)
     if serialized is None:
         where = f" (log: {options.log_path})" if options.log_path else " (see the TensorRT errors above)"
         raise EngineBuildError(f"{artifact.model_path}: TensorRT failed to build an engine{where}")
@@ -582,9 +596,18 @@ def build_engine(
         raise EngineBuildError(
             f"refusing to write an engine sidecar the runtime would refuse: {exc}"
         ) from None
-    atomic_write_bytes(engine_path, data)
     sidecar_path = engine_path.with_suffix(".json")
-    atomic_write_bytes(sidecar_path, engine_spec.to_json().encode())
+    sidecar_text = engine_spec.to_json()
+    if explicit:  # the engine, then its sidecar (a sidecar always describes the engine beside it)
+        write_file(engine_path, data, overwrite=options.overwrite, inputs=read)
+        write_file(sidecar_path, sidecar_text, overwrite=options.overwrite, inputs=read)
+    else:
+        names = [engine_path.name, sidecar_path.name]
+        with staged_folder(
+            out, exist_ok=options.exist_ok, overwrite=options.overwrite, inputs=read, names=names
+        ) as folder:
+            folder.write(engine_path.name, data)
+            folder.write(sidecar_path.name, sidecar_text)
     sidecar = engine_spec.to_dict()
     if timing_cache is not None and options.timing_cache is not None:
         atomic_write_bytes(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))

@@ -42,6 +42,8 @@ class Result:
     (panoptic artifacts only). ``timings``: milliseconds per stage (``pre``, ``infer``, ``post``;
     in a batch, ``infer`` is the whole batch's time divided by its size). ``notes``: one line per
     conversion applied to the input (grayscale replicated, alpha dropped, 16-bit scaled).
+    ``margin``: mean over the pixels of (best - second best class score), where the model gives
+    class scores (``raw`` heads); ``None`` for heads that output labels only. Low = unsure.
     """
 
     labels: np.ndarray
@@ -49,6 +51,7 @@ class Result:
     segments: list[Segment] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    margin: float | None = None
 
 
 BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
@@ -292,9 +295,10 @@ class Segmenter:
             id_map = to_original_size(id_map, geometry)
             segments = segments_at_size(id_map, segments)
             return Result(category_map(id_map, segments, VOID), id_map, segments)
-        return Result(to_original_size(self._semantic_from_raw(outputs, i), geometry))
+        labels, margin = self._semantic_from_raw(outputs, i)
+        return Result(to_original_size(labels, geometry), margin=margin)
 
-    def _semantic_from_raw(self, outputs: dict[str, np.ndarray], i: int) -> np.ndarray:
+    def _semantic_from_raw(self, outputs: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, float]:
         """Semantic labels from raw logits in numpy: class scores are formed at mask resolution
         and then upsampled (cheaper than upsampling every query's mask first; borders may differ
         slightly from the in-graph semantic head)."""
@@ -308,7 +312,12 @@ class Segmenter:
         scores = cv2.resize(scores, (fmt.width, fmt.height), interpolation=cv2.INTER_LINEAR)
         if scores.ndim == 2:  # a single class: cv2 drops the channel axis
             scores = scores[:, :, None]
-        return scores.argmax(-1).astype(np.int32)
+        if scores.shape[-1] > 1:
+            top2 = np.partition(scores, scores.shape[-1] - 2, axis=-1)[..., -2:]
+            margin = float((top2[..., 1] - top2[..., 0]).mean())
+        else:
+            margin = float(scores.mean())
+        return scores.argmax(-1).astype(np.int32), margin
 
 
 class _Failure:

@@ -25,9 +25,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from contract.fs import atomic_write_bytes
+from contract.output import check_file, write_file
 from contract.parity_policy import ParityPolicy, policy_for, segment_match, segment_match_rate
-from runtime.artifact import load_artifact
+from runtime.artifact import artifact_files, load_artifact
 from runtime.diff_table import name_width, row
 from runtime.errors import ArtifactError, InputError
 from runtime.scenes import street_scene
@@ -105,8 +105,15 @@ class Outputs:
     panoptic: list[np.ndarray] = field(default_factory=list)
     segment_classes: list[dict[int, int]] = field(default_factory=list)
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write a compressed ``.npz`` (atomically); :func:`load_reference` reads it back."""
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        inputs: Sequence[str | os.PathLike[str] | None] = (),
+    ) -> Path:
+        """Write a compressed ``.npz`` (staged and renamed, :mod:`contract.output`; an existing
+        file only with ``overwrite``, never one of ``inputs``); :func:`load_reference` reads it."""
         path = Path(path)
         arrays: dict[str, np.ndarray] = {"images": np.stack(self.images), "labels": np.stack(self.labels)}
         for name in self.outputs[0] if self.outputs else []:
@@ -123,8 +130,7 @@ class Outputs:
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
-        atomic_write_bytes(path, buffer.getvalue())
-        return path
+        return write_file(path, buffer.getvalue(), overwrite=overwrite, inputs=inputs)
 
 
 def load_reference(path: str | os.PathLike[str]) -> Outputs:
@@ -362,8 +368,12 @@ def verify(
     policy: ParityPolicy | None = None,
     providers: list[str] | None = None,
     threads: int = 0,
+    overwrite: bool = False,
 ) -> VerifyReport:
     """Run ``candidate`` and its reference (an artifact, or saved outputs) and compare them.
+
+    ``save_reference_to`` is refused when it exists (unless ``overwrite``) or is one of the
+    run's inputs (:func:`verify_inputs`; whatever the flags), before anything runs.
 
     Raises:
         VerifyError / ArtifactError / InputError: bad arguments or files (one line).
@@ -372,6 +382,9 @@ def verify(
         raise VerifyError("give the reference: --against ARTIFACT or --load-reference FILE (one of them)")
     if load_reference_from is not None and (save_reference_to is not None or images is not None):
         raise VerifyError("--load-reference brings its own images: drop --images / --save-reference")
+    read = verify_inputs(candidate, against, load_reference_from, images)
+    if save_reference_to is not None:
+        check_file(save_reference_to, overwrite=overwrite, inputs=read)
     if load_reference_from is not None:
         reference = load_reference(load_reference_from)
     else:
@@ -382,6 +395,17 @@ def verify(
         )
         reference = run_artifact(against, names, pictures, providers, threads)  # type: ignore[arg-type]
         if save_reference_to is not None:
-            reference.save(save_reference_to)
+            reference.save(save_reference_to, overwrite=overwrite, inputs=read)
     got = run_artifact(candidate, reference.names, reference.images, providers, threads)
     return compare_outputs(got, reference, policy)
+
+
+def verify_inputs(
+    candidate: str | os.PathLike[str],
+    against: str | os.PathLike[str] | None = None,
+    load_reference_from: str | os.PathLike[str] | None = None,
+    images: str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """Every file and folder a :func:`verify` run reads: never written by its outputs."""
+    read = [*artifact_files(candidate), *artifact_files(against)]
+    return read + [Path(p) for p in (load_reference_from, images) if p is not None]

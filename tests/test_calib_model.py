@@ -20,6 +20,7 @@ from calib.graph import FLOAT_ONLY_OPS, check_qdq, dequantized_consumers, find_t
 from calib.quantize import quantize_model
 from calib.trt_cache import read_cache
 from cli import app
+from contract.output import MANIFEST_NAME
 from export.pipeline import ExportOptions, export_graph
 from export.source import load_source
 from pem.zoo import default_dataset_path, ensure_default_checkpoint
@@ -177,6 +178,7 @@ def test_cli_calibrate_end_to_end(quick, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == [
+        MANIFEST_NAME,  # the record of what pem-deploy wrote
         "accuracy.json",
         "accuracy.md",
         "model.cache",

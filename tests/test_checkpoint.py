@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from contract.errors import OutputExistsError
 from pem.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -135,6 +136,8 @@ def test_round_trip_of_our_format(tmp_path, preset):
     path = save_checkpoint(model, cfg, tmp_path / "ckpt")
     assert path.name == "ckpt.safetensors" and (tmp_path / "ckpt.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(OutputExistsError, match="ckpt.safetensors: exists; pass --overwrite"):
+        save_checkpoint(model, cfg, tmp_path / "ckpt")  # never replaced silently
     loaded = load_checkpoint(path)
     assert loaded.config == cfg
     for key, value in model.state_dict().items():
@@ -151,7 +154,7 @@ def test_our_format_errors(tmp_path):
     path.with_suffix(".json").unlink()
     with pytest.raises(CheckpointError, match=r"m\.json: config file .* missing"):
         load_checkpoint(path)
-    path = save_checkpoint(PEM(cfg), cfg, tmp_path / "m.safetensors")
+    path = save_checkpoint(PEM(cfg), cfg, tmp_path / "m.safetensors", overwrite=True)
     path.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         load_checkpoint(path)

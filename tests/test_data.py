@@ -13,6 +13,8 @@ import torch
 from cityscapesscripts.helpers.labels import id2label, name2label
 from typer.testing import CliRunner
 
+from contract.errors import OutputExistsError
+from contract.output import MANIFEST_NAME
 from pem.config import get_preset
 from pem.data import DatasetError, open_dataset
 from pem.data.ade20k import ADE20KDataset
@@ -44,10 +46,11 @@ def synth(tmp_path_factory) -> Path:
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
+    """Every file's digest, but the record of what pem-deploy wrote (it holds modification times)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != MANIFEST_NAME
     }
 
 
@@ -106,7 +109,7 @@ def test_make_synthetic_refuses_non_empty_output_and_leaves_nothing(tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(DatasetError, match="busy"):
+    with pytest.raises(OutputExistsError, match="busy"):
         make_synthetic(out, SyntheticConfig(train=1, val=1, size=SIZE))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
     with pytest.raises(DatasetError, match="too small"):

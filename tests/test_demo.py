@@ -10,8 +10,16 @@ from cli import app
 
 def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    # The user's files in the folder (issue 20: a demo deleted DIR/inputs/ and its photo):
+    # --exist-ok adds the demo's files beside them and never touches them.
+    (out / "inputs").mkdir(parents=True)
+    (out / "inputs" / "photo.jpg").write_bytes(b"the user's photo")
+    (out / "notes.md").write_text("mine")
+    res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--exist-ok"])
     assert res.exit_code == 0, res.output
+    assert (out / "inputs" / "photo.jpg").read_bytes() == b"the user's photo"
+    assert (out / "notes.md").read_text() == "mine"
+    assert len(list((out / "inputs").iterdir())) == 3  # the photo and the demo's 2 images
     for precision in ("fp32", "fp16", "int8"):
         assert (out / "artifacts" / precision / "model.onnx").is_file()
         assert (out / "artifacts" / precision / "model.json").is_file()

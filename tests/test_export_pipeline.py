@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import export.pipeline as pipeline
 from cli import app
 from contract.errors import SidecarError
+from contract.output import MANIFEST_NAME
 from export.check import check_artifact
 from export.errors import ExportError
 from export.heads import ExportedModel
@@ -54,7 +55,8 @@ def artifact(tmp_path_factory):
 
 def test_cli_export_writes_a_complete_artifact(artifact):
     out, output = artifact
-    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"]  # no temp leftovers
+    # no temp leftovers; the hidden record of what pem-deploy wrote
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "model.json", "model.onnx"]
     assert "model.onnx" in output and "TensorRT 10" in output
     sidecar = json.loads((out / "model.json").read_text())
     assert sidecar["format"] == "pem-deploy" and sidecar["format_version"] == 1
@@ -149,7 +151,7 @@ def test_failed_export_leaves_out_dir_unchanged(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "lint_model", boom)
     source = tiny_source()
     with pytest.raises(ExportError, match="simulated"):
-        export_artifact(source, ExportOptions(out_dir=out, head="raw", exist_ok=True))
+        export_artifact(source, ExportOptions(out_dir=out, head="raw", exist_ok=True, overwrite=True))
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt", "model.onnx"]
     assert (out / "model.onnx").read_bytes() == b"old"
     monkeypatch.setattr(pipeline, "_raw_part", boom)

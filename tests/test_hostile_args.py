@@ -30,6 +30,8 @@ from safetensors.torch import save as st_save
 from typer.testing import CliRunner
 
 from cli import app
+from contract.fs import STAGING_PREFIX, staging_pid
+from contract.output import MANIFEST_NAME
 from export.metadata import ArtifactWriter
 from pem.checkpoint import CheckpointError, save_checkpoint, verify_checkpoint
 from pem.config import ConfigError, PEMConfig, get_preset
@@ -69,7 +71,7 @@ def no_partial_files(folder: Path) -> list[Path]:
         name = path.name
         if (
             name.endswith(".tmp")
-            or name.startswith(".pem-export-")
+            or name.startswith(STAGING_PREFIX)
             or (path.is_file() and path.stat().st_size == 0)
         ):
             bad.append(path)
@@ -573,18 +575,25 @@ def test_existing_artifact_refused_then_exist_ok(exported: Path) -> None:
     user = exported / "notes.txt"
     user.write_text("mine")
     before = {p.name: p.read_bytes() for p in exported.iterdir()}
-    assert_one_line_error(
-        invoke(_fast_export(exported)), "already holds model.onnx, model.json", "--exist-ok"
-    )
+    assert_one_line_error(invoke(_fast_export(exported)), "did not write (notes.txt)", "--exist-ok")
     assert {p.name: p.read_bytes() for p in exported.iterdir()} == before
-    result = invoke(_fast_export(exported, "--exist-ok"))
+    result = invoke(_fast_export(exported, "--exist-ok"))  # our own model.onnx / .json: replaced
     assert result.exit_code == 0, result.output
     assert user.read_text() == "mine" and sorted(p.name for p in exported.iterdir()) == [
+        MANIFEST_NAME,
         "model.json",
         "model.onnx",
         "notes.txt",
     ]
     assert no_partial_files(exported) == []
+    (exported / "model.onnx").write_bytes(b"the user's own model")  # no longer ours
+    assert_one_line_error(
+        invoke(_fast_export(exported, "--exist-ok")), "model.onnx: exists and was not written", "--overwrite"
+    )
+    assert (exported / "model.onnx").read_bytes() == b"the user's own model"
+    result = invoke(_fast_export(exported, "--exist-ok", "--overwrite"))
+    assert result.exit_code == 0, result.output
+    assert (exported / "model.onnx").read_bytes() != b"the user's own model"
 
 
 def test_bench_artifact_too_large(exported: Path) -> None:
@@ -715,9 +724,10 @@ def _kill_after(proc: subprocess.Popen, seconds: float) -> bool:
 
 
 def _staging(root: Path, with_file: bool) -> bool:
-    """Whether a writer's staging folder (``.pem-export-<pid>-*``) exists under ``root`` (holding a file)."""
-    for entry in root.glob(".pem-export-*"):
-        live = entry.name[len(".pem-export-") :].split("-")[0].isdigit()
+    """Whether a writer's staging folder (``.pem-deploy-staging-<pid>-*``) exists under ``root``
+    (holding a file)."""
+    for entry in root.glob(f"{STAGING_PREFIX}*"):
+        live = staging_pid(entry.name) is not None and entry.is_dir()
         if live and (not with_file or any(p.is_file() for p in entry.rglob("*"))):
             return True
     return False
@@ -740,12 +750,12 @@ def _kill_when(proc: subprocess.Popen, root: Path, with_file: bool, timeout: flo
 
 def _assert_nothing_partial(out: Path, complete: set[str]) -> None:
     parent = out.parent
-    stale = [p for p in parent.iterdir() if p.name.startswith((".pem-export-", f".{out.name}."))]
+    stale = [p for p in parent.iterdir() if p.name.startswith(STAGING_PREFIX)]
     if out.exists():
         names = {p.name for p in out.iterdir()}
         # An empty folder (made before the kill, nothing moved in yet) holds nothing partial, and
         # the next export into it is not refused; otherwise every file must be there.
-        assert names in (set(), complete), names
+        assert names in (set(), complete | {MANIFEST_NAME}), names
         assert no_partial_files(out) == []
     # staging of a killed run may remain beside the folder (hidden); the next run removes it
     assert all(p.is_dir() for p in stale)
@@ -773,11 +783,7 @@ def test_kill_export(work: Path, when: float | str) -> None:
         # the next export into that folder removes the dead run's staging as it starts
         with ArtifactWriter(out, names=("model.onnx", "model.json")):
             pass
-        assert not [
-            p
-            for p in root.iterdir()
-            if p.name.startswith(".pem-export-") and p.name[12:].split("-")[0].isdigit()
-        ]
+        assert not [p for p in root.iterdir() if staging_pid(p.name) is not None]
 
 
 @pytest.mark.parametrize("when", [0.5, 5.0, "staging"])

@@ -10,6 +10,12 @@ Steps (each shown on a terminal, quiet otherwise):
 6. overlays of a few validation images from the runtime (:func:`runtime.batch_infer.infer_path`);
 7. ``report.md`` (plus ``bench.json/.csv/.md``) in the output folder.
 
+Everything is written through :mod:`contract.output` as one output folder: staged, then moved
+in at the end (a failure leaves the folder as it was). A folder holding files the demo did not
+write is refused unless ``exist_ok`` (the demo's files are then added beside them; its own from
+an earlier demo are replaced), and a file at one of the demo's names that pem-deploy did not
+write (a user's ``report.md``, a photo in ``inputs/``) is never replaced unless ``overwrite``.
+
 ``quick=True`` uses the ``"quick"`` default model, few calibration / evaluation images and few
 timing iterations (the tests' mode, well under a minute with a warm cache).
 """
@@ -19,14 +25,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from export.errors import ExportError
 
 Progress = Callable[[str], None]
 
@@ -62,8 +65,47 @@ def run_demo(
     threads: int = 1,
     plot: bool = True,
     progress: Progress | None = None,
+    exist_ok: bool = False,
+    overwrite: bool = False,
 ) -> DemoResult:
     """Run the demo into ``out_dir`` and return what it measured (see the module docstring)."""
+    from contract.output import check_folder, staged_folder
+
+    out = Path(out_dir)
+    target: dict[str, Any] = dict(exist_ok=exist_ok, overwrite=overwrite, names=["report.md", "bench.json"])
+    check_folder(out, **target)  # before minutes of work
+    with staged_folder(out, **target) as folder:
+        stage = folder.staging
+        result = _demo_into(stage, quick, iterations, warmup, images, threads, plot, progress)
+        folder.register_tree()
+    return _rebased(result, stage, out)
+
+
+def _rebased(result: DemoResult, stage: Path, out: Path) -> DemoResult:
+    """``result`` with the paths of the staging folder moved to where they were installed."""
+
+    def move(path: Path) -> Path:
+        return out / path.relative_to(stage)
+
+    result.out_dir = out
+    result.report_path = move(result.report_path)
+    result.artifacts = {k: move(v) for k, v in result.artifacts.items()}
+    result.overlays = [move(p) for p in result.overlays]
+    result.legend = move(result.legend) if result.legend is not None else None
+    return result
+
+
+def _demo_into(
+    out: Path,
+    quick: bool,
+    iterations: int | None,
+    warmup: int | None,
+    images: int | None,
+    threads: int,
+    plot: bool,
+    progress: Progress | None,
+) -> DemoResult:
+    """The demo's steps, written into the staging folder ``out``."""
     import torch
 
     from calib.calibrate import CalibrationConfig
@@ -85,19 +127,6 @@ def run_demo(
     iterations = iterations if iterations is not None else (3 if quick else 20)
     warmup = warmup if warmup is not None else (1 if quick else 3)
     n_images = images if images is not None else (2 if quick else 4)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out}: exists and is not a folder")
-    if (
-        out.is_dir()
-        and any(out.iterdir())
-        and not ((out / "report.md").is_file() or (out / "artifacts").is_dir())
-    ):
-        raise ExportError(
-            f"--out {out}: folder is not empty and holds no earlier demo (report.md); "
-            "give a new or empty folder (a demo folder is reused: its own files are replaced)"
-        )
-    out.mkdir(parents=True, exist_ok=True)
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
@@ -166,7 +195,7 @@ def run_demo(
                 )
             )
         context = {"shape": f"{shape[0]}x{shape[1]}", "threads": threads, "model": str(checkpoint)}
-        _, note = write_reports(bench, out, plot=plot, context=context)
+        _, note = write_reports(bench, out, plot=plot, context=context, exist_ok=True)
         notes = [note] if note else []
 
         say("overlays from the runtime")
@@ -202,14 +231,12 @@ def run_demo(
 
 
 def _copy_val_images(data: Path, target: Path, count: int) -> None:
-    """The first ``count`` validation images of the synthetic set into ``target`` (replaced)."""
+    """The first ``count`` validation images of the synthetic set into the new folder ``target``
+    (inside the demo's staging: installed with the rest, beside anything already there)."""
     images = sorted((data / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))[:count]
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    target.mkdir(parents=True)
     for path in images:
-        shutil.copy2(path, staging / path.name.replace("_leftImg8bit", ""))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
+        shutil.copy2(path, target / path.name.replace("_leftImg8bit", ""))
 
 
 def _write_report(result: DemoResult, variant: str, checkpoint: str, bench_md: str) -> None:

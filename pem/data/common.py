@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,46 +321,39 @@ def write_png(path: Path, array: np.ndarray) -> None:
 
 
 @contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Build a directory in a temporary sibling and rename it to ``target`` on success.
+def atomic_directory(target: Path, inputs: Iterable[str | os.PathLike[str]] = ()) -> Iterator[Path]:
+    """Build a new folder: yields its staging folder, renamed to ``target`` on success.
 
-    ``target`` must not exist or be an empty directory; on any error nothing is left behind.
+    ``target`` must not exist or be an empty folder; on any error nothing is left behind
+    (:mod:`contract.output` writes it; ``inputs`` are never written).
     """
+    from contract.output import OutputExistsError, is_internal, staged_folder
+
     target = Path(target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise DatasetError(f"{target}: already exists and is not an empty directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    if target.exists() and (not target.is_dir() or any(not is_internal(p.name) for p in target.iterdir())):
+        raise OutputExistsError(f"{target}: already exists and is not an empty directory")
+    with staged_folder(target, inputs=inputs) as out:
+        yield out.staging
+        out.register_tree()
 
 
 @contextmanager
-def staged_directory(target: Path) -> Iterator[Path]:
-    """Write files into a temporary sibling of ``target``; on success move them into ``target``.
+def staged_directory(
+    target: Path,
+    *,
+    exist_ok: bool = False,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> Iterator[Path]:
+    """Write files into a staging folder (yielded); on success they are moved into ``target``.
 
-    Files of the same relative names in ``target`` are replaced, nothing else there is touched;
-    on any error (a full disk, a read-only folder) ``target`` is left as it was and the staging
-    folder is removed.
+    By the rules of :mod:`contract.output`: a ``target`` holding files pem-deploy did not write
+    needs ``exist_ok`` (then ours are added beside them), a foreign file at one of our names
+    needs ``overwrite``, ``inputs`` are never written, and on any error (a full disk, a
+    read-only folder) ``target`` is left as it was.
     """
-    target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise DatasetError(f"{target}: exists and is not a folder")
-    parent = target.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        for path in files:
-            final = target / path.relative_to(tmp)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    from contract.output import staged_folder
+
+    with staged_folder(target, exist_ok=exist_ok, overwrite=overwrite, inputs=inputs) as out:
+        yield out.staging
+        out.register_tree()

@@ -38,7 +38,8 @@ from typing import Any
 
 import torch
 
-from contract.fs import atomic_write_bytes
+from contract.errors import OutputError
+from contract.output import check_folder, write_into
 from pem.checkpoint import CheckpointError, save_checkpoint
 from pem.config import ConfigError, PEMConfig, get_preset
 from pem.data.common import DatasetMeta, SegmentationDataset
@@ -96,6 +97,12 @@ class Trainer:
         progress: progress bar with loss and ETA; ``None`` = only on a TTY.
         resume: continue from ``out_dir/last_state.safetensors``; without it an existing state
             is an error (nothing is overwritten by accident).
+        exist_ok: a new run may start in a folder holding other files (never replaced).
+        inputs: files and folders the run reads (the dataset): never written.
+
+    Every file is written through :mod:`contract.output` (staged, renamed, recorded as ours);
+    a new run into a folder holding files pem-deploy did not write is refused unless
+    ``exist_ok``, and on ``resume`` the run's own files are replaced.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every rank builds a Trainer with the same arguments;
     it joins the process group (NCCL on CUDA, gloo on CPU) and uses ``cuda:LOCAL_RANK``.
@@ -112,6 +119,8 @@ class Trainer:
         progress: bool | None = None,
         resume: bool = False,
         extra_metadata: dict[str, Any] | None = None,
+        exist_ok: bool = False,
+        inputs: tuple[str | os.PathLike[str], ...] = (),
     ):
         if model_config.num_classes != train_set.meta.num_classes:
             raise ConfigError(
@@ -123,6 +132,8 @@ class Trainer:
         self.train_set = train_set
         self.val_set = val_set
         self.out_dir = Path(out_dir)
+        self.resume = resume
+        self.inputs = tuple(inputs)
         self.dist = init_distributed(device)
         self.device = rank_device(device, self.dist)
         self.world_size = self.dist.world_size
@@ -172,6 +183,11 @@ class Trainer:
                         f"{self.out_dir}: already holds {', '.join(found)} (an earlier run without a "
                         "resumable state); pick a new --out or delete those files",
                     )
+                else:
+                    try:
+                        check_folder(self.out_dir, exist_ok=exist_ok, inputs=self.inputs)
+                    except OutputError as exc:
+                        status = ("error", str(exc))
         status = broadcast_object(status)
         if status[0] == "error":
             raise CheckpointError(status[1])
@@ -210,7 +226,7 @@ class Trainer:
             "scaler": json.dumps(self.scaler.state_dict() if self.scaler.is_enabled() else {}),
             "world_size": str(self.world_size),
         }
-        atomic_write_bytes(self.out_dir / STATE_FILE, save(tensors, metadata=meta))
+        self._write(self.out_dir / STATE_FILE, save(tensors, metadata=meta))
 
     @staticmethod
     def _read_state(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -282,7 +298,16 @@ class Trainer:
         if metrics is not None:
             extra["metrics"] = metrics.to_dict()
         model = self.model
-        return save_checkpoint(model, self.model_config, self.out_dir / MODEL_FILE, extra=extra)
+        return save_checkpoint(
+            model, self.model_config, self.out_dir / MODEL_FILE, extra=extra, write=self._write
+        )
+
+    def _write(self, path: Path, data: bytes) -> None:
+        """Write one file of the run folder (staged, renamed, recorded as ours; contract/output.py).
+
+        On ``resume`` the run's own files are replaced even when an earlier version of pem-deploy
+        wrote them without a record."""
+        write_into(self.out_dir, path.name, data, overwrite=self.resume, inputs=self.inputs)
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -290,7 +315,7 @@ class Trainer:
         path = self.out_dir / METRICS_FILE
         before = path.read_bytes() if path.is_file() else b""
         # Rewritten whole through a rename (the file is small): a full disk never leaves half a line.
-        atomic_write_bytes(path, before + (json.dumps(record) + "\n").encode())
+        self._write(path, before + (json.dumps(record) + "\n").encode())
 
     # -----------------------------------------------------------------------------------------
     # Loop
@@ -388,7 +413,6 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         history: list[dict[str, Any]] = []
         last: dict[str, float] = {"loss": float("nan")}
@@ -471,12 +495,14 @@ def run_training(
     device: str | torch.device | None = None,
     progress: bool | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    exist_ok: bool = False,
 ) -> TrainResult:
     """Train preset ``preset`` on the dataset folder ``data`` (Cityscapes layout for
     ``cityscapes-*`` presets, the synthetic set included; ADE20K for ``ade20k-*``).
 
     ``config`` defaults to :func:`pem.train.config.train_preset`. The task (semantic or
-    panoptic targets) is the preset's. ``val_split=None`` skips evaluation.
+    panoptic targets) is the preset's. ``val_split=None`` skips evaluation. ``exist_ok``: a new
+    run may start in a folder holding other files (see :class:`Trainer`); ``data`` is never written.
     """
     from pem.data import open_dataset
 
@@ -487,7 +513,19 @@ def run_training(
     val_set = open_dataset(data, dataset, val_split, model_cfg.task) if val_split else None  # type: ignore[arg-type]
     model_cfg = model_config_for(preset, train_set.meta)
     extra = {"dataset": str(Path(data)), "preset": preset, **(extra_metadata or {})}
-    trainer = Trainer(model_cfg, config, train_set, out_dir, val_set, device, progress, resume, extra)
+    trainer = Trainer(
+        model_cfg,
+        config,
+        train_set,
+        out_dir,
+        val_set,
+        device,
+        progress,
+        resume,
+        extra,
+        exist_ok=exist_ok,
+        inputs=(data,),
+    )
     created = not trainer.out_dir.exists()
     try:
         return trainer.train()

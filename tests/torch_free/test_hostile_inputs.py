@@ -649,10 +649,10 @@ def test_out_is_the_input_folder(model, tmp_path):
     before = _tree(folder)
     for out in (folder, folder / "."):
         result = _invoke(["infer", str(model), str(folder), "--out", str(out), "--exist-ok"])
-        _assert_error(result, "is the input folder itself")
+        _assert_error(result, "is an input of this run")
     _assert_error(
         _invoke(["infer", str(model), str(folder), "--out", str(folder / "sub" / "out")]),
-        "is inside the input folder",
+        "lies inside the input folder",
     )
     assert _tree(folder) == before and not (folder / "sub").exists()
 

@@ -356,3 +356,31 @@ def test_second_writer_into_the_same_folder_fails_at_once(tmp_path):
         _one_line(info.value, "another pem-deploy run")
         first.write("b", "2")
     assert (out / "b").read_text() == "2"
+
+
+def test_staging_of_earlier_versions_is_removed_when_provably_dead(tmp_path):
+    dead_export = tmp_path / ".pem-export-999999999-abcd_123"
+    dead_infer = tmp_path / ".pem-deploy-staging-999999999-0123abcd"
+    live_export = tmp_path / f".pem-export-{os.getpid()}-abcd_123"
+    old_bag = tmp_path / ".seg.mcap.k2j4_x9a"
+    fresh_bag = tmp_path / ".seg.db3.q2j4_x9a"
+    not_a_bag = tmp_path / ".seg.mcap.zzzzzzzz"
+    for folder in (dead_export, dead_infer, live_export):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"half")
+    for folder in (old_bag, fresh_bag, not_a_bag):
+        (folder / "bag").mkdir(parents=True)
+        (folder / "bag" / "bag.mcap").write_bytes(b"half")
+    (not_a_bag / "notes.txt").write_text("the user's")
+    hour_ago = time.time() - 7200
+    for path in (
+        old_bag / "bag" / "bag.mcap",
+        old_bag / "bag",
+        old_bag,
+        not_a_bag / "bag" / "bag.mcap",
+        not_a_bag,
+    ):
+        os.utime(path, (hour_ago, hour_ago))
+    removed = set(clean_stale_staging(tmp_path))
+    assert removed == {dead_export, dead_infer, old_bag}
+    assert live_export.exists() and fresh_bag.exists() and not_a_bag.exists()
