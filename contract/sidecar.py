@@ -52,6 +52,9 @@ MAX_NAME = 256
 MAX_TEXT = 4096
 MAX_ABS_MEAN = 1e6
 MIN_STD = 1e-6
+MAX_CONTEXTS = 64  # TensorRT execution contexts of an engine (pem-deploy build --contexts)
+MAX_PROFILES = 64
+MAX_LAYERS = 100_000
 
 HEADS = ("raw", "semantic", "panoptic")
 TASKS = ("semantic", "panoptic")
@@ -151,6 +154,9 @@ _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_./+*-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LIMIT = f"{MAX_SIDECAR_BYTES}-byte limit of a sidecar"
+_VERSION = re.compile(r"[0-9]{1,4}(\.[0-9]{1,6}){0,4}[0-9A-Za-z.+-]{0,32}")  # 10.3.0.26, 10.0.0b6
+_CAPABILITY = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
+_PROFILE_KEYS = ("input_name", "min", "opt", "max")
 _BRACKET = re.compile(r"[\[\]{}]")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
@@ -1005,13 +1011,7 @@ def _read_provenance(r: _Reader, data: dict[str, Any]) -> Provenance:
             r.string(version, f"tools.{name}", max_len=MAX_NAME)
     trt = sections["tensorrt"]
     if trt is not None:
-        for key in ("version", "gpu_name", "compute_capability", "source_onnx"):
-            if trt.get(key) is not None:
-                r.string(trt[key], f"tensorrt.{key}")
-        if trt.get("strongly_typed") is not None:
-            r.boolean(trt["strongly_typed"], "tensorrt.strongly_typed")
-        if trt.get("precision") is not None:
-            r.string(trt["precision"], "tensorrt.precision", PRECISIONS)
+        _check_tensorrt(r, trt)
     onnx = sections["onnx"]
     if onnx is not None and onnx.get("opset") is not None:
         r.integer(onnx["opset"], "onnx.opset", 1, 1000)
@@ -1055,6 +1055,61 @@ def _read_consumer(r: _Reader, value: Any, head: str, inp: InputSpec) -> Consume
         for i, e in enumerate(r.array(c.get("edits", []), "consumer.edits", 0, 64))
     )
     return ConsumerProfile(profile, source, sha, edits)
+
+
+def _check_tensorrt(r: _Reader, trt: dict[str, Any]) -> None:
+    """The engine section (written by ``pem-deploy build``): every field the runtime uses is
+    checked here, so an edited or corrupt engine sidecar is one line at load, not a crash in
+    ``infer`` / ``bench`` / ``verify`` when the field is used. Unknown keys stay allowed (newer
+    builders may record more)."""
+    if trt.get("version") is not None:
+        version = r.string(trt["version"], "tensorrt.version", max_len=64)
+        if not _VERSION.fullmatch(version):
+            raise r.fail("tensorrt.version", f"must be a version like 10.3.0, got {_show(version)}")
+    if trt.get("compute_capability") is not None:
+        capability = r.string(trt["compute_capability"], "tensorrt.compute_capability", max_len=16)
+        if not _CAPABILITY.fullmatch(capability):
+            raise r.fail("tensorrt.compute_capability", f"must look like 8.7, got {_show(capability)}")
+    for key in ("gpu_name", "source_onnx"):
+        if trt.get(key) is not None:
+            r.string(trt[key], f"tensorrt.{key}")
+    if trt.get("source_sha256") is not None:
+        digest = r.string(trt["source_sha256"], "tensorrt.source_sha256", max_len=64)
+        if not _SHA256.fullmatch(digest.lower()):
+            raise r.fail("tensorrt.source_sha256", f"must be 64 hex digits, got {_show(digest)}")
+    if trt.get("strongly_typed") is not None:
+        r.boolean(trt["strongly_typed"], "tensorrt.strongly_typed")
+    if trt.get("precision") is not None:
+        r.string(trt["precision"], "tensorrt.precision", PRECISIONS)
+    if trt.get("contexts") is not None:
+        r.integer(trt["contexts"], "tensorrt.contexts", 1, MAX_CONTEXTS)
+    if trt.get("pinned_layers") is not None:
+        for i, name in enumerate(r.array(trt["pinned_layers"], "tensorrt.pinned_layers", 0, MAX_LAYERS)):
+            r.string(name, f"tensorrt.pinned_layers[{i}]", max_len=MAX_TEXT)
+    if trt.get("profiles") is not None:
+        for i, entry in enumerate(r.array(trt["profiles"], "tensorrt.profiles", 0, MAX_PROFILES)):
+            where = f"tensorrt.profiles[{i}]"
+            profile = r.obj(entry, where, _PROFILE_KEYS, _PROFILE_KEYS)
+            r.string(profile["input_name"], f"{where}.input_name")
+            corners = {}
+            for corner in ("min", "opt", "max"):
+                dims = r.array(profile[corner], f"{where}.{corner}", 1, MAX_RANK)
+                corners[corner] = [
+                    r.integer(d, f"{where}.{corner}[{j}]", 1, MAX_DIM) for j, d in enumerate(dims)
+                ]
+            if not len(corners["min"]) == len(corners["opt"]) == len(corners["max"]):
+                raise r.fail(where, "min, opt and max must have the same number of dimensions")
+            for j, (lo, mid, hi) in enumerate(zip(corners["min"], corners["opt"], corners["max"])):
+                if not lo <= mid <= hi:
+                    raise r.fail(
+                        f"{where}.opt[{j}]", f"must satisfy min <= opt <= max, got {lo}, {mid}, {hi}"
+                    )
+    if trt.get("dla") is not None:
+        dla = r.section(trt["dla"], "tensorrt.dla")
+        if dla.get("core") is not None:
+            r.integer(dla["core"], "tensorrt.dla.core", 0, 15)
+        if dla.get("gpu_fallback") is not None:
+            r.boolean(dla["gpu_fallback"], "tensorrt.dla.gpu_fallback")
 
 
 def _check_head_outputs(r: _Reader, sc: Sidecar) -> None:

@@ -58,12 +58,16 @@ def load_image(path: str | os.PathLike[str], height: int, width: int) -> np.ndar
     """An image file as (height, width, 3) uint8 RGB (resized bilinearly); errors name the file."""
     import cv2
 
+    from runtime.errors import InputError
+    from runtime.images import read_image
+
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"--image {path}: no such file")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ExportError(f"--image {path}: not a readable image")
+    try:  # the runtime's reader: header, size limit and completeness checked before decoding
+        image = read_image(path)
+    except InputError as exc:
+        raise ExportError(f"--image {exc}") from None
     image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(image[:, :, ::-1])
 

@@ -525,6 +525,11 @@ def evaluate_checkpoint(
     task = task or model.config.task
     if task not in ("semantic", "panoptic"):
         raise DatasetError(f"{data}: unknown task {task!r} (semantic or panoptic)")
+    if task == "panoptic" and model.config.task != "panoptic":
+        raise ConfigError(
+            f"{checkpoint}: --task panoptic needs a panoptic model, this one is {model.config.task} "
+            "(it predicts no segments, so PQ cannot be measured); use --task semantic"
+        )
     dataset = open_dataset(data, kind, split, task)  # type: ignore[arg-type]
     if save_predictions is not None and kind != "cityscapes":
         raise DatasetError(f"{save_predictions}: saving predictions is supported for Cityscapes data only")

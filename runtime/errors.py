@@ -8,6 +8,7 @@ __all__ = [
     "ArtifactError",
     "BackendUnavailableError",
     "InputError",
+    "NonFiniteOutputError",
     "OutputRangeError",
     "RuntimeToolError",
     "SidecarError",
@@ -29,6 +30,11 @@ class InputError(RuntimeToolError, ValueError):
 
 class OutputRangeError(RuntimeToolError, ValueError):
     """A result holds values an output file cannot represent (e.g. a label id over 65535)."""
+
+
+class NonFiniteOutputError(OutputRangeError):
+    """A model output holds NaN or Inf (a broken artifact, e.g. an FP16 / INT8 overflow): the
+    result would be silently wrong (NaN scores make every segment vanish), so none is made."""
 
 
 class BackendUnavailableError(ArtifactError):

@@ -18,6 +18,7 @@ grayscale is replicated to 3 channels, alpha is dropped, 16-bit samples are scal
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 from dataclasses import dataclass, field
@@ -178,33 +179,54 @@ def load_image(
     try:
         with open(path, "rb") as f:
             header = read_header(f, str(path))
-            limit = max_pixels_limit(max_pixels)
-            if header.pixels > limit:
-                raise _too_many_pixels(str(path), header.width, header.height, limit)
-            if header.sample != "uint" or header.depth > 16:
-                raise InputError(
-                    f"{path}: {header.format} with {header.depth}-bit {header.sample} samples; only 8- or "
-                    "16-bit unsigned images are supported (convert it to 8-bit)"
-                )
-            if header.channels > 4:
-                raise InputError(f"{path}: {header.format} with {header.channels} channels; at most 4")
+            _check_header(header, str(path), max_pixels)
             f.seek(0)
             data = f.read(info.st_size + 1)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if len(data) > limit_bytes:
         raise InputError(f"{path}: file grew past the limit of {limit_bytes} bytes while being read")
-    check_complete(data, header, str(path))
+    return _decode_checked(data, header, str(path))
+
+
+def decode_image_bytes(data: bytes, name: str = "image", max_pixels: int | None = None) -> LoadedImage:
+    """An encoded image held in memory (e.g. a ROS ``CompressedImage``) as :func:`load_image`
+    reads a file: header checked first (size against ``max_pixels``, depth, channels), then
+    completeness, then decoded to (H, W, 3) uint8 BGR. Raises :class:`InputError` naming ``name``."""
+    if not data:
+        raise InputError(f"{name}: image data is empty")
+    header = read_header(io.BytesIO(data), name)
+    _check_header(header, name, max_pixels)
+    return _decode_checked(bytes(data), header, name)
+
+
+def _check_header(header: ImageHeader, name: str, max_pixels: int | None) -> None:
+    """Refuse what the header declares before anything is decoded."""
+    limit = max_pixels_limit(max_pixels)
+    if header.pixels > limit:
+        raise _too_many_pixels(name, header.width, header.height, limit)
+    if header.sample != "uint" or header.depth > 16:
+        raise InputError(
+            f"{name}: {header.format} with {header.depth}-bit {header.sample} samples; only 8- or "
+            "16-bit unsigned images are supported (convert it to 8-bit)"
+        )
+    if header.channels > 4:
+        raise InputError(f"{name}: {header.format} with {header.channels} channels; at most 4")
+
+
+def _decode_checked(data: bytes, header: ImageHeader, name: str) -> LoadedImage:
+    """Decode ``data`` whose header passed :func:`_check_header`, as ``cv2.imread`` would."""
+    check_complete(data, header, name)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
         message = " ".join(str(exc).split())[-160:]
-        raise InputError(f"{path}: OpenCV cannot decode this {header.format} ({message})") from None
+        raise InputError(f"{name}: OpenCV cannot decode this {header.format} ({message})") from None
     if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise InputError(f"{path}: not a readable image (corrupt or unsupported {header.format})")
+        raise InputError(f"{name}: not a readable image (corrupt or unsupported {header.format})")
     if image.shape[:2] not in ((header.height, header.width), (header.width, header.height)):
         raise InputError(
-            f"{path}: decoded {image.shape[1]}x{image.shape[0]} but the header declares "
+            f"{name}: decoded {image.shape[1]}x{image.shape[0]} but the header declares "
             f"{header.width}x{header.height} (corrupt file)"
         )
     parts = []
@@ -216,7 +238,7 @@ def load_image(
         parts.append("16-bit values scaled to 8-bit")
     if header.format == "JPEG" and header.orientation != 1:
         parts.append(f"EXIF orientation {header.orientation} applied (as cv2.imread does)")
-    notes = [f"{path}: {', '.join(parts)}"] if parts else []
+    notes = [f"{name}: {', '.join(parts)}"] if parts else []
     return LoadedImage(np.ascontiguousarray(image), header, notes)
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import cv2
 import numpy as np
 
 from contract.segments import Segment
-from runtime.errors import OutputRangeError
+from runtime.errors import NonFiniteOutputError, OutputRangeError
 from runtime.preprocess import Geometry
 
 PNG16_MAX = 65535
@@ -88,6 +88,28 @@ def fuse_panoptic(
     id_map = np.take(segment_id, owner) * fg  # 0 where the owner's mask is background
     segments = [Segment(s.id, s.category_id, s.isthing, s.score, areas[s.id]) for s in segments]
     return id_map, segments
+
+
+def check_finite_outputs(
+    outputs: dict[str, np.ndarray], names: Sequence[str], index: int, image: str = "image"
+) -> None:
+    """Refuse NaN / Inf in the float outputs ``names`` of batch item ``index`` (others are not
+    read). One reduction per output (a sum is finite when every value is; an overflowing sum is
+    then checked value by value), so the check costs a fraction of the post-processing."""
+    for name in names:
+        value = outputs.get(name)
+        if value is None or value.dtype.kind != "f" or value.size == 0:
+            continue
+        part = value[index] if value.ndim and value.shape[0] > index else value
+        with np.errstate(over="ignore", invalid="ignore"):  # float16 sums in float32 (range)
+            if np.isfinite(part.sum(dtype=np.float32 if part.dtype.itemsize < 4 else None)):
+                continue
+        bad = int(part.size - np.count_nonzero(np.isfinite(part)))
+        if bad:
+            raise NonFiniteOutputError(
+                f"{image}: model output {name!r} holds NaN or Inf ({bad} of {part.size} values); "
+                "the model or its precision is broken (an FP16 / INT8 overflow?), no result is made"
+            )
 
 
 def check_class_ids(labels: np.ndarray, num_classes: int, name: str = "labels") -> None:

@@ -23,6 +23,7 @@ from runtime.postprocess import (
     Segment,
     category_map,
     check_class_ids,
+    check_finite_outputs,
     fuse_panoptic_outputs,
     segments_at_size,
     to_original_size,
@@ -30,6 +31,8 @@ from runtime.postprocess import (
 from runtime.preprocess import Geometry, Preprocessor, ResizeMode
 
 PANOPTIC_OUTPUTS = ("scores", "classes", "owner", "owner_fg", "mask_area")
+# The float outputs each head's post-processing reads (checked for NaN / Inf).
+_FLOAT_OUTPUTS: dict[str, tuple[str, ...]] = {"panoptic": ("scores",), "raw": ("pred_logits", "pred_masks")}
 VOID = 255
 
 
@@ -244,6 +247,12 @@ class Segmenter:
         for index, frame in enumerate(frames):
             yield self.predict(frame, f"frame {index}")
 
+    def check_outputs(self, outputs: dict[str, np.ndarray], index: int, name: str = "image") -> None:
+        """Refuse NaN / Inf in the float outputs this artifact's post-processing reads (one line
+        naming ``name`` and the output, :class:`NonFiniteOutputError`), instead of a silently empty
+        or wrong result."""
+        check_finite_outputs(outputs, _FLOAT_OUTPUTS.get(self.artifact.head, ()), index, name)
+
     def postprocess(self, outputs: dict[str, np.ndarray], index: int, geometry: Geometry) -> Result:
         """Model outputs (a batch) -> the :class:`Result` of image ``index`` at its original size."""
         return self._postprocess(outputs, index, geometry)
@@ -267,6 +276,8 @@ class Segmenter:
         t1 = time.perf_counter()
         outputs = self.backend.infer({self.artifact.input_name: batch})
         t2 = time.perf_counter()
+        for i in range(n):
+            self.check_outputs(outputs, i, names[i])
         results = [self._postprocess(outputs, i, geometries[i]) for i in range(n)]
         t3 = time.perf_counter()
         for r, image_notes in zip(results, notes):
@@ -413,10 +424,13 @@ def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> 
                     collect(ticket)  # type: ignore[misc]
 
     def post() -> None:
+        frame = 0
         try:
             while (item := get(inferred)) is not _END and not isinstance(item, _Failure):
                 outputs, geometry, notes, pre_ms, infer_ms = item
                 t0 = time.perf_counter()
+                seg.check_outputs(outputs, 0, f"frame {frame}")
+                frame += 1
                 result = seg.postprocess(outputs, 0, geometry)
                 result.notes = notes
                 result.timings = {"pre": pre_ms, "infer": infer_ms, "post": (time.perf_counter() - t0) * 1e3}

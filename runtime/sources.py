@@ -29,6 +29,10 @@ from runtime.errors import InputError
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt", "file")
 
 
+#: The largest camera index accepted (Linux numbers V4L2 devices below 1024 by default).
+MAX_CAMERA_INDEX = 1023
+
+
 class CameraError(InputError):
     """A camera, stream or pipeline cannot be opened or read."""
 
@@ -62,16 +66,17 @@ def gstreamer_available() -> bool:
 def camera_spec(source: str) -> CameraSpec | None:
     """``source`` as a camera-like spec, or ``None`` if it is a plain file / folder path."""
     text = source.strip()
-    if text.isdigit():
-        return CameraSpec(source, int(text))
+    if text.isdigit():  # str.isdigit is also true for other scripts' digits and for superscripts
+        if not text.isascii():
+            raise CameraError(f"{source}: a camera index is written with the digits 0-9")
+        return CameraSpec(source, _camera_index(source, int(text)))
     if "!" in text:
         return CameraSpec(source, text, cv2.CAP_GSTREAMER)
     if text.startswith("/dev/video") or text.startswith("/dev/v4l/"):
         # By index: some OpenCV builds' V4L2 backend cannot open a device by name.
         match = re.fullmatch(r"/dev/video(\d+)", os.path.realpath(text))
-        return CameraSpec(
-            source, int(match.group(1)) if match else text, getattr(cv2, "CAP_V4L2", cv2.CAP_ANY)
-        )
+        index = _camera_index(source, int(match.group(1))) if match else text
+        return CameraSpec(source, index, getattr(cv2, "CAP_V4L2", cv2.CAP_ANY))
     scheme = urlparse(text).scheme.lower()
     if scheme == "file":
         parsed = urlparse(text)
@@ -79,6 +84,13 @@ def camera_spec(source: str) -> CameraSpec | None:
     if scheme in URL_SCHEMES:
         return CameraSpec(source, text)
     return None
+
+
+def _camera_index(source: str, index: int) -> int:
+    """``index`` if OpenCV can take it: larger numbers overflow its C ``int`` (a crash, not an error)."""
+    if index > MAX_CAMERA_INDEX:
+        raise CameraError(f"{source}: camera index {index} is out of range (0 to {MAX_CAMERA_INDEX})")
+    return index
 
 
 def video_spec(path: str | os.PathLike[str]) -> CameraSpec:

@@ -30,6 +30,7 @@ from contract.parity_policy import ParityPolicy, policy_for, segment_match, segm
 from runtime.artifact import artifact_files, load_artifact
 from runtime.diff_table import name_width, row
 from runtime.errors import ArtifactError, InputError
+from runtime.images import read_image
 from runtime.scenes import street_scene
 from runtime.segmenter import Segmenter, open_backend
 
@@ -71,9 +72,7 @@ def make_images(
                 f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
             )
         for path in files[:limit]:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                raise InputError(f"{path}: not a readable image")
+            image = read_image(path)  # header, size limit and completeness checked first
             names.append(path.name)
             out.append(cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA))
         return names, out

@@ -8,10 +8,15 @@ run in the test process.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import math
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,12 +31,47 @@ from pem.evaluation import evaluate
 from pem.model import PEM
 from pem.norm import FrozenBatchNorm2d, freeze_batch_norm
 from pem.train import TrainConfig
+from pem.train.optim import learning_rate
 from pem.train.trainer import MODEL_FILE, STATE_FILE, Trainer, model_config_for
-from tests.helpers.train_runs import TINY_RUN
+from tests.helpers.train_runs import (
+    TINY_RUN,
+    assert_tensors_close,
+    largest_norm,
+    record_gradients,
+    sgd_optimizer,
+)
 
-# Every BatchNorm synchronised, so the 2-rank run must match the single-process one.
-RUN = TINY_RUN.replace(iterations=3, batch_size=4, sync_bn="all")
+# Every BatchNorm synchronised, so the 2-rank run must match the single-process one. The mask
+# loss's points are all drawn uniformly (no importance sampling): importance sampling keeps the
+# points of smallest |logit| (a top-k), which rounding noise can swap, changing step 1's
+# gradients by ~1 % between two correct runs; uniform points keep the loss a smooth function of
+# the weights, so the comparisons below test DDP, not top-k ties.
+RUN = TINY_RUN.replace(
+    iterations=3, batch_size=4, sync_bn="all", loss={"num_points": 64, "importance_sample_ratio": 0.0}
+)
+# The same run with SGD and no clipping: an update linear in the gradient (see sgd_optimizer).
+SGD_RUN = RUN.replace(lr=5e-3, clip_grad_norm=0.0)
 PRESET = "cityscapes-panoptic-tiny"
+# Ways to break DDP that the comparisons must notice (test_the_comparison_detects_a_broken_ddp).
+BREAKS = ("no_gradient_all_reduce", "local_loss_divisors", "no_sync_batch_norm")
+
+# Tolerances, on each tensor's L2 norm: ||got - want|| <= rtol ||want|| + rtol 1e-3 max ||want||
+# (the floor is for tensors whose true gradient is ~0, a bias in front of a BatchNorm: their
+# rounding noise is relative to the terms that cancelled, not to the result). The runs differ by
+# float32 rounding (a batch of 4 against 2 + 2 summed by an all-reduce), but this model's
+# backward is not smooth at rounding level: multiplying its weights by (1 + 1e-7 noise) in one
+# process moves the step-1 gradients of the pixel decoder's upsampling layers by 0.27 % (L2)
+# and 1.4 % (largest element), as two ranks do (0.27 %: the same kink). Breaking DDP moves them
+# by 100 % to 500 % (measured: no all-reduce 4.9, per-rank loss divisors 1.06, no SyncBN 3.4).
+# 2 % leaves 7x room above the kink and 50x below the smallest break.
+GRAD_RTOL = 2e-2
+# After 3 SGD steps (update linear in the gradient) the weights of two correct runs differ by
+# 3.2 % of how far they moved (L2 over all parameters, measured on this machine): at the
+# weights after step 1, which differ by rounding, the matcher and PEM-CA's prototype arg-max
+# make a few discrete choices differently. Breaking DDP makes step 1 alone differ by >= 100 %.
+SGD_RTOL = 0.1
+# BatchNorm statistics after SGD: activations of those weights (measured 0.4 % apart at most).
+BUFFER_RTOL = 2e-2
 
 
 class _Interrupt(Exception):
@@ -48,6 +88,62 @@ def _trainer(synth: Path, out: Path, config: TrainConfig, val: bool = False, res
     val_set = CityscapesDataset(synth, "val", "panoptic") if val else None
     cfg = model_config_for(PRESET, train_set.meta)
     return Trainer(cfg, config, train_set, out, val_set, device="cpu", progress=False, resume=resume)
+
+
+def _first_gradients(synth: Path, out: Path) -> dict[str, torch.Tensor]:
+    """The gradients of step 1 (all-reduced under DDP), before clipping."""
+    trainer = _trainer(synth, out, RUN)
+    grads = record_gradients(trainer)
+    trainer.train_step()
+    return grads[0]
+
+
+def _local_gradients(state, bucket):  # no annotations: DDP checks their types
+    """A DDP communication hook that keeps each rank's own gradients: no all-reduce."""
+    future: torch.futures.Future = torch.futures.Future()
+    future.set_result(bucket.buffer())
+    return future
+
+
+class _LocalGradientsDDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP without its gradient all-reduce."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.register_comm_hook(None, _local_gradients)
+
+
+@contextlib.contextmanager
+def _broken(kind: str | None) -> Iterator[None]:
+    """Trainers built inside the block have one part of the distributed step removed (``kind``
+    in BREAKS; None: nothing). Also set by ``PEM_TEST_BREAK_DDP=KIND`` for every 2-rank run, to
+    check by hand that the weight comparisons fail too."""
+    import torch.nn.parallel as parallel
+
+    import pem.train.trainer as trainer_module
+
+    if kind is None:
+        yield
+        return
+    owner, name, fake = {
+        "no_gradient_all_reduce": (parallel, "DistributedDataParallel", _LocalGradientsDDP),
+        "local_loss_divisors": (trainer_module, "all_reduce_sum", lambda values: values.clone()),
+        "no_sync_batch_norm": (trainer_module, "convert_sync_batch_norm", lambda *args: []),
+    }[kind]
+    original = getattr(owner, name)
+    setattr(owner, name, fake)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def _initial_weights(synth: Path) -> dict[str, torch.Tensor]:
+    """The weights every run starts from (the trainer's seeded initialisation; nothing written)."""
+    return {
+        k: v.clone()
+        for k, v in _trainer(synth, synth.parent / "never-written", RUN).model.state_dict().items()
+    }
 
 
 def _sync_bn_case(rank: int, world: int) -> dict[str, torch.Tensor]:
@@ -95,11 +191,25 @@ def _worker(rank: int, world: int, port: int, synth: str, work: str) -> None:
     assert ctx.world_size == world and ctx.rank == rank
     work_dir, synth_dir = Path(work), Path(synth)
     try:
-        # Full run (3 steps) with the final distributed evaluation, then a run killed at step 2.
-        trainer = _trainer(synth_dir, work_dir / "ddp", RUN, val=True)
-        trainer.train()
-        with pytest.raises(_Interrupt):
-            _trainer(synth_dir, work_dir / "ddp_killed", RUN).train(on_step=_stop_at_2)
+        # Step 1's all-reduced gradients, intact and with each break of test_..._broken_ddp.
+        grads = _first_gradients(synth_dir, work_dir / "grads")
+        broken = {}
+        for kind in BREAKS:
+            with _broken(kind):
+                broken[kind] = _first_gradients(synth_dir, work_dir / kind)
+        with _broken(os.environ.get("PEM_TEST_BREAK_DDP")):
+            # SGD: a full run (3 steps) and a run killed at step 2.
+            with sgd_optimizer():
+                _trainer(synth_dir, work_dir / "sgd", SGD_RUN).train()
+                with pytest.raises(_Interrupt):
+                    _trainer(synth_dir, work_dir / "sgd_killed", SGD_RUN).train(on_step=_stop_at_2)
+            # AdamW (the recipe's): a full run with the final distributed evaluation, a killed run.
+            trainer = _trainer(synth_dir, work_dir / "ddp", RUN, val=True)
+            trainer.train()
+            with pytest.raises(_Interrupt):
+                _trainer(synth_dir, work_dir / "ddp_killed", RUN).train(on_step=_stop_at_2)
+        if rank == 0:
+            torch.save({"intact": grads, **broken}, work_dir / "gradients.pt")
         # Distributed evaluation of the trained weights, one image per chunk (3 images: 2 + 1).
         val = CityscapesDataset(synth_dir, "val", "panoptic")
         metrics = evaluate(trainer.model, val, batch_size=1)
@@ -140,57 +250,160 @@ def two_ranks(synth, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def single(synth, tmp_path_factory) -> Trainer:
+    """The AdamW run in one process."""
     trainer = _trainer(synth, tmp_path_factory.mktemp("single") / "run", RUN)
     trainer.train()
     return trainer
 
 
-def _assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    """Every weight and buffer within 1e-5 after the 3 steps (measured on a 2-core AMD EPYC:
-    8.3e-6 at most, a BatchNorm running variance of ~3.6; 4.9e-6 for the parameters).
+@pytest.fixture(scope="module")
+def single_sgd(synth, tmp_path_factory) -> Trainer:
+    """The SGD run in one process."""
+    with sgd_optimizer():
+        trainer = _trainer(synth, tmp_path_factory.mktemp("single_sgd") / "run", SGD_RUN)
+        trainer.train()
+    return trainer
 
-    The runs differ only by float rounding (batch 4 vs 2 + 2, all-reduced sums), so this holds
-    only while the loss is a continuous function of the weights: the matcher orders the targets
-    it cannot tell apart canonically (see :mod:`pem.train.matcher`); before, rounding noise
-    picked their queries and step 2's gradients differed by up to 8%.
-    """
-    assert set(a) == set(b)
-    for key in a:
-        torch.testing.assert_close(a[key].float(), b[key].float(), rtol=0, atol=1e-5, msg=key)
+
+@pytest.fixture(scope="module")
+def single_gradients(synth, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Step 1's gradients of the whole batch of 4 in one process."""
+    return _first_gradients(synth, tmp_path_factory.mktemp("single_grads") / "run")
+
+
+def _model_floor(reference: dict[str, torch.Tensor], rtol: float) -> float:
+    return rtol * 1e-3 * largest_norm(reference)
+
+
+def _check_gradients(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert_tensors_close(got, want, GRAD_RTOL, _model_floor(want, GRAD_RTOL), "step 1 gradients")
+
+
+@functools.cache
+def _parameter_names() -> frozenset[str]:
+    """The trained parameters (the rest of the state dict is buffers: BatchNorm statistics)."""
+    model = PEM(get_preset(PRESET))  # aliases too: STDC shares modules under two names
+    return frozenset(name for name, _ in model.named_parameters(remove_duplicate=False))
+
+
+def _check_sgd_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], init: dict) -> None:
+    """Parameters: their displacement from the initial weights (SGD: lr times the summed
+    gradients); buffers (BatchNorm statistics): their values."""
+    params = _parameter_names()
+    errors = {k: float((got[k].double() - want[k].double()).norm()) for k in params}
+    moved = math.sqrt(sum(float((want[k].double() - init[k].double()).norm()) ** 2 for k in params))
+    total = math.sqrt(sum(e * e for e in errors.values()))
+    worst = max(errors, key=errors.__getitem__)
+    assert total <= SGD_RTOL * moved, (
+        f"SGD displacement: the weights differ by {total:.3g} (L2 over all parameters) > tolerance "
+        f"{SGD_RTOL * moved:.3g} (= {SGD_RTOL:g} x the L2 norm of the reference's displacement "
+        f"{moved:.3g}); worst tensor {worst}: {errors[worst]:.3g}"
+    )
+    buffers = {k: want[k].double() for k in want if k not in params and want[k].is_floating_point()}
+    got_buffers = {k: got[k].double() for k in buffers}
+    floor = _model_floor(buffers, BUFFER_RTOL)
+    assert_tensors_close(got_buffers, buffers, BUFFER_RTOL, floor, "BatchNorm statistics after SGD")
+    for k in want:
+        if not want[k].is_floating_point():
+            assert torch.equal(got[k], want[k]), k
+
+
+def adam_step_bound(step: int, beta1: float = 0.9, beta2: float = 0.999) -> float:
+    """The largest ``|m_hat| / sqrt(v_hat)`` of Adam's bias-corrected step ``step`` (1-based),
+    whatever the gradients: with m = sum c_i g_i and v = sum d_i g_i^2, Cauchy-Schwarz gives
+    |m| <= sqrt(sum c_i^2 / d_i) sqrt(v). 1.0 at step 1 (the step is lr * sign(g)), 1.0014 at 2."""
+    terms = [
+        ((1 - beta1) * beta1 ** (step - i)) ** 2 / ((1 - beta2) * beta2 ** (step - i))
+        for i in range(1, step + 1)
+    ]
+    return math.sqrt(sum(terms)) * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+
+
+def adamw_tolerance(config: TrainConfig) -> float:
+    """How far two AdamW runs from the same weights can drift apart when their gradients differ
+    by rounding only: each parameter moves by at most lr_t x adam_step_bound(t) per step (eps and
+    the decoupled weight decay only shrink it), and the runs may move in opposite directions (a
+    gradient at rounding level has a random sign), so 2 x sum_t lr_t x bound_t. For RUN (lr 1e-3,
+    cosine over 3 steps: 1e-3, 7.5e-4, 2.5e-4) that is 2 x 2.0e-3 = 4.0e-3; runs on 2-core AMD
+    EPYCs ended 4e-4 to 1.4e-3 apart, the machine the old 1e-5 tolerance was written on 8e-6."""
+    total = 0.0
+    for step in range(config.iterations):
+        lr = learning_rate(step, config.iterations, config.lr, config.lr_end, config.warmup_iters)
+        total += lr * max(1.0, config.backbone_multiplier) * adam_step_bound(step + 1)
+    return 2 * total
+
+
+def _check_adamw_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    """Every parameter element within :func:`adamw_tolerance` (a bound on each element)."""
+    tol = adamw_tolerance(RUN)
+    diffs = {k: float((got[k].double() - want[k].double()).abs().max()) for k in _parameter_names()}
+    worst = max(diffs, key=diffs.__getitem__)
+    assert diffs[worst] <= tol, (
+        f"AdamW weights: {worst} differs by {diffs[worst]:.3g} (largest element) > tolerance {tol:.3g} "
+        f"(= 2 x sum of lr x Adam's largest step over {RUN.iterations} steps)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Two ranks vs one process
 
 
-def test_two_ranks_train_the_single_process_weights(two_ranks, single):
-    ddp = load_checkpoint(two_ranks / "ddp" / MODEL_FILE)
-    _assert_weights_close(ddp.state_dict(), single.model.state_dict())
-    # The weights moved (the comparison is not between two initialisations).
-    init = PEM(single.model_config).state_dict()
-    assert any((init[k] - v).abs().max() > 1e-4 for k, v in ddp.state_dict().items() if v.is_floating_point())
+def test_two_ranks_compute_the_full_batch_gradients(two_ranks, single_gradients):
+    grads = torch.load(two_ranks / "gradients.pt")["intact"]
+    _check_gradients(grads, single_gradients)
+    assert max(float(g.abs().max()) for g in single_gradients.values()) > 1e-3  # not all zero
+
+
+@pytest.mark.parametrize("kind", BREAKS)
+def test_the_comparison_detects_a_broken_ddp(two_ranks, single_gradients, kind):
+    """Without the gradient all-reduce, with per-rank loss divisors or without SyncBN the
+    gradients of step 1 are no longer the full batch's, and the check above says so."""
+    broken = torch.load(two_ranks / "gradients.pt")[kind]
+    with pytest.raises(AssertionError, match=r"step 1 gradients: .* differs by .* > tolerance"):
+        _check_gradients(broken, single_gradients)
+
+
+def test_two_ranks_train_the_single_process_weights(two_ranks, single, single_sgd, synth):
+    init = _initial_weights(synth)
+    sgd = load_checkpoint(two_ranks / "sgd" / MODEL_FILE)
+    _check_sgd_weights(sgd.state_dict(), single_sgd.model.state_dict(), init)
+    adamw = load_checkpoint(two_ranks / "ddp" / MODEL_FILE)
+    _check_adamw_weights(adamw.state_dict(), single.model.state_dict())
+    # The weights moved (the comparisons are not between two initialisations).
+    for trained in (sgd, adamw):
+        state = trained.state_dict()
+        assert any((init[k] - state[k]).abs().max() > 1e-3 for k in _parameter_names())
     meta = json.loads((two_ranks / "ddp" / "model.json").read_text())
     assert meta["world_size"] == 2 and meta["per_rank_batch"] == 2 and meta["step"] == 3
-    records = [json.loads(line) for line in (two_ranks / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (two_ranks / "sgd" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert all(r["world_size"] == 2 and r["per_rank_batch"] == 2 for r in steps)
     single_records = [
-        json.loads(line) for line in (single.out_dir / "metrics.jsonl").read_text().splitlines()
+        json.loads(line) for line in (single_sgd.out_dir / "metrics.jsonl").read_text().splitlines()
     ]
+    # Step 1 from the same weights: the same loss to rounding; then weights a few % of their
+    # displacement apart (SGD_RTOL) give losses within 1 %.
     for mine, ref in zip(steps, [r for r in single_records if "loss" in r]):
-        assert mine["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+        assert mine["loss"] == pytest.approx(ref["loss"], rel=1e-5 if mine["step"] == 1 else 1e-2)
 
 
-def test_resume_with_another_world_size_continues(two_ranks, single, synth):
-    killed = two_ranks / "ddp_killed"
+def test_resume_with_another_world_size_continues(two_ranks, single, single_sgd, synth):
+    init = _initial_weights(synth)
+    killed = two_ranks / "sgd_killed"
     assert (killed / STATE_FILE).is_file()
-    resumed = _trainer(synth, killed, RUN, resume=True)
-    assert resumed.step == 2 and resumed.resumed_from_world_size == 2
-    resumed.train()
-    _assert_weights_close(resumed.model.state_dict(), single.model.state_dict())
+    with sgd_optimizer():
+        resumed = _trainer(synth, killed, SGD_RUN, resume=True)
+        assert resumed.step == 2 and resumed.resumed_from_world_size == 2
+        resumed.train()
+    _check_sgd_weights(resumed.model.state_dict(), single_sgd.model.state_dict(), init)
     records = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert {"step": 2, "resumed": True, "world_size": 1, "previous_world_size": 2} in records
+    # AdamW: its moments come back from the state too.
+    resumed = _trainer(synth, two_ranks / "ddp_killed", RUN, resume=True)
+    assert resumed.step == 2 and resumed.optimizer.state_dict()["state"]
+    resumed.train()
+    _check_adamw_weights(resumed.model.state_dict(), single.model.state_dict())
     # A world size that does not split the global micro-batch is refused in one line.
     with pytest.raises(ConfigError, match="do not split over 3 ranks"):
         RUN.rank_batch(3)

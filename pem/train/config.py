@@ -27,6 +27,9 @@ from pem.config import (
 from pem.data.transforms import AugmentConfig
 from pem.train.criterion import LossConfig
 
+#: The largest learning rate accepted (lr / Adam's bias correction must fit a float32).
+MAX_LR = 1e30
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -82,7 +85,8 @@ class TrainConfig:
                 f"batch_size: micro-batch of {self.micro_batch} image: need >= 2 per micro-batch "
                 "(BatchNorm on the CSM's 1x1 maps); lower accumulate or raise batch_size"
             )
-        check_float("lr", self.lr, 0.0, exclusive_min=True)
+        # Above MAX_LR the optimizer's float32 arithmetic overflows before the loss can diverge.
+        check_float("lr", self.lr, 0.0, MAX_LR, exclusive_min=True)
         check_float("lr_end", self.lr_end, 0.0)
         if self.lr_end > self.lr:
             raise ConfigError(f"lr_end: {self.lr_end} is above lr {self.lr}")

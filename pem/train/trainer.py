@@ -38,10 +38,11 @@ from typing import Any
 
 import torch
 
-from contract.errors import OutputError
+from contract.errors import OutputError, PemDeployError
 from contract.output import check_folder, write_into
+from contract.resources import check_memory
 from pem.checkpoint import CheckpointError, save_checkpoint
-from pem.config import ConfigError, PEMConfig, get_preset
+from pem.config import ConfigError, PEMConfig, estimate_forward_bytes, get_preset
 from pem.data.common import DatasetMeta, SegmentationDataset
 from pem.evaluation import EvalResult, evaluate
 from pem.model import PEM
@@ -63,6 +64,37 @@ METRICS_FILE = "metrics.jsonl"
 
 # Fields that may differ when resuming (bookkeeping only; the recipe itself must match).
 _RESUMABLE_CHANGES = {"eval_period", "checkpoint_period", "log_period", "num_workers"}
+
+
+class NonFiniteLossError(PemDeployError, FloatingPointError):
+    """The loss became NaN or infinite (the run diverged); the message names the step and the
+    learning rate and suggests a lower ``--lr``."""
+
+
+#: Training memory per forward pass: the activations kept for the backward pass, their
+#: gradients and the temporaries of both, against :func:`pem.config.estimate_forward_bytes`
+#: (one inference forward pass, itself about 2x an export's measured peak): 3x.
+TRAIN_MEMORY_FACTOR = 3
+
+
+def check_training_memory(
+    model_config: PEMConfig, config: TrainConfig, images_per_forward: int, device: torch.device
+) -> None:
+    """Refuse, before any work, a ``--batch-size`` x ``--crop`` that cannot fit the memory of
+    ``device`` (host RAM, or the GPU's free memory), as export and bench do; ``ResourceError``
+    (one line) names the size, the estimate and the override variable."""
+    h, w = config.augment.crop_size
+    # The estimate counts 3 copies of the weights too (weights, gradients, AdamW's moments).
+    needed = TRAIN_MEMORY_FACTOR * estimate_forward_bytes(model_config, h, w, images_per_forward)
+    available = None
+    if device.type == "cuda":
+        available = int(torch.cuda.mem_get_info(device)[0])
+    check_memory(
+        f"training {model_config.name} on {images_per_forward} crops of {h}x{w} per forward pass "
+        f"(--batch-size {config.batch_size}, --accumulate {config.accumulate}) on {device.type}",
+        needed,
+        available,
+    )
 
 
 @dataclass
@@ -138,6 +170,7 @@ class Trainer:
         self.device = rank_device(device, self.dist)
         self.world_size = self.dist.world_size
         self.rank_batch = config.rank_batch(self.world_size)
+        check_training_memory(model_config, config, self.rank_batch, self.device)
         self.progress = progress
         self.extra_metadata = dict(extra_metadata or {})
         self.use_amp = config.amp if config.amp is not None else self.device.type == "cuda"
@@ -384,7 +417,10 @@ class Trainer:
         loss, loss_ce, loss_mask, loss_dice = sums.tolist()
         if not math.isfinite(loss):  # the same on every rank: all stop together
             self.optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(f"non-finite loss at step {self.step}: {loss}")
+            raise NonFiniteLossError(
+                f"training diverged: the loss is {loss} at step {self.step + 1} (learning rate {lr:.3g}); "
+                f"lower --lr (e.g. --lr {cfg.lr / 10:.3g}) or check the data"
+            )
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = float(

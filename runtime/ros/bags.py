@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.errors import one_line
 from contract.output import FileOutput
 from runtime.batch_infer import InferSummary
 from runtime.errors import InputError, RuntimeToolError
@@ -224,13 +225,29 @@ class BagReader:
                         f"{self.path}: message {count} on {topic} cannot be decoded "
                         f"({type(exc).__name__}: {exc}); the bag is corrupt"
                     ) from None
-                image = decode_image(msg, topic)
+                header, image = self._decode(msg, topic, count, timestamp)
                 count += 1
-                yield BagFrame(topic, timestamp, header_of(msg), image, connection.msgtype, bytes(raw))
+                yield BagFrame(topic, timestamp, header, image, connection.msgtype, bytes(raw))
         except self._error as exc:
             raise BagError(f"{self.path}: bag is truncated or corrupt ({exc})") from None
         if count == 0:
             raise BagError(f"{self.path}: topic(s) {', '.join(self.topics)} have no messages")
+
+    def _decode(self, msg: Any, topic: str, index: int, timestamp: int) -> tuple[Header, np.ndarray]:
+        """One message's header and BGR image; any failure is a :class:`BagError` naming the
+        bag, the topic, the message's index and its stamp (a bad frame is found in seconds)."""
+        where = f"message {index}, bag time {timestamp} ns"
+        try:
+            header = header_of(msg)
+            stamp = f"{header.stamp.sec}.{header.stamp.nanosec:09d}"
+            where = f"message {index}, stamp {stamp}, bag time {timestamp} ns"
+            return header, decode_image(msg, topic)
+        except InputError as exc:
+            raise BagError(one_line(f"{self.path}: {exc} ({where})")) from None
+        except Exception as exc:  # OpenCV / numpy raise many types on bad data
+            raise BagError(
+                one_line(f"{self.path}: {topic}: cannot be decoded ({type(exc).__name__}: {exc}) ({where})")
+            ) from None
 
     def close(self) -> None:
         reader, self._reader = getattr(self, "_reader", None), None

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import InputError
+from runtime.images import MAX_PIXELS_ENV, decode_image_bytes, max_pixels_limit
 from runtime.postprocess import Segment, colorize_labels, colorize_panoptic, overlay
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -140,20 +141,35 @@ def header_of(msg: Any) -> Header:
 # -- decoding -------------------------------------------------------------------------------
 
 
-def decode_image(msg: Any, topic: str = "image") -> np.ndarray:
+def decode_image(msg: Any, topic: str = "image", max_pixels: int | None = None) -> np.ndarray:
     """A ``sensor_msgs/Image`` or ``CompressedImage`` -> (H, W, 3) uint8 BGR.
 
     16-bit data is scaled to 8 bits by keeping the high byte (``value >> 8``); Bayer mosaics are
-    demosaiced with OpenCV; alpha is dropped. Raises :class:`MessageError` naming ``topic``.
+    demosaiced with OpenCV; alpha is dropped. The declared size, step and data length (Image) or
+    the encoded header (CompressedImage) are checked before anything is decoded, with the limits
+    of image files (:func:`runtime.images.max_pixels_limit`). Raises :class:`MessageError` naming
+    ``topic``.
     """
     if hasattr(msg, "encoding"):
-        return _decode_raw(msg, topic)
+        return _decode_raw(msg, topic, max_pixels)
     if hasattr(msg, "format"):
-        return _decode_compressed(msg, topic)
+        return _decode_compressed(msg, topic, max_pixels)
     raise MessageError(f"{topic}: {type(msg).__name__} is not an Image or CompressedImage message")
 
 
-def _decode_raw(msg: Any, topic: str) -> np.ndarray:
+# Packed 4:2:2 formats carry one U/V pair per two pixels: the width must be even.
+_PACKED_422 = ("yuv422", "uyvy", "yuv422_yuy2", "yuyv")
+
+
+def _declared(msg: Any, field: str, topic: str) -> int:
+    """An integer field of an Image message (rclpy / rosbags give ints; duck types may not)."""
+    value = getattr(msg, field, None)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise MessageError(f"{topic}: Image field {field} must be an integer, got {type(value).__name__}")
+    return int(value)
+
+
+def _decode_raw(msg: Any, topic: str, max_pixels: int | None = None) -> np.ndarray:
     encoding = str(msg.encoding)
     layout = _LAYOUTS.get(encoding) or _LAYOUTS.get(encoding.lower())
     if layout is None:
@@ -161,20 +177,31 @@ def _decode_raw(msg: Any, topic: str) -> np.ndarray:
             f"{topic}: unsupported image encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})"
         )
     channels, depth = layout
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    height, width, step = (_declared(msg, f, topic) for f in ("height", "width", "step"))
     row = width * channels * depth
     if height <= 0 or width <= 0:
         raise MessageError(f"{topic}: empty {encoding} image ({width}x{height})")
+    limit = max_pixels_limit(max_pixels)
+    if width * height > limit:
+        raise MessageError(
+            f"{topic}: {encoding} image declares {width}x{height} = {width * height} pixels, over the "
+            f"limit of {limit} (raise it with {MAX_PIXELS_ENV}=N)"
+        )
+    if encoding.lower() in _PACKED_422 and width % 2:
+        raise MessageError(
+            f"{topic}: {encoding} image has an odd width {width}; packed 4:2:2 needs an even width"
+        )
     if step < row:
         raise MessageError(
             f"{topic}: {encoding} image {width}x{height} has step {step} < {row} bytes per row"
         )
     buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if buf.size < step * height:
+    if buf.size != step * height:
         raise MessageError(
-            f"{topic}: {encoding} image {width}x{height} needs {step * height} bytes, message has {buf.size}"
+            f"{topic}: {encoding} image {width}x{height} with step {step} needs {step * height} bytes, "
+            f"message has {buf.size}"
         )
-    rows = np.ascontiguousarray(buf[: step * height].reshape(height, step)[:, :row])
+    rows = np.ascontiguousarray(buf.reshape(height, step)[:, :row])
     if depth == 2:
         big = bool(msg.is_bigendian)
         pixels = rows.view(">u2" if big else "<u2").reshape(height, width, channels)
@@ -200,7 +227,7 @@ def _to_bgr(pixels: np.ndarray, encoding: str) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, :, ::-1]) if rgb_order else np.ascontiguousarray(pixels)
 
 
-def _decode_compressed(msg: Any, topic: str) -> np.ndarray:
+def _decode_compressed(msg: Any, topic: str, max_pixels: int | None = None) -> np.ndarray:
     fmt = str(msg.format)
     low = fmt.lower()
     if "compresseddepth" in low or not any(f in low for f in ("jpeg", "jpg", "png")):
@@ -209,10 +236,14 @@ def _decode_compressed(msg: Any, topic: str) -> np.ndarray:
             f"(supported: {', '.join(COMPRESSED_FORMATS)})"
         )
     data = np.frombuffer(msg.data, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise MessageError(f"{topic}: CompressedImage ({fmt}) data is empty or corrupt ({data.size} bytes)")
-    return image
+    if not data.size:
+        raise MessageError(f"{topic}: CompressedImage ({fmt}) data is empty")
+    # The header is read first, with the limits of image files: a PNG declaring 65535 x 65535
+    # pixels is refused before OpenCV allocates anything.
+    try:
+        return decode_image_bytes(data.tobytes(), f"{topic}: CompressedImage ({fmt})", max_pixels).image
+    except InputError as exc:
+        raise MessageError(str(exc)) from None
 
 
 # -- encoding -------------------------------------------------------------------------------
@@ -332,8 +363,13 @@ def labels_array(fields: Any) -> np.ndarray:
     if encoding not in ("mono8", "mono16", "8UC1", "16UC1"):
         raise MessageError(f"label image has encoding {encoding!r}; expected mono8 or mono16")
     depth = 2 if encoding in ("mono16", "16UC1") else 1
-    height, width, step = int(fields.height), int(fields.width), int(fields.step)
-    rows = np.frombuffer(fields.data, np.uint8)[: step * height].reshape(height, step)[:, : width * depth]
+    height, width, step = (_declared(fields, f, "label image") for f in ("height", "width", "step"))
+    data = np.frombuffer(fields.data, np.uint8)
+    if height <= 0 or width <= 0 or step < width * depth or data.size != step * height:
+        raise MessageError(
+            f"label image {width}x{height} ({encoding}, step {step}) does not fit its {data.size} bytes"
+        )
+    rows = data.reshape(height, step)[:, : width * depth]
     rows = np.ascontiguousarray(rows)
     if depth == 1:
         return rows.astype(np.int32)
