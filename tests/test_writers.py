@@ -186,6 +186,29 @@ WRITERS = [
     Writer("infer-image", "folder", _infer(lambda w: w.image), "predictions.json", lambda w: w.image),
     Writer("infer-video", "folder", _infer(lambda w: w.video), "predictions.json", lambda w: w.video),
     Writer("infer-bag", "file", _bag_argv, onto_input=lambda w: w.bag, needs=_no_bag),  # type: ignore[arg-type,return-value]
+    Writer(  # the bag given as its folder (metadata.yaml + storage), images out to a folder
+        "infer-bag-to-folder",
+        "folder",
+        lambda w, t: [
+            "infer",
+            str(w.artifact),
+            str(w.bag.parent),
+            "--topic",
+            "/front/image_raw",
+            "--out",
+            str(t),
+        ],  # type: ignore[union-attr]
+        "predictions.json",
+        onto_input=lambda w: w.bag.parent,  # type: ignore[union-attr]
+        needs=_no_bag,
+    ),
+    Writer(  # a stream (the camera path): a file:// URL read frame by frame
+        "infer-stream",
+        "folder",
+        lambda w, t: ["infer", str(w.artifact), f"file://{w.video}", "--max-frames", "2", "--out", str(t)],
+        "predictions.json",
+        onto_input=lambda w: w.video,
+    ),
     Writer(
         "bench",
         "folder",

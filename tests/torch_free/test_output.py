@@ -384,3 +384,31 @@ def test_staging_of_earlier_versions_is_removed_when_provably_dead(tmp_path):
     removed = set(clean_stale_staging(tmp_path))
     assert removed == {dead_export, dead_infer, old_bag}
     assert live_export.exists() and fresh_bag.exists() and not_a_bag.exists()
+
+
+def test_failure_between_two_renames_leaves_every_file_recorded(tmp_path, monkeypatch):
+    """The manifest is written before the renames with the old and the new fingerprint of each
+    file: whatever rename a crash stops at, every file there is still recognised as ours."""
+    out = tmp_path / "out"
+    with staged_folder(out) as w:
+        w.write("a.txt", "a1")
+        w.write("b.txt", "b1")
+    real_replace = os.replace
+
+    def flaky(src, dst):
+        if str(dst).endswith("b.txt"):  # the manifest and a.txt are in place, b.txt fails
+            raise OSError(5, "Input/output error", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OutputWriteError), staged_folder(out) as w:
+        w.write("a.txt", "a2")
+        w.write("b.txt", "b2")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (out / "a.txt").read_text() == "a2" and (out / "b.txt").read_text() == "b1"
+    assert owns(out, "a.txt") and owns(out, "b.txt")
+    with staged_folder(out) as w:  # no flag needed: both are ours
+        w.write("a.txt", "a3")
+        w.write("b.txt", "b3")
+    assert tree(out)["b.txt"] == b"b3"
+    _no_staging(tmp_path)
