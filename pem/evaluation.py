@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pem.config import ConfigError, PEMConfig, preset_names
+from pem.config import ConfigError, PEMConfig, preset_eval_size, preset_names
 from pem.data.common import IGNORE_LABEL, DatasetError, DatasetMeta, Sample, SegmentationDataset, SegmentInfo
 from pem.distributed import all_gather_objects, all_reduce_sum, current_context, init_distributed, rank_device
 from pem.inference import PanopticResult, panoptic_inference
@@ -508,10 +508,8 @@ def evaluate_checkpoint(
     model = load_checkpoint(checkpoint, map_location=dev)
     kind = dataset_kind(model.config)
     if short_side is None and model.config.name in preset_names():
-        from pem.train.config import train_preset
-
-        recipe = train_preset(model.config.name)  # the preset's test size (ADE20K: 512 / 640)
-        short_side, max_size = recipe.test_short_side, recipe.test_max_size
+        test = preset_eval_size(model.config.name)  # ADE20K: 512 / 640; Cityscapes: native
+        short_side, max_size = test.short_side, test.max_size
     task = task or model.config.task
     if task not in ("semantic", "panoptic"):
         raise DatasetError(f"{data}: unknown task {task!r} (semantic or panoptic)")
