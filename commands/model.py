@@ -127,8 +127,8 @@ def train(
     Several GPUs / nodes: launch it with ``torchrun --nproc-per-node N [--nnodes M ...]``;
     ``--batch-size`` stays the global batch (README, "Training at scale").
     """
+    from pem.distributed import current_context, shutdown
     from pem.train import run_training, train_preset
-    from pem.train.distributed import current_context, shutdown
 
     changes: dict[str, object] = {
         k: v
@@ -229,7 +229,7 @@ def eval_command(
         )
     except _data_errors() as exc:
         _fail(str(exc))
-    from pem.train.distributed import current_context, shutdown
+    from pem.distributed import current_context, shutdown
 
     main = current_context().is_main  # under torchrun every rank evaluates a shard
     shutdown()

@@ -369,6 +369,36 @@ def preset_names() -> list[str]:
     return [*names, "cityscapes-semantic-tiny", "cityscapes-panoptic-tiny"]
 
 
+@dataclass(frozen=True)
+class EvalSize:
+    """How evaluation resizes a preset's images: the short side to ``short_side`` (``None`` keeps
+    the native size), the long side at most ``max_size``."""
+
+    short_side: int | None = None
+    max_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.short_side is not None:
+            check_int("short_side", self.short_side, 32)
+        check_int("max_size", self.max_size, 32)
+
+
+def preset_eval_size(name: str) -> EvalSize:
+    """The test-time size of preset ``name``, used by evaluation and by the training recipe.
+
+    ADE20K follows the paper's protocol: the short side resized to the deployed size (512
+    semantic, 640 panoptic), the long side at most 4x that. Cityscapes (tiny presets included)
+    is evaluated at its native size.
+    """
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    dataset, task, _ = name.split("-")
+    if dataset == "cityscapes":
+        return EvalSize()
+    side = _DATASET_SIZES[(dataset, task)][0]
+    return EvalSize(short_side=side, max_size=4 * side)
+
+
 def get_preset(name: str) -> PEMConfig:
     """Return the config of a named preset.
 

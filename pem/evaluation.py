@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pem.config import ConfigError, PEMConfig, preset_names
+from pem.config import ConfigError, PEMConfig, preset_eval_size, preset_names
 from pem.data.common import IGNORE_LABEL, DatasetError, DatasetMeta, Sample, SegmentationDataset, SegmentInfo
+from pem.distributed import all_gather_objects, all_reduce_sum, current_context, init_distributed, rank_device
 from pem.inference import PanopticResult, panoptic_inference
 
 _OFFSET = 256 * 256 * 256
@@ -92,8 +93,6 @@ class SemanticEvaluator:
 
     def all_reduce(self) -> None:
         """Sum the confusion matrix over the ranks of a distributed run (no-op in one process)."""
-        from pem.train.distributed import all_reduce_sum
-
         self.confusion = all_reduce_sum(torch.from_numpy(self.confusion)).numpy()
 
     def compute(self) -> SemanticMetrics:
@@ -248,8 +247,6 @@ class PanopticEvaluator:
 
     def all_reduce(self) -> None:
         """Sum the statistics over the ranks of a distributed run (no-op in one process)."""
-        from pem.train.distributed import all_gather_objects, all_reduce_sum
-
         counts = torch.tensor([[s.tp, s.fp, s.fn] for s in self.stats], dtype=torch.int64)
         counts = all_reduce_sum(counts).tolist()
         ious = all_gather_objects([s.ious for s in self.stats])
@@ -406,8 +403,6 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    from pem.train.distributed import current_context
-
     if panoptic is None:
         panoptic = dataset.task == "panoptic" and model.config.task == "panoptic"
     if panoptic and (dataset.task != "panoptic" or model.config.task != "panoptic"):
@@ -507,7 +502,6 @@ def evaluate_checkpoint(
     """
     from pem.checkpoint import load_checkpoint
     from pem.data import open_dataset
-    from pem.train.distributed import init_distributed, rank_device
 
     ctx = init_distributed(device)  # under torchrun: each rank evaluates a shard
     if ctx.distributed and save_predictions is not None:
@@ -518,10 +512,8 @@ def evaluate_checkpoint(
     model = load_checkpoint(checkpoint, map_location=dev)
     kind = dataset_kind(model.config)
     if short_side is None and model.config.name in preset_names():
-        from pem.train.config import train_preset
-
-        recipe = train_preset(model.config.name)  # the preset's test size (ADE20K: 512 / 640)
-        short_side, max_size = recipe.test_short_side, recipe.test_max_size
+        test = preset_eval_size(model.config.name)  # ADE20K: 512 / 640; Cityscapes: native
+        short_side, max_size = test.short_side, test.max_size
     task = task or model.config.task
     if task not in ("semantic", "panoptic"):
         raise DatasetError(f"{data}: unknown task {task!r} (semantic or panoptic)")

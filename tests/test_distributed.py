@@ -148,7 +148,7 @@ def _initial_weights(synth: Path) -> dict[str, torch.Tensor]:
 
 def _sync_bn_case(rank: int, world: int) -> dict[str, torch.Tensor]:
     """A BatchNorm converted as the trainer does, fed this rank's half of a seeded batch."""
-    from pem.train.distributed import convert_sync_batch_norm
+    from pem.distributed import convert_sync_batch_norm
 
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(4, 3, 5, 6, generator=gen) * 3 + 1
@@ -185,7 +185,7 @@ def _worker(rank: int, world: int, port: int, synth: str, work: str) -> None:
         }
     )
     torch.set_num_threads(1)
-    from pem.train.distributed import batch_norm_types, init_distributed, shutdown
+    from pem.distributed import batch_norm_types, init_distributed, shutdown
 
     ctx = init_distributed("cpu", timeout_s=120)
     assert ctx.world_size == world and ctx.rank == rank

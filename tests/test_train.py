@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from pem.checkpoint import CheckpointError, load_checkpoint
-from pem.config import ConfigError, get_preset
+from pem.config import ConfigError, EvalSize, get_preset, preset_eval_size, preset_names
 from pem.data.cityscapes import CityscapesDataset
 from pem.data.mapper import Target
 from pem.data.synthetic import SyntheticConfig, make_synthetic
@@ -245,6 +245,34 @@ def test_paper_recipes():
     assert tiny.micro_batch >= 2 and tiny.backbone_multiplier == 1.0
     with pytest.raises(ConfigError, match="unknown preset"):
         train_preset("nope")
+
+
+# The test sizes the recipes gave every preset before the sizes moved onto the presets
+# (short side, long side cap), by dataset and task.
+_TEST_SIZES = {
+    "cityscapes-semantic": (None, 4096),
+    "cityscapes-panoptic": (None, 4096),
+    "ade20k-semantic": (512, 2048),
+    "ade20k-panoptic": (640, 2560),
+}
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_recipe_evaluates_at_the_preset_test_size(name):
+    # Evaluation reads the preset's size, the trainer's periodic evaluation the recipe's: same.
+    size = preset_eval_size(name)
+    recipe = train_preset(name)
+    assert (recipe.test_short_side, recipe.test_max_size) == (size.short_side, size.max_size)
+    assert (size.short_side, size.max_size) == _TEST_SIZES[name.rsplit("-", 1)[0]]
+
+
+def test_preset_eval_size_refuses_bad_values():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset_eval_size("nope")
+    with pytest.raises(ConfigError, match="short_side"):
+        EvalSize(short_side=16)
+    with pytest.raises(ConfigError, match="max_size"):
+        EvalSize(max_size=True)
 
 
 # ---------------------------------------------------------------------------------------------

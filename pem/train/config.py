@@ -21,6 +21,7 @@ from pem.config import (
     check_float,
     check_int,
     check_sequence,
+    preset_eval_size,
     preset_names,
     strict_fields,
 )
@@ -213,10 +214,11 @@ def train_preset(name: str) -> TrainConfig:
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
     dataset, task, backbone = name.split("-")
+    test = preset_eval_size(name)  # evaluation during training uses the preset's test size
     if backbone == "tiny":
-        return TINY_RECIPE
+        return TINY_RECIPE.replace(test_short_side=test.short_side, test_max_size=test.max_size)
     if dataset == "cityscapes":
-        return TrainConfig()
+        return TrainConfig(test_short_side=test.short_side, test_max_size=test.max_size)
     crop = (512, 512) if task == "semantic" else (640, 640)
     return TrainConfig(
         iterations=160_000,
@@ -225,6 +227,6 @@ def train_preset(name: str) -> TrainConfig:
         augment=AugmentConfig(
             short_side=crop[0], scale_range=(0.5, 2.0), max_size=4 * crop[0], crop_size=crop
         ),
-        test_short_side=crop[0],
-        test_max_size=4 * crop[0],
+        test_short_side=test.short_side,
+        test_max_size=test.max_size,
     )

@@ -44,17 +44,17 @@ from contract.resources import check_memory
 from pem.checkpoint import CheckpointError, save_checkpoint
 from pem.config import ConfigError, PEMConfig, estimate_forward_bytes, get_preset
 from pem.data.common import DatasetMeta, SegmentationDataset
-from pem.evaluation import EvalResult, evaluate
-from pem.model import PEM
-from pem.train.config import TrainConfig, train_preset
-from pem.train.criterion import SetCriterion
-from pem.train.distributed import (
+from pem.distributed import (
     all_reduce_sum,
     broadcast_object,
     convert_sync_batch_norm,
     init_distributed,
     rank_device,
 )
+from pem.evaluation import EvalResult, evaluate
+from pem.model import PEM
+from pem.train.config import TrainConfig, train_preset
+from pem.train.criterion import SetCriterion
 from pem.train.loader import TrainStream, micro_batches
 from pem.train.optim import build_optimizer, learning_rate, set_learning_rate
 

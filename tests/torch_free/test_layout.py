@@ -25,6 +25,12 @@ ALLOWED = {
     # The CLI's commands: they parse, delegate and print (imports of heavy packages stay lazy).
     "commands": {"contract", "pem", "export", "calib", "runtime", "workflows"},
 }
+# Layers inside a package: a sub-package on top of the rest of its package, and the only modules
+# of that package besides its own that may import it. Training uses evaluation (its periodic and
+# final evaluation), so evaluation must not use training; the zoo trains the default tiny model.
+TOP_SUBPACKAGES = {
+    "pem.train": {"pem.zoo"},
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -59,6 +65,29 @@ def test_imports_point_one_way(module: str) -> None:
     package = module.split(".")[0]
     wrong = sorted(m for m in GRAPH[module] if m.split(".")[0] not in ALLOWED[package] | {package})
     assert not wrong, f"{module} imports {wrong}"
+
+
+def _sub_package_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``importer -> imported`` for every import of a :data:`TOP_SUBPACKAGES` entry from below it."""
+    wrong = []
+    for top, allowed in TOP_SUBPACKAGES.items():
+        package = top.rsplit(".", 1)[0]
+        for module, deps in sorted(graph.items()):
+            inside = module == top or module.startswith(top + ".")
+            if inside or module in allowed or not module.startswith(package + "."):
+                continue
+            wrong += [f"{module} -> {d}" for d in sorted(deps) if d == top or d.startswith(top + ".")]
+    return wrong
+
+
+def test_sub_packages_stay_on_top() -> None:
+    assert not _sub_package_violations(GRAPH)
+
+
+def test_sub_package_rule_catches_evaluation_importing_training() -> None:
+    # The rule above must see the import this layering removed (pem.evaluation -> pem.train.*).
+    graph = {**GRAPH, "pem.evaluation": GRAPH["pem.evaluation"] | {"pem.train.config"}}
+    assert _sub_package_violations(graph) == ["pem.evaluation -> pem.train.config"]
 
 
 def test_no_import_cycle() -> None:
