@@ -136,6 +136,38 @@ def test_checkpoint_export_and_check(tmp_path):
     assert check.reports[0].worst("pred_logits").max_abs < 1e-4
 
 
+def test_check_finds_the_recorded_checkpoint_from_any_folder(tmp_path, monkeypatch):
+    """The sidecar records the checkpoint relative to itself and absolute; ``check`` run from
+    another folder, and after the project folder moved, still finds it; a missing one is named
+    with the sidecar field it came from (not a --checkpoint the user never passed)."""
+    project = tmp_path / "project"
+    source = load_source(preset="cityscapes-panoptic-tiny", seed=3)
+    save_checkpoint(source.model, source.config, project / "runs" / "tiny.safetensors")
+    monkeypatch.chdir(project)
+    export_artifact(
+        load_source(checkpoint="runs/tiny.safetensors", height=64, width=64),
+        ExportOptions(out_dir="art", head="raw"),
+    )
+    recorded = json.loads((project / "art" / "model.json").read_text())["source"]
+    assert recorded["checkpoint"] == "runs/tiny.safetensors"
+    assert recorded["checkpoint_relative"] == "../runs/tiny.safetensors"
+    assert recorded["checkpoint_absolute"] == str(project / "runs" / "tiny.safetensors")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert check_artifact(project / "art", random=1, scenes=0).passed
+    moved = tmp_path / "moved"
+    project.rename(moved)  # absolute and as-given paths are stale now; the relative one holds
+    assert check_artifact(moved / "art", random=1, scenes=0).passed
+    (moved / "runs" / "tiny.safetensors").unlink()
+    result = CliRunner().invoke(app, ["check", str(moved / "art"), "--random", "1", "--scenes", "0"])
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert message.startswith(f"error: {moved / 'art' / 'model.json'}: the checkpoint this artifact")
+    assert "source.checkpoint_relative -> " in message and "--checkpoint FILE" in message
+    assert "\n" not in message
+
+
 def test_failed_export_leaves_out_dir_unchanged(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
