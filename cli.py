@@ -103,6 +103,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich's option table cuts an option's aliases ("--calib-images,--nu…") at
+    # 80 columns; click's list wraps them instead.
+    rich_markup_mode=None,
 )
 
 

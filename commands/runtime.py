@@ -24,7 +24,7 @@ def infer(
     ),
     resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox (keep aspect ratio)."),
     providers: opt.Providers = None,
-    threads: opt.Threads = None,  # type: ignore[assignment]
+    threads: opt.ThreadsAllCores = None,  # type: ignore[assignment]
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
     alpha: opt.Alpha = 0.5,
     topic: list[str] = typer.Option(None, "--topic", help="Bag image topic(s) to segment (repeatable)."),
@@ -47,6 +47,7 @@ def infer(
         "--backend",
         help="onnxruntime | openvino (a --deform-impl decomposed ONNX) | tensorrt (default: by file type).",
     ),
+    imgsz: opt.InputSize = None,
 ) -> None:
     """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime).
 
@@ -61,7 +62,7 @@ def infer(
     from runtime.robotics import infer_robotics, is_robotics_job
 
     def open_segmenter() -> Segmenter:
-        return Segmenter.open(
+        segmenter = Segmenter.open(
             artifact,
             providers=opt.provider_list(providers),
             threads=threads or 0,
@@ -69,7 +70,11 @@ def infer(
             cuda_graph=cuda_graph,
             contexts=contexts,  # type: ignore[arg-type]
             backend=backend,
+            input_size=opt.parse_hw("--imgsz", imgsz) if imgsz else None,
         )
+        for note in segmenter.notes:
+            typer.echo(f"note: {note}", err=True)
+        return segmenter
 
     if is_robotics_job(source, out, topic or (), max_frames, duration):  # bags, cameras, streams
         from runtime.sources import ProgressLine
