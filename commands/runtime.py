@@ -48,6 +48,12 @@ def infer(
         help="onnxruntime | openvino (a --deform-impl decomposed ONNX) | tensorrt (default: by file type).",
     ),
     imgsz: opt.InputSize = None,
+    save_video: bool = typer.Option(
+        False,
+        "--save-video",
+        help="Video input: also write video/NAME, the overlays with the input's codec and frame rate "
+        "(mp4v .mp4 where OpenCV cannot write that codec).",
+    ),
 ) -> None:
     """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime).
 
@@ -55,7 +61,8 @@ def infer(
     Exit status: 0 all segmented, 1 some files of a folder skipped, 2 error.
     """
     from runtime import Segmenter
-    from runtime.batch_infer import infer_path, stderr_progress
+    from runtime.batch_infer import infer_path
+    from runtime.sources import ProgressLine
 
     if resize not in ("stretch", "letterbox"):
         _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
@@ -77,8 +84,8 @@ def infer(
         return segmenter
 
     if is_robotics_job(source, out, topic or (), max_frames, duration):  # bags, cameras, streams
-        from runtime.sources import ProgressLine
-
+        if save_video:
+            _fail("--save-video is for a whole video file (not with --topic, --max-frames or --duration)")
         with open_segmenter() as segmenter:
             line = ProgressLine()
             options = dict(exist_ok=exist_ok, overlays=overlays, alpha=alpha, copy_input=copy_input)
@@ -92,25 +99,34 @@ def infer(
             f"{t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
         )
         return
+    line = ProgressLine()
     with open_segmenter() as segmenter:
-        summary = infer_path(
-            segmenter,
-            source,
-            out,
-            overlays=overlays,
-            alpha=alpha,
-            progress=stderr_progress,
-            exist_ok=exist_ok,
-            strict=strict,
-            on_skip=lambda line: typer.echo(f"skipped: {line}", err=True),
-            on_note=lambda line: typer.echo(f"note: {line}", err=True),
-        )
+        try:
+            summary = infer_path(
+                segmenter,
+                source,
+                out,
+                overlays=overlays,
+                alpha=alpha,
+                progress=line,
+                exist_ok=exist_ok,
+                strict=strict,
+                on_skip=lambda text: typer.echo(f"skipped: {text}", err=True),
+                on_note=lambda text: typer.echo(f"note: {text}", err=True),
+                save_video=save_video,
+            )
+        finally:
+            line.finish()  # the summary below gets a line of its own
     t = summary.mean_timings_ms
     skipped = f", {len(summary.failed)} skipped" if summary.failed else ""
     typer.echo(
         f"{summary.frames} frame(s){skipped} -> {summary.out_dir}  "
         f"(mean ms: pre {t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
     )
+    for video in summary.videos:
+        how = f"; {video['fallback']}" if video["fallback"] else ""
+        what = f"{video['codec']}, {video['fps']:g} FPS, {video['frames']} frames{how}"
+        typer.echo(f"video {video['output']}  ({what})")
     if summary.failed:
         raise typer.Exit(code=1)
 

@@ -36,7 +36,6 @@ import errno
 import json
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -55,13 +54,14 @@ from runtime.images import (
 )
 from runtime.postprocess import colorize_labels, colorize_panoptic, label_png_array, overlay
 from runtime.segmenter import Result, Segmenter, read_video
+from runtime.sources import VideoWriter, video_frame_count
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-OUTPUT_FOLDERS = ("labels", "panoptic", "overlay")
+OUTPUT_FOLDERS = ("labels", "panoptic", "overlay", "video")
 PREDICTIONS = "predictions.json"
 LOCK_NAME = ".pem-deploy.lock"
 STAGING_PREFIX = ".pem-deploy-staging-"
@@ -79,6 +79,7 @@ class InferSummary:
     mean_timings_ms: dict[str, float]
     failed: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
+    videos: tuple[dict[str, object], ...] = ()  # --save-video: output, codec, fps, frames, fallback
 
 
 @dataclass
@@ -278,6 +279,9 @@ def _read_predictions(out_dir: Path) -> dict[str, object] | None:
 
 def _owned(previous: dict[str, object] | None) -> set[str]:
     owned: set[str] = set()
+    for video in (previous or {}).get("videos", []):  # type: ignore[union-attr]
+        if isinstance(video, dict) and isinstance(video.get("output"), str):
+            owned.add(video["output"])
     for record in (previous or {}).get("predictions", []):  # type: ignore[union-attr]
         outputs = record.get("outputs") if isinstance(record, dict) else None
         if isinstance(outputs, dict):
@@ -298,6 +302,7 @@ def infer_path(
     on_note: Callable[[str], None] | None = None,
     frames: Iterable[tuple[str, np.ndarray]] | None = None,
     total: int | None = None,
+    save_video: bool = False,
 ) -> InferSummary:
     """Segment ``source`` (image, folder or video) into ``out_dir`` (see the module docstring).
 
@@ -308,9 +313,14 @@ def infer_path(
     ``on_note`` one line per converted image (grayscale, alpha, 16-bit, EXIF orientation).
     ``frames`` (``(name, BGR image)`` pairs, ``total`` of them if known: a bag, a camera)
     replaces reading ``source``, which then only names the input.
+    ``save_video`` (a video input): also ``video/<name>``, the overlays as a video with the
+    input's codec and frame rate where OpenCV can write them (:class:`runtime.sources.VideoWriter`
+    says what it fell back to, listed under ``videos`` in ``predictions.json``).
     """
     source, out_dir = Path(source), Path(out_dir)
     kind = "stream" if frames is not None else _source_kind(source)
+    if save_video and kind != "video":
+        raise InputError(f"{source}: --save-video is for a video file input (this is a {kind})")
     listing_errors: list[tuple[str, str]] = []
     paths = list_images(source, None if strict else listing_errors) if kind == "folder" else [source]
     check_out_dir(out_dir, source)
@@ -352,11 +362,15 @@ def infer_path(
             listing_errors,
             frames,
             total,
+            save_video,
         )
         _install(
             out_dir, staging, records, previous, _owned(previous) | stale_moves, segmenter, source, summary
         )
-        return InferSummary(out_dir, summary.frames, summary.mean_timings_ms, summary.failed, summary.notes)
+        videos = tuple({**v, "output": str(out_dir / str(v["output"]))} for v in summary.videos)
+        return InferSummary(
+            out_dir, summary.frames, summary.mean_timings_ms, summary.failed, summary.notes, videos
+        )
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -381,11 +395,15 @@ def _segment_all(
     listing_errors: list[tuple[str, str]],
     given: Iterable[tuple[str, np.ndarray]] | None,
     total: int | None,
+    save_video: bool = False,
 ) -> tuple[InferSummary, list[dict[str, object]]]:
     classes = [c.name for c in segmenter.artifact.classes]
     palette = segmenter.artifact.palette
     if kind in ("folder", "image"):
         total = len(paths)
+    if kind == "video":
+        total = video_frame_count(source)
+    video = VideoWriter(staging / "video" / source.name, source) if save_video else None
     records: list[dict[str, object]] = []
     failed: list[tuple[str, str]] = list(listing_errors)
     notes: list[str] = []
@@ -419,13 +437,17 @@ def _segment_all(
                 staging / files["panoptic"],
                 label_png_array(result.panoptic, files["panoptic"], "panoptic", 16),
             )
-        if overlays:
+        if overlays or video is not None:
             colors = (
                 colorize_panoptic(result.panoptic, result.segments, palette)
                 if result.panoptic is not None
                 else colorize_labels(labels, palette)
             )
-            write_image(staging / files["overlay"], overlay(frame.image, colors, alpha))
+            blended = overlay(frame.image, colors, alpha)
+            if overlays:
+                write_image(staging / files["overlay"], blended)
+            if video is not None:
+                video.write(blended)
         records.append(_record(frame.name, result, classes, files))
         for key in sums:
             sums[key] += result.timings.get(key, 0.0)
@@ -439,7 +461,22 @@ def _segment_all(
             )
         raise InputError(f"{source}: nothing to segment")
     means = {k: v / count for k, v in sums.items()}
-    return InferSummary(staging, count, means, tuple(failed), tuple(notes)), records
+    videos: tuple[dict[str, object], ...] = ()
+    if video is not None:
+        video.close()
+        if video.out is not None:
+            out = video.out
+            videos = (
+                {
+                    "name": source.name,
+                    "output": out.path.relative_to(staging).as_posix(),
+                    "codec": out.codec,
+                    "fps": out.fps,
+                    "frames": out.frames,
+                    "fallback": out.fallback,
+                },
+            )
+    return InferSummary(staging, count, means, tuple(failed), tuple(notes), videos), records
 
 
 def _install(
@@ -454,6 +491,7 @@ def _install(
 ) -> None:
     """Check for foreign files, write the merged manifest into staging, then move everything in."""
     moving = [rel for r in records for rel in r["outputs"].values()]  # type: ignore[union-attr]
+    moving += [str(v["output"]) for v in summary.videos]
     for rel in moving:
         dest = out_dir / rel
         if (dest.exists() or dest.is_symlink()) and (rel not in owned or dest.is_dir()):
@@ -478,6 +516,14 @@ def _install(
         "failed": [{"name": n, "error": e} for n, e in summary.failed],
         "predictions": kept + records,
     }
+    new_videos = {str(v["output"]) for v in summary.videos}
+    earlier = [
+        v
+        for v in (previous or {}).get("videos", [])  # type: ignore[union-attr]
+        if isinstance(v, dict) and v.get("output") not in new_videos
+    ]
+    if earlier or summary.videos:
+        meta["videos"] = earlier + list(summary.videos)
     atomic_write_bytes(staging / PREDICTIONS, (json.dumps(meta, indent=2) + "\n").encode())
     marker = {"tool": _MARKER_TOOL, "pid": os.getpid(), "moving": moving}
     atomic_write_bytes(staging / STAGING_MARKER, json.dumps(marker).encode())
@@ -486,10 +532,3 @@ def _install(
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / rel, dest)
     os.replace(staging / PREDICTIONS, out_dir / PREDICTIONS)
-
-
-def stderr_progress(done: int, total: int | None) -> None:
-    """Minimal progress line on a TTY; silent otherwise."""
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r{done}/{total if total is not None else '?'} frames")
-        sys.stderr.flush()
