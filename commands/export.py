@@ -60,7 +60,7 @@ def export_command(
         "--format engine, else onnxruntime). --layout is an alias.",
     ),
 ) -> None:
-    """Export to ONNX: custom DeformConv / prototype-gather translations, heads, FP16, metadata, lint."""
+    """Export to ONNX: DeformConv translation of the custom op, heads, FP16, metadata, TensorRT lint."""
     import dataclasses
 
     from export.errors import ExportError

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from urllib.parse import unquote, urlparse
 import cv2
 import numpy as np
 
+from contract.progress import StatusLine
 from runtime.errors import InputError
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt", "file")
@@ -173,19 +173,16 @@ def frame_total(spec: CameraSpec, max_frames: int | None) -> int | None:
     return min(count, max_frames) if max_frames else count
 
 
-class ProgressLine:
-    """``done/total frames, FPS`` on one refreshed line (a TTY), or a line every ``every`` seconds."""
+class ProgressLine(StatusLine):
+    """``done/total frames, FPS`` on one refreshed line (a TTY), or a line every ``every`` seconds
+    (:class:`contract.progress.StatusLine`, the mechanism every long step shares)."""
 
-    def __init__(self, stream: TextIO | None = None, every: float = 5.0):
-        self.stream = stream or sys.stderr
-        self.every = every
-        self.start = time.monotonic()
-        self.last = self.start
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+    def __init__(self, stream: TextIO | None = None, every: float | None = None):
+        super().__init__(stream, every)
         self.done = 0
 
     def fps(self) -> float:
-        elapsed = time.monotonic() - self.start
+        elapsed = self.elapsed()
         return self.done / elapsed if elapsed > 0 else 0.0
 
     def text(self, done: int, total: int | None) -> str:
@@ -193,19 +190,7 @@ class ProgressLine:
 
     def __call__(self, done: int, total: int | None) -> None:
         self.done = done
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write(f"\r{self.text(done, total)}   ")
-            self.stream.flush()
-        elif now - self.last >= self.every:
-            self.stream.write(self.text(done, total) + "\n")
-            self.stream.flush()
-            self.last = now
-
-    def finish(self) -> None:
-        if self.tty and self.done:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.update(self.text(done, total))
 
 
 def video_frame_count(path: str | os.PathLike[str]) -> int | None:

@@ -399,6 +399,25 @@ def test_console_progress_shows_steps_on_a_terminal():
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())
     assert "done exporting" in text and "done simplifying" in text
     quiet = io.StringIO()
-    with ConsoleProgress(quiet) as progress:
+    with ConsoleProgress(quiet, enabled=False) as progress:
         progress("exporting")
     assert quiet.getvalue() == ""
+
+
+def test_console_progress_prints_lines_off_a_terminal(monkeypatch):
+    """CI logs, nohup, pipes: a step that runs for long prints a line every EVERY_S seconds."""
+    import io
+    import time
+
+    from export.progress import ConsoleProgress
+
+    monkeypatch.setattr("contract.progress.EVERY_S", 0.05)
+    log = io.StringIO()
+    with ConsoleProgress(log) as progress:
+        progress("quick step")  # ends before the first line is due: silent
+        progress("exporting to ONNX")
+        time.sleep(0.3)
+    lines = log.getvalue().splitlines()
+    assert len(lines) >= 2 and all(re.fullmatch(r"exporting to ONNX: \d+ s", line) for line in lines), lines
+    time.sleep(0.15)
+    assert log.getvalue().splitlines() == lines  # nothing after the step closed

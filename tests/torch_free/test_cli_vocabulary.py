@@ -4,7 +4,6 @@ that reads right at 80 columns, and options that say when they do nothing."""
 import json
 import re
 
-import click
 import pytest
 import typer.main
 from typer.testing import CliRunner
@@ -32,7 +31,7 @@ def test_every_alias_shows_in_full_at_80_columns(command: str) -> None:
     text = _help(command)
     assert "…" not in text
     for param in GROUP.commands[command].params:  # type: ignore[attr-defined]
-        if isinstance(param, click.Option):
+        if param.param_type_name == "option":
             for name in param.opts + param.secondary_opts:
                 assert name in text, f"{command} --help lacks {name}"
 

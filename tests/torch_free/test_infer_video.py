@@ -12,7 +12,6 @@ from cli import app
 from runtime import Segmenter
 from runtime.batch_infer import infer_path
 from runtime.errors import InputError
-from runtime.sources import ProgressLine
 from tests.helpers.runtime_models import semantic_model, write_artifact
 
 
@@ -96,7 +95,7 @@ def test_save_video_is_for_videos(artifact, tmp_path):
 
 def test_cli_summary_has_its_own_line_after_the_progress_line(artifact, tmp_path, monkeypatch):
     clip = _video(tmp_path / "clip.avi")
-    monkeypatch.setattr(ProgressLine, "__init__", _tty_progress_init)
+    monkeypatch.setattr("contract.progress.stream_is_tty", lambda stream: True)  # as on a terminal
     result = CliRunner().invoke(
         app, ["infer", str(artifact), str(clip), "--out", str(tmp_path / "o"), "--save-video"]
     )
@@ -105,14 +104,3 @@ def test_cli_summary_has_its_own_line_after_the_progress_line(artifact, tmp_path
     lines = result.output.split("\n")
     assert any(line.startswith("7 frame(s) -> ") for line in lines)  # not glued to "\r7/7 frames ..."
     assert any(line.startswith("video ") and "(MJPG, 12 FPS, 7 frames)" in line for line in lines)
-
-
-def _tty_progress_init(self, stream=None, every=5.0):
-    import sys
-    import time
-
-    self.stream = stream or sys.stderr
-    self.every = every
-    self.start = self.last = time.monotonic()
-    self.tty = True  # as on a terminal: "\r" refreshes
-    self.done = 0
