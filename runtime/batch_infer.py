@@ -52,7 +52,13 @@ from runtime.images import (
     load_image,
     write_image,
 )
-from runtime.postprocess import colorize_labels, colorize_panoptic, label_png_array, overlay
+from runtime.postprocess import (
+    colorize_labels,
+    colorize_panoptic,
+    label_png_array,
+    outline_things,
+    overlay,
+)
 from runtime.segmenter import Result, Segmenter, read_video
 from runtime.sources import VideoWriter, video_frame_count
 
@@ -444,6 +450,8 @@ def _segment_all(
                 else colorize_labels(labels, palette)
             )
             blended = overlay(frame.image, colors, alpha)
+            if result.panoptic is not None:  # instances of one class stay apart
+                blended = outline_things(blended, result.panoptic, result.segments)
             if overlays:
                 write_image(staging / files["overlay"], blended)
             if video is not None:
