@@ -1,6 +1,7 @@
 """``--resize stretch`` vs ``letterbox`` on frames of another aspect ratio than the model's.
 
-The default model (``cityscapes-panoptic-tiny``, 256x512 = 1:2) is exported to FP32 ONNX and run
+The default model (``cityscapes-panoptic-tiny``, 256x512 = 1:2) is exported to FP32 ONNX (semantic
+head) and run
 through the runtime's ``Segmenter`` (what ``pem-deploy infer`` runs) on the 50 synthetic val
 images turned into 16:9 and 4:3 frames in two ways, and scored with the project's mIoU
 (``pem.evaluation.SemanticEvaluator``) against the ground truth turned the same way:
@@ -68,7 +69,8 @@ def main() -> None:
     checkpoint = ensure_default_checkpoint()
     artifact = args.out / "fp32"
     if not (artifact / "model.onnx").is_file():
-        export_artifact(load_source(checkpoint=checkpoint), ExportOptions(out_dir=artifact))
+        # semantic head: labels from the semantic inference (the model's mIoU), no void pixels
+        export_artifact(load_source(checkpoint=checkpoint), ExportOptions(out_dir=artifact, head="semantic"))
     dataset = CityscapesDataset(default_dataset_path(), "val", "semantic")
     count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     segmenters = {mode: Segmenter.open(artifact, resize=mode, threads=1) for mode in ("stretch", "letterbox")}
