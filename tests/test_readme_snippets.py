@@ -235,9 +235,14 @@ _done: set[str] = set()
 @pytest.mark.slow
 @pytest.mark.parametrize("snippet", RUNNABLE, ids=[s.id for s in RUNNABLE])
 def test_snippet_runs(snippet: Snippet, workdir: Path) -> None:
+    import torch
+
     reason = skip_reason(snippet)
     if reason:
         pytest.skip(f"{snippet.id}: {reason}")
+    # One intra-op thread, as a reader on a shared CI machine should run it (README, "Training"):
+    # commands run in this process and may have changed it.
+    torch.set_num_threads(1)
     text = smaller(snippet.text)
     if snippet.kind == "python":
         exec(compile(text, snippet.id, "exec"), {"__name__": "__readme__"})
