@@ -213,6 +213,7 @@ def bench_command(
                             name=item,
                             cuda_graph=cuda_graph,
                             backend=runner,
+                            on_note=lambda text: typer.echo(f"note: {text}", err=True),
                         )
                     )
         for name in preset or []:

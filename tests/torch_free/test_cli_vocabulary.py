@@ -124,3 +124,10 @@ def test_static_export_refuses_another_size(tmp_path) -> None:
         Segmenter.open(path, input_size=tuple(sidecar["input"]["shape"][2:])).artifact.input_format.height
         == 32
     )
+
+
+def test_bench_cuda_graph_on_a_cpu_provider_says_it_has_no_effect(dynamic_artifact) -> None:
+    args = ["bench", str(dynamic_artifact), "--shape", "32x64", "--iterations", "1", "--warmup", "0"]
+    result = CliRunner().invoke(app, [*args, "--cuda-graph"])
+    assert result.exit_code == 0, result.output
+    assert "note: cuda_graph has no effect here" in result.output
