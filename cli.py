@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from commands import register
+from commands.common import missing_dependency_message
 from contract.errors import PemDeployError, describe_os_error, one_line
 
 # click's usage errors (bad option value, unknown option): typer.BadParameter's UsageError base,
@@ -78,6 +79,12 @@ class _OneLineErrors(TyperGroup):
         except PemDeployError as exc:
             typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(code=exc.exit_code) from None
+        except ImportError as exc:  # an optional package missing (torch in the runtime-only install)
+            message = missing_dependency_message(ctx.invoked_subcommand, exc)
+            if message is None:
+                raise
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(code=2) from None
         except OSError as exc:
             typer.echo(f"error: {describe_os_error(exc)}", err=True)
             raise typer.Exit(code=2) from None
@@ -96,6 +103,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich's option table cuts an option's aliases ("--calib-images,--nu…") at
+    # 80 columns; click's list wraps them instead.
+    rich_markup_mode=None,
 )
 
 

@@ -26,3 +26,43 @@ def prepare_eager_torch(threads: int | None) -> None:
     apply_malloc_policy()
     if threads:
         torch.set_num_threads(threads)
+
+
+# Which extra provides each optional top-level module (pyproject.toml), for the one-line message a
+# command gives when it runs in an install without it (e.g. the torch-free ``.[ort]`` runtime venv).
+_EXTRA_OF_MODULE = {
+    "safetensors": "model",
+    "scipy": "model",
+    "tqdm": "model",
+    "cityscapesscripts": "train",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxslim": "export",
+    "onnxruntime": "ort",
+    "rosbags": "ros",
+    "openvino": "openvino",
+}
+# The extra each torch command needs as a whole (its later steps import the rest of it).
+_EXTRA_OF_COMMAND = {"info": "model", "make-synthetic": "train", "train": "train", "eval": "train"}
+TORCH_INSTALL = "pip install torch==2.13.0"  # the README's pin; on a GPU box pick the CUDA build
+
+
+def missing_dependency_message(command: str | None, exc: ImportError) -> str | None:
+    """One line for a command that needs a package this install lacks, with the install command.
+
+    ``None`` when ``exc`` is not about an optional dependency of the project (a real bug then,
+    which keeps its traceback). Torch is named first: the torch-free runtime install
+    (``pip install -e ".[ort]"``) has none of the model, export and training code's packages.
+    """
+    module = (exc.name or "").split(".")[0]
+    what = f"pem-deploy {command}" if command else "this command"
+    if module in ("torch", "torchvision"):
+        extra = _EXTRA_OF_COMMAND.get(command or "", "export")
+        return (
+            f"{what} needs PyTorch and the '{extra}' extra (this install is the torch-free runtime): "
+            f'{TORCH_INSTALL} && pip install -e ".[{extra}]"'
+        )
+    extra = _EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    return f"{what} needs the Python package {module} (the '{extra}' extra): pip install -e \".[{extra}]\""

@@ -43,7 +43,9 @@ def export_command(
     calib_data: str = typer.Option(
         None,
         "--calib-data",
-        help="int8: calibration images (Cityscapes folder, image folder or 'synthetic').",
+        "--data",
+        help="int8: calibration images: Cityscapes folder, image folder or 'synthetic' (default: "
+        "synthetic, the default model's training set; give your own images for your model).",
     ),
     calib_method: opt.CalibMethod = "percentile",
     calib_images: opt.CalibImages = 200,
@@ -67,7 +69,7 @@ def export_command(
         "(the same as `pem-deploy package`).",
     ),
 ) -> None:
-    """Export to ONNX: custom DeformConv / prototype-gather translations, heads, FP16, metadata, lint."""
+    """Export to ONNX: DeformConv translation of the custom op, heads, FP16, metadata, TensorRT lint."""
     import dataclasses
 
     from export.consumers import PackageError, PackageOptions
@@ -174,8 +176,6 @@ def _int8_quantizer(
         if calib_data is not None or cache is not None or target is not None:
             _fail("--calib-data / --calib-cache / --target are for --precision int8")
         return None
-    if calib_data is None and cache is None:
-        _fail("--precision int8: INT8 needs --calib-data DIR (calibration images) or --calib-cache FILE")
     from calib.calibrate import CalibrationConfig, Int8Calibrator
     from calib.graph import check_target, default_target
 
@@ -210,8 +210,10 @@ def calibrate_command(
     preset: opt.Preset = None,
     data: str = typer.Option(
         "synthetic",
+        "--calib-data",
         "--data",
-        help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder, 'synthetic'.",
+        help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder or 'synthetic' "
+        "(the default model's training set; give your own images for your model).",
     ),
     out: str = opt.folder_option(
         ..., "--out", "Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md."
@@ -242,9 +244,7 @@ def calibrate_command(
     eval_data: str = typer.Option(
         None, "--eval-data", help="Labelled data for the report (default: --data)."
     ),
-    eval_split: str = typer.Option(
-        "val", "--eval-split", help="Held-out split for the report and --max-drop."
-    ),
+    eval_split: str = opt.split_option("val", "--eval-split", "Held-out split for the report and --max-drop"),
     eval_limit: int = opt.int_option(None, "--eval-limit", "Evaluate at most N images.", 1),
     report: bool = typer.Option(True, "--report/--no-report", help="FP32/FP16/INT8 accuracy report."),
     head: opt.Head = None,
@@ -317,16 +317,14 @@ def check_command(
         None, "--preset", help="Compare with this preset instead of the sidecar's source."
     ),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Compare with this checkpoint instead."),
-    image: list[str] = typer.Option(None, "--image", help="Image file(s) to compare on (repeatable)."),
+    image: opt.CompareImages = None,
     random: int = opt.int_option(2, "--random", "Number of random-noise inputs.", 0, 1000),
     scenes: int = opt.int_option(1, "--scenes", "Number of synthetic street-scene inputs.", 0, 1000),
     seed: int = opt.int_option(0, "--seed", "Seed of the generated inputs.", 0),
     emulate: bool = typer.Option(
         None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."
     ),
-    max_abs: float = opt.float_option(
-        None, "--max-abs", "Max abs error of logits/scores (default fp32: 1e-3).", opt.NON_NEGATIVE
-    ),
+    max_abs: opt.Atol = None,
     min_agreement: float = opt.float_option(
         None,
         "--min-agreement",
@@ -350,7 +348,7 @@ def check_command(
             artifact,
             preset=preset,
             checkpoint=checkpoint,
-            images=image or (),
+            images=_image_files(image or ()),
             random=random,
             scenes=scenes,
             seed=seed,
@@ -364,3 +362,18 @@ def check_command(
     typer.echo(result.summary())
     if not result.passed:
         raise typer.Exit(code=1)
+
+
+def _image_files(given: list[str]) -> list[str]:
+    """``--images`` entries with each folder replaced by its images (recursively), as verify reads."""
+    from pathlib import Path
+
+    from runtime.images import list_images
+
+    files: list[str] = []
+    for entry in given:
+        if Path(entry).is_dir():
+            files.extend(str(path) for path in list_images(entry))
+        else:
+            files.append(entry)
+    return files

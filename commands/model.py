@@ -111,8 +111,8 @@ def train(
     workers: int = opt.int_option(None, "--workers", "Data-loading worker processes.", 0),
     amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on CUDA)."),
     device: str = opt.device_option(None, "cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    threads: opt.Threads = None,  # type: ignore[assignment]
-    val_split: str = typer.Option("val", "--val-split", help="Split evaluated during / after training."),
+    threads: opt.ThreadsAllCores = None,  # type: ignore[assignment]
+    val_split: str = opt.split_option("val", "--val-split", "Split evaluated during / after training"),
     no_eval: bool = typer.Option(False, "--no-eval", help="Do not evaluate."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     exist_ok: bool = opt.exist_ok_option(
@@ -124,8 +124,8 @@ def train(
 ) -> None:
     """Train a preset on a dataset (checkpoints, metrics.jsonl, progress bar with loss and ETA).
 
-    Several GPUs / nodes: launch it with ``torchrun --nproc-per-node N [--nnodes M ...]``;
-    ``--batch-size`` stays the global batch (README, "Training at scale").
+    Several GPUs / nodes: launch it with 'torchrun --nproc-per-node N [--nnodes M ...]';
+    --batch-size stays the global batch (README, "Training at scale").
     """
     from pem.distributed import current_context, shutdown
     from pem.train import run_training, train_preset

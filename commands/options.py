@@ -273,15 +273,54 @@ def hw_option(default: Any, flag: str, help: str) -> Any:
 # Options several commands take: one definition each, so name, meaning and checks agree.
 # Use as ``threads: opt.Threads = 1`` (the default stays the command's own).
 
+# Two defaults on purpose (README, "One vocabulary"): commands that measure or compare (bench,
+# check, eval, calibrate, demo) default to 1 thread, steady numbers on a shared CPU; infer and
+# train default to every core, the fastest on a machine of their own.
 Threads = Annotated[
+    int, int_option(SET_BY_COMMAND, "--threads", "CPU threads for PyTorch and onnxruntime (>= 1).", 1)
+]
+ThreadsAllCores = Annotated[
     int,
     int_option(
-        SET_BY_COMMAND,
-        "--threads",
-        "CPU threads for PyTorch and onnxruntime (>= 1; infer's default: every core).",
-        1,
+        SET_BY_COMMAND, "--threads", "CPU threads for PyTorch and onnxruntime (>= 1; default: every core).", 1
     ),
 ]
+InputSize = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--imgsz",
+        "--input-size",
+        help="HxW the model runs at, for a --dynamic export (default: its default size; "
+        "multiples of 32 within the exported range).",
+        callback=hw_size("--imgsz"),
+    ),
+]
+# One name per idea across commands; the older names stay as aliases for scripts.
+CompareImages = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--images",
+        "--image",
+        help="Image files or folders to compare on (repeatable; --image is an alias).",
+    ),
+]
+Atol = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option(
+        "--atol",
+        "--max-abs",
+        help="Absolute tolerance of logits / scores (default: the precision's policy; --max-abs "
+        "is an alias).",
+        callback=float_range("--atol", NON_NEGATIVE),
+    ),
+]
+
+
+def split_option(default: str, alias: str, help: str) -> Any:
+    """``--split`` (the dataset split a command evaluates), with the command's older name."""
+    return typer.Option(default, "--split", alias, help=f"{help} ({alias} is an alias).")
+
+
 Providers = Annotated[
     Optional[list[str]],  # noqa: UP045  (typer reads the annotation at run time on Python 3.10)
     typer.Option(

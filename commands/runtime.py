@@ -50,7 +50,7 @@ def infer(
     ),
     resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox (keep aspect ratio)."),
     providers: opt.Providers = None,
-    threads: opt.Threads = None,  # type: ignore[assignment]
+    threads: opt.ThreadsAllCores = None,  # type: ignore[assignment]
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
     alpha: opt.Alpha = 0.5,
     topic: list[str] = typer.Option(None, "--topic", help="Bag image topic(s) to segment (repeatable)."),
@@ -100,6 +100,13 @@ def infer(
         "(0-1; 'raw' head artifacts) to OUT/uncertain/.",
         opt.SHARE,
     ),
+    imgsz: opt.InputSize = None,
+    save_video: bool = typer.Option(
+        False,
+        "--save-video",
+        help="Video input: also write video/NAME, the overlays with the input's codec and frame rate "
+        "(mp4v .mp4 where OpenCV cannot write that codec).",
+    ),
 ) -> None:
     """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime).
 
@@ -108,7 +115,8 @@ def infer(
     Exit status: 0 all segmented, 1 some files of a folder (or, with --ray, some shards) failed, 2 error.
     """
     from runtime import Segmenter
-    from runtime.batch_infer import infer_path, stderr_progress
+    from runtime.batch_infer import infer_path
+    from runtime.sources import ProgressLine
 
     if resize not in ("stretch", "letterbox"):
         _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
@@ -147,7 +155,7 @@ def infer(
     from runtime.robotics import infer_robotics, is_robotics_job
 
     def open_segmenter() -> Segmenter:
-        return Segmenter.open(
+        segmenter = Segmenter.open(
             artifact,
             providers=opt.provider_list(providers),
             threads=threads or 0,
@@ -155,7 +163,11 @@ def infer(
             cuda_graph=cuda_graph,
             contexts=contexts,  # type: ignore[arg-type]
             backend=backend,
+            input_size=opt.parse_hw("--imgsz", imgsz) if imgsz else None,
         )
+        for note in segmenter.notes:
+            typer.echo(f"note: {note}", err=True)
+        return segmenter
 
     from runtime.sources import quiet_video_logs
 
@@ -163,8 +175,8 @@ def infer(
     if compression not in ("zstd", "lz4", "none"):
         _fail(f"--compression must be zstd, lz4 or none, got {compression!r}")
     if is_robotics_job(source, out, topic or (), max_frames, duration, timeout):  # bags, cameras, streams
-        from runtime.sources import ProgressLine
-
+        if save_video:
+            _fail("--save-video is for a whole video file (not with --topic, --max-frames or --duration)")
         with open_segmenter() as segmenter:
             line = ProgressLine()
             options = dict(
@@ -185,26 +197,35 @@ def infer(
             f"{t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
         )
         return
+    line = ProgressLine()
     with open_segmenter() as segmenter:
-        summary = infer_path(
-            segmenter,
-            source,
-            out,
-            overlays=overlays,
-            alpha=alpha,
-            progress=stderr_progress,
-            exist_ok=exist_ok,
-            overwrite=overwrite,
-            strict=strict,
-            on_skip=lambda line: typer.echo(f"skipped: {line}", err=True),
-            on_note=lambda line: typer.echo(f"note: {line}", err=True),
-        )
+        try:
+            summary = infer_path(
+                segmenter,
+                source,
+                out,
+                overlays=overlays,
+                alpha=alpha,
+                progress=line,
+                exist_ok=exist_ok,
+                overwrite=overwrite,
+                strict=strict,
+                on_skip=lambda text: typer.echo(f"skipped: {text}", err=True),
+                on_note=lambda text: typer.echo(f"note: {text}", err=True),
+                save_video=save_video,
+            )
+        finally:
+            line.finish()  # the summary below gets a line of its own
     t = summary.mean_timings_ms
     skipped = f", {len(summary.failed)} skipped" if summary.failed else ""
     typer.echo(
         f"{summary.frames} frame(s){skipped} -> {summary.out_dir}  "
         f"(mean ms: pre {t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
     )
+    for video in summary.videos:
+        how = f"; {video['fallback']}" if video["fallback"] else ""
+        what = f"{video['codec']}, {video['fps']:g} FPS, {video['frames']} frames{how}"
+        typer.echo(f"video {video['output']}  ({what})")
     if summary.failed:
         raise typer.Exit(code=1)
 
@@ -375,6 +396,7 @@ def bench_command(
                             name=item,
                             cuda_graph=cuda_graph,
                             backend=runner,
+                            on_note=lambda text: typer.echo(f"note: {text}", err=True),
                         )
                     )
         for name in preset or []:

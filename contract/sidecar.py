@@ -131,6 +131,9 @@ _TOP_KEYS = (
     "created_utc",
     "tensorrt",
 )
+# The checkpoint an artifact was exported from, recorded in ``source`` three ways (best first):
+# relative to the sidecar's folder, absolute, and as given to the export.
+CHECKPOINT_FIELDS = ("checkpoint_relative", "checkpoint_absolute", "checkpoint")
 _FREE_SECTIONS = ("onnx", "fp16", "tensorrt_lint", "int8", "tools", "source", "tensorrt")
 _INPUT_KEYS = (
     "name",
@@ -593,6 +596,23 @@ class Provenance:
     source: dict[str, Any] | None = None
     tensorrt: dict[str, Any] | None = None
 
+    def checkpoint_candidates(self, sidecar_dir: str | os.PathLike[str]) -> tuple[tuple[str, Path], ...]:
+        """Where the checkpoint the model was exported from may be, best first, each with the
+        ``source`` field it comes from: ``checkpoint_relative`` (relative to the sidecar's folder,
+        so an artifact folder moved together with its checkpoint still finds it),
+        ``checkpoint_absolute``, then ``checkpoint`` as given to the export (relative to the folder
+        the export ran in). Empty when the source was not a checkpoint."""
+        src = self.source or {}
+        found: list[tuple[str, Path]] = []
+        for key in CHECKPOINT_FIELDS:
+            value = src.get(key)
+            if not value:
+                continue
+            path = Path(sidecar_dir) / value if key == "checkpoint_relative" else Path(value)
+            if all(path != p for _, p in found):
+                found.append((f"source.{key}", path))
+        return tuple(found)
+
 
 @dataclass(frozen=True)
 class ConsumerProfile:
@@ -1012,6 +1032,11 @@ def _read_provenance(r: _Reader, data: dict[str, Any]) -> Provenance:
     trt = sections["tensorrt"]
     if trt is not None:
         _check_tensorrt(r, trt)
+    source = sections["source"]
+    if source is not None:
+        for key in CHECKPOINT_FIELDS:
+            if source.get(key) is not None:
+                r.string(source[key], f"source.{key}")
     onnx = sections["onnx"]
     if onnx is not None and onnx.get("opset") is not None:
         r.integer(onnx["opset"], "onnx.opset", 1, 1000)

@@ -133,7 +133,7 @@ def check_artifact(
             size = spec.input.default_size or (None, None)
             source = load_source(preset=preset, checkpoint=checkpoint, height=size[0], width=size[1])
         else:
-            source = load_source_from_sidecar(sidecar)
+            source = load_source_from_sidecar(sidecar, sidecar_path)
     if source.config.num_classes != spec.num_classes:
         raise ExportError(
             f"the PyTorch model has {source.config.num_classes} classes, the artifact {spec.num_classes}"

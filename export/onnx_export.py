@@ -1,9 +1,9 @@
 """PyTorch module -> in-memory ONNX ``ModelProto`` (one job: run the exporter).
 
-The dynamo exporter (``torch.onnx.export(dynamo=True)``) is the default; our two custom ops are
-translated by :mod:`export.symbolics`. The deprecated TorchScript exporter is a fallback for older
-torch (static shapes only). Exporter chatter (prints, warnings, log lines) is captured; on failure
-its last line is part of the :class:`ExportError` message.
+The dynamo exporter (``torch.onnx.export(dynamo=True)``) is the default; our one custom op (the
+deformable convolution) is translated by :mod:`export.symbolics`. The deprecated TorchScript
+exporter is a fallback for older torch (static shapes only). Exporter chatter (prints, warnings,
+log lines) is captured; on failure its last line is part of the :class:`ExportError` message.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from export.heads import (
 from export.metadata import ArtifactWriter, build_sidecar, embed_metadata, write_artifact
 from export.onnx_export import EXPORTERS, DynamicDim, export_to_onnx
 from export.simplify import SIMPLIFIERS, default_opset, finalize, op_counts, rewrite_integer_clip, simplify
-from export.source import ModelSource, source_files
+from export.source import ModelSource, source_files, source_record
 from export.symbolics import check_opset
 from export.trt_lint import LintReport, lint_model
 
@@ -335,7 +335,7 @@ def export_artifact(
         opset=default_opset(model),
         ir_version=model.ir_version,
         model_file=f"{options.name}.onnx",
-        source=source.description,
+        source=source_record(source.description, options.out_dir),
         onnx_info=onnx_info,
         extra=extra,
         int8=context.info.get("int8") if options.precision == "int8" else None,

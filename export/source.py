@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from contract.resources import check_memory
+from contract.sidecar import Provenance
 from export.errors import ExportError
 from pem.checkpoint import (
     CheckpointError,
@@ -153,8 +154,26 @@ def load_source(
     return ModelSource(model=model, config=config, description=description)
 
 
-def load_source_from_sidecar(sidecar: dict[str, Any]) -> ModelSource:
-    """Rebuild the PyTorch model an artifact was exported from (for parity checks)."""
+def source_record(description: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``description`` as the sidecar in ``out_dir`` records it: a checkpoint path also relative to
+    that folder (``checkpoint_relative``) and absolute (``checkpoint_absolute``), so ``check`` finds
+    the checkpoint from any working folder and after the two are moved together."""
+    record = dict(description)
+    if record.get("checkpoint"):
+        path = Path(record["checkpoint"]).resolve()
+        record["checkpoint_absolute"] = str(path)
+        record["checkpoint_relative"] = os.path.relpath(path, Path(out_dir).resolve())
+    return record
+
+
+def load_source_from_sidecar(
+    sidecar: dict[str, Any], sidecar_path: str | os.PathLike[str] | None = None
+) -> ModelSource:
+    """Rebuild the PyTorch model an artifact was exported from (for parity checks).
+
+    A recorded checkpoint is looked for relative to the sidecar's folder first, then at its
+    absolute path, then as given to the export (:meth:`Provenance.checkpoint_candidates`).
+    """
     src = sidecar.get("source") or {}
     size = (sidecar.get("input") or {}).get("default_size") or [None, None]
     if src.get("weights") == "random":
@@ -162,13 +181,21 @@ def load_source_from_sidecar(sidecar: dict[str, Any]) -> ModelSource:
             preset=src.get("preset"), height=size[0], width=size[1], seed=int(src.get("seed") or 0)
         )
     if src.get("checkpoint"):
-        source = load_source(
-            preset=src.get("preset"), checkpoint=src["checkpoint"], height=size[0], width=size[1]
-        )
+        where = Path(sidecar_path) if sidecar_path is not None else Path("sidecar")
+        candidates = Provenance(source=src).checkpoint_candidates(where.parent)
+        found = next((path for _, path in candidates if path.is_file()), None)
+        if found is None:
+            looked = "; ".join(f"{key} -> {path}" for key, path in candidates)
+            raise ExportError(
+                f"{where}: the checkpoint this artifact was exported from is missing ({looked}); "
+                "pass --checkpoint FILE (or --preset NAME) to compare with another model"
+            )
+        source = load_source(preset=src.get("preset"), checkpoint=found, height=size[0], width=size[1])
         recorded = src.get("checkpoint_sha256")
         if recorded and source.description.get("checkpoint_sha256") != recorded:
             raise ExportError(
-                f"--checkpoint {src['checkpoint']}: file changed since the export (sha256 differs)"
+                f"{found} (recorded in {where}): file changed since the export (sha256 differs); "
+                "pass --checkpoint FILE to compare with it anyway"
             )
         return source
     raise ExportError(

@@ -137,11 +137,13 @@ def _recipe(variant: str) -> ZooRecipe:
     return RECIPES[variant]
 
 
-def ensure_default_checkpoint(variant: Variant = "default", progress: bool = False) -> Path:
+def ensure_default_checkpoint(variant: Variant = "default", progress: bool | None = False) -> Path:
     """Path of the cached trained model (``model.safetensors``, config beside it); trains if absent.
 
     Deterministic: the data, initialisation and training are seeded, and training runs on the
     CPU. Safe to call from several processes at once (one trains, the others wait).
+    ``progress``: as :func:`pem.train.run_training` takes it (``None``: a bar on a terminal, a
+    line every few seconds elsewhere; ``False``: quiet).
     """
     from pem.train.trainer import MODEL_FILE, run_training
 
@@ -150,7 +152,7 @@ def ensure_default_checkpoint(variant: Variant = "default", progress: bool = Fal
     weights = target / MODEL_FILE
     if weights.is_file():
         return weights
-    data = synthetic_dataset(recipe.data, progress)
+    data = synthetic_dataset(recipe.data, bool(progress))
     with _lock(target.with_name(target.name + ".lock")):
         if weights.is_file():
             return weights

@@ -8,6 +8,7 @@ adapts it to what the runtime needs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -146,3 +147,38 @@ def load_artifact(path: str | os.PathLike[str], verify_checksum: bool = True) ->
         sidecar=spec.to_dict(),
         spec=spec,
     )
+
+
+def with_input_size(artifact: Artifact, size: tuple[int, int]) -> Artifact:
+    """``artifact`` run at ``size`` (height, width) instead of its default size.
+
+    Only a dynamic export takes another size: each dynamic side a positive multiple of the
+    sidecar's ``size_multiple``, a static side its exported value, and for a TensorRT engine
+    within the first optimisation profile's min / max (the sidecar's ``tensorrt.profiles``).
+    Raises :class:`ArtifactError` naming the sidecar and the allowed range.
+    """
+    h, w = (int(v) for v in size)
+    inp = artifact.sidecar.get("input", {})
+    shape = list(inp.get("shape", []))
+    multiple = int(inp.get("size_multiple", 1) or 1)
+    where = f"{artifact.sidecar_path}"
+    for axis, side, value in ((2, "height", h), (3, "width", w)):
+        exported = shape[axis] if len(shape) == 4 else None
+        if isinstance(exported, int):
+            if value != exported:
+                raise ArtifactError(
+                    f"{where}: input {side} is fixed to {exported} in this export, got {value} "
+                    "(export with --dynamic to choose the size at run time)"
+                )
+        elif value < multiple or value % multiple:
+            raise ArtifactError(f"{where}: input {side} {value} must be a positive multiple of {multiple}")
+    profiles = (artifact.sidecar.get("tensorrt") or {}).get("profiles") or []
+    if artifact.backend == "tensorrt" and profiles:
+        low, high = profiles[0].get("min"), profiles[0].get("max")
+        if low and high and not (low[-2] <= h <= high[-2] and low[-1] <= w <= high[-1]):
+            raise ArtifactError(
+                f"{where}: input size {h}x{w} is outside the engine's profile "
+                f"{low[-2]}x{low[-1]} .. {high[-2]}x{high[-1]} (rebuild with --min/--max)"
+            )
+    fmt = dataclasses.replace(artifact.input_format, height=h, width=w)
+    return dataclasses.replace(artifact, input_format=fmt)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +42,17 @@ from runtime.images import (
     load_image,
     write_image,
 )
-from runtime.postprocess import colorize_labels, colorize_panoptic, label_png_array, overlay
+from runtime.postprocess import (
+    colorize_labels,
+    colorize_panoptic,
+    label_png_array,
+    outline_things,
+    overlay,
+)
 from runtime.segmenter import Result, Segmenter, read_video
+from runtime.sources import VideoWriter, video_frame_count
 
-OUTPUT_FOLDERS = ("labels", "panoptic", "overlay")
+OUTPUT_FOLDERS = ("labels", "panoptic", "overlay", "video")
 PREDICTIONS = "predictions.json"
 _PREDICTIONS_FORMAT = "pem-deploy-predictions"
 
@@ -60,6 +66,7 @@ class InferSummary:
     mean_timings_ms: dict[str, float]
     failed: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = ()
+    videos: tuple[dict[str, object], ...] = ()  # --save-video: output, codec, fps, frames, fallback
 
 
 @dataclass
@@ -197,6 +204,7 @@ def infer_path(
     total: int | None = None,
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike[str]] = (),
+    save_video: bool = False,
 ) -> InferSummary:
     """Segment ``source`` (image, folder or video) into ``out_dir`` (see the module docstring).
 
@@ -208,11 +216,16 @@ def infer_path(
     ``frames`` (``(name, BGR image)`` pairs, ``total`` of them if known: a bag, a camera)
     replaces reading ``source``, which then only names the input. ``exist_ok`` /
     ``overwrite``: see the module docstring; ``inputs``: more files this run reads, never written.
+    ``save_video`` (a video input): also ``video/<name>``, the overlays as a video with the
+    input's codec and frame rate where OpenCV can write them (:class:`runtime.sources.VideoWriter`
+    says what it fell back to, listed under ``videos`` in ``predictions.json``).
     """
     source, out_dir = Path(source), Path(out_dir)
     kind = "stream" if frames is not None else _source_kind(source)
     listing_errors: list[tuple[str, str]] = []
     paths = list_images(source, None if strict else listing_errors) if kind == "folder" else [source]
+    if save_video and kind != "video":
+        raise InputError(f"{source}: --save-video is for a video file input (this is a {kind})")
     artifact = segmenter.artifact
     read = [source, artifact.model_path, artifact.sidecar_path, *inputs]
     guard_inputs([out_dir], read)  # first: "that is your input" says more than "not a folder"
@@ -235,9 +248,13 @@ def infer_path(
             listing_errors,
             frames,
             total,
+            save_video,
         )
         out.merge(PREDICTIONS, lambda previous: _predictions(previous, records, segmenter, source, summary))
-    return InferSummary(out_dir, summary.frames, summary.mean_timings_ms, summary.failed, summary.notes)
+    videos = tuple({**v, "output": str(out_dir / str(v["output"]))} for v in summary.videos)
+    return InferSummary(
+        out_dir, summary.frames, summary.mean_timings_ms, summary.failed, summary.notes, videos
+    )
 
 
 def _segment_all(
@@ -255,11 +272,17 @@ def _segment_all(
     listing_errors: list[tuple[str, str]],
     given: Iterable[tuple[str, np.ndarray]] | None,
     total: int | None,
+    save_video: bool = False,
 ) -> tuple[InferSummary, list[dict[str, object]]]:
     classes = [c.name for c in segmenter.artifact.classes]
     palette = segmenter.artifact.palette
     if kind in ("folder", "image"):
         total = len(paths)
+    if kind == "video":
+        total = video_frame_count(source)
+    # Written in scratch (never installed as is), adopted under its final name once closed: the
+    # writer may fall back to another container (name + .mp4).
+    video = VideoWriter(out.scratch / "video" / source.name, source) if save_video else None
     records: list[dict[str, object]] = []
     failed: list[tuple[str, str]] = list(listing_errors)
     notes: list[str] = []
@@ -293,13 +316,19 @@ def _segment_all(
                 out.path(files["panoptic"]),
                 label_png_array(result.panoptic, files["panoptic"], "panoptic", 16),
             )
-        if overlays:
+        if overlays or video is not None:
             colors = (
                 colorize_panoptic(result.panoptic, result.segments, palette)
                 if result.panoptic is not None
                 else colorize_labels(labels, palette)
             )
-            write_image(out.path(files["overlay"]), overlay(frame.image, colors, alpha))
+            blended = overlay(frame.image, colors, alpha)
+            if result.panoptic is not None:  # instances of one class stay apart
+                blended = outline_things(blended, result.panoptic, result.segments)
+            if overlays:
+                write_image(out.path(files["overlay"]), blended)
+            if video is not None:
+                video.write(blended)
         records.append(_record(frame.name, result, classes, files))
         for key in sums:
             sums[key] += result.timings.get(key, 0.0)
@@ -313,7 +342,24 @@ def _segment_all(
             )
         raise InputError(f"{source}: nothing to segment")
     means = {k: v / count for k, v in sums.items()}
-    return InferSummary(out.target, count, means, tuple(failed), tuple(notes)), records
+    videos: tuple[dict[str, object], ...] = ()
+    if video is not None:
+        video.close()
+        if video.out is not None:
+            written = video.out
+            rel = f"video/{written.path.name}"
+            out.adopt(rel, written.path)
+            videos = (
+                {
+                    "name": source.name,
+                    "output": rel,
+                    "codec": written.codec,
+                    "fps": written.fps,
+                    "frames": written.frames,
+                    "fallback": written.fallback,
+                },
+            )
+    return InferSummary(out.target, count, means, tuple(failed), tuple(notes), videos), records
 
 
 def _predictions(
@@ -343,11 +389,12 @@ def _predictions(
         "failed": [{"name": n, "error": e} for n, e in summary.failed],
         "predictions": kept + records,
     }
+    new_videos = {str(v["output"]) for v in summary.videos}
+    earlier = [
+        v
+        for v in (previous or {}).get("videos", [])  # type: ignore[union-attr]
+        if isinstance(v, dict) and v.get("output") not in new_videos
+    ]
+    if earlier or summary.videos:
+        meta["videos"] = earlier + list(summary.videos)
     return json.dumps(meta, indent=2) + "\n"
-
-
-def stderr_progress(done: int, total: int | None) -> None:
-    """Minimal progress line on a TTY; silent otherwise."""
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r{done}/{total if total is not None else '?'} frames")
-        sys.stderr.flush()

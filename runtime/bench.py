@@ -20,7 +20,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,10 +178,12 @@ def bench_artifact(
     name: str | None = None,
     cuda_graph: bool = False,
     backend: str | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Time ``Segmenter.predict_batch`` on an ONNX / engine artifact (model file, sidecar or folder).
 
-    ``cuda_graph``: replay inference as a CUDA graph (TensorRT engines, GPU providers).
+    ``cuda_graph``: replay inference as a CUDA graph (TensorRT engines, GPU providers; on a CPU
+    provider it does nothing, which ``on_note`` is told, one line per such note).
     ``backend``: run it with this backend (``onnxruntime`` / ``openvino`` for ONNX; default: the
     one its file type asks for).
 
@@ -201,6 +203,9 @@ def bench_artifact(
         )
     except (ArtifactError, BackendUnavailableError) as exc:
         raise BenchError(str(exc)) from None
+    for note in seg.notes:
+        if on_note is not None:
+            on_note(note)
     with seg:
         fmt = seg.artifact.input_format
         h, w = shape or (int(fmt.height or 0), int(fmt.width or 0))

@@ -473,6 +473,15 @@ def build_engine(
         raise ArtifactError(
             f"{artifact.model_path}: already a TensorRT engine; build takes the ONNX artifact"
         )
+    int8 = artifact.sidecar.get("int8") or {}
+    if artifact.precision == "int8" and (
+        int8.get("target") == "onnxruntime" or int8.get("activation_dtype") == "uint8"
+    ):  # checked before TensorRT is imported: the answer does not depend on it
+        raise EngineBuildError(
+            f"{artifact.model_path}: INT8 graph in the onnxruntime layout (UINT8 Q/DQ), which TensorRT "
+            "refuses; make the TensorRT layout with pem-deploy calibrate ... --target tensorrt (or "
+            "export --precision int8 --target tensorrt) and build that"
+        )
     out = Path(out)
     explicit = out.suffix in (".engine", ".plan")
     # Refused before TensorRT runs: an input as target (whatever the flags), an existing file

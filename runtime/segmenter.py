@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime.artifact import Artifact, load_artifact
+from runtime.artifact import Artifact, load_artifact, with_input_size
 from runtime.backends.base import Backend
 from runtime.errors import ArtifactError, InputError
 from runtime.images import max_pixels_limit, prepare_image
@@ -58,6 +58,10 @@ class Result:
 
 
 BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt")
+
+
+# onnxruntime providers on which ``cuda_graph`` does something.
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "NvTensorRTRTXExecutionProvider")
 
 
 def open_backend(
@@ -133,6 +137,7 @@ class Segmenter:
         self.backend = backend
         self.preprocessor = Preprocessor(artifact.input_format, resize, input_color)  # type: ignore[arg-type]
         self.max_pixels = max_pixels_limit(max_pixels)
+        self.notes: list[str] = []  # one line per option that does nothing here (e.g. cuda_graph on a CPU)
         if artifact.spec is not None:  # the sidecar must describe the model's real inputs/outputs
             artifact.spec.check_against(backend.io_signature(), artifact.sidecar_path)
             if artifact.spec.consumer is not None:  # pem-deploy package --for ...: the consumer's I/O
@@ -163,16 +168,33 @@ class Segmenter:
         verify_checksum: bool = True,
         contexts: int | None = None,
         backend: str | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Segmenter:
         """Open an artifact (model file, sidecar or folder) with the backend it asks for, or with
         ``backend`` (``onnxruntime``, ``openvino`` (decomposed-DeformConv ONNX only), ``tensorrt``).
 
         ``cuda_graph``: replay the inference as a CUDA graph (TensorRT backend; onnxruntime's
-        TensorRT / CUDA providers). ``contexts``: TensorRT execution contexts that run at once.
+        TensorRT / CUDA providers; on a CPU provider it has no effect, which ``notes`` says).
+        ``contexts``: TensorRT execution contexts that run at once. ``input_size``: (height,
+        width) the model runs at, for a dynamic export (default: its ``default_size``), checked
+        against the sidecar's range (:func:`runtime.artifact.with_input_size`).
         """
         artifact = load_artifact(path, verify_checksum=verify_checksum)
+        if input_size is not None:
+            artifact = with_input_size(artifact, input_size)
         runner = open_backend(artifact, providers, threads, cuda_graph, contexts, backend)
-        return cls(artifact, runner, resize, input_color)
+        segmenter = cls(artifact, runner, resize, input_color)
+        active = getattr(runner, "providers", None)
+        if (
+            cuda_graph
+            and artifact.backend != "tensorrt"
+            and not (active and any(p in GPU_PROVIDERS for p in active))
+        ):
+            segmenter.notes.append(
+                f"cuda_graph has no effect here (providers: {', '.join(active or [type(runner).__name__])}); "
+                "CUDA graphs need a TensorRT engine or onnxruntime's CUDA / TensorRT provider"
+            )
+        return segmenter
 
     def close(self) -> None:
         self.backend.close()

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from urllib.parse import unquote, urlparse
 import cv2
 import numpy as np
 
+from contract.progress import StatusLine
 from runtime.errors import InputError
 
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt", "file")
@@ -219,19 +219,16 @@ def frame_total(spec: CameraSpec, max_frames: int | None) -> int | None:
     return min(count, max_frames) if max_frames else count
 
 
-class ProgressLine:
-    """``done/total frames, FPS`` on one refreshed line (a TTY), or a line every ``every`` seconds."""
+class ProgressLine(StatusLine):
+    """``done/total frames, FPS`` on one refreshed line (a TTY), or a line every ``every`` seconds
+    (:class:`contract.progress.StatusLine`, the mechanism every long step shares)."""
 
-    def __init__(self, stream: TextIO | None = None, every: float = 5.0):
-        self.stream = stream or sys.stderr
-        self.every = every
-        self.start = time.monotonic()
-        self.last = self.start
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+    def __init__(self, stream: TextIO | None = None, every: float | None = None):
+        super().__init__(stream, every)
         self.done = 0
 
     def fps(self) -> float:
-        elapsed = time.monotonic() - self.start
+        elapsed = self.elapsed()
         return self.done / elapsed if elapsed > 0 else 0.0
 
     def text(self, done: int, total: int | None) -> str:
@@ -239,16 +236,96 @@ class ProgressLine:
 
     def __call__(self, done: int, total: int | None) -> None:
         self.done = done
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write(f"\r{self.text(done, total)}   ")
-            self.stream.flush()
-        elif now - self.last >= self.every:
-            self.stream.write(self.text(done, total) + "\n")
-            self.stream.flush()
-            self.last = now
+        self.update(self.text(done, total))
 
-    def finish(self) -> None:
-        if self.tty and self.done:
-            self.stream.write("\n")
-            self.stream.flush()
+
+def video_frame_count(path: str | os.PathLike[str]) -> int | None:
+    """A video file's frame count as OpenCV reports it (``CAP_PROP_FRAME_COUNT``), ``None`` when
+    unknown (some containers and streams do not say)."""
+    return frame_total(video_spec(path), None)
+
+
+def video_format(path: str | os.PathLike[str]) -> tuple[str, float]:
+    """A video file's codec (FourCC text, ``""`` when unknown) and frame rate (0 when unknown)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        fourcc = int(capture.get(cv2.CAP_PROP_FOURCC)) if capture.isOpened() else 0
+        fps = float(capture.get(cv2.CAP_PROP_FPS)) if capture.isOpened() else 0.0
+    finally:
+        capture.release()
+    codec = "".join(chr((fourcc >> (8 * i)) & 0xFF) for i in range(4)).strip("\0 ") if fourcc else ""
+    return codec, (fps if 0 < fps < 1000 else 0.0)
+
+
+@dataclass
+class VideoOut:
+    """An annotated video being written: the path, codec and frame rate actually used, and why
+    they differ from the input's when they do (``fallback``)."""
+
+    path: Path
+    codec: str
+    fps: float
+    fallback: str | None = None
+    frames: int = 0
+
+
+_FALLBACK_CODEC = "mp4v"  # MPEG-4 Part 2 in .mp4: in every OpenCV build's FFmpeg backend
+_DEFAULT_FPS = 30.0
+
+
+class VideoWriter:
+    """Writes frames to ``path`` with the input video's codec (``CAP_PROP_FOURCC``) and frame rate
+    (``CAP_PROP_FPS``) where this OpenCV can encode them; otherwise ``mp4v`` in an ``.mp4``
+    (``path`` + ``.mp4``) and, without a known frame rate, 30 FPS. :attr:`out` says which.
+
+    Opened at the first frame (its size is the video's). Use :meth:`close` when done.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], source: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.codec, self.fps = video_format(source)
+        self.out: VideoOut | None = None
+        self._writer: cv2.VideoWriter | None = None
+
+    def _open(self, size: tuple[int, int]) -> None:
+        notes = []
+        fps = self.fps or _DEFAULT_FPS
+        if not self.fps:
+            notes.append(f"the input has no frame rate, wrote {_DEFAULT_FPS:g} FPS")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tries = []
+        if len(self.codec) == 4 and self.codec.isprintable():
+            tries.append((self.codec, self.path))
+        tries.append(
+            (_FALLBACK_CODEC, self.path if self.path.suffix.lower() == ".mp4" else Path(f"{self.path}.mp4"))
+        )
+        for codec, path in tries:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+            if writer.isOpened():
+                if codec != self.codec:
+                    notes.insert(
+                        0,
+                        f"OpenCV cannot write the input's codec {self.codec or 'unknown'!r} here, "
+                        f"wrote {codec}",
+                    )
+                self._writer = writer
+                self.out = VideoOut(path, codec, fps, "; ".join(notes) or None)
+                return
+            writer.release()
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise InputError(
+            f"{self.path}: OpenCV cannot write a video here (tried {', '.join(c for c, _ in tries)})"
+        )
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._writer is None:
+            self._open((frame.shape[1], frame.shape[0]))
+        assert self._writer is not None and self.out is not None
+        self._writer.write(frame)
+        self.out.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None

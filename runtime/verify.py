@@ -243,14 +243,16 @@ class VerifyReport:
         ]
         for s in self.samples:
             for d in s.outputs.values():
-                lines.append(
-                    row(s.name, d.name, w, f"{d.max_abs:>11.3g}{d.scale:>11.3g}{d.agreement:>10.4%}")
-                )
+                # Exact equality means something for ids (labels, classes, owners) only; float
+                # outputs are judged by the tolerance, so their column stays empty ("-").
+                equal = f"{d.agreement:>10.4%}" if np.dtype(d.dtype).kind in "biu" else f"{'-':>10}"
+                lines.append(row(s.name, d.name, w, f"{d.max_abs:>11.3g}{d.scale:>11.3g}{equal}"))
             extra = ""
             if s.segment_match is not None and s.segments is not None:
                 m, r, g = s.segments
                 extra = f"  segments matched {m} of {r} ref / {g} candidate ({s.segment_match:.2%})"
             lines.append(row(s.name, "labels", w, f"agreement {s.label_agreement:.4%}{extra}"))
+        lines.append("equal: identical elements of integer outputs (floats: max abs vs the tolerance)")
         if self.failures:
             lines.append("FAIL: " + "; ".join(self.failures))
         else:

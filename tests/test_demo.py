@@ -31,6 +31,19 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     overlays = sorted((out / "predictions").rglob("overlay/*.jpg"))
     assert len(overlays) == 4  # 2 images x (fp32, int8)
     assert all(f"]({p.relative_to(out).as_posix()})" in report for p in overlays)
+    # each row: the input beside its overlays, each with a caption
+    inputs = sorted((out / "inputs").iterdir())
+    assert len(inputs) == 2
+    for image in inputs:
+        row = next(line for line in report.splitlines() if f"](inputs/{image.name})" in line)
+        assert f"<br>`{image.name}`" in row and "<br>FP32" in row and "<br>INT8" in row
+    # the legend lists the classes the model predicted, and names the others as not predicted
+    predicted = set()
+    for record in json.loads((out / "predictions" / "fp32" / "predictions.json").read_text())["predictions"]:
+        predicted.update(s["category"] for s in record["segments"])
+    assert f"Classes predicted on these images ({len(predicted)} of 19)" in report
+    unused_line = next(line for line in report.splitlines() if line.startswith("Not predicted here"))
+    assert all(name not in unused_line.split(": ", 1)[1] for name in predicted)
     results = json.loads((out / "bench.json").read_text())["results"]
     assert [r["backend"] for r in results] == ["pytorch"] + ["onnxruntime"] * 3
     assert all(r["p50_ms"] > 0 and set(r["stages_ms"]) == {"pre", "infer", "post"} for r in results)

@@ -138,6 +138,38 @@ def test_checkpoint_export_and_check(tmp_path):
     assert check.reports[0].worst("pred_logits").max_abs < 1e-4
 
 
+def test_check_finds_the_recorded_checkpoint_from_any_folder(tmp_path, monkeypatch):
+    """The sidecar records the checkpoint relative to itself and absolute; ``check`` run from
+    another folder, and after the project folder moved, still finds it; a missing one is named
+    with the sidecar field it came from (not a --checkpoint the user never passed)."""
+    project = tmp_path / "project"
+    source = load_source(preset="cityscapes-panoptic-tiny", seed=3)
+    save_checkpoint(source.model, source.config, project / "runs" / "tiny.safetensors")
+    monkeypatch.chdir(project)
+    export_artifact(
+        load_source(checkpoint="runs/tiny.safetensors", height=64, width=64),
+        ExportOptions(out_dir="art", head="raw"),
+    )
+    recorded = json.loads((project / "art" / "model.json").read_text())["source"]
+    assert recorded["checkpoint"] == "runs/tiny.safetensors"
+    assert recorded["checkpoint_relative"] == "../runs/tiny.safetensors"
+    assert recorded["checkpoint_absolute"] == str(project / "runs" / "tiny.safetensors")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert check_artifact(project / "art", random=1, scenes=0).passed
+    moved = tmp_path / "moved"
+    project.rename(moved)  # absolute and as-given paths are stale now; the relative one holds
+    assert check_artifact(moved / "art", random=1, scenes=0).passed
+    (moved / "runs" / "tiny.safetensors").unlink()
+    result = CliRunner().invoke(app, ["check", str(moved / "art"), "--random", "1", "--scenes", "0"])
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert message.startswith(f"error: {moved / 'art' / 'model.json'}: the checkpoint this artifact")
+    assert "source.checkpoint_relative -> " in message and "--checkpoint FILE" in message
+    assert "\n" not in message
+
+
 def test_failed_export_leaves_out_dir_unchanged(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
@@ -369,6 +401,25 @@ def test_console_progress_shows_steps_on_a_terminal():
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())
     assert "done exporting" in text and "done simplifying" in text
     quiet = io.StringIO()
-    with ConsoleProgress(quiet) as progress:
+    with ConsoleProgress(quiet, enabled=False) as progress:
         progress("exporting")
     assert quiet.getvalue() == ""
+
+
+def test_console_progress_prints_lines_off_a_terminal(monkeypatch):
+    """CI logs, nohup, pipes: a step that runs for long prints a line every EVERY_S seconds."""
+    import io
+    import time
+
+    from export.progress import ConsoleProgress
+
+    monkeypatch.setattr("contract.progress.EVERY_S", 0.05)
+    log = io.StringIO()
+    with ConsoleProgress(log) as progress:
+        progress("quick step")  # ends before the first line is due: silent
+        progress("exporting to ONNX")
+        time.sleep(0.3)
+    lines = log.getvalue().splitlines()
+    assert len(lines) >= 2 and all(re.fullmatch(r"exporting to ONNX: \d+ s", line) for line in lines), lines
+    time.sleep(0.15)
+    assert log.getvalue().splitlines() == lines  # nothing after the step closed

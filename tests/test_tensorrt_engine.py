@@ -560,3 +560,15 @@ def test_calibration_cache_algorithms_are_the_real_ones(version):
         assert "IInt8EntropyCalibrator2" in surface["module"]
     else:
         assert algo is None and "IInt8EntropyCalibrator2" not in surface["module"]
+
+
+def test_an_onnxruntime_layout_int8_graph_is_refused_with_what_to_run(tmp_path):
+    """No TensorRT needed: the layout is read from the sidecar before TensorRT is imported."""
+    path = _artifact(tmp_path, "int8")
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    sidecar["int8"] = {"target": "onnxruntime", "activation_dtype": "uint8"}
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    with pytest.raises(EngineBuildError, match=r"onnxruntime layout .* --target tensorrt") as caught:
+        build_engine(path, tmp_path / "out")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -321,6 +322,21 @@ def test_resume_continues_exactly(train_set, tmp_path):
         json.loads(line).get("step") for line in (tmp_path / "b" / METRICS_FILE).read_text().splitlines()
     ]
     assert steps[:2] == [1, 2] and 4 in steps
+
+
+def test_progress_lines_off_a_terminal(train_set, tmp_path, monkeypatch, capsys):
+    """progress=None off a terminal (CI logs, nohup, pipes): no bar, a status line every EVERY_S
+    seconds and one at the end; progress=False: nothing."""
+    monkeypatch.setattr("contract.progress.EVERY_S", 0.0)
+    model_cfg = model_config_for("cityscapes-panoptic-tiny", train_set.meta)
+    Trainer(model_cfg, TINY_RUN, train_set, tmp_path / "lines", device="cpu", progress=None).train()
+    lines = capsys.readouterr().err.splitlines()
+    steps = [line for line in lines if line.startswith("train step ")]
+    assert len(steps) == TINY_RUN.iterations, lines
+    n = TINY_RUN.iterations
+    assert re.fullmatch(rf"train step {n}/{n}  loss \d+\.\d{{3}}  lr \S+  \d+ s, ETA \S+ s", steps[-1])
+    Trainer(model_cfg, TINY_RUN, train_set, tmp_path / "quiet", device="cpu", progress=False).train()
+    assert "train step" not in capsys.readouterr().err
 
 
 def test_outputs_checkpoint_state_and_log(train_set, synth, tmp_path):

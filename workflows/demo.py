@@ -23,6 +23,7 @@ timing iterations (the tests' mode, well under a minute with a warm cache).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -47,6 +48,8 @@ class DemoResult:
     bench_table: str
     overlays: list[Path] = field(default_factory=list)
     legend: Path | None = None
+    classes: list[str] = field(default_factory=list)  # the model's classes, by id
+    predicted_classes: list[int] = field(default_factory=list)  # those in the overlays (FP32)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -209,7 +212,8 @@ def _demo_into(
         legend = out / "legend.png"
         with Segmenter.open(artifacts["fp32"], threads=threads) as seg:
             names = [c.name for c in seg.artifact.classes]
-            write_image(legend, legend_image(names, seg.artifact.palette))
+            predicted = _predicted_classes(out / "predictions" / "fp32" / "predictions.json", names)
+            write_image(legend, legend_image(names, seg.artifact.palette, only=predicted))
     finally:
         torch.set_num_threads(before)
 
@@ -224,10 +228,22 @@ def _demo_into(
         overlays=overlays,
         legend=legend,
         notes=notes,
+        classes=names,
+        predicted_classes=predicted,
     )
     result.seconds = time.perf_counter() - start
     _write_report(result, variant, str(checkpoint), markdown_table(bench))
     return result
+
+
+def _predicted_classes(predictions_json: Path, names: list[str]) -> list[int]:
+    """Class ids the model predicted on the overlay images (from ``infer``'s predictions.json)."""
+    data = json.loads(predictions_json.read_text())
+    seen: set[str] = set()
+    for record in data["predictions"]:
+        seen.update(s["category"] for s in record.get("segments", []))
+        seen.update(record.get("class_pixels", {}))
+    return [i for i, name in enumerate(names) if name in seen]
 
 
 def _copy_val_images(data: Path, target: Path, count: int) -> None:
@@ -272,13 +288,39 @@ def _write_report(result: DemoResult, variant: str, checkpoint: str, bench_md: s
     lines += [f"Also `bench.json`, `bench.csv`, `bench.md`{', `bench.png`' if not result.notes else ''}."]
     lines += [f"Note: {n}" for n in result.notes]
     lines += ["", "## Overlays (runtime output of each precision)", ""]
+    lines += [
+        "Each row: the input image, then what the runtime segmented with each artifact (class colours; "
+        "thing instances in shades of their class colour with a white outline).",
+        "",
+    ]
     if result.legend is not None:
-        lines += [f"Classes: ![class legend]({result.legend.relative_to(out).as_posix()})", ""]
-    by_precision: dict[str, list[Path]] = {}
+        unused = [n for i, n in enumerate(result.classes) if i not in set(result.predicted_classes)]
+        lines += [
+            f"Classes predicted on these images ({len(result.predicted_classes)} of {len(result.classes)}): "
+            f"![class legend]({result.legend.relative_to(out).as_posix()})",
+            "",
+        ]
+        if unused:
+            lines += [
+                f"Not predicted here ({len(unused)}; the synthetic set draws 8 Cityscapes classes, the "
+                f"model keeps all 19 outputs): {', '.join(unused)}.",
+                "",
+            ]
+    by_precision: dict[str, dict[str, Path]] = {}
     for path in result.overlays:
-        by_precision.setdefault(path.relative_to(out / "predictions").parts[0], []).append(path)
-    for precision, paths in by_precision.items():
-        lines += [f"### {precision.upper()}", ""]
-        lines += [f"![{precision} {p.stem}]({p.relative_to(out).as_posix()})" for p in paths]
-        lines.append("")
+        precision, *rest = path.relative_to(out / "predictions").parts
+        name = Path(*rest[1:]).as_posix().removesuffix(".jpg")  # overlay/<name>.jpg -> <name>
+        by_precision.setdefault(precision, {})[name] = path
+    precisions = list(by_precision)
+    names = sorted({n for paths in by_precision.values() for n in paths})
+    lines += ["| input | " + " | ".join(p.upper() for p in precisions) + " |"]
+    lines += ["|---" * (len(precisions) + 1) + "|"]
+    for name in names:
+        cells = [f"![input {name}](inputs/{name})<br>`{name}`"]
+        for precision in precisions:
+            path = by_precision[precision].get(name)
+            rel = path.relative_to(out).as_posix() if path else ""
+            cells.append(f"![{precision} {name}]({rel})<br>{precision.upper()}" if path else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
     atomic_write_bytes(result.report_path, ("\n".join(lines) + "\n").encode("utf-8"))

@@ -40,6 +40,7 @@ import torch
 
 from contract.errors import OutputError, PemDeployError
 from contract.output import check_folder, write_into
+from contract.progress import StatusLine
 from contract.resources import check_memory
 from pem.checkpoint import CheckpointError, save_checkpoint
 from pem.config import ConfigError, PEMConfig, estimate_forward_bytes, get_preset
@@ -126,7 +127,8 @@ class Trainer:
         out_dir: output directory (see the module doc).
         val_set: optional dataset evaluated every ``eval_period`` steps and at the end.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
-        progress: progress bar with loss and ETA; ``None`` = only on a TTY.
+        progress: progress bar with loss and ETA; ``None`` = the bar on a TTY, else a line every few
+            seconds (:class:`contract.progress.StatusLine`); ``False`` = quiet.
         resume: continue from ``out_dir/last_state.safetensors``; without it an existing state
             is an error (nothing is overwritten by accident).
         exist_ok: a new run may start in a folder holding other files (never replaced).
@@ -461,6 +463,9 @@ class Trainer:
             disable=(None if self.progress is None else not self.progress) if self.dist.is_main else True,
             dynamic_ncols=True,
         )
+        # Off a terminal (progress None: CI logs, nohup, pipes) a line every few seconds instead.
+        status = StatusLine() if self.progress is None and bar.disable and self.dist.is_main else None
+        first_step = self.step
         metrics: EvalResult | None = None
         if self.resumed_from_world_size is not None:
             self._log(
@@ -477,6 +482,14 @@ class Trainer:
                 smoothed = last["loss"] if smoothed is None else 0.9 * smoothed + 0.1 * last["loss"]
                 bar.update(1)
                 bar.set_postfix(loss=f"{smoothed:.3f}", lr=f"{last['lr']:.2e}", refresh=False)
+                if status is not None:
+                    rate = (self.step - first_step) / max(status.elapsed(), 1e-9)
+                    eta = (cfg.iterations - self.step) / rate if rate > 0 else float("nan")
+                    status.update(
+                        f"train step {self.step}/{cfg.iterations}  loss {smoothed:.3f}  lr {last['lr']:.2e}  "
+                        f"{status.elapsed():.0f} s, ETA {eta:.0f} s",
+                        force=self.step == cfg.iterations,
+                    )
                 if self.step % cfg.log_period == 0 or self.step == cfg.iterations or self.step == 1:
                     record = {"step": self.step, **{k: round(v, 6) for k, v in last.items()}}
                     record["elapsed_s"] = round(time.perf_counter() - start, 3)

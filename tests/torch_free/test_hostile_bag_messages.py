@@ -211,7 +211,7 @@ BAG_CASES = {
 @pytest.mark.parametrize("case", sorted(BAG_CASES))
 def test_bad_message_in_a_bag_names_topic_index_and_stamp(case, tmp_path):
     bad, expected = BAG_CASES[case]
-    line, out = _infer(tmp_path, _bag(tmp_path / "drive", bad))
+    line, _ = _infer(tmp_path, _bag(tmp_path / "drive", bad))
     assert "drive.mcap" in line and "/cam/image/compressed" in line and expected in line, line
     assert "message 1, stamp 1700000001.000001003, bag time 2000000000 ns" in line, line
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".seg.mcap")]  # no staging left
@@ -227,6 +227,6 @@ def test_unexpected_decode_error_is_one_line(tmp_path, monkeypatch):
         return np.zeros((32, 64, 3), np.uint8)
 
     monkeypatch.setattr(bags, "decode_image", explode)
-    line, out = _infer(tmp_path, _bag(tmp_path / "drive", _compressed(_jpeg(32, 64), "jpeg")))
+    line, _ = _infer(tmp_path, _bag(tmp_path / "drive", _compressed(_jpeg(32, 64), "jpeg")))
     assert "/cam/image/compressed: cannot be decoded (error: OpenCV(5.1.0) color.cpp:182" in line, line
     assert "message 2, stamp 1700000002.000002003" in line, line

@@ -129,3 +129,25 @@ def test_colours_and_overlay():
         np.array([[0, 1], [2, 2]]), [Segment(1, 0, False, 1.0, 1), Segment(2, 1, True, 1.0, 2)], palette
     )
     assert pan[0, 1].tolist() == [0, 0, 255] and pan[0, 0].tolist() == [0, 0, 0]
+
+
+def test_outline_things_draws_around_each_instance_only():
+    from contract.segments import Segment
+    from runtime.postprocess import outline_things
+
+    ids = np.zeros((12, 20), np.int32)
+    ids[2:8, 2:8] = 1  # car 1
+    ids[2:8, 8:14] = 2  # car 2, touching car 1
+    ids[9:, :] = 3  # road (stuff)
+    segments = [
+        Segment(1, 13, True, 0.9, 36),
+        Segment(2, 13, True, 0.9, 36),
+        Segment(3, 0, False, 0.9, 60),
+    ]
+    image = np.zeros((12, 20, 3), np.uint8)
+    drawn = outline_things(image, ids, segments)
+    white = drawn.all(axis=2)
+    assert white[2, 2] and white[7, 7] and white[2, 8] and white[7, 13]  # both boxes' borders
+    assert not white[4, 4] and not white[4, 10]  # interiors untouched
+    assert not white[10:].any()  # no outline for stuff
+    assert not image.any()  # the input is not modified
