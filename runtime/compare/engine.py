@@ -272,6 +272,12 @@ class OutputDiff:
     agreement: float
     non_finite_candidate: int = 0
     non_finite_reference: int = 0
+    reference_max_abs: float = 0.0
+
+    @property
+    def max_rel(self) -> float:
+        """Largest error relative to the reference's largest magnitude."""
+        return self.max_abs / self.reference_max_abs if self.reference_max_abs > 0 else self.max_abs
 
     @property
     def is_index(self) -> bool:
@@ -337,6 +343,40 @@ class ComparisonReport:
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    def worst(self, name: str) -> OutputDiff:
+        """Worst case of output ``name`` over every image (diagnostic ones included)."""
+        diffs = [s.outputs[name] for s in self.samples if name in s.outputs]
+        if not diffs:
+            raise KeyError(name)
+        return OutputDiff(
+            name,
+            diffs[0].dtype,
+            diffs[0].role,
+            max(d.max_abs for d in diffs),
+            max(d.mean_abs for d in diffs),
+            max(d.reference_mean_abs for d in diffs),
+            max(d.relative_error for d in diffs),
+            min(d.agreement for d in diffs),
+            sum(d.non_finite_candidate for d in diffs),
+            sum(d.non_finite_reference for d in diffs),
+            max(d.reference_max_abs for d in diffs),
+        )
+
+    @property
+    def label_agreement(self) -> float:
+        """Lowest label agreement (all pixels) over every image."""
+        return min((s.label_agreement for s in self.samples), default=math.nan)
+
+    @property
+    def confident_agreement(self) -> float:
+        """Lowest confident-pixel label agreement over the deciding images."""
+        return min((s.confident_agreement for s in self.samples if s.decides), default=math.nan)
+
+    @property
+    def miou(self) -> float:
+        """Lowest mIoU between the predictions over every image."""
+        return min((s.miou for s in self.samples), default=math.nan)
 
     def criterion(self, what: str) -> Criterion:
         """The criterion whose name starts with ``what``."""

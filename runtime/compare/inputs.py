@@ -58,9 +58,14 @@ def comparison_images(
     images: str | os.PathLike[str] | None = None,
     files: Sequence[str | os.PathLike[str]] = (),
     limit: int | None = None,
+    require_deciding: bool = True,
 ) -> list[ComparisonImage]:
     """Seeded street scenes, the image files of ``images`` (a folder) and ``files``, then ``noise``
-    diagnostic noise images, all BGR at ``height`` x ``width``."""
+    diagnostic noise images, all BGR at ``height`` x ``width``.
+
+    Raises:
+        InputError: an unreadable image, or (``require_deciding``) no image that may decide.
+    """
     out = [
         ComparisonImage(f"scene[{i}]", street_scene(height, width, seed + 1000 + i)) for i in range(scenes)
     ]
@@ -71,6 +76,6 @@ def comparison_images(
     for i in range(noise):
         noisy = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         out.append(ComparisonImage(f"noise[{i}]", noisy, decides=False))
-    if not any(item.decides for item in out):
+    if require_deciding and not any(item.decides for item in out):
         raise InputError("nothing decides the verdict: give --scenes N (N >= 1) or image files")
     return out
