@@ -421,7 +421,7 @@ def _number_cases() -> Iterator[Any]:
         (calibrate, "--eval-limit", ["0"]),
         (calibrate, "--height", ["50"]),
         (calibrate, "--threads", ["0"]),
-        (["check", "A"], "--max-abs", ["-1", "nan"]),
+        (["check", "A"], "--max-rel-error", ["-1", "nan"]),
         (["check", "A"], "--min-agreement", ["0", "1.5", "-0.5", "nan"]),
         (["check", "A"], "--random", ["-1"]),
         (["check", "A"], "--scenes", ["-1"]),

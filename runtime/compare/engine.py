@@ -524,8 +524,10 @@ def _diff(name: str, role: str, got: np.ndarray, ref: np.ndarray) -> OutputDiff:
     ref_mean = float(np.abs(b).mean()) if b.size else 0.0
     relative = mean_abs / ref_mean if ref_mean > 0 else mean_abs
     agreement = float((got == ref).mean()) if got.size else 1.0
+    finite_ref = np.abs(b[np.isfinite(b)])
+    ref_max = float(finite_ref.max()) if finite_ref.size else 0.0
     return OutputDiff(
-        name, str(got.dtype), role, max_abs, mean_abs, ref_mean, relative, agreement, bad_a, bad_b
+        name, str(got.dtype), role, max_abs, mean_abs, ref_mean, relative, agreement, bad_a, bad_b, ref_max
     )
 
 
