@@ -116,6 +116,8 @@ def verify_command(
 
     if precision is not None and precision not in POLICIES:
         _fail(f"--policy {precision}: choose {', '.join(POLICIES)}")
+    if layerwise and against is None:
+        _fail("--layerwise needs --against REFERENCE.onnx (a saved reference holds the outputs only)")
     policy = None
     if precision or any(v is not None for v in (max_rel, min_agreement, min_miou, min_segments)):
         from runtime.artifact import load_artifact

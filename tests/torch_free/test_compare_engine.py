@@ -171,3 +171,30 @@ def test_report_columns_stay_apart_for_long_image_names(saved, tmp_path):
     assert rows and all(r.startswith(f"  {name}  ") for r in rows)
     owner = next(r for r in rows if " owner " in r)
     assert "(index)" in owner and "via segment match" in owner
+
+
+def test_layerwise_names_the_first_node_that_breaks(tmp_path):
+    from cli import app
+    from runtime.compare.layerwise import compare_layers
+    from tests.torch_free.test_runtime_verify import nan_scores, scored_model
+
+    fp32 = _artifact(tmp_path, "fp32", scored_model())
+    fp16 = _artifact(tmp_path, "fp16", scored_model(fp16=True), precision="fp16")
+    healthy = compare_layers(fp16, against=fp32, policy=policy_for("fp16"))
+    assert healthy.first_bad is None and len(healthy.layers) >= 2, healthy.table()
+    assert "no shared tensor passes the tolerance" in healthy.table()
+    broken = _artifact(tmp_path, "broken", scored_model(perturb=0.5), precision="fp16")
+    report = compare_layers(broken, against=fp32, policy=policy_for("fp16"))
+    assert report.first_bad is not None and report.first_bad.tensor == "logits", report.table()
+    assert report.layers[0].tensor == "logits"  # graph order
+    assert "first divergence: node" in report.table()
+    ref = _artifact(tmp_path, "pan", image_panoptic_model(), head="panoptic")
+    nan = _artifact(tmp_path, "nan", nan_scores(image_panoptic_model()), head="panoptic")
+    at_nan = compare_layers(nan, against=ref)
+    assert at_nan.first_bad.tensor == "scores" and at_nan.first_bad.non_finite > 0, at_nan.table()
+    result = CliRunner().invoke(app, ["verify", str(broken), "--against", str(fp32), "--layerwise"])
+    assert result.exit_code == 1 and "first divergence: node" in result.output, result.output
+    saved = tmp_path / "ref.npz"
+    verify(fp32, against=fp32, save_reference_to=saved)
+    refused = CliRunner().invoke(app, ["verify", str(fp16), "--load-reference", str(saved), "--layerwise"])
+    assert refused.exit_code == 2 and "--layerwise needs --against" in refused.output
