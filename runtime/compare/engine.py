@@ -511,7 +511,8 @@ def _check_comparable(candidate: Prediction, reference: Prediction) -> None:
                 )
 
 
-def _diff(name: str, role: str, got: np.ndarray, ref: np.ndarray) -> OutputDiff:
+def output_diff(name: str, role: str, got: np.ndarray, ref: np.ndarray) -> OutputDiff:
+    """Differences of one output (same shapes): errors, relative error, equal share, NaN / Inf counts."""
     a = got.astype(np.float64)
     b = ref.astype(np.float64)
     bad_a = int(np.size(a) - np.isfinite(a).sum())
@@ -561,7 +562,7 @@ def compare_predictions(
                     f"{out_name}: shape {got.shape} differs from the reference's {ref.shape} ({name})"
                 )
                 continue
-            d = _diff(out_name, output_roles[out_name], got, ref)
+            d = output_diff(out_name, output_roles[out_name], got, ref)
             diffs[out_name] = d
             for side, count in (("candidate", d.non_finite_candidate), ("reference", d.non_finite_reference)):
                 if count:
