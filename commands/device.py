@@ -69,8 +69,12 @@ def verify_command(
         None, "--save-reference", help="Also save the reference outputs (.npz)."
     ),
     load_reference: str = typer.Option(None, "--load-reference", help="Reference outputs saved elsewhere."),
-    noise: int = opt.int_option(
-        0, "--noise", "Extra random-noise images: a diagnostic, never decides the verdict.", 0, 1000
+    noise: int = typer.Option(
+        0,
+        "--noise",
+        "--random",
+        help="Extra random-noise images: a diagnostic, never decides the verdict.",
+        callback=opt.int_range("--noise", 0, 1000),
     ),
     scenes: int = opt.int_option(
         4, "--scenes", "Generated street scenes (they decide the verdict).", 0, 1000

@@ -423,7 +423,7 @@ def _number_cases() -> Iterator[Any]:
         (calibrate, "--threads", ["0"]),
         (["check", "A"], "--max-rel-error", ["-1", "nan"]),
         (["check", "A"], "--min-agreement", ["0", "1.5", "-0.5", "nan"]),
-        (["check", "A"], "--random", ["-1"]),
+        (["check", "A"], "--noise", ["-1"]),
         (["check", "A"], "--scenes", ["-1"]),
         (bench, "--batch", ["0"]),
         (bench, "--iterations", ["0"]),
