@@ -187,18 +187,23 @@ def interpret(spec: HeadSpec, outputs: Mapping[str, np.ndarray]) -> Interpretati
 # Metrics
 
 
-def mean_iou(pred: np.ndarray, ref: np.ndarray, ignore: int = VOID) -> float:
-    """mIoU of ``pred`` against ``ref`` over the classes present in either (``ignore`` excluded)."""
+def mean_iou(pred: np.ndarray, ref: np.ndarray, ignore: int = VOID, min_share: float = 0.0) -> float:
+    """mIoU of ``pred`` against ``ref`` over the classes present in either (``ignore`` excluded).
+
+    ``min_share``: only classes covering at least this share of the pixels on either side count
+    (a class of a few pixels is all or nothing: it would swing the mean by itself).
+    """
     pred = pred.astype(np.int64, copy=False).ravel()
     ref = ref.astype(np.int64, copy=False).ravel()
     classes = np.union1d(np.unique(pred), np.unique(ref))
     classes = classes[classes != ignore]
-    if classes.size == 0:
-        return 1.0
-    ious = [
-        np.logical_and(pred == c, ref == c).sum() / np.logical_or(pred == c, ref == c).sum() for c in classes
-    ]
-    return float(np.mean(ious))
+    ious = []
+    for c in classes:
+        a, b = pred == c, ref == c
+        if max(a.mean(), b.mean()) < min_share:
+            continue
+        ious.append(np.logical_and(a, b).sum() / np.logical_or(a, b).sum())
+    return float(np.mean(ious)) if ious else 1.0
 
 
 def segment_match(
@@ -583,7 +588,7 @@ def compare_predictions(
         sample.label_agreement = float(agree.mean())
         sample.low_margin_share = float(1.0 - confident.mean())
         sample.confident_agreement = float(agree[confident].mean()) if confident.any() else 1.0
-        sample.miou = mean_iou(got_view.labels, ref_view.labels)
+        sample.miou = mean_iou(got_view.labels, ref_view.labels, min_share=policy.miou_min_share)
         if head == "panoptic" and ref_view.panoptic is not None and got_view.panoptic is not None:
             sample.segments = segment_match(
                 ref_view.panoptic, ref_view.segment_classes, got_view.panoptic, got_view.segment_classes

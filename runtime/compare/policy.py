@@ -11,7 +11,9 @@ What is judged (the worst *deciding* sample decides; generated noise images neve
   farther than ``boundary`` of the short side from a reference class boundary and, where the outputs
   give per-pixel class scores (raw heads), with a top-1 / top-2 score margin of at least
   ``min_margin``. The share of low-margin pixels is reported (a rounding may flip a near-tie);
-* ``min_miou``: mIoU between the two label maps (classes either side predicts, void excluded);
+* ``min_miou``: mIoU between the two label maps over the classes covering at least
+  ``miou_min_share`` (1 %) of the pixels on either side (void excluded; a class of a few pixels is
+  all or nothing and would swing the mean by itself);
 * ``min_segment_match``: panoptic heads, segments of both sides matched one-to-one by class and
   IoU > 0.5 (the panoptic-quality rule), as an F1;
 * NaN or Inf in any output of either side fails, naming the output.
@@ -61,6 +63,7 @@ class ParityPolicy:
     min_segment_match: float = 0.9
     boundary: float = 1 / 128
     min_margin: float = 0.05
+    miou_min_share: float = 0.01
 
     def boundary_px(self, height: int, width: int) -> int:
         """Width in pixels of the band around reference class boundaries counted as low-margin."""
@@ -126,8 +129,8 @@ POLICIES: Mapping[str, ParityPolicy] = MappingProxyType(
         "fp16": ParityPolicy(
             "fp16",
             MappingProxyType(dict.fromkeys(_FLOATS, 0.02)),
-            min_confident_agreement=0.995,
-            min_miou=0.95,
+            min_confident_agreement=0.999,
+            min_miou=0.97,
             min_segment_match=0.9,
         ),
         "int8": ParityPolicy(

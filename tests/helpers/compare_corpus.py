@@ -37,6 +37,8 @@ class Entry:
 def _export(source, out: Path, precision: str) -> Path:
     from export.pipeline import ExportOptions, export_artifact
 
+    if (out / "model.onnx").is_file():  # built by an earlier call on the same root
+        return out / "model.onnx"
     return export_artifact(source, ExportOptions(out_dir=out, precision=precision)).onnx_path
 
 
@@ -44,6 +46,8 @@ def _calibrate(source, out: Path, layout: str, data: str) -> Path:
     from calib.calibrate import CalibrationConfig
     from calib.run import run_calibration
 
+    if (out / "model.onnx").is_file():
+        return out / "model.onnx"
     config = CalibrationConfig(data=data, num_images=16, threads=1, progress=False)
     outcome = run_calibration(source, out, config, layout=layout, report=False, progress=None)
     return outcome.export.onnx_path
@@ -108,11 +112,12 @@ def permute_classes(path: Path, out: Path, num_classes: int) -> Path:
     done = 0
     for t in list(model.graph.initializer):
         array = numpy_helper.to_array(t)
-        if array.ndim in (1, 2) and array.shape[-1] == num_classes + 1:
-            permuted = array.copy()
-            permuted[..., :num_classes] = array[..., perm]
-            _replace(model, t.name, permuted)
-            done += 1
+        if array.ndim not in (1, 2) or num_classes + 1 not in array.shape:
+            continue
+        axis = array.ndim - 1 if array.shape[-1] == num_classes + 1 else 0
+        order = np.concatenate([perm, [num_classes]])  # "no object" stays last
+        _replace(model, t.name, np.take(array, order, axis=axis))
+        done += 1
     assert done, "no class-head initializer of width K+1 found"
     _save_model(model, target)
     return target
@@ -202,6 +207,7 @@ def build_corpus(root: Path) -> tuple[list[Entry], object]:
     assert native_source is not None
     ref = healthy[("fp32", NATIVE)]
     damaged = root / "damaged"
+    shutil.rmtree(damaged, ignore_errors=True)
     num_classes = native_source.config.num_classes
 
     other = load_source(preset="cityscapes-panoptic-tiny", height=NATIVE[0], width=NATIVE[1], seed=1)
@@ -209,7 +215,7 @@ def build_corpus(root: Path) -> tuple[list[Entry], object]:
     other.model.config = native_source.config
     made = {"weights from another seed (fp16)": _export(other, damaged / "other-seed", "fp16")}
     dropped = copy.deepcopy(native_source)
-    dropped.model.predictor.num_layers -= 1
+    dropped.model.sem_seg_head.predictor.num_layers -= 1
     made["last decoder layer dropped (fp16)"] = _export(dropped, damaged / "dropped-layer", "fp16")
     made["one conv scaled by 5% (fp16)"] = scale_one_conv(healthy[("fp16", NATIVE)], damaged / "conv-scaled")
     made["colour order swapped (int8)"] = swap_colour(healthy[("int8-tensorrt", NATIVE)], damaged / "bgr")
