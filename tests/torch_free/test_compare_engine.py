@@ -198,3 +198,16 @@ def test_layerwise_names_the_first_node_that_breaks(tmp_path):
     verify(fp32, against=fp32, save_reference_to=saved)
     refused = CliRunner().invoke(app, ["verify", str(fp16), "--load-reference", str(saved), "--layerwise"])
     assert refused.exit_code == 2 and "--layerwise needs --against" in refused.output
+
+
+def test_miou_leaves_out_classes_of_a_few_pixels():
+    from runtime.compare import mean_iou
+
+    ref = np.zeros((100, 100), np.int32)
+    ref[:, 50:] = 1
+    got = ref.copy()
+    got[0, 0] = 7  # one stray pixel of a class the reference never predicts
+    assert mean_iou(got, ref) < 0.7  # all or nothing: the stray class alone drags the mean
+    assert mean_iou(got, ref, min_share=0.01) > 0.999
+    got[:, :50] = 2  # a class covering half the image, wrong: counts
+    assert mean_iou(got, ref, min_share=0.01) < 0.5
