@@ -122,7 +122,7 @@ POLICIES: Mapping[str, ParityPolicy] = MappingProxyType(
         "fp32": ParityPolicy(
             "fp32",
             MappingProxyType(dict.fromkeys(_FLOATS, 1e-3)),
-            min_confident_agreement=0.999,
+            min_confident_agreement=0.9999,
             min_miou=0.99,
             min_segment_match=0.99,
         ),
