@@ -3,8 +3,8 @@
 Healthy: the default model's FP32, FP16 and INT8 (both ``--target`` layouts) artifacts, at the
 native 256x512 and at 128x256. Damaged (at the native size, each from a healthy artifact or the
 model): weights from another seed, one conv's weights scaled by 5 %, colour order swapped, wrong
-mean / std in the sidecar, class order permuted, INT8 scales multiplied, one output NaN, the last
-decoder layer dropped, and the panoptic score threshold changed in the sidecar.
+mean / std in the sidecar, class order permuted, INT8 scales multiplied, one output NaN and the
+last decoder layer dropped. Healthy artifacts already under ``root`` are reused.
 """
 
 from __future__ import annotations
