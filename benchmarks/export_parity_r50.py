@@ -38,17 +38,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from contract.sidecar import Sidecar
 from export.fp16 import convert_to_fp16, emulate_fp16
 from export.heads import ExportedModel, build_postprocess
-from export.parity import (
-    labels_from_outputs,
-    make_samples,
-    mean_iou,
-    open_session,
-    semantic_margin,
-    tensor_diff,
-)
+from export.parity import make_samples, open_session
 from export.pipeline import ExportOptions, export_artifact
 from export.simplify import finalize, forbidden_ops
 from export.source import load_source
+from runtime.compare import HeadSpec, interpret, mean_iou
+from runtime.compare.engine import output_diff
+
+
+def _raw_view(outputs: dict[str, np.ndarray], num_classes: int):
+    """The engine's reading of a raw head's batch-1 outputs (labels and class scores)."""
+    h, w = (4 * s for s in outputs["pred_masks"].shape[-2:])
+    spec = HeadSpec("raw", num_classes, h, w)
+    return interpret(spec, {k: v[0] for k, v in outputs.items()})
+
+
+def labels_from_outputs(head: str, outputs: dict[str, np.ndarray], num_classes: int) -> np.ndarray:
+    """(1, H, W) labels of a raw head's outputs, as the comparison engine reads them."""
+    assert head == "raw"
+    return _raw_view(outputs, num_classes).labels[None]
+
+
+def semantic_margin(pred_logits: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
+    """(1, H, W) top-1 minus top-2 class score (near ties flip under any rounding)."""
+    num_classes = pred_logits.shape[-1] - 1
+    scores = _raw_view({"pred_logits": pred_logits, "pred_masks": pred_masks}, num_classes).scores
+    top2 = np.partition(scores, -2, axis=-1)[..., -2:]
+    return (top2[..., 1] - top2[..., 0])[None]
+
+
+def tensor_diff(name: str, got: np.ndarray, ref: np.ndarray):
+    """The engine's per-output difference."""
+    return output_diff(name, "informational", got, ref)
 
 
 def _expose_argmax(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -112,7 +133,7 @@ def main() -> int:
     raw_decomposed = export("raw_fp32_decomposed", head="raw", deform_impl="decomposed")
 
     spec = Sidecar.from_file(out / "raw_fp32_native" / "model.json").input.to_dict()
-    samples = make_samples(spec, random=args.random, scenes=args.scenes)
+    samples = [(item.name, x) for item, x in make_samples(spec, random=args.random, scenes=args.scenes)]
     reference = ExportedModel(source.model, "raw").eval()
     semantic_post = build_postprocess("semantic", config)
     assert semantic_post is not None

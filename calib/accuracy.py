@@ -164,6 +164,17 @@ def report_markdown(report: Mapping[str, Any], title: str = "INT8 calibration ac
             if all(cell in ("-", "- / -") for cell in cells):
                 continue  # a class neither in the ground truth nor predicted
             lines.append(f"| {cls} | " + " | ".join(cells) + " |")
+    parity = report.get("parity") or {}
+    if parity:
+        lines += ["", f"Parity vs {ref} on generated street scenes (the `check` / `verify` policy):", ""]
+        lines += ["| precision | verdict | tightest criterion (margin) |", "|---|---|---|"]
+        for name, entry in parity.items():
+            tight = min(
+                entry["criteria"], key=lambda c: c["margin"] / max(abs(c["limit"]), 1e-12), default=None
+            )
+            cell = "-" if tight is None else f"{tight['what']} {tight['value']:.4g} ({tight['margin']:+.3g})"
+            verdict = "PASS" if entry["passed"] else "FAIL: " + "; ".join(entry["failures"])
+            lines.append(f"| {name} | {verdict} | {cell} |")
     return "\n".join(lines) + "\n"
 
 

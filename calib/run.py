@@ -203,4 +203,47 @@ def accuracy_comparison(
     }
     report = accuracy_report(results)
     report["eval"] = {"data": str(eval_data), "split": eval_split, "layout": layout}
+    report["parity"] = parity_verdicts(
+        result.fp32_model, {"fp16": fp16, "int8": result.int8_model}, config, fmt, threads
+    )
     return report
+
+
+def parity_verdicts(
+    fp32: Any, others: dict[str, Any], config: Any, fmt: Any, threads: int = 1
+) -> dict[str, dict[str, Any]]:
+    """FP16 / INT8 model parts vs FP32 on the comparison engine's default images, under the shared
+    policy (:mod:`runtime.compare`, as ``check`` / ``verify`` / the demo judge them)."""
+    from calib.quantize import model_session
+    from runtime.compare import HeadSpec, compare_predictions, comparison_images, policy_for, predict
+    from runtime.preprocess import Preprocessor
+
+    pre = Preprocessor(fmt)
+    images = comparison_images(fmt.height, fmt.width)
+    spec = HeadSpec("raw", config.num_classes, fmt.height, fmt.width)
+    meta = {"head": "raw", "input_size": [fmt.height, fmt.width], "num_classes": config.num_classes}
+
+    def run(model: Any, precision: str) -> Any:
+        session = model_session(model, threads)
+        name = session.get_inputs()[0].name
+        names = [o.name for o in session.get_outputs()]
+        return predict(
+            lambda image: dict(zip(names, session.run(None, {name: pre([image])[0]}))),
+            images,
+            {**meta, "precision": precision, "model_file": precision, "backend": "onnxruntime"},
+        )
+
+    reference = run(fp32, "fp32")
+    verdicts: dict[str, dict[str, Any]] = {}
+    for precision, model in others.items():
+        report = compare_predictions(run(model, precision), reference, spec, policy_for(precision))
+        verdicts[precision] = {
+            "passed": report.passed,
+            "failures": report.failures,
+            "policy": report.policy.describe("raw"),
+            "criteria": [
+                {"what": c.what, "value": c.value, "limit": c.limit, "margin": c.margin}
+                for c in report.criteria
+            ],
+        }
+    return verdicts

@@ -47,8 +47,8 @@ def demo_command(
     for precision, entry in result.parity.items():
         verdict = "PASS" if entry["passed"] else "FAIL"
         typer.echo(
-            f"parity {precision:<5} label agreement {entry['label_agreement']:.4%} "
-            f"(>= {entry['min_agreement']:.1%})  {verdict}"
+            f"parity {precision:<5} label agreement {entry['label_agreement']:.4%}, confident pixels "
+            f"{entry['confident_agreement']:.4%} (>= {entry['min_agreement']:.1%})  {verdict}"
         )
     if result.accuracy is not None:
         for name, entry in result.accuracy["precisions"].items():

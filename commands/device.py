@@ -70,27 +70,45 @@ def build_command(
 def verify_command(
     candidate: str = typer.Argument(..., help="The artifact to verify (engine or ONNX, sidecar beside it)."),
     against: str = typer.Option(None, "--against", help="Reference artifact (e.g. the FP32 ONNX)."),
-    images: str = typer.Option(None, "--images", help="Compare on the images of this folder."),
+    images: str = typer.Option(None, "--images", help="Also compare on the images of this folder."),
     save_reference: str = typer.Option(
         None, "--save-reference", help="Also save the reference outputs (.npz)."
     ),
     load_reference: str = typer.Option(None, "--load-reference", help="Reference outputs saved elsewhere."),
-    random: int = opt.int_option(1, "--random", "Random-noise images (without --images).", 0, 1000),
-    scenes: int = opt.int_option(2, "--scenes", "Synthetic street scenes (without --images).", 0, 1000),
+    noise: int = typer.Option(
+        0,
+        "--noise",
+        "--random",
+        help="Extra random-noise images: a diagnostic, never decides the verdict.",
+        callback=opt.int_range("--noise", 0, 1000),
+    ),
+    scenes: int = opt.int_option(
+        4, "--scenes", "Generated street scenes (they decide the verdict).", 0, 1000
+    ),
     seed: int = opt.int_option(0, "--seed", "Seed of the generated images.", 0),
     limit: int = opt.int_option(None, "--limit", "At most N images of --images.", 1),
     precision: str = typer.Option(
         None, "--policy", help="Policy fp32 | fp16 | int8 (default: the candidate's)."
     ),
-    atol: float = opt.float_option(
-        None, "--atol", "Absolute tolerance of scores / logits.", opt.NON_NEGATIVE
+    max_rel: float = opt.float_option(
+        None,
+        "--max-rel-error",
+        "Max relative error of float outputs (mean |diff| / mean |ref|).",
+        opt.NON_NEGATIVE,
     ),
-    rtol: float = opt.float_option(
-        None, "--rtol", "Relative tolerance of scores / logits.", opt.NON_NEGATIVE
+    min_agreement: float = opt.float_option(
+        None, "--min-agreement", "Minimum label agreement on confident pixels.", opt.SHARE
     ),
-    min_agreement: float = opt.float_option(None, "--min-agreement", "Minimum label agreement.", opt.SHARE),
+    min_miou: float = opt.float_option(
+        None, "--min-miou", "Minimum mIoU between the predictions.", opt.SHARE
+    ),
     min_segments: float = opt.float_option(
         None, "--min-segment-match", "Minimum panoptic segment match.", opt.SHARE
+    ),
+    layerwise: bool = typer.Option(
+        False,
+        "--layerwise",
+        help="Also compare every intermediate tensor (two ONNX files) and name the first that breaks.",
     ),
     providers: opt.Providers = None,
     json_out: str = typer.Option(None, "--json", help="Write the report as JSON here."),
@@ -98,12 +116,12 @@ def verify_command(
 ) -> None:
     """Compare two artifacts on the same images under the shared parity policy (torch-free).
 
-    Exit code 0 when the thresholds hold, 1 when not, 2 on bad arguments or files.
+    Exit code 0 when the policy holds, 1 when not (FAIL), 2 on bad arguments or files.
     """
     import json
 
     from contract.output import check_file, write_file
-    from contract.parity_policy import POLICIES, policy_for
+    from runtime.compare import POLICIES, policy_for
     from runtime.verify import verify, verify_inputs
 
     read = verify_inputs(candidate, against, load_reference, images)  # never written, whatever the flags
@@ -112,19 +130,18 @@ def verify_command(
 
     if precision is not None and precision not in POLICIES:
         _fail(f"--policy {precision}: choose {', '.join(POLICIES)}")
+    if layerwise and against is None:
+        _fail("--layerwise needs --against REFERENCE.onnx (a saved reference holds the outputs only)")
     policy = None
-    if (
-        precision
-        or atol is not None
-        or rtol is not None
-        or min_agreement is not None
-        or min_segments is not None
-    ):
+    if precision or any(v is not None for v in (max_rel, min_agreement, min_miou, min_segments)):
         from runtime.artifact import load_artifact
 
         base = policy_for(precision or load_artifact(candidate).precision)
         policy = base.with_overrides(
-            atol=atol, rtol=rtol, min_label_agreement=min_agreement, min_segment_match=min_segments
+            max_relative_error=max_rel,
+            min_confident_agreement=min_agreement,
+            min_miou=min_miou,
+            min_segment_match=min_segments,
         )
     report = verify(
         candidate,
@@ -132,7 +149,7 @@ def verify_command(
         load_reference_from=load_reference,
         save_reference_to=save_reference,
         images=images,
-        random=random,
+        noise=noise,
         scenes=scenes,
         seed=seed,
         limit=limit,
@@ -141,9 +158,20 @@ def verify_command(
         overwrite=overwrite,
     )
     typer.echo(report.table())
+    layers = None
+    if layerwise:
+        from runtime.compare.layerwise import compare_layers
+
+        layers = compare_layers(
+            candidate, against=against, load_reference_from=load_reference, policy=report.policy
+        )
+        typer.echo(layers.table())
     if save_reference:
         typer.echo(f"reference saved to {save_reference}")
     if json_out:
-        write_file(json_out, json.dumps(report.to_dict(), indent=2) + "\n", overwrite=overwrite, inputs=read)
+        payload = report.to_dict()
+        if layers is not None:
+            payload["layerwise"] = layers.to_dict()
+        write_file(json_out, json.dumps(payload, indent=2) + "\n", overwrite=overwrite, inputs=read)
     if not report.passed:
         raise typer.Exit(code=1)

@@ -318,47 +318,64 @@ def check_command(
     ),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Compare with this checkpoint instead."),
     image: opt.CompareImages = None,
-    random: int = opt.int_option(2, "--random", "Number of random-noise inputs.", 0, 1000),
-    scenes: int = opt.int_option(1, "--scenes", "Number of synthetic street-scene inputs.", 0, 1000),
+    noise: int = typer.Option(
+        0,
+        "--noise",
+        "--random",
+        help="Extra random-noise inputs: a diagnostic, never decides the verdict.",
+        callback=opt.int_range("--noise", 0, 1000),
+    ),
+    scenes: int = opt.int_option(
+        4, "--scenes", "Generated street scenes (they decide the verdict).", 0, 1000
+    ),
     seed: int = opt.int_option(0, "--seed", "Seed of the generated inputs.", 0),
     emulate: bool = typer.Option(
         None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."
     ),
-    max_abs: opt.Atol = None,
+    max_rel: float = opt.float_option(
+        None,
+        "--max-rel-error",
+        "Max relative error of float outputs (mean |diff| / mean |ref|).",
+        opt.NON_NEGATIVE,
+    ),
     min_agreement: float = opt.float_option(
         None,
         "--min-agreement",
-        "Minimum label agreement (default: fp32 0.999, fp16 0.99, int8 0.95).",
+        "Minimum label agreement on confident pixels (default: the precision's policy).",
         opt.SHARE,
+    ),
+    min_miou: float = opt.float_option(
+        None, "--min-miou", "Minimum mIoU between the predictions.", opt.SHARE
     ),
     threads: opt.Threads = 1,
 ) -> None:
-    """Compare an exported model with PyTorch: max abs/rel error per output, label agreement, mIoU.
+    """Compare an exported model with PyTorch under the shared parity policy (as verify does).
 
-    Exit code 0 when the thresholds hold, 1 when not, 2 on bad arguments or files.
+    Exit code 0 when the policy holds, 1 when not (FAIL), 2 on bad arguments or files.
     """
     from export.check import check_artifact
+    from runtime.compare import policy_for
 
     prepare_eager_torch(threads)
-    from export.errors import ExportError
+    policy = None
+    if any(v is not None for v in (max_rel, min_agreement, min_miou)):
+        from runtime.artifact import load_artifact
 
-    limits = None if max_abs is None else {"pred_logits": max_abs, "scores": max_abs}
-    try:
-        result = check_artifact(
-            artifact,
-            preset=preset,
-            checkpoint=checkpoint,
-            images=_image_files(image or ()),
-            random=random,
-            scenes=scenes,
-            seed=seed,
-            emulate=emulate,
-            max_abs=limits,
-            min_agreement=min_agreement,
-            threads=threads,
+        policy = policy_for(load_artifact(artifact).precision).with_overrides(
+            max_relative_error=max_rel, min_confident_agreement=min_agreement, min_miou=min_miou
         )
-    except ExportError as exc:
-        _fail(str(exc))
+    result = check_artifact(
+        artifact,
+        preset=preset,
+        checkpoint=checkpoint,
+        images=_image_files(image or ()),
+        noise=noise,
+        scenes=scenes,
+        seed=seed,
+        emulate=emulate,
+        policy=policy,
+        threads=threads,
+    )
     typer.echo(result.summary())
     if not result.passed:
         raise typer.Exit(code=1)

@@ -1,18 +1,18 @@
-"""Parity: run PyTorch and onnxruntime on the same inputs and compare every output.
+"""The PyTorch side of parity: run the reference model on the comparison engine's images.
 
-Per output: max abs error, max error relative to the reference's largest magnitude, mean abs
-error (float outputs) or the fraction of equal elements (integer outputs). Per sample: the label map
-each side predicts (semantic labels; for ``raw`` the official semantic inference of the logits;
-for ``panoptic`` the class map of the fused segments, 255 = void), their pixel agreement and the
-mIoU between the two predictions (over the classes either of them predicts).
+Everything else (the images, per-output differences, label maps, the verdict) is the one torch-free
+engine, :mod:`runtime.compare`. Two ways to feed PyTorch:
+
+* :func:`torch_runner`: from the BGR image, with the model's *own* preprocessing (RGB, its config's
+  mean / std), independent of the artifact's sidecar: ``check`` uses it, so a sidecar with a wrong
+  colour order or normalisation fails;
+* :func:`compare` (graph-level tests and benchmarks): the same graph-input tensor to both sides.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,293 +20,64 @@ import onnx
 import torch
 from torch import nn
 
-from contract.parity_policy import ParityPolicy
 from export.errors import ExportError
-from pem.inference import semantic_inference
-from runtime.diff_table import name_width, row
-from runtime.postprocess import category_map, fuse_panoptic_outputs
-from runtime.scenes import paint_cars_and_noise
+from runtime.compare import (
+    ComparisonImage,
+    ComparisonReport,
+    HeadSpec,
+    ParityPolicy,
+    compare_predictions,
+    comparison_images,
+    predict,
+)
+from runtime.compare.engine import Runner
+from runtime.preprocess import InputFormat, Preprocessor
 
-VOID_LABEL = 255
-Sample = tuple[str, np.ndarray]
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
-
-
-def synthetic_scene(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A deterministic street-like RGB image (H, W, 3) uint8: sky, buildings, road, cars, noise."""
-    rng = np.random.default_rng(seed)
-    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    image = np.empty((height, width, 3), np.float32)
-    image[:] = (1 - y) * np.array([70, 130, 200], np.float32) + y * np.array([150, 170, 190], np.float32)
-    horizon = int(height * rng.uniform(0.4, 0.55))
-    x0 = 0
-    while x0 < width:  # buildings
-        bw = int(rng.integers(width // 12 + 1, width // 5 + 2))
-        top = int(rng.integers(height // 10, horizon))
-        image[top:horizon, x0 : x0 + bw] = rng.integers(50, 160, 3)
-        x0 += bw
-    image[horizon:] = np.array([128, 64, 128], np.float32) * 0.6 + 40  # road
-    image[horizon : horizon + max(1, height // 40)] = (244, 35, 232)  # sidewalk edge
-    cars = int(rng.integers(2, 6))
-    return paint_cars_and_noise(image, rng, horizon, cars, (height // 16 + 1, height // 6 + 2))
+Sample = tuple[ComparisonImage, np.ndarray]
 
 
-def load_image(path: str | os.PathLike[str], height: int, width: int) -> np.ndarray:
-    """An image file as (height, width, 3) uint8 RGB (resized bilinearly); errors name the file."""
-    import cv2
-
-    from runtime.errors import InputError
-    from runtime.images import read_image
-
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"--image {path}: no such file")
-    try:  # the runtime's reader: header, size limit and completeness checked before decoding
-        image = read_image(path)
-    except InputError as exc:
-        raise ExportError(f"--image {exc}") from None
-    image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(image[:, :, ::-1])
-
-
-def to_model_input(images: Sequence[np.ndarray], input_spec: dict[str, Any]) -> np.ndarray:
-    """(H, W, 3) uint8 RGB images -> the graph input described by a sidecar's ``input`` entry."""
-    batch = np.stack([img.transpose(2, 0, 1) for img in images])  # (B, 3, H, W) uint8
-    if input_spec.get("dtype") == "uint8":
-        return batch
-    x = batch.astype(np.float32)
-    if input_spec.get("normalize_in_graph"):
-        return x
-    norm = input_spec["normalization"]
-    mean = np.asarray(norm["mean"], np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(norm["std"], np.float32).reshape(1, 3, 1, 1)
-    return (x - mean) / std
+def input_format(input_spec: Mapping[str, Any], size: tuple[int, int] | None = None) -> InputFormat:
+    """The runtime's :class:`InputFormat` of a sidecar ``input`` entry (at ``size`` or its own)."""
+    shape = input_spec["shape"]
+    if size is None:
+        size = (
+            (shape[2], shape[3])
+            if isinstance(shape[2], int) and isinstance(shape[3], int)
+            else tuple(input_spec["default_size"])  # type: ignore[assignment]
+        )
+    norm = input_spec.get("normalization") or {}
+    return InputFormat(
+        height=int(size[0]),  # type: ignore[index]
+        width=int(size[1]),  # type: ignore[index]
+        color=input_spec.get("color", "RGB"),
+        dtype=input_spec.get("dtype", "float32"),
+        normalize_in_graph=bool(input_spec.get("normalize_in_graph")),
+        mean=tuple(norm.get("mean", InputFormat.mean)),
+        std=tuple(norm.get("std", InputFormat.std)),
+    )
 
 
 def make_samples(
-    input_spec: dict[str, Any],
+    input_spec: Mapping[str, Any],
     *,
-    random: int = 2,
-    scenes: int = 1,
+    random: int = 0,
+    scenes: int = 2,
     images: Sequence[str | os.PathLike[str]] = (),
     seed: int = 0,
     batch: int | None = None,
     size: tuple[int, int] | None = None,
 ) -> list[Sample]:
-    """Named graph inputs: ``random`` noise images, ``scenes`` synthetic street scenes, image files.
-
-    Each sample is one batch of ``batch`` images (the graph's static batch, else 1) at ``size``
-    (default: the input's static size or its ``default_size``).
-    """
+    """The engine's images (``scenes`` street scenes, image files, ``random`` diagnostic noise) with
+    their graph input, made by the runtime's preprocessing (one batch of ``batch`` copies each)."""
+    fmt = input_format(input_spec, size)
     shape = input_spec["shape"]
     if batch is None:
         batch = shape[0] if isinstance(shape[0], int) else 1
-    if size is None:
-        if isinstance(shape[2], int) and isinstance(shape[3], int):
-            size = (shape[2], shape[3])
-        else:
-            size = tuple(input_spec["default_size"])  # type: ignore[assignment]
-    h, w = size  # type: ignore[misc]
-    rng = np.random.default_rng(seed)
-    samples: list[Sample] = []
-    for i in range(random):
-        imgs = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(batch)]
-        samples.append((f"random[{i}]", to_model_input(imgs, input_spec)))
-    for i in range(scenes):
-        imgs = [synthetic_scene(h, w, seed + 1000 * i + j) for j in range(batch)]
-        samples.append((f"scene[{i}]", to_model_input(imgs, input_spec)))
-    for path in images:
-        img = load_image(path, h, w)
-        samples.append((f"image:{Path(path).name}", to_model_input([img] * batch, input_spec)))
-    return samples
-
-
-# ---------------------------------------------------------------------------------------------
-# Comparison
-
-
-@dataclass
-class TensorDiff:
-    """Difference of one output: float stats, or agreement for integer outputs."""
-
-    name: str
-    dtype: str
-    max_abs: float
-    max_rel: float
-    mean_abs: float
-    agreement: float  # fraction of elements equal (1.0 for float outputs within rounding is rare)
-    scale: float = 0.0  # largest magnitude of the reference (for relative tolerances)
-
-
-@dataclass
-class SampleResult:
-    """One input: per-output differences, label agreement and mIoU between the predictions."""
-
-    label: str
-    diffs: dict[str, TensorDiff]
-    label_agreement: float
-    miou: float
-
-
-@dataclass
-class ParityReport:
-    """Parity of an ONNX graph against the PyTorch reference over several inputs."""
-
-    head: str
-    graph: str
-    samples: list[SampleResult] = field(default_factory=list)
-
-    def worst(self, name: str) -> TensorDiff:
-        """Worst case of output ``name`` over the samples."""
-        diffs = [s.diffs[name] for s in self.samples]
-        return TensorDiff(
-            name,
-            diffs[0].dtype,
-            max(d.max_abs for d in diffs),
-            max(d.max_rel for d in diffs),
-            max(d.mean_abs for d in diffs),
-            min(d.agreement for d in diffs),
-            max(d.scale for d in diffs),
-        )
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self.samples[0].diffs) if self.samples else []
-
-    @property
-    def label_agreement(self) -> float:
-        """Lowest per-sample label agreement."""
-        return min(s.label_agreement for s in self.samples)
-
-    @property
-    def miou(self) -> float:
-        """Lowest per-sample mIoU between the two predictions."""
-        return min(s.miou for s in self.samples)
-
-    def failures(self, policy: ParityPolicy) -> list[str]:
-        """Violated thresholds of the shared parity policy, as readable lines (empty: passed)."""
-        problems = []
-        for name in policy.tolerances:
-            if name in self.output_names:
-                worst = self.worst(name)
-                problem = policy.float_failure(name, worst.max_abs, worst.scale)
-                if problem:
-                    problems.append(problem)
-        if self.label_agreement < policy.min_label_agreement:
-            problems.append(f"label agreement {self.label_agreement:.5%} < {policy.min_label_agreement:.3%}")
-        return problems
-
-    def table(self) -> str:
-        """Readable per-sample and worst-case table."""
-        lines = [f"parity: {self.graph} vs PyTorch (head {self.head})"]
-        w = name_width((s.label for s in self.samples), 20)
-        lines.append(
-            row("sample", "output", w, f"{'max abs':>11}{'max rel':>11}{'mean abs':>11}{'equal':>10}")
-        )
-        for s in self.samples:
-            for d in s.diffs.values():
-                if is_index_output(d):  # ids and classes: equal or not, no float error to speak of
-                    figures = f"{'(index output)':>33}"
-                else:
-                    figures = f"{d.max_abs:>11.3g}{d.max_rel:>11.3g}{d.mean_abs:>11.3g}"
-                lines.append(row(s.label, d.name, w, f"{figures}{d.agreement:>10.4%}"))
-            agreement = f"agreement {s.label_agreement:.5%}  mIoU {s.miou:.5f}"
-            lines.append(row(s.label, "labels", w, agreement))
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "head": self.head,
-            "graph": self.graph,
-            **_scores(self),
-            "outputs": {n: vars(self.worst(n)) for n in self.output_names},
-            "samples": [{"label": s.label, **_scores(s)} for s in self.samples],
-        }
-
-
-def _scores(result: SampleResult | ParityReport) -> dict[str, float]:
-    """Label agreement and mIoU as the report writes them, for itself (its worst sample) and each sample."""
-    return {"label_agreement": result.label_agreement, "miou": result.miou}
-
-
-def is_index_output(diff: TensorDiff) -> bool:
-    """Integer and boolean outputs (labels, owner, classes, areas) are compared for equality."""
-    return np.dtype(diff.dtype).kind in "iub"
-
-
-def tensor_diff(name: str, got: np.ndarray, ref: np.ndarray) -> TensorDiff:
-    """Compare one output (``got`` from ONNX, ``ref`` from PyTorch)."""
-    if got.shape != ref.shape:
-        raise ExportError(f"output {name}: shape {got.shape} differs from PyTorch's {ref.shape}")
-    a = got.astype(np.float64)
-    b = ref.astype(np.float64)
-    err = np.abs(a - b)
-    max_abs = float(err.max()) if err.size else 0.0
-    scale = float(np.abs(b).max()) if b.size else 0.0
-    return TensorDiff(
-        name=name,
-        dtype=str(got.dtype),
-        max_abs=max_abs,
-        max_rel=max_abs / scale if scale > 0 else max_abs,
-        mean_abs=float(err.mean()) if err.size else 0.0,
-        agreement=float((got == ref).mean()) if got.size else 1.0,
-        scale=scale,
+    items = comparison_images(
+        fmt.height, fmt.width, scenes=scenes, noise=random, seed=seed, files=images, require_deciding=False
     )
-
-
-def mean_iou(pred: np.ndarray, ref: np.ndarray, ignore: int = VOID_LABEL) -> float:
-    """mIoU of ``pred`` against ``ref`` over the classes present in either (``ignore`` excluded)."""
-    classes = np.union1d(np.unique(pred), np.unique(ref))
-    classes = classes[classes != ignore]
-    if classes.size == 0:
-        return 1.0
-    ious = []
-    for c in classes:
-        a, b = pred == c, ref == c
-        ious.append(np.logical_and(a, b).sum() / np.logical_or(a, b).sum())
-    return float(np.mean(ious))
-
-
-def labels_from_outputs(
-    head: str,
-    outputs: dict[str, np.ndarray],
-    *,
-    num_classes: int,
-    thing_ids: Sequence[int] = (),
-    object_mask_threshold: float = 0.8,
-    overlap_threshold: float = 0.8,
-) -> np.ndarray:
-    """(B, H, W) int32 class map from a head's outputs (panoptic: 255 = void)."""
-    if head == "semantic":
-        return outputs["labels"].astype(np.int32)
-    if head == "raw":
-        logits = torch.from_numpy(outputs["pred_logits"].astype(np.float32))
-        masks = torch.from_numpy(outputs["pred_masks"].astype(np.float32))
-        size = (masks.shape[-2] * 4, masks.shape[-1] * 4)
-        return semantic_inference(logits, masks, size).argmax(1).to(torch.int32).numpy()
-    maps = []
-    for i in range(outputs["owner"].shape[0]):
-        id_map, segments = fuse_panoptic_outputs(
-            outputs, i, thing_ids, num_classes, object_mask_threshold, overlap_threshold
-        )
-        maps.append(category_map(id_map, segments))
-    return np.stack(maps)
-
-
-def semantic_margin(pred_logits: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
-    """(B, H, W) gap between the best and second-best class score of the semantic inference.
-
-    Small gaps are near-ties that any rounding may flip (typical of random weights).
-    """
-    logits = torch.from_numpy(pred_logits.astype(np.float32))
-    masks = torch.from_numpy(pred_masks.astype(np.float32))
-    size = (masks.shape[-2] * 4, masks.shape[-1] * 4)
-    scores = semantic_inference(logits, masks, size)
-    top2 = scores.topk(2, dim=1).values
-    return (top2[:, 0] - top2[:, 1]).numpy()
+    pre = Preprocessor(fmt)
+    return [(item, pre([item.image] * batch)[0]) for item in items]
 
 
 def open_session(model: onnx.ModelProto | str | os.PathLike[str], threads: int = 0) -> Any:
@@ -324,6 +95,21 @@ def run_reference(reference: nn.Module, x: np.ndarray, names: Sequence[str]) -> 
     return {name: t.numpy() for name, t in zip(names, out)}
 
 
+def torch_runner(model: nn.Module, head: str) -> Runner:
+    """A :data:`runtime.compare.engine.Runner` of the PyTorch model on BGR images, preprocessed
+    the model's own way (RGB, 0-255, its config's mean / std inside :class:`ExportedModel`)."""
+    from export.heads import ExportedModel, output_names
+
+    reference = ExportedModel(model, head, "normalize").eval()
+    names = output_names(head)
+
+    def run(image: np.ndarray) -> dict[str, np.ndarray]:
+        rgb = np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)[None]).astype(np.float32)
+        return run_reference(reference, rgb, names)
+
+    return run
+
+
 def compare(
     session: Any,
     reference: nn.Module,
@@ -335,29 +121,28 @@ def compare(
     object_mask_threshold: float = 0.8,
     overlap_threshold: float = 0.8,
     graph_label: str = "onnxruntime",
-) -> ParityReport:
-    """Run ``session`` (onnxruntime) and ``reference`` (PyTorch) on every sample and compare."""
+    policy: ParityPolicy | None = None,
+) -> ComparisonReport:
+    """Graph-level parity: ``session`` and ``reference`` on the same graph inputs, judged by the engine."""
+    if not samples:
+        raise ExportError("nothing to compare: no samples")
     names = [o.name for o in session.get_outputs()]
     input_name = session.get_inputs()[0].name
-    report = ParityReport(head=head, graph=graph_label)
-    kwargs = {
-        "num_classes": num_classes,
-        "thing_ids": thing_ids,
-        "object_mask_threshold": object_mask_threshold,
-        "overlap_threshold": overlap_threshold,
-    }
-    for label, x in samples:
-        got = dict(zip(names, session.run(None, {input_name: x})))
-        ref = run_reference(reference, x, names)
-        diffs = {n: tensor_diff(n, got[n], ref[n]) for n in names}
-        got_labels = labels_from_outputs(head, got, **kwargs)
-        ref_labels = labels_from_outputs(head, ref, **kwargs)
-        report.samples.append(
-            SampleResult(
-                label=label,
-                diffs=diffs,
-                label_agreement=float((got_labels == ref_labels).mean()),
-                miou=mean_iou(got_labels, ref_labels),
-            )
-        )
-    return report
+    tensors = {id(item.image): x for item, x in samples}
+    items = [item for item, _ in samples]
+    height, width = items[0].image.shape[:2]
+    spec = HeadSpec(
+        head, num_classes, height, width, frozenset(thing_ids), object_mask_threshold, overlap_threshold
+    )
+    meta = {"head": head, "input_size": [height, width], "num_classes": num_classes, "precision": "fp32"}
+    got = predict(
+        lambda image: dict(zip(names, session.run(None, {input_name: tensors[id(image)]}))),
+        items,
+        {**meta, "model_file": graph_label, "backend": "onnxruntime"},
+    )
+    ref = predict(
+        lambda image: run_reference(reference, tensors[id(image)], names),
+        items,
+        {**meta, "model_file": "PyTorch", "backend": "torch"},
+    )
+    return compare_predictions(got, ref, spec, policy)

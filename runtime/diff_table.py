@@ -1,4 +1,4 @@
-"""The layout of the per-sample, per-output difference tables of ``export`` and ``verify``.
+"""The layout of the per-image, per-output difference tables of the comparison engine (check, verify).
 
 Both print, under a title, one line per sample and output (the sample's name, the output's name, then
 right-aligned figures) and one ``labels`` line per sample; sharing the layout keeps their columns alike.

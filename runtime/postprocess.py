@@ -282,3 +282,21 @@ def segments_at_size(id_map: np.ndarray, segments: list[Segment]) -> list[Segmen
         return []
     counts = np.bincount(id_map.ravel().astype(np.int64), minlength=max(s.id for s in segments) + 1)
     return [replace(s, area=int(counts[s.id])) for s in segments if counts[s.id] > 0]
+
+
+def semantic_scores_from_raw(logits: np.ndarray, masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(height, width, K) class scores of one image from the raw head's outputs, in numpy.
+
+    ``logits``: (Q, K + 1); ``masks``: (Q, h, w) mask logits. Class scores are formed at mask
+    resolution and then upsampled (cheaper than upsampling every query's mask first; borders may
+    differ slightly from the in-graph semantic head).
+    """
+    logits = logits.astype(np.float32)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = (probs / probs.sum(-1, keepdims=True))[:, :-1]  # (Q, K)
+    sig = 1.0 / (1.0 + np.exp(-masks.astype(np.float32)))  # (Q, h, w)
+    scores = np.einsum("qk,qhw->hwk", probs, sig)
+    scores = cv2.resize(scores, (width, height), interpolation=cv2.INTER_LINEAR)
+    if scores.ndim == 2:  # a single class: cv2 drops the channel axis
+        scores = scores[:, :, None]
+    return scores

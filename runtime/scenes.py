@@ -1,8 +1,7 @@
-"""Synthetic street scenes: deterministic test images for the parity checks of ``export`` and ``verify``.
+"""Synthetic street scenes: the deterministic, seeded images every parity verdict is decided on
+(:mod:`runtime.compare.inputs`: ``check``, ``verify``, the demo and calibrate's report).
 
-Both draw a sky gradient, buildings and a road, then cars and sensor noise; the cars and the noise are
-drawn by :func:`paint_cars_and_noise` for both, each scene keeping its own colours, counts and sizes
-(so each produces the same pixels for a seed as it always has).
+A sky gradient, buildings and a road, then cars and sensor noise (:func:`paint_cars_and_noise`).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from runtime.postprocess import (
     check_finite_outputs,
     fuse_panoptic_outputs,
     segments_at_size,
+    semantic_scores_from_raw,
     to_original_size,
 )
 from runtime.preprocess import Geometry, Preprocessor, ResizeMode
@@ -332,19 +333,12 @@ class Segmenter:
         return Result(to_original_size(labels, geometry), margin=margin)
 
     def _semantic_from_raw(self, outputs: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, float]:
-        """Semantic labels from raw logits in numpy: class scores are formed at mask resolution
-        and then upsampled (cheaper than upsampling every query's mask first; borders may differ
-        slightly from the in-graph semantic head)."""
-        logits = outputs["pred_logits"][i].astype(np.float32)
-        masks = outputs["pred_masks"][i].astype(np.float32)
-        probs = np.exp(logits - logits.max(-1, keepdims=True))
-        probs = (probs / probs.sum(-1, keepdims=True))[:, :-1]  # (Q, K)
-        sig = 1.0 / (1.0 + np.exp(-masks))  # (Q, h, w)
-        scores = np.einsum("qk,qhw->hwk", probs, sig)
+        """Semantic labels from raw logits (:func:`semantic_scores_from_raw`) and their mean
+        confidence margin (top-1 minus top-2 class score; the fleet index's uncertainty)."""
         fmt = self.artifact.input_format
-        scores = cv2.resize(scores, (fmt.width, fmt.height), interpolation=cv2.INTER_LINEAR)
-        if scores.ndim == 2:  # a single class: cv2 drops the channel axis
-            scores = scores[:, :, None]
+        scores = semantic_scores_from_raw(
+            outputs["pred_logits"][i], outputs["pred_masks"][i], fmt.height, fmt.width
+        )
         if scores.shape[-1] > 1:
             top2 = np.partition(scores, scores.shape[-1] - 2, axis=-1)[..., -2:]
             margin = float((top2[..., 1] - top2[..., 0]).mean())

@@ -192,6 +192,10 @@ def test_cli_calibrate_end_to_end(quick, tmp_path):
     assert set(report["precisions"]) == {"fp32", "fp16", "int8"}
     assert report["calibration"]["images"] == 4 and report["calibration"]["method"] == "percentile"
     assert report["calibration"]["layout"] == "onnxruntime"
+    # The same engine and policy as check / verify judge FP16 and INT8 against FP32.
+    assert set(report["parity"]) == {"fp16", "int8"}
+    assert report["parity"]["fp16"]["passed"], report["parity"]["fp16"]["failures"]
+    assert "Parity vs fp32" in (out / "accuracy.md").read_text()
     assert read_cache(out / "model.cache").scales
     assert "mIoU" in result.output and "trt cache" in result.output
 

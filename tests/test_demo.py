@@ -49,6 +49,18 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert all(r["p50_ms"] > 0 and set(r["stages_ms"]) == {"pre", "infer", "post"} for r in results)
     assert (out / "bench.csv").is_file() and (out / "bench.md").is_file()
     assert "PASS" in res.output and "accuracy int8" in res.output
+    # The device-side gate agrees with the demo's: verify PASSes its FP16 and INT8 artifacts.
+    for precision in ("fp16", "int8"):
+        verified = CliRunner().invoke(
+            app,
+            [
+                "verify",
+                str(out / "artifacts" / precision / "model.onnx"),
+                "--against",
+                str(out / "artifacts" / "fp32" / "model.onnx"),
+            ],
+        )
+        assert verified.exit_code == 0, verified.output
 
 
 def test_demo_rejects_a_file_as_out(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ Steps (each shown on a terminal, quiet otherwise):
 1. the synthetic Cityscapes-format set (:func:`pem.zoo.default_dataset_path`, cached);
 2. the trained tiny panoptic model (:func:`pem.zoo.ensure_default_checkpoint`, cached);
 3. FP32 and FP16 ONNX exports, INT8 calibration with the FP32 / FP16 / INT8 accuracy report;
-4. parity of every ONNX artifact against PyTorch (:func:`export.check.check_artifact`);
+4. parity of every ONNX artifact against PyTorch (:func:`export.check.check_artifact`, the one
+   comparison engine :mod:`runtime.compare`);
 5. latency of PyTorch and the three artifacts (:mod:`export.bench_torch`, :mod:`runtime.bench`);
 6. overlays of a few validation images from the runtime (:func:`runtime.batch_infer.infer_path`);
 7. ``report.md`` (plus ``bench.json/.csv/.md``) in the output folder.
@@ -169,15 +170,17 @@ def _demo_into(
         parity: dict[str, dict[str, Any]] = {}
         for precision, path in artifacts.items():
             say(f"parity {precision.upper()} vs PyTorch")
-            # Thresholds: the shared parity policy (contract.parity_policy), as check and verify.
-            check = check_artifact(path, source=source, random=0, scenes=2, emulate=False)
+            # The one comparison engine and policy (runtime.compare), as check and verify.
+            check = check_artifact(path, source=source, emulate=False)
             report = check.reports[0]
             parity[precision] = {
                 "passed": check.passed,
                 "label_agreement": float(report.label_agreement),
+                "confident_agreement": float(report.confident_agreement),
                 "miou": float(report.miou),
                 "failures": list(check.failures),
-                "min_agreement": float(check.thresholds.get("min_label_agreement", 0.0)),
+                "min_agreement": float(report.policy.min_confident_agreement),
+                "margins": {c.what: c.margin for c in report.criteria},
             }
 
         say(f"benchmarking PyTorch + 3 ONNX artifacts ({warmup} warm-up, {iterations} iterations)")
@@ -273,16 +276,16 @@ def _write_report(result: DemoResult, variant: str, checkpoint: str, bench_md: s
     lines += ["", "## Accuracy (FP32 / FP16 / INT8, synthetic val split)", ""]
     if result.accuracy is not None:
         lines.append(report_markdown(result.accuracy, title="Accuracy").split("\n", 2)[2])
-    lines += ["## Parity vs PyTorch (2 synthetic street scenes)", ""]
+    lines += ["## Parity vs PyTorch (generated street scenes; `pem-deploy check`'s policy)", ""]
     lines += [
-        "| artifact | label agreement | required | mIoU vs PyTorch | verdict |",
-        "|---|---|---|---|---|",
+        "| artifact | label agreement | confident pixels | required | mIoU vs PyTorch | verdict |",
+        "|---|---|---|---|---|---|",
     ]
     for precision, entry in result.parity.items():
         verdict = "PASS" if entry["passed"] else "FAIL: " + "; ".join(entry["failures"])
         lines.append(
-            f"| {precision} | {entry['label_agreement']:.4%} | >= {entry['min_agreement']:.1%} "
-            f"| {entry['miou']:.4f} | {verdict} |"
+            f"| {precision} | {entry['label_agreement']:.4%} | {entry['confident_agreement']:.4%} "
+            f"| >= {entry['min_agreement']:.1%} | {entry['miou']:.4f} | {verdict} |"
         )
     lines += ["", "## Latency (ms per frame; pre / infer / post from the runtime)", "", bench_md, ""]
     lines += [f"Also `bench.json`, `bench.csv`, `bench.md`{', `bench.png`' if not result.notes else ''}."]
