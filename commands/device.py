@@ -90,12 +90,7 @@ def verify_command(
     precision: str = typer.Option(
         None, "--policy", help="Policy fp32 | fp16 | int8 (default: the candidate's)."
     ),
-    max_rel: float = opt.float_option(
-        None,
-        "--max-rel-error",
-        "Max relative error of float outputs (mean |diff| / mean |ref|).",
-        opt.NON_NEGATIVE,
-    ),
+    max_rel: opt.MaxRelError = None,
     min_agreement: float = opt.float_option(
         None, "--min-agreement", "Minimum label agreement on confident pixels.", opt.SHARE
     ),

@@ -332,12 +332,7 @@ def check_command(
     emulate: bool = typer.Option(
         None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."
     ),
-    max_rel: float = opt.float_option(
-        None,
-        "--max-rel-error",
-        "Max relative error of float outputs (mean |diff| / mean |ref|).",
-        opt.NON_NEGATIVE,
-    ),
+    max_rel: opt.MaxRelError = None,
     min_agreement: float = opt.float_option(
         None,
         "--min-agreement",

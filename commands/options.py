@@ -304,14 +304,13 @@ CompareImages = Annotated[
         help="Image files or folders to compare on (repeatable; --image is an alias).",
     ),
 ]
-Atol = Annotated[
+MaxRelError = Annotated[
     Optional[float],  # noqa: UP045
     typer.Option(
-        "--atol",
-        "--max-abs",
-        help="Absolute tolerance of logits / scores (default: the precision's policy; --max-abs "
-        "is an alias).",
-        callback=float_range("--atol", NON_NEGATIVE),
+        "--max-rel-error",
+        help="Max relative error of float outputs, mean |diff| / mean |ref| (default: the "
+        "precision's policy).",
+        callback=float_range("--max-rel-error", NON_NEGATIVE),
     ),
 ]
 

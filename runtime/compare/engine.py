@@ -415,7 +415,9 @@ class ComparisonReport:
                     else f"{d.max_abs:>11.3g}{d.relative_error:>11.3g}"
                 )
                 note = f"  {bad} NaN/Inf" if bad else ""
-                lines.append(row(label, d.name, w, f"{figures}{d.agreement:>10.3%}  {d.role}{note}"))
+                # Identical elements mean something for ids only; floats are judged by their error.
+                equal = f"{d.agreement:>10.3%}" if d.is_index else f"{'-':>10}"
+                lines.append(row(label, d.name, w, f"{figures}{equal}  {d.role}{note}"))
             seg = ""
             if s.segments is not None and s.segment_match is not None:
                 m, r, g = s.segments
@@ -431,6 +433,7 @@ class ComparisonReport:
             )
         if any(not s.decides for s in self.samples):
             lines.append("  * noise: a diagnostic only, it does not decide the verdict")
+        lines.append("equal: identical elements of integer outputs (float outputs: '-', judged by their error)")
         lines.append("criteria (worst deciding image; margin: distance to the limit, + = passing side):")
         lines += ["  " + c.line() for c in self.criteria]
         lines.append(self.verdict())

@@ -47,9 +47,8 @@ def test_help_has_no_raw_markup_or_other_commands_defaults(command: str) -> None
     ("commands", "dest", "name", "alias"),
     [
         (("check", "verify"), None, "--images", None),
-        (("check", "verify"), None, "--atol", None),
+        (("check", "verify"), None, "--max-rel-error", None),
         (("check",), "image", "--images", "--image"),
-        (("check",), "max_abs", "--atol", "--max-abs"),
         (("eval", "train", "calibrate"), None, "--split", None),
         (("train",), "val_split", "--split", "--val-split"),
         (("calibrate",), "eval_split", "--split", "--eval-split"),

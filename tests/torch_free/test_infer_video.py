@@ -66,6 +66,7 @@ def test_save_video_keeps_codec_and_frame_rate_and_progress_knows_the_total(arti
     with Segmenter.open(artifact) as seg:
         infer_path(seg, clip, tmp_path / "out", save_video=True, exist_ok=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".pem-deploy-outputs.json",  # contract/output.py's record of what pem-deploy wrote here
         "labels",
         "overlay",
         "predictions.json",
