@@ -433,7 +433,7 @@ class ComparisonReport:
             )
         if any(not s.decides for s in self.samples):
             lines.append("  * noise: a diagnostic only, it does not decide the verdict")
-        lines.append("equal: identical elements of integer outputs (float outputs: '-', judged by their error)")
+        lines.append("equal: identical elements of integer outputs (floats: '-', judged by their error)")
         lines.append("criteria (worst deciding image; margin: distance to the limit, + = passing side):")
         lines += ["  " + c.line() for c in self.criteria]
         lines.append(self.verdict())
