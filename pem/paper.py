@@ -100,3 +100,18 @@ def comparison_markdown(rows: list[RowComparison]) -> str:
             f"| {'yes' if r.within_targets else 'NO'} |"
         )
     return "\n".join(lines)
+
+
+#: The paper's Cityscapes R50 speeds (FPS, V100, 1024x2048): PEM and the Mask2Former baseline.
+PAPER_FPS: dict[str, dict[str, float]] = {
+    "cityscapes-panoptic-r50": {"pem": 13.8, "mask2former": 4.1},
+    "cityscapes-semantic-r50": {"pem": 13.8, "mask2former": 6.6},
+}
+
+
+def paper_row(preset: str, architecture: str = "pem") -> PaperRow | None:
+    """The paper's cost row of ``preset`` for ``architecture`` (``None`` if the paper has none)."""
+    for row in PAPER_ROWS:
+        if row.preset == preset and row.architecture == architecture:
+            return row
+    return None
