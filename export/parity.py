@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from contract.parity_policy import ParityPolicy
 from export.errors import ExportError
-from pem.inference import semantic_inference
 from runtime.diff_table import name_width, row
 from runtime.postprocess import category_map, fuse_panoptic_outputs
 from runtime.scenes import paint_cars_and_noise
@@ -279,10 +279,8 @@ def labels_from_outputs(
     if head == "semantic":
         return outputs["labels"].astype(np.int32)
     if head == "raw":
-        logits = torch.from_numpy(outputs["pred_logits"].astype(np.float32))
-        masks = torch.from_numpy(outputs["pred_masks"].astype(np.float32))
-        size = (masks.shape[-2] * 4, masks.shape[-1] * 4)
-        return semantic_inference(logits, masks, size).argmax(1).to(torch.int32).numpy()
+        scores = semantic_scores(outputs["pred_logits"], outputs["pred_masks"])
+        return scores.argmax(1).to(torch.int32).numpy()
     maps = []
     for i in range(outputs["owner"].shape[0]):
         id_map, segments = fuse_panoptic_outputs(
@@ -292,25 +290,48 @@ def labels_from_outputs(
     return np.stack(maps)
 
 
+#: Queries upsampled at a time by :func:`semantic_scores` (at 1024x2048: 16 x 8 MiB per query).
+SCORE_QUERY_CHUNK = 16
+
+
+def semantic_scores(pred_logits: np.ndarray, pred_masks: np.ndarray) -> torch.Tensor:
+    """:func:`pem.inference.semantic_inference` at 4x the mask size, summed over chunks of queries.
+
+    The same scores up to float summation order, without the (B, Q, H, W) float tensors of every
+    query's upsampled mask and its sigmoid (1.6 GiB for 100 queries at 1024x2048).
+    """
+    logits = torch.from_numpy(pred_logits.astype(np.float32))
+    masks = torch.from_numpy(pred_masks.astype(np.float32))
+    size = (masks.shape[-2] * 4, masks.shape[-1] * 4)
+    probs = logits.softmax(dim=-1)[..., :-1]  # (B, Q, K)
+    scores = torch.zeros(masks.shape[0], probs.shape[-1], *size)
+    for start in range(0, masks.shape[1], SCORE_QUERY_CHUNK):
+        part = slice(start, start + SCORE_QUERY_CHUNK)
+        up = F.interpolate(masks[:, part], size=size, mode="bilinear", align_corners=False).sigmoid_()
+        scores += torch.einsum("bqk,bqhw->bkhw", probs[:, part], up)
+    return scores
+
+
 def semantic_margin(pred_logits: np.ndarray, pred_masks: np.ndarray) -> np.ndarray:
     """(B, H, W) gap between the best and second-best class score of the semantic inference.
 
     Small gaps are near-ties that any rounding may flip (typical of random weights).
     """
-    logits = torch.from_numpy(pred_logits.astype(np.float32))
-    masks = torch.from_numpy(pred_masks.astype(np.float32))
-    size = (masks.shape[-2] * 4, masks.shape[-1] * 4)
-    scores = semantic_inference(logits, masks, size)
+    scores = semantic_scores(pred_logits, pred_masks)
     top2 = scores.topk(2, dim=1).values
     return (top2[:, 0] - top2[:, 1]).numpy()
 
 
 def open_session(model: onnx.ModelProto | str | os.PathLike[str], threads: int = 0) -> Any:
-    """onnxruntime CPU session for a model or path (errors name the file)."""
+    """onnxruntime CPU session for a model or path (errors name the file).
+
+    Without a memory arena: a parity check runs each graph a few times next to the PyTorch model,
+    and at 1024x2048 an arena would hold gigabytes while PyTorch runs.
+    """
     from runtime.backends.ort_session import create_session
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return create_session(data, threads=threads, inter_op_threads=0, error=ExportError)
+    return create_session(data, threads=threads, inter_op_threads=0, error=ExportError, memory_arena=False)
 
 
 def run_reference(reference: nn.Module, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
