@@ -66,7 +66,7 @@ class DeformConv(OpRun):
         pads = pads or [0, 0, 0, 0]
         if pads[0] != pads[2] or pads[1] != pads[3]:
             raise NotImplementedError("DeformConv wrapper: symmetric pads only")
-        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x, offset, w)]
+        tensors = [torch.from_numpy(np.array(a)) for a in (x, offset, w)]  # writable copies
         m = (
             torch.from_numpy(mask)
             if mask is not None
