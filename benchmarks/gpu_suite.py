@@ -259,6 +259,7 @@ def _ort_rows(
     provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
     if provider not in ort.get_available_providers():
         return {"skipped": f"{provider} is not available (install onnxruntime-gpu)"}
+    import numpy as np
     import onnx
 
     from export.heads import ExportedModel
@@ -284,7 +285,7 @@ def _ort_rows(
         if device.type == "cuda":
             x_dev = x.to(device).contiguous()
             binding.bind_input(
-                "images", "cuda", device.index or 0, "float32", list(x.shape), x_dev.data_ptr()
+                "images", "cuda", device.index or 0, np.float32, list(x.shape), x_dev.data_ptr()
             )
             for output in ("pred_logits", "pred_masks"):
                 binding.bind_output(output, "cuda", device.index or 0)

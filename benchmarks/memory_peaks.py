@@ -56,7 +56,10 @@ def _run(args: list[str], log: Path) -> dict[str, object]:
     }
 
 
-def measure(model: str, work: Path) -> dict[str, dict[str, object]]:
+STEPS = ("export", "check", "calibrate", "bench")
+
+
+def measure(model: str, work: Path, only: tuple[str, ...] = STEPS) -> dict[str, dict[str, object]]:
     folder = work / model
     folder.mkdir(parents=True, exist_ok=True)
     source = _source_args(model)
@@ -79,6 +82,8 @@ def measure(model: str, work: Path) -> dict[str, dict[str, object]]:
     }
     rows = {}
     for step, args in steps.items():
+        if step not in only:
+            continue
         print(f"[{time.strftime('%H:%M:%S')}] {model}: {step}", flush=True)
         rows[step] = _run(args, folder / f"{step}.log")
         print(
@@ -89,7 +94,7 @@ def measure(model: str, work: Path) -> dict[str, dict[str, object]]:
 
 
 def markdown(results: dict[str, dict[str, dict[str, object]]]) -> str:
-    steps = ("export", "check", "calibrate", "bench")
+    steps = STEPS
     lines = ["| model | " + " | ".join(f"{s} peak MiB" for s in steps) + " |", "|---|" + "---|" * len(steps)]
     for model, rows in results.items():
         cells = []
@@ -111,12 +116,16 @@ def main() -> None:
     parser.add_argument("--models", default="tiny", help=f"comma-separated: {', '.join(MODELS)}")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder for the artifacts and logs")
     parser.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of the steps")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         parser.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(MODELS)})")
-    results = {m: measure(m, args.work) for m in models}
+    only = tuple(s for s in args.steps.split(",") if s)
+    if any(s not in STEPS for s in only):
+        parser.error(f"--steps: choose from {', '.join(STEPS)}")
+    results = {m: measure(m, args.work, only) for m in models}
     print(markdown(results))
     if args.out:
         payload = {"machine": {"cpu": platform.processor(), "cores": os.cpu_count()}, "results": results}
