@@ -159,7 +159,8 @@ def bench_command(
     backend: list[str] = typer.Option(
         None,
         "--backend",
-        help="Run ONNX artifacts with this backend: onnxruntime | openvino (repeatable: side by side).",
+        help="Run ONNX artifacts with this backend: onnxruntime | openvino (repeatable: side by side); "
+        "with --baseline: torch | onnxruntime (default both).",
     ),
     baseline: str = typer.Option(
         None,
@@ -177,7 +178,7 @@ def bench_command(
     from runtime.bench import BenchError, bench_artifact, format_table, parse_shape, write_reports
 
     if baseline is not None:
-        _baseline(preset, baseline, shape, rounds, warmup, iterations, threads, out, bool(artifacts))
+        _baseline(preset, baseline, shape, rounds, warmup, iterations, threads, out, bool(artifacts), backend)
         return
     if not artifacts and not preset:
         _fail("give one or more artifacts (ONNX, engine, .safetensors) or --preset NAME")
@@ -229,9 +230,11 @@ def _baseline(
     threads: int,
     out: str | None,
     has_artifacts: bool,
+    backends: list[str] | None,
 ) -> None:
-    """``bench --baseline``: PEM vs the baseline through ``export.baseline_bench``."""
-    from export.baseline_bench import compare_with_baseline, write_comparisons
+    """``bench --baseline``: PEM vs the baseline through ``export.baseline_bench``
+    (``--backend torch`` / ``onnxruntime`` picks one of the two; default both)."""
+    from export.baseline_bench import BACKENDS, compare_with_baseline, write_comparisons
     from export.errors import ExportError
     from runtime.bench import BenchError, parse_shape
 
@@ -248,6 +251,7 @@ def _baseline(
                 warmup=warmup,
                 iterations=iterations,
                 threads=threads or 1,
+                backends=tuple(backends) if backends else BACKENDS,
                 log=typer.echo,
             )
             for name in presets

@@ -42,6 +42,9 @@ def test_bench_baseline_bad_input_is_one_line():
     assert "Traceback" not in result.output
     result = runner.invoke(app, ["bench", "--baseline", "mask2former-r50"])
     assert result.exit_code == 2 and "give --preset" in result.output
+    args = ["bench", "--preset", "cityscapes-panoptic-r50", "--baseline", "mask2former-r50"]
+    result = runner.invoke(app, [*args, "--backend", "openvino"])
+    assert result.exit_code == 2 and "backend openvino: choose from torch, onnxruntime" in result.output
 
 
 def test_semantic_preset_uses_the_semantic_paper_ratio():
