@@ -234,6 +234,7 @@ def _baseline(
 ) -> None:
     """``bench --baseline``: PEM vs the baseline through ``export.baseline_bench``
     (``--backend torch`` / ``onnxruntime`` picks one of the two; default both)."""
+    from contract.resources import ResourceError
     from export.baseline_bench import BACKENDS, compare_with_baseline, write_comparisons
     from export.errors import ExportError
     from runtime.bench import BenchError, parse_shape
@@ -257,7 +258,7 @@ def _baseline(
             for name in presets
         ]
         written = write_comparisons(results, out) if out else None
-    except (BenchError, ExportError) as exc:
+    except (BenchError, ExportError, ResourceError) as exc:
         _fail(str(exc))
     for result in results:
         typer.echo(result.table())

@@ -34,6 +34,8 @@ from export.errors import ExportError
 #: ``--baseline`` names -> architecture of :func:`pem.flops.count_cost`.
 BASELINES: dict[str, str] = {"mask2former-r50": "mask2former"}
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
+#: The baseline's forward memory as a multiple of PEM's estimate (:func:`pem.config.estimate_forward_bytes`).
+BASELINE_MEMORY_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -223,8 +225,10 @@ def compare_with_baseline(
 
     Raises:
         ExportError: an unknown preset / baseline / backend, or a bad count.
+        contract.resources.ResourceError: the size cannot fit in this machine's memory.
     """
-    from pem.config import ConfigError, get_preset
+    from contract.resources import check_memory
+    from pem.config import ConfigError, estimate_forward_bytes, get_preset
     from pem.flops import count_cost, count_parameters
     from pem.paper import PAPER_FPS, paper_row
     from runtime.bench import bench_image, peak_rss_mb, reset_peak_rss
@@ -244,6 +248,11 @@ def compare_with_baseline(
     h, w = shape or config.input_size
     if h % 32 or w % 32:
         raise ExportError(f"--shape {h}x{w}: height and width must be multiples of 32")
+    # Mask2Former's forward needs about twice PEM's (1.7x measured at 1024x2048 in onnxruntime).
+    check_memory(
+        f"PEM and {baseline} at {h}x{w},",
+        BASELINE_MEMORY_FACTOR * estimate_forward_bytes(config, h, w, 1),
+    )
 
     models = _models(preset, baseline, (h, w), seed)
     names = list(models)

@@ -45,6 +45,8 @@ def test_bench_baseline_bad_input_is_one_line():
     args = ["bench", "--preset", "cityscapes-panoptic-r50", "--baseline", "mask2former-r50"]
     result = runner.invoke(app, [*args, "--backend", "openvino"])
     assert result.exit_code == 2 and "backend openvino: choose from torch, onnxruntime" in result.output
+    result = runner.invoke(app, [*args, "--shape", "32000x32000"])  # refused before any model is built
+    assert result.exit_code == 2 and "needs about" in result.output and "GiB" in result.output
 
 
 def test_semantic_preset_uses_the_semantic_paper_ratio():
