@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -140,6 +141,15 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def measure(args: argparse.Namespace) -> dict[str, object]:
+    """Export, compare and time in a scratch folder that is removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="int8-bias-"))
+    try:
+        return _measure(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     import onnxruntime as ort
 
     import calib.quantize
@@ -147,7 +157,6 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
 
     checkpoint = args.checkpoint or _default_checkpoint()
     h, w = args.height, args.width
-    tmp = Path(tempfile.mkdtemp(prefix="int8-bias-"))
     common = [
         "export",
         "--checkpoint",
