@@ -11,6 +11,11 @@ Sections (each one records its numbers or the reason it was skipped):
    (:class:`pem.baselines.Mask2FormerDecoder` with ``mha`` and ``sdpa`` attention) on the same
    features, FP16: FPS and PEM / Mask2Former time ratios, in eager, with ``torch.compile`` and
    with a captured CUDA graph (paper: whole model 13.8 vs 4.1 FPS).
+4. ``headline``: whole model against whole model (issue 24): PEM R50 vs the faithful Mask2Former R50
+   (:mod:`pem.mask2former`), Cityscapes panoptic, FP16 at 1024x2048 batch 1 in PyTorch with CUDA
+   events, FPS beside the paper's 13.8 / 4.1; plus onnxruntime's CUDA provider (FP32 graph, input
+   and outputs bound on the device with I/O binding) where it is installed. ``--cpu-smoke`` runs the
+   onnxruntime rows with the CPU provider so the code path is checked.
 
 ``--cpu-smoke`` runs the same code paths on the CPU at tiny sizes in float32 (a few seconds);
 what needs CUDA (CUDA graphs) or is too slow there (``torch.compile``) is skipped with the reason
@@ -226,6 +231,100 @@ def decoder_fps_section(device: torch.device, sizes: Sizes, modes: Sequence[str]
     return results
 
 
+HEADLINE_PRESET = "cityscapes-panoptic-r50"
+PAPER_FPS = {"pem": 13.8, "mask2former": 4.1}  # V100, Cityscapes panoptic, 1024x2048
+
+
+def _headline_models(h: int, w: int) -> dict[str, torch.nn.Module]:
+    from pem.config import get_preset
+    from pem.mask2former import build_mask2former
+    from pem.model import PEM
+
+    cfg = get_preset(HEADLINE_PRESET).replace(input_size=(h, w))
+    models = {}
+    for name, build in (("pem", PEM), ("mask2former", build_mask2former)):
+        torch.manual_seed(0)
+        models[name] = build(cfg).eval()
+    return models
+
+
+def _ort_rows(
+    models: dict[str, torch.nn.Module], device: torch.device, sizes: Sizes, out_dir: Path
+) -> dict[str, object]:
+    """onnxruntime FP32 rows: CUDA provider with I/O binding on a GPU, the CPU provider in the smoke run."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"skipped": "onnxruntime is not installed"}
+    provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
+    if provider not in ort.get_available_providers():
+        return {"skipped": f"{provider} is not available (install onnxruntime-gpu)"}
+    import numpy as np
+    import onnx
+
+    from export.heads import ExportedModel
+    from export.onnx_export import export_to_onnx
+
+    h, w = sizes.image
+    timer = _timer(torch.device("cpu"))  # session.run blocks until the outputs are ready
+    rows: dict[str, object] = {"provider": provider, "onnxruntime": ort.__version__}
+    for name, model in models.items():
+        cpu_model = model.to("cpu", torch.float32)
+        x = torch.randn(1, 3, h, w)
+        proto = export_to_onnx(
+            ExportedModel(cpu_model, "raw", "none"),
+            (x,),
+            input_names=["images"],
+            output_names=["pred_logits", "pred_masks"],
+            exporter="torchscript",
+        )
+        path = out_dir / f"headline_{name}.onnx"
+        onnx.save(proto, str(path))
+        session = ort.InferenceSession(str(path), providers=[provider])
+        binding = session.io_binding()
+        if device.type == "cuda":
+            x_dev = x.to(device).contiguous()
+            binding.bind_input(
+                "images", "cuda", device.index or 0, np.float32, list(x.shape), x_dev.data_ptr()
+            )
+            for output in ("pred_logits", "pred_masks"):
+                binding.bind_output(output, "cuda", device.index or 0)
+        else:
+            binding.bind_cpu_input("images", x.numpy())
+            for output in ("pred_logits", "pred_masks"):
+                binding.bind_output(output)
+        ms = timer(lambda s=session, b=binding: s.run_with_iobinding(b), sizes.warmup, sizes.runs)
+        rows[name] = {"ms": round(ms, 3), "fps": round(1e3 / ms, 2), "paper_fps": PAPER_FPS[name]}
+        path.unlink()
+        del session, binding
+    rows["pem_over_mask2former_time"] = round(rows["pem"]["ms"] / rows["mask2former"]["ms"], 3)
+    return rows
+
+
+def headline_section(device: torch.device, sizes: Sizes, out_dir: Path) -> dict[str, object]:
+    """PEM R50 vs Mask2Former R50, whole model, batch 1: PyTorch (``sizes.dtype``) and onnxruntime."""
+    timer = _timer(device)
+    h, w = sizes.image
+    models = _headline_models(h, w)
+    torch_rows: dict[str, object] = {}
+    for name, model in models.items():
+        model.to(device, sizes.dtype)
+        x = torch.randn(1, 3, h, w, device=device, dtype=sizes.dtype)
+        with torch.inference_mode():
+            ms = timer(lambda model=model, x=x: model(x), sizes.warmup, sizes.runs)
+        torch_rows[name] = {"ms": round(ms, 3), "fps": round(1e3 / ms, 2), "paper_fps": PAPER_FPS[name]}
+    ratio = torch_rows["pem"]["ms"] / torch_rows["mask2former"]["ms"]
+    torch_rows["pem_over_mask2former_time"] = round(ratio, 3)
+    torch_rows["paper_ratio"] = round(PAPER_FPS["mask2former"] / PAPER_FPS["pem"], 3)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "preset": HEADLINE_PRESET,
+        "input": [h, w],
+        "torch": {"dtype": str(sizes.dtype).replace("torch.", ""), **torch_rows},
+        "onnxruntime": _ort_rows(models, device, sizes, out_dir),
+    }
+
+
 def _markdown(results: dict[str, object]) -> str:
     lines = [f"# GPU suite ({results['mode']})", "", f"device: {results['device']}", ""]
     for section, value in results["sections"].items():
@@ -265,6 +364,7 @@ def run_suite(
         "deform_conv": lambda: deform_conv_section(device, sizes),
         "model_fps": lambda: model_fps_section(device, sizes),
         "decoder_fps": lambda: decoder_fps_section(device, sizes, modes),
+        "headline": lambda: headline_section(device, sizes, out_dir),
     }
     for key, section in sections.items():
         start = time.perf_counter()

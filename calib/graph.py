@@ -32,6 +32,8 @@ from calib.errors import CalibrationError
 from export.onnx_graph import GraphIndex
 
 QUANTIZABLE_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Quantisable ops with a bias input (input 2): in the ``onnxruntime`` layout an INT32 bias + DQ.
+BIASED_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm")
 QUANTIZED_PARTS: tuple[str, ...] = ("backbone", "pixel_decoder")
 # Opt-in transformer-decoder groups (``find_targets(..., decoder=...)``): see :func:`decoder_targets`.
 DECODER_GROUPS: tuple[str, ...] = ("tokens", "mask_einsum")
@@ -291,8 +293,15 @@ def insert_qdq(
     activation_scales: Mapping[str, float],
     *,
     layout: str = "tensorrt",
+    int32_biases: bool = True,
 ) -> onnx.ModelProto:
     """A copy of ``model`` with the ``targets`` quantised (explicit Q/DQ, see the module doc).
+
+    ``int32_biases`` (``onnxruntime`` layout): every constant bias of a quantised Conv / Gemm as an
+    INT32 tensor with its own ``DequantizeLinear`` (scale = activation scale x weight scale, zero
+    point 0). ``False`` keeps Conv biases float, the graph before issue 24, for comparisons only: its
+    meaning differs between the ONNX spec and onnxruntime's fused kernels (the decoder's token
+    Gemm biases stay INT32, which onnxruntime needs to fuse ``QGemm``).
 
     ``activation_scales`` maps each target's activation tensor to its INT8 scale (amax / 127).
     One Q/DQ pair per activation tensor serves all its quantised consumers; other consumers
@@ -338,8 +347,15 @@ def insert_qdq(
         node = by_name.get(target.node)
         if node is None:
             raise CalibrationError(f"node {target.node!r} not found in the model")
-        gemm_bias = (
-            layout == "onnxruntime" and target.op_type == "Gemm" and target.part == "transformer_decoder"
+        # onnxruntime's layout: constant biases as INT32 + DequantizeLinear (scale = activation scale x
+        # weight scale, zero point 0), as onnxruntime's own quantizer writes them. Its CPU provider
+        # fuses DQ -> Conv/Gemm -> Q into integer kernels that add the bias in INT32 whatever the
+        # graph says; with the bias rounded in the graph, the spec (onnx.reference) computes the same.
+        # TensorRT's layout keeps float biases: TensorRT's DequantizeLayer takes no INT32 input
+        # (export/trt_lint.py) and TensorRT folds the float bias into its INT8 kernels itself.
+        int32_bias = layout == "onnxruntime" and (
+            (int32_biases and target.op_type in BIASED_OPS)
+            or (target.op_type == "Gemm" and target.part == "transformer_decoder")
         )
         act = target.activation
         if act not in dequantised:
@@ -386,7 +402,7 @@ def insert_qdq(
             )
             weights_done[key] = dq_name
         node.input[1] = weights_done[key]
-        if gemm_bias and len(node.input) > 2 and node.input[2] in inits:
+        if int32_bias and len(node.input) > 2 and node.input[2] in inits:
             node.input[2] = _int32_bias(
                 node.input[2], inits, activation_scales[act], weights_done[key], new_inits, produced
             )
@@ -446,30 +462,33 @@ def _int32_bias(
     new_inits: list[TensorProto],
     produced: dict[str, list[onnx.NodeProto]],
 ) -> str:
-    """An INT32 ``DequantizeLinear`` bias (scale = activation scale x weight scale per channel):
-    onnxruntime fuses ``DQ -> Gemm`` into ``QGemm`` only with such a bias."""
+    """An INT32 ``DequantizeLinear`` bias (scale = activation scale x weight scale per channel, zero
+    point 0); returns its output name, or ``bias`` unchanged when a value does not fit in INT32
+    (a near-zero weight channel: the float bias is then the exact one).
+
+    onnxruntime fuses ``DQ -> Gemm`` into ``QGemm`` only with such a bias, and its fused
+    convolutions round the bias to this grid anyway."""
     w_scale = next(
         numpy_helper.to_array(t) for t in new_inits if t.name == weight_dq.replace("_dequantized", "_scale")
     )
     scale = (np.float32(act_scale) * w_scale).astype(np.float32)
     values = numpy_helper.to_array(inits[bias]).astype(np.float64)
-    q = np.clip(np.rint(values / scale), -(2**31), 2**31 - 1).astype(np.int32)
-    q_name, s_name, z_name, dq_name = (
-        f"{bias}_int32",
-        f"{bias}_int32_scale",
-        f"{bias}_int32_zero",
-        f"{bias}_int32_dq",
-    )
+    steps = np.rint(values / scale.astype(np.float64))
+    if not np.all(np.abs(steps) <= 2**31 - 1):
+        return bias
+    q = steps.astype(np.int32)
+    base = f"{bias}_int32"
+    if f"weight:{base}" in produced:  # a bias shared by several nodes: one INT32 copy per reader
+        base = f"{base}_{sum(k.startswith(f'weight:{base}') for k in produced)}"
+    q_name, s_name, z_name, dq_name = base, f"{base}_scale", f"{base}_zero", f"{base}_dq"
     new_inits += [
         numpy_helper.from_array(q, q_name),
         numpy_helper.from_array(scale, s_name),
         numpy_helper.from_array(np.zeros(scale.shape, np.int32), z_name),
     ]
     attrs = {"axis": 0} if scale.ndim else {}
-    produced.setdefault(f"weight:{bias}:int32", []).append(
-        helper.make_node(
-            "DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=f"{bias}_int32_DQ", **attrs
-        )
+    produced.setdefault(f"weight:{base}", []).append(
+        helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=f"{base}_DQ", **attrs)
     )
     return dq_name
 

@@ -351,7 +351,17 @@ def bench_command(
     backend: list[str] = typer.Option(
         None,
         "--backend",
-        help="Run ONNX artifacts with this backend: onnxruntime | openvino (repeatable: side by side).",
+        help="Run ONNX artifacts with this backend: onnxruntime | openvino (repeatable: side by side); "
+        "with --baseline: torch | onnxruntime (default both).",
+    ),
+    baseline: str = typer.Option(
+        None,
+        "--baseline",
+        help="Whole model against whole model: each --preset vs this baseline (mask2former-r50) and "
+        "PEM STDC1, eager and onnxruntime, with the paper's FPS and FLOP ratios.",
+    ),
+    rounds: int = opt.int_option(
+        2, "--rounds", "With --baseline: measure everything this many times.", 1, 100
     ),
 ) -> None:
     """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
@@ -366,6 +376,9 @@ def bench_command(
         write_reports,
     )
 
+    if baseline is not None:
+        _baseline(preset, baseline, shape, rounds, warmup, iterations, threads, out, bool(artifacts), backend)
+        return
     if not artifacts and not preset:
         _fail("give one or more artifacts (ONNX, engine, .safetensors) or --preset NAME")
     # The benchmarked files and their sidecars are never written; refused before the timing runs.
@@ -410,6 +423,52 @@ def bench_command(
         typer.echo("wrote " + ", ".join(str(p) for p in paths))
         if note:
             typer.echo(note)
+
+
+def _baseline(
+    presets: list[str] | None,
+    baseline: str,
+    shape: str | None,
+    rounds: int,
+    warmup: int,
+    iterations: int,
+    threads: int,
+    out: str | None,
+    has_artifacts: bool,
+    backends: list[str] | None,
+) -> None:
+    """``bench --baseline``: PEM vs the baseline through ``export.baseline_bench``
+    (``--backend torch`` / ``onnxruntime`` picks one of the two; default both)."""
+    from contract.resources import ResourceError
+    from export.baseline_bench import BACKENDS, compare_with_baseline, write_comparisons
+    from export.errors import ExportError
+    from runtime.bench import BenchError, parse_shape
+
+    if not presets or has_artifacts:
+        _fail("--baseline compares presets: give --preset NAME (and no artifacts)")
+    try:
+        size = parse_shape(shape) if shape else None
+        results = [
+            compare_with_baseline(
+                name,
+                baseline,
+                shape=size,
+                rounds=rounds,
+                warmup=warmup,
+                iterations=iterations,
+                threads=threads or 1,
+                backends=tuple(backends) if backends else BACKENDS,
+                log=typer.echo,
+            )
+            for name in presets
+        ]
+        written = write_comparisons(results, out) if out else None
+    except (BenchError, ExportError, ResourceError) as exc:
+        _fail(str(exc))
+    for result in results:
+        typer.echo(result.table())
+    if written:
+        typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 def _bench_torch(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -18,7 +19,16 @@ import torch
 from export.errors import ExportError
 from export.source import load_source
 from pem.inference import semantic_inference
-from runtime.bench import BenchResult, _check_counts, bench_image, peak_rss_mb, reset_peak_rss, summarize
+from runtime.bench import (
+    BenchResult,
+    _check_counts,
+    bench_image,
+    encode_result,
+    peak_rss_mb,
+    reset_peak_rss,
+    runtime_versions,
+    summarize,
+)
 
 
 def bench_torch(
@@ -64,14 +74,23 @@ def bench_torch(
         if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
         latencies: list[float] = []
-        stages: dict[str, list[float]] = {"pre": [], "infer": [], "post": []}
+        stages: dict[str, list[float]] = {"pre": [], "infer": [], "post": [], "encode": []}
         with torch.inference_mode():
             for i in range(warmup + iterations):
-                times = _cuda_step(model, frames, dev) if cuda else _cpu_step(model, frames, dev)
+                times, labels = _cuda_step(model, frames, dev) if cuda else _cpu_step(model, frames, dev)
+                start = time.perf_counter()
+                for label_map in labels:
+                    encode_result(SimpleNamespace(labels=label_map, panoptic=None))
+                encode_ms = (time.perf_counter() - start) * 1e3
                 if i >= warmup:
-                    latencies.append(sum(times))
-                    for key, value in zip(("pre", "infer", "post"), times):
+                    latencies.append(sum(times) + encode_ms)
+                    for key, value in zip(("pre", "infer", "post", "encode"), (*times, encode_ms)):
                         stages[key].append(value / batch)
+        # PyTorch's forward pass is the compute; on the CPU nothing is copied, on CUDA the upload
+        # happens in pre and the download at the end of post.
+        stages["compute"] = stages["infer"]
+        if not cuda:
+            stages["h2d"] = stages["d2h"] = [0.0] * len(stages["infer"])
         memory = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else peak_rss_mb()
     finally:
         torch.set_num_threads(before)
@@ -89,6 +108,8 @@ def bench_torch(
         peak_memory_mb=memory,
         memory_kind="cuda" if cuda else "rss",
         path=str(checkpoint or ""),
+        copies="inside pre/post" if cuda else "none",
+        versions={"torch": torch.__version__, **runtime_versions()},
     )
 
 
@@ -102,27 +123,29 @@ def _post(model: torch.nn.Module, out: dict, h: int, w: int) -> np.ndarray:
     return scores.argmax(1).to(torch.int32).cpu().numpy()
 
 
-def _cpu_step(model: torch.nn.Module, frames: np.ndarray, dev: torch.device) -> tuple[float, float, float]:
+def _cpu_step(
+    model: torch.nn.Module, frames: np.ndarray, dev: torch.device
+) -> tuple[tuple[float, float, float], np.ndarray]:
     t0 = time.perf_counter()
     x = _pre(model, frames, dev)
     t1 = time.perf_counter()
     out = model(x)
     t2 = time.perf_counter()
-    _post(model, out, frames.shape[1], frames.shape[2])
+    labels = _post(model, out, frames.shape[1], frames.shape[2])
     t3 = time.perf_counter()
-    return (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
+    return ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3), labels
 
 
 def _cuda_step(
     model: torch.nn.Module, frames: np.ndarray, dev: torch.device
-) -> tuple[float, float, float]:  # pragma: no cover - needs a GPU
+) -> tuple[tuple[float, float, float], np.ndarray]:  # pragma: no cover - needs a GPU
     events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
     events[0].record()
     x = _pre(model, frames, dev)
     events[1].record()
     out = model(x)
     events[2].record()
-    _post(model, out, frames.shape[1], frames.shape[2])  # ends with a device -> host copy
+    labels = _post(model, out, frames.shape[1], frames.shape[2])  # ends with a device -> host copy
     events[3].record()
     torch.cuda.synchronize(dev)
-    return tuple(events[i].elapsed_time(events[i + 1]) for i in range(3))  # type: ignore[return-value]
+    return tuple(events[i].elapsed_time(events[i + 1]) for i in range(3)), labels  # type: ignore[return-value]

@@ -81,11 +81,15 @@ def make_samples(
 
 
 def open_session(model: onnx.ModelProto | str | os.PathLike[str], threads: int = 0) -> Any:
-    """onnxruntime CPU session for a model or path (errors name the file)."""
+    """onnxruntime CPU session for a model or path (errors name the file).
+
+    Without a memory arena: a parity check runs each graph a few times next to the PyTorch model,
+    and at 1024x2048 an arena would hold gigabytes while PyTorch runs.
+    """
     from runtime.backends.ort_session import create_session
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return create_session(data, threads=threads, inter_op_threads=0, error=ExportError)
+    return create_session(data, threads=threads, inter_op_threads=0, error=ExportError, memory_arena=False)
 
 
 def run_reference(reference: nn.Module, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -42,11 +42,12 @@ class PEM(nn.Module):
     :meth:`predict_panoptic` for end-to-end inference.
     """
 
-    def __init__(self, cfg: PEMConfig):
+    def __init__(self, cfg: PEMConfig, head: nn.Module | None = None):
         super().__init__()
         self.config = cfg
         self.backbone = build_backbone(cfg.backbone)
-        self.sem_seg_head = MaskFormerHead(cfg)
+        # ``head``: another ``sem_seg_head`` over the same backbone (baselines such as Mask2Former).
+        self.sem_seg_head = head if head is not None else MaskFormerHead(cfg)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), persistent=False)
 

@@ -13,6 +13,7 @@ Never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -32,7 +33,18 @@ from contract.output import check_folder, staged_folder
 from contract.resources import check_memory
 from runtime.errors import RuntimeToolError
 
-STAGES = ("pre", "infer", "post")
+#: Per-frame stages of the table, in pipeline order. ``infer`` (h2d + compute + d2h, as timed around
+#: the backend call) is kept in ``stages_ms`` too. ``encode``: the label map (and panoptic ids) as the
+#: PNGs ``pem-deploy infer`` writes, in memory.
+STAGES = ("pre", "h2d", "compute", "d2h", "post", "encode")
+COPY_STAGES = ("h2d", "d2h")
+#: ``BenchResult.copies`` values: how the copy columns were obtained.
+COPY_NOTES = {
+    "none": "0: the backend runs in host memory (CPU), there are no host<->device copies",
+    "measured": "measured by the backend (onnxruntime I/O binding)",
+    "inside compute": "not separable by this backend: included in compute",
+    "inside pre/post": "PyTorch: the upload is in pre, the download in post",
+}
 
 
 class BenchError(RuntimeToolError):
@@ -61,6 +73,8 @@ class BenchResult:
     memory_kind: str  # "rss" (process peak resident set) or "cuda" (max allocated)
     stages_ms: dict[str, float] = field(default_factory=dict)  # mean per image and stage
     path: str = ""
+    copies: str = ""  # a key of COPY_NOTES: how the h2d / d2h columns were obtained
+    versions: dict[str, Any] = field(default_factory=dict)  # runtime_versions() of the run
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -82,6 +96,8 @@ def summarize(
     peak_memory_mb: float | None = None,
     memory_kind: str = "rss",
     path: str = "",
+    copies: str = "",
+    versions: dict[str, Any] | None = None,
 ) -> BenchResult:
     """Statistics of measured latencies (milliseconds per batch of ``batch`` images)."""
     values = np.asarray(latencies_ms, dtype=np.float64)
@@ -109,6 +125,8 @@ def summarize(
         memory_kind=memory_kind,
         stages_ms=stages,
         path=path,
+        copies=copies,
+        versions=dict(versions or {}),
     )
 
 
@@ -216,15 +234,21 @@ def bench_artifact(
         )
         frames = [bench_image(h, w, seed=i) for i in range(batch)]
         for _ in range(warmup):
-            seg.predict_batch(frames)
+            encode_result(seg.predict_batch(frames)[0])
         latencies: list[float] = []
-        stages: dict[str, list[float]] = {k: [] for k in STAGES}
+        stages: dict[str, list[float]] = {k: [] for k in (*STAGES, "infer")}
         for _ in range(iterations):
             t0 = time.perf_counter()
             results = seg.predict_batch(frames)
-            latencies.append((time.perf_counter() - t0) * 1e3)
-            for k in STAGES:
-                stages[k].append(float(np.mean([r.timings.get(k, 0.0) for r in results])))
+            t1 = time.perf_counter()
+            for r in results:
+                encode_result(r)
+            t2 = time.perf_counter()
+            latencies.append((t2 - t0) * 1e3)
+            stages["encode"].append((t2 - t1) * 1e3 / len(results))
+            for k in stages:
+                if k != "encode" and all(k in r.timings for r in results):
+                    stages[k].append(float(np.mean([r.timings[k] for r in results])))
         artifact = seg.artifact
         runner = seg.backend.name
         device = "gpu" if runner == "tensorrt" else ("cpu" if runner == "openvino" else _ort_device(seg))
@@ -241,7 +265,98 @@ def bench_artifact(
             peak_memory_mb=peak_rss_mb(),
             memory_kind="rss",
             path=str(artifact.model_path),
+            copies=seg.backend.copy_timing,
+            versions=runtime_versions(),
         )
+
+
+def encode_result(result: Any) -> int:
+    """Encode a :class:`runtime.segmenter.Result` as ``pem-deploy infer`` writes it (label PNG, and
+    the 16-bit panoptic PNG when there is one), in memory; returns the encoded bytes."""
+    import cv2
+
+    from runtime.postprocess import label_png_array
+
+    size = 0
+    maps = [("labels", result.labels, "labels", None)]
+    if result.panoptic is not None:
+        maps.append(("panoptic", result.panoptic, "panoptic", 16))
+    for name, values, kind, bits in maps:
+        ok, buf = cv2.imencode(".png", label_png_array(values, name, kind, bits))
+        if not ok:
+            raise BenchError(f"cannot encode the {name} map as PNG")
+        size += buf.size
+    return size
+
+
+def _run(command: list[str]) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def runtime_versions() -> dict[str, Any]:
+    """Versions and device state a benchmark depends on, as far as this machine can tell.
+
+    onnxruntime (and its providers), OpenVINO, TensorRT, the CUDA runtime and driver, the GPU and
+    its current / maximum clocks (NVML, through ``pynvml`` when installed), and on a Jetson the
+    L4T / JetPack release and the ``nvpmodel`` power mode. Absent components are left out.
+    """
+    info: dict[str, Any] = {"python": sys.version.split()[0], "numpy": np.__version__}
+    try:
+        import onnxruntime as ort
+
+        info["onnxruntime"] = ort.__version__
+        info["onnxruntime_providers"] = ort.get_available_providers()
+    except ImportError:
+        pass
+    for module, key in (("openvino", "openvino"), ("tensorrt", "tensorrt")):
+        with contextlib.suppress(ImportError, AttributeError):
+            info[key] = __import__(module).__version__
+    try:
+        from cuda import cudart  # type: ignore[import-not-found]
+
+        err, version = cudart.cudaRuntimeGetVersion()
+        if int(err) == 0:
+            info["cuda_runtime"] = f"{version // 1000}.{version % 1000 // 10}"
+        err, version = cudart.cudaDriverGetVersion()
+        if int(err) == 0:
+            info["cuda_driver_api"] = f"{version // 1000}.{version % 1000 // 10}"
+    except Exception:  # cuda-python absent or no device: leave it out
+        pass
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            name = pynvml.nvmlDeviceGetName(handle)
+            info["gpu"] = name.decode() if isinstance(name, bytes) else name
+            driver = pynvml.nvmlSystemGetDriverVersion()
+            info["driver"] = driver.decode() if isinstance(driver, bytes) else driver
+            clocks = {}
+            for label, kind in (("sm", pynvml.NVML_CLOCK_SM), ("memory", pynvml.NVML_CLOCK_MEM)):
+                clocks[f"{label}_mhz"] = pynvml.nvmlDeviceGetClockInfo(handle, kind)
+                clocks[f"{label}_max_mhz"] = pynvml.nvmlDeviceGetMaxClockInfo(handle, kind)
+            info["gpu_clocks"] = clocks
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # pynvml absent or no NVIDIA driver: leave it out
+        pass
+    tegra = Path("/etc/nv_tegra_release")
+    if tegra.is_file():
+        info["l4t"] = tegra.read_text(errors="replace").splitlines()[0].strip()
+        jetpack = _run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"])
+        if jetpack:
+            info["jetpack"] = jetpack
+        power = _run(["nvpmodel", "-q"])
+        if power:
+            info["power_mode"] = power.splitlines()[0]
+    return info
 
 
 def _ort_device(seg: Any) -> str:
@@ -287,8 +402,11 @@ COLUMNS = (
     ("throughput", "img/s"),
     ("peak_memory_mb", "peak MiB"),
     ("pre", "pre ms/img"),
-    ("infer", "infer ms/img"),
+    ("h2d", "h2d ms/img"),
+    ("compute", "compute ms/img"),
+    ("d2h", "d2h ms/img"),
     ("post", "post ms/img"),
+    ("encode", "encode ms/img"),
 )
 
 
@@ -297,7 +415,9 @@ def _row(result: BenchResult) -> list[str]:
     cells = []
     for key, _ in COLUMNS:
         value = result.stages_ms.get(key) if key in STAGES else data[key]
-        if value is None:
+        if value is None and key in COPY_STAGES and result.copies in ("inside compute", "inside pre/post"):
+            cells.append("in " + result.copies.split()[-1])  # "in compute" / "in pre/post", never blank
+        elif value is None:
             cells.append("-")
         elif isinstance(value, float):
             cells.append(f"{value:.1f}" if key in ("fps", "throughput", "peak_memory_mb") else f"{value:.2f}")
@@ -315,14 +435,21 @@ def format_table(results: Sequence[BenchResult]) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(lines + copy_notes(results))
+
+
+def copy_notes(results: Sequence[BenchResult]) -> list[str]:
+    """One line per kind of copy column in ``results``: what h2d / d2h mean there."""
+    kinds = dict.fromkeys(r.copies for r in results if r.copies)
+    return [f"h2d / d2h ({kind}): {COPY_NOTES.get(kind, kind)}" for kind in kinds]
 
 
 def markdown_table(results: Sequence[BenchResult]) -> str:
     """The same table as GitHub markdown."""
     head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
     rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    return "\n".join([head, rule] + ["| " + " | ".join(_row(r)) + " |" for r in results])
+    notes = ["", *(f"- {line}" for line in copy_notes(results))] if copy_notes(results) else []
+    return "\n".join([head, rule] + ["| " + " | ".join(_row(r)) + " |" for r in results] + notes)
 
 
 def report_names(stem: str = "bench", plot: bool = False) -> list[str]:
@@ -369,7 +496,8 @@ def write_reports(
         out.write(f"{stem}.json", json.dumps(payload, indent=2) + "\n")
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        keys = [k for k, _ in COLUMNS if k not in STAGES] + [f"{k}_ms" for k in STAGES]
+        keys = [k for k, _ in COLUMNS if k not in STAGES] + [f"{k}_ms" for k in (*STAGES, "infer")]
+        keys.append("copies")
         writer.writerow(keys)
         for r in results:
             data = r.to_dict()

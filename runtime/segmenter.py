@@ -44,8 +44,9 @@ class Result:
     ``labels``: (H, W) int32 class ids (semantic; for panoptic artifacts the segments' classes,
     ``255`` where void). ``panoptic``: (H, W) int32 segment ids (0 = void) and ``segments``
     (panoptic artifacts only). ``timings``: milliseconds per stage (``pre``, ``infer``, ``post``;
-    in a batch, ``infer`` is the whole batch's time divided by its size). ``notes``: one line per
-    conversion applied to the input (grayscale replicated, alpha dropped, 16-bit scaled).
+    in a batch, ``infer`` is the whole batch's time divided by its size), and ``infer`` split into
+    ``h2d``, ``compute``, ``d2h`` as the backend can (``Backend.infer_timed``). ``notes``: one line
+    per conversion applied to the input (grayscale replicated, alpha dropped, 16-bit scaled).
     ``margin``: mean over the pixels of (best - second best class score), where the model gives
     class scores (``raw`` heads); ``None`` for heads that output labels only. Low = unsure.
     """
@@ -297,7 +298,7 @@ class Segmenter:
         batch, geometries, notes = self.prepare(images, names)
         n = len(images)
         t1 = time.perf_counter()
-        outputs = self.backend.infer({self.artifact.input_name: batch})
+        outputs, split = self.backend.infer_timed({self.artifact.input_name: batch})
         t2 = time.perf_counter()
         for i in range(n):
             self.check_outputs(outputs, i, names[i])
@@ -309,6 +310,7 @@ class Segmenter:
                 "pre": (t1 - t0) * 1e3 / n,
                 "infer": (t2 - t1) * 1e3 / n,
                 "post": (t3 - t2) * 1e3 / n,
+                **{key: ms / n for key, ms in split.items()},
             }
         return results
 

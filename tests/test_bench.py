@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from contract.output import MANIFEST_NAME
+from runtime.backends.base import Backend
 from runtime.bench import BenchError, bench_artifact, format_table, parse_shape, summarize, write_reports
 
 
@@ -54,12 +55,19 @@ def test_bench_artifact_and_reports(tmp_path: Path) -> None:
     path = _artifact(tmp_path / "a")
     r = bench_artifact(path, warmup=1, iterations=4, name="tiny")
     assert r.iterations == 4 and r.backend == "onnxruntime" and r.shape == (32, 64)
-    assert set(r.stages_ms) == {"pre", "infer", "post"} and r.peak_memory_mb and r.peak_memory_mb > 0
+    assert set(r.stages_ms) == {"pre", "h2d", "compute", "d2h", "infer", "post", "encode"}
+    assert r.peak_memory_mb and r.peak_memory_mb > 0
+    # CPU provider: no copies, said so (0, with the note), not left blank.
+    assert r.copies == "none" and r.stages_ms["h2d"] == r.stages_ms["d2h"] == 0.0
+    assert r.stages_ms["compute"] > 0 and r.stages_ms["encode"] > 0
+    assert r.stages_ms["compute"] <= r.stages_ms["infer"] + 1e-6
+    assert r.versions["onnxruntime"] and "CPUExecutionProvider" in r.versions["onnxruntime_providers"]
     assert r.p50_ms <= r.p90_ms <= r.p99_ms
     r2 = bench_artifact(tmp_path / "a", shape=(64, 128), batch=2, warmup=0, iterations=2)
     assert r2.shape == (64, 128) and r2.batch == 2
     table = format_table([r, r2])
-    assert "tiny" in table and "p99 ms" in table
+    assert "tiny" in table and "p99 ms" in table and "encode ms/img" in table
+    assert "h2d / d2h (none): 0: the backend runs in host memory" in table
     paths, note = write_reports([r, r2], tmp_path / "out", plot=True)
     assert note is None or "matplotlib" in note
     assert all(p.is_file() for p in paths)
@@ -67,6 +75,8 @@ def test_bench_artifact_and_reports(tmp_path: Path) -> None:
     assert [x["name"] for x in data["results"]] == ["tiny", r2.name]
     rows = list(csv.DictReader((tmp_path / "out" / "bench.csv").open()))
     assert float(rows[0]["p50_ms"]) == pytest.approx(r.p50_ms) and "infer_ms" in rows[0]
+    assert float(rows[0]["h2d_ms"]) == 0.0 and rows[0]["copies"] == "none"
+    assert data["results"][0]["versions"]["onnxruntime"]
     assert "| artifact |" in (tmp_path / "out" / "bench.md").read_text()
     hidden = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
     assert hidden == [MANIFEST_NAME]  # the record of what pem-deploy wrote; no temp files left
@@ -112,3 +122,36 @@ def test_cli_bench_errors(args: list[str], needle: str) -> None:
     assert res.exit_code == 2
     assert "error:" in res.output and needle in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+class _DeviceBackend(Backend):
+    """A backend whose copies it cannot separate (not host memory), for the default split."""
+
+    name = "fake-device"
+
+    def __init__(self) -> None:
+        self._inputs, self._outputs = [], []
+
+    def infer(self, inputs):
+        return {"y": inputs["x"] * 2}
+
+
+def test_default_split_leaves_copies_inside_compute_and_the_table_says_so() -> None:
+    backend = _DeviceBackend()
+    outputs, split = backend.infer_timed({"x": np.ones(3)})
+    assert outputs["y"].tolist() == [2.0, 2.0, 2.0]
+    assert set(split) == {"compute"} and split["compute"] >= 0 and backend.copy_timing == "inside compute"
+    r = summarize(
+        [5.0],
+        name="dev",
+        backend="fake-device",
+        precision="fp32",
+        device="gpu",
+        shape=(8, 8),
+        batch=1,
+        warmup=0,
+        stages_ms={"pre": [1.0], "compute": [3.0], "post": [1.0]},
+        copies=backend.copy_timing,
+    )
+    table = format_table([r])
+    assert "in compute" in table and "h2d / d2h (inside compute): not separable" in table

@@ -372,3 +372,115 @@ def test_onnxruntime_layout_fuses_upsamplers_and_moves_int8(tmp_path):
     got = session.run(None, {"x": x})[0]
     want = values[-1]
     assert np.abs(got - want).max() < 0.03 * np.abs(want).max()
+
+
+def _biased_chain(channels: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """Three biased 3x3 convs with ReLUs (backbone, backbone, pixel decoder), wide enough for INT8."""
+    rng = np.random.default_rng(seed)
+    inits, nodes, prev = [], [], "images"
+    for i, part in enumerate(["backbone", "backbone", "sem_seg_head.pixel_decoder"]):
+        w, b = f"model.{part}.c{i}.weight", f"model.{part}.c{i}.bias"
+        weight = (rng.standard_normal((channels, channels, 3, 3)) * 0.1).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(weight, w),
+            numpy_helper.from_array((rng.standard_normal(channels) * 0.5).astype(np.float32), b),
+        ]
+        nodes += [
+            helper.make_node("Conv", [prev, w, b], [f"c{i}"], f"c{i}", pads=[1] * 4),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"], f"r{i}"),
+        ]
+        prev = f"r{i}"
+    shape = [1, channels, 16, 16]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, shape)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+
+
+def _chain_scales(model: onnx.ModelProto, x: np.ndarray) -> dict[str, float]:
+    tensors = ["images"] + [n.output[0] for n in model.graph.node]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors[1:-1]
+    )
+    values = [x, *ort.InferenceSession(probe.SerializeToString()).run(tensors[1:], {"images": x})]
+    return {t: float(np.abs(v).max()) / 127 for t, v in zip(tensors, values)}
+
+
+def test_onnxruntime_layout_biases_are_int32_with_their_own_dequantize():
+    model = _biased_chain()
+    x = np.random.default_rng(1).standard_normal((1, 16, 16, 16)).astype(np.float32)
+    scales = _chain_scales(model, x)
+    quantized = insert_qdq(model, find_targets(model), scales, layout="onnxruntime")
+    onnx.checker.check_model(quantized)
+    inits = {t.name: t for t in quantized.graph.initializer}
+    producer = {o: n for n in quantized.graph.node for o in n.output}
+    weight_scales = {
+        n: numpy_helper.to_array(t) for n, t in inits.items() if n.endswith("weight_axis0_scale")
+    }
+    for node in (n for n in quantized.graph.node if n.op_type == "Conv"):
+        dq = producer[node.input[2]]
+        assert dq.op_type == "DequantizeLinear"
+        values, scale, zero = (inits[name] for name in dq.input)
+        assert values.data_type == TensorProto.INT32 and zero.data_type == TensorProto.INT32
+        assert not numpy_helper.to_array(zero).any()
+        act_scale = scales[node.input[0].removesuffix("_dequantized")]
+        w_scale = weight_scales[f"{node.input[1].removesuffix('_dequantized')}_scale"]
+        np.testing.assert_allclose(numpy_helper.to_array(scale), np.float32(act_scale) * w_scale, rtol=1e-6)
+        assert not any(
+            name in inits and inits[name].data_type == TensorProto.FLOAT for name in node.input[2:]
+        )
+    # TensorRT's layout keeps float biases: TensorRT's DequantizeLinear takes no INT32 input.
+    trt = insert_qdq(model, find_targets(model), scales, layout="tensorrt")
+    trt_inits = {t.name: t for t in trt.graph.initializer}
+    assert all(
+        trt_inits[n.input[2]].data_type == TensorProto.FLOAT for n in trt.graph.node if n.op_type == "Conv"
+    )
+    assert all(t.data_type != TensorProto.INT32 for t in trt.graph.initializer)
+
+
+def test_int32_biases_make_onnxruntime_compute_what_the_spec_says():
+    from onnx.reference import ReferenceEvaluator
+
+    model = _biased_chain()
+    x = np.random.default_rng(1).standard_normal((1, 16, 16, 16)).astype(np.float32)
+    scales = _chain_scales(model, x)
+    step = scales["r2"]
+    diffs = {}
+    for int32 in (False, True):
+        quantized = insert_qdq(model, find_targets(model), scales, layout="onnxruntime", int32_biases=int32)
+        spec = ReferenceEvaluator(quantized).run(None, {"images": x})[0]
+        session = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"])
+        diffs[int32] = float(np.abs(spec - session.run(None, {"images": x})[0]).max()) / step
+    # Float biases: onnxruntime's fused kernels round them to INT32 and the outputs move by a
+    # quantisation step; INT32 biases: the graph means the same in both.
+    assert diffs[False] >= 0.5 and diffs[True] <= 1e-3, diffs
+
+
+def test_int32_bias_that_cannot_fit_stays_float():
+    model = _biased_chain()
+    weight = next(t for t in model.graph.initializer if t.name == "model.backbone.c1.weight")
+    weight.CopyFrom(numpy_helper.from_array(np.zeros((16, 16, 3, 3), np.float32), weight.name))
+    x = np.random.default_rng(1).standard_normal((1, 16, 16, 16)).astype(np.float32)
+    quantized = insert_qdq(model, find_targets(model), _chain_scales(model, x), layout="onnxruntime")
+    conv = next(n for n in quantized.graph.node if n.name == "c1")
+    assert conv.input[2] == "model.backbone.c1.bias"  # zero weights: the bias scale would be ~0
+
+
+def test_tensorrt_lint_accepts_the_tensorrt_layout_and_would_reject_int32_biases():
+    from export.trt_lint import TARGETS as TRT_TARGETS
+    from export.trt_lint import lint_model
+
+    model = _biased_chain()
+    x = np.random.default_rng(1).standard_normal((1, 16, 16, 16)).astype(np.float32)
+    scales = _chain_scales(model, x)
+    report = lint_model(insert_qdq(model, find_targets(model), scales, layout="tensorrt"))
+    assert all(report.rejected(t) == [] for t in TRT_TARGETS), report.summary()
+    # Why the TensorRT layout keeps float biases: an INT32 DequantizeLinear is refused.
+    ort_layout = lint_model(insert_qdq(model, find_targets(model), scales, layout="onnxruntime"))
+    assert any("DequantizeLinear" in f.op for f in ort_layout.rejected(TRT_TARGETS[0])), ort_layout.summary()

@@ -26,7 +26,7 @@ def test_cpu_smoke_runs_every_section(tmp_path):
     results = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert (tmp_path / "gpu_suite.md").read_text().startswith("# GPU suite (cpu-smoke)")
     sections = results["sections"]
-    assert set(sections) == {"deform_conv", "model_fps", "decoder_fps"}
+    assert set(sections) == {"deform_conv", "model_fps", "decoder_fps", "headline"}
     deform = sections["deform_conv"]
     if "skipped" in deform:
         assert "torchvision" in deform["skipped"]
@@ -40,6 +40,17 @@ def test_cpu_smoke_runs_every_section(tmp_path):
     eager = decoder["eager"]
     assert eager["pem"]["ms"] > 0 and eager["pem_over_mask2former_mha"] > 0
     assert "CUDA" in decoder["cuda_graph"]["skipped"] and "torch.compile" in decoder["compile"]["skipped"]
+    headline = sections["headline"]  # PEM R50 vs Mask2Former R50, whole model
+    for backend in ("torch", "onnxruntime"):
+        rows = headline[backend]
+        if "skipped" in rows:
+            assert backend == "onnxruntime" and "onnxruntime" in rows["skipped"]
+            continue
+        assert rows["pem"]["paper_fps"] == 13.8 and rows["mask2former"]["paper_fps"] == 4.1
+        assert rows["pem"]["fps"] > 0 and rows["mask2former"]["fps"] > 0
+        assert rows["pem_over_mask2former_time"] > 0
+    assert headline["torch"]["paper_ratio"] == pytest.approx(4.1 / 13.8, abs=1e-3)
+    assert not list(tmp_path.glob("*.onnx"))  # the exported graphs are removed after timing
 
 
 def test_gpu_mode_needs_cuda(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on host arrays; returns host arrays keyed by output name."""
+
+    #: True when the model runs in host memory (CPU): there are no host<->device copies.
+    host_memory: bool = False
+
+    @property
+    def copy_timing(self) -> str:
+        """How :meth:`infer_timed` reports the copies: ``none`` (host memory: 0 ms), ``measured``
+        or ``inside compute`` (this backend cannot separate them)."""
+        return "none" if self.host_memory else "inside compute"
+
+    def infer_timed(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """:meth:`infer` with its cost split in milliseconds: ``h2d``, ``compute``, ``d2h``.
+
+        This default times the whole call as ``compute``; the copies are 0 in host memory and
+        left out (inside ``compute``) otherwise. Backends that can separate them override it.
+        """
+        start = time.perf_counter()
+        outputs = self.infer(inputs)
+        timings = {"compute": (time.perf_counter() - start) * 1e3}
+        if self.host_memory:
+            timings.update(h2d=0.0, d2h=0.0)
+        return outputs, timings
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release device resources (optional)."""

@@ -94,6 +94,7 @@ class OpenVINOBackend(Backend):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ArtifactError(f"{path}: OpenVINO cannot compile the model ({one_line(first)})") from None
         self.device = device
+        self.host_memory = device.upper() == "CPU"
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type, e.g. f32
         self.inference_precision = str(hint.get_type_name() if hasattr(hint, "get_type_name") else hint)
         self._inputs = [_spec(p) for p in self.compiled.inputs]

@@ -26,6 +26,7 @@ def create_session(
     profile_prefix: str | None = None,
     error: type[PemDeployError] = ArtifactError,
     what: str | None = None,
+    memory_arena: bool = True,
 ) -> Any:
     """An onnxruntime session for a model file or serialized model bytes.
 
@@ -33,6 +34,9 @@ def create_session(
     ``providers``: names or ``(name, options)`` pairs in priority order (default: CPU only).
     ``profile_prefix`` turns on onnxruntime's per-node profiler. A model onnxruntime cannot load
     raises ``error`` with one line naming ``what`` (default: the file, or "the model" for bytes).
+    ``memory_arena=False`` turns off the CPU memory arena and pattern planning: slower, but memory
+    goes back after each run instead of the session keeping its high-water mark (one-shot checks
+    beside a PyTorch model at full size).
     """
     try:
         import onnxruntime as ort
@@ -46,6 +50,9 @@ def create_session(
     if inter_op_threads:
         options.inter_op_num_threads = inter_op_threads
     options.log_severity_level = 3
+    if not memory_arena:
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

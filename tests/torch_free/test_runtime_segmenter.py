@@ -40,7 +40,8 @@ def test_semantic_prediction_at_original_size(tmp_path):
     result = seg.predict(scene())
     assert result.labels.shape == (48, 80) and result.labels.dtype == np.int32
     assert (result.labels[:, :38] == 0).all() and (result.labels[:, 42:] == 2).all()
-    assert set(result.timings) == {"pre", "infer", "post"}
+    assert set(result.timings) == {"pre", "infer", "post", "h2d", "compute", "d2h"}
+    assert result.timings["h2d"] == result.timings["d2h"] == 0.0  # CPU provider: no copies
     letterboxed = Segmenter.open(
         write_artifact(tmp_path, semantic_model(32, 64)), resize="letterbox"
     ).predict(scene(80, 48))
