@@ -75,16 +75,8 @@ def verify_command(
         None, "--save-reference", help="Also save the reference outputs (.npz)."
     ),
     load_reference: str = typer.Option(None, "--load-reference", help="Reference outputs saved elsewhere."),
-    noise: int = typer.Option(
-        0,
-        "--noise",
-        "--random",
-        help="Extra random-noise images: a diagnostic, never decides the verdict.",
-        callback=opt.int_range("--noise", 0, 1000),
-    ),
-    scenes: int = opt.int_option(
-        4, "--scenes", "Generated street scenes (they decide the verdict).", 0, 1000
-    ),
+    noise: opt.CompareNoise = 0,
+    scenes: opt.CompareScenes = 4,
     seed: int = opt.int_option(0, "--seed", "Seed of the generated images.", 0),
     limit: int = opt.int_option(None, "--limit", "At most N images of --images.", 1),
     precision: str = typer.Option(

@@ -318,16 +318,8 @@ def check_command(
     ),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Compare with this checkpoint instead."),
     image: opt.CompareImages = None,
-    noise: int = typer.Option(
-        0,
-        "--noise",
-        "--random",
-        help="Extra random-noise inputs: a diagnostic, never decides the verdict.",
-        callback=opt.int_range("--noise", 0, 1000),
-    ),
-    scenes: int = opt.int_option(
-        4, "--scenes", "Generated street scenes (they decide the verdict).", 0, 1000
-    ),
+    noise: opt.CompareNoise = 0,
+    scenes: opt.CompareScenes = 4,
     seed: int = opt.int_option(0, "--seed", "Seed of the generated inputs.", 0),
     emulate: bool = typer.Option(
         None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."

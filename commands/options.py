@@ -304,6 +304,23 @@ CompareImages = Annotated[
         help="Image files or folders to compare on (repeatable; --image is an alias).",
     ),
 ]
+CompareNoise = Annotated[
+    int,
+    typer.Option(
+        "--noise",
+        "--random",
+        help="Extra random-noise images: a diagnostic, never decides the verdict.",
+        callback=int_range("--noise", 0, 1000),
+    ),
+]
+CompareScenes = Annotated[
+    int,
+    typer.Option(
+        "--scenes",
+        help="Generated street scenes (they decide the verdict).",
+        callback=int_range("--scenes", 0, 1000),
+    ),
+]
 MaxRelError = Annotated[
     Optional[float],  # noqa: UP045
     typer.Option(

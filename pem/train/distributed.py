@@ -7,40 +7,5 @@ trainer does (so ``pem.evaluation`` needs nothing from ``pem.train``). New code 
 
 from __future__ import annotations
 
-from pem.distributed import (
-    DistContext,
-    GlooSyncBatchNorm,
-    SyncBNMode,
-    all_gather_objects,
-    all_reduce_sum,
-    barrier,
-    batch_norm_types,
-    broadcast_object,
-    convert_sync_batch_norm,
-    current_context,
-    env_world_size,
-    init_distributed,
-    official_sync_bn_modules,
-    rank_device,
-    shard_slice,
-    shutdown,
-)
-
-__all__ = [
-    "DistContext",
-    "GlooSyncBatchNorm",
-    "SyncBNMode",
-    "all_gather_objects",
-    "all_reduce_sum",
-    "barrier",
-    "batch_norm_types",
-    "broadcast_object",
-    "convert_sync_batch_norm",
-    "current_context",
-    "env_world_size",
-    "init_distributed",
-    "official_sync_bn_modules",
-    "rank_device",
-    "shard_slice",
-    "shutdown",
-]
+from pem.distributed import *  # noqa: F403  (the same objects, by pem.distributed's __all__)
+from pem.distributed import __all__  # noqa: F401
