@@ -488,7 +488,8 @@ class Trainer:
                     status.update(
                         f"train step {self.step}/{cfg.iterations}  loss {smoothed:.3f}  lr {last['lr']:.2e}  "
                         f"{status.elapsed():.0f} s, ETA {eta:.0f} s",
-                        force=self.step == cfg.iterations,
+                        # the last step is always shown, except for runs too short to need progress
+                        force=self.step == cfg.iterations and status.elapsed() >= status.every,
                     )
                 if self.step % cfg.log_period == 0 or self.step == cfg.iterations or self.step == 1:
                     record = {"step": self.step, **{k: round(v, 6) for k, v in last.items()}}
