@@ -517,7 +517,7 @@ def test_every_build_path_against_the_real_release(fake_trt, tmp_path, version):
     options = EngineOptions(contexts=2, timing_cache=timing, log_path=log, builder_optimization_level=4)
     result = build_engine(dyn, tmp_path / "dyn", options)  # strongly typed FP16, profiles, contexts
     assert len(result.sidecar["tensorrt"]["profiles"]) == 1 and timing.is_file() and log.is_file()
-    int8 = build_engine(_artifact(tmp_path, "int8"), tmp_path / "int8")  # Q/DQ INT8, strongly typed
+    int8 = build_engine(_artifact(tmp_path, "int8"), tmp_path / "int8-engine")  # Q/DQ INT8, strongly typed
     assert int8.sidecar["tensorrt"]["strongly_typed"]
     strongly = 1 << (1 if version.startswith("10.") else 0)
     assert [c for c in rec.calls if c[0] == "create_network"] == [("create_network", strongly)] * 2
