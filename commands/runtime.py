@@ -277,7 +277,7 @@ def _infer_on_ray(
         threads=threads,
         backend=backend,
         keep_uncertain=keep_uncertain,
-        progress=printer.update,
+        progress=printer.show,
     )
     printer.finish()
     for key, error in summary.failed:

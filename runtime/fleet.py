@@ -577,7 +577,9 @@ class ProgressPrinter(ProgressLine):
         super().__init__(stream, every)
         self.state = FleetProgress()
 
-    def update(self, state: FleetProgress) -> None:
+    # Not ``update``: that is StatusLine's ``update(text)``, which ``ProgressLine.__call__`` uses.
+    def show(self, state: FleetProgress) -> None:
+        """Take ``state`` and show it (a line when due off a terminal)."""
         self.state = state
         self(state.frames, state.total)
 

@@ -205,7 +205,7 @@ def test_marker_opts_a_snippet_out(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory):
     """The folder a reader works in: the trained tiny model where the README keeps it
-    (``runs/tiny``, the quick default model), an image and a short video."""
+    (``runs/tiny``, the quick default model), an image, a short video and the fleet example's inputs."""
     from pem.zoo import ensure_default_checkpoint
     from runtime.scenes import street_scene
 
@@ -220,12 +220,38 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
     for _ in range(3):
         writer.write(np.ascontiguousarray(frame))
     writer.release()
+    _fleet_inputs(folder)
     previous = Path.cwd()
     os.chdir(folder)
     try:
         yield folder
     finally:
         os.chdir(previous)
+
+
+def _fleet_inputs(folder: Path) -> None:
+    """What the fleet example (README, "Fleet") reads: a raw-head ``model.onnx`` (its
+    ``keep_uncertain`` needs margins), a recorded drive ``drives/a.mcap`` with ``/front/image_raw``
+    and a camera folder ``cam_front/``; the bag needs the 'ros' extra (rosbags)."""
+    from tests.helpers import fleet_data
+
+    fleet_data.raw_artifact(folder)
+    fleet_data.write_images(folder / "cam_front", 5, 2)
+    try:
+        from rosbags.rosbag2 import StoragePlugin
+    except ImportError:
+        return
+    bag = fleet_data.write_bag(folder / "drives-bag", StoragePlugin.MCAP, 4, 1)
+    (folder / "drives").mkdir()
+    next(bag.glob("*.mcap")).rename(folder / "drives" / "a.mcap")  # a bare MCAP file, as recorded
+    shutil.rmtree(bag)
+
+
+def _needs(snippet: Snippet) -> None:
+    """Skip a snippet whose optional extra is not installed (CI installs them)."""
+    if "runtime.fleet" in snippet.text:
+        for module in ("ray", "pyarrow", "rosbags"):
+            pytest.importorskip(module, reason=f"{snippet.id}: the 'fleet' and 'ros' extras ({module})")
 
 
 RUNNABLE = [s for s in SNIPPETS if not (s.kind == "command" and is_synopsis(s.text))]
@@ -245,6 +271,7 @@ def test_snippet_runs(snippet: Snippet, workdir: Path) -> None:
     torch.set_num_threads(1)
     text = smaller(snippet.text)
     if snippet.kind == "python":
+        _needs(snippet)
         exec(compile(text, snippet.id, "exec"), {"__name__": "__readme__"})
         return
     if text in _done:  # the same example shown twice (e.g. make-synthetic): its output is there

@@ -28,6 +28,8 @@ from runtime.fleet import (
     MANIFEST,
     SHARD_MARKER,
     UNCERTAIN,
+    FleetProgress,
+    ProgressPrinter,
     looks_like_address,
     plan_shards,
     run_shard,
@@ -455,3 +457,15 @@ def test_keep_uncertain_refused_before_any_work_without_margins(ray_session, inp
     with pytest.raises(InputError, match="only 'raw' head artifacts"):
         segment(model, [inputs["video"]], tmp_path / "out", keep_uncertain=0.1)
     assert not (tmp_path / "out").exists()
+
+
+def test_progress_printer_shows_state_lines_off_a_terminal():
+    import io
+
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, every=0.0)
+    printer.show(FleetProgress(frames=3, total=9, shards_done=1, shards_total=3, seconds=1.5))
+    printer.finish()
+    lines = stream.getvalue().splitlines()
+    expected = "3/9 frames  2.0 FPS  shards 1/3 done, 0 failed"
+    assert lines == [expected, expected]  # the due line, then the final state
