@@ -126,7 +126,13 @@ def export_command(
         source_model = engine if engine is not None and consumer == "triton" else result.onnx_path
         bundle_dir = Path(out) / f"{options.name}-{consumer}"
         try:
-            bundle = package_artifact(source_model, bundle_dir, package_options)  # type: ignore[arg-type]
+            bundle = package_artifact(
+                source_model,  # type: ignore[arg-type]
+                bundle_dir,
+                package_options,
+                exist_ok=exist_ok,
+                overwrite=overwrite,
+            )
         except PackageError as exc:
             _fail(str(exc))
         typer.echo(bundle.summary())
@@ -137,7 +143,13 @@ def package_command(
         ..., help="Exported artifact: NAME.onnx / NAME.engine, its sidecar or folder."
     ),
     consumer: str = typer.Option(..., "--for", help="triton | deepstream | isaac-ros."),
-    out: str = opt.folder_option(..., "--out", "New (or empty) folder for the bundle."),
+    out: str = opt.folder_option(..., "--out", "Folder for the bundle (new, or written by pem-deploy)."),
+    exist_ok: bool = opt.exist_ok_option(
+        "Allow an --out folder holding other files (the bundle's files are added beside them)."
+    ),
+    overwrite: bool = opt.overwrite_option(
+        "Replace a bundle file in --out that pem-deploy did not write (its own are replaced)."
+    ),
     model_name: str = typer.Option(
         "pem", "--model-name", help="triton: model name (prefix of the helper models)."
     ),
@@ -156,7 +168,9 @@ def package_command(
     )
     try:
         with ConsoleProgress() as progress:
-            bundle = package_artifact(artifact, out, options, progress=progress)
+            bundle = package_artifact(
+                artifact, out, options, progress=progress, exist_ok=exist_ok, overwrite=overwrite
+            )
     except PackageError as exc:
         _fail(str(exc))
     typer.echo(bundle.summary())

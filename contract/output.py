@@ -83,6 +83,7 @@ __all__ = [
     "check_file",
     "check_folder",
     "clean_stale_staging",
+    "discard_folder",
     "guard_inputs",
     "is_internal",
     "owns",
@@ -224,6 +225,22 @@ def _remove_created(created: list[Path]) -> None:
 def clean_stale_staging(folder: PathLike) -> list[Path]:
     """Remove staging left in ``folder`` by killed runs (see :func:`contract.fs.remove_stale_staging`)."""
     return remove_stale_staging(folder)
+
+
+def discard_folder(folder: PathLike) -> None:
+    """Remove the whole folder ``folder``, which the caller has established this tool wrote (a
+    selection a new run replaces whole). It is first renamed to a staging name beside itself, so
+    a kill during the removal leaves staging that the next run beside it removes, never a half
+    folder at its own name. A missing ``folder`` is no error."""
+    folder = Path(folder)
+    if not os.path.lexists(folder):
+        return
+    retired = folder.parent / staging_name(folder.name)
+    try:
+        os.rename(folder, retired)
+        shutil.rmtree(retired)
+    except OSError as exc:
+        raise _write_error(folder, exc) from None
 
 
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO)

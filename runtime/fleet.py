@@ -39,7 +39,6 @@ import io
 import json
 import math
 import os
-import shutil
 import threading
 import time
 from collections import deque
@@ -51,8 +50,15 @@ from typing import Any, TextIO, TypeVar
 import numpy as np
 
 from contract.errors import PemDeployError, one_line
-from contract.fs import atomic_write_bytes, staging_name
-from contract.output import _Lock, clean_stale_staging, guard_inputs, is_internal, staged_folder
+from contract.fs import atomic_write_bytes
+from contract.output import (
+    _Lock,
+    clean_stale_staging,
+    discard_folder,
+    guard_inputs,
+    is_internal,
+    staged_folder,
+)
 from runtime.artifact import load_artifact, sha256_file
 from runtime.batch_infer import PREDICTIONS, infer_path
 from runtime.errors import InputError, RuntimeToolError
@@ -959,9 +965,7 @@ def _keep_uncertain(out: Path, shards: list[Shard], index: Any, fraction: float)
     if os.path.lexists(dest):  # the previous selection goes whole: move it aside, then remove it
         if not _finished_on_disk(out, Shard(UNCERTAIN, "", "", UNCERTAIN)):
             raise FleetError(f"{dest}: exists and was not written by pem-deploy; move it away")
-        previous = out / staging_name(UNCERTAIN)  # removed as stale staging if we die now
-        os.rename(dest, previous)
-        shutil.rmtree(previous)
+        discard_folder(dest)
     sources = [s.source for s in shards if s.key in by_shard]
     with staged_folder(dest, inputs=sources) as folder:
         paths: dict[tuple[str, int], str] = {}

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from contract.errors import ArtifactError, SidecarError
+from contract.errors import ArtifactError, OutputExistsError, OutputIsInputError, SidecarError
 from contract.sidecar import Sidecar
 from export.consumers import PackageError, PackageOptions, deepstream, isaac_ros, package_artifact, triton
 from runtime import Segmenter
@@ -152,14 +152,25 @@ def test_deepstream_and_isaac_refuse_panoptic_and_leave_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.onnx"]  # no staging left
 
 
-def test_package_refuses_a_non_empty_out_and_bad_options(tmp_path):
+def test_package_follows_the_output_rules_and_refuses_bad_options(tmp_path):
     artifact = _semantic_artifact(tmp_path)
     out = tmp_path / "taken"
     out.mkdir()
     (out / "mine.txt").write_text("user data")
-    with pytest.raises(PackageError, match="not an empty folder"):
+    with pytest.raises(OutputExistsError, match="--exist-ok"):
         package_artifact(artifact, out, PackageOptions("triton"))
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    (out / "README.md").write_text("the user's readme")
+    with pytest.raises(OutputExistsError, match="README.md.*--overwrite"):
+        package_artifact(artifact, out, PackageOptions("triton"), exist_ok=True)
+    (out / "README.md").unlink()
+    package_artifact(artifact, out, PackageOptions("triton"), exist_ok=True)  # added beside mine.txt
+    assert (out / "mine.txt").read_text() == "user data"
+    assert (out / "model_repository" / "pem" / "config.pbtxt").is_file()
+    with pytest.raises(OutputIsInputError):  # the bundle's model.onnx would replace the artifact's
+        package_artifact(
+            artifact, artifact.parent, PackageOptions("deepstream"), exist_ok=True, overwrite=True
+        )
     empty = tmp_path / "empty"
     empty.mkdir()
     assert package_artifact(artifact, empty, PackageOptions("triton")).root == empty
@@ -464,16 +475,21 @@ def test_cli_package_writes_a_bundle_and_refuses_bad_input_in_one_line(tmp_path)
     assert ok.exit_code == 0, ok.output
     assert "bundle" in ok.output and (tmp_path / "ds" / deepstream.CONFIG_FILE).is_file()
     panoptic = write_artifact(tmp_path, image_panoptic_model(), head="panoptic", num_queries=3)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("the user's")
     for args, message in [
         ((str(panoptic), "--for", "isaac-ros", "--out", str(tmp_path / "i")), "panoptic artifact"),
         ((str(artifact), "--for", "gst", "--out", str(tmp_path / "g")), "--for gst"),
         ((str(tmp_path / "missing.onnx"), "--for", "triton", "--out", str(tmp_path / "m")), "missing.onnx"),
-        ((str(artifact), "--for", "triton", "--out", str(tmp_path / "ds")), "not an empty folder"),
+        ((str(artifact), "--for", "triton", "--out", str(taken)), "--exist-ok"),
+        ((str(artifact), "--for", "deepstream", "--out", str(artifact.parent), "--exist-ok"), "input"),
     ]:
         bad = runner.invoke(app, ["package", *args])
         assert bad.exit_code == 2, bad.output
         assert bad.output.startswith("error: ") and bad.output.count("\n") == 1, bad.output
         assert message in bad.output and isinstance(bad.exception, SystemExit)  # an exit, not a crash
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.parametrize(

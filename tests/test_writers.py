@@ -76,7 +76,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     from pem.data.synthetic import SyntheticConfig, make_synthetic
     from pem.model import PEM
 
-    root = tmp_path_factory.mktemp("writers")
+    # One level below the module's own folder: a file target's checks look at its folder's parent
+    # too (staging beside a folder target), which must not be pytest's shared base folder, where
+    # other modules' SIGKILLed runs legitimately leave staging until a next run writes there.
+    root = tmp_path_factory.mktemp("writers") / "world"
+    root.mkdir()
     artifact = root / "artifact"
     artifact.mkdir()
     write_artifact(artifact, semantic_model(32, 64))
@@ -268,6 +272,13 @@ WRITERS = [
     ),
     # A run folder: a new run refuses the files of an earlier one (--resume continues it).
     Writer("train", "folder", _train, onto_input=lambda w: w.data, overwrite=False),
+    Writer(  # a bundle for a consumer (deepstream: an edited model.onnx + model.json among its files)
+        "package",
+        "folder",
+        lambda w, t: ["package", str(w.artifact), "--for", "deepstream", "--out", str(t)],
+        "README.md",
+        onto_input=lambda w: w.artifact,
+    ),
     Writer("demo", "folder", lambda w, t: ["demo", "--quick", "--out", str(t)], "report.md", slow=True),
 ]
 IDS = [w.name for w in WRITERS]
@@ -407,7 +418,7 @@ def test_own_inputs_are_never_written(writer: Writer, flags: list[str], world: W
             "--out",
             str(target),
         ]
-    elif writer.name == "build":
+    elif writer.name in ("build", "package"):
         guarded = [world.artifact / "model.json", world.artifact / "model.onnx"]
         argv = writer.argv(world, target)
     elif writer.name in ("export", "calibrate"):

@@ -14,15 +14,14 @@ The model files stay raw (no header in the engine / ONNX: metadata lives in the 
   has no slot in either, so a panoptic artifact is refused with a pointer to ``--head semantic``
   or to ``--for triton``.
 
-The bundle is built in a staging folder beside ``out_dir`` and renamed into place at the end; an
-existing non-empty ``out_dir`` is refused (nothing the tool did not write is replaced).
+The bundle is written through :func:`contract.output.staged_folder`: staged, and installed only
+when complete; nothing the tool did not write is replaced (``--exist-ok`` / ``--overwrite``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 
 import onnx
 
+from contract.output import staged_folder
 from contract.sidecar import Sidecar
 from export.consumers import deepstream, isaac_ros, triton
 from export.consumers.graph_edit import fix_input_size, labels_as, normalize_in_graph, rename_input
@@ -101,15 +101,18 @@ def package_artifact(
     out_dir: str | os.PathLike[str],
     options: PackageOptions,
     progress: Progress | None = None,
+    *,
+    exist_ok: bool = False,
+    overwrite: bool = False,
 ) -> Bundle:
     """Package the artifact at ``artifact_path`` (model file, sidecar or folder) for
-    ``options.consumer`` into the new folder ``out_dir``. Raises :class:`PackageError` /
-    :class:`~contract.errors.ArtifactError` naming the file at fault."""
+    ``options.consumer`` into the folder ``out_dir``, by the rules of :mod:`contract.output`: never
+    onto the artifact itself, a folder holding files pem-deploy did not write only with
+    ``exist_ok`` (the bundle is added beside them), a foreign file at one of the bundle's names
+    only with ``overwrite``. Raises :class:`PackageError` / :class:`~contract.errors.ArtifactError`
+    / :class:`~contract.errors.OutputError` naming the file at fault."""
     options.validate()
     say = progress or (lambda message: None)
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise PackageError(f"--out {out}: exists and is not an empty folder (choose a new one)")
     say(f"reading {artifact_path}")
     artifact = load_artifact(artifact_path)
     if artifact.spec is None:
@@ -119,30 +122,22 @@ def package_artifact(
             f"{artifact.sidecar_path}: already packaged for {artifact.spec.consumer.profile}; "
             "package the exported artifact instead"
         )
-    stage = _stage_dir(out)
-    try:
+    inputs = [artifact_path, artifact.model_path, artifact.sidecar_path]
+    with staged_folder(
+        out_dir,
+        exist_ok=exist_ok,
+        overwrite=overwrite,
+        inputs=inputs,
+        names=_NAMES[options.consumer],
+    ) as out:
         try:
-            bundle = _WRITERS[options.consumer](artifact, stage, options, say)
+            bundle = _WRITERS[options.consumer](artifact, out.staging, options, say)
         except (ValueError, onnx.checker.ValidationError) as exc:  # a graph the edits cannot take
             raise PackageError(f"{artifact.model_path}: {exc}") from None
-        say(f"moving the bundle into {out}")
-        os.rename(stage, out)  # onto an empty folder too (rename(2) replaces an empty directory)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    bundle.root = out
+        out.register_tree()
+        say(f"moving the bundle into {out_dir}")
+    bundle.root = Path(out_dir)
     return bundle
-
-
-def _stage_dir(out: Path) -> Path:
-    parent = out.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        stage = parent / f".{out.name}.pem-package-{secrets.token_hex(4)}"
-        stage.mkdir()
-    except OSError as exc:
-        raise PackageError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
-    return stage
 
 
 def _files(root: Path) -> list[str]:
@@ -468,6 +463,22 @@ _WRITERS: dict[str, Callable[[Artifact, Path, PackageOptions, Progress], Bundle]
     "triton": _write_triton,
     "deepstream": _write_deepstream,
     "isaac-ros": _write_isaac_ros,
+}
+
+# The bundle's top-level files, known before any work: checked at entry against the artifact (a
+# bundle written into the artifact's own folder would replace it) and against foreign files.
+_NAMES: dict[str, tuple[str, ...]] = {
+    "triton": ("README.md",),
+    "deepstream": (
+        "model.onnx",
+        "model.json",
+        deepstream.CONFIG_FILE,
+        deepstream.LABELS_FILE,
+        deepstream.APP_CONFIG_FILE,
+        deepstream.GST_SCRIPT,
+        "README.md",
+    ),
+    "isaac-ros": ("model.onnx", "model.json", isaac_ros.PARAMS_FILE, isaac_ros.LAUNCH_SCRIPT, "README.md"),
 }
 
 

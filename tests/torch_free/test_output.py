@@ -23,6 +23,7 @@ from contract.fs import PAUSE_ENV, STAGING_PREFIX, atomic_write_bytes, staging_n
 from contract.output import (
     MANIFEST_NAME,
     clean_stale_staging,
+    discard_folder,
     guard_inputs,
     owns,
     staged_file,
@@ -191,6 +192,22 @@ def test_folder_of_our_own_files_is_reused_without_flags(tmp_path):
     assert (out / "x" / "a.txt").read_text() == "2"
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert set(manifest["files"]) == {"x/a.txt", "b.txt"}
+
+
+def test_discard_folder_removes_it_whole_and_a_kill_leaves_only_staging(tmp_path):
+    out = tmp_path / "out"
+    with staged_folder(out) as w:
+        w.write("x/a.txt", "1")
+    (tmp_path / "beside.txt").write_text("kept")
+    discard_folder(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beside.txt"]
+    discard_folder(out)  # already gone: nothing to do
+    # A removal killed half way: the folder had been renamed to a dead process's staging name.
+    dead = tmp_path / f"{STAGING_PREFIX}999999999-abcdef01-out.tmp"
+    (dead / "x").mkdir(parents=True)
+    with staged_folder(out) as w:  # the next run beside it removes it
+        w.write("a.txt", "2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beside.txt", "out"]
 
 
 def test_nested_output_folder_keeps_its_own_manifest(tmp_path):
