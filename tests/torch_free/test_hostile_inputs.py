@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import struct
 import subprocess
@@ -33,6 +32,7 @@ from runtime import InputError, Segmenter
 from runtime.batch_infer import infer_path
 from runtime.images import load_image, prepare_image
 from tests.helpers.concurrency import run_in_threads
+from tests.helpers.filesystems import read_only_folder, small_disk
 from tests.helpers.runtime_models import scene, semantic_model, write_artifact
 
 ROOT = Path(__file__).parents[2]
@@ -767,34 +767,13 @@ def test_video_frames_named_under_the_video(model, tmp_path):
 # -- 6. file-system faults: read-only folder, full disk -------------------------------------------
 
 
-def _mount_tmpfs(path: Path, options: str) -> None:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root and mount(8) to make a small tmpfs")
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-
-
-def _umount(path: Path) -> None:
-    subprocess.run(["umount", str(path)], capture_output=True, check=False)
-
-
 def test_read_only_output_folder(model, scene_png, tmp_path):
-    mnt = tmp_path / "ro"
-    _mount_tmpfs(mnt, "size=1m")
-    try:
-        (mnt / "keep.txt").write_text("x")
-        remount = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True)
-        if remount.returncode != 0:
-            pytest.skip("cannot remount the tmpfs read-only")
+    with read_only_folder(tmp_path / "ro", {"keep.txt": b"x"}) as mnt:
         result = _invoke(["infer", str(model), str(scene_png), "--out", str(mnt), "--exist-ok"])
         _assert_error(result, "Read-only file system")
         result = _invoke(["infer", str(model), str(scene_png), "--out", str(mnt / "new")])
         _assert_error(result, "Read-only file system")
         assert sorted(p.name for p in mnt.iterdir()) == ["keep.txt"]
-    finally:
-        _umount(mnt)
 
 
 @pytest.mark.parametrize("size", ["16k", "64k", "200k"])
@@ -803,9 +782,7 @@ def test_full_disk_leaves_nothing_partial(size, model, tmp_path):
     folder.mkdir()
     for i in range(12):
         (folder / f"n{i:02d}.png").write_bytes(_encode(".png", _color(64, 96, seed=i)))
-    mnt = tmp_path / "small"
-    _mount_tmpfs(mnt, f"size={size}")
-    try:
+    with small_disk(tmp_path / "small", size) as mnt:
         out = mnt / "out"
         result = _invoke(["infer", str(model), str(folder), "--out", str(out)])
         if result.exit_code == 0:  # it fitted: then everything is there
@@ -814,8 +791,6 @@ def test_full_disk_leaves_nothing_partial(size, model, tmp_path):
             _assert_error(result, "No space left on device")
             assert not out.exists()  # created by the run, removed again
         assert not [p for p in mnt.rglob("*") if p.name.endswith(".tmp")]
-    finally:
-        _umount(mnt)
 
 
 # -- 7. concurrency and staging -----------------------------------------------------------------
