@@ -11,7 +11,7 @@ The definitions are those of the Cityscapes evaluators in ``cityscapesscripts``
   its class. Per class PQ = sum IoU / (TP + FP/2 + FN), SQ = sum IoU / TP, RQ = TP / (TP + FP/2 + FN);
   averages over the classes with TP + FP + FN > 0.
 
-``tests/test_evaluation.py`` checks both against ``cityscapesscripts`` on generated cases.
+``tests/pem/test_evaluation.py`` checks both against ``cityscapesscripts`` on generated cases.
 
 Distributed evaluation (under ``torchrun``): the images are cut into chunks of ``batch_size``
 consecutive images, rank ``r`` evaluates chunks ``r, r + N, ...``, and the confusion matrices and

@@ -1,7 +1,8 @@
 """Shared test set-up. Torch-free on purpose: the runtime tests also run in a venv without torch.
 
-With ``PEM_DEPLOY_TORCH_FREE=1`` (how .ci/run runs tests/torch_free in its second venv) every
-attempt to import torch fails, and the session fails if code of this project attempted one.
+With ``PEM_DEPLOY_TORCH_FREE=1`` (how .ci/run runs tests/contract, tests/runtime and
+tests/cli/runtime_only in its second venv) every attempt to import torch fails, and the session
+fails if code of this project attempted one.
 """
 
 import importlib.abc

@@ -20,7 +20,7 @@ What is judged (the worst *deciding* sample decides; generated noise images neve
 
 Outputs not held by a number (panoptic ``classes``, ``owner``, ``owner_fg``, ``mask_area``) are
 judged through what they produce (labels and segments) and reported as such.
-The thresholds were calibrated on the healthy / damaged corpus of ``tests/test_compare_corpus.py``
+The thresholds were calibrated on the healthy / damaged corpus of ``tests/export/test_compare_corpus.py``
 (README, "Parity verdicts").
 """
 

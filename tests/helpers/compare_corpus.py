@@ -1,4 +1,5 @@
-"""The healthy / damaged artifact corpus that calibrates the parity policy (tests/test_compare_corpus.py).
+"""The healthy / damaged artifact corpus that calibrates the parity policy
+(tests/export/test_compare_corpus.py).
 
 Healthy: the default model's FP32, FP16 and INT8 (both ``--target`` layouts) artifacts, at the
 native 256x512 and at 128x256. Damaged (at the native size, each from a healthy artifact or the

@@ -12,7 +12,7 @@ from runtime.compare import POLICIES, ComparisonError, load_reference, policy_fo
 from runtime.compare.engine import Interpretation, confident_pixels
 from runtime.verify import verify
 from tests.helpers.runtime_models import image_panoptic_model
-from tests.torch_free.test_runtime_verify import H, W, _artifact
+from tests.runtime.test_verify import H, W, _artifact
 
 
 def test_policy_table_and_overrides():
@@ -176,7 +176,7 @@ def test_report_columns_stay_apart_for_long_image_names(saved, tmp_path):
 def test_layerwise_names_the_first_node_that_breaks(tmp_path):
     from cli import app
     from runtime.compare.layerwise import compare_layers
-    from tests.torch_free.test_runtime_verify import nan_scores, scored_model
+    from tests.runtime.test_verify import nan_scores, scored_model
 
     fp32 = _artifact(tmp_path, "fp32", scored_model())
     fp16 = _artifact(tmp_path, "fp16", scored_model(fp16=True), precision="fp16")

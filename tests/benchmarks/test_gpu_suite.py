@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
+SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_suite.py"
 
 
 def _suite():

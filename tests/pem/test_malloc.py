@@ -11,7 +11,7 @@ import pytest
 from contract.errors import UsageError
 from pem.malloc import MALLOC_ENV, apply_malloc_policy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Allocates and frees a 48 MiB buffer 20 times; prints the policy and the minor faults of the loop.
 _CHILD = """

@@ -15,7 +15,7 @@ parametrised over it:
 
 Cases that need what this machine may lack (TensorRT for ``build``) or that the demo's minutes
 would make slow are skipped with the reason; ``contract/output.py``'s own tests
-(tests/torch_free/test_output.py) cover the mechanism itself on every kind of target.
+(tests/contract/test_output.py) cover the mechanism itself on every kind of target.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from contract.output import MANIFEST_NAME
 from tests.helpers.filesystems import read_only_folder, small_disk, tree
 from tests.helpers.runtime_models import scene, semantic_model, write_artifact
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = "cityscapes-semantic-tiny"
 
 
@@ -97,7 +97,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     try:
         from rosbags.rosbag2 import StoragePlugin
 
-        from tests.torch_free.test_ros_bags import _write_bag
+        from tests.runtime.test_ros_bags import _write_bag
 
         folder = _write_bag(root / "drive", StoragePlugin.MCAP, frames=2)
         bag = next(Path(folder).glob("*.mcap"))
@@ -324,7 +324,7 @@ def _skip_unless_runnable(writer: Writer, world: World) -> None:
     if reason:
         pytest.skip(reason)
     if writer.slow:
-        pytest.skip(f"{writer.name} takes minutes; its fast cases and tests/test_demo.py cover it")
+        pytest.skip(f"{writer.name} takes minutes; its fast cases and tests/workflows/test_demo.py cover it")
 
 
 def _target(writer: Writer, base: Path) -> Path:

@@ -39,7 +39,7 @@ from pem.model import PEM
 from pem.train.config import TrainConfig, train_preset
 
 TINY = "cityscapes-semantic-tiny"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

@@ -1,6 +1,6 @@
 """The strict proxy itself, against NVIDIA's real TensorRT bindings: it must refuse exactly what the
 real release would refuse, or the tests that run the engine builder and the TensorRT backend
-through it (tests/test_tensorrt_engine.py, tests/torch_free/test_tensorrt_backend.py) prove nothing."""
+through it (tests/export/test_tensorrt_engine.py, tests/runtime/test_tensorrt_backend.py) prove nothing."""
 
 import types
 

@@ -36,7 +36,7 @@ from typer.testing import CliRunner
 
 from cli import app
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCUMENTS = ("README.md", "calib/README.md")
 MARKER = re.compile(r"<!--\s*snippet:\s*skip\b\s*(.*?)\s*-->")
 
@@ -45,7 +45,7 @@ SKIP: list[tuple[str, str]] = [
     (r"\.engine\b|--format engine|^pem-deploy build\b", "needs TensorRT and an NVIDIA GPU"),
     (r"--device cuda|CUDAExecutionProvider", "needs an NVIDIA GPU"),
     (r"^pem-deploy ros2\b", "needs a ROS 2 install (rclpy)"),
-    (r"\.mcap\b|\.db3\b|_bag/", "needs a recorded ROS 2 bag (tests/torch_free/test_ros_bags.py covers bags)"),
+    (r"\.mcap\b|\.db3\b|_bag/", "needs a recorded ROS 2 bag (tests/runtime/test_ros_bags.py covers bags)"),
     (r"nvarguscamerasrc|/dev/video|rtsp://|appsink", "needs a camera"),
     (r"model_final\.(pth|pkl)", "an official checkpoint the user brings"),
     (r"/data/(cityscapes|ade20k)", "the full Cityscapes / ADE20K datasets"),
