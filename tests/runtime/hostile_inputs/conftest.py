@@ -13,12 +13,12 @@ from tests.helpers.runtime_models import scene, semantic_model, write_artifact
 # -- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def model(tmp_path_factory) -> Path:
     return write_artifact(tmp_path_factory.mktemp("model"), semantic_model(32, 64))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def seg(model) -> Segmenter:
     return Segmenter.open(model)
 
