@@ -29,20 +29,10 @@ from pem.config import get_preset
 from pem.data.synthetic import SyntheticConfig, make_synthetic
 from pem.model import PEM
 from pem.train.trainer import NonFiniteLossError
+from tests.helpers.cli import assert_one_line_error, invoke
 
 TINY = "cityscapes-semantic-tiny"
 RUNNER = CliRunner()
-
-
-def _one_line(args: list[Any], *needles: str) -> str:
-    result = RUNNER.invoke(app, [str(a) for a in args])
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +58,18 @@ def _train(data: Path, out: Path, *extra: Any) -> list[Any]:
 
 @pytest.mark.parametrize("lr", ["1e12", "1e30"])
 def test_diverging_learning_rate_is_one_line(data, tmp_path, lr):
-    line = _one_line(_train(data, tmp_path / "run", "--lr", lr), "training diverged", "lower --lr")
+    line = assert_one_line_error(
+        invoke(_train(data, tmp_path / "run", "--lr", lr)), "training diverged", "lower --lr"
+    )
     assert "at step " in line and "the loss is " in line, line
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("lr", ["1e31", "1e300", "inf"])
 def test_learning_rate_past_float32_is_refused_up_front(data, tmp_path, lr):
-    _one_line(_train(data, tmp_path / "run", "--lr", lr), "--lr" if lr == "inf" else "lr: must be")
+    assert_one_line_error(
+        invoke(_train(data, tmp_path / "run", "--lr", lr)), "--lr" if lr == "inf" else "lr: must be"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -100,23 +94,20 @@ def test_training_that_cannot_fit_is_refused_before_it_starts(data, tmp_path, mo
     args = _train(data, tmp_path / "run")
     for flag, value in zip(flags[::2], flags[1::2]):
         args[args.index(flag) + 1] = value
-    line = _one_line(args, needle, "of memory (estimate)", OVERRIDE_ENV)
+    line = assert_one_line_error(invoke(args), needle, "of memory (estimate)", OVERRIDE_ENV)
     assert "per forward pass" in line, line
     assert not (tmp_path / "run").exists()
 
 
 def test_training_that_fits_is_not_refused(data, tmp_path):
-    result = RUNNER.invoke(app, [str(a) for a in _train(data, tmp_path / "run", "--iterations", "1")])
+    result = invoke(_train(data, tmp_path / "run", "--iterations", "1"))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_eval_panoptic_task_on_a_semantic_checkpoint_is_refused(data, semantic_checkpoint):
-    line = _one_line(
-        ["eval", "--checkpoint", semantic_checkpoint, "--data", data, "--task", "panoptic", "--limit", "1"],
-        "--task panoptic needs a panoptic model",
-        "tiny.safetensors",
-    )
+    args = ["eval", "--checkpoint", semantic_checkpoint, "--data", data, "--task", "panoptic", "--limit", "1"]
+    line = assert_one_line_error(invoke(args), "--task panoptic needs a panoptic model", "tiny.safetensors")
     assert "semantic" in line
     result = RUNNER.invoke(
         app,
@@ -179,5 +170,5 @@ def test_check_image_goes_through_the_runtime_reader(exported, tmp_path, monkeyp
     image.write_bytes(content)
     monkeypatch.setattr(cv2, "imread", never)
     monkeypatch.setattr(cv2, "imdecode", never)
-    line = _one_line(["check", exported, "--image", image, "--preset", TINY], needle)
+    line = assert_one_line_error(invoke(["check", exported, "--image", image, "--preset", TINY]), needle)
     assert name in line, line  # the file named (the engine reads --images files through the runtime)

@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from cli import app
 from contract.errors import SidecarError
 from contract.sidecar import Sidecar
 from runtime.artifact import load_artifact, sha256_file
+from tests.helpers.cli import assert_one_line_error, invoke
 from tests.helpers.runtime_models import semantic_model, sidecar_for, write_artifact
 
-RUNNER = CliRunner()
 GOOD_TRT: dict[str, Any] = {
     "version": "10.3.0",
     "gpu_name": "Orin",
@@ -120,16 +118,6 @@ def _mutated(key: str, value: Any) -> dict[str, Any]:
     return trt
 
 
-def _one_line(result: Any, *needles: str) -> str:
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 2, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
 def test_a_complete_engine_section_is_accepted(tmp_path):
     spec = load_artifact(_engine(tmp_path, GOOD_TRT)).spec
     assert spec is not None and spec.provenance.tensorrt == GOOD_TRT
@@ -175,6 +163,6 @@ def test_commands_refuse_the_engine_in_one_line(tmp_path, command, key, value):
         "bench": ["bench", engine, "--iterations", "1", "--warmup", "0"],
         "verify": ["verify", engine, "--against", reference],
     }[command]
-    result = RUNNER.invoke(app, [str(a) for a in args])
-    _one_line(result, f"tensorrt.{key}")
+    result = invoke(args)
+    assert_one_line_error(result, f"tensorrt.{key}")
     assert not (tmp_path / "out").exists()
