@@ -1,6 +1,7 @@
 """Small hand-built ONNX models and their artifacts for the runtime tests (no torch: onnx.helper).
 
-``semantic_model``: labels = argmax over RGB; ``constant_panoptic_artifact``: fixed panoptic outputs;
+``semantic_model``: labels = argmax over RGB; ``constant_model``: fixed outputs;
+``constant_panoptic_artifact``: fixed panoptic outputs;
 ``image_panoptic_model``: panoptic outputs computed from the image; ``write_artifact``: model +
 a valid sidecar (export/ARTIFACT.md) in a folder.
 """
@@ -92,6 +93,21 @@ def scene(h=48, w=80):
     return image
 
 
+def constant_model(consts: dict[str, np.ndarray], h: int, w: int) -> onnx.ModelProto:
+    """Outputs fixed to ``consts`` whatever the image (the image feeds an extra, unread output)."""
+    nodes, outputs, inits = [], [], []
+    for name, value in consts.items():
+        inits.append(numpy_helper.from_array(value, f"{name}_c"))
+        nodes.append(helper.make_node("Identity", [f"{name}_c"], [name]))
+        dtype = helper.np_dtype_to_tensor_dtype(value.dtype)
+        outputs.append(helper.make_tensor_value_info(name, dtype, value.shape))
+    nodes.append(helper.make_node("ReduceSum", ["images"], ["unused"], keepdims=0))
+    outputs.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, []))
+    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, h, w])]
+    graph = helper.make_graph(nodes, "const", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
+
+
 def constant_panoptic_artifact(tmp_path, h=32, w=64):
     """A fixed panoptic model: stuff 'road' on the left, a 'car' on the right (any input)."""
     owner = np.zeros((1, h, w), np.int32)
@@ -103,17 +119,7 @@ def constant_panoptic_artifact(tmp_path, h=32, w=64):
         "owner_fg": np.ones((1, h, w), np.uint8),
         "mask_area": np.array([[40 * h, 24 * h]], np.int32),
     }
-    nodes, outputs, inits = [], [], []
-    for name, value in consts.items():
-        inits.append(numpy_helper.from_array(value, f"{name}_c"))
-        nodes.append(helper.make_node("Identity", [f"{name}_c"], [name]))
-        dtype = helper.np_dtype_to_tensor_dtype(value.dtype)
-        outputs.append(helper.make_tensor_value_info(name, dtype, value.shape))
-    nodes.append(helper.make_node("ReduceSum", ["images"], ["unused"], keepdims=0))
-    outputs.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, []))
-    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, h, w])]
-    graph = helper.make_graph(nodes, "pan", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
+    model = constant_model(consts, h, w)
     return write_artifact(tmp_path, model, head="panoptic", panoptic={"object_mask_threshold": 0.8})
 
 

@@ -14,34 +14,17 @@ from typing import Any
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from cli import app
 from runtime import Segmenter
 from runtime.errors import NonFiniteOutputError, PemDeployError
 from runtime.sources import MAX_CAMERA_INDEX, CameraError, camera_spec
-from tests.helpers.runtime_models import K, scene, write_artifact
+from tests.helpers.runtime_models import K, constant_model, scene, write_artifact
 
 RUNNER = CliRunner()
 H, W, Q = 32, 64, 2
-
-
-def _constant_model(consts: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """Outputs fixed to ``consts`` whatever the image (the image feeds an extra, unread output)."""
-    nodes, outputs, inits = [], [], []
-    for name, value in consts.items():
-        inits.append(numpy_helper.from_array(value, f"{name}_c"))
-        nodes.append(helper.make_node("Identity", [f"{name}_c"], [name]))
-        dtype = helper.np_dtype_to_tensor_dtype(value.dtype)
-        outputs.append(helper.make_tensor_value_info(name, dtype, value.shape))
-    nodes.append(helper.make_node("ReduceSum", ["images"], ["unused"], keepdims=0))
-    outputs.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, []))
-    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, H, W])]
-    graph = helper.make_graph(nodes, "const", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=10)
 
 
 def _panoptic(folder: Path, scores: list[float]) -> Path:
@@ -55,7 +38,7 @@ def _panoptic(folder: Path, scores: list[float]) -> Path:
         "mask_area": np.array([[40 * H, 24 * H]], np.int32),
     }
     folder.mkdir(parents=True, exist_ok=True)
-    return write_artifact(folder, _constant_model(consts), head="panoptic")
+    return write_artifact(folder, constant_model(consts, H, W), head="panoptic")
 
 
 def _raw(folder: Path, poison: str | None, value: float = np.nan) -> Path:
@@ -67,7 +50,7 @@ def _raw(folder: Path, poison: str | None, value: float = np.nan) -> Path:
     if poison is not None:
         consts[poison].reshape(-1)[3] = value
     folder.mkdir(parents=True, exist_ok=True)
-    return write_artifact(folder, _constant_model(consts), head="raw", num_queries=Q)
+    return write_artifact(folder, constant_model(consts, H, W), head="raw", num_queries=Q)
 
 
 CASES: dict[str, tuple[Any, str, str]] = {
