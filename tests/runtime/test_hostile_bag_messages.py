@@ -21,18 +21,12 @@ from typer.testing import CliRunner
 
 pytest.importorskip("rosbags", reason="the 'ros' extra (rosbags) is not installed")
 from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.typesys import Stores, get_typestore
 
 from cli import app
 from runtime.ros import bags
 from runtime.ros.messages import MessageError, decode_image, labels_array
+from tests.helpers.ros_types import TS, CompressedImage, Header, Image, Time
 from tests.helpers.runtime_models import semantic_model, write_artifact
-
-TS = get_typestore(Stores.ROS2_JAZZY)
-Image = TS.types["sensor_msgs/msg/Image"]
-CompressedImage = TS.types["sensor_msgs/msg/CompressedImage"]
-Header = TS.types["std_msgs/msg/Header"]
-Time = TS.types["builtin_interfaces/msg/Time"]
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:

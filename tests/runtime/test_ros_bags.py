@@ -11,19 +11,13 @@ from typer.testing import CliRunner
 
 pytest.importorskip("rosbags", reason="the 'ros' extra (rosbags) is not installed")
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from rosbags.typesys import Stores, get_typestore
 
 from cli import app
 from runtime import Segmenter
 from runtime.ros.messages import decode_image, labels_array, output_topics
+from tests.helpers.ros_types import TS, CompressedImage, Header, Image, String, Time
 from tests.helpers.runtime_models import semantic_model, write_artifact
 
-TS = get_typestore(Stores.ROS2_JAZZY)
-Image = TS.types["sensor_msgs/msg/Image"]
-CompressedImage = TS.types["sensor_msgs/msg/CompressedImage"]
-Header = TS.types["std_msgs/msg/Header"]
-Time = TS.types["builtin_interfaces/msg/Time"]
-String = TS.types["std_msgs/msg/String"]
 RAW_ENCODINGS = ["rgb8", "bgr8", "mono8", "bgra8", "rgba8", "mono16", "bayer_rggb8"]
 
 

@@ -22,22 +22,16 @@ pytest.importorskip("rosbags", reason="the 'ros' extra (rosbags) is not installe
 mcap_reader = pytest.importorskip("mcap.reader", reason="the official 'mcap' reader (runtime-tests extra)")
 from mcap.stream_reader import StreamReader  # noqa: E402
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
-from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
 from cli import app  # noqa: E402
 from runtime import Segmenter  # noqa: E402
 from runtime.ros.bags import BagError, BagFrame, write_bag  # noqa: E402
 from runtime.ros.messages import Header as FieldsHeader  # noqa: E402
 from runtime.ros.messages import Stamp  # noqa: E402
+from tests.helpers.ros_types import TS, CameraInfo, CompressedImage, Header, Image, Time  # noqa: E402
 from tests.helpers.runtime_models import semantic_model, write_artifact  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-TS = get_typestore(Stores.ROS2_JAZZY)
-Image = TS.types["sensor_msgs/msg/Image"]
-CompressedImage = TS.types["sensor_msgs/msg/CompressedImage"]
-CameraInfo = TS.types["sensor_msgs/msg/CameraInfo"]
-Header = TS.types["std_msgs/msg/Header"]
-Time = TS.types["builtin_interfaces/msg/Time"]
 
 
 def _image(rng, h, w):
@@ -215,22 +209,16 @@ def test_interrupt_or_error_after_frames_keeps_a_valid_bag(tmp_path, model, fail
     assert not (tmp_path / "none.mcap").exists() and len(notes) == 1
 
 
+def _infer_command(model: Path, bag: Path, topic: str, out: Path) -> list[str]:
+    """``pem-deploy infer MODEL BAG --topic TOPIC --out OUT`` as a subprocess command line."""
+    return [sys.executable, "-m", "cli", "infer", str(model), str(bag), "--topic", topic, "--out", str(out)]
+
+
 def test_sigint_on_a_cli_bag_run_keeps_the_frames_done(tmp_path, model):
     bag = _big_bag(tmp_path / "rec", frames=60)
     out = tmp_path / "seg.mcap"
     env = dict(os.environ, PYTHONPATH=str(REPO), PEM_DEPLOY_TORCH_FREE="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "cli",
-        "infer",
-        str(model),
-        str(bag),
-        "--topic",
-        "/cam/image_raw",
-        "--out",
-        str(out),
-    ]
+    cmd = _infer_command(model, bag, "/cam/image_raw", out)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Wait until frames are being segmented (the staging bag exists and grows), then Ctrl-C.
     deadline = time.monotonic() + 60
@@ -257,18 +245,7 @@ def test_kill_9_staging_is_removed_by_the_next_run(tmp_path, model):
     env = dict(
         os.environ, PYTHONPATH=str(REPO), PEM_DEPLOY_TORCH_FREE="1", PEM_DEPLOY_TEST_PAUSE_BEFORE_COMMIT="60"
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "cli",
-        "infer",
-        str(model),
-        str(bag),
-        "--topic",
-        "/x/image_raw",
-        "--out",
-        str(out),
-    ]
+    cmd = _infer_command(model, bag, "/x/image_raw", out)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     staged: list[Path] = []
