@@ -136,6 +136,18 @@ class StrictApi:
         self.mismatches.append(text)
         return exc_type(text)
 
+    def member(
+        self, members: dict, stand_in: Any, name: str, real: str, stand_in_label: str, real_again: str
+    ) -> tuple[dict, Any]:
+        """The real API's entry for ``name`` among ``members`` and the stand-in's value for it; fails
+        when the real API (``real``) or the stand-in (``stand_in_label``) lacks it."""
+        entry = members.get(name)
+        if entry is None:
+            raise self.fail(MissingInRealApi, f"{real} has no attribute {name!r}")
+        if not hasattr(stand_in, name):
+            raise self.fail(StandInIncomplete, f"{stand_in_label} lacks {name!r}, which {real_again} has")
+        return entry, getattr(stand_in, name)
+
     def module(self, fake: Any) -> StrictModule:
         return StrictModule(self, fake)
 
@@ -215,12 +227,9 @@ class StrictModule(types.ModuleType):
         fake = object.__getattribute__(self, "_fake")
         if name.startswith("__"):
             return getattr(fake, name)
-        entry = api.surface["module"].get(name)
-        if entry is None:
-            raise api.fail(MissingInRealApi, f"module has no attribute {name!r}")
-        if not hasattr(fake, name):
-            raise api.fail(StandInIncomplete, f"the stand-in lacks {name!r}, which the real module has")
-        value = getattr(fake, name)
+        entry, value = api.member(
+            api.surface["module"], fake, name, "module", "the stand-in", "the real module"
+        )
         kind = entry.get("kind")
         if kind == "class":
             return StrictClass(api, value, name)
@@ -309,12 +318,9 @@ class StrictObject:
         api: StrictApi = object.__getattribute__(self, "_api")
         target = object.__getattribute__(self, "_target")
         cls = object.__getattribute__(self, "_cls")
-        member = api.classes[cls]["members"].get(name)
-        if member is None:
-            raise api.fail(MissingInRealApi, f"{cls} has no attribute {name!r}")
-        if not hasattr(target, name):
-            raise api.fail(StandInIncomplete, f"the stand-in's {cls} lacks {name!r}, which the real one has")
-        value = getattr(target, name)
+        member, value = api.member(
+            api.classes[cls]["members"], target, name, cls, f"the stand-in's {cls}", "the real one"
+        )
         kind = member.get("kind")
         if kind in ("method", "static"):
             return StrictCallable(api, value, member.get("signatures", []), f"{cls}.{name}")
