@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -98,6 +99,13 @@ class Probe:
         box = self.got.setdefault(topic, [])
         self.node.create_subscription(msg_type, topic, box.append, qos)
         return box
+
+    def camera_publisher(self) -> Any:
+        """A publisher of raw images on the node's input topic, with a camera's sensor-data QoS."""
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+
+        return self.node.create_publisher(Image, "/pem_cam/image_raw", qos_profile_sensor_data)
 
     def spin_until(
         self, done: Callable[[], bool], timeout: float, each: Callable[[], None] | None = None
@@ -194,13 +202,11 @@ def semantic_node(tmp_path_factory):
 
 def test_no_inference_without_subscribers(semantic_node):
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image
 
     probe = Probe()
     try:
         diagnostics = probe.subscribe("/diagnostics", DiagnosticArray)
-        pub = probe.node.create_publisher(Image, "/pem_cam/image_raw", qos_profile_sensor_data)
+        pub = probe.camera_publisher()
         frame = _image_msg(_scene(0), 1)
         assert probe.spin_until(
             lambda: int(_diagnostic(diagnostics).get("frames_skipped_no_subscribers", 0)) >= 3,
@@ -226,7 +232,7 @@ def test_raw_input_all_outputs_headers_and_camera_info(semantic_node):
         overlay = probe.subscribe(f"{base}/overlay/compressed", CompressedImage)
         infos = probe.subscribe(f"{base}/camera_info", CameraInfo)
         probe.subscribe("/diagnostics", DiagnosticArray)
-        pub = probe.node.create_publisher(Image, "/pem_cam/image_raw", qos_profile_sensor_data)
+        pub = probe.camera_publisher()
         info_pub = probe.node.create_publisher(CameraInfo, "/pem_cam/camera_info", qos_profile_sensor_data)
         image = _scene(1)
 
@@ -289,7 +295,6 @@ def test_qos_defaults_are_sensor_data_in_and_reliable_out(semantic_node):
 
 def test_parameters_typed_described_applied_or_refused(semantic_node):
     from rcl_interfaces.msg import ParameterType
-    from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
     probe = Probe()
@@ -318,7 +323,7 @@ def test_parameters_typed_described_applied_or_refused(semantic_node):
         # A palette change is applied to the next frames: road (the red band, right) becomes pure red.
         assert probe.set_parameters(color_palette="road=#ff0000")[0].successful
         colored = probe.subscribe("/pem_cam/image_raw/pem/colored_mask", Image)
-        pub = probe.node.create_publisher(Image, "/pem_cam/image_raw", qos_profile_sensor_data)
+        pub = probe.camera_publisher()
         frame = _image_msg(_scene(2), 7)
         assert probe.spin_until(lambda: colored, 60, lambda: pub.publish(frame))
         rgb = np.frombuffer(bytes(colored[-1].data), np.uint8).reshape(48, 64, 3)
@@ -330,14 +335,13 @@ def test_parameters_typed_described_applied_or_refused(semantic_node):
 def test_poisoned_frame_is_counted_and_the_node_keeps_publishing(semantic_node):
     """Defect 1: an exception that is not one of ours (odd-width yuv422) killed the worker thread."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-    from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
     probe = Probe()
     try:
         labels = probe.subscribe("/pem_cam/image_raw/pem/labels", Image)
         diagnostics = probe.subscribe("/diagnostics", DiagnosticArray)
-        pub = probe.node.create_publisher(Image, "/pem_cam/image_raw", qos_profile_sensor_data)
+        pub = probe.camera_publisher()
         good = _image_msg(_scene(3), 100)
         assert probe.spin_until(lambda: labels, 60, lambda: pub.publish(good))
         poison = Image(height=4, width=5, encoding="yuv422", step=10, data=bytes(40))
@@ -358,7 +362,6 @@ def test_poisoned_frame_is_counted_and_the_node_keeps_publishing(semantic_node):
 
 def test_old_frames_are_dropped_under_load_and_the_newest_is_segmented(semantic_node):
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image
 
     probe = Probe()
@@ -366,7 +369,7 @@ def test_old_frames_are_dropped_under_load_and_the_newest_is_segmented(semantic_
         labels = probe.subscribe("/pem_cam/image_raw/pem/labels", Image)
         probe.subscribe("/pem_cam/image_raw/pem/overlay/compressed", CompressedImage)  # slow JPEG work
         diagnostics = probe.subscribe("/diagnostics", DiagnosticArray)
-        pub = probe.node.create_publisher(Image, "/pem_cam/image_raw", qos_profile_sensor_data)
+        pub = probe.camera_publisher()
         assert probe.spin_until(lambda: labels, 60, lambda: pub.publish(_image_msg(_scene(4), 1)))
         big = _scene(5, 720, 1280)
         burst = [_image_msg(big, 1000 + i) for i in range(40)]
