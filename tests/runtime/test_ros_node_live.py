@@ -100,6 +100,18 @@ class Probe:
         self.node.create_subscription(msg_type, topic, box.append, qos)
         return box
 
+    def subscribe_labels(self) -> list:
+        """The node's label images, as they arrive."""
+        from sensor_msgs.msg import Image
+
+        return self.subscribe("/pem_cam/image_raw/pem/labels", Image)
+
+    def subscribe_diagnostics(self) -> list:
+        """The ``/diagnostics`` arrays, as they arrive."""
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        return self.subscribe("/diagnostics", DiagnosticArray)
+
     def camera_publisher(self) -> Any:
         """A publisher of raw images on the node's input topic, with a camera's sensor-data QoS."""
         from rclpy.qos import qos_profile_sensor_data
@@ -201,11 +213,10 @@ def semantic_node(tmp_path_factory):
 
 
 def test_no_inference_without_subscribers(semantic_node):
-    from diagnostic_msgs.msg import DiagnosticArray
 
     probe = Probe()
     try:
-        diagnostics = probe.subscribe("/diagnostics", DiagnosticArray)
+        diagnostics = probe.subscribe_diagnostics()
         pub = probe.camera_publisher()
         frame = _image_msg(_scene(0), 1)
         assert probe.spin_until(
@@ -219,7 +230,6 @@ def test_no_inference_without_subscribers(semantic_node):
 
 
 def test_raw_input_all_outputs_headers_and_camera_info(semantic_node):
-    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
@@ -231,7 +241,7 @@ def test_raw_input_all_outputs_headers_and_camera_info(semantic_node):
         colored = probe.subscribe(f"{base}/colored_mask", Image)
         overlay = probe.subscribe(f"{base}/overlay/compressed", CompressedImage)
         infos = probe.subscribe(f"{base}/camera_info", CameraInfo)
-        probe.subscribe("/diagnostics", DiagnosticArray)
+        probe.subscribe_diagnostics()
         pub = probe.camera_publisher()
         info_pub = probe.node.create_publisher(CameraInfo, "/pem_cam/camera_info", qos_profile_sensor_data)
         image = _scene(1)
@@ -334,13 +344,13 @@ def test_parameters_typed_described_applied_or_refused(semantic_node):
 
 def test_poisoned_frame_is_counted_and_the_node_keeps_publishing(semantic_node):
     """Defect 1: an exception that is not one of ours (odd-width yuv422) killed the worker thread."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from diagnostic_msgs.msg import DiagnosticStatus
     from sensor_msgs.msg import Image
 
     probe = Probe()
     try:
-        labels = probe.subscribe("/pem_cam/image_raw/pem/labels", Image)
-        diagnostics = probe.subscribe("/diagnostics", DiagnosticArray)
+        labels = probe.subscribe_labels()
+        diagnostics = probe.subscribe_diagnostics()
         pub = probe.camera_publisher()
         good = _image_msg(_scene(3), 100)
         assert probe.spin_until(lambda: labels, 60, lambda: pub.publish(good))
@@ -361,14 +371,13 @@ def test_poisoned_frame_is_counted_and_the_node_keeps_publishing(semantic_node):
 
 
 def test_old_frames_are_dropped_under_load_and_the_newest_is_segmented(semantic_node):
-    from diagnostic_msgs.msg import DiagnosticArray
-    from sensor_msgs.msg import CompressedImage, Image
+    from sensor_msgs.msg import CompressedImage
 
     probe = Probe()
     try:
-        labels = probe.subscribe("/pem_cam/image_raw/pem/labels", Image)
+        labels = probe.subscribe_labels()
         probe.subscribe("/pem_cam/image_raw/pem/overlay/compressed", CompressedImage)  # slow JPEG work
-        diagnostics = probe.subscribe("/diagnostics", DiagnosticArray)
+        diagnostics = probe.subscribe_diagnostics()
         pub = probe.camera_publisher()
         assert probe.spin_until(lambda: labels, 60, lambda: pub.publish(_image_msg(_scene(4), 1)))
         big = _scene(5, 720, 1280)
