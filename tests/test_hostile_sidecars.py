@@ -28,8 +28,8 @@ from export.errors import ExportError
 from export.metadata import ArtifactWriter, embed_metadata, onnx_signature, write_artifact
 from pem.config import get_preset
 from runtime import Segmenter, load_artifact
+from runtime.core.postprocess import fuse_panoptic, label_png_array
 from runtime.errors import OutputRangeError
-from runtime.postprocess import fuse_panoptic, label_png_array
 from tests.helpers.sidecars import tiny_sidecar
 
 pytest.importorskip("onnxruntime")

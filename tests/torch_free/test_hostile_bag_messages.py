@@ -24,8 +24,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from cli import app
-from runtime.ros import bags
-from runtime.ros.messages import MessageError, decode_image, labels_array
+from runtime.io.ros import bags
+from runtime.io.ros.messages import MessageError, decode_image, labels_array
 from tests.helpers.runtime_models import semantic_model, write_artifact
 
 TS = get_typestore(Stores.ROS2_JAZZY)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cli import app
 from contract.errors import SidecarError
 from contract.sidecar import Sidecar
-from runtime.artifact import load_artifact, sha256_file
+from runtime.core.artifact import load_artifact, sha256_file
 from tests.helpers.runtime_models import semantic_model, sidecar_for, write_artifact
 
 RUNNER = CliRunner()

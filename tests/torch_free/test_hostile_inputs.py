@@ -29,8 +29,9 @@ from contract.errors import PemDeployError
 from contract.fs import STAGING_PREFIX, staging_pid
 from contract.output import LOCK_NAME, MANIFEST_NAME, _Lock
 from runtime import InputError, Segmenter
-from runtime.batch_infer import infer_path
-from runtime.images import load_image, prepare_image
+from runtime.core.image_input import prepare_image
+from runtime.io.batch_infer import infer_path
+from runtime.io.images import load_image
 from tests.helpers.concurrency import run_in_threads
 from tests.helpers.filesystems import read_only_folder, small_disk
 from tests.helpers.runtime_models import scene, semantic_model, write_artifact
