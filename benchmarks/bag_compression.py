@@ -1,7 +1,7 @@
 """Output bag size and write time per MCAP chunk compression (``--compression zstd|lz4|none``).
 
 Writes the same frames (a smooth, moving 256x512 scene with sensor noise, seeded) through
-:func:`runtime.ros.bags.write_bag` with a tiny semantic model (the segmentation's cost is not
+:func:`runtime.io.ros.bags.write_bag` with a tiny semantic model (the segmentation's cost is not
 what is measured) once per compression, interleaved over ``--rounds``; prints size and seconds
 per mode and the ratios to ``none``. ``--copy-input`` also stores the raw frames (noise makes them
 compress little). Usage: ``python benchmarks/bag_compression.py [--frames 100] [--rounds 2]
@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 
 from runtime import Segmenter
-from runtime.ros.bags import COMPRESSIONS, BagFrame, write_bag
-from runtime.ros.messages import Header, Stamp
+from runtime.io.ros.bags import COMPRESSIONS, BagFrame, write_bag
+from runtime.io.ros.messages import Header, Stamp
 from tests.helpers.runtime_models import semantic_model, write_artifact
 
 

@@ -35,7 +35,7 @@ def interleaved(
 
 def ort_session(model: Path | str | bytes, profile_prefix: str | None = None):
     """A single-threaded onnxruntime CPU session (one thread, like the PyTorch side)."""
-    from runtime.backends.ort_session import create_session
+    from runtime.core.backends.ort_session import create_session
 
     return create_session(model, threads=1, profile_prefix=profile_prefix)
 

@@ -42,8 +42,8 @@ from export.parity import make_samples, open_session
 from export.pipeline import ExportOptions, export_artifact
 from export.simplify import finalize, forbidden_ops
 from export.source import load_source
-from runtime.compare import HeadSpec, interpret, mean_iou
-from runtime.compare.engine import output_diff
+from runtime.tools.compare import HeadSpec, interpret, mean_iou
+from runtime.tools.compare.engine import output_diff
 
 
 def _raw_view(outputs: dict[str, np.ndarray], num_classes: int):

@@ -1,4 +1,4 @@
-"""Frames/s of ``infer --ray`` (runtime.fleet) with 1 and 2 workers against single-process ``infer``.
+"""Frames/s of ``infer --ray`` (runtime.io.fleet) with 1 and 2 workers against single-process ``infer``.
 
 Exports the trained default model (pem.zoo) with the semantic head at ``--size`` (or uses
 ``--artifact``), writes ``--bags`` MCAP bags of ``--frames`` frames each (the synthetic validation
@@ -6,7 +6,7 @@ images, one bgr8 topic) and an image folder of ``--frames`` images, then segment
 
 - ``single tN``: one process, one Segmenter with N onnxruntime threads, each input through the
   single-machine path (``infer_robotics`` for a bag to a bag, ``infer_path`` for the folder);
-- ``ray wN``: :func:`runtime.fleet.segment` in an already started local Ray session (2 CPUs),
+- ``ray wN``: :func:`runtime.io.fleet.segment` in an already started local Ray session (2 CPUs),
   N workers of 1 CPU and 1 thread each (``ray.init`` is timed once, separately).
 
 Modes run interleaved for ``--rounds`` rounds (medians reported); each run writes into a fresh
@@ -87,10 +87,10 @@ def _single(model: Path, bags: list[Path], folder: Path, out: Path, threads: int
     the model) not timed."""
     code = (
         "import json, sys, time\n"
-        "from runtime.batch_infer import infer_path\n"
-        "from runtime.robotics import infer_robotics\n"
-        "from runtime.segmenter import Segmenter\n"
-        "from runtime.ros.bags import _rosbags\n"
+        "from runtime.io.batch_infer import infer_path\n"
+        "from runtime.io.robotics import infer_robotics\n"
+        "from runtime.core.segmenter import Segmenter\n"
+        "from runtime.io.ros.bags import _rosbags\n"
         "model, folder, out, threads, topic, *bags = sys.argv[1:]\n"
         "_rosbags()\n"  # imported and the model opened before the clock starts, as in an actor
         "with Segmenter.open(model, threads=int(threads)) as segmenter:\n"
@@ -125,7 +125,7 @@ def main() -> None:
     import ray
     from common import cpu_description
 
-    from runtime.fleet import MANIFEST, segment
+    from runtime.io.fleet import MANIFEST, segment
 
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     try:

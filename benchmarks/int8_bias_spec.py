@@ -116,7 +116,7 @@ def _export(args: list[str]) -> None:
 
 
 def _inputs(model_json: Path, h: int, w: int, count: int) -> list[np.ndarray]:
-    from runtime.bench import bench_image
+    from runtime.tools.bench import bench_image
 
     norm = json.loads(model_json.read_text())["input"]["normalization"]
     mean = np.asarray(norm["mean"], np.float32).reshape(1, 3, 1, 1)

@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     from calib.graph import decoder_targets, insert_qdq
-    from runtime.backends.ort_session import create_session
+    from runtime.core.backends.ort_session import create_session
 
     rng = np.random.default_rng(0)
     cases = {

@@ -2,8 +2,8 @@
 
 Exports a preset (seeded random weights; default STDC1) or the trained default model as the raw
 model part with the decomposed deformable conv (OpenVINO has no ONNX DeformConv rule), opens it
-with the runtime's :class:`~runtime.backends.openvino_backend.OpenVINOBackend` (FP32 inference
-precision) and :class:`~runtime.backends.onnxruntime_backend.OnnxRuntimeBackend` at each thread
+with the runtime's :class:`~runtime.core.backends.openvino_backend.OpenVINOBackend` (FP32 inference
+precision) and :class:`~runtime.core.backends.onnxruntime_backend.OnnxRuntimeBackend` at each thread
 count, and times ``Backend.infer`` on one seeded input: interleaved rounds, median of ``--runs``.
 Also reports the largest output difference between the two backends. ``onnxruntime-native`` is
 onnxruntime on the usual export (ONNX ``DeformConv``), the fastest graph onnxruntime has: the
@@ -43,8 +43,8 @@ def main() -> None:
 
     from export.pipeline import ExportOptions, export_graph
     from export.source import load_source
-    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from runtime.backends.openvino_backend import OpenVINOBackend
+    from runtime.core.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from runtime.core.backends.openvino_backend import OpenVINOBackend
 
     torch.set_num_threads(1)
     if args.preset == "trained":

@@ -1,7 +1,7 @@
 """Accuracy of FP32 / FP16 / INT8 ONNX graphs on held-out labelled images, and the
 accuracy-aware mode (keep the most quantisation-sensitive nodes float within an mIoU budget).
 
-Graphs run in onnxruntime on inputs made by the runtime's :class:`runtime.preprocess.Preprocessor`;
+Graphs run in onnxruntime on inputs made by the runtime's :class:`runtime.core.preprocess.Preprocessor`;
 metrics are those of :mod:`pem.evaluation` (mIoU per class, PQ / SQ / RQ), computed by the very
 same post-processing as for the PyTorch model (an adapter makes the ONNX session look like the
 model to :func:`pem.evaluation.evaluate`).
@@ -24,7 +24,7 @@ from calib.graph import QuantTarget
 from calib.quantize import model_session, quantize_model, with_outputs
 from pem.config import PEMConfig
 from pem.evaluation import EvalResult, evaluate
-from runtime.preprocess import InputFormat, Preprocessor
+from runtime.core.preprocess import InputFormat, Preprocessor
 
 
 class OnnxModel(torch.nn.Module):

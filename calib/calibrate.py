@@ -32,7 +32,7 @@ from calib.quantize import model_session, quantize_model, with_outputs
 from calib.ranges import METHODS, Method, RangeCollector
 from calib.trt_cache import DEFAULT_TRT_VERSION, CalibrationCache, make_cache, read_cache, write_cache
 from export.onnx_graph import GraphIndex
-from runtime.preprocess import InputFormat
+from runtime.core.preprocess import InputFormat
 
 CALIB_FORMAT = 1  # bump when the statistics change, so old caches are not reused
 

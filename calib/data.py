@@ -2,8 +2,9 @@
 
 Images are sampled deterministically (``num_images`` of them, chosen by a seeded hash of their
 relative paths, so the choice does not depend on the file system's listing order and adding
-files changes it little) and preprocessed with the runtime's own :class:`runtime.preprocess.Preprocessor`,
-so that the calibrated ranges are those the deployed model sees.
+files changes it little) and preprocessed with the runtime's own
+:class:`runtime.core.preprocess.Preprocessor`, so that the calibrated ranges are those the deployed
+model sees.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 
 from calib.errors import CalibrationError
-from runtime.preprocess import InputFormat, Preprocessor
+from runtime.core.preprocess import InputFormat, Preprocessor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SYNTHETIC = "synthetic"

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from calib.errors import CalibrationError
 from calib.graph import QuantTarget, check_qdq, find_targets, insert_qdq
-from runtime.backends.ort_session import create_session
+from runtime.core.backends.ort_session import create_session
 
 
 def model_session(model: onnx.ModelProto, threads: int) -> Any:

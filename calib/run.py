@@ -213,10 +213,10 @@ def parity_verdicts(
     fp32: Any, others: dict[str, Any], config: Any, fmt: Any, threads: int = 1
 ) -> dict[str, dict[str, Any]]:
     """FP16 / INT8 model parts vs FP32 on the comparison engine's default images, under the shared
-    policy (:mod:`runtime.compare`, as ``check`` / ``verify`` / the demo judge them)."""
+    policy (:mod:`runtime.tools.compare`, as ``check`` / ``verify`` / the demo judge them)."""
     from calib.quantize import model_session
-    from runtime.compare import HeadSpec, compare_predictions, comparison_images, policy_for, predict
-    from runtime.preprocess import Preprocessor
+    from runtime.core.preprocess import Preprocessor
+    from runtime.tools.compare import HeadSpec, compare_predictions, comparison_images, policy_for, predict
 
     pre = Preprocessor(fmt)
     images = comparison_images(fmt.height, fmt.width)

@@ -45,7 +45,7 @@ def build_command(
     """Torch-free TensorRT engine from an ONNX artifact (TensorRT + numpy + onnx only; run on the device)."""
     from pathlib import Path
 
-    from runtime.engine_build import EngineOptions, build_engine, profiles_from_options
+    from runtime.tools.engine_build import EngineOptions, build_engine, profiles_from_options
 
     lo, mid, hi = profiles_from_options([min_shape, opt_shape, max_shape])
     options = EngineOptions(
@@ -108,8 +108,8 @@ def verify_command(
     import json
 
     from contract.output import check_file, write_file
-    from runtime.compare import POLICIES, policy_for
-    from runtime.verify import verify, verify_inputs
+    from runtime.tools.compare import POLICIES, policy_for
+    from runtime.tools.verify import verify, verify_inputs
 
     read = verify_inputs(candidate, against, load_reference, images)  # never written, whatever the flags
     if json_out:  # refused before the comparison runs
@@ -121,7 +121,7 @@ def verify_command(
         _fail("--layerwise needs --against REFERENCE.onnx (a saved reference holds the outputs only)")
     policy = None
     if precision or any(v is not None for v in (max_rel, min_agreement, min_miou, min_segments)):
-        from runtime.artifact import load_artifact
+        from runtime.core.artifact import load_artifact
 
         base = policy_for(precision or load_artifact(candidate).precision)
         policy = base.with_overrides(
@@ -147,7 +147,7 @@ def verify_command(
     typer.echo(report.table())
     layers = None
     if layerwise:
-        from runtime.compare.layerwise import compare_layers
+        from runtime.tools.compare.layerwise import compare_layers
 
         layers = compare_layers(
             candidate, against=against, load_reference_from=load_reference, policy=report.policy

@@ -214,7 +214,7 @@ def _build_engine(onnx_path: object, precision: str, quantizer: object | None) -
 
     onnx_file = Path(str(onnx_path))
     engine_path = onnx_file.with_name(f"{onnx_file.stem}.{precision}.engine")  # sidecar: STEM.PRECISION.json
-    # The graph's own precision decides the typing (runtime.engine_build, same as pem-deploy build).
+    # The graph's own precision decides the typing (runtime.tools.engine_build, same as pem-deploy build).
     build_engine(onnx_file, engine_path, EngineOptions(precision=precision))  # type: ignore[arg-type]
     return engine_path
 
@@ -355,12 +355,12 @@ def check_command(
     Exit code 0 when the policy holds, 1 when not (FAIL), 2 on bad arguments or files.
     """
     from export.check import check_artifact
-    from runtime.compare import policy_for
+    from runtime.tools.compare import policy_for
 
     prepare_eager_torch(threads)
     policy = None
     if any(v is not None for v in (max_rel, min_agreement, min_miou)):
-        from runtime.artifact import load_artifact
+        from runtime.core.artifact import load_artifact
 
         policy = policy_for(load_artifact(artifact).precision).with_overrides(
             max_relative_error=max_rel, min_confident_agreement=min_agreement, min_miou=min_miou
@@ -386,7 +386,7 @@ def _image_files(given: list[str]) -> list[str]:
     """``--images`` entries with each folder replaced by its images (recursively), as verify reads."""
     from pathlib import Path
 
-    from runtime.images import list_images
+    from runtime.io.images import list_images
 
     files: list[str] = []
     for entry in given:

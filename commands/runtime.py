@@ -115,8 +115,8 @@ def infer(
     Exit status: 0 all segmented, 1 some files of a folder (or, with --ray, some shards) failed, 2 error.
     """
     from runtime import Segmenter
-    from runtime.batch_infer import infer_path
-    from runtime.sources import ProgressLine
+    from runtime.io.batch_infer import infer_path
+    from runtime.io.sources import ProgressLine
 
     if resize not in ("stretch", "letterbox"):
         _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
@@ -152,7 +152,7 @@ def infer(
     if len(sources) != 1:
         _fail(f"{len(sources)} inputs given; one at a time, or several with --ray")
     source = sources[0]
-    from runtime.robotics import infer_robotics, is_robotics_job
+    from runtime.io.robotics import infer_robotics, is_robotics_job
 
     def open_segmenter() -> Segmenter:
         segmenter = Segmenter.open(
@@ -169,7 +169,7 @@ def infer(
             typer.echo(f"note: {note}", err=True)
         return segmenter
 
-    from runtime.sources import quiet_video_logs
+    from runtime.io.sources import quiet_video_logs
 
     quiet_video_logs()  # our one line, not OpenCV's / FFmpeg's
     if compression not in ("zstd", "lz4", "none"):
@@ -251,8 +251,8 @@ def _infer_on_ray(
     threads: int | None,
     backend: str | None,
 ) -> None:
-    """``infer --ray``: :func:`runtime.fleet.segment`, progress on stderr, a summary line."""
-    from runtime.fleet import ProgressPrinter, looks_like_address, segment
+    """``infer --ray``: :func:`runtime.io.fleet.segment`, progress on stderr, a summary line."""
+    from runtime.io.fleet import ProgressPrinter, looks_like_address, segment
 
     if not looks_like_address(address):
         _fail(
@@ -310,7 +310,7 @@ def ros2_command(
     ),
 ) -> None:
     """ROS 2 node: subscribe to an image topic, publish labels / panoptic / overlay (needs rclpy)."""
-    from runtime.ros.node import NodeConfig, import_rclpy, run_lifecycle_node, run_node, stop_on_signals
+    from runtime.io.ros.node import NodeConfig, import_rclpy, run_lifecycle_node, run_node, stop_on_signals
 
     with stop_on_signals() as stop:  # SIGINT / SIGTERM: a clean exit 0 from here on
         import_rclpy()
@@ -367,7 +367,7 @@ def bench_command(
     """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
     from pathlib import Path
 
-    from runtime.bench import (
+    from runtime.tools.bench import (
         BenchError,
         bench_artifact,
         check_reports_target,
@@ -442,7 +442,7 @@ def _baseline(
     from contract.resources import ResourceError
     from export.baseline_bench import BACKENDS, compare_with_baseline, write_comparisons
     from export.errors import ExportError
-    from runtime.bench import BenchError, parse_shape
+    from runtime.tools.bench import BenchError, parse_shape
 
     if not presets or has_artifacts:
         _fail("--baseline compares presets: give --preset NAME (and no artifacts)")

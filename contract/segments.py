@@ -10,8 +10,8 @@ class Segment:
     """One panoptic segment: its ``id`` in the id map, contiguous class id, thing or stuff.
 
     ``area`` is in pixels of the id map it comes with: the model's input size straight out of
-    the fusion, the original image size in a :class:`runtime.segmenter.Result` (the runtime
-    recounts it there with :func:`runtime.postprocess.segments_at_size`).
+    the fusion, the original image size in a :class:`runtime.core.segmenter.Result` (the runtime
+    recounts it there with :func:`runtime.core.postprocess.segments_at_size`).
     """
 
     id: int

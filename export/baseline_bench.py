@@ -231,7 +231,7 @@ def compare_with_baseline(
     from pem.config import ConfigError, estimate_forward_bytes, get_preset
     from pem.flops import count_cost, count_parameters
     from pem.paper import PAPER_FPS, paper_row
-    from runtime.bench import bench_image, peak_rss_mb, reset_peak_rss
+    from runtime.tools.bench import bench_image, peak_rss_mb, reset_peak_rss
 
     say = log or (lambda _line: None)
     if baseline not in BASELINES:
@@ -334,7 +334,7 @@ def _export_all(
 
 
 def _time_ort(path: Path, images: np.ndarray, warmup: int, iterations: int, threads: int) -> list[float]:
-    from runtime.backends.ort_session import create_session
+    from runtime.core.backends.ort_session import create_session
 
     session = create_session(path, threads=threads, error=ExportError)
     # The session (and its memory arena) is dropped on return, before the next model's is made.

@@ -1,4 +1,4 @@
-"""PyTorch (eager) latency of a checkpoint or preset, in the runtime's :class:`runtime.bench.BenchResult`.
+"""PyTorch (eager) latency of a checkpoint or preset, in :class:`runtime.tools.bench.BenchResult`.
 
 On CUDA the forward pass is timed with ``torch.cuda.Event`` pairs and the memory is
 ``torch.cuda.max_memory_allocated``; on the CPU with ``time.perf_counter`` and the process's
@@ -19,7 +19,7 @@ import torch
 from export.errors import ExportError
 from export.source import load_source
 from pem.inference import semantic_inference
-from runtime.bench import (
+from runtime.tools.bench import (
     BenchResult,
     _check_counts,
     bench_image,
@@ -51,7 +51,7 @@ def bench_torch(
     Raises:
         ExportError: one line naming the bad argument or file.
     """
-    from runtime.bench import BenchError
+    from runtime.tools.bench import BenchError
 
     try:
         _check_counts(batch, warmup, iterations)

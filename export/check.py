@@ -2,7 +2,7 @@
 
 The artifact runs through the runtime (its sidecar's preprocessing, its backend); PyTorch runs the
 source model with the model's own preprocessing; both on the comparison engine's images, judged by
-:func:`runtime.compare.compare_predictions` under the shared policy (as ``verify`` and the demo).
+:func:`runtime.tools.compare.compare_predictions` under the shared policy (as ``verify`` and the demo).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from export.fp16 import emulate_fp16
 from export.metadata import read_sidecar, sha256_file
 from export.parity import open_session, torch_runner
 from export.source import ModelSource, load_source, load_source_from_sidecar
-from runtime.compare import (
+from runtime.tools.compare import (
     DEFAULT_SCENES,
     ComparisonReport,
     HeadSpec,
@@ -114,8 +114,8 @@ def check_artifact(
         ArtifactError: the sidecar is unreadable or breaks the schema
             (:class:`~contract.errors.SidecarError`, naming the file and the field).
     """
-    from runtime.artifact import load_artifact
-    from runtime.preprocess import Preprocessor
+    from runtime.core.artifact import load_artifact
+    from runtime.core.preprocess import Preprocessor
 
     onnx_path, sidecar_path = locate_artifact(path)
     spec = read_sidecar(sidecar_path)

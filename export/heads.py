@@ -11,7 +11,7 @@ Heads (output names, shapes and dtypes are listed in :data:`HEAD_OUTPUTS`):
   bilinearly to the input size, ``softmax(class)[..., :-1]`` x ``sigmoid(mask)`` summed over queries,
   argmax over classes.
 * ``panoptic``: what Mask2Former's panoptic fusion needs, reduced in-graph; the remaining
-  per-segment bookkeeping is a few numpy lines (:func:`runtime.postprocess.fuse_panoptic`).
+  per-segment bookkeeping is a few numpy lines (:func:`runtime.core.postprocess.fuse_panoptic`).
 """
 
 from __future__ import annotations

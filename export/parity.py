@@ -1,7 +1,7 @@
 """The PyTorch side of parity: run the reference model on the comparison engine's images.
 
 Everything else (the images, per-output differences, label maps, the verdict) is the one torch-free
-engine, :mod:`runtime.compare`. Two ways to feed PyTorch:
+engine, :mod:`runtime.tools.compare`. Two ways to feed PyTorch:
 
 * :func:`torch_runner`: from the BGR image, with the model's *own* preprocessing (RGB, its config's
   mean / std), independent of the artifact's sidecar: ``check`` uses it, so a sidecar with a wrong
@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from runtime.compare import (
+from runtime.core.preprocess import InputFormat, Preprocessor
+from runtime.tools.compare import (
     ComparisonImage,
     ComparisonReport,
     HeadSpec,
@@ -30,8 +31,7 @@ from runtime.compare import (
     comparison_images,
     predict,
 )
-from runtime.compare.engine import Runner
-from runtime.preprocess import InputFormat, Preprocessor
+from runtime.tools.compare.engine import Runner
 
 Sample = tuple[ComparisonImage, np.ndarray]
 
@@ -86,7 +86,7 @@ def open_session(model: onnx.ModelProto | str | os.PathLike[str], threads: int =
     Without a memory arena: a parity check runs each graph a few times next to the PyTorch model,
     and at 1024x2048 an arena would hold gigabytes while PyTorch runs.
     """
-    from runtime.backends.ort_session import create_session
+    from runtime.core.backends.ort_session import create_session
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return create_session(data, threads=threads, inter_op_threads=0, error=ExportError, memory_arena=False)
@@ -100,7 +100,7 @@ def run_reference(reference: nn.Module, x: np.ndarray, names: Sequence[str]) -> 
 
 
 def torch_runner(model: nn.Module, head: str) -> Runner:
-    """A :data:`runtime.compare.engine.Runner` of the PyTorch model on BGR images, preprocessed
+    """A :data:`runtime.tools.compare.engine.Runner` of the PyTorch model on BGR images, preprocessed
     the model's own way (RGB, 0-255, its config's mean / std inside :class:`ExportedModel`)."""
     from export.heads import ExportedModel, output_names
 

@@ -1,6 +1,6 @@
 """The engine step of ``pem-deploy export --format engine``.
 
-The TensorRT logic lives in the torch-free :mod:`runtime.engine_build` (what ``pem-deploy build``
+The TensorRT logic lives in the torch-free :mod:`runtime.tools.engine_build` (what ``pem-deploy build``
 runs on a device); this module only adapts it to the export pipeline (an engine path next to the
 ONNX, the sidecar dict returned).
 """
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runtime.engine_build import (
+from runtime.tools.engine_build import (
     FP32_LAYER_TYPES,
     EngineBuildError,
     EngineOptions,
@@ -21,7 +21,7 @@ from runtime.engine_build import (
     import_tensorrt,
     tensorrt_major,
 )
-from runtime.engine_build import build_engine as _build
+from runtime.tools.engine_build import build_engine as _build
 
 __all__ = [
     "FP32_LAYER_TYPES",
@@ -40,5 +40,5 @@ def build_engine(
     onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], options: EngineOptions
 ) -> dict[str, Any]:
     """Build ``engine_path`` (+ its ``.json`` sidecar) from the exported ``onnx_path``; returns the
-    engine sidecar. Same code as ``pem-deploy build`` (:func:`runtime.engine_build.build_engine`)."""
+    engine sidecar. Same code as ``pem-deploy build`` (:func:`runtime.tools.engine_build.build_engine`)."""
     return _build(Path(onnx_path), Path(engine_path), options).sidecar

@@ -5,9 +5,9 @@
 >>> result = seg.predict(cv2.imread("frame.png"))   # result.labels: (H, W) int32
 """
 
-from runtime.artifact import Artifact, load_artifact
+from runtime.core.artifact import Artifact, load_artifact
+from runtime.core.segmenter import Result, Segmenter, read_video
 from runtime.errors import ArtifactError, BackendUnavailableError, InputError, RuntimeToolError
-from runtime.segmenter import Result, Segmenter, read_video
 
 __all__ = [
     "Artifact",

@@ -6,9 +6,9 @@ Steps (each shown on a terminal, quiet otherwise):
 2. the trained tiny panoptic model (:func:`pem.zoo.ensure_default_checkpoint`, cached);
 3. FP32 and FP16 ONNX exports, INT8 calibration with the FP32 / FP16 / INT8 accuracy report;
 4. parity of every ONNX artifact against PyTorch (:func:`export.check.check_artifact`, the one
-   comparison engine :mod:`runtime.compare`);
-5. latency of PyTorch and the three artifacts (:mod:`export.bench_torch`, :mod:`runtime.bench`);
-6. overlays of a few validation images from the runtime (:func:`runtime.batch_infer.infer_path`);
+   comparison engine :mod:`runtime.tools.compare`);
+5. latency of PyTorch and the three artifacts (:mod:`export.bench_torch`, :mod:`runtime.tools.bench`);
+6. overlays of a few validation images from the runtime (:func:`runtime.io.batch_infer.infer_path`);
 7. ``report.md`` (plus ``bench.json/.csv/.md``) in the output folder.
 
 Everything is written through :mod:`contract.output` as one output folder: staged, then moved
@@ -119,11 +119,11 @@ def _demo_into(
     from export.pipeline import ExportOptions, export_artifact
     from export.source import load_source
     from pem.zoo import default_dataset_path, ensure_default_checkpoint
-    from runtime.batch_infer import infer_path
-    from runtime.bench import bench_artifact, format_table, markdown_table, write_reports
-    from runtime.images import write_image
-    from runtime.postprocess import legend_image
-    from runtime.segmenter import Segmenter
+    from runtime.core.postprocess import legend_image
+    from runtime.core.segmenter import Segmenter
+    from runtime.io.batch_infer import infer_path
+    from runtime.io.images import write_image
+    from runtime.tools.bench import bench_artifact, format_table, markdown_table, write_reports
 
     say = progress or (lambda message: None)
     start = time.perf_counter()
@@ -170,7 +170,7 @@ def _demo_into(
         parity: dict[str, dict[str, Any]] = {}
         for precision, path in artifacts.items():
             say(f"parity {precision.upper()} vs PyTorch")
-            # The one comparison engine and policy (runtime.compare), as check and verify.
+            # The one comparison engine and policy (runtime.tools.compare), as check and verify.
             check = check_artifact(path, source=source, emulate=False)
             report = check.reports[0]
             parity[precision] = {

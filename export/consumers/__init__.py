@@ -37,7 +37,7 @@ from export.consumers import deepstream, isaac_ros, triton
 from export.consumers.graph_edit import fix_input_size, labels_as, normalize_in_graph, rename_input
 from export.errors import ExportError
 from export.metadata import METADATA_PREFIX, embed_metadata, validated_sidecar
-from runtime.artifact import Artifact, load_artifact
+from runtime.core.artifact import Artifact, load_artifact
 
 CONSUMERS = ("triton", "deepstream", "isaac-ros")
 SEMANTIC_ONLY = (

@@ -14,7 +14,7 @@ from calib.graph import check_qdq, dequantized_consumers, find_targets, insert_q
 from calib.ranges import RangeCollector, TensorStats
 from calib.trt_cache import make_cache, parse_cache, read_cache, version_int, write_cache
 from export.errors import ExportError
-from runtime.preprocess import InputFormat, Preprocessor
+from runtime.core.preprocess import InputFormat, Preprocessor
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -1,4 +1,4 @@
-"""`runtime.bench` statistics and reports; `pem-deploy bench` on a tiny ONNX artifact and a preset."""
+"""`runtime.tools.bench` statistics and reports; `pem-deploy bench` on a tiny ONNX artifact and a preset."""
 
 import csv
 import json
@@ -10,8 +10,15 @@ from typer.testing import CliRunner
 
 from cli import app
 from contract.output import MANIFEST_NAME
-from runtime.backends.base import Backend
-from runtime.bench import BenchError, bench_artifact, format_table, parse_shape, summarize, write_reports
+from runtime.core.backends.base import Backend
+from runtime.tools.bench import (
+    BenchError,
+    bench_artifact,
+    format_table,
+    parse_shape,
+    summarize,
+    write_reports,
+)
 
 
 def _artifact(folder: Path, h: int = 32, w: int = 64) -> Path:

@@ -552,5 +552,5 @@ def test_no_writer_of_the_package_carries_its_own_staging() -> None:
 _ALLOWED_OWN_STAGING = {
     "pem/data/cityscapes.py",  # the panoptic json inside a staging folder of contract/output.py
     "calib/run.py",  # moves the exported files within its own staging folder
-    "runtime/ros/bags.py",  # moves the finished bag onto the staged path of contract.output.FileOutput
+    "runtime/io/ros/bags.py",  # moves the finished bag onto the staged path of contract.output.FileOutput
 }

@@ -1,8 +1,8 @@
 """The package layout's rules, read from the source: imports point one way and form no cycle.
 
 contract <- pem <- export <- calib <- workflows, and runtime depends on contract alone (never torch,
-pem, export or calib). Function-level (lazy) imports count too: a cycle hidden inside a function
-is still a cycle.
+pem, export or calib). Inside runtime: errors <- core <- io <- tools (:data:`RUNTIME_LAYERS`).
+Function-level (lazy) imports count too: a cycle hidden inside a function is still a cycle.
 """
 
 from __future__ import annotations
@@ -30,6 +30,18 @@ ALLOWED = {
 # final evaluation), so evaluation must not use training; the zoo trains the default tiny model.
 TOP_SUBPACKAGES = {
     "pem.train": {"pem.zoo"},
+}
+
+# The runtime's layers, each with the layers it may import: the inference core reads no files of
+# its own and knows no tool; io (files, cameras, bags, fleets) builds on the core; the tools (engine
+# build, bench, verify and the comparison engine) build on both, since comparisons read image
+# files. ``runtime`` itself (its __init__) re-exports the core. Every runtime module is in one.
+RUNTIME_LAYERS = {
+    "runtime.errors": set(),
+    "runtime.core": {"runtime.errors"},
+    "runtime.io": {"runtime.errors", "runtime.core"},
+    "runtime.tools": {"runtime.errors", "runtime.core", "runtime.io"},
+    "runtime": {"runtime.errors", "runtime.core"},
 }
 
 
@@ -88,6 +100,60 @@ def test_sub_package_rule_catches_evaluation_importing_training() -> None:
     # The rule above must see the import this layering removed (pem.evaluation -> pem.train.*).
     graph = {**GRAPH, "pem.evaluation": GRAPH["pem.evaluation"] | {"pem.train.config"}}
     assert _sub_package_violations(graph) == ["pem.evaluation -> pem.train.config"]
+
+
+def _runtime_layer(module: str) -> str | None:
+    """The :data:`RUNTIME_LAYERS` entry ``module`` belongs to (the longest that contains it)."""
+    inside = [layer for layer in RUNTIME_LAYERS if module == layer or module.startswith(layer + ".")]
+    return max(inside, key=len, default=None)
+
+
+def _runtime_layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``importer -> imported`` for every runtime import that goes up or sideways a layer."""
+    wrong = []
+    for module, deps in sorted(graph.items()):
+        layer = _runtime_layer(module)
+        if layer is None:
+            continue
+        for dep in sorted(deps):
+            dep_layer = _runtime_layer(dep)
+            if dep_layer is not None and dep_layer != layer and dep_layer not in RUNTIME_LAYERS[layer]:
+                wrong.append(f"{module} -> {dep}")
+    return wrong
+
+
+def test_runtime_layers_point_down() -> None:
+    assert not _runtime_layer_violations(GRAPH)
+
+
+def _loose_runtime_modules(modules: list[str]) -> list[str]:
+    """Runtime modules beside the sub-packages rather than in one (``runtime.errors`` aside)."""
+    return [m for m in modules if m.startswith("runtime.") and _runtime_layer(m) == "runtime"]
+
+
+def test_every_runtime_module_is_in_a_sub_package() -> None:
+    # runtime/ stays core / io / tools: a new module goes into one of them, not beside them.
+    assert not _loose_runtime_modules(sorted(MODULES))
+    assert _loose_runtime_modules([*MODULES, "runtime.helpers"]) == ["runtime.helpers"]
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported"),
+    [
+        ("runtime.core.segmenter", "runtime.io.images"),  # the core reading files
+        ("runtime.core.artifact", "runtime.tools.engine_build"),  # the core using a tool
+        ("runtime.io.batch_infer", "runtime.tools.compare.engine"),  # io using a tool
+        ("runtime.errors", "runtime.core.artifact"),  # the error root depending on anything
+    ],
+)
+def test_runtime_layer_rule_catches(importer: str, imported: str) -> None:
+    graph = {**GRAPH, importer: GRAPH[importer] | {imported}}
+    assert _runtime_layer_violations(graph) == [f"{importer} -> {imported}"]
+
+
+def test_runtime_layer_rule_allows_downward_imports() -> None:
+    graph = {**GRAPH, "runtime.tools.bench": GRAPH["runtime.tools.bench"] | {"runtime.io.sources"}}
+    assert not _runtime_layer_violations(graph)
 
 
 def test_no_import_cycle() -> None:

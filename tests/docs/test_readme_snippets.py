@@ -207,7 +207,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
     """The folder a reader works in: the trained tiny model where the README keeps it
     (``runs/tiny``, the quick default model), an image, a short video and the fleet example's inputs."""
     from pem.zoo import ensure_default_checkpoint
-    from runtime.scenes import street_scene
+    from runtime.tools.compare.scenes import street_scene
 
     folder = tmp_path_factory.mktemp("readme")
     checkpoint = ensure_default_checkpoint("quick")
@@ -249,7 +249,7 @@ def _fleet_inputs(folder: Path) -> None:
 
 def _needs(snippet: Snippet) -> None:
     """Skip a snippet whose optional extra is not installed (CI installs them)."""
-    if "runtime.fleet" in snippet.text:
+    if "runtime.io.fleet" in snippet.text:
         for module in ("ray", "pyarrow", "rosbags"):
             pytest.importorskip(module, reason=f"{snippet.id}: the 'fleet' and 'ros' extras ({module})")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from export.check import check_artifact
-from runtime.compare import ComparisonReport
-from runtime.verify import verify
+from runtime.tools.compare import ComparisonReport
+from runtime.tools.verify import verify
 from tests.helpers.compare_corpus import build_corpus
 
 pytest.importorskip("onnxruntime")

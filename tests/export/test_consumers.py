@@ -15,7 +15,7 @@ from contract.errors import ArtifactError, OutputExistsError, OutputIsInputError
 from contract.sidecar import Sidecar
 from export.consumers import PackageError, PackageOptions, deepstream, isaac_ros, package_artifact, triton
 from runtime import Segmenter
-from runtime.artifact import sha256_file
+from runtime.core.artifact import sha256_file
 from tests.helpers.runtime_models import (
     image_panoptic_model,
     semantic_model,

@@ -16,7 +16,7 @@ import pytest
 
 from export.consumers import PackageOptions, package_artifact
 from runtime import Segmenter
-from runtime.postprocess import category_map, fuse_panoptic_outputs
+from runtime.core.postprocess import category_map, fuse_panoptic_outputs
 from tests.helpers.runtime_models import image_panoptic_model, semantic_model, write_artifact
 from tests.helpers.tritonserver import TritonServer, unavailable_reason
 

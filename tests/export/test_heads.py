@@ -18,8 +18,8 @@ from pem.config import get_preset
 from pem.inference import panoptic_inference, semantic_inference
 from pem.model import PEM
 from pem.ops.deform_conv import ModulatedDeformConv2d
-from runtime.postprocess import category_map
-from runtime.postprocess import fuse_panoptic as panoptic_fusion
+from runtime.core.postprocess import category_map
+from runtime.core.postprocess import fuse_panoptic as panoptic_fusion
 
 
 def _synthetic_predictions(seed: int, b: int = 2, q: int = 12, k: int = 5, h: int = 6, w: int = 8):

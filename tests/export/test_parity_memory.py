@@ -1,5 +1,5 @@
 """Parity checks at full size without the memory peaks: no onnxruntime arena. (The raw head's
-class scores are formed at mask resolution by runtime.postprocess.semantic_scores_from_raw, so no
+class scores are formed at mask resolution by runtime.core.postprocess.semantic_scores_from_raw, so no
 (B, Q, H, W) tensor is made at all.)"""
 
 import numpy as np

@@ -98,7 +98,7 @@ def test_cli_export_writes_a_complete_artifact(artifact):
 
 def test_runtime_reads_the_sidecar(artifact):
     """Contract test: the torch-free runtime (if present) accepts what export writes."""
-    runtime_artifact = pytest.importorskip("runtime.artifact")
+    runtime_artifact = pytest.importorskip("runtime.core.artifact")
     loaded = runtime_artifact.load_artifact(artifact[0] / "model.onnx")
     assert loaded.head == "semantic" and loaded.num_classes == 19 and loaded.precision == "fp16"
     assert loaded.input_format.height == 64 and loaded.input_format.width == 128

@@ -88,7 +88,7 @@ def test_openvino_refuses_native_deform_conv_in_one_line(exports):
 
 
 def test_openvino_backend_refuses_a_bare_deform_conv_file(tmp_path):
-    from runtime.backends.openvino_backend import OpenVINOBackend
+    from runtime.core.backends.openvino_backend import OpenVINOBackend
 
     with pytest.raises(ArtifactError, match="DeformConv; export with --deform-impl decomposed") as info:
         OpenVINOBackend(_deform_conv_model(tmp_path / "d.onnx"))

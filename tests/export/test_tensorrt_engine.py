@@ -1,4 +1,4 @@
-"""Engine building (runtime.engine_build, torch-free): the real thing needs TensorRT and a GPU
+"""Engine building (runtime.tools.engine_build, torch-free): the real thing needs TensorRT and a GPU
 (skipped here, with the reason); the TensorRT 10 / 11 call sequences are exercised against a
 recording stand-in of the documented Python API (builder flags, precision constraints, calibrator,
 optimisation profiles, timing cache, DLA + GPU fallback, engine inspector, plugin registry)."""
@@ -16,8 +16,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime import load_artifact
-from runtime.artifact import sha256_file
-from runtime.engine_build import (
+from runtime.core.artifact import sha256_file
+from runtime.errors import ArtifactError
+from runtime.tools.engine_build import (
     EngineBuildError,
     EngineOptions,
     ShapeProfile,
@@ -25,7 +26,6 @@ from runtime.engine_build import (
     build_engine,
     parse_shape,
 )
-from runtime.errors import ArtifactError
 from tests.helpers.real_api_surface import TENSORRT_VERSIONS, surface_or_reason
 from tests.helpers.runtime_models import semantic_model, write_artifact
 from tests.helpers.strict_api import StrictApi
@@ -237,7 +237,7 @@ def fake_trt(monkeypatch):
                 rec.strict = True
         monkeypatch.setitem(sys.modules, "tensorrt", module)
         monkeypatch.setattr(
-            "runtime.engine_build.device_description",
+            "runtime.tools.engine_build.device_description",
             lambda: {"gpu_name": "Orin", "compute_capability": "8.7"},
         )
         return rec
@@ -477,7 +477,7 @@ def test_build_verify_and_tensorrt_backend_import_without_torch(tmp_path):
     onnx_path = _artifact(tmp_path)
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['pem'] = None; sys.modules['export'] = None\n"
-        "import runtime.engine_build, runtime.verify, runtime.backends.tensorrt_backend\n"
+        "import runtime.tools.engine_build, runtime.tools.verify, runtime.core.backends.tensorrt_backend\n"
         "from typer.testing import CliRunner; from cli import app\n"
         f"r = CliRunner().invoke(app, ['build', {str(onnx_path)!r}, '--out', {str(tmp_path / 'o')!r}])\n"
         "print(r.exit_code, r.output.strip().splitlines()[-1])\n"
@@ -493,7 +493,7 @@ def test_real_engine_build_and_run(tmp_path):
     """On a machine with TensorRT and a GPU: build a tiny engine and run it through the runtime."""
     pytest.importorskip("tensorrt", reason="TensorRT is not installed on this machine")
     pytest.importorskip("cuda", reason="cuda-python is not installed on this machine")
-    from runtime.backends.tensorrt_backend import TensorRTBackend
+    from runtime.core.backends.tensorrt_backend import TensorRTBackend
 
     result = build_engine(_artifact(tmp_path), tmp_path / "out", EngineOptions(precision="fp32"))
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 128)).astype(np.float32)

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.artifact import sha256_file
+from runtime.core.artifact import sha256_file
 
 K = 3
 CLASSES = [

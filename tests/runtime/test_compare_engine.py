@@ -1,4 +1,4 @@
-"""The comparison engine's policy, report and saved-reference validation (runtime.compare, no torch)."""
+"""The comparison engine's policy, report and saved-reference validation (runtime.tools.compare, no torch)."""
 
 import io
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from runtime.compare import POLICIES, ComparisonError, load_reference, policy_for
-from runtime.compare.engine import Interpretation, confident_pixels
-from runtime.verify import verify
+from runtime.tools.compare import POLICIES, ComparisonError, load_reference, policy_for
+from runtime.tools.compare.engine import Interpretation, confident_pixels
+from runtime.tools.verify import verify
 from tests.helpers.runtime_models import image_panoptic_model
 from tests.runtime.test_verify import H, W, _artifact
 
@@ -175,7 +175,7 @@ def test_report_columns_stay_apart_for_long_image_names(saved, tmp_path):
 
 def test_layerwise_names_the_first_node_that_breaks(tmp_path):
     from cli import app
-    from runtime.compare.layerwise import compare_layers
+    from runtime.tools.compare.layerwise import compare_layers
     from tests.runtime.test_verify import nan_scores, scored_model
 
     fp32 = _artifact(tmp_path, "fp32", scored_model())
@@ -201,7 +201,7 @@ def test_layerwise_names_the_first_node_that_breaks(tmp_path):
 
 
 def test_miou_leaves_out_classes_of_a_few_pixels():
-    from runtime.compare import mean_iou
+    from runtime.tools.compare import mean_iou
 
     ref = np.zeros((100, 100), np.int32)
     ref[:, 50:] = 1

@@ -1,4 +1,4 @@
-"""``infer --ray`` / :func:`runtime.fleet.segment` on a local Ray cluster (2 CPUs), against the
+"""``infer --ray`` / :func:`runtime.io.fleet.segment` on a local Ray cluster (2 CPUs), against the
 single-machine ``infer`` on the same inputs: bags, a video and an image folder, bit for bit."""
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from contract.fs import STAGING_PREFIX
+from runtime.core.segmenter import Segmenter
 from runtime.errors import InputError
-from runtime.fleet import (
+from runtime.io.fleet import (
     FRAMES,
     INDEX,
     INDEX_COLUMNS,
@@ -35,8 +36,7 @@ from runtime.fleet import (
     run_shard,
     segment,
 )
-from runtime.images import load_image
-from runtime.segmenter import Segmenter
+from runtime.io.images import load_image
 from tests.helpers import fleet_data as fd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -279,7 +279,7 @@ def test_killed_run_then_rerun_gives_the_same_result(ray_session, inputs, single
     out = tmp_path / "out"
     script = textwrap.dedent(
         f"""
-        from runtime.fleet import segment
+        from runtime.io.fleet import segment
         segment({str(inputs["model"])!r}, [{str(inputs["images"])!r}, {str(inputs["video"])!r}],
                 {str(out)!r}, workers=1, batch=1, images_per_shard=1)
         """

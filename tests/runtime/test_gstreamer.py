@@ -59,7 +59,7 @@ STREAM_SCRIPT = """
 import json, sys, threading
 import numpy as np
 from runtime import Segmenter
-from runtime.sources import camera_frames, camera_spec, gstreamer_available
+from runtime.io.sources import camera_frames, camera_spec, gstreamer_available
 
 spec = camera_spec(sys.argv[2])
 assert spec.kind == "GStreamer pipeline" and gstreamer_available()

@@ -23,8 +23,8 @@ pytest.importorskip("rosbags", reason="the 'ros' extra (rosbags) is not installe
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from cli import app
-from runtime.ros import bags
-from runtime.ros.messages import MessageError, decode_image, labels_array
+from runtime.io.ros import bags
+from runtime.io.ros.messages import MessageError, decode_image, labels_array
 from tests.helpers.ros_types import TS, CompressedImage, Header, Image, Time
 from tests.helpers.runtime_models import semantic_model, write_artifact
 

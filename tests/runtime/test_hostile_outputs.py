@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from cli import app
 from runtime import Segmenter
 from runtime.errors import NonFiniteOutputError, PemDeployError
-from runtime.sources import MAX_CAMERA_INDEX, CameraError, camera_spec
+from runtime.io.sources import MAX_CAMERA_INDEX, CameraError, camera_spec
 from tests.helpers.runtime_models import K, constant_model, scene, write_artifact
 
 RUNNER = CliRunner()

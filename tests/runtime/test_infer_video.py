@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from runtime import Segmenter
-from runtime.batch_infer import infer_path
 from runtime.errors import InputError
+from runtime.io.batch_infer import infer_path
 from tests.helpers.runtime_models import semantic_model, write_artifact
 
 
@@ -77,7 +77,7 @@ def test_save_video_keeps_codec_and_frame_rate_and_progress_knows_the_total(arti
 def test_a_codec_opencv_cannot_write_falls_back_to_mp4v_and_says_so(artifact, tmp_path, monkeypatch):
     clip = _video(tmp_path / "clip.avi")
     # the input claims a codec no OpenCV build writes
-    monkeypatch.setattr("runtime.sources.video_format", lambda path: ("ZZZZ", 12.0))
+    monkeypatch.setattr("runtime.io.sources.video_format", lambda path: ("ZZZZ", 12.0))
     with Segmenter.open(artifact) as seg:
         summary = infer_path(seg, clip, tmp_path / "out", save_video=True)
     (video,) = summary.videos

@@ -4,10 +4,17 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime.core.image_input import validate_image
+from runtime.core.postprocess import (
+    colorize_labels,
+    colorize_panoptic,
+    fuse_panoptic,
+    overlay,
+    to_original_size,
+)
+from runtime.core.preprocess import Geometry, InputFormat, Preprocessor
 from runtime.errors import InputError
-from runtime.images import list_images, read_image, validate_image, write_image
-from runtime.postprocess import colorize_labels, colorize_panoptic, fuse_panoptic, overlay, to_original_size
-from runtime.preprocess import Geometry, InputFormat, Preprocessor
+from runtime.io.images import list_images, read_image, write_image
 
 
 def _image(h=40, w=60, seed=0):
@@ -123,7 +130,7 @@ def test_colours_and_overlay():
     assert color[1, 0].tolist() == [0, 0, 0]
     blended = overlay(np.full((2, 2, 3), 100, np.uint8), color, 0.5)
     assert blended.shape == (2, 2, 3)
-    from runtime.postprocess import Segment
+    from runtime.core.postprocess import Segment
 
     pan = colorize_panoptic(
         np.array([[0, 1], [2, 2]]), [Segment(1, 0, False, 1.0, 1), Segment(2, 1, True, 1.0, 2)], palette
@@ -133,7 +140,7 @@ def test_colours_and_overlay():
 
 def test_outline_things_draws_around_each_instance_only():
     from contract.segments import Segment
-    from runtime.postprocess import outline_things
+    from runtime.core.postprocess import outline_things
 
     ids = np.zeros((12, 20), np.int32)
     ids[2:8, 2:8] = 1  # car 1

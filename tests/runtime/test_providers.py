@@ -5,8 +5,8 @@ import types
 
 import onnxruntime as ort
 
-from runtime.backends.onnxruntime_backend import GpuOptions, OnnxRuntimeBackend, provider_options
-from runtime.segmenter import open_backend
+from runtime.core.backends.onnxruntime_backend import GpuOptions, OnnxRuntimeBackend, provider_options
+from runtime.core.segmenter import open_backend
 from tests.helpers.runtime_models import semantic_model, write_artifact
 
 PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -14,7 +14,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from cli import app
 from runtime import Segmenter
-from runtime.ros.messages import decode_image, labels_array, output_topics
+from runtime.io.ros.messages import decode_image, labels_array, output_topics
 from tests.helpers.ros_types import TS, CompressedImage, Header, Image, String, Time
 from tests.helpers.runtime_models import semantic_model, write_artifact
 
@@ -288,7 +288,8 @@ def test_existing_output_bag_needs_overwrite(tmp_path):
 def test_ros_modules_are_torch_free():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import runtime.ros.messages, runtime.ros.bags, runtime.ros.node, runtime.sources, runtime.robotics\n"
+        "import runtime.io.ros.messages, runtime.io.ros.bags, runtime.io.ros.node\n"
+        "import runtime.io.sources, runtime.io.robotics\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

@@ -25,9 +25,9 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
 
 from cli import app  # noqa: E402
 from runtime import Segmenter  # noqa: E402
-from runtime.ros.bags import BagError, BagFrame, write_bag  # noqa: E402
-from runtime.ros.messages import Header as FieldsHeader  # noqa: E402
-from runtime.ros.messages import Stamp  # noqa: E402
+from runtime.io.ros.bags import BagError, BagFrame, write_bag  # noqa: E402
+from runtime.io.ros.messages import Header as FieldsHeader  # noqa: E402
+from runtime.io.ros.messages import Stamp  # noqa: E402
 from tests.helpers.ros_types import TS, CameraInfo, CompressedImage, Header, Image, Time  # noqa: E402
 from tests.helpers.runtime_models import semantic_model, write_artifact  # noqa: E402
 
@@ -278,7 +278,7 @@ def test_video_to_bag_uses_the_container_timestamps(tmp_path, model):
 
 
 def test_camera_frames_are_stamped_at_capture(monkeypatch):
-    from runtime import sources
+    from runtime.io import sources
 
     class FakeCapture:  # a live source: stamps must be taken when the frame is grabbed
         def __init__(self):

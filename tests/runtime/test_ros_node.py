@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from runtime import Segmenter
-from runtime.ros.messages import (
+from runtime.io.ros.messages import (
     Header,
     MessageError,
     MessageTypes,
@@ -23,7 +23,7 @@ from runtime.ros.messages import (
     labels_array,
     segmentation_messages,
 )
-from runtime.ros.node import FrameProcessor, LatestFrame, NodeConfig
+from runtime.io.ros.node import FrameProcessor, LatestFrame, NodeConfig
 from tests.helpers.runtime_models import constant_panoptic_artifact, semantic_model, write_artifact
 
 HAS_RCLPY = importlib.util.find_spec("rclpy") is not None
@@ -139,7 +139,7 @@ def test_rclpy_node_publishes_labels(tmp_path):  # pragma: no cover - needs ROS 
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    from runtime.ros.node import run_node
+    from runtime.io.ros.node import run_node
 
     model = write_artifact(tmp_path, semantic_model(32, 64))
     config = NodeConfig(str(model), "/pem_test/image_raw")
@@ -162,7 +162,7 @@ def test_rclpy_node_publishes_labels(tmp_path):  # pragma: no cover - needs ROS 
 
 
 def test_parameters_coerced_validated_in_one_line():
-    from runtime.ros.node import PARAMETERS, NodeParameterError, config_from_parameters, parse_palette
+    from runtime.io.ros.node import PARAMETERS, NodeParameterError, config_from_parameters, parse_palette
 
     base = {name: getattr(NodeConfig("m.onnx"), name) for name in PARAMETERS}
     config = config_from_parameters(base | {"alpha": 1, "diagnostics_period": 2})  # integers for doubles
@@ -199,7 +199,7 @@ def test_node_topics_camera_info_and_colored_mask(tmp_path):
 
 
 def test_node_stats_percentiles_and_failures():
-    from runtime.ros.node import NodeStats, diagnostic_values
+    from runtime.io.ros.node import NodeStats, diagnostic_values
 
     stats = NodeStats()
     for i in range(100):
@@ -223,7 +223,7 @@ def test_launch_file_and_parameters_yaml_match_the_node():
 
     from ruamel.yaml import YAML
 
-    from runtime.ros.node import PARAMETERS, config_from_parameters
+    from runtime.io.ros.node import PARAMETERS, config_from_parameters
 
     root = Path(__file__).resolve().parents[2]
     params = YAML(typ="safe").load((root / "ros/config/pem_segmentation.params.yaml").read_text())

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from runtime import Segmenter
-from runtime.ros.messages import labels_array
+from runtime.io.ros.messages import labels_array
 from tests.helpers.runtime_models import CLASSES, constant_panoptic_artifact, semantic_model, write_artifact
 
 pytestmark = pytest.mark.skipif(

@@ -9,7 +9,7 @@ import pytest
 
 from contract.output import MANIFEST_NAME
 from runtime import ArtifactError, InputError, Segmenter, load_artifact
-from runtime.batch_infer import infer_path
+from runtime.io.batch_infer import infer_path
 from tests.helpers.concurrency import run_in_threads
 from tests.helpers.runtime_models import (
     constant_panoptic_artifact,
@@ -23,8 +23,9 @@ from tests.helpers.runtime_models import (
 def test_runtime_never_imports_torch(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import runtime, runtime.segmenter, runtime.batch_infer, runtime.backends.onnxruntime_backend\n"
-        "import runtime.backends.tensorrt_backend\n"
+        "import runtime, runtime.core.segmenter, runtime.io.batch_infer\n"
+        "import runtime.core.backends.onnxruntime_backend\n"
+        "import runtime.core.backends.tensorrt_backend\n"
         f"s = runtime.Segmenter.open({str(write_artifact(tmp_path, semantic_model(32, 64)))!r})\n"
         "import numpy as np; print(s.predict(np.zeros((10, 10, 3), np.uint8)).labels.shape)\n"
     )

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from runtime import Segmenter, read_video
-from runtime.robotics import infer_robotics
-from runtime.sources import (
+from runtime.io.robotics import infer_robotics
+from runtime.io.sources import (
     CameraError,
     ProgressLine,
     camera_frames,
@@ -65,7 +65,7 @@ def test_video_to_bag_with_duration(tmp_path):
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
 
-    from runtime.ros.messages import decode_image, labels_array
+    from runtime.io.ros.messages import decode_image, labels_array
 
     video = _video(tmp_path / "clip.avi", frames=5)
     model = write_artifact(tmp_path, semantic_model(32, 64))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from runtime import InputError, Segmenter
-from runtime.backends.base import Backend
+from runtime.core.backends.base import Backend
 from tests.helpers.runtime_models import semantic_model, write_artifact
 
 

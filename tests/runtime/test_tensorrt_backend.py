@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from runtime import Segmenter
-from runtime.artifact import sha256_file
-from runtime.backends.tensorrt_backend import TensorRTBackend
+from runtime.core.artifact import sha256_file
+from runtime.core.backends.tensorrt_backend import TensorRTBackend
 from runtime.errors import ArtifactError
 from tests.helpers.concurrency import run_in_threads
 from tests.helpers.real_api_surface import CUDA_BINDINGS_VERSIONS, surface_or_reason

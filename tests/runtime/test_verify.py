@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from runtime.compare import (
+from runtime.tools.compare import (
     POLICIES,
     ComparisonError,
     HeadSpec,
@@ -20,7 +20,7 @@ from runtime.compare import (
     segment_match,
     segment_match_rate,
 )
-from runtime.verify import verify
+from runtime.tools.verify import verify
 from tests.helpers.runtime_models import image_panoptic_model, write_artifact
 
 H, W = 32, 64

@@ -15,7 +15,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the Python-backend stub
 
 from contract.sidecar import Sidecar
-from runtime.postprocess import category_map, fuse_panoptic_outputs
+from runtime.core.postprocess import category_map, fuse_panoptic_outputs
 
 NAMES = ("scores", "classes", "owner", "owner_fg", "mask_area")
 VOID = 255

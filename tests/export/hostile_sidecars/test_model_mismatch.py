@@ -1,5 +1,5 @@
 """A sidecar and a model file that do not describe the same model, and broken ONNX files behind a
-valid sidecar (runtime.artifact's load checks): one-line typed errors.
+valid sidecar (runtime.core.artifact's load checks): one-line typed errors.
 """
 
 from __future__ import annotations

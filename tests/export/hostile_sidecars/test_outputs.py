@@ -1,4 +1,4 @@
-"""Output values no label PNG can hold (runtime.postprocess), and export's writer (export.metadata)
+"""Output values no label PNG can hold (runtime.core.postprocess), and export's writer (export.metadata)
 never writes a sidecar the runtime refuses.
 """
 
@@ -14,8 +14,8 @@ from contract.sidecar import IOSignature
 from export.errors import ExportError
 from export.metadata import ArtifactWriter, write_artifact
 from runtime import Segmenter
+from runtime.core.postprocess import fuse_panoptic, label_png_array
 from runtime.errors import OutputRangeError
-from runtime.postprocess import fuse_panoptic, label_png_array
 from tests.helpers.hostile_artifacts import (
     H,
     W,

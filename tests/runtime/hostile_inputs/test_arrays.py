@@ -1,4 +1,4 @@
-"""Hostile arrays through the Python API (runtime.segmenter): refused with a typed error, or accepted
+"""Hostile arrays through the Python API (runtime.core.segmenter): refused with a typed error, or accepted
 and converted as documented.
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from runtime import InputError, Segmenter
-from runtime.images import prepare_image
+from runtime.core.image_input import prepare_image
 from tests.helpers.hostile_inputs import rng
 from tests.helpers.runtime_models import semantic_model, write_artifact
 

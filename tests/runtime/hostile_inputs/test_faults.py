@@ -17,7 +17,7 @@ import pytest
 from contract.errors import PemDeployError
 from contract.fs import STAGING_PREFIX
 from contract.output import LOCK_NAME, MANIFEST_NAME, _Lock
-from runtime.batch_infer import infer_path
+from runtime.io.batch_infer import infer_path
 from tests.helpers.cli import assert_one_line_error
 from tests.helpers.concurrency import run_in_threads
 from tests.helpers.filesystems import read_only_folder, small_disk

@@ -1,4 +1,4 @@
-"""Hostile input folders (runtime.batch_infer): file-system oddities skipped with one line each,
+"""Hostile input folders (runtime.io.batch_infer): file-system oddities skipped with one line each,
 huge files not read, size limits from the environment.
 """
 

@@ -1,4 +1,4 @@
-"""Hostile image files through ``pem-deploy infer`` (runtime.images): each refused with one line, or
+"""Hostile image files through ``pem-deploy infer`` (runtime.io.images): each refused with one line, or
 accepted with label PNGs identical to what the API gives for ``cv2.imread`` of the same file.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from runtime import InputError
-from runtime.images import load_image
+from runtime.io.images import load_image
 from tests.helpers.cli import assert_one_line_error
 from tests.helpers.hostile_inputs import (
     PNG,

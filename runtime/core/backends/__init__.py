@@ -1,5 +1,5 @@
 """Inference backends behind one interface: ``Backend.infer(inputs) -> outputs``."""
 
-from runtime.backends.base import Backend, TensorSpec
+from runtime.core.backends.base import Backend, TensorSpec
 
 __all__ = ["Backend", "TensorSpec"]

@@ -3,7 +3,7 @@
 :func:`is_robotics_job` says whether a ``pem-deploy infer`` call needs this path (a bag or camera
 source, ``--topic``, ``--max-frames`` / ``--duration``, or a ``.mcap`` / ``.db3`` output);
 :func:`infer_robotics` runs it. Image files, folders and plain videos stay with
-:func:`runtime.batch_infer.infer_path`.
+:func:`runtime.io.batch_infer.infer_path`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.batch_infer import InferSummary, infer_path
+from runtime.core.segmenter import Segmenter
 from runtime.errors import InputError
-from runtime.images import VIDEO_SUFFIXES
-from runtime.ros.bags import (
+from runtime.io.batch_infer import InferSummary, infer_path
+from runtime.io.images import VIDEO_SUFFIXES
+from runtime.io.ros.bags import (
     BagFrame,
     BagPassthrough,
     BagReader,
@@ -28,8 +29,7 @@ from runtime.ros.bags import (
     is_bag_output,
     write_bag,
 )
-from runtime.segmenter import Segmenter
-from runtime.sources import camera_frames, camera_spec, frame_total, stop_on_interrupt, video_spec
+from runtime.io.sources import camera_frames, camera_spec, frame_total, stop_on_interrupt, video_spec
 
 Progress = Callable[[int, "int | None"], None]
 
@@ -73,7 +73,7 @@ def infer_robotics(
 ) -> InferSummary:
     """Segment a bag (``topics`` required) or a camera / stream / video into ``out``.
 
-    ``out`` ending in ``.mcap`` / ``.db3`` gets a bag (:func:`runtime.ros.bags.write_bag`),
+    ``out`` ending in ``.mcap`` / ``.db3`` gets a bag (:func:`runtime.io.ros.bags.write_bag`),
     anything else a folder as ``infer`` writes. A camera stops at ``max_frames``, after
     ``duration`` seconds, at the end of the stream or on the first Ctrl-C, and what was
     segmented until then is still written. ``exist_ok`` (a folder holding other files) and
@@ -84,9 +84,9 @@ def infer_robotics(
     ``copy_input`` copies the source images and their CameraInfo; a Ctrl-C or an error after the
     first frame still leaves a valid bag with the frames done (``on_note`` says so). Timing: a
     bag's frames keep their header stamp and frame id (in the output bag, or in the file names of
-    a folder, :func:`runtime.ros.bags.bag_frame_names`); a video's frames are stamped with the
+    a folder, :func:`runtime.io.ros.bags.bag_frame_names`); a video's frames are stamped with the
     container's timestamps, a camera's with the capture time. ``timeout``: seconds to wait for a
-    stream to open and for each frame (:func:`runtime.sources.camera_frames`).
+    stream to open and for each frame (:func:`runtime.io.sources.camera_frames`).
     """
     to_bag = is_bag_output(out)
     # What this run reads from disk (never written, whatever the flags): the bag or video file.

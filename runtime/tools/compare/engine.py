@@ -1,8 +1,8 @@
 """The comparison engine: one side's predictions, per-output differences, the verdict. Torch-free.
 
 ``check`` (PyTorch reference), ``verify`` (an artifact or a saved reference), the demo and
-calibrate all produce two :class:`Prediction` objects on the same :mod:`runtime.compare.inputs`
-images and call :func:`compare_predictions`; the verdict follows :mod:`runtime.compare.policy`.
+calibrate all produce two :class:`Prediction` objects on the same :mod:`runtime.tools.compare.inputs`
+images and call :func:`compare_predictions`; the verdict follows :mod:`runtime.tools.compare.policy`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import numpy as np
 
 from contract.errors import ArtifactError
 from contract.sidecar import HEAD_OUTPUTS
-from runtime.compare.inputs import ComparisonImage
-from runtime.compare.policy import FLOAT_OUTPUTS, JUDGED_THROUGH, ParityPolicy, policy_for
-from runtime.diff_table import name_width, row
+from runtime.core.postprocess import category_map, check_class_ids, fuse_panoptic, semantic_scores_from_raw
 from runtime.errors import OutputRangeError
-from runtime.postprocess import category_map, check_class_ids, fuse_panoptic, semantic_scores_from_raw
+from runtime.tools.compare.diff_table import name_width, row
+from runtime.tools.compare.inputs import ComparisonImage
+from runtime.tools.compare.policy import FLOAT_OUTPUTS, JUDGED_THROUGH, ParityPolicy, policy_for
 
 VOID = 255
 SEGMENT_IOU = 0.5
@@ -50,7 +50,7 @@ class HeadSpec:
 
     @classmethod
     def from_artifact(cls, artifact: Any) -> HeadSpec:
-        """From a :class:`runtime.artifact.Artifact`."""
+        """From a :class:`runtime.core.artifact.Artifact`."""
         fmt = artifact.input_format
         return cls(
             artifact.head,
@@ -119,8 +119,8 @@ def predict_artifact(
     threads: int = 0,
 ) -> tuple[Prediction, HeadSpec]:
     """Run an artifact (ONNX or engine) through the runtime: its sidecar's preprocessing, its backend."""
-    from runtime.artifact import load_artifact
-    from runtime.segmenter import Segmenter, open_backend
+    from runtime.core.artifact import load_artifact
+    from runtime.core.segmenter import Segmenter, open_backend
 
     artifact = load_artifact(path)
     backend = open_backend(artifact, providers=providers, threads=threads)

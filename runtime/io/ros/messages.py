@@ -26,9 +26,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from runtime.core.image_input import MAX_PIXELS_ENV, max_pixels_limit
+from runtime.core.postprocess import Segment, colorize_labels, colorize_panoptic, overlay
 from runtime.errors import InputError
-from runtime.images import MAX_PIXELS_ENV, decode_image_bytes, max_pixels_limit
-from runtime.postprocess import Segment, colorize_labels, colorize_panoptic, overlay
+from runtime.io.images import decode_image_bytes
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -147,7 +148,7 @@ def decode_image(msg: Any, topic: str = "image", max_pixels: int | None = None) 
     16-bit data is scaled to 8 bits by keeping the high byte (``value >> 8``); Bayer mosaics are
     demosaiced with OpenCV; alpha is dropped. The declared size, step and data length (Image) or
     the encoded header (CompressedImage) are checked before anything is decoded, with the limits
-    of image files (:func:`runtime.images.max_pixels_limit`). Raises :class:`MessageError` naming
+    of image files (:func:`runtime.core.image_input.max_pixels_limit`). Raises :class:`MessageError` naming
     ``topic``.
     """
     if hasattr(msg, "encoding"):

@@ -34,23 +34,23 @@ from pathlib import Path
 import numpy as np
 
 from contract.output import FolderOutput, guard_inputs, staged_folder
-from runtime.errors import InputError
-from runtime.images import (
-    IMAGE_SUFFIXES,
-    VIDEO_SUFFIXES,
-    list_images,
-    load_image,
-    write_image,
-)
-from runtime.postprocess import (
+from runtime.core.postprocess import (
     colorize_labels,
     colorize_panoptic,
     label_png_array,
     outline_things,
     overlay,
 )
-from runtime.segmenter import Result, Segmenter, read_video
-from runtime.sources import VideoWriter, video_frame_count
+from runtime.core.segmenter import Result, Segmenter, read_video
+from runtime.errors import InputError
+from runtime.io.images import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    list_images,
+    load_image,
+    write_image,
+)
+from runtime.io.sources import VideoWriter, video_frame_count
 
 OUTPUT_FOLDERS = ("labels", "panoptic", "overlay", "video")
 PREDICTIONS = "predictions.json"
@@ -217,7 +217,7 @@ def infer_path(
     replaces reading ``source``, which then only names the input. ``exist_ok`` /
     ``overwrite``: see the module docstring; ``inputs``: more files this run reads, never written.
     ``save_video`` (a video input): also ``video/<name>``, the overlays as a video with the
-    input's codec and frame rate where OpenCV can write them (:class:`runtime.sources.VideoWriter`
+    input's codec and frame rate where OpenCV can write them (:class:`runtime.io.sources.VideoWriter`
     says what it fell back to, listed under ``videos`` in ``predictions.json``).
     """
     source, out_dir = Path(source), Path(out_dir)

@@ -4,7 +4,7 @@ The file holds the images (``images``: (N, H, W, 3) uint8 BGR), every output of 
 (``output/NAME``: (N, ...)) and a JSON header (``header``: UTF-8 bytes as a uint8 array) with the
 format, version, ``meta`` and the image ``names`` / ``decides`` flags. Loading validates it like
 the sidecar is validated (schema, types, sizes, depth) before anything uses it: every problem is
-one :class:`~runtime.compare.engine.ComparisonError` line naming the file.
+one :class:`~runtime.tools.compare.engine.ComparisonError` line naming the file.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 from contract.output import write_file
 from contract.sidecar import HEAD_OUTPUTS
-from runtime.compare.engine import ComparisonError, Prediction
+from runtime.tools.compare.engine import ComparisonError, Prediction
 
 REFERENCE_FORMAT = "pem-deploy-reference"
 REFERENCE_VERSION = 2

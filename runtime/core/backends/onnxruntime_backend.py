@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from contract.sidecar import TENSOR_DTYPES, IOSignature, onnxruntime_dtype
-from runtime.backends.base import Backend, TensorSpec
-from runtime.backends.ort_session import create_session
+from runtime.core.backends.base import Backend, TensorSpec
+from runtime.core.backends.ort_session import create_session
 from runtime.errors import BackendUnavailableError
 
 # Preference order when the caller does not choose.

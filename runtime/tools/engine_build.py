@@ -38,7 +38,7 @@ from contract.errors import SidecarError
 from contract.fs import atomic_write_bytes
 from contract.output import check_file, check_folder, staged_folder, write_file
 from contract.sidecar import Sidecar
-from runtime.artifact import Artifact, load_artifact
+from runtime.core.artifact import Artifact, load_artifact
 from runtime.errors import ArtifactError, BackendUnavailableError, RuntimeToolError
 
 EnginePrecision = Literal["fp32", "fp16", "int8"]
@@ -456,7 +456,7 @@ def build_engine(
 ) -> BuildResult:
     """Build ``out`` (an engine file, or a folder for ``STEM.PRECISION.engine``) + its sidecar.
 
-    The ONNX artifact's sidecar is read through :func:`runtime.artifact.load_artifact` (checksum
+    The ONNX artifact's sidecar is read through :func:`runtime.core.artifact.load_artifact` (checksum
     verified) and copied into the engine sidecar with a ``tensorrt`` section (version, GPU, compute
     capability, precision, typing, profiles, DLA), which the runtime checks before it loads the
     engine. Files are written atomically.
@@ -625,8 +625,8 @@ def build_engine(
 
 def device_description() -> dict[str, str]:
     """GPU name and compute capability of device 0 (what the engine is tied to)."""
-    from runtime.backends.tensorrt_backend import _import_cudart
-    from runtime.backends.tensorrt_backend import device_description as describe
+    from runtime.core.backends.tensorrt_backend import _import_cudart
+    from runtime.core.backends.tensorrt_backend import device_description as describe
 
     try:
         return describe(_import_cudart(), 0)

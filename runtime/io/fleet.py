@@ -4,15 +4,15 @@ The inputs (ROS 2 bags, videos, image folders or image files, or list files nami
 line) are planned into *shards*: one per bag, one per video, one per slice of
 ``images_per_shard`` images of a folder. Ray Data streams the shards through a pool of
 ``workers`` actors (``map_batches`` with a callable class): each actor opens one
-:class:`~runtime.segmenter.Segmenter` once (``gpus_per_worker`` GPUs each), reads its shard where
+:class:`~runtime.core.segmenter.Segmenter` once (``gpus_per_worker`` GPUs each), reads its shard where
 it runs (every path, inputs and ``out``, must be visible at the same name on every node: a shared
 file system), segments ``batch`` frames per model call and writes the shard with the
 single-machine writers, so the outputs are the same files ``pem-deploy infer`` writes:
 
-- a bag ``OUT/<bag name>/segmentation.mcap`` (:func:`runtime.ros.bags.write_bag`: same topics,
+- a bag ``OUT/<bag name>/segmentation.mcap`` (:func:`runtime.io.ros.bags.write_bag`: same topics,
   stamps and headers as ``infer BAG --topic T --out seg.mcap``);
 - for a video ``OUT/<video name>/`` and for an image folder ``OUT/<folder name>/part-NNNNN/``, the
-  folder :func:`runtime.batch_infer.infer_path` writes (``labels/``, ``panoptic/``, ``overlay/``,
+  folder :func:`runtime.io.batch_infer.infer_path` writes (``labels/``, ``panoptic/``, ``overlay/``,
   ``predictions.json``, names relative to the input as in ``infer``);
 - in each shard folder ``frames.parquet`` (its frames' index rows) and ``.pem-fleet-shard.json``.
 
@@ -59,14 +59,14 @@ from contract.output import (
     is_internal,
     staged_folder,
 )
-from runtime.artifact import load_artifact, sha256_file
-from runtime.batch_infer import PREDICTIONS, infer_path
+from runtime.core.artifact import load_artifact, sha256_file
+from runtime.core.segmenter import Result, Segmenter, read_video
 from runtime.errors import InputError, RuntimeToolError
-from runtime.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_images, load_image, write_image
-from runtime.ros.bags import BagFrame, BagReader, is_bag, write_bag
-from runtime.ros.messages import output_topics
-from runtime.segmenter import Result, Segmenter, read_video
-from runtime.sources import ProgressLine
+from runtime.io.batch_infer import PREDICTIONS, infer_path
+from runtime.io.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_images, load_image, write_image
+from runtime.io.ros.bags import BagFrame, BagReader, is_bag, write_bag
+from runtime.io.ros.messages import output_topics
+from runtime.io.sources import ProgressLine
 
 INSTALL_HINT = "pip install 'pem-deploy[fleet]' (or: pip install 'ray[data]' pyarrow)"
 MANIFEST = "fleet-manifest.json"

@@ -60,11 +60,12 @@ from typing import Any
 import numpy as np
 
 from contract.errors import one_line
+from runtime.core.postprocess import colorize_labels
+from runtime.core.preprocess import Preprocessor
+from runtime.core.segmenter import Segmenter
 from runtime.errors import RuntimeToolError
-from runtime.postprocess import colorize_labels
-from runtime.preprocess import Preprocessor
-from runtime.ros.bags import camera_info_topic
-from runtime.ros.messages import (
+from runtime.io.ros.bags import camera_info_topic
+from runtime.io.ros.messages import (
     ImageFields,
     MessageTypes,
     OutputTopics,
@@ -76,7 +77,6 @@ from runtime.ros.messages import (
     output_topics,
     segmentation_messages,
 )
-from runtime.segmenter import Segmenter
 
 NODE_NAME = "pem_segmentation"
 RESIZE_MODES = ("stretch", "letterbox")

@@ -208,8 +208,8 @@ def bench_artifact(
     ``shape`` is the (H, W) of the frames fed in (default: the model's input size; the
     preprocessing resizes to the model). Latency is wall time per call of ``batch`` frames.
     """
+    from runtime.core.segmenter import Segmenter
     from runtime.errors import ArtifactError, BackendUnavailableError
-    from runtime.segmenter import Segmenter
 
     _check_counts(batch, warmup, iterations)
     if not Path(path).exists():
@@ -271,11 +271,11 @@ def bench_artifact(
 
 
 def encode_result(result: Any) -> int:
-    """Encode a :class:`runtime.segmenter.Result` as ``pem-deploy infer`` writes it (label PNG, and
+    """Encode a :class:`runtime.core.segmenter.Result` as ``pem-deploy infer`` writes it (label PNG, and
     the 16-bit panoptic PNG when there is one), in memory; returns the encoded bytes."""
     import cv2
 
-    from runtime.postprocess import label_png_array
+    from runtime.core.postprocess import label_png_array
 
     size = 0
     maps = [("labels", result.labels, "labels", None)]

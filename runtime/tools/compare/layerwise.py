@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.compare.engine import ComparisonError
-from runtime.compare.policy import ParityPolicy
-from runtime.scenes import street_scene
+from runtime.tools.compare.engine import ComparisonError
+from runtime.tools.compare.policy import ParityPolicy
+from runtime.tools.compare.scenes import street_scene
 
 FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
@@ -112,9 +112,9 @@ def _run_all(
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, str, int]]]:
     """Every float tensor of an ONNX artifact on one image; tensor -> (node name, op type, order)."""
     onnx = _onnx()
-    from runtime.artifact import load_artifact
-    from runtime.backends.ort_session import create_session
-    from runtime.preprocess import Preprocessor
+    from runtime.core.artifact import load_artifact
+    from runtime.core.backends.ort_session import create_session
+    from runtime.core.preprocess import Preprocessor
 
     artifact = load_artifact(path)
     if artifact.backend != "onnxruntime":
@@ -165,7 +165,7 @@ def compare_layers(
     Raises:
         ComparisonError: not two ONNX artifacts of one input size, or onnx missing (one line).
     """
-    from runtime.artifact import load_artifact
+    from runtime.core.artifact import load_artifact
 
     if against is None:
         detail = " (a saved reference holds the outputs only)" if load_reference_from is not None else ""

@@ -3,7 +3,7 @@
 TensorRT builds can silently miscompile (a public report shows TensorRT 11 strongly typed builds
 giving wrong results on a DETR-style graph), so the device checks its own engine: both artifacts
 (engine vs ONNX, FP16/INT8 ONNX vs FP32 ONNX, any pair the runtime opens) run on the same images
-and are judged by the one comparison engine (:mod:`runtime.compare`), under the policy ``check``
+and are judged by the one comparison engine (:mod:`runtime.tools.compare`), under the policy ``check``
 uses.
 
 A workstation can save the reference outputs (``--save-reference ref.npz``: the images and every
@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 
 from contract.output import check_file
-from runtime.artifact import artifact_files, load_artifact
-from runtime.compare import (
+from runtime.core.artifact import artifact_files, load_artifact
+from runtime.tools.compare import (
     DEFAULT_SCENES,
     ComparisonError,
     ComparisonReport,

@@ -3,7 +3,7 @@
 Reads MCAP and sqlite3 bags (a ``.mcap`` / ``.db3`` file or a bag folder with ``metadata.yaml``)
 with the pure-Python ``rosbags`` package (the ``ros`` extra), segments the image topics and writes
 either a new bag (``--out seg.mcap`` / ``seg.db3``: one storage file, topics and message layout in
-:mod:`runtime.ros.messages`) or image files to a folder as ``infer`` does for videos.
+:mod:`runtime.io.ros.messages`) or image files to a folder as ``infer`` does for videos.
 
 The output bag is written by :class:`contract.output.FileOutput`: staged beside the destination
 and renamed into place when complete; an existing destination is refused unless ``overwrite``,
@@ -24,9 +24,10 @@ import numpy as np
 
 from contract.errors import one_line
 from contract.output import FileOutput
-from runtime.batch_infer import InferSummary
+from runtime.core.segmenter import Segmenter
 from runtime.errors import InputError, RuntimeToolError
-from runtime.ros.messages import (
+from runtime.io.batch_infer import InferSummary
+from runtime.io.ros.messages import (
     COMPRESSED_TYPE,
     IMAGE_TYPE,
     IMAGE_TYPES,
@@ -42,7 +43,6 @@ from runtime.ros.messages import (
     output_topics,
     segmentation_messages,
 )
-from runtime.segmenter import Segmenter
 
 BAG_SUFFIXES = (".mcap", ".db3")
 Progress = Callable[[int, "int | None"], None]
@@ -127,7 +127,7 @@ class BagReader:
     where the bag has one, is read too and yielded as :class:`BagPassthrough`.
 
     A truncated MCAP file (a recorder that died: no index at the end) is read up to its last
-    complete message (:class:`runtime.ros.mcap_recovery.McapRecovery`); :attr:`note` then says how
+    complete message (:class:`runtime.io.ros.mcap_recovery.McapRecovery`); :attr:`note` then says how
     many messages were recovered and where the file stopped. Use as a context manager; every
     failure is a one-line :class:`BagError` naming the bag.
     """
@@ -167,7 +167,7 @@ class BagReader:
 
     def _recover(self, exc: BaseException) -> Any:
         """The stream-recovery reader for a truncated MCAP file, else the one-line refusal."""
-        from runtime.ros.mcap_recovery import McapRecovery, RecoveryError
+        from runtime.io.ros.mcap_recovery import McapRecovery, RecoveryError
 
         refusal = BagError(f"{self.path}: not a readable ROS 2 bag ({exc})")
         files = [self.path] if self.path.is_file() else sorted(self.path.glob("*.mcap"))
@@ -332,7 +332,7 @@ def write_bag(
     Nothing appears at ``out`` unless a valid bag was closed: when the run is interrupted
     (Ctrl-C) or fails after the first frame, the bag is closed with the frames done so far and
     installed, ``on_note`` says so, and the interruption or error is raised again. ``stop`` (set by
-    a SIGINT handler, :func:`runtime.sources.stop_on_interrupt`) is checked between frames, so an
+    a SIGINT handler, :func:`runtime.io.sources.stop_on_interrupt`) is checked between frames, so an
     interrupted bag holds whole frames only; it ends the run as a Ctrl-C. ``inputs`` (the
     source bag, the artifact) are never written, ``overwrite`` replaces an existing ``out``.
     """
@@ -479,7 +479,7 @@ def bag_frame_names(frames: Iterable[BagFrame | BagPassthrough]) -> Iterator[tup
 def camera_bag_frames(
     frames: Iterable[tuple[int, np.ndarray]], topic: str = "/camera/image_raw", frame_id: str = "camera"
 ) -> Iterator[BagFrame]:
-    """Frames ``(stamp ns, BGR image)`` of :func:`runtime.sources.camera_frames` (capture time, or a
+    """Frames ``(stamp ns, BGR image)`` of :func:`runtime.io.sources.camera_frames` (capture time, or a
     video's container timestamps) as bag frames on ``topic``, logged and stamped at that time."""
     for stamp_ns, image in frames:
         yield BagFrame(topic, stamp_ns, Header(Stamp.from_ns(stamp_ns), frame_id), image)

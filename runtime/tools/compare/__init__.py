@@ -8,7 +8,7 @@
 - :mod:`.layerwise`: where two ONNX graphs part ways (``verify --layerwise``).
 """
 
-from runtime.compare.engine import (
+from runtime.tools.compare.engine import (
     ComparisonError,
     ComparisonReport,
     Criterion,
@@ -25,9 +25,9 @@ from runtime.compare.engine import (
     segment_match,
     segment_match_rate,
 )
-from runtime.compare.inputs import DEFAULT_SCENES, ComparisonImage, comparison_images
-from runtime.compare.policy import POLICIES, ParityPolicy, policy_for
-from runtime.compare.reference import load_reference, save_reference
+from runtime.tools.compare.inputs import DEFAULT_SCENES, ComparisonImage, comparison_images
+from runtime.tools.compare.policy import POLICIES, ParityPolicy, policy_for
+from runtime.tools.compare.reference import load_reference, save_reference
 
 __all__ = [
     "DEFAULT_SCENES",

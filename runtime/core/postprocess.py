@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 
 from contract.segments import Segment
+from runtime.core.preprocess import Geometry
 from runtime.errors import NonFiniteOutputError, OutputRangeError
-from runtime.preprocess import Geometry
 
 PNG16_MAX = 65535
 

@@ -1,5 +1,5 @@
 """Synthetic street scenes: the deterministic, seeded images every parity verdict is decided on
-(:mod:`runtime.compare.inputs`: ``check``, ``verify``, the demo and calibrate's report).
+(:mod:`runtime.tools.compare.inputs`: ``check``, ``verify``, the demo and calibrate's report).
 
 A sky gradient, buildings and a road, then cars and sensor noise (:func:`paint_cars_and_noise`).
 """

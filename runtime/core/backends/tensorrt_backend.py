@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, TensorSpec
+from runtime.core.backends.base import Backend, TensorSpec
 from runtime.errors import ArtifactError, BackendUnavailableError
 
 

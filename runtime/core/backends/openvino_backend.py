@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from contract.errors import one_line
-from runtime.backends.base import Backend, TensorSpec
+from runtime.core.backends.base import Backend, TensorSpec
 from runtime.errors import ArtifactError, BackendUnavailableError
 
 # OpenVINO element type names -> numpy dtypes (the ones an exported artifact uses).

@@ -15,11 +15,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime.artifact import Artifact, load_artifact, with_input_size
-from runtime.backends.base import Backend
-from runtime.errors import ArtifactError, InputError
-from runtime.images import max_pixels_limit, prepare_image
-from runtime.postprocess import (
+from runtime.core.artifact import Artifact, load_artifact, with_input_size
+from runtime.core.backends.base import Backend
+from runtime.core.image_input import max_pixels_limit, prepare_image
+from runtime.core.postprocess import (
     Segment,
     category_map,
     check_class_ids,
@@ -29,7 +28,8 @@ from runtime.postprocess import (
     semantic_scores_from_raw,
     to_original_size,
 )
-from runtime.preprocess import Geometry, Preprocessor, ResizeMode
+from runtime.core.preprocess import Geometry, Preprocessor, ResizeMode
+from runtime.errors import ArtifactError, InputError
 
 PANOPTIC_OUTPUTS = ("scores", "classes", "owner", "owner_fg", "mask_area")
 # The float outputs each head's post-processing reads (checked for NaN / Inf).
@@ -87,20 +87,20 @@ def open_backend(
         kind = "a TensorRT engine" if artifact.backend == "tensorrt" else "an ONNX model"
         raise ArtifactError(f"{artifact.model_path}: is {kind}; --backend {chosen} cannot run it")
     if chosen == "openvino":
-        from runtime.backends.openvino_backend import NATIVE_DEFORM_CONV, OpenVINOBackend
+        from runtime.core.backends.openvino_backend import NATIVE_DEFORM_CONV, OpenVINOBackend
 
         ops = artifact.sidecar.get("onnx", {}).get("op_counts", {})
         if ops.get("DeformConv") or artifact.sidecar.get("onnx", {}).get("deform_impl") == "native":
             raise ArtifactError(NATIVE_DEFORM_CONV.format(path=artifact.model_path))
         return OpenVINOBackend(artifact.model_path, threads=threads)
     if artifact.backend == "tensorrt":
-        from runtime.backends.tensorrt_backend import TensorRTBackend
+        from runtime.core.backends.tensorrt_backend import TensorRTBackend
 
         built = (artifact.sidecar.get("tensorrt") or {}).get("contexts") or 1
         return TensorRTBackend(
             artifact.model_path, artifact.sidecar, cuda_graph=cuda_graph, contexts=contexts or int(built)
         )
-    from runtime.backends.onnxruntime_backend import GpuOptions, OnnxRuntimeBackend
+    from runtime.core.backends.onnxruntime_backend import GpuOptions, OnnxRuntimeBackend
 
     gpu = GpuOptions(cuda_graph=cuda_graph)
     return OnnxRuntimeBackend(
@@ -179,7 +179,7 @@ class Segmenter:
         TensorRT / CUDA providers; on a CPU provider it has no effect, which ``notes`` says).
         ``contexts``: TensorRT execution contexts that run at once. ``input_size``: (height,
         width) the model runs at, for a dynamic export (default: its ``default_size``), checked
-        against the sidecar's range (:func:`runtime.artifact.with_input_size`).
+        against the sidecar's range (:func:`runtime.core.artifact.with_input_size`).
         """
         artifact = load_artifact(path, verify_checksum=verify_checksum)
         if input_size is not None:

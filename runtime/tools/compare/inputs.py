@@ -4,9 +4,9 @@ Images are BGR uint8 at the artifact's input size (as OpenCV reads them); each s
 its model input itself (the runtime from the sidecar, PyTorch from its own config), so a wrong
 colour order or normalisation in a sidecar shows up as a difference.
 
-Generated street scenes (:func:`runtime.scenes.street_scene`, seeded) decide verdicts, as do image
-files. Pure noise is an optional diagnostic only: on noise the class scores are near ties by
-construction, so any rounding flips labels there.
+Generated street scenes (:func:`runtime.tools.compare.scenes.street_scene`, seeded) decide verdicts,
+as do image files. Pure noise is an optional diagnostic only: on noise the class scores are near
+ties by construction, so any rounding flips labels there.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from runtime.errors import InputError
-from runtime.images import list_images, read_image
-from runtime.scenes import street_scene
+from runtime.io.images import list_images, read_image
+from runtime.tools.compare.scenes import street_scene
 
 DEFAULT_SCENES = 4
 

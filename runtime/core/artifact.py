@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 
 from contract.sidecar import ClassSpec, HasClasses, Sidecar
+from runtime.core.preprocess import InputFormat
 from runtime.errors import ArtifactError
-from runtime.preprocess import InputFormat
 
 Head = Literal["raw", "semantic", "panoptic"]
 MODEL_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}

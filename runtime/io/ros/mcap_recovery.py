@@ -7,7 +7,7 @@ lz4 / uncompressed). :class:`McapRecovery` walks them from the start and stops a
 record that is incomplete or does not decode, keeping every message before it, like the official
 ``mcap`` stream reader does. Spec: https://mcap.dev/spec.
 
-Only what :class:`runtime.ros.bags.BagReader` needs is implemented: schemas, channels, messages
+Only what :class:`runtime.io.ros.bags.BagReader` needs is implemented: schemas, channels, messages
 and chunks (other records are skipped by their length).
 """
 

@@ -1,0 +1,3 @@
+"""Device and checking tools on top of the runtime: TensorRT engine builds, benchmarks,
+``verify`` and the comparison engine (:mod:`runtime.tools.compare`).
+"""
