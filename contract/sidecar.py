@@ -44,6 +44,7 @@ from contract.json_reader import (
     type_name,
 )
 from contract.json_reader import MAX_SIDECAR_BYTES as MAX_SIDECAR_BYTES
+from contract.vocabulary import HEADS, PRECISIONS, TASKS
 
 FORMAT = "pem-deploy"
 FORMAT_VERSION = 1
@@ -64,9 +65,6 @@ MAX_CONTEXTS = 64  # TensorRT execution contexts of an engine (pem-deploy build 
 MAX_PROFILES = 64
 MAX_LAYERS = 100_000
 
-HEADS = ("raw", "semantic", "panoptic")
-TASKS = ("semantic", "panoptic")
-PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_DTYPES = ("float32", "float16", "uint8")
 TENSOR_DTYPES = (
     "float32",

@@ -19,15 +19,14 @@ from typing import Any, Protocol
 import onnx
 import torch
 
+from contract.vocabulary import DEFORM_IMPLS, HEADS, PRECISIONS, PREPROCESS_MODES
 from export.compose import attach_postprocess
-from export.decompose import DEFORM_IMPLS, with_decomposed_deform_conv
+from export.decompose import with_decomposed_deform_conv
 from export.errors import ExportError
 from export.fp16 import Fp16Report, convert_to_fp16
 from export.heads import (
     HEAD_OUTPUTS,
-    HEADS,
     INPUT_NAME,
-    PREPROCESS_MODES,
     RAW_OUTPUTS,
     RawModel,
     build_postprocess,
@@ -40,7 +39,6 @@ from export.source import ModelSource, source_files, source_record
 from export.symbolics import check_opset
 from export.trt_lint import LintReport, lint_model
 
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 INT8_UNAVAILABLE = (
     "--precision int8: INT8 needs calibration images and the calibration step (`pem-deploy calibrate`), "
     "which is not available yet; export fp32 or fp16"

@@ -32,17 +32,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from contract.errors import SidecarError
 from contract.fs import atomic_write_bytes
 from contract.output import check_file, check_folder, staged_folder, write_file
 from contract.sidecar import Sidecar
+from contract.vocabulary import PRECISIONS, Precision
 from runtime.artifact import Artifact, load_artifact
 from runtime.errors import ArtifactError, BackendUnavailableError, RuntimeToolError
 
-EnginePrecision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+EnginePrecision = Precision
 
 # Weakly typed path: TensorRT layer types pinned to FP32, the FP16 failure modes named in
 # shared/design/deploy-notes.md (overflow in LayerNorm / L2-normalize / softmax; ties flipping the
