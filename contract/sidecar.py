@@ -388,6 +388,140 @@ class Provenance:
                 found.append((f"source.{key}", path))
         return tuple(found)
 
+    @property
+    def engine(self) -> EngineRecord | None:
+        """The ``tensorrt`` section, typed (``None`` for an ONNX artifact)."""
+        return None if self.tensorrt is None else EngineRecord.from_section(self.tensorrt)
+
+    @property
+    def graph(self) -> GraphRecord:
+        """The ``onnx`` section, typed (empty when absent)."""
+        return GraphRecord.from_section(self.onnx or {})
+
+    @property
+    def quantization(self) -> QuantizationRecord | None:
+        """The ``int8`` section, typed (``None`` unless an INT8 export)."""
+        return None if self.int8 is None else QuantizationRecord.from_section(self.int8)
+
+    @property
+    def model_source(self) -> SourceRecord:
+        """The ``source`` section, typed (empty when absent)."""
+        return SourceRecord.from_section(self.source or {})
+
+
+def _text(section: Mapping[str, Any], key: str) -> str | None:
+    value = section.get(key)
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """One TensorRT optimisation profile of an engine (``tensorrt.profiles[i]``)."""
+
+    input_name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """What ``pem-deploy build`` recorded about an engine (the validated ``tensorrt`` section)."""
+
+    version: str | None = None
+    compute_capability: str | None = None
+    gpu_name: str | None = None
+    strongly_typed: bool | None = None
+    precision: str | None = None
+    contexts: int | None = None
+    profiles: tuple[EngineProfile, ...] = ()
+    pinned_layers: tuple[str, ...] = ()
+    source_onnx: str | None = None
+    source_sha256: str | None = None
+    dla_core: int | None = None
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> EngineRecord:
+        """From a ``tensorrt`` section already checked by the schema."""
+        dla = section.get("dla") or {}
+        profiles = tuple(
+            EngineProfile(p["input_name"], tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
+            for p in section.get("profiles") or ()
+        )
+        return cls(
+            version=_text(section, "version"),
+            compute_capability=_text(section, "compute_capability"),
+            gpu_name=_text(section, "gpu_name"),
+            strongly_typed=section.get("strongly_typed"),
+            precision=_text(section, "precision"),
+            contexts=section.get("contexts"),
+            profiles=profiles,
+            pinned_layers=tuple(section.get("pinned_layers") or ()),
+            source_onnx=_text(section, "source_onnx"),
+            source_sha256=_text(section, "source_sha256"),
+            dla_core=dla.get("core"),
+        )
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    """How the ONNX graph was made (the ``onnx`` section): opset, IR version, node and op counts."""
+
+    opset: int | None = None
+    ir_version: int | None = None
+    nodes: int | None = None
+    deform_impl: str | None = None
+    op_counts: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> GraphRecord:
+        counts = section.get("op_counts")
+        return cls(
+            opset=section.get("opset"),
+            ir_version=section.get("ir_version"),
+            nodes=section.get("nodes"),
+            deform_impl=_text(section, "deform_impl"),
+            op_counts=dict(counts) if isinstance(counts, dict) else {},
+        )
+
+
+@dataclass(frozen=True)
+class QuantizationRecord:
+    """What the INT8 quantizer recorded (the ``int8`` section): the runtime its Q/DQ layout is for
+    (``target``) and the activations' integer type."""
+
+    target: str | None = None
+    activation_dtype: str | None = None
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> QuantizationRecord:
+        return cls(target=_text(section, "target"), activation_dtype=_text(section, "activation_dtype"))
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """The model an artifact was exported from (the ``source`` section): a preset with random or
+    pretrained weights, or a checkpoint (with its sha256)."""
+
+    name: str | None = None
+    preset: str | None = None
+    weights: str | None = None
+    seed: int | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> SourceRecord:
+        seed = section.get("seed")
+        return cls(
+            name=_text(section, "name"),
+            preset=_text(section, "preset"),
+            weights=_text(section, "weights"),
+            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            checkpoint=_text(section, "checkpoint"),
+            checkpoint_sha256=_text(section, "checkpoint_sha256"),
+        )
+
 
 @dataclass(frozen=True)
 class ConsumerProfile:

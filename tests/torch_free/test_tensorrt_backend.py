@@ -14,6 +14,7 @@ import types
 import numpy as np
 import pytest
 
+from contract.sidecar import Sidecar
 from runtime import Segmenter
 from runtime.artifact import sha256_file
 from runtime.backends.tensorrt_backend import TensorRTBackend
@@ -235,7 +236,7 @@ def _engine(tmp_path, **trt_info):
         "tensorrt": {"version": "10.3.0", "compute_capability": "8.7", "gpu_name": "Orin", **trt_info},
     }
     path.with_suffix(".json").write_text(json.dumps(sidecar))
-    return path, sidecar
+    return path, Sidecar.from_dict(sidecar)
 
 
 def _x(seed, shape=(1, 3, 8, 16)):
