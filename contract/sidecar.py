@@ -1,6 +1,6 @@
 """The typed, versioned schema of an artifact's sidecar JSON: the one reader and writer of it.
 
-An artifact is ``NAME.onnx`` (or ``NAME.engine``) plus ``NAME.json``, the sidecar; export/ARTIFACT.md
+An artifact is ``NAME.onnx`` (or ``NAME.engine``) plus ``NAME.json``, the sidecar; contract/ARTIFACT.md
 documents every field. :class:`Sidecar` parses and validates a sidecar (types, ranges, consistency
 between its fields), :meth:`Sidecar.check_against` compares it with the model's real inputs and
 outputs as a backend reports them (:class:`IOSignature`), and :meth:`Sidecar.to_json` writes the
@@ -659,7 +659,7 @@ class Sidecar(HasClasses):
         return sidecar
 
     def to_dict(self) -> dict[str, Any]:
-        """The sidecar as JSON-ready data, in the documented layout (export/ARTIFACT.md)."""
+        """The sidecar as JSON-ready data, in the documented layout (contract/ARTIFACT.md)."""
         p = self.provenance
         data: dict[str, Any] = {"format": FORMAT, "format_version": self.format_version}
         if p.model_file is not None:

@@ -9,6 +9,7 @@ asserts its exact outcome: a one-line typed error naming the file and the field,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -30,7 +31,7 @@ from pem.config import get_preset
 from runtime import Segmenter, load_artifact
 from runtime.errors import OutputRangeError
 from runtime.postprocess import fuse_panoptic, label_png_array
-from tests.helpers.sidecars import tiny_sidecar
+from tests.helpers.sidecars import tiny_spec
 
 pytest.importorskip("onnxruntime")
 
@@ -113,7 +114,7 @@ def _export(out: Path, head: str, dynamic: bool = False, preprocess: str = "none
     """``out/model.onnx`` + ``model.json`` written by export's writer, like ``pem-deploy export``."""
     preset = "cityscapes-panoptic-tiny" if head == "panoptic" else "cityscapes-semantic-tiny"
     config = get_preset(preset).replace(input_size=(H, W))
-    sidecar = tiny_sidecar(
+    spec = tiny_spec(
         config,
         head=head,
         preprocess=preprocess,
@@ -122,17 +123,17 @@ def _export(out: Path, head: str, dynamic: bool = False, preprocess: str = "none
         source={"preset": preset, "weights": "random", "seed": 0, "config": config.to_dict()},
         onnx_info={"exporter": "hand-built", "dynamic": dynamic},
     )
-    model = _graph_for(sidecar)
-    embed_metadata(model, sidecar)
+    model = _graph_for(spec.to_dict())
+    embed_metadata(model, spec)
     with ArtifactWriter(out) as writer:
-        write_artifact(writer, model, sidecar, "model")
+        write_artifact(writer, model, spec, "model")
         writer.commit()
     return out / "model.onnx"
 
 
-def _semantic_sidecar() -> dict[str, Any]:
+def _semantic_sidecar() -> Sidecar:
     """The sidecar export would write for the tiny semantic preset at HxW (not yet written)."""
-    return tiny_sidecar(get_preset("cityscapes-semantic-tiny").replace(input_size=(H, W)))
+    return tiny_spec(get_preset("cityscapes-semantic-tiny").replace(input_size=(H, W)))
 
 
 VARIANTS = {
@@ -795,11 +796,12 @@ def test_panoptic_outputs_out_of_range(field, value, expected):
 
 def test_export_refuses_to_write_an_invalid_sidecar(tmp_path):
     # PEMConfig itself refuses std 0 (pem.config), so the bad value is put into the sidecar directly
-    sidecar = _semantic_sidecar()
-    sidecar["input"]["normalization"]["std"][1] = 0.0
+    spec = _semantic_sidecar()
+    std = spec.input.std
+    sidecar = dataclasses.replace(spec, input=dataclasses.replace(spec.input, std=(std[0], 0.0, std[2])))
     out = tmp_path / "out"
     with pytest.raises(ExportError) as info, ArtifactWriter(out) as writer:
-        write_artifact(writer, _graph_for(sidecar), sidecar, "model")
+        write_artifact(writer, _graph_for(sidecar.to_dict()), sidecar, "model")
         writer.commit()
     _assert_one_line(info.value, "model.json: input.normalization.std[1] must be > 0, got 0")
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing staged is left
@@ -807,7 +809,7 @@ def test_export_refuses_to_write_an_invalid_sidecar(tmp_path):
 
 def test_export_refuses_a_sidecar_that_does_not_fit_its_graph(tmp_path):
     sidecar = _semantic_sidecar()
-    other = _mutated(input__shape=[1, 3, 32, 64], outputs__0__shape=[1, 32, 64])(sidecar)
+    other = _mutated(input__shape=[1, 3, 32, 64], outputs__0__shape=[1, 32, 64])(sidecar.to_dict())
     with pytest.raises(ExportError) as info, ArtifactWriter(tmp_path / "out") as writer:
         write_artifact(writer, other, sidecar, "model")
     _assert_one_line(info.value, "input.shape[2] is 64 but model.onnx's 'images' has 32")

@@ -2,7 +2,7 @@
 
 ``semantic_model``: labels = argmax over RGB; ``constant_panoptic_artifact``: fixed panoptic outputs;
 ``image_panoptic_model``: panoptic outputs computed from the image; ``write_artifact``: model +
-a valid sidecar (export/ARTIFACT.md) in a folder.
+a valid sidecar (contract/ARTIFACT.md) in a folder.
 """
 
 import json
@@ -51,7 +51,7 @@ def outputs_of(model: onnx.ModelProto) -> list[dict]:
 
 
 def sidecar_for(model: onnx.ModelProto, head="semantic", shape=(1, 3, 32, 64), **extra) -> dict:
-    """A valid format-1 sidecar (export/ARTIFACT.md) for a hand-built model; ``extra`` overrides."""
+    """A valid format-1 sidecar (contract/ARTIFACT.md) for a hand-built model; ``extra`` overrides."""
     dynamic = any(isinstance(d, str) for d in shape)
     return {
         "format": "pem-deploy",
