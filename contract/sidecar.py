@@ -974,7 +974,7 @@ def _read_consumer(r: Reader, value: Any, head: str, inp: InputSpec) -> Consumer
     wanted_input = PROFILE_INPUT_NAMES[profile]
     if wanted_input is not None and inp.name != wanted_input:
         raise r.fail("input.name", f"must be {wanted_input!r} for consumer {profile!r}, got {inp.name!r}")
-    if profile in ("deepstream", "isaac-ros") and inp.dtype != "float32":
+    if profile in CONSUMER_PROFILES and inp.dtype != "float32":
         raise r.fail("input.dtype", f"must be float32 for consumer {profile!r}, got {inp.dtype}")
     source = (
         None if c.get("packaged_from") is None else r.string(c["packaged_from"], "consumer.packaged_from")

@@ -31,7 +31,6 @@ __all__ = [
     "artifact_files",
     "load_artifact",
     "locate",
-    "sha256_file",
     "with_input_size",
 ]
 

@@ -15,8 +15,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from contract.fs import sha256_file
 from runtime import load_artifact
-from runtime.artifact import sha256_file
 from runtime.engine_build import (
     EngineBuildError,
     EngineOptions,

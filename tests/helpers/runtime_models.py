@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.artifact import sha256_file
+from contract.fs import sha256_file
 
 K = 3
 CLASSES = [

@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from contract.errors import SidecarError
+from contract.fs import sha256_file
 from contract.sidecar import Sidecar
-from runtime.artifact import load_artifact, sha256_file
+from runtime.artifact import load_artifact
 from tests.helpers.runtime_models import semantic_model, sidecar_for, write_artifact
 
 RUNNER = CliRunner()

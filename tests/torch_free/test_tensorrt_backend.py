@@ -14,9 +14,9 @@ import types
 import numpy as np
 import pytest
 
+from contract.fs import sha256_file
 from contract.sidecar import Sidecar
 from runtime import Segmenter
-from runtime.artifact import sha256_file
 from runtime.backends.tensorrt_backend import TensorRTBackend
 from runtime.errors import ArtifactError
 from tests.helpers.concurrency import run_in_threads
