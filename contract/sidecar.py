@@ -370,6 +370,13 @@ class Provenance:
     tools: dict[str, str] | None = None
     source: dict[str, Any] | None = None
     tensorrt: dict[str, Any] | None = None
+    # Typed views of the sections (set from them on construction): engine = ``tensorrt``
+    # (``None`` for an ONNX artifact), graph = ``onnx``, quantization = ``int8`` (``None`` unless
+    # an INT8 export), model_source = ``source``.
+    engine: EngineRecord | None = field(init=False, repr=False, compare=False)
+    graph: GraphRecord = field(init=False, repr=False, compare=False)
+    quantization: QuantizationRecord | None = field(init=False, repr=False, compare=False)
+    model_source: SourceRecord = field(init=False, repr=False, compare=False)
 
     def checkpoint_candidates(self, sidecar_dir: str | os.PathLike[str]) -> tuple[tuple[str, Path], ...]:
         """Where the checkpoint the model was exported from may be, best first, each with the
@@ -388,25 +395,16 @@ class Provenance:
                 found.append((f"source.{key}", path))
         return tuple(found)
 
-    @property
-    def engine(self) -> EngineRecord | None:
-        """The ``tensorrt`` section, typed (``None`` for an ONNX artifact)."""
-        return None if self.tensorrt is None else EngineRecord.from_section(self.tensorrt)
-
-    @property
-    def graph(self) -> GraphRecord:
-        """The ``onnx`` section, typed (empty when absent)."""
-        return GraphRecord.from_section(self.onnx or {})
-
-    @property
-    def quantization(self) -> QuantizationRecord | None:
-        """The ``int8`` section, typed (``None`` unless an INT8 export)."""
-        return None if self.int8 is None else QuantizationRecord.from_section(self.int8)
-
-    @property
-    def model_source(self) -> SourceRecord:
-        """The ``source`` section, typed (empty when absent)."""
-        return SourceRecord.from_section(self.source or {})
+    def __post_init__(self) -> None:
+        # The typed views of the sections, made again by every constructor (and replace()).
+        views = {
+            "engine": None if self.tensorrt is None else EngineRecord.from_section(self.tensorrt),
+            "graph": GraphRecord.from_section(self.onnx or {}),
+            "quantization": None if self.int8 is None else QuantizationRecord.from_section(self.int8),
+            "model_source": SourceRecord.from_section(self.source or {}),
+        }
+        for name, view in views.items():
+            object.__setattr__(self, name, view)
 
 
 def _text(section: Mapping[str, Any], key: str) -> str | None:
@@ -415,8 +413,9 @@ def _text(section: Mapping[str, Any], key: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class EngineProfile:
-    """One TensorRT optimisation profile of an engine (``tensorrt.profiles[i]``)."""
+class ShapeProfile:
+    """A TensorRT optimisation profile for one input: min / opt / max shapes (N, C, H, W); an
+    engine's are its sidecar's ``tensorrt.profiles``."""
 
     input_name: str
     min: tuple[int, ...]
@@ -428,14 +427,18 @@ class EngineProfile:
 class EngineRecord:
     """What ``pem-deploy build`` recorded about an engine (the validated ``tensorrt`` section)."""
 
+    # The machine it is tied to: TensorRT version (major.minor must match) and GPU.
     version: str | None = None
     compute_capability: str | None = None
     gpu_name: str | None = None
+    # How it computes: strongly typed (the graph's precisions) or builder flags, and which.
     strongly_typed: bool | None = None
     precision: str | None = None
+    # Execution contexts built for (one per profile of a dynamic engine) and the profiles.
     contexts: int | None = None
-    profiles: tuple[EngineProfile, ...] = ()
-    pinned_layers: tuple[str, ...] = ()
+    profiles: tuple[ShapeProfile, ...] = ()
+    pinned_layers: tuple[str, ...] = ()  # layers kept in FP32
+    # The ONNX file it was built from (name and sha256), and its DLA core when built for one.
     source_onnx: str | None = None
     source_sha256: str | None = None
     dla_core: int | None = None
@@ -445,7 +448,7 @@ class EngineRecord:
         """From a ``tensorrt`` section already checked by the schema."""
         dla = section.get("dla") or {}
         profiles = tuple(
-            EngineProfile(p["input_name"], tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
+            ShapeProfile(p["input_name"], tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
             for p in section.get("profiles") or ()
         )
         return cls(
@@ -725,7 +728,7 @@ class Sidecar(HasClasses):
             _compare_tensor(r, f"outputs[{i}]", out.shape, out.dtype, theirs[name], model)
 
 
-_PROVENANCE_FIELDS = tuple(f.name for f in dataclasses.fields(Provenance))
+_PROVENANCE_FIELDS = tuple(f.name for f in dataclasses.fields(Provenance) if f.init)
 
 
 def _compare_tensor(

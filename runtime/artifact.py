@@ -58,18 +58,22 @@ class Artifact(HasClasses):
 
     @property
     def head(self) -> Head:
+        """What the graph returns (raw, semantic or panoptic outputs)."""
         return cast(Head, self.spec.head)
 
     @property
     def task(self) -> str:
+        """What the model was trained for (semantic or panoptic)."""
         return self.spec.task
 
     @property
     def precision(self) -> str:
+        """The graph's numeric precision (fp32, fp16, int8)."""
         return self.spec.precision
 
     @property
     def input_name(self) -> str:
+        """The name of the graph input."""
         return self.spec.input.name
 
     @property
@@ -79,18 +83,22 @@ class Artifact(HasClasses):
 
     @property
     def output_names(self) -> tuple[str, ...]:
+        """The graph outputs, in order."""
         return self.spec.output_names
 
     @property
     def classes(self) -> tuple[ClassSpec, ...]:  # type: ignore[override]
+        """The classes: contiguous ids from 0, names, colours, thing or stuff."""
         return self.spec.classes
 
     @property
     def object_mask_threshold(self) -> float:
+        """Panoptic fusion: the least score of a kept query."""
         return self.spec.panoptic.object_mask_threshold
 
     @property
     def overlap_threshold(self) -> float:
+        """Panoptic fusion: the least visible fraction of a kept mask."""
         return self.spec.panoptic.overlap_threshold
 
     @property

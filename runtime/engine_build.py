@@ -37,7 +37,7 @@ from typing import Any
 from contract.errors import SidecarError
 from contract.fs import atomic_write_bytes
 from contract.output import check_file, check_folder, staged_folder, write_file
-from contract.sidecar import EngineRecord, Sidecar
+from contract.sidecar import EngineRecord, ShapeProfile, Sidecar
 from contract.vocabulary import PRECISIONS, Precision
 from runtime.artifact import Artifact, load_artifact
 from runtime.errors import ArtifactError, BackendUnavailableError, RuntimeToolError
@@ -58,16 +58,6 @@ class EngineBuildError(RuntimeToolError):
 
 class TensorRTUnavailableError(BackendUnavailableError):
     """TensorRT (or CUDA) is not installed on this machine."""
-
-
-@dataclass(frozen=True)
-class ShapeProfile:
-    """An optimisation profile for one input: min / opt / max shapes (N, C, H, W)."""
-
-    input_name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
 
 
 @dataclass
