@@ -115,7 +115,7 @@ def main() -> int:
         results["graphs"][tag] = {  # type: ignore[index]
             "export_seconds": round(seconds, 1),
             "step_seconds": {k: round(v, 1) for k, v in result.timings.items()},
-            "size_mb": round(result.sidecar["size_bytes"] / 1e6, 1),
+            "size_mb": round((result.spec.provenance.size_bytes or 0) / 1e6, 1),
             "nodes": sum(counts.values()),
             "op_counts": counts,
             "deform_conv": counts.get("DeformConv", 0),

@@ -29,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from calib.errors import CalibrationError
+from contract.vocabulary import INT8_TARGETS
 from export.onnx_graph import GraphIndex
 
 QUANTIZABLE_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -38,7 +39,7 @@ QUANTIZED_PARTS: tuple[str, ...] = ("backbone", "pixel_decoder")
 # Opt-in transformer-decoder groups (``find_targets(..., decoder=...)``): see :func:`decoder_targets`.
 DECODER_GROUPS: tuple[str, ...] = ("tokens", "mask_einsum")
 # Ops that must never receive a dequantised input (checked by tests and by :func:`check_qdq`).
-LAYOUTS: tuple[str, ...] = ("tensorrt", "onnxruntime")
+LAYOUTS: tuple[str, ...] = INT8_TARGETS
 # The CLI's ``--target`` names the runtime an INT8 graph is laid out for; each target has its layout.
 TARGETS: tuple[str, ...] = LAYOUTS
 

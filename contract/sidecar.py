@@ -1,6 +1,6 @@
 """The typed, versioned schema of an artifact's sidecar JSON: the one reader and writer of it.
 
-An artifact is ``NAME.onnx`` (or ``NAME.engine``) plus ``NAME.json``, the sidecar; export/ARTIFACT.md
+An artifact is ``NAME.onnx`` (or ``NAME.engine``) plus ``NAME.json``, the sidecar; contract/ARTIFACT.md
 documents every field. :class:`Sidecar` parses and validates a sidecar (types, ranges, consistency
 between its fields), :meth:`Sidecar.check_against` compares it with the model's real inputs and
 outputs as a backend reports them (:class:`IOSignature`), and :meth:`Sidecar.to_json` writes the
@@ -10,9 +10,9 @@ artifact the runtime refuses.
 Every error is a :class:`~contract.errors.SidecarError`: one line naming the sidecar file and the
 field, e.g. ``model.json: input.std[1] must be > 0, got 0``.
 
-Hostile files are refused before they cost anything: files over :data:`MAX_SIDECAR_BYTES` are not
-read whole, JSON nested deeper than :data:`MAX_DEPTH` is refused before parsing (no
-``RecursionError``), duplicate keys, NaN in typed fields and oversized integers are errors.
+The JSON itself is read by :mod:`contract.json_reader` (hostile files refused before they cost
+anything: size, nesting depth, duplicate keys); this module holds the schema: NaN in typed fields,
+oversized integers and inconsistent fields are its errors.
 
 Only the standard library: ``runtime``, ``export`` and ``calib`` all import this module.
 """
@@ -25,30 +25,39 @@ import json
 import math
 import os
 import re
-import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contract.errors import ArtifactError, SidecarError
+# MAX_DEPTH / MAX_SIDECAR_BYTES: the reader's bounds, part of this module's documented API.
+from contract.json_reader import MAX_DEPTH as MAX_DEPTH
+from contract.json_reader import (
+    MAX_DIM,
+    MAX_NAME,
+    Dim,
+    Reader,
+    check_tree,
+    parse_json_text,
+    read_sidecar_text,
+    show,
+    type_name,
+)
+from contract.json_reader import MAX_SIDECAR_BYTES as MAX_SIDECAR_BYTES
+from contract.vocabulary import HEADS, PRECISIONS, TASKS
 
 FORMAT = "pem-deploy"
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 
 # Resource bounds (a real sidecar is ~10-40 KB, nesting depth ~6).
-MAX_SIDECAR_BYTES = 4 << 20
-MAX_DEPTH = 32
 MAX_SIDE = 16384  # input height / width
 MAX_BATCH = 1024
 MAX_INPUT_ELEMENTS = 1 << 31
-MAX_DIM = (1 << 31) - 1  # any output dimension
 MAX_RANK = 8
 MAX_OUTPUTS = 64
 MAX_CLASSES = 65535  # class ids must fit a 16-bit label PNG
 MAX_QUERIES = 65535
-MAX_NAME = 256
 MAX_TEXT = 4096
 MAX_ABS_MEAN = 1e6
 MIN_STD = 1e-6
@@ -56,9 +65,6 @@ MAX_CONTEXTS = 64  # TensorRT execution contexts of an engine (pem-deploy build 
 MAX_PROFILES = 64
 MAX_LAYERS = 100_000
 
-HEADS = ("raw", "semantic", "panoptic")
-TASKS = ("semantic", "panoptic")
-PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_DTYPES = ("float32", "float16", "uint8")
 TENSOR_DTYPES = (
     "float32",
@@ -153,241 +159,10 @@ _OUTPUT_KEYS = ("name", "dtype", "shape", "shape_symbols", "meaning")
 _CLASS_KEYS = ("id", "name", "color", "isthing")
 _CONSUMER_KEYS = ("profile", "packaged_from", "packaged_from_sha256", "edits")
 _PANOPTIC_KEYS = ("object_mask_threshold", "overlap_threshold", "object_mask_threshold_in_graph")
-_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_./+*-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_LIMIT = f"{MAX_SIDECAR_BYTES}-byte limit of a sidecar"
 _VERSION = re.compile(r"[0-9]{1,4}(\.[0-9]{1,6}){0,4}[0-9A-Za-z.+-]{0,32}")  # 10.3.0.26, 10.0.0b6
 _CAPABILITY = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
 _PROFILE_KEYS = ("input_name", "min", "opt", "max")
-_BRACKET = re.compile(r"[\[\]{}]")
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-
-Dim = int | str  # a static size or a symbol ("batch", "height/4")
-
-
-# -- reading helpers ---------------------------------------------------------------------------
-
-
-def _show(value: Any) -> str:
-    """A short one-line description of a JSON value for error messages."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return f"a list of {len(value)}" if len(value) > 8 else json.dumps(value)[:80]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _type_name(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return names.get(type(value), type(value).__name__)
-
-
-class _Reader:
-    """Typed accessors that raise :class:`SidecarError` naming ``source`` and the field."""
-
-    def __init__(self, source: str):
-        self.source = source
-
-    def fail(self, where: str | None, problem: str) -> SidecarError:
-        return SidecarError(self.source, where, problem)
-
-    def obj(
-        self, value: Any, where: str, keys: Sequence[str], required: Sequence[str] = ()
-    ) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(where, f"must be an object, got {_type_name(value)}")
-        for key in value:
-            if key not in keys:
-                raise self.fail(f"{where}.{key}" if where else key, "is not a known field")
-        for key in required:
-            if key not in value:
-                raise self.fail(f"{where}.{key}" if where else key, "is missing")
-        return value
-
-    def string(
-        self, value: Any, where: str, choices: Sequence[str] | None = None, max_len: int = MAX_NAME
-    ) -> str:
-        if not isinstance(value, str):
-            raise self.fail(where, f"must be a string, got {_type_name(value)} {_show(value)}")
-        if choices is not None:
-            if value not in choices:
-                raise self.fail(where, f"must be one of {', '.join(choices)}, got {_show(value)}")
-            return value
-        if not value.strip():
-            raise self.fail(where, "must be a non-empty string")
-        if len(value) > max_len:
-            raise self.fail(where, f"must be at most {max_len} characters, got {len(value)}")
-        if max_len <= MAX_NAME and _CONTROL.search(value):
-            raise self.fail(where, f"must not contain control characters, got {_show(value)}")
-        return value
-
-    def integer(self, value: Any, where: str, lo: int, hi: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(where, f"must be an integer, got {_type_name(value)} {_show(value)}")
-        if value < lo:
-            raise self.fail(where, f"must be >= {lo}, got {_show(value)}")
-        if value > hi:
-            raise self.fail(where, f"must be <= {hi}, got {_show(value)}")
-        return value
-
-    def number(self, value: Any, where: str, lo: float, hi: float) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(where, f"must be a number, got {_type_name(value)} {_show(value)}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise self.fail(where, f"must be finite, got {_show(value)}")
-        if not lo <= value <= hi:
-            raise self.fail(where, f"must be in [{lo:g}, {hi:g}], got {value:g}")
-        return value
-
-    def boolean(self, value: Any, where: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(where, f"must be true or false, got {_type_name(value)} {_show(value)}")
-        return value
-
-    def array(self, value: Any, where: str, lo: int, hi: int) -> list[Any]:
-        if not isinstance(value, list):
-            raise self.fail(where, f"must be a list, got {_type_name(value)}")
-        if not lo <= len(value) <= hi:
-            size = f"{lo}" if lo == hi else f"{lo} to {hi}"
-            raise self.fail(where, f"must have {size} entries, got {len(value)}")
-        return value
-
-    def dim(self, value: Any, where: str, hi: int = MAX_DIM) -> Dim:
-        if isinstance(value, str):
-            if not _SYMBOL.fullmatch(value):
-                raise self.fail(where, f"must be a size or a symbol like 'batch', got {_show(value)}")
-            return value
-        return self.integer(value, where, 1, hi)
-
-    def section(self, value: Any, where: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(where, f"must be an object, got {_type_name(value)}")
-        return value
-
-
-def _check_tree(data: Any, source: str) -> None:
-    """Iteratively check that ``data`` is plain JSON (dict/list/str/int/float/bool/None) and not
-    nested deeper than :data:`MAX_DEPTH` (no recursion, so no ``RecursionError``)."""
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise SidecarError(source, None, f"JSON nested deeper than {MAX_DEPTH} levels (not a sidecar)")
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise SidecarError(source, None, f"a non-string key {_show(key)} (not JSON)")
-                stack.append((item, depth + 1))
-        elif isinstance(value, (list, tuple)):
-            stack.extend((item, depth + 1) for item in value)
-        elif value is not None and not isinstance(value, (str, int, float, bool)):
-            raise SidecarError(source, None, f"a {type(value).__name__} value (not JSON)")
-
-
-def _nesting_depth(text: str) -> int:
-    """Deepest ``[`` / ``{`` nesting of JSON text, strings ignored (linear time, no recursion)."""
-    stripped = _STRING.sub('""', text)
-    depth = deepest = 0
-    for match in _BRACKET.finditer(stripped):
-        char = match.group()
-        if char in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_DEPTH:
-                    return deepest
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
-
-
-def parse_json_text(text: str | bytes, source: str) -> Any:
-    """Parse sidecar JSON text with the size, depth and duplicate-key guards; errors name ``source``."""
-    if isinstance(text, bytes):
-        if len(text) > MAX_SIDECAR_BYTES:
-            raise SidecarError(source, None, f"{len(text)} bytes, over the {_LIMIT}")
-        try:
-            text = text.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise SidecarError(
-                source, None, "not a valid JSON sidecar (not UTF-8 text: a binary file?)"
-            ) from None
-    if len(text) > MAX_SIDECAR_BYTES:
-        raise SidecarError(source, None, f"{len(text)} characters, over the {_LIMIT}")
-    if not text.strip():
-        raise SidecarError(source, None, "the file is empty (not a valid JSON sidecar)")
-    if _nesting_depth(text) > MAX_DEPTH:
-        raise SidecarError(source, None, f"JSON nested deeper than {MAX_DEPTH} levels (not a sidecar)")
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
-    except _DuplicateKey as exc:
-        key = _show(exc.args[0])
-        raise SidecarError(source, None, f"the key {key} appears twice in one object") from None
-    except json.JSONDecodeError as exc:
-        raise SidecarError(
-            source, None, f"not a valid JSON sidecar ({exc.msg}: line {exc.lineno} column {exc.colno})"
-        ) from None
-    except (ValueError, RecursionError) as exc:  # e.g. an integer over Python's 4300-digit limit
-        reason = str(exc).split(";")[0] if str(exc) else type(exc).__name__
-        raise SidecarError(source, None, f"not a valid JSON sidecar ({reason})") from None
-
-
-def read_sidecar_text(path: str | os.PathLike[str]) -> str:
-    """The text of a sidecar file, refused from its size before it is read whole."""
-    path = Path(path)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: no such sidecar file") from None
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read the sidecar ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ArtifactError(f"{path}: the sidecar is not a regular file")
-    if info.st_size > MAX_SIDECAR_BYTES:
-        raise SidecarError(
-            str(path), None, f"{info.st_size} bytes, over the {MAX_SIDECAR_BYTES}-byte limit of a sidecar"
-        )
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_SIDECAR_BYTES + 1)
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read the sidecar ({exc.strerror or exc})") from None
-    if len(data) > MAX_SIDECAR_BYTES:  # grew after stat
-        raise SidecarError(str(path), None, f"over the {MAX_SIDECAR_BYTES}-byte limit of a sidecar")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise SidecarError(
-            str(path), None, "not a valid JSON sidecar (not UTF-8 text: a binary file?)"
-        ) from None
 
 
 # -- the model's real interface ----------------------------------------------------------------
@@ -595,6 +370,13 @@ class Provenance:
     tools: dict[str, str] | None = None
     source: dict[str, Any] | None = None
     tensorrt: dict[str, Any] | None = None
+    # Typed views of the sections (set from them on construction): engine = ``tensorrt``
+    # (``None`` for an ONNX artifact), graph = ``onnx``, quantization = ``int8`` (``None`` unless
+    # an INT8 export), model_source = ``source``.
+    engine: EngineRecord | None = field(init=False, repr=False, compare=False)
+    graph: GraphRecord = field(init=False, repr=False, compare=False)
+    quantization: QuantizationRecord | None = field(init=False, repr=False, compare=False)
+    model_source: SourceRecord = field(init=False, repr=False, compare=False)
 
     def checkpoint_candidates(self, sidecar_dir: str | os.PathLike[str]) -> tuple[tuple[str, Path], ...]:
         """Where the checkpoint the model was exported from may be, best first, each with the
@@ -612,6 +394,136 @@ class Provenance:
             if all(path != p for _, p in found):
                 found.append((f"source.{key}", path))
         return tuple(found)
+
+    def __post_init__(self) -> None:
+        # The typed views of the sections, made again by every constructor (and replace()).
+        views = {
+            "engine": None if self.tensorrt is None else EngineRecord.from_section(self.tensorrt),
+            "graph": GraphRecord.from_section(self.onnx or {}),
+            "quantization": None if self.int8 is None else QuantizationRecord.from_section(self.int8),
+            "model_source": SourceRecord.from_section(self.source or {}),
+        }
+        for name, view in views.items():
+            object.__setattr__(self, name, view)
+
+
+def _text(section: Mapping[str, Any], key: str) -> str | None:
+    value = section.get(key)
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """A TensorRT optimisation profile for one input: min / opt / max shapes (N, C, H, W); an
+    engine's are its sidecar's ``tensorrt.profiles``."""
+
+    input_name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """What ``pem-deploy build`` recorded about an engine (the validated ``tensorrt`` section)."""
+
+    # The machine it is tied to: TensorRT version (major.minor must match) and GPU.
+    version: str | None = None
+    compute_capability: str | None = None
+    gpu_name: str | None = None
+    # How it computes: strongly typed (the graph's precisions) or builder flags, and which.
+    strongly_typed: bool | None = None
+    precision: str | None = None
+    # Execution contexts built for (one per profile of a dynamic engine) and the profiles.
+    contexts: int | None = None
+    profiles: tuple[ShapeProfile, ...] = ()
+    pinned_layers: tuple[str, ...] = ()  # layers kept in FP32
+    # The ONNX file it was built from (name and sha256), and its DLA core when built for one.
+    source_onnx: str | None = None
+    source_sha256: str | None = None
+    dla_core: int | None = None
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> EngineRecord:
+        """From a ``tensorrt`` section already checked by the schema."""
+        dla = section.get("dla") or {}
+        profiles = tuple(
+            ShapeProfile(p["input_name"], tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
+            for p in section.get("profiles") or ()
+        )
+        return cls(
+            version=_text(section, "version"),
+            compute_capability=_text(section, "compute_capability"),
+            gpu_name=_text(section, "gpu_name"),
+            strongly_typed=section.get("strongly_typed"),
+            precision=_text(section, "precision"),
+            contexts=section.get("contexts"),
+            profiles=profiles,
+            pinned_layers=tuple(section.get("pinned_layers") or ()),
+            source_onnx=_text(section, "source_onnx"),
+            source_sha256=_text(section, "source_sha256"),
+            dla_core=dla.get("core"),
+        )
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    """How the ONNX graph was made (the ``onnx`` section): opset, IR version, node and op counts."""
+
+    opset: int | None = None
+    ir_version: int | None = None
+    nodes: int | None = None
+    deform_impl: str | None = None
+    op_counts: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> GraphRecord:
+        counts = section.get("op_counts")
+        return cls(
+            opset=section.get("opset"),
+            ir_version=section.get("ir_version"),
+            nodes=section.get("nodes"),
+            deform_impl=_text(section, "deform_impl"),
+            op_counts=dict(counts) if isinstance(counts, dict) else {},
+        )
+
+
+@dataclass(frozen=True)
+class QuantizationRecord:
+    """What the INT8 quantizer recorded (the ``int8`` section): the runtime its Q/DQ layout is for
+    (``target``) and the activations' integer type."""
+
+    target: str | None = None
+    activation_dtype: str | None = None
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> QuantizationRecord:
+        return cls(target=_text(section, "target"), activation_dtype=_text(section, "activation_dtype"))
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """The model an artifact was exported from (the ``source`` section): a preset with random or
+    pretrained weights, or a checkpoint (with its sha256)."""
+
+    name: str | None = None
+    preset: str | None = None
+    weights: str | None = None
+    seed: int | None = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any]) -> SourceRecord:
+        seed = section.get("seed")
+        return cls(
+            name=_text(section, "name"),
+            preset=_text(section, "preset"),
+            weights=_text(section, "weights"),
+            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            checkpoint=_text(section, "checkpoint"),
+            checkpoint_sha256=_text(section, "checkpoint_sha256"),
+        )
 
 
 @dataclass(frozen=True)
@@ -693,21 +605,21 @@ class Sidecar(HasClasses):
     @classmethod
     def from_dict(cls, data: Any, source: str = "sidecar") -> Sidecar:
         """Validate a parsed sidecar. Raises :class:`SidecarError` naming ``source`` and the field."""
-        r = _Reader(str(source))
+        r = Reader(str(source))
         if not isinstance(data, dict):
-            raise r.fail(None, f"not a pem-deploy sidecar (a JSON object is needed, got {_type_name(data)})")
-        _check_tree(data, r.source)
+            raise r.fail(None, f"not a pem-deploy sidecar (a JSON object is needed, got {type_name(data)})")
+        check_tree(data, r.source)
         if "format" not in data:
             raise r.fail("format", f"is missing: not a {FORMAT} sidecar")
         if data["format"] != FORMAT:
-            raise r.fail("format", f"must be {FORMAT!r}, got {_show(data['format'])}: not a {FORMAT} sidecar")
+            raise r.fail("format", f"must be {FORMAT!r}, got {show(data['format'])}: not a {FORMAT} sidecar")
         if "format_version" not in data:
             raise r.fail(
                 "format_version", f"is missing (sidecars of {FORMAT} carry one; re-export the model)"
             )
         version = data["format_version"]
         if isinstance(version, bool) or not isinstance(version, int):
-            raise r.fail("format_version", f"must be an integer, got {_type_name(version)} {_show(version)}")
+            raise r.fail("format_version", f"must be an integer, got {type_name(version)} {show(version)}")
         if version not in SUPPORTED_FORMAT_VERSIONS:
             reads = ", ".join(map(str, SUPPORTED_FORMAT_VERSIONS))
             raise r.fail(
@@ -750,7 +662,7 @@ class Sidecar(HasClasses):
         return sidecar
 
     def to_dict(self) -> dict[str, Any]:
-        """The sidecar as JSON-ready data, in the documented layout (export/ARTIFACT.md)."""
+        """The sidecar as JSON-ready data, in the documented layout (contract/ARTIFACT.md)."""
         p = self.provenance
         data: dict[str, Any] = {"format": FORMAT, "format_version": self.format_version}
         if p.model_file is not None:
@@ -794,11 +706,11 @@ class Sidecar(HasClasses):
         a dynamic one in the sidecar needs a dynamic one in the model) and dtypes. Raises
         :class:`SidecarError` naming ``source``, the field and ``signature.model``.
         """
-        r = _Reader(str(source))
+        r = Reader(str(source))
         model = signature.model
         names = [t.name for t in signature.inputs]
         if names != [self.input.name]:
-            raise r.fail("input.name", f"is {self.input.name!r} but {model} has input(s) {_show(names)}")
+            raise r.fail("input.name", f"is {self.input.name!r} but {model} has input(s) {show(names)}")
         _compare_tensor(r, "input", self.input.shape, self.input.dtype, signature.inputs[0], model)
         ours = {o.name: (i, o) for i, o in enumerate(self.outputs)}
         theirs = {t.name: t for t in signature.outputs}
@@ -816,11 +728,11 @@ class Sidecar(HasClasses):
             _compare_tensor(r, f"outputs[{i}]", out.shape, out.dtype, theirs[name], model)
 
 
-_PROVENANCE_FIELDS = tuple(f.name for f in dataclasses.fields(Provenance))
+_PROVENANCE_FIELDS = tuple(f.name for f in dataclasses.fields(Provenance) if f.init)
 
 
 def _compare_tensor(
-    r: _Reader, where: str, shape: Sequence[Dim], dtype: str, real: TensorSignature, model: str
+    r: Reader, where: str, shape: Sequence[Dim], dtype: str, real: TensorSignature, model: str
 ) -> None:
     if real.dtype != dtype:
         raise r.fail(f"{where}.dtype", f"is {dtype} but {model}'s {real.name!r} is {real.dtype}")
@@ -842,7 +754,7 @@ def _compare_tensor(
             raise r.fail(f"{where}.shape[{axis}]", f"is {ours} but {model}'s {real.name!r} has {theirs}")
 
 
-def _read_input(r: _Reader, value: Any) -> InputSpec:
+def _read_input(r: Reader, value: Any) -> InputSpec:
     inp = r.obj(value, "input", _INPUT_KEYS, ("name", "shape", "dtype", "normalization"))
     name = r.string(inp["name"], "input.name")
     shape_list = r.array(inp["shape"], "input.shape", 4, 4)
@@ -864,7 +776,7 @@ def _read_input(r: _Reader, value: Any) -> InputSpec:
             continue
         flag = r.boolean(raw, where)
         if in_graph is not None and flag != in_graph:
-            raise r.fail(where, f"is {_show(flag)} but input.normalize_in_graph is {_show(in_graph)}")
+            raise r.fail(where, f"is {show(flag)} but input.normalize_in_graph is {show(in_graph)}")
         in_graph = flag
     in_graph = bool(in_graph)
     if "value_range" in inp:
@@ -873,7 +785,7 @@ def _read_input(r: _Reader, value: Any) -> InputSpec:
         if value_range != expected:
             raise r.fail(
                 "input.value_range",
-                f"is {value_range!r} but normalize_in_graph {_show(in_graph)} means {expected!r}",
+                f"is {value_range!r} but normalize_in_graph {show(in_graph)} means {expected!r}",
             )
     if dtype == "uint8" and not in_graph:
         raise r.fail(
@@ -887,7 +799,7 @@ def _read_input(r: _Reader, value: Any) -> InputSpec:
     for i, v in enumerate(r.array(norm["std"], "input.normalization.std", 3, 3)):
         where = f"input.normalization.std[{i}]"
         if not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v <= 0:
-            raise r.fail(where, f"must be > 0, got {_show(v)}")
+            raise r.fail(where, f"must be > 0, got {show(v)}")
         std_values.append(r.number(v, where, MIN_STD, MAX_ABS_MEAN))
     formula = DEFAULT_FORMULA
     if "formula" in norm:
@@ -898,7 +810,7 @@ def _read_input(r: _Reader, value: Any) -> InputSpec:
     if "dynamic" in inp:
         declared = r.boolean(inp["dynamic"], "input.dynamic")
         if declared != dynamic:
-            raise r.fail("input.dynamic", f"is {_show(declared)} but input.shape is {_show(list(shape))}")
+            raise r.fail("input.dynamic", f"is {show(declared)} but input.shape is {show(list(shape))}")
     default_size = None
     if "default_size" in inp:
         pair = r.array(inp["default_size"], "input.default_size", 2, 2)
@@ -909,7 +821,7 @@ def _read_input(r: _Reader, value: Any) -> InputSpec:
         for axis, side in ((2, default_size[0]), (3, default_size[1])):
             if isinstance(shape[axis], int) and shape[axis] != side:
                 raise r.fail(
-                    "input.default_size", f"is {list(default_size)} but input.shape is {_show(list(shape))}"
+                    "input.default_size", f"is {list(default_size)} but input.shape is {show(list(shape))}"
                 )
             if isinstance(shape[axis], str) and side % size_multiple:
                 raise r.fail(
@@ -926,7 +838,7 @@ def _read_input(r: _Reader, value: Any) -> InputSpec:
     if elements > MAX_INPUT_ELEMENTS:
         raise r.fail(
             "input.shape",
-            f"{_show(list(shape))} is {elements} values, over the limit of {MAX_INPUT_ELEMENTS}",
+            f"{show(list(shape))} is {elements} values, over the limit of {MAX_INPUT_ELEMENTS}",
         )
     return InputSpec(
         name=name,
@@ -944,7 +856,7 @@ def _read_input(r: _Reader, value: Any) -> InputSpec:
     )
 
 
-def _read_outputs(r: _Reader, value: Any) -> tuple[OutputSpec, ...]:
+def _read_outputs(r: Reader, value: Any) -> tuple[OutputSpec, ...]:
     entries = r.array(value, "outputs", 1, MAX_OUTPUTS)
     outputs: list[OutputSpec] = []
     seen: set[str] = set()
@@ -969,7 +881,7 @@ def _read_outputs(r: _Reader, value: Any) -> tuple[OutputSpec, ...]:
     return tuple(outputs)
 
 
-def _read_classes(r: _Reader, value: Any) -> tuple[ClassSpec, ...]:
+def _read_classes(r: Reader, value: Any) -> tuple[ClassSpec, ...]:
     entries = r.array(value, "classes", 1, MAX_CLASSES)
     classes = []
     for i, entry in enumerate(entries):
@@ -986,7 +898,7 @@ def _read_classes(r: _Reader, value: Any) -> tuple[ClassSpec, ...]:
     return tuple(classes)
 
 
-def _read_thresholds(r: _Reader, value: Any, head: str) -> Thresholds:
+def _read_thresholds(r: Reader, value: Any, head: str) -> Thresholds:
     if value is None:
         return Thresholds(object_mask_threshold_in_graph=head == "panoptic")
     p = r.obj(value, "panoptic", _PANOPTIC_KEYS)
@@ -1002,17 +914,17 @@ def _read_thresholds(r: _Reader, value: Any, head: str) -> Thresholds:
     )
 
 
-def _read_provenance(r: _Reader, data: dict[str, Any]) -> Provenance:
+def _read_provenance(r: Reader, data: dict[str, Any]) -> Provenance:
     model_file = None
     if data.get("model_file") is not None:
         model_file = r.string(data["model_file"], "model_file")
         if "/" in model_file or "\\" in model_file or model_file in (".", ".."):
-            raise r.fail("model_file", f"must be a file name beside the sidecar, got {_show(model_file)}")
+            raise r.fail("model_file", f"must be a file name beside the sidecar, got {show(model_file)}")
     sha256 = None
     if data.get("sha256") is not None:
         sha256 = r.string(data["sha256"], "sha256", max_len=64).lower()
         if not _SHA256.fullmatch(sha256):
-            raise r.fail("sha256", f"must be 64 hex digits, got {_show(data['sha256'])}")
+            raise r.fail("sha256", f"must be 64 hex digits, got {show(data['sha256'])}")
     size_bytes = None
     if data.get("size_bytes") is not None:
         size_bytes = r.integer(data["size_bytes"], "size_bytes", 0, 1 << 50)
@@ -1055,7 +967,7 @@ def _read_provenance(r: _Reader, data: dict[str, Any]) -> Provenance:
     )
 
 
-def _read_consumer(r: _Reader, value: Any, head: str, inp: InputSpec) -> ConsumerProfile | None:
+def _read_consumer(r: Reader, value: Any, head: str, inp: InputSpec) -> ConsumerProfile | None:
     if value is None:
         return None
     c = r.obj(value, "consumer", _CONSUMER_KEYS, ("profile",))
@@ -1065,7 +977,7 @@ def _read_consumer(r: _Reader, value: Any, head: str, inp: InputSpec) -> Consume
     wanted_input = PROFILE_INPUT_NAMES[profile]
     if wanted_input is not None and inp.name != wanted_input:
         raise r.fail("input.name", f"must be {wanted_input!r} for consumer {profile!r}, got {inp.name!r}")
-    if profile in ("deepstream", "isaac-ros") and inp.dtype != "float32":
+    if profile in CONSUMER_PROFILES and inp.dtype != "float32":
         raise r.fail("input.dtype", f"must be float32 for consumer {profile!r}, got {inp.dtype}")
     source = (
         None if c.get("packaged_from") is None else r.string(c["packaged_from"], "consumer.packaged_from")
@@ -1074,7 +986,7 @@ def _read_consumer(r: _Reader, value: Any, head: str, inp: InputSpec) -> Consume
     if c.get("packaged_from_sha256") is not None:
         sha = r.string(c["packaged_from_sha256"], "consumer.packaged_from_sha256", max_len=64).lower()
         if not _SHA256.fullmatch(sha):
-            raise r.fail("consumer.packaged_from_sha256", f"must be 64 hex digits, got {_show(sha)}")
+            raise r.fail("consumer.packaged_from_sha256", f"must be 64 hex digits, got {show(sha)}")
     edits = tuple(
         r.string(e, f"consumer.edits[{i}]", max_len=MAX_TEXT)
         for i, e in enumerate(r.array(c.get("edits", []), "consumer.edits", 0, 64))
@@ -1082,7 +994,7 @@ def _read_consumer(r: _Reader, value: Any, head: str, inp: InputSpec) -> Consume
     return ConsumerProfile(profile, source, sha, edits)
 
 
-def _check_tensorrt(r: _Reader, trt: dict[str, Any]) -> None:
+def _check_tensorrt(r: Reader, trt: dict[str, Any]) -> None:
     """The engine section (written by ``pem-deploy build``): every field the runtime uses is
     checked here, so an edited or corrupt engine sidecar is one line at load, not a crash in
     ``infer`` / ``bench`` / ``verify`` when the field is used. Unknown keys stay allowed (newer
@@ -1090,18 +1002,18 @@ def _check_tensorrt(r: _Reader, trt: dict[str, Any]) -> None:
     if trt.get("version") is not None:
         version = r.string(trt["version"], "tensorrt.version", max_len=64)
         if not _VERSION.fullmatch(version):
-            raise r.fail("tensorrt.version", f"must be a version like 10.3.0, got {_show(version)}")
+            raise r.fail("tensorrt.version", f"must be a version like 10.3.0, got {show(version)}")
     if trt.get("compute_capability") is not None:
         capability = r.string(trt["compute_capability"], "tensorrt.compute_capability", max_len=16)
         if not _CAPABILITY.fullmatch(capability):
-            raise r.fail("tensorrt.compute_capability", f"must look like 8.7, got {_show(capability)}")
+            raise r.fail("tensorrt.compute_capability", f"must look like 8.7, got {show(capability)}")
     for key in ("gpu_name", "source_onnx"):
         if trt.get(key) is not None:
             r.string(trt[key], f"tensorrt.{key}")
     if trt.get("source_sha256") is not None:
         digest = r.string(trt["source_sha256"], "tensorrt.source_sha256", max_len=64)
         if not _SHA256.fullmatch(digest.lower()):
-            raise r.fail("tensorrt.source_sha256", f"must be 64 hex digits, got {_show(digest)}")
+            raise r.fail("tensorrt.source_sha256", f"must be 64 hex digits, got {show(digest)}")
     if trt.get("strongly_typed") is not None:
         r.boolean(trt["strongly_typed"], "tensorrt.strongly_typed")
     if trt.get("precision") is not None:
@@ -1137,7 +1049,7 @@ def _check_tensorrt(r: _Reader, trt: dict[str, Any]) -> None:
             r.boolean(dla["gpu_fallback"], "tensorrt.dla.gpu_fallback")
 
 
-def _check_head_outputs(r: _Reader, sc: Sidecar) -> None:
+def _check_head_outputs(r: Reader, sc: Sidecar) -> None:
     """The head's documented outputs (or its consumer profile's) are listed, with their dtypes,
     ranks and consistent sizes."""
     wanted = PROFILE_OUTPUTS[sc.consumer.profile] if sc.consumer is not None else HEAD_OUTPUTS[sc.head]
@@ -1166,7 +1078,7 @@ def _check_head_outputs(r: _Reader, sc: Sidecar) -> None:
             raise r.fail(
                 f"outputs[{i}].shape",
                 f"of {name!r} must have {len(template)} dimensions {tuple(template)}, "
-                f"got {_show(list(out.shape))}",
+                f"got {show(list(out.shape))}",
             )
         for axis, (symbol, dim) in enumerate(zip(template, out.shape)):
             expected = sizes[symbol]

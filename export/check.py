@@ -11,14 +11,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import onnx
 
-from contract.sidecar import IOSignature
+from contract.errors import ArtifactError
+from contract.fs import sha256_file
+from contract.sidecar import IOSignature, Sidecar
 from export.errors import ExportError
 from export.fp16 import emulate_fp16
-from export.metadata import read_sidecar, sha256_file
 from export.parity import open_session, torch_runner
 from export.source import ModelSource, load_source, load_source_from_sidecar
 from runtime.tools.compare import (
@@ -43,7 +43,7 @@ class CheckResult:
     """
 
     onnx_path: Path
-    sidecar: dict[str, Any]
+    spec: Sidecar
     reports: list[ComparisonReport] = field(default_factory=list)
 
     @property
@@ -66,25 +66,6 @@ class CheckResult:
         if self.reports:
             lines.append(self.reports[0].table())
         return "\n".join(lines)
-
-
-def locate_artifact(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """(ONNX file, sidecar) from the ONNX file, the sidecar or a folder holding exactly one pair."""
-    path = Path(path)
-    if path.is_dir():
-        pairs = sorted(p for p in path.glob("*.onnx") if p.with_suffix(".json").is_file())
-        if len(pairs) != 1:
-            found = ", ".join(p.name for p in pairs) or "none"
-            raise ExportError(f"{path}: expected one .onnx with its .json in the folder, found {found}")
-        path = pairs[0]
-    if path.suffix == ".json":
-        path = path.with_suffix(".onnx")
-    if not path.is_file():
-        raise ExportError(f"{path}: no such ONNX file")
-    sidecar = path.with_suffix(".json")
-    if not sidecar.is_file():
-        raise ExportError(f"{path}: its sidecar {sidecar.name} is missing")
-    return path, sidecar
 
 
 def check_artifact(
@@ -114,18 +95,20 @@ def check_artifact(
         ArtifactError: the sidecar is unreadable or breaks the schema
             (:class:`~contract.errors.SidecarError`, naming the file and the field).
     """
-    from runtime.core.artifact import load_artifact
+    from runtime.core.artifact import load_artifact, locate
     from runtime.core.preprocess import Preprocessor
 
-    onnx_path, sidecar_path = locate_artifact(path)
-    spec = read_sidecar(sidecar_path)
+    try:
+        onnx_path, _ = locate(path, suffixes=(".onnx",))
+    except ArtifactError as exc:  # check's own refusals of the path are ExportErrors
+        raise ExportError(str(exc)) from None
+    artifact = load_artifact(onnx_path, verify_checksum=False)
+    sidecar_path, spec = artifact.sidecar_path, artifact.spec
     recorded = spec.provenance.sha256
     if recorded and sha256_file(onnx_path) != recorded:
         raise ExportError(f"{onnx_path}: checksum does not match its sidecar (file changed or corrupt)")
     session = open_session(onnx_path, threads)  # before the slow PyTorch model: a mismatch fails fast
     spec.check_against(IOSignature.from_onnxruntime(session, onnx_path.name), sidecar_path)
-    sidecar = spec.to_dict()
-    artifact = load_artifact(onnx_path)
     fmt = artifact.input_format
     pictures = comparison_images(fmt.height, fmt.width, scenes=scenes, noise=noise, seed=seed, files=images)
     if source is None:
@@ -133,7 +116,7 @@ def check_artifact(
             size = spec.input.default_size or (None, None)
             source = load_source(preset=preset, checkpoint=checkpoint, height=size[0], width=size[1])
         else:
-            source = load_source_from_sidecar(sidecar, sidecar_path)
+            source = load_source_from_sidecar(spec, sidecar_path)
     if source.config.num_classes != spec.num_classes:
         raise ExportError(
             f"the PyTorch model has {source.config.num_classes} classes, the artifact {spec.num_classes}"
@@ -146,7 +129,7 @@ def check_artifact(
     )
     policy = policy or policy_for(spec.precision)
     shipped, _ = predict_artifact(onnx_path, pictures, threads=threads)
-    result = CheckResult(onnx_path=onnx_path, sidecar=sidecar)
+    result = CheckResult(onnx_path=onnx_path, spec=spec)
     result.reports.append(compare_predictions(shipped, reference, head, policy))
     if emulate is None:
         emulate = spec.precision == "fp16"

@@ -14,8 +14,6 @@ from torch import Tensor, nn
 
 from pem.ops.deform_conv import ModulatedDeformConv2d, deform_conv2d_native
 
-DEFORM_IMPLS: tuple[str, ...] = ("native", "decomposed")
-
 
 class DecomposedDeformConv2d(ModulatedDeformConv2d):
     """A :class:`ModulatedDeformConv2d` whose forward traces to standard ops (no custom op)."""

@@ -17,18 +17,13 @@ Heads (output names, shapes and dtypes are listed in :data:`HEAD_OUTPUTS`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contract.vocabulary import HEADS, PREPROCESS_MODES
 from pem.config import PEMConfig
-
-Head = Literal["raw", "semantic", "panoptic"]
-Preprocess = Literal["none", "normalize", "uint8"]
-HEADS: tuple[str, ...] = ("raw", "semantic", "panoptic")
-PREPROCESS_MODES: tuple[str, ...] = ("none", "normalize", "uint8")
 
 INPUT_NAME = "images"
 RAW_OUTPUTS = ("pred_logits", "pred_masks")

@@ -1,6 +1,6 @@
 """The artifact contract: the sidecar JSON, the ONNX ``metadata_props``, checksums, atomic writes.
 
-An artifact is ``<name>.onnx`` + ``<name>.json`` in one folder; export/ARTIFACT.md documents every
+An artifact is ``<name>.onnx`` + ``<name>.json`` in one folder; contract/ARTIFACT.md documents every
 field. The sidecar is self-describing (input, outputs, classes, thresholds, provenance) and
 carries the sha256 of the ONNX file. The same contract minus that checksum (a file cannot hold its
 own hash) is embedded in the ONNX ``metadata_props`` under ``pem.sidecar``.
@@ -9,12 +9,14 @@ own hash) is embedded in the ONNX ``metadata_props`` under ``pem.sidecar``.
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import datetime as _dt
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,19 @@ import onnx
 
 from contract.errors import SidecarError
 from contract.output import FolderOutput, check_folder
-from contract.sidecar import FORMAT, FORMAT_VERSION, IOSignature, Sidecar, TensorSignature
+from contract.sidecar import (
+    FORMAT,
+    FORMAT_VERSION,
+    ClassSpec,
+    Dim,
+    InputSpec,
+    IOSignature,
+    OutputSpec,
+    Provenance,
+    Sidecar,
+    TensorSignature,
+    Thresholds,
+)
 from export.errors import ExportError
 from export.heads import HEAD_OUTPUTS, INPUT_NAME
 from pem.config import PEMConfig
@@ -31,15 +45,6 @@ from pem.datasets_meta import CITYSCAPES_CLASSES
 METADATA_PREFIX = "pem."
 
 _TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "onnxsim", "numpy", "pem-deploy")
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tool_versions() -> dict[str, str]:
@@ -60,130 +65,106 @@ def _fallback_color(class_id: int) -> tuple[int, int, int]:
     return (round(r * 255), round(g * 255), round(b * 255))
 
 
-def class_table(config: PEMConfig) -> list[dict[str, Any]]:
-    """Classes as ``{id, name, color (RGB), isthing}``; Cityscapes names get the official colours."""
+def class_table(config: PEMConfig) -> tuple[ClassSpec, ...]:
+    """The classes (id, name, RGB colour, thing or stuff); Cityscapes names get the official colours."""
     palette = dict(CITYSCAPES_CLASSES)
     things = set(config.thing_ids)
     table = []
     for k in range(config.num_classes):
         name = config.class_names[k] if config.class_names else f"class_{k}"
         color = palette.get(name, _fallback_color(k))
-        table.append({"id": k, "name": name, "color": list(color), "isthing": k in things})
-    return table
+        table.append(ClassSpec(k, name, tuple(color), k in things))  # type: ignore[arg-type]
+    return tuple(table)
 
 
-def _concrete_shape(template: tuple[str, ...], sizes: dict[str, int | str]) -> list[int | str]:
-    shape: list[int | str] = []
-    for entry in template:
-        shape.append(sizes.get(entry, entry))
-    return shape
+@dataclass(frozen=True)
+class GraphInterface:
+    """What an export decided about its graph's interface: the model config, the head, the
+    numeric precision, how the input is taken (``preprocess``) and its batch / dynamic sizes."""
+
+    config: PEMConfig
+    head: str
+    precision: str
+    preprocess: str = "none"
+    batch: int = 1
+    dynamic: bool = False
+
+    def input_spec(self) -> InputSpec:
+        """The graph input the sidecar describes."""
+        config = self.config
+        h, w = config.input_size
+        in_graph = self.preprocess != "none"
+        shape: tuple[Dim, Dim, Dim, Dim] = (
+            ("batch", 3, "height", "width") if self.dynamic else (self.batch, 3, h, w)
+        )
+        return InputSpec(
+            name=INPUT_NAME,
+            shape=shape,
+            dtype="uint8" if self.preprocess == "uint8" else "float32",
+            mean=tuple(config.pixel_mean),  # type: ignore[arg-type]
+            std=tuple(config.pixel_std),  # type: ignore[arg-type]
+            normalize_in_graph=in_graph,
+            default_size=(h, w),
+            size_multiple=32,
+            dynamic=self.dynamic,
+        )
+
+    def output_specs(self) -> tuple[OutputSpec, ...]:
+        """The head's outputs with their sizes filled in (symbols where the export is dynamic)."""
+        h, w = self.config.input_size
+        k = self.config.num_classes
+        sizes: dict[str, Dim] = (
+            {"B": "batch", "H": "height", "W": "width", "H/4": "height/4", "W/4": "width/4"}
+            if self.dynamic
+            else {"B": self.batch, "H": h, "W": w, "H/4": h // 4, "W/4": w // 4}
+        )
+        sizes.update({"Q": self.config.transformer_decoder.num_queries, "K+1": k + 1, "K": k})
+        return tuple(
+            OutputSpec(
+                spec.name,
+                spec.dtype,
+                tuple(sizes.get(entry, entry) for entry in spec.shape),  # type: ignore[misc]
+                tuple(str(entry) for entry in spec.shape),
+                spec.meaning,
+            )
+            for spec in HEAD_OUTPUTS[self.head]
+        )
 
 
-def build_sidecar(
-    *,
-    config: PEMConfig,
-    head: str,
-    precision: str,
-    preprocess: str,
-    batch: int,
-    dynamic: bool,
-    opset: int,
-    ir_version: int,
-    model_file: str,
-    source: dict[str, Any],
-    onnx_info: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-    int8: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The sidecar dict (without ``sha256``/``created_utc``, which :func:`write_artifact` adds).
-
-    ``int8`` (INT8 exports): what the quantizer recorded, at least ``target`` (the runtime the
-    Q/DQ layout is for: ``onnxruntime`` or ``tensorrt``); stored as ``sidecar["int8"]``.
-    """
-    h, w = config.input_size
-    q = config.transformer_decoder.num_queries
-    k = config.num_classes
-    if dynamic:
-        input_shape: list[int | str] = ["batch", 3, "height", "width"]
-        sizes: dict[str, int | str] = {
-            "B": "batch",
-            "H": "height",
-            "W": "width",
-            "H/4": "height/4",
-            "W/4": "width/4",
-        }
-    else:
-        input_shape = [batch, 3, h, w]
-        sizes = {"B": batch, "H": h, "W": w, "H/4": h // 4, "W/4": w // 4}
-    sizes.update({"Q": q, "K+1": k + 1, "K": k})
-    in_graph = preprocess != "none"
-    outputs = [
-        {
-            "name": spec.name,
-            "dtype": spec.dtype,
-            "shape": _concrete_shape(spec.shape, sizes),
-            "shape_symbols": list(spec.shape),
-            "meaning": spec.meaning,
-        }
-        for spec in HEAD_OUTPUTS[head]
-    ]
-    sidecar: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_file": model_file,
-        "task": config.task,
-        "head": head,
-        "precision": precision,
-        "input": {
-            "name": INPUT_NAME,
-            "shape": input_shape,
-            "dtype": "uint8" if preprocess == "uint8" else "float32",
-            "layout": "NCHW",
-            "color": "RGB",
-            "value_range": "0-255" if in_graph else "normalized",
-            "normalize_in_graph": in_graph,
-            "normalization": {
-                "in_graph": in_graph,
-                "mean": list(config.pixel_mean),
-                "std": list(config.pixel_std),
-                "formula": "(x - mean) / std per RGB channel, x in 0..255",
-            },
-            "default_size": [h, w],
-            "size_multiple": 32,
-            "dynamic": dynamic,
-        },
-        "outputs": outputs,
-        "num_classes": k,
-        "num_queries": q,
-        "classes": class_table(config),
-        "panoptic": {
-            "object_mask_threshold": config.inference.object_mask_threshold,
-            "overlap_threshold": config.inference.overlap_threshold,
-            "object_mask_threshold_in_graph": head == "panoptic",
-        },
-        "onnx": {"opset": opset, "ir_version": ir_version, **onnx_info},
-        "tools": tool_versions(),
-        "source": source,
-    }
-    if int8 is not None:
-        sidecar["int8"] = dict(int8)
-    if extra:
-        sidecar.update(extra)
-    return sidecar
+def build_sidecar(interface: GraphInterface, provenance: Provenance) -> Sidecar:
+    """The sidecar of an exported graph (``provenance``: the build records, without ``sha256`` /
+    ``created_utc``, which :func:`write_artifact` adds). Validated when it is written."""
+    config = interface.config
+    return Sidecar(
+        head=interface.head,
+        task=config.task,
+        precision=interface.precision,
+        input=interface.input_spec(),
+        outputs=interface.output_specs(),
+        classes=class_table(config),
+        num_queries=config.transformer_decoder.num_queries,
+        panoptic=Thresholds(
+            object_mask_threshold=float(config.inference.object_mask_threshold),
+            overlap_threshold=float(config.inference.overlap_threshold),
+            object_mask_threshold_in_graph=interface.head == "panoptic",
+        ),
+        provenance=dataclasses.replace(provenance, tools=provenance.tools or tool_versions()),
+    )
 
 
-def embed_metadata(model: onnx.ModelProto, sidecar: dict[str, Any]) -> None:
+def embed_metadata(model: onnx.ModelProto, sidecar: Sidecar) -> None:
     """Write the contract into ``model.metadata_props`` (replacing earlier ``pem.*`` entries)."""
-    contract = {k: v for k, v in sidecar.items() if k not in ("sha256", "created_utc", "tensorrt_lint")}
+    data = sidecar.to_dict()
+    contract = {k: v for k, v in data.items() if k not in ("sha256", "created_utc", "tensorrt_lint")}
     entries = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
-        "task": str(sidecar["task"]),
-        "head": str(sidecar["head"]),
-        "precision": str(sidecar["precision"]),
-        "opset": str(sidecar["onnx"]["opset"]),
-        "input": json.dumps(sidecar["input"], sort_keys=True),
-        "classes": json.dumps(sidecar["classes"]),
+        "task": sidecar.task,
+        "head": sidecar.head,
+        "precision": sidecar.precision,
+        "opset": str(sidecar.provenance.graph.opset),
+        "input": json.dumps(sidecar.input.to_dict(), sort_keys=True),
+        "classes": json.dumps([c.to_dict() for c in sidecar.classes]),
         "sidecar": json.dumps(contract, sort_keys=True),
     }
     kept = [p for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]
@@ -194,7 +175,7 @@ def embed_metadata(model: onnx.ModelProto, sidecar: dict[str, Any]) -> None:
     model.producer_name = FORMAT
     model.producer_version = tool_versions().get("pem-deploy", "")
     model.doc_string = (
-        f"PEM {sidecar['task']} model, head {sidecar['head']}, {sidecar['precision']}; "
+        f"PEM {sidecar.task} model, head {sidecar.head}, {sidecar.precision}; "
         f"contract in metadata_props['pem.sidecar'] and the sidecar JSON"
     )
 
@@ -206,15 +187,6 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
     if not raw:
         return {}
     return Sidecar.from_json(raw, source="metadata_props['pem.sidecar']").to_dict()
-
-
-def read_sidecar(path: str | os.PathLike[str]) -> Sidecar:
-    """Load and validate a sidecar file with the one schema (:class:`contract.sidecar.Sidecar`).
-
-    Raises :class:`~contract.errors.ArtifactError` / :class:`~contract.errors.SidecarError`
-    naming the file (and the field).
-    """
-    return Sidecar.from_file(path)
 
 
 def onnx_signature(model: onnx.ModelProto, name: str = "the model") -> IOSignature:
@@ -238,11 +210,11 @@ def onnx_signature(model: onnx.ModelProto, name: str = "the model") -> IOSignatu
     return IOSignature(inputs, tuple(one(v) for v in model.graph.output), name)
 
 
-def validated_sidecar(data: dict[str, Any], model: onnx.ModelProto, name: str) -> Sidecar:
-    """``data`` through the schema and checked against ``model``'s declared inputs and outputs:
+def validated_sidecar(sidecar: Sidecar, model: onnx.ModelProto, name: str) -> Sidecar:
+    """``sidecar`` through the schema and checked against ``model``'s declared inputs and outputs:
     what export is about to write must be exactly what the runtime accepts (else ExportError)."""
     try:
-        spec = Sidecar.from_dict(data, source=name)
+        spec = Sidecar.from_dict(sidecar.to_dict(), source=name)
         spec.check_against(onnx_signature(model, name.rsplit(".", 1)[0] + ".onnx"), name)
     except SidecarError as exc:
         raise ExportError(f"refusing to write an artifact the runtime would refuse: {exc}") from None
@@ -320,9 +292,7 @@ class ArtifactWriter:
         return self._output.commit()
 
 
-def write_artifact(
-    writer: ArtifactWriter, model: onnx.ModelProto, sidecar: dict[str, Any], name: str
-) -> dict[str, Any]:
+def write_artifact(writer: ArtifactWriter, model: onnx.ModelProto, sidecar: Sidecar, name: str) -> Sidecar:
     """Stage ``<name>.onnx`` and ``<name>.json`` (with the ONNX file's sha256) in ``writer``.
 
     The sidecar is staged last, so it is also moved last: a sidecar always describes the ONNX file
@@ -331,13 +301,15 @@ def write_artifact(
     onnx_path = writer.stage_path(f"{name}.onnx")
     data = model.SerializeToString()
     onnx_path.write_bytes(data)
-    sidecar = dict(sidecar)
-    sidecar["model_file"] = f"{name}.onnx"
-    sidecar["sha256"] = hashlib.sha256(data).hexdigest()
-    sidecar["size_bytes"] = len(data)
-    sidecar["created_utc"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    provenance = dataclasses.replace(
+        sidecar.provenance,
+        model_file=f"{name}.onnx",
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        created_utc=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+    )
     # Validated with the runtime's schema before anything is moved into place (commit).
-    spec = validated_sidecar(sidecar, model, f"{name}.json")
+    spec = validated_sidecar(dataclasses.replace(sidecar, provenance=provenance), model, f"{name}.json")
     json_path = writer.stage_path(f"{name}.json")
     json_path.write_text(spec.to_json())
-    return spec.to_dict()
+    return spec

@@ -19,28 +19,27 @@ from typing import Any, Protocol
 import onnx
 import torch
 
+from contract.sidecar import Provenance, Sidecar
+from contract.vocabulary import DEFORM_IMPLS, HEADS, PRECISIONS, PREPROCESS_MODES
 from export.compose import attach_postprocess
-from export.decompose import DEFORM_IMPLS, with_decomposed_deform_conv
+from export.decompose import with_decomposed_deform_conv
 from export.errors import ExportError
 from export.fp16 import Fp16Report, convert_to_fp16
 from export.heads import (
     HEAD_OUTPUTS,
-    HEADS,
     INPUT_NAME,
-    PREPROCESS_MODES,
     RAW_OUTPUTS,
     RawModel,
     build_postprocess,
     output_names,
 )
-from export.metadata import ArtifactWriter, build_sidecar, embed_metadata, write_artifact
+from export.metadata import ArtifactWriter, GraphInterface, build_sidecar, embed_metadata, write_artifact
 from export.onnx_export import EXPORTERS, DynamicDim, export_to_onnx
 from export.simplify import SIMPLIFIERS, default_opset, finalize, op_counts, rewrite_integer_clip, simplify
 from export.source import ModelSource, source_files, source_record
 from export.symbolics import check_opset
 from export.trt_lint import LintReport, lint_model
 
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 INT8_UNAVAILABLE = (
     "--precision int8: INT8 needs calibration images and the calibration step (`pem-deploy calibrate`), "
     "which is not available yet; export fp32 or fp16"
@@ -116,7 +115,7 @@ class ExportResult:
 
     onnx_path: Path
     sidecar_path: Path
-    sidecar: dict[str, Any]
+    spec: Sidecar
     op_counts: dict[str, int]
     lint: LintReport
     fp16: Fp16Report | None
@@ -124,19 +123,20 @@ class ExportResult:
 
     def summary(self, lint_table: bool = False) -> str:
         """Human-readable report (paths, input/outputs, graph, FP16 plan, TensorRT lint, time)."""
-        sc = self.sidecar
-        shape = "(" + ", ".join(str(v) for v in sc["input"]["shape"]) + ")"
-        src = sc["source"]
+        sc = self.spec
+        shape = "(" + ", ".join(str(v) for v in sc.input.shape) + ")"
+        src = sc.provenance.model_source
+        graph = sc.provenance.graph
+        size = (sc.provenance.size_bytes or 0) / 1e6
         top = ", ".join(f"{op} {n}" for op, n in list(self.op_counts.items())[:8])
         lines = [
-            f"onnx         {self.onnx_path}  ({sc['size_bytes'] / 1e6:.1f} MB, sha256 {sc['sha256'][:12]})",
+            f"onnx         {self.onnx_path}  ({size:.1f} MB, sha256 {(sc.provenance.sha256 or '')[:12]})",
             f"sidecar      {self.sidecar_path}",
-            f"model        {src['name']} ({src['weights']} weights), head {sc['head']}, {sc['precision']}",
-            f"input        {sc['input']['name']} {shape} {sc['input']['dtype']} RGB NCHW"
-            + (" (normalised in the graph)" if sc["input"]["normalize_in_graph"] else ""),
-            "outputs      " + ", ".join(f"{o['name']} {o['dtype']}" for o in sc["outputs"]),
-            f"graph        opset {sc['onnx']['opset']}, IR {sc['onnx']['ir_version']}, "
-            f"{sc['onnx']['nodes']} nodes ({top}, ...)",
+            f"model        {src.name} ({src.weights} weights), head {sc.head}, {sc.precision}",
+            f"input        {sc.input.name} {shape} {sc.input.dtype} RGB NCHW"
+            + (" (normalised in the graph)" if sc.input.normalize_in_graph else ""),
+            "outputs      " + ", ".join(f"{o.name} {o.dtype}" for o in sc.outputs),
+            f"graph        opset {graph.opset}, IR {graph.ir_version}, {graph.nodes} nodes ({top}, ...)",
         ]
         if self.fp16 is not None:
             lines.append(f"fp16         {self.fp16.summary()}")
@@ -318,28 +318,26 @@ def export_artifact(
         "nodes": sum(counts.values()),
         "op_counts": counts,
     }
-    extra: dict[str, Any] = {"tensorrt_lint": lint.to_dict()}
+    fp16 = None
     if fp16_report is not None:
-        extra["fp16"] = {
+        fp16 = {
             "kept_fp32": "LayerNormalization, Softmax, L2-normalize, prototype similarity feeding ArgMax, "
             "index math, graph inputs/outputs, post-processing head",
             **fp16_report.to_dict(),
         }
-    sidecar = build_sidecar(
-        config=source.config,
-        head=context.head,
-        precision=options.precision,
-        preprocess=options.preprocess,
-        batch=options.batch,
-        dynamic=options.dynamic,
-        opset=default_opset(model),
-        ir_version=model.ir_version,
-        model_file=f"{options.name}.onnx",
-        source=source_record(source.description, options.out_dir),
-        onnx_info=onnx_info,
-        extra=extra,
-        int8=context.info.get("int8") if options.precision == "int8" else None,
+    interface = GraphInterface(
+        source.config, context.head, options.precision, options.preprocess, options.batch, options.dynamic
     )
+    int8 = context.info.get("int8") if options.precision == "int8" else None
+    provenance = Provenance(
+        model_file=f"{options.name}.onnx",
+        onnx={"opset": default_opset(model), "ir_version": model.ir_version, **onnx_info},
+        fp16=fp16,
+        tensorrt_lint=lint.to_dict(),
+        int8=None if int8 is None else dict(int8),
+        source=source_record(source.description, options.out_dir),
+    )
+    sidecar = build_sidecar(interface, provenance)
     embed_metadata(model, sidecar)
     with writer:
         final_sidecar = write_artifact(writer, model, sidecar, options.name)
@@ -348,7 +346,7 @@ def export_artifact(
     return ExportResult(
         onnx_path=onnx_path,
         sidecar_path=json_path,
-        sidecar=final_sidecar,
+        spec=final_sidecar,
         op_counts=counts,
         lint=lint,
         fp16=fp16_report,

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from contract.resources import check_memory
-from contract.sidecar import Provenance
+from contract.sidecar import Sidecar
 from export.errors import ExportError
 from pem.checkpoint import (
     CheckpointError,
@@ -167,22 +167,20 @@ def source_record(description: dict[str, Any], out_dir: str | os.PathLike[str]) 
 
 
 def load_source_from_sidecar(
-    sidecar: dict[str, Any], sidecar_path: str | os.PathLike[str] | None = None
+    sidecar: Sidecar, sidecar_path: str | os.PathLike[str] | None = None
 ) -> ModelSource:
     """Rebuild the PyTorch model an artifact was exported from (for parity checks).
 
     A recorded checkpoint is looked for relative to the sidecar's folder first, then at its
     absolute path, then as given to the export (:meth:`Provenance.checkpoint_candidates`).
     """
-    src = sidecar.get("source") or {}
-    size = (sidecar.get("input") or {}).get("default_size") or [None, None]
-    if src.get("weights") == "random":
-        return load_source(
-            preset=src.get("preset"), height=size[0], width=size[1], seed=int(src.get("seed") or 0)
-        )
-    if src.get("checkpoint"):
+    src = sidecar.provenance.model_source
+    size = sidecar.input.default_size or (None, None)
+    if src.weights == "random":
+        return load_source(preset=src.preset, height=size[0], width=size[1], seed=src.seed or 0)
+    if src.checkpoint:
         where = Path(sidecar_path) if sidecar_path is not None else Path("sidecar")
-        candidates = Provenance(source=src).checkpoint_candidates(where.parent)
+        candidates = sidecar.provenance.checkpoint_candidates(where.parent)
         found = next((path for _, path in candidates if path.is_file()), None)
         if found is None:
             looked = "; ".join(f"{key} -> {path}" for key, path in candidates)
@@ -190,8 +188,8 @@ def load_source_from_sidecar(
                 f"{where}: the checkpoint this artifact was exported from is missing ({looked}); "
                 "pass --checkpoint FILE (or --preset NAME) to compare with another model"
             )
-        source = load_source(preset=src.get("preset"), checkpoint=found, height=size[0], width=size[1])
-        recorded = src.get("checkpoint_sha256")
+        source = load_source(preset=src.preset, checkpoint=found, height=size[0], width=size[1])
+        recorded = src.checkpoint_sha256
         if recorded and source.description.get("checkpoint_sha256") != recorded:
             raise ExportError(
                 f"{found} (recorded in {where}): file changed since the export (sha256 differs); "

@@ -2,15 +2,15 @@
 
 The TensorRT logic lives in the torch-free :mod:`runtime.tools.engine_build` (what ``pem-deploy build``
 runs on a device); this module only adapts it to the export pipeline (an engine path next to the
-ONNX, the sidecar dict returned).
+ONNX, the typed engine sidecar returned).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
+from contract.sidecar import Sidecar
 from runtime.tools.engine_build import (
     FP32_LAYER_TYPES,
     EngineBuildError,
@@ -38,7 +38,7 @@ __all__ = [
 
 def build_engine(
     onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], options: EngineOptions
-) -> dict[str, Any]:
+) -> Sidecar:
     """Build ``engine_path`` (+ its ``.json`` sidecar) from the exported ``onnx_path``; returns the
     engine sidecar. Same code as ``pem-deploy build`` (:func:`runtime.tools.engine_build.build_engine`)."""
-    return _build(Path(onnx_path), Path(engine_path), options).sidecar
+    return _build(Path(onnx_path), Path(engine_path), options).spec

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from contract.errors import PemDeployError
+from contract.vocabulary import TASKS, Task
 from pem.datasets_meta import (
     ADE20K_NUM_CLASSES,
     ADE20K_PANOPTIC_THING_IDS,
@@ -23,7 +24,6 @@ from pem.datasets_meta import (
 
 BackboneName = Literal["resnet50", "stdc"]
 NormName = Literal["BN", "SyncBN", "FrozenBN"]
-Task = Literal["semantic", "panoptic"]
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -34,7 +34,6 @@ class ConfigError(PemDeployError, ValueError):
 
 
 BACKBONE_NAMES: tuple[str, ...] = ("resnet50", "stdc")
-TASKS: tuple[str, ...] = ("semantic", "panoptic")
 
 
 def check_int(where: str, value: object, minimum: int = 1, maximum: int | None = None) -> int:
@@ -363,7 +362,7 @@ def preset_names() -> list[str]:
     names = [
         f"{dataset}-{task}-{backbone}"
         for dataset in ("cityscapes", "ade20k")
-        for task in ("semantic", "panoptic")
+        for task in TASKS
         for backbone in ("r50", "stdc1", "stdc2")
     ]
     return [*names, "cityscapes-semantic-tiny", "cityscapes-panoptic-tiny"]

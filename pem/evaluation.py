@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from contract.vocabulary import TASKS
 from pem.config import ConfigError, PEMConfig, preset_eval_size, preset_names
 from pem.data.common import IGNORE_LABEL, DatasetError, DatasetMeta, Sample, SegmentationDataset, SegmentInfo
 from pem.distributed import all_gather_objects, all_reduce_sum, current_context, init_distributed, rank_device
@@ -515,7 +516,7 @@ def evaluate_checkpoint(
         test = preset_eval_size(model.config.name)  # ADE20K: 512 / 640; Cityscapes: native
         short_side, max_size = test.short_side, test.max_size
     task = task or model.config.task
-    if task not in ("semantic", "panoptic"):
+    if task not in TASKS:
         raise DatasetError(f"{data}: unknown task {task!r} (semantic or panoptic)")
     if task == "panoptic" and model.config.task != "panoptic":
         raise ConfigError(

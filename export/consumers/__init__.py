@@ -20,6 +20,7 @@ when complete; nothing the tool did not write is replaced (``--exist-ok`` / ``--
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -32,7 +33,7 @@ from typing import Any
 import onnx
 
 from contract.output import staged_folder
-from contract.sidecar import Sidecar
+from contract.sidecar import ConsumerProfile, InputSpec, OutputSpec, Sidecar
 from export.consumers import deepstream, isaac_ros, triton
 from export.consumers.graph_edit import fix_input_size, labels_as, normalize_in_graph, rename_input
 from export.errors import ExportError
@@ -115,8 +116,6 @@ def package_artifact(
     say = progress or (lambda message: None)
     say(f"reading {artifact_path}")
     artifact = load_artifact(artifact_path)
-    if artifact.spec is None:
-        raise PackageError(f"{artifact.sidecar_path}: no sidecar schema to package from")
     if artifact.spec.consumer is not None:
         raise PackageError(
             f"{artifact.sidecar_path}: already packaged for {artifact.spec.consumer.profile}; "
@@ -155,38 +154,36 @@ def _onnx_of(artifact: Artifact, consumer: str) -> onnx.ModelProto:
 
 def _write_edited(
     model: onnx.ModelProto,
-    spec: Sidecar,
+    edited: Sidecar,
     artifact: Artifact,
     folder: Path,
-    data: dict[str, Any],
+    profile: str,
     edits: list[str],
 ) -> Sidecar:
-    """Write ``model.onnx`` + ``model.json`` for an edited graph, the sidecar validated against it."""
-    data["model_file"] = "model.onnx"
-    data["consumer"] = {
-        "profile": data.pop("_profile"),
-        "packaged_from": artifact.model_path.name,
-        "packaged_from_sha256": spec.provenance.sha256,
-        "edits": edits,
-    }
+    """Write ``model.onnx`` + ``model.json`` for an edited graph (``edited``: the artifact's sidecar
+    with the consumer's input and outputs), the sidecar validated against it."""
+    spec = artifact.spec
+    consumer = ConsumerProfile(profile, artifact.model_path.name, spec.provenance.sha256, tuple(edits))
+    provenance = dataclasses.replace(edited.provenance, model_file="model.onnx")
+    edited = dataclasses.replace(edited, consumer=consumer, provenance=provenance)
     kept = [p for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
-    if "onnx" in data:
-        embed_metadata(model, data)  # the embedded contract describes the edited graph
+    if provenance.onnx is not None:
+        embed_metadata(model, edited)  # the embedded contract describes the edited graph
     onnx.checker.check_model(model)
     blob = model.SerializeToString()
     (folder / "model.onnx").write_bytes(blob)
-    data["sha256"] = hashlib.sha256(blob).hexdigest()
-    data["size_bytes"] = len(blob)
-    packaged = validated_sidecar(data, model, "model.json")
+    provenance = dataclasses.replace(
+        provenance, sha256=hashlib.sha256(blob).hexdigest(), size_bytes=len(blob)
+    )
+    packaged = validated_sidecar(dataclasses.replace(edited, provenance=provenance), model, "model.json")
     (folder / "model.json").write_text(packaged.to_json())
     return packaged
 
 
 def _semantic_graph(artifact: Artifact, consumer: str) -> tuple[onnx.ModelProto, Sidecar]:
     spec = artifact.spec
-    assert spec is not None
     if spec.head != "semantic":
         what = "a panoptic" if spec.head == "panoptic" else "a raw-head"
         raise PackageError(
@@ -203,17 +200,20 @@ def _static_size(model: onnx.ModelProto, spec: Sidecar, edits: list[str]) -> tup
     return height, width
 
 
-def _edited_input(data: dict[str, Any], name: str, height: int, width: int) -> None:
-    inp = data["input"]
-    inp["name"] = name
-    inp["dtype"] = "float32"
-    inp["normalize_in_graph"] = True
-    inp["value_range"] = "0-255"
-    inp["normalization"]["in_graph"] = True
-    inp["shape"] = [inp["shape"][0], 3, height, width]
-    inp["dynamic"] = isinstance(inp["shape"][0], str)
-    if not inp["dynamic"]:
-        inp.pop("default_size", None)
+def _edited_input(inp: InputSpec, name: str, height: int, width: int, in_graph: bool) -> InputSpec:
+    """The consumer's float32 input at a static ``height`` x ``width`` (the batch axis kept),
+    normalised in the graph or not."""
+    batch = inp.shape[0]
+    dynamic = isinstance(batch, str)
+    return dataclasses.replace(
+        inp,
+        name=name,
+        dtype="float32",
+        normalize_in_graph=in_graph,
+        shape=(batch, 3, height, width),
+        dynamic=dynamic,
+        default_size=inp.default_size if dynamic else None,
+    )
 
 
 def _write_deepstream(artifact: Artifact, stage: Path, options: PackageOptions, say: Progress) -> Bundle:
@@ -224,19 +224,15 @@ def _write_deepstream(artifact: Artifact, stage: Path, options: PackageOptions, 
     for edit in (normalize_in_graph(model, spec.input), labels_as(model, deepstream.OUTPUT_NAME, axis=3)):
         if edit:
             edits.append(edit)
-    data = spec.to_dict()
-    _edited_input(data, spec.input.name, height, width)
-    batch = data["input"]["shape"][0]
-    data["outputs"] = [
-        {
-            "name": deepstream.OUTPUT_NAME,
-            "dtype": "int32",
-            "shape": [batch, height, width, 1],
-            "meaning": "class id per pixel at network size, H x W x 1 (NvDsInferParseCustomPeopleSemSegNet)",
-        }
-    ]
-    data["_profile"] = "deepstream"
-    packaged = _write_edited(model, spec, artifact, stage, data, edits)
+    inp = _edited_input(spec.input, spec.input.name, height, width, in_graph=True)
+    labels = OutputSpec(
+        deepstream.OUTPUT_NAME,
+        "int32",
+        (inp.shape[0], height, width, 1),
+        meaning="class id per pixel at network size, H x W x 1 (NvDsInferParseCustomPeopleSemSegNet)",
+    )
+    edited = dataclasses.replace(spec, input=inp, outputs=(labels,))
+    packaged = _write_edited(model, edited, artifact, stage, "deepstream", edits)
     props = deepstream.nvinfer_config(packaged, "model.onnx")
     comment = (
         "nvinfer config for a PEM semantic model packaged by pem-deploy (DeepStream 9.x, TensorRT 10.x).\n"
@@ -295,25 +291,15 @@ def _write_isaac_ros(artifact: Artifact, stage: Path, options: PackageOptions, s
     ):
         if edit:
             edits.append(edit)
-    data = spec.to_dict()
-    inp = data["input"]
-    inp.update(name=isaac_ros.INPUT_NAME, dtype="float32", normalize_in_graph=False, value_range="normalized")
-    inp["normalization"]["in_graph"] = False
-    inp["shape"] = [inp["shape"][0], 3, height, width]
-    inp["dynamic"] = isinstance(inp["shape"][0], str)
-    if not inp["dynamic"]:
-        inp.pop("default_size", None)
-    batch = inp["shape"][0]
-    data["outputs"] = [
-        {
-            "name": isaac_ros.OUTPUT_NAME,
-            "dtype": "int32",
-            "shape": [batch, 1, height, width],
-            "meaning": "class id per pixel at network size, N x 1 x H x W (Isaac ROS decoder: argmax, NCHW)",
-        }
-    ]
-    data["_profile"] = "isaac-ros"
-    packaged = _write_edited(model, spec, artifact, stage, data, edits)
+    inp = _edited_input(spec.input, isaac_ros.INPUT_NAME, height, width, in_graph=False)
+    labels = OutputSpec(
+        isaac_ros.OUTPUT_NAME,
+        "int32",
+        (inp.shape[0], 1, height, width),
+        meaning="class id per pixel at network size, N x 1 x H x W (Isaac ROS decoder: argmax, NCHW)",
+    )
+    edited = dataclasses.replace(spec, input=inp, outputs=(labels,))
+    packaged = _write_edited(model, edited, artifact, stage, "isaac-ros", edits)
     isaac_ros.check_bindings(
         {packaged.input.name: (packaged.input.dtype, packaged.input.shape)},
         {o.name: (o.dtype, o.shape) for o in packaged.outputs},
@@ -397,7 +383,6 @@ def _strip_to_normalized(model: onnx.ModelProto, spec: Sidecar) -> str:
 
 def _write_triton(artifact: Artifact, stage: Path, options: PackageOptions, say: Progress) -> Bundle:
     spec = artifact.spec
-    assert spec is not None
     name = options.model_name
     engine = artifact.backend == "tensorrt"
     size = spec.input.size

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
+from contract.vocabulary import Task
 from pem.data.common import DatasetError, DatasetMeta, Sample, SegmentationDataset, SegmentInfo
 
 __all__ = ["DatasetError", "DatasetMeta", "Sample", "SegmentInfo", "SegmentationDataset", "open_dataset"]
@@ -18,7 +19,7 @@ def open_dataset(
     root: str | os.PathLike[str],
     dataset: Literal["cityscapes", "ade20k"],
     split: str,
-    task: Literal["semantic", "panoptic"],
+    task: Task,
 ) -> SegmentationDataset:
     """Open ``split`` of a Cityscapes-layout (the synthetic set included) or ADE20K folder."""
     if dataset == "cityscapes":

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from contract.vocabulary import Task
 from pem.data.common import (
     IGNORE_LABEL,
     CategoryMap,
@@ -31,8 +31,6 @@ from pem.data.common import (
     require_dir,
 )
 from pem.datasets_meta import ADE20K_NUM_CLASSES
-
-Task = Literal["semantic", "panoptic"]
 
 _SPLIT_DIRS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
 

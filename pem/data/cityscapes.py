@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from contract.vocabulary import Task
 from pem.data.common import (
     IGNORE_LABEL,
     CategoryMap,
@@ -28,8 +28,6 @@ from pem.data.common import (
     read_label_png,
     require_dir,
 )
-
-Task = Literal["semantic", "panoptic"]
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from contract.vocabulary import Task
 from pem.data.common import IGNORE_LABEL, Sample
-
-Task = Literal["semantic", "panoptic"]
 
 
 @dataclass

@@ -89,16 +89,17 @@ def open_backend(
     if chosen == "openvino":
         from runtime.core.backends.openvino_backend import NATIVE_DEFORM_CONV, OpenVINOBackend
 
-        ops = artifact.sidecar.get("onnx", {}).get("op_counts", {})
-        if ops.get("DeformConv") or artifact.sidecar.get("onnx", {}).get("deform_impl") == "native":
+        graph = artifact.spec.provenance.graph
+        if graph.op_counts.get("DeformConv") or graph.deform_impl == "native":
             raise ArtifactError(NATIVE_DEFORM_CONV.format(path=artifact.model_path))
         return OpenVINOBackend(artifact.model_path, threads=threads)
     if artifact.backend == "tensorrt":
         from runtime.core.backends.tensorrt_backend import TensorRTBackend
 
-        built = (artifact.sidecar.get("tensorrt") or {}).get("contexts") or 1
+        engine = artifact.spec.provenance.engine
+        built = (engine.contexts if engine is not None else None) or 1
         return TensorRTBackend(
-            artifact.model_path, artifact.sidecar, cuda_graph=cuda_graph, contexts=contexts or int(built)
+            artifact.model_path, artifact.spec, cuda_graph=cuda_graph, contexts=contexts or int(built)
         )
     from runtime.core.backends.onnxruntime_backend import GpuOptions, OnnxRuntimeBackend
 
@@ -140,15 +141,15 @@ class Segmenter:
         self.preprocessor = Preprocessor(artifact.input_format, resize, input_color)  # type: ignore[arg-type]
         self.max_pixels = max_pixels_limit(max_pixels)
         self.notes: list[str] = []  # one line per option that does nothing here (e.g. cuda_graph on a CPU)
-        if artifact.spec is not None:  # the sidecar must describe the model's real inputs/outputs
-            artifact.spec.check_against(backend.io_signature(), artifact.sidecar_path)
-            if artifact.spec.consumer is not None:  # pem-deploy package --for ...: the consumer's I/O
-                consumer = artifact.spec.consumer
-                source = consumer.packaged_from or "see the sidecar"
-                raise ArtifactError(
-                    f"{artifact.model_path}: packaged for {consumer.profile} (its I/O is that consumer's); "
-                    f"run the exported artifact it was made from ({source})"
-                )
+        # the sidecar must describe the model's real inputs/outputs
+        artifact.spec.check_against(backend.io_signature(), artifact.sidecar_path)
+        if artifact.spec.consumer is not None:  # pem-deploy package --for ...: the consumer's I/O
+            consumer = artifact.spec.consumer
+            source = consumer.packaged_from or "see the sidecar"
+            raise ArtifactError(
+                f"{artifact.model_path}: packaged for {consumer.profile} (its I/O is that consumer's); "
+                f"run the exported artifact it was made from ({source})"
+            )
         names = {spec.name for spec in backend.outputs}
         needed = {"semantic": ("labels",), "panoptic": PANOPTIC_OUTPUTS, "raw": ("pred_logits", "pred_masks")}
         missing = [n for n in needed[artifact.head] if n not in names]

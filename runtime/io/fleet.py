@@ -50,7 +50,7 @@ from typing import Any, TextIO, TypeVar
 import numpy as np
 
 from contract.errors import PemDeployError, one_line
-from contract.fs import atomic_write_bytes
+from contract.fs import atomic_write_bytes, sha256_file
 from contract.output import (
     _Lock,
     clean_stale_staging,
@@ -59,7 +59,7 @@ from contract.output import (
     is_internal,
     staged_folder,
 )
-from runtime.core.artifact import load_artifact, sha256_file
+from runtime.core.artifact import load_artifact
 from runtime.core.segmenter import Result, Segmenter, read_video
 from runtime.errors import InputError, RuntimeToolError
 from runtime.io.batch_infer import PREDICTIONS, infer_path

@@ -32,17 +32,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from contract.errors import SidecarError
 from contract.fs import atomic_write_bytes
 from contract.output import check_file, check_folder, staged_folder, write_file
-from contract.sidecar import Sidecar
+from contract.sidecar import EngineRecord, ShapeProfile, Sidecar
+from contract.vocabulary import PRECISIONS, Precision
 from runtime.core.artifact import Artifact, load_artifact
 from runtime.errors import ArtifactError, BackendUnavailableError, RuntimeToolError
 
-EnginePrecision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+EnginePrecision = Precision
 
 # Weakly typed path: TensorRT layer types pinned to FP32, the FP16 failure modes named in
 # shared/design/deploy-notes.md (overflow in LayerNorm / L2-normalize / softmax; ties flipping the
@@ -58,16 +58,6 @@ class EngineBuildError(RuntimeToolError):
 
 class TensorRTUnavailableError(BackendUnavailableError):
     """TensorRT (or CUDA) is not installed on this machine."""
-
-
-@dataclass(frozen=True)
-class ShapeProfile:
-    """An optimisation profile for one input: min / opt / max shapes (N, C, H, W)."""
-
-    input_name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
 
 
 @dataclass
@@ -137,20 +127,22 @@ class BuildResult:
 
     engine_path: Path
     sidecar_path: Path
-    sidecar: dict[str, Any]
+    spec: Sidecar
     layer_split: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> str:
-        trt_info = self.sidecar["tensorrt"]
-        typing_ = "strongly typed" if trt_info["strongly_typed"] else "weakly typed"
+        trt_info = self.spec.provenance.engine or EngineRecord()
+        typing_ = "strongly typed" if trt_info.strongly_typed else "weakly typed"
         lines = [
             f"engine       {self.engine_path}",
             f"sidecar      {self.sidecar_path}",
-            f"tensorrt     {trt_info['version']}, {typing_}, {trt_info['precision']}, "
-            f"{trt_info.get('gpu_name', '?')} (compute {trt_info.get('compute_capability', '?')})",
+            f"tensorrt     {trt_info.version}, {typing_}, {trt_info.precision}, "
+            f"{trt_info.gpu_name or '?'} (compute {trt_info.compute_capability or '?'})",
         ]
-        for p in trt_info.get("profiles", [])[:1]:
-            lines.append(f"profile      {p['input_name']}: min {p['min']} opt {p['opt']} max {p['max']}")
+        for p in trt_info.profiles[:1]:
+            lines.append(
+                f"profile      {p.input_name}: min {list(p.min)} opt {list(p.opt)} max {list(p.max)}"
+            )
         if self.layer_split:
             dla, gpu = self.layer_split.get("dla", []), self.layer_split.get("gpu", [])
             lines.append(f"layers       {len(dla)} on DLA, {len(gpu)} on the GPU (fallback)")
@@ -332,8 +324,8 @@ def default_profile(artifact: Artifact, options: EngineOptions) -> ShapeProfile 
     Default: batch 1; height/width from half the exported ``default_size`` (min) to the
     ``default_size`` (opt = max). Every corner is checked against the exported range.
     """
-    inp = artifact.sidecar.get("input", {})
-    shape = list(inp.get("shape", []))
+    inp = artifact.spec.input
+    shape = list(inp.shape)
     dynamic = [not (isinstance(d, int) and d > 0) for d in shape]
     given = [options.min_shape, options.opt_shape, options.max_shape]
     if not any(dynamic):
@@ -343,7 +335,7 @@ def default_profile(artifact: Artifact, options: EngineOptions) -> ShapeProfile 
                 "need a --dynamic export"
             )
         return None
-    multiple = int(inp.get("size_multiple", 1) or 1)
+    multiple = inp.size_multiple
     fmt = artifact.input_format
     h, w = fmt.height, fmt.width
     opt = [1, 3, h, w]
@@ -365,9 +357,8 @@ def default_profile(artifact: Artifact, options: EngineOptions) -> ShapeProfile 
 
 def check_profile(artifact: Artifact, profile: ShapeProfile) -> None:
     """Refuse a profile outside what the ONNX export accepts (rank, static dims, size multiple)."""
-    inp = artifact.sidecar.get("input", {})
-    shape = list(inp.get("shape", []))
-    multiple = int(inp.get("size_multiple", 1) or 1)
+    shape = list(artifact.spec.input.shape)
+    multiple = artifact.spec.input.size_multiple
     where = f"{artifact.sidecar_path}"
     if profile.input_name != artifact.input_name:
         raise EngineBuildError(
@@ -473,9 +464,11 @@ def build_engine(
         raise ArtifactError(
             f"{artifact.model_path}: already a TensorRT engine; build takes the ONNX artifact"
         )
-    int8 = artifact.sidecar.get("int8") or {}
-    if artifact.precision == "int8" and (
-        int8.get("target") == "onnxruntime" or int8.get("activation_dtype") == "uint8"
+    int8 = artifact.spec.provenance.quantization
+    if (
+        artifact.precision == "int8"
+        and int8 is not None
+        and (int8.target == "onnxruntime" or int8.activation_dtype == "uint8")
     ):  # checked before TensorRT is imported: the answer does not depend on it
         raise EngineBuildError(
             f"{artifact.model_path}: INT8 graph in the onnxruntime layout (UINT8 Q/DQ), which TensorRT "
@@ -582,7 +575,7 @@ def build_engine(
         "profiles": [asdict(p) for p in profiles],
         "contexts": options.contexts if profiles else None,
         "source_onnx": artifact.model_path.name,
-        "source_sha256": artifact.sidecar.get("sha256"),
+        "source_sha256": artifact.spec.provenance.sha256,
     }
     if options.dla_core is not None:
         trt_section["dla"] = {
@@ -592,9 +585,8 @@ def build_engine(
             "network_layers_on_gpu": split.get("gpu", []),
             "engine_layers": _engine_layers(trt, data, logger, options.dla_core),
         }
-    source_spec = artifact.spec if artifact.spec is not None else Sidecar.from_file(artifact.sidecar_path)
     try:  # the one schema: never write an engine sidecar the runtime would refuse
-        engine_spec = source_spec.replace(
+        engine_spec = artifact.spec.replace(
             precision=precision,
             model_file=engine_path.name,
             sha256=hashlib.sha256(data).hexdigest(),
@@ -617,10 +609,9 @@ def build_engine(
         ) as folder:
             folder.write(engine_path.name, data)
             folder.write(sidecar_path.name, sidecar_text)
-    sidecar = engine_spec.to_dict()
     if timing_cache is not None and options.timing_cache is not None:
         atomic_write_bytes(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
-    return BuildResult(engine_path, sidecar_path, sidecar, split)
+    return BuildResult(engine_path, sidecar_path, engine_spec, split)
 
 
 def device_description() -> dict[str, str]:

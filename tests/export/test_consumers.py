@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 
 from contract.errors import ArtifactError, OutputExistsError, OutputIsInputError, SidecarError
+from contract.fs import sha256_file
 from contract.sidecar import Sidecar
 from export.consumers import PackageError, PackageOptions, deepstream, isaac_ros, package_artifact, triton
 from runtime import Segmenter
-from runtime.core.artifact import sha256_file
 from tests.helpers.runtime_models import (
     image_panoptic_model,
     semantic_model,

@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 import export.pipeline as pipeline
 from cli import app
 from contract.errors import SidecarError
+from contract.fs import sha256_file
 from contract.output import MANIFEST_NAME
 from export.check import check_artifact
 from export.errors import ExportError
 from export.heads import ExportedModel
-from export.metadata import read_metadata, sha256_file
+from export.metadata import read_metadata
 from export.parity import open_session, run_reference
 from export.pipeline import ExportOptions, export_artifact
 from export.source import load_source
@@ -130,9 +131,9 @@ def test_checkpoint_export_and_check(tmp_path):
         load_source(checkpoint=ckpt, height=64, width=64), ExportOptions(out_dir=out, head="raw", name="pem")
     )
     assert result.onnx_path == out / "pem.onnx" and result.sidecar_path == out / "pem.json"
-    assert result.sidecar["source"]["checkpoint_sha256"] == sha256_file(ckpt)
-    assert result.sidecar["task"] == "panoptic"
-    assert [c["id"] for c in result.sidecar["classes"] if c["isthing"]] == list(range(11, 19))
+    assert result.spec.to_dict()["source"]["checkpoint_sha256"] == sha256_file(ckpt)
+    assert result.spec.to_dict()["task"] == "panoptic"
+    assert [c["id"] for c in result.spec.to_dict()["classes"] if c["isthing"]] == list(range(11, 19))
     check = check_artifact(out / "pem.onnx", scenes=1)
     assert check.passed, check.failures
     assert check.reports[0].worst("pred_logits").max_abs < 1e-4
@@ -260,7 +261,7 @@ def test_int8_quantizer_plugs_in(tmp_path, monkeypatch):
         int8_quantizer=fake_quantizer,
     )
     assert seen == {"outputs": ["pred_logits", "pred_masks"], "head": "raw"}
-    assert result.sidecar["precision"] == "int8"
+    assert result.spec.to_dict()["precision"] == "int8"
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
@@ -294,7 +295,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
             "--head x",
         ),
         (["check", str(tmp_path / "none.onnx")], "no such ONNX file"),
-        (["check", str(tmp_path)], "expected one .onnx"),
+        (["check", str(tmp_path)], "expected exactly one .onnx"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)
@@ -310,7 +311,7 @@ def test_dynamic_batch_and_size_with_uint8_input(tmp_path):
     result = export_artifact(
         source, ExportOptions(out_dir=tmp_path, head="panoptic", dynamic=True, preprocess="uint8")
     )
-    sc = result.sidecar
+    sc = result.spec.to_dict()
     assert sc["input"]["shape"] == ["batch", 3, "height", "width"] and sc["input"]["dtype"] == "uint8"
     assert sc["input"]["normalize_in_graph"] is True and sc["input"]["default_size"] == [64, 128]
     shapes = {o["name"]: o["shape"] for o in sc["outputs"]}

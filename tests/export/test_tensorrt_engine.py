@@ -15,8 +15,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from contract.fs import sha256_file
 from runtime import load_artifact
-from runtime.core.artifact import sha256_file
 from runtime.errors import ArtifactError
 from runtime.tools.engine_build import (
     EngineBuildError,
@@ -271,14 +271,14 @@ def test_tensorrt_11_is_strongly_typed_without_flags(fake_trt, tmp_path):
     # TensorRT 11 keeps the STRONGLY_TYPED flag (value 0); every network is strongly typed and the
     # builder is asked for it explicitly, as on 10.x.
     assert ("create_network", 1 << 0) in rec.calls and _flags(rec) == []
-    info = result.sidecar["tensorrt"]
+    info = result.spec.provenance.tensorrt
     assert (info["version"], info["strongly_typed"], info["precision"]) == ("11.4.0.106", True, "fp16")
     assert info["compute_capability"] == "8.7" and info["profiles"] == []
     assert result.engine_path.read_bytes() == b"ENGINE"
     # The engine + sidecar pair is an artifact the runtime opens (tensorrt backend, checksum ok).
     engine = load_artifact(result.engine_path)
     assert engine.backend == "tensorrt" and engine.precision == "fp16" and engine.head == "semantic"
-    assert engine.sidecar["sha256"] == sha256_file(result.engine_path)
+    assert engine.spec.provenance.sha256 == sha256_file(result.engine_path)
     with pytest.raises(EngineBuildError, match="strongly typed as FP32 only"):
         build_engine(_artifact(tmp_path), tmp_path / "out", EngineOptions(precision="fp16"))
     with pytest.raises(EngineBuildError, match="strongly typed networks only"):
@@ -303,8 +303,8 @@ def test_tensorrt_10_weak_typing_flags_constraints_and_caches(fake_trt, tmp_path
         and ("plugins",) in rec.calls
         and ("workspace", 512 << 20) in rec.calls
     )
-    assert result.sidecar["tensorrt"]["pinned_layers"] == ["ln", "argmax", "DeformConv_1"]
-    assert result.sidecar["tensorrt"]["strongly_typed"] is False
+    assert result.spec.provenance.tensorrt["pinned_layers"] == ["ln", "argmax", "DeformConv_1"]
+    assert result.spec.provenance.tensorrt["strongly_typed"] is False
     # Timing cache: created empty, written back; the next build reads what the first one wrote.
     assert ("timing_cache_in", b"") in rec.calls and timing.read_bytes() == b"+timing"
     build_engine(onnx_path, tmp_path / "out", options)
@@ -315,7 +315,7 @@ def test_tensorrt_10_weak_typing_flags_constraints_and_caches(fake_trt, tmp_path
     assert ("clear_flag", "TF32") in rec.calls and _flags(rec) == []
     rec.calls.clear()
     int8 = build_engine(_artifact(tmp_path, "int8"), tmp_path / "out")
-    assert int8.sidecar["tensorrt"]["strongly_typed"] and ("create_network", 1 << 1) in rec.calls
+    assert int8.spec.provenance.tensorrt["strongly_typed"] and ("create_network", 1 << 1) in rec.calls
     assert _flags(rec) == [] and ("calibrator", False) in rec.calls
 
 
@@ -325,7 +325,7 @@ def test_dynamic_exports_get_a_profile_from_the_sidecar(fake_trt, tmp_path):
     result = build_engine(dyn, tmp_path / "out")
     profile = ("images", (1, 3, 32, 64), (1, 3, 64, 128), (1, 3, 64, 128))
     assert [c for c in rec.calls if c[0] == "profile"] == [("profile", [profile])]
-    assert tuple(result.sidecar["tensorrt"]["profiles"][0]["opt"]) == (1, 3, 64, 128)
+    assert tuple(result.spec.provenance.tensorrt["profiles"][0]["opt"]) == (1, 3, 64, 128)
     rec.calls.clear()
     options = EngineOptions(max_shape=parse_shape("2x3x128x256"), contexts=2)
     build_engine(dyn, tmp_path / "out", options)
@@ -362,7 +362,7 @@ def test_dla_with_gpu_fallback_reports_the_layer_split(fake_trt, tmp_path):
     result = build_engine(onnx_path, tmp_path / "out", EngineOptions(dla_core=1, gpu_fallback=True))
     assert ("device", "DLA", 1) in rec.calls and "GPU_FALLBACK" in _flags(rec)
     assert ("verbosity", "DETAILED") in rec.calls and ("deserialize", b"ENGINE", 1) in rec.calls
-    dla = result.sidecar["tensorrt"]["dla"]
+    dla = result.spec.provenance.tensorrt["dla"]
     assert dla["network_layers_on_dla"] == 1 and dla["network_layers_on_gpu"] == [
         "ln",
         "argmax",
@@ -463,7 +463,7 @@ def test_export_engine_step_is_the_same_code(fake_trt, tmp_path):
     sidecar = export_build(
         onnx_path, onnx_path.with_name("model.fp16.engine"), EngineOptions(precision="fp16")
     )
-    assert sidecar["tensorrt"]["strongly_typed"] and onnx_path.with_name("model.fp16.json").is_file()
+    assert sidecar.provenance.engine.strongly_typed and onnx_path.with_name("model.fp16.json").is_file()
 
 
 def test_without_tensorrt_the_error_says_why(tmp_path, monkeypatch):
@@ -497,7 +497,7 @@ def test_real_engine_build_and_run(tmp_path):
 
     result = build_engine(_artifact(tmp_path), tmp_path / "out", EngineOptions(precision="fp32"))
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 128)).astype(np.float32)
-    with TensorRTBackend(result.engine_path, result.sidecar) as backend:
+    with TensorRTBackend(result.engine_path, result.spec) as backend:
         labels = backend.infer({"images": x})["labels"]
     np.testing.assert_array_equal(labels, x.argmax(1))
 
@@ -516,9 +516,9 @@ def test_every_build_path_against_the_real_release(fake_trt, tmp_path, version):
     log, timing = tmp_path / "build.log", tmp_path / "timing.cache"
     options = EngineOptions(contexts=2, timing_cache=timing, log_path=log, builder_optimization_level=4)
     result = build_engine(dyn, tmp_path / "dyn", options)  # strongly typed FP16, profiles, contexts
-    assert len(result.sidecar["tensorrt"]["profiles"]) == 1 and timing.is_file() and log.is_file()
+    assert len(result.spec.provenance.tensorrt["profiles"]) == 1 and timing.is_file() and log.is_file()
     int8 = build_engine(_artifact(tmp_path, "int8"), tmp_path / "int8-engine")  # Q/DQ INT8, strongly typed
-    assert int8.sidecar["tensorrt"]["strongly_typed"]
+    assert int8.spec.provenance.tensorrt["strongly_typed"]
     strongly = 1 << (1 if version.startswith("10.") else 0)
     assert [c for c in rec.calls if c[0] == "create_network"] == [("create_network", strongly)] * 2
     cache = tmp_path / "calib.cache"
@@ -527,12 +527,12 @@ def test_every_build_path_against_the_real_release(fake_trt, tmp_path, version):
         weak = build_engine(
             _artifact(tmp_path), tmp_path / "w", EngineOptions(precision="int8", calibration_cache=cache)
         )
-        assert not weak.sidecar["tensorrt"]["strongly_typed"] and _flags(rec) == ["FP16", "INT8", "OBEY"]
+        assert not weak.spec.provenance.tensorrt["strongly_typed"] and _flags(rec) == ["FP16", "INT8", "OBEY"]
         build_engine(_artifact(tmp_path), tmp_path / "w32", EngineOptions(precision="fp32"))
         dla = build_engine(
             _artifact(tmp_path, "fp16"), tmp_path / "d", EngineOptions(dla_core=0, gpu_fallback=True)
         )
-        assert dla.sidecar["tensorrt"]["dla"]["core"] == 0
+        assert dla.spec.provenance.tensorrt["dla"]["core"] == 0
     else:  # TensorRT 11 refuses the weakly typed requests before touching the API
         with pytest.raises(EngineBuildError, match="strongly typed"):
             build_engine(

@@ -16,9 +16,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from contract.sidecar import Sidecar
 from export.metadata import ArtifactWriter, embed_metadata, write_artifact
 from pem.config import get_preset
-from tests.helpers.sidecars import tiny_sidecar
+from tests.helpers.sidecars import tiny_spec
 
 H, W = 64, 128
 _NP = {"float32": TensorProto.FLOAT, "int32": TensorProto.INT32, "uint8": TensorProto.UINT8}
@@ -101,7 +102,7 @@ def export_artifact(
     """``out/model.onnx`` + ``model.json`` written by export's writer, like ``pem-deploy export``."""
     preset = "cityscapes-panoptic-tiny" if head == "panoptic" else "cityscapes-semantic-tiny"
     config = get_preset(preset).replace(input_size=(H, W))
-    sidecar = tiny_sidecar(
+    spec = tiny_spec(
         config,
         head=head,
         preprocess=preprocess,
@@ -110,17 +111,17 @@ def export_artifact(
         source={"preset": preset, "weights": "random", "seed": 0, "config": config.to_dict()},
         onnx_info={"exporter": "hand-built", "dynamic": dynamic},
     )
-    model = graph_for(sidecar)
-    embed_metadata(model, sidecar)
+    model = graph_for(spec.to_dict())
+    embed_metadata(model, spec)
     with ArtifactWriter(out) as writer:
-        write_artifact(writer, model, sidecar, "model")
+        write_artifact(writer, model, spec, "model")
         writer.commit()
     return out / "model.onnx"
 
 
-def semantic_sidecar() -> dict[str, Any]:
+def semantic_sidecar() -> Sidecar:
     """The sidecar export would write for the tiny semantic preset at HxW (not yet written)."""
-    return tiny_sidecar(get_preset("cityscapes-semantic-tiny").replace(input_size=(H, W)))
+    return tiny_spec(get_preset("cityscapes-semantic-tiny").replace(input_size=(H, W)))
 
 
 VARIANTS = {

@@ -3,7 +3,7 @@
 ``semantic_model``: labels = argmax over RGB; ``constant_model``: fixed outputs;
 ``constant_panoptic_artifact``: fixed panoptic outputs;
 ``image_panoptic_model``: panoptic outputs computed from the image; ``write_artifact``: model +
-a valid sidecar (export/ARTIFACT.md) in a folder.
+a valid sidecar (contract/ARTIFACT.md) in a folder.
 """
 
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.core.artifact import sha256_file
+from contract.fs import sha256_file
 
 K = 3
 CLASSES = [
@@ -52,7 +52,7 @@ def outputs_of(model: onnx.ModelProto) -> list[dict]:
 
 
 def sidecar_for(model: onnx.ModelProto, head="semantic", shape=(1, 3, 32, 64), **extra) -> dict:
-    """A valid format-1 sidecar (export/ARTIFACT.md) for a hand-built model; ``extra`` overrides."""
+    """A valid format-1 sidecar (contract/ARTIFACT.md) for a hand-built model; ``extra`` overrides."""
     dynamic = any(isinstance(d, str) for d in shape)
     return {
         "format": "pem-deploy",

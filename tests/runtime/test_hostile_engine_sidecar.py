@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from contract.errors import SidecarError
+from contract.fs import sha256_file
 from contract.sidecar import Sidecar
-from runtime.core.artifact import load_artifact, sha256_file
+from runtime.core.artifact import load_artifact
 from tests.helpers.cli import assert_one_line_error, invoke
 from tests.helpers.runtime_models import semantic_model, sidecar_for, write_artifact
 

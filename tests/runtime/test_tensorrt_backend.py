@@ -14,8 +14,9 @@ import types
 import numpy as np
 import pytest
 
+from contract.fs import sha256_file
+from contract.sidecar import Sidecar
 from runtime import Segmenter
-from runtime.core.artifact import sha256_file
 from runtime.core.backends.tensorrt_backend import TensorRTBackend
 from runtime.errors import ArtifactError
 from tests.helpers.concurrency import run_in_threads
@@ -235,7 +236,7 @@ def _engine(tmp_path, **trt_info):
         "tensorrt": {"version": "10.3.0", "compute_capability": "8.7", "gpu_name": "Orin", **trt_info},
     }
     path.with_suffix(".json").write_text(json.dumps(sidecar))
-    return path, sidecar
+    return path, Sidecar.from_dict(sidecar)
 
 
 def _x(seed, shape=(1, 3, 8, 16)):

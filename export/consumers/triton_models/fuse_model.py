@@ -14,7 +14,7 @@ from dataclasses import asdict
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by the Python-backend stub
 
-from contract.sidecar import Sidecar
+from contract.sidecar import read_sidecar
 from runtime.core.postprocess import category_map, fuse_panoptic_outputs
 
 NAMES = ("scores", "classes", "owner", "owner_fg", "mask_area")
@@ -26,7 +26,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         folder = os.path.join(args["model_repository"], args["model_version"])
-        self.sidecar = Sidecar.from_file(os.path.join(folder, params.get("sidecar", "model.json")))
+        self.sidecar = read_sidecar(os.path.join(folder, params.get("sidecar", "model.json")))
         self.batching = int(config.get("max_batch_size", 0)) > 0
         wire = {o["name"]: o["data_type"] for o in config["output"]}["labels"]
         self.labels_dtype = pb_utils.triton_string_to_numpy(wire)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.sidecar import EngineRecord, Sidecar
 from runtime.core.backends.base import Backend, TensorSpec
 from runtime.errors import ArtifactError, BackendUnavailableError
 
@@ -54,21 +55,21 @@ def device_description(cudart: Any, device: int = 0) -> dict[str, str]:
 
 
 def check_engine_compatibility(
-    sidecar: dict[str, Any], trt_version: str, device: dict[str, str], path: Path
+    sidecar: Sidecar, trt_version: str, device: dict[str, str], path: Path
 ) -> None:
     """Refuse an engine built for another TensorRT version or GPU, with a one-line reason."""
-    built = sidecar.get("tensorrt", {})
-    want_version = str(built.get("version", ""))
+    built = sidecar.provenance.engine or EngineRecord()
+    want_version = built.version or ""
     # Engines are portable across patch releases only: compare major.minor.
     if want_version and want_version.split(".")[:2] != trt_version.split(".")[:2]:
         raise ArtifactError(
             f"{path}: engine was built with TensorRT {want_version}, this machine has {trt_version}; "
             "rebuild it here (pem-deploy export --format engine)"
         )
-    want_cc = str(built.get("compute_capability", ""))
+    want_cc = built.compute_capability or ""
     if want_cc and want_cc != device["compute_capability"]:
         raise ArtifactError(
-            f"{path}: engine was built for compute capability {want_cc} ({built.get('gpu_name', '?')}), "
+            f"{path}: engine was built for compute capability {want_cc} ({built.gpu_name or '?'}), "
             f"this GPU is {device['gpu_name']} ({device['compute_capability']}); rebuild it here"
         )
 
@@ -120,7 +121,7 @@ class TensorRTBackend(Backend):
 
     Args:
         path: the serialized engine (``.engine`` / ``.plan``).
-        sidecar: the engine's sidecar dict (checked against this machine when given).
+        sidecar: the engine's sidecar (checked against this machine when given).
         cuda_graph: capture the enqueue in a CUDA graph after the first run and replay it
             (lower launch overhead on Jetson; recaptured when input shapes change).
         device: CUDA device index.
@@ -133,7 +134,7 @@ class TensorRTBackend(Backend):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        sidecar: dict[str, Any] | None = None,
+        sidecar: Sidecar | None = None,
         cuda_graph: bool = False,
         device: int = 0,
         contexts: int = 1,

@@ -103,7 +103,7 @@ def artifact_meta(artifact: Any) -> dict[str, Any]:
     fmt = artifact.input_format
     return {
         "model_file": artifact.model_path.name,
-        "sha256": artifact.sidecar.get("sha256"),
+        "sha256": artifact.spec.provenance.sha256,
         "backend": artifact.backend,
         "head": artifact.head,
         "precision": artifact.precision,

@@ -4,6 +4,7 @@ never writes a sidecar the runtime refuses.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -111,11 +112,12 @@ def test_panoptic_outputs_out_of_range(field, value, expected):
 
 def test_export_refuses_to_write_an_invalid_sidecar(tmp_path):
     # PEMConfig itself refuses std 0 (pem.config), so the bad value is put into the sidecar directly
-    sidecar = semantic_sidecar()
-    sidecar["input"]["normalization"]["std"][1] = 0.0
+    spec = semantic_sidecar()
+    std = spec.input.std
+    sidecar = dataclasses.replace(spec, input=dataclasses.replace(spec.input, std=(std[0], 0.0, std[2])))
     out = tmp_path / "out"
     with pytest.raises(ExportError) as info, ArtifactWriter(out) as writer:
-        write_artifact(writer, graph_for(sidecar), sidecar, "model")
+        write_artifact(writer, graph_for(sidecar.to_dict()), sidecar, "model")
         writer.commit()
     assert_one_line_message(info.value, "model.json: input.normalization.std[1] must be > 0, got 0")
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing staged is left
@@ -123,7 +125,7 @@ def test_export_refuses_to_write_an_invalid_sidecar(tmp_path):
 
 def test_export_refuses_a_sidecar_that_does_not_fit_its_graph(tmp_path):
     sidecar = semantic_sidecar()
-    other = mutated_sidecar(input__shape=[1, 3, 32, 64], outputs__0__shape=[1, 32, 64])(sidecar)
+    other = mutated_sidecar(input__shape=[1, 3, 32, 64], outputs__0__shape=[1, 32, 64])(sidecar.to_dict())
     with pytest.raises(ExportError) as info, ArtifactWriter(tmp_path / "out") as writer:
         write_artifact(writer, other, sidecar, "model")
     assert_one_line_message(info.value, "input.shape[2] is 64 but model.onnx's 'images' has 32")
