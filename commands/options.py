@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -212,15 +212,27 @@ def file(flag: str) -> Callback:
     return _optional(lambda v: check_file_path(flag, v))
 
 
-def choice(flag: str, allowed: tuple[str, ...]) -> Callback:
-    """Callback: one of ``allowed`` (spelled out in the error)."""
+def choice(
+    flag: str, allowed: Sequence[str], message: str = "{flag} {value!r}: choose one of {allowed}"
+) -> Callback:
+    """Callback: one of ``allowed``, checked when parsed. ``message`` is the error (placeholders
+    ``{flag}``, ``{value}`` and ``{allowed}``, the choices comma-separated), so an option keeps the
+    wording its API's own check uses."""
 
     def check(value: str) -> str:
         if value not in allowed:
-            raise UsageError(f"{flag} {value!r}: choose one of {', '.join(allowed)}")
+            raise UsageError(message.format(flag=flag, value=value, allowed=", ".join(allowed)))
         return value
 
     return _optional(check)
+
+
+def choice_option(
+    default: Any, flag: str, help: str, allowed: Sequence[str], message: str | None = None
+) -> Any:
+    """``typer.Option`` for one of ``allowed`` (refused when parsed, in ``message``'s words)."""
+    callback = choice(flag, allowed) if message is None else choice(flag, allowed, message)
+    return typer.Option(default, flag, help=help, callback=callback)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +248,12 @@ def int_option(
 ) -> Any:
     """``typer.Option`` for an int ``flag`` within ``[minimum, maximum]`` (either end open if None)."""
     return typer.Option(default, flag, help=help, callback=int_range(flag, minimum, maximum))
+
+
+def bounded_int_option(flags: tuple[str, ...], help: str, minimum: int, maximum: int) -> Any:
+    """``typer.Option`` for an int within ``[minimum, maximum]`` named by ``flags`` (the first is
+    the name the errors use, the others aliases); the default is the command's own."""
+    return typer.Option(SET_BY_COMMAND, *flags, help=help, callback=int_range(flags[0], minimum, maximum))
 
 
 def float_option(default: Any, flag: str, help: str, interval: Interval) -> Any:
@@ -306,20 +324,15 @@ CompareImages = Annotated[
 ]
 CompareNoise = Annotated[
     int,
-    typer.Option(
-        "--noise",
-        "--random",
-        help="Extra random-noise images: a diagnostic, never decides the verdict.",
-        callback=int_range("--noise", 0, 1000),
+    bounded_int_option(
+        ("--noise", "--random"),
+        "Extra random-noise images: a diagnostic, never decides the verdict.",
+        0,
+        1000,
     ),
 ]
 CompareScenes = Annotated[
-    int,
-    typer.Option(
-        "--scenes",
-        help="Generated street scenes (they decide the verdict).",
-        callback=int_range("--scenes", 0, 1000),
-    ),
+    int, bounded_int_option(("--scenes",), "Generated street scenes (they decide the verdict).", 0, 1000)
 ]
 MaxRelError = Annotated[
     Optional[float],  # noqa: UP045
@@ -357,11 +370,11 @@ CalibMethod = Annotated[
 ]
 CalibImages = Annotated[
     int,
-    typer.Option(
-        "--calib-images",
-        "--num-images",
-        help="int8: number of calibration images (a deterministic sample).",
-        callback=int_range("--calib-images", 1, 100_000),
+    bounded_int_option(
+        ("--calib-images", "--num-images"),
+        "int8: number of calibration images (a deterministic sample).",
+        1,
+        100_000,
     ),
 ]
 

@@ -26,7 +26,7 @@ from runtime.compare.engine import (
     segment_match_rate,
 )
 from runtime.compare.inputs import DEFAULT_SCENES, ComparisonImage, comparison_images
-from runtime.compare.policy import POLICIES, ParityPolicy, policy_for
+from runtime.compare.policy import POLICIES, ParityPolicy, PolicyOverrides, policy_for, policy_from_overrides
 from runtime.compare.reference import load_reference, save_reference
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "HeadSpec",
     "OutputDiff",
     "ParityPolicy",
+    "PolicyOverrides",
     "Prediction",
     "SampleDiff",
     "artifact_meta",
@@ -48,6 +49,7 @@ __all__ = [
     "load_reference",
     "mean_iou",
     "policy_for",
+    "policy_from_overrides",
     "predict",
     "predict_artifact",
     "save_reference",
