@@ -101,12 +101,8 @@ def verify_command(
         "{flag} {value}: choose {allowed}",
     ),
     max_rel: opt.MaxRelError = None,
-    min_agreement: float = opt.float_option(
-        None, "--min-agreement", "Minimum label agreement on confident pixels.", opt.SHARE
-    ),
-    min_miou: float = opt.float_option(
-        None, "--min-miou", "Minimum mIoU between the predictions.", opt.SHARE
-    ),
+    min_agreement: opt.MinAgreement = None,
+    min_miou: opt.MinMiou = None,
     min_segments: float = opt.float_option(
         None, "--min-segment-match", "Minimum panoptic segment match.", opt.SHARE
     ),

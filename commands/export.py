@@ -15,19 +15,31 @@ if TYPE_CHECKING:
     from export.pipeline import ExportResult
 
 CHOOSE_ONE_OF = "{flag} {value}: choose one of {allowed}"  # export.pipeline.ExportOptions' wording
+FORMAT_HELP = "onnx | engine (also build a TensorRT engine; needs TensorRT and a GPU)."
+FORMAT_MESSAGE = "{flag} {value}: choose onnx or engine"
+EXPORT_OUTPUT = opt.OutputFlags(
+    "Output folder for NAME.onnx + NAME.json.",
+    "Allow an --out folder holding other files (NAME.onnx / NAME.json are added beside them).",
+    "Replace a NAME.onnx / NAME.json in --out that pem-deploy did not write (its own are replaced).",
+)
+PACKAGE_OUTPUT = opt.OutputFlags(
+    "Folder for the bundle (new, or written by pem-deploy).",
+    "Allow an --out folder holding other files (the bundle's files are added beside them).",
+    "Replace a bundle file in --out that pem-deploy did not write (its own are replaced).",
+)
+CALIBRATE_OUTPUT = opt.OutputFlags(
+    "Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md.",
+    "Allow an --out folder holding other files (ours are added beside them).",
+    "Replace files of those names that pem-deploy did not write.",
+)
 
 
 def export_command(
-    ctx: typer.Context,
     preset: opt.Preset = None,
     checkpoint: opt.Checkpoint = None,
-    out: str = opt.folder_option(..., "--out", "Output folder for NAME.onnx + NAME.json."),
-    exist_ok: bool = opt.exist_ok_option(
-        "Allow an --out folder holding other files (NAME.onnx / NAME.json are added beside them)."
-    ),
-    overwrite: bool = opt.overwrite_option(
-        "Replace a NAME.onnx / NAME.json in --out that pem-deploy did not write (its own are replaced)."
-    ),
+    out: str = EXPORT_OUTPUT.out(),
+    exist_ok: bool = EXPORT_OUTPUT.exist_ok(),
+    overwrite: bool = EXPORT_OUTPUT.overwrite(),
     precision: str = opt.choice_option(
         "fp32", "--precision", "fp32 | fp16 | int8 (int8: calibration).", PRECISIONS, CHOOSE_ONE_OF
     ),
@@ -62,13 +74,7 @@ def export_command(
     calib_cache: str = typer.Option(
         None, "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
     ),
-    out_format: str = opt.choice_option(
-        "onnx",
-        "--format",
-        "onnx | engine (also build a TensorRT engine; needs TensorRT and a GPU).",
-        ("onnx", "engine"),
-        "{flag} {value}: choose onnx or engine",
-    ),
+    out_format: str = opt.choice_option("onnx", "--format", FORMAT_HELP, ("onnx", "engine"), FORMAT_MESSAGE),
     target: str = typer.Option(
         None,
         "--target",
@@ -130,13 +136,9 @@ def package_command(
         ..., help="Exported artifact: NAME.onnx / NAME.engine, its sidecar or folder."
     ),
     consumer: str = typer.Option(..., "--for", help="triton | deepstream | isaac-ros."),
-    out: str = opt.folder_option(..., "--out", "Folder for the bundle (new, or written by pem-deploy)."),
-    exist_ok: bool = opt.exist_ok_option(
-        "Allow an --out folder holding other files (the bundle's files are added beside them)."
-    ),
-    overwrite: bool = opt.overwrite_option(
-        "Replace a bundle file in --out that pem-deploy did not write (its own are replaced)."
-    ),
+    out: str = PACKAGE_OUTPUT.out(),
+    exist_ok: bool = PACKAGE_OUTPUT.exist_ok(),
+    overwrite: bool = PACKAGE_OUTPUT.overwrite(),
     model_name: str = typer.Option(
         "pem", "--model-name", help="triton: model name (prefix of the helper models)."
     ),
@@ -170,13 +172,9 @@ def calibrate_command(
         help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder or 'synthetic' "
         "(the default model's training set; give your own images for your model).",
     ),
-    out: str = opt.folder_option(
-        ..., "--out", "Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md."
-    ),
-    exist_ok: bool = opt.exist_ok_option(
-        "Allow an --out folder holding other files (ours are added beside them)."
-    ),
-    overwrite: bool = opt.overwrite_option("Replace files of those names that pem-deploy did not write."),
+    out: str = CALIBRATE_OUTPUT.out(),
+    exist_ok: bool = CALIBRATE_OUTPUT.exist_ok(),
+    overwrite: bool = CALIBRATE_OUTPUT.overwrite(),
     method: opt.CalibMethod = "percentile",
     num_images: opt.CalibImages = 200,
     calib_seed: int = opt.int_option(0, "--calib-seed", "Seed of the image sample.", 0),
@@ -258,15 +256,8 @@ def check_command(
         None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."
     ),
     max_rel: opt.MaxRelError = None,
-    min_agreement: float = opt.float_option(
-        None,
-        "--min-agreement",
-        "Minimum label agreement on confident pixels (default: the precision's policy).",
-        opt.SHARE,
-    ),
-    min_miou: float = opt.float_option(
-        None, "--min-miou", "Minimum mIoU between the predictions.", opt.SHARE
-    ),
+    min_agreement: opt.MinAgreement = None,
+    min_miou: opt.MinMiou = None,
     threads: opt.Threads = 1,
 ) -> None:
     """Compare an exported model with PyTorch under the shared parity policy (as verify does).

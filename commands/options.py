@@ -277,6 +277,26 @@ def overwrite_option(help: str) -> Any:
     return typer.Option(False, "--overwrite", help=help)
 
 
+@dataclass(frozen=True)
+class OutputFlags:
+    """A command's ``--out``, ``--exist-ok`` and ``--overwrite``: the three flags defined once (names,
+    checks), in the command's own words for where its files go, what is added beside other files
+    and what is replaced. Use as ``out: str = OUTPUT.out()``, ``exist_ok: bool = OUTPUT.exist_ok()``."""
+
+    where: str  # --out's help
+    added: str  # --exist-ok's help
+    replaced: str  # --overwrite's help
+
+    def out(self, default: Any = ...) -> Any:
+        return folder_option(default, "--out", self.where)
+
+    def exist_ok(self) -> Any:
+        return exist_ok_option(self.added)
+
+    def overwrite(self) -> Any:
+        return overwrite_option(self.replaced)
+
+
 def device_option(default: Any, help: str) -> Any:
     """``typer.Option`` ``--device``: a PyTorch device available on this machine."""
     return typer.Option(default, "--device", help=help, callback=device())
@@ -342,6 +362,21 @@ MaxRelError = Annotated[
         "precision's policy).",
         callback=float_range("--max-rel-error", NON_NEGATIVE),
     ),
+]
+
+# check and verify: the parity policy's thresholds (runtime.compare.PolicyOverrides), None: the policy's.
+MinAgreement = Annotated[
+    Optional[float],  # noqa: UP045
+    float_option(
+        SET_BY_COMMAND,
+        "--min-agreement",
+        "Minimum label agreement on confident pixels (default: the precision's policy).",
+        SHARE,
+    ),
+]
+MinMiou = Annotated[
+    Optional[float],  # noqa: UP045
+    float_option(SET_BY_COMMAND, "--min-miou", "Minimum mIoU between the predictions.", SHARE),
 ]
 
 

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 RESIZE_MODES = ("stretch", "letterbox")  # runtime.preprocess.ResizeMode
 RESIZE_MESSAGE = "{flag} must be 'stretch' or 'letterbox', got {value!r}"
+COMPRESSIONS = ("zstd", "lz4", "none")  # MCAP chunk compression (runtime.ros.bags.write_bag)
+COMPRESSION_MESSAGE = "{flag} must be zstd, lz4 or none, got {value!r}"
 
 
 class InferCommand(TyperCommand):
@@ -87,8 +89,8 @@ def infer_command(
         "zstd",
         "--compression",
         "Output MCAP chunk compression: zstd | lz4 | none.",
-        ("zstd", "lz4", "none"),
-        "{flag} must be zstd, lz4 or none, got {value!r}",
+        COMPRESSIONS,
+        COMPRESSION_MESSAGE,
     ),
     timeout: float = opt.float_option(
         None, "--timeout", "Seconds to wait for a stream to open and for each frame.", opt.POSITIVE
@@ -282,8 +284,8 @@ def bench_command(
     from workflows.bench import BenchSettings, ReportTarget, bench_baseline, bench_models
 
     settings = BenchSettings(
-        shape, batch, warmup, iterations, threads, device, opt.provider_list(providers), cuda_graph,
-        tuple(backend or [None]),
+        tuple(backend or [None]), opt.provider_list(providers), cuda_graph, device, shape, batch, warmup,
+        iterations, threads,
     )  # fmt: skip
     if baseline is not None:
         if not preset or artifacts:

@@ -156,59 +156,45 @@ def run_infer(
     if len(sources) != 1:
         raise UsageError(f"{len(sources)} inputs given; one at a time, or several with --ray")
     quiet_video_logs()  # our one line, not OpenCV's / FFmpeg's
-    source = sources[0]
-    limits = (stream.max_frames, stream.duration, stream.timeout)
-    if not is_robotics_job(source, out, stream.topics, *limits):
-        return InferOutcome(
-            "files", _files(model.open(artifact, report.on_note), source, out, write, stream, report)
-        )
-    if stream.save_video:
-        raise UsageError(
-            "--save-video is for a whole video file (not with --topic, --max-frames or --duration)"
-        )
-    return _robotics(model.open(artifact, report.on_note), source, out, write, stream, report)
+    return _segment_here(artifact, sources[0], out, model, write, stream, report)
 
 
-def _robotics(
-    segmenter: Segmenter,
+def _segment_here(
+    artifact: str,
     source: str,
     out: str,
+    model: SegmenterSettings,
     write: WriteSettings,
     stream: StreamSettings,
     report: Reporter,
 ) -> InferOutcome:
-    """A bag, a camera or a stream into a folder or a bag."""
-    with segmenter:
-        line = ProgressLine()
-        summary = infer_robotics(
-            segmenter, source, out, stream.topics, stream.max_frames, stream.duration,
-            exist_ok=write.exist_ok, overwrite=write.overwrite, overlays=write.overlays, alpha=write.alpha,
-            copy_input=stream.copy_input, progress=line, compression=stream.compression,
-            timeout=stream.timeout, on_note=report.on_note,
-        )  # fmt: skip
-        line.finish()
-    return InferOutcome("robotics", summary, fps=line.fps())
-
-
-def _files(
-    segmenter: Segmenter,
-    source: str,
-    out: str,
-    write: WriteSettings,
-    stream: StreamSettings,
-    report: Reporter,
-) -> InferSummary:
-    """An image, a folder of images or a video file into a folder."""
+    """One input in this process: a bag, a camera or a stream (into a folder or a bag), else an
+    image, a folder of images or a video file (into a folder)."""
+    robotics = is_robotics_job(source, out, stream.topics, stream.max_frames, stream.duration, stream.timeout)
+    if robotics and stream.save_video:
+        raise UsageError(
+            "--save-video is for a whole video file (not with --topic, --max-frames or --duration)"
+        )
+    segmenter = model.open(artifact, report.on_note)
     line = ProgressLine()
     with segmenter:
         try:
-            return infer_path(
-                segmenter, source, out, overlays=write.overlays, alpha=write.alpha, progress=line,
-                exist_ok=write.exist_ok, overwrite=write.overwrite, strict=stream.strict,
-                on_skip=report.on_skip, on_note=report.on_note, save_video=stream.save_video,
-            )  # fmt: skip
+            if robotics:
+                summary = infer_robotics(
+                    segmenter, source, out, stream.topics, stream.max_frames, stream.duration,
+                    exist_ok=write.exist_ok, overwrite=write.overwrite, overlays=write.overlays,
+                    alpha=write.alpha, copy_input=stream.copy_input, progress=line,
+                    compression=stream.compression, timeout=stream.timeout, on_note=report.on_note,
+                )  # fmt: skip
+            else:
+                summary = infer_path(
+                    segmenter, source, out, overlays=write.overlays, alpha=write.alpha, progress=line,
+                    exist_ok=write.exist_ok, overwrite=write.overwrite, strict=stream.strict,
+                    on_skip=report.on_skip, on_note=report.on_note, save_video=stream.save_video,
+                )  # fmt: skip
         finally:
             line.finish()  # the summary gets a line of its own
+    return InferOutcome("robotics" if robotics else "files", summary, fps=line.fps())
 
 
 def _on_ray(

@@ -37,15 +37,15 @@ TORCH_SUFFIXES = (".safetensors", ".pkl", ".pth", ".pt")
 class BenchSettings:
     """How every model is timed. ``shape``: ``HxW`` (default: each model's input size)."""
 
+    backends: tuple[str | None, ...] = (None,)  # ONNX artifacts: each side by side (None: by file type)
+    providers: list[str] | None = None  # onnxruntime's (default: the best available)
+    cuda_graph: bool = False
+    device: str = "cpu"  # PyTorch's
     shape: str | None = None
     batch: int = 1
     warmup: int = 3
     iterations: int = 20
     threads: int = 1
-    device: str = "cpu"  # PyTorch's
-    providers: list[str] | None = None  # onnxruntime's (default: the best available)
-    cuda_graph: bool = False
-    backends: tuple[str | None, ...] = (None,)  # ONNX artifacts: each side by side (None: by file type)
 
 
 @dataclass(frozen=True)
