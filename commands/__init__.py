@@ -1,6 +1,8 @@
 """The commands of ``pem-deploy``, one module per area; :func:`register` adds them to the app.
 
-Each command only parses its arguments, calls into the packages and prints.
+Each command only parses its arguments, calls one function of the packages and prints; the
+function of command ``NAME`` is ``<module>.NAME_command`` (``-`` as ``_``), which
+``tests/cli/runtime_only/test_command_shape.py`` checks.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ def _commands() -> dict[str, Callable[..., Any]]:
     from commands import demo, device, export, model, runtime
 
     return {
-        "info": model.info,
-        "infer": runtime.infer,
+        "info": model.info_command,
+        "infer": runtime.infer_command,
         "ros2": runtime.ros2_command,
         "make-synthetic": model.make_synthetic_command,
-        "train": model.train,
+        "train": model.train_command,
         "eval": model.eval_command,
         "export": export.export_command,
         "package": export.package_command,

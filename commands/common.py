@@ -3,6 +3,8 @@ the process set-up of commands that run the eager PyTorch model."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
@@ -12,6 +14,20 @@ def fail(message: str) -> NoReturn:
     """Print ``error: message`` and exit with status 2 (for problems the option checks cannot see)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+@contextmanager
+def missing_files_in_own_words(
+    *kinds: type[OSError],
+) -> Iterator[None]:
+    """A missing file or folder that the model code reports (``kinds``, default ``FileNotFoundError``
+    and ``NotADirectoryError``, often with a message of its own) as ``error: <its message>``, exit
+    2; typed errors (:class:`~contract.errors.PemDeployError`) go to the CLI's handler as they are."""
+    caught: tuple[type[OSError], ...] = kinds or (FileNotFoundError, NotADirectoryError)
+    try:
+        yield
+    except caught as exc:
+        fail(str(exc))
 
 
 def prepare_eager_torch(threads: int | None) -> None:

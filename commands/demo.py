@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from commands import options as opt
-from commands.common import fail as _fail
 from commands.common import prepare_eager_torch
+
+if TYPE_CHECKING:
+    from workflows.demo import DemoResult
 
 
 def demo_command(
@@ -24,25 +28,28 @@ def demo_command(
     ),
 ) -> None:
     """Whole toolchain on the embedded default: data, model, FP32/FP16/INT8 ONNX, parity, bench, report."""
-    from export.errors import ExportError
     from export.progress import ConsoleProgress
-    from runtime.errors import RuntimeToolError
     from workflows.demo import run_demo
 
     prepare_eager_torch(threads)
-    try:
-        with ConsoleProgress() as progress:
-            result = run_demo(
-                out,
-                quick=quick,
-                iterations=iterations,
-                threads=threads,
-                progress=progress,
-                exist_ok=exist_ok,
-                overwrite=overwrite,
-            )
-    except (ExportError, RuntimeToolError) as exc:
-        _fail(str(exc))
+    with ConsoleProgress() as progress:
+        result = run_demo(
+            out,
+            quick=quick,
+            iterations=iterations,
+            threads=threads,
+            progress=progress,
+            exist_ok=exist_ok,
+            overwrite=overwrite,
+        )
+    _print_demo(result)
+    if not result.parity_passed:
+        typer.echo("parity FAILED for " + ", ".join(p for p, e in result.parity.items() if not e["passed"]))
+        raise typer.Exit(code=1)
+
+
+def _print_demo(result: DemoResult) -> None:
+    """The bench table, each precision's parity and accuracy, the notes and the report's path."""
     typer.echo(result.bench_table)
     for precision, entry in result.parity.items():
         verdict = "PASS" if entry["passed"] else "FAIL"
@@ -57,6 +64,3 @@ def demo_command(
     for note in result.notes:
         typer.echo(note)
     typer.echo(f"report {result.report_path}  ({result.seconds:.0f} s)")
-    if not result.parity_passed:
-        typer.echo("parity FAILED for " + ", ".join(p for p, e in result.parity.items() if not e["passed"]))
-        raise typer.Exit(code=1)

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING
+
 import typer
 
 from commands import options as opt
-from commands.common import fail as _fail
+from contract.errors import UsageError
+from contract.output import check_file, write_file
+from contract.vocabulary import PRECISIONS
+from runtime.tools.compare.policy import POLICIES
+
+if TYPE_CHECKING:
+    from runtime.tools.compare import ParityPolicy
+    from runtime.tools.compare.layerwise import LayerReport
 
 
 def build_command(
@@ -13,8 +23,12 @@ def build_command(
     out: str = typer.Option(
         ..., "--out", help="Output folder (STEM.PRECISION.engine + .json) or .engine file."
     ),
-    precision: str = typer.Option(
-        None, "--precision", help="fp32 | fp16 | int8 (default: the graph's; FP32 graphs: flags on TRT 10)."
+    precision: str = opt.choice_option(
+        None,
+        "--precision",
+        "fp32 | fp16 | int8 (default: the graph's; FP32 graphs: flags on TRT 10).",
+        PRECISIONS,
+        "{flag} {value}: choose fp32, fp16 or int8",
     ),
     calib_cache: str = typer.Option(
         None, "--calib-cache", help="TRT 10 weakly typed INT8: calibration cache."
@@ -79,16 +93,16 @@ def verify_command(
     scenes: opt.CompareScenes = 4,
     seed: int = opt.int_option(0, "--seed", "Seed of the generated images.", 0),
     limit: int = opt.int_option(None, "--limit", "At most N images of --images.", 1),
-    precision: str = typer.Option(
-        None, "--policy", help="Policy fp32 | fp16 | int8 (default: the candidate's)."
+    precision: str = opt.choice_option(
+        None,
+        "--policy",
+        "Policy fp32 | fp16 | int8 (default: the candidate's).",
+        tuple(POLICIES),
+        "{flag} {value}: choose {allowed}",
     ),
     max_rel: opt.MaxRelError = None,
-    min_agreement: float = opt.float_option(
-        None, "--min-agreement", "Minimum label agreement on confident pixels.", opt.SHARE
-    ),
-    min_miou: float = opt.float_option(
-        None, "--min-miou", "Minimum mIoU between the predictions.", opt.SHARE
-    ),
+    min_agreement: opt.MinAgreement = None,
+    min_miou: opt.MinMiou = None,
     min_segments: float = opt.float_option(
         None, "--min-segment-match", "Minimum panoptic segment match.", opt.SHARE
     ),
@@ -105,60 +119,41 @@ def verify_command(
 
     Exit code 0 when the policy holds, 1 when not (FAIL), 2 on bad arguments or files.
     """
-    import json
-
-    from contract.output import check_file, write_file
-    from runtime.tools.compare import POLICIES, policy_for
+    from runtime.core.artifact import load_artifact
+    from runtime.tools.compare import PolicyOverrides, policy_from_overrides
     from runtime.tools.verify import verify, verify_inputs
 
     read = verify_inputs(candidate, against, load_reference, images)  # never written, whatever the flags
     if json_out:  # refused before the comparison runs
         check_file(json_out, overwrite=overwrite, inputs=read)
-
-    if precision is not None and precision not in POLICIES:
-        _fail(f"--policy {precision}: choose {', '.join(POLICIES)}")
     if layerwise and against is None:
-        _fail("--layerwise needs --against REFERENCE.onnx (a saved reference holds the outputs only)")
-    policy = None
-    if precision or any(v is not None for v in (max_rel, min_agreement, min_miou, min_segments)):
-        from runtime.core.artifact import load_artifact
-
-        base = policy_for(precision or load_artifact(candidate).precision)
-        policy = base.with_overrides(
-            max_relative_error=max_rel,
-            min_confident_agreement=min_agreement,
-            min_miou=min_miou,
-            min_segment_match=min_segments,
+        raise UsageError(
+            "--layerwise needs --against REFERENCE.onnx (a saved reference holds the outputs only)"
         )
+    overrides = PolicyOverrides(precision, max_rel, min_agreement, min_miou, min_segments)
+    policy = policy_from_overrides(overrides, lambda: load_artifact(candidate).precision)
     report = verify(
-        candidate,
-        against=against,
-        load_reference_from=load_reference,
-        save_reference_to=save_reference,
-        images=images,
-        noise=noise,
-        scenes=scenes,
-        seed=seed,
-        limit=limit,
-        policy=policy,
-        providers=opt.provider_list(providers),
-        overwrite=overwrite,
-    )
+        candidate, against=against, load_reference_from=load_reference, save_reference_to=save_reference,
+        images=images, noise=noise, scenes=scenes, seed=seed, limit=limit, policy=policy,
+        providers=opt.provider_list(providers), overwrite=overwrite,
+    )  # fmt: skip
     typer.echo(report.table())
-    layers = None
-    if layerwise:
-        from runtime.tools.compare.layerwise import compare_layers
-
-        layers = compare_layers(
-            candidate, against=against, load_reference_from=load_reference, policy=report.policy
-        )
-        typer.echo(layers.table())
+    layers = _compare_layers(candidate, against, load_reference, report.policy) if layerwise else None
     if save_reference:
         typer.echo(f"reference saved to {save_reference}")
     if json_out:
-        payload = report.to_dict()
-        if layers is not None:
-            payload["layerwise"] = layers.to_dict()
+        payload = {**report.to_dict(), **({"layerwise": layers.to_dict()} if layers is not None else {})}
         write_file(json_out, json.dumps(payload, indent=2) + "\n", overwrite=overwrite, inputs=read)
     if not report.passed:
         raise typer.Exit(code=1)
+
+
+def _compare_layers(
+    candidate: str, against: str, load_reference: str | None, policy: ParityPolicy
+) -> LayerReport:
+    """``verify --layerwise``: every intermediate tensor of the two ONNX files, printed."""
+    from runtime.tools.compare.layerwise import compare_layers
+
+    layers = compare_layers(candidate, against=against, load_reference_from=load_reference, policy=policy)
+    typer.echo(layers.table())
+    return layers

@@ -2,25 +2,47 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from commands import options as opt
-from commands.common import fail as _fail
 from commands.common import prepare_eager_torch
+from contract.vocabulary import PRECISIONS
+
+if TYPE_CHECKING:
+    from calib.calibrate import Int8Calibrator
+    from export.pipeline import ExportResult
+
+CHOOSE_ONE_OF = "{flag} {value}: choose one of {allowed}"  # export.pipeline.ExportOptions' wording
+FORMAT_HELP = "onnx | engine (also build a TensorRT engine; needs TensorRT and a GPU)."
+FORMAT_MESSAGE = "{flag} {value}: choose onnx or engine"
+EXPORT_OUTPUT = opt.OutputFlags(
+    "Output folder for NAME.onnx + NAME.json.",
+    "Allow an --out folder holding other files (NAME.onnx / NAME.json are added beside them).",
+    "Replace a NAME.onnx / NAME.json in --out that pem-deploy did not write (its own are replaced).",
+)
+PACKAGE_OUTPUT = opt.OutputFlags(
+    "Folder for the bundle (new, or written by pem-deploy).",
+    "Allow an --out folder holding other files (the bundle's files are added beside them).",
+    "Replace a bundle file in --out that pem-deploy did not write (its own are replaced).",
+)
+CALIBRATE_OUTPUT = opt.OutputFlags(
+    "Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md.",
+    "Allow an --out folder holding other files (ours are added beside them).",
+    "Replace files of those names that pem-deploy did not write.",
+)
 
 
 def export_command(
-    ctx: typer.Context,
     preset: opt.Preset = None,
     checkpoint: opt.Checkpoint = None,
-    out: str = opt.folder_option(..., "--out", "Output folder for NAME.onnx + NAME.json."),
-    exist_ok: bool = opt.exist_ok_option(
-        "Allow an --out folder holding other files (NAME.onnx / NAME.json are added beside them)."
+    out: str = EXPORT_OUTPUT.out(),
+    exist_ok: bool = EXPORT_OUTPUT.exist_ok(),
+    overwrite: bool = EXPORT_OUTPUT.overwrite(),
+    precision: str = opt.choice_option(
+        "fp32", "--precision", "fp32 | fp16 | int8 (int8: calibration).", PRECISIONS, CHOOSE_ONE_OF
     ),
-    overwrite: bool = opt.overwrite_option(
-        "Replace a NAME.onnx / NAME.json in --out that pem-deploy did not write (its own are replaced)."
-    ),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (int8: calibration)."),
     head: opt.Head = None,
     height: opt.Height = None,
     width: opt.Width = None,
@@ -52,9 +74,7 @@ def export_command(
     calib_cache: str = typer.Option(
         None, "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
     ),
-    out_format: str = typer.Option(
-        "onnx", "--format", help="onnx | engine (also build a TensorRT engine; needs TensorRT and a GPU)."
-    ),
+    out_format: str = opt.choice_option("onnx", "--format", FORMAT_HELP, ("onnx", "engine"), FORMAT_MESSAGE),
     target: str = typer.Option(
         None,
         "--target",
@@ -70,72 +90,45 @@ def export_command(
     ),
 ) -> None:
     """Export to ONNX: DeformConv translation of the custom op, heads, FP16, metadata, TensorRT lint."""
-    import dataclasses
-
-    from export.consumers import PackageError, PackageOptions
-    from export.errors import ExportError
+    from calib.int8 import Int8Options, int8_quantizer
+    from export.consumers import PackageOptions, package_export
     from export.pipeline import ExportOptions, export_artifact
     from export.progress import ConsoleProgress
     from export.source import load_source
 
-    package_options = PackageOptions(consumer) if consumer else None
-    if package_options is not None:
-        try:
-            package_options.validate()
-        except PackageError as exc:
-            _fail(str(exc))
+    package = PackageOptions(consumer) if consumer else None
+    if package is not None:
+        package.validate()  # before the slow export
     prepare_eager_torch(None)
-    # Every ExportOptions field but out_dir (--out) is a flag of this command of the same name:
-    # they pass through by name, and a field without its flag fails here (KeyError), not silently.
-    flags = {f.name: ctx.params[f.name] for f in dataclasses.fields(ExportOptions) if f.name != "out_dir"}
-    options = ExportOptions(out_dir=out, **flags)
-    if out_format not in ("onnx", "engine"):
-        _fail(f"--format {out_format}: choose onnx or engine")
-    try:
-        options.validate()
-        quantizer = _int8_quantizer(
-            precision, calib_data, calib_method, calib_images, calib_cache, target, out_format
+    options = ExportOptions(
+        out_dir=out, name=name, head=head, precision=precision, deform_impl=deform_impl,
+        preprocess=preprocess, dynamic=dynamic, batch=batch, opset=opset, simplifier=simplifier,
+        exporter=exporter, exist_ok=exist_ok, overwrite=overwrite, engine=out_format == "engine",
+    )  # fmt: skip
+    options.validate()
+    int8 = Int8Options(calib_data, calib_method, calib_images, calib_cache, target)  # type: ignore[arg-type]
+    quantizer = int8_quantizer(precision, int8, engine=options.engine)
+    with ConsoleProgress() as progress:
+        progress("loading the model")
+        source = load_source(
+            preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed, batch=batch
         )
-        if out_format == "engine":
-            from export.tensorrt_engine import import_tensorrt
+        result = export_artifact(source, options, progress=progress, int8_quantizer=quantizer)
+    _print_export(result, quantizer, lint_table)
+    if package is not None:
+        typer.echo(package_export(result, options, package).summary())
 
-            import_tensorrt()  # fail before the slow export when TensorRT is missing
-        with ConsoleProgress() as progress:
-            progress("loading the model")
-            source = load_source(
-                preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed, batch=batch
-            )
-            result = export_artifact(source, options, progress=progress, int8_quantizer=quantizer)
-            engine = _build_engine(result.onnx_path, precision, quantizer) if out_format == "engine" else None
-    except ExportError as exc:
-        _fail(str(exc))
+
+def _print_export(result: ExportResult, quantizer: Int8Calibrator | None, lint_table: bool) -> None:
+    """The export's summary, then what calibration did and where the engine went (if they ran)."""
     typer.echo(result.summary(lint_table=lint_table))
-    calibrated = getattr(quantizer, "result", None)
+    calibrated = quantizer.result if quantizer is not None else None
     if calibrated is not None:
         ranges = calibrated.ranges
         how = "reused" if ranges.reused else f"{ranges.images} images, {ranges.seconds:.1f} s"
         typer.echo(f"calibration  {how}; TensorRT cache {ranges.cache_path}")
-    if engine is not None:
-        typer.echo(f"engine       {engine}")
-    if package_options is not None:
-        from pathlib import Path
-
-        from export.consumers import package_artifact
-
-        # Triton serves the engine as a tensorrt_plan; DeepStream / Isaac ROS edit the ONNX graph.
-        source_model = engine if engine is not None and consumer == "triton" else result.onnx_path
-        bundle_dir = Path(out) / f"{options.name}-{consumer}"
-        try:
-            bundle = package_artifact(
-                source_model,  # type: ignore[arg-type]
-                bundle_dir,
-                package_options,
-                exist_ok=exist_ok,
-                overwrite=overwrite,
-            )
-        except PackageError as exc:
-            _fail(str(exc))
-        typer.echo(bundle.summary())
+    if result.engine_path is not None:
+        typer.echo(f"engine       {result.engine_path}")
 
 
 def package_command(
@@ -143,13 +136,9 @@ def package_command(
         ..., help="Exported artifact: NAME.onnx / NAME.engine, its sidecar or folder."
     ),
     consumer: str = typer.Option(..., "--for", help="triton | deepstream | isaac-ros."),
-    out: str = opt.folder_option(..., "--out", "Folder for the bundle (new, or written by pem-deploy)."),
-    exist_ok: bool = opt.exist_ok_option(
-        "Allow an --out folder holding other files (the bundle's files are added beside them)."
-    ),
-    overwrite: bool = opt.overwrite_option(
-        "Replace a bundle file in --out that pem-deploy did not write (its own are replaced)."
-    ),
+    out: str = PACKAGE_OUTPUT.out(),
+    exist_ok: bool = PACKAGE_OUTPUT.exist_ok(),
+    overwrite: bool = PACKAGE_OUTPUT.overwrite(),
     model_name: str = typer.Option(
         "pem", "--model-name", help="triton: model name (prefix of the helper models)."
     ),
@@ -160,63 +149,17 @@ def package_command(
 ) -> None:
     """Package an exported artifact for a consumer: Triton repository, DeepStream nvinfer config or
     Isaac ROS bindings + parameters (graph ends edited, never re-exported; see the README)."""
-    from export.consumers import PackageError, PackageOptions, package_artifact
+    from export.consumers import PackageOptions, package_artifact
     from export.progress import ConsoleProgress
 
     options = PackageOptions(
         consumer, model_name=model_name, max_batch_size=max_batch_size, instances=instances
     )
-    try:
-        with ConsoleProgress() as progress:
-            bundle = package_artifact(
-                artifact, out, options, progress=progress, exist_ok=exist_ok, overwrite=overwrite
-            )
-    except PackageError as exc:
-        _fail(str(exc))
+    with ConsoleProgress() as progress:
+        bundle = package_artifact(
+            artifact, out, options, progress=progress, exist_ok=exist_ok, overwrite=overwrite
+        )
     typer.echo(bundle.summary())
-
-
-def _int8_quantizer(
-    precision: str,
-    calib_data: str | None,
-    method: str,
-    images: int,
-    cache: str | None,
-    target: str | None = None,
-    out_format: str = "onnx",
-) -> object | None:
-    """The calibration package's quantizer for ``--precision int8`` (None otherwise)."""
-    if precision != "int8":
-        if calib_data is not None or cache is not None or target is not None:
-            _fail("--calib-data / --calib-cache / --target are for --precision int8")
-        return None
-    from calib.calibrate import CalibrationConfig, Int8Calibrator
-    from calib.graph import check_target, default_target
-
-    target = check_target(target or default_target(out_format))
-    if target != "tensorrt" and out_format == "engine":
-        _fail(f"--target {target} --format engine: TensorRT engines need --target tensorrt")
-    config = CalibrationConfig(
-        data=calib_data or "synthetic",
-        method=method,
-        num_images=images,
-        cache_file=cache,  # type: ignore[arg-type]
-    )
-    return Int8Calibrator(config, layout=target)
-
-
-def _build_engine(onnx_path: object, precision: str, quantizer: object | None) -> object:
-    """``--format engine``: compile the exported ONNX with TensorRT (strongly typed for FP16 / INT8
-    graphs, which carry their precisions; on TensorRT 10 an FP32 graph builds weakly typed)."""
-    from pathlib import Path
-
-    from export.tensorrt_engine import EngineOptions, build_engine
-
-    onnx_file = Path(str(onnx_path))
-    engine_path = onnx_file.with_name(f"{onnx_file.stem}.{precision}.engine")  # sidecar: STEM.PRECISION.json
-    # The graph's own precision decides the typing (runtime.tools.engine_build, same as pem-deploy build).
-    build_engine(onnx_file, engine_path, EngineOptions(precision=precision))  # type: ignore[arg-type]
-    return engine_path
 
 
 def calibrate_command(
@@ -229,13 +172,9 @@ def calibrate_command(
         help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder or 'synthetic' "
         "(the default model's training set; give your own images for your model).",
     ),
-    out: str = opt.folder_option(
-        ..., "--out", "Output folder: NAME.onnx/.json (INT8), NAME.cache, accuracy.json/.md."
-    ),
-    exist_ok: bool = opt.exist_ok_option(
-        "Allow an --out folder holding other files (ours are added beside them)."
-    ),
-    overwrite: bool = opt.overwrite_option("Replace files of those names that pem-deploy did not write."),
+    out: str = CALIBRATE_OUTPUT.out(),
+    exist_ok: bool = CALIBRATE_OUTPUT.exist_ok(),
+    overwrite: bool = CALIBRATE_OUTPUT.overwrite(),
     method: opt.CalibMethod = "percentile",
     num_images: opt.CalibImages = 200,
     calib_seed: int = opt.int_option(0, "--calib-seed", "Seed of the image sample.", 0),
@@ -281,45 +220,23 @@ def calibrate_command(
     from calib.calibrate import CalibrationConfig
     from calib.graph import check_target, default_target
     from calib.run import run_calibration
-    from export.errors import ExportError
     from export.progress import ConsoleProgress
     from export.source import load_source
 
-    try:
-        config = CalibrationConfig(
-            data=data,
-            method=method,  # type: ignore[arg-type]
-            num_images=num_images,
-            seed=calib_seed,
-            percentile=percentile,
-            trt_version=trt_version,
-            cache_dir=cache_dir,
-            cache_file=calib_cache,
-            reuse=reuse,
-            threads=threads,
-        )
-        config.validate()
-        with ConsoleProgress() as progress:
-            progress("loading the model")
-            source = load_source(preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed)
-            outcome = run_calibration(
-                source,
-                out,
-                config,
-                head=head,
-                name=name,
-                layout=check_target(target or default_target()),
-                max_drop=max_drop,
-                eval_data=eval_data,
-                eval_split=eval_split,
-                eval_limit=eval_limit,
-                report=report,
-                progress=progress,
-                exist_ok=exist_ok,
-                overwrite=overwrite,
-            )
-    except ExportError as exc:  # CalibrationError is an ExportError
-        _fail(str(exc))
+    config = CalibrationConfig(
+        data=data, method=method, num_images=num_images, seed=calib_seed, percentile=percentile,
+        trt_version=trt_version, cache_dir=cache_dir, cache_file=calib_cache, reuse=reuse, threads=threads,
+    )  # fmt: skip
+    config.validate()
+    layout = check_target(target or default_target())
+    with ConsoleProgress() as progress:
+        progress("loading the model")
+        source = load_source(preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed)
+        outcome = run_calibration(
+            source, out, config, head=head, name=name, layout=layout, report=report, progress=progress,
+            exist_ok=exist_ok, overwrite=overwrite, max_drop=max_drop, eval_data=eval_data,
+            eval_split=eval_split, eval_limit=eval_limit,
+        )  # fmt: skip
     typer.echo(outcome.summary())
 
 
@@ -339,15 +256,8 @@ def check_command(
         None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."
     ),
     max_rel: opt.MaxRelError = None,
-    min_agreement: float = opt.float_option(
-        None,
-        "--min-agreement",
-        "Minimum label agreement on confident pixels (default: the precision's policy).",
-        opt.SHARE,
-    ),
-    min_miou: float = opt.float_option(
-        None, "--min-miou", "Minimum mIoU between the predictions.", opt.SHARE
-    ),
+    min_agreement: opt.MinAgreement = None,
+    min_miou: opt.MinMiou = None,
     threads: opt.Threads = 1,
 ) -> None:
     """Compare an exported model with PyTorch under the shared parity policy (as verify does).
@@ -355,27 +265,21 @@ def check_command(
     Exit code 0 when the policy holds, 1 when not (FAIL), 2 on bad arguments or files.
     """
     from export.check import check_artifact
-    from runtime.tools.compare import policy_for
+    from runtime.core.artifact import load_artifact
+    from runtime.tools.compare import PolicyOverrides, policy_from_overrides
 
     prepare_eager_torch(threads)
-    policy = None
-    if any(v is not None for v in (max_rel, min_agreement, min_miou)):
-        from runtime.core.artifact import load_artifact
-
-        policy = policy_for(load_artifact(artifact).precision).with_overrides(
-            max_relative_error=max_rel, min_confident_agreement=min_agreement, min_miou=min_miou
-        )
+    overrides = PolicyOverrides(None, max_rel, min_agreement, min_miou)
+    policy = policy_from_overrides(overrides, lambda: load_artifact(artifact).precision)
+    inputs = dict(images=_image_files(image or ()), noise=noise, scenes=scenes, seed=seed)
     result = check_artifact(
         artifact,
         preset=preset,
         checkpoint=checkpoint,
-        images=_image_files(image or ()),
-        noise=noise,
-        scenes=scenes,
-        seed=seed,
         emulate=emulate,
         policy=policy,
         threads=threads,
+        **inputs,
     )
     typer.echo(result.summary())
     if not result.passed:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from commands import options as opt
-from commands.common import fail as _fail
-from commands.common import prepare_eager_torch
+from commands.common import missing_files_in_own_words, prepare_eager_torch
+from contract.errors import UsageError
+
+if TYPE_CHECKING:
+    from pem.config import PEMConfig
+    from pem.flops import ModelCost
 
 
-def _parse_known_errors() -> tuple[type[BaseException], ...]:
-    from pem.checkpoint import CheckpointError
-    from pem.config import ConfigError
-
-    return (ConfigError, CheckpointError, FileNotFoundError)
-
-
-def info(
+def info_command(
     preset: opt.Preset = None,
     checkpoint: opt.Checkpoint = None,
     height: opt.Height = None,
@@ -41,22 +40,24 @@ def info(
 
         typer.echo(comparison_markdown(compare_with_paper()))
         return
-    try:
-        if (preset is None) == (checkpoint is None):
-            _fail("give exactly one of --preset or --checkpoint")
-        tensors = None
+    if (preset is None) == (checkpoint is None):
+        raise UsageError("give exactly one of --preset or --checkpoint")
+    tensors = None
+    with missing_files_in_own_words(FileNotFoundError):
         if checkpoint is not None:
             from pem.checkpoint import verify_checkpoint
 
             config, tensors = verify_checkpoint(checkpoint)  # opens the weights: they must fit
         else:
             config = get_preset(preset)
-        h = height or config.input_size[0]
-        w = width or config.input_size[1]
-        config = config.replace(input_size=(h, w))
+        config = config.replace(input_size=(height or config.input_size[0], width or config.input_size[1]))
         cost = count_cost(config, with_postprocess=postprocess)
-    except _parse_known_errors() as exc:
-        _fail(str(exc))
+    _print_cost(config, cost, tensors)
+
+
+def _print_cost(config: PEMConfig, cost: ModelCost, tensors: int | None) -> None:
+    """``info``'s report: the model, its input, the checked weights, parameters and GFLOPs by part."""
+    h, w = config.input_size
     typer.echo(f"model        {config.name} ({config.task}, {config.num_classes} classes)")
     typer.echo(f"input        {h}x{w}")
     if tensors is not None:
@@ -65,14 +66,6 @@ def info(
     for part, macs in cost.macs_by_part.items():
         typer.echo(f"  {part:<20} {macs / 1e9:8.2f} GFLOPs")
     typer.echo(f"GFLOPs       {cost.gflops_fvcore:.2f}  (multiply-accumulates, fvcore/paper convention)")
-
-
-def _data_errors() -> tuple[type[BaseException], ...]:
-    from pem.checkpoint import CheckpointError
-    from pem.config import ConfigError
-    from pem.data import DatasetError
-
-    return (ConfigError, CheckpointError, DatasetError, FileNotFoundError, NotADirectoryError)
 
 
 def make_synthetic_command(
@@ -88,14 +81,12 @@ def make_synthetic_command(
     from pem.data.synthetic import SyntheticConfig, make_synthetic
 
     hw = opt.parse_hw("--size", size)
-    try:
+    with missing_files_in_own_words():
         path = make_synthetic(out, SyntheticConfig(train=train, val=val, size=hw, seed=seed), progress=True)
-    except _data_errors() as exc:
-        _fail(str(exc))
     typer.echo(f"wrote {train} train + {val} val images ({hw[0]}x{hw[1]}) to {path}")
 
 
-def train(
+def train_command(
     preset: str = typer.Option(..., "--preset", help="Model preset (see `info --list`); sets the recipe."),
     data: opt.Dataset = ...,
     out: str = opt.folder_option(None, "--out", "Output folder (default: runs/PRESET)."),
@@ -127,53 +118,35 @@ def train(
     Several GPUs / nodes: launch it with 'torchrun --nproc-per-node N [--nnodes M ...]';
     --batch-size stays the global batch (README, "Training at scale").
     """
-    from pem.distributed import current_context, shutdown
     from pem.train import run_training, train_preset
 
-    changes: dict[str, object] = {
-        k: v
-        for k, v in {
-            "iterations": iterations,
-            "batch_size": batch_size,
-            "accumulate": accumulate,
-            "lr": lr,
-            "seed": seed,
-            "eval_period": eval_period,
-            "checkpoint_period": checkpoint_period,
-            "num_workers": workers,
-            "amp": amp,
-            "sync_bn": sync_bn,
-        }.items()
-        if v is not None
-    }
-    if crop is not None:
-        changes["augment"] = {"crop_size": opt.parse_hw("--crop", crop)}
-    if num_points is not None:
-        changes["loss"] = {"num_points": num_points}
     prepare_eager_torch(threads)
-    try:
-        config = train_preset(preset).replace(**changes)
+    with missing_files_in_own_words():
+        config = train_preset(preset).with_overrides(
+            iterations=iterations, batch_size=batch_size, accumulate=accumulate, lr=lr, seed=seed,
+            eval_period=eval_period, checkpoint_period=checkpoint_period, num_workers=workers, amp=amp,
+            sync_bn=sync_bn, num_points=num_points, crop_size=opt.parse_hw("--crop", crop) if crop else None,
+        )  # fmt: skip
         result = run_training(
-            preset,
-            data,
-            out or f"runs/{preset}",
-            config,
-            val_split=None if no_eval else val_split,
-            resume=resume,
-            device=device,
-            progress=None,
-            exist_ok=exist_ok,
-        )
-    except _data_errors() as exc:
-        _fail(str(exc))
-    main = current_context().is_main
-    shutdown()
-    if not main:
+            preset, data, out or f"runs/{preset}", config, val_split=None if no_eval else val_split,
+            resume=resume, device=device, progress=None, exist_ok=exist_ok,
+        )  # fmt: skip
+    if not _main_process_after_shutdown():
         return
     typer.echo(f"trained {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.3f}")
     if result.metrics is not None:
         typer.echo(result.metrics.summary())
     typer.echo(f"checkpoint   {result.checkpoint}")
+
+
+def _main_process_after_shutdown() -> bool:
+    """Whether this is the process that prints (under torchrun every rank runs the command), once the
+    process group is shut down."""
+    from pem.distributed import current_context, shutdown
+
+    main = current_context().is_main
+    shutdown()
+    return main
 
 
 def eval_command(
@@ -212,28 +185,13 @@ def eval_command(
     if json_out:  # refused before the evaluation, not after it
         check_file(json_out, overwrite=overwrite, inputs=read)
     prepare_eager_torch(threads)
-    try:
+    with missing_files_in_own_words():
         result = evaluate_checkpoint(
-            checkpoint,
-            data,
-            split=split,
-            task=task,
-            batch_size=batch_size,
-            limit=limit,
-            short_side=short_side,
-            device=device,
-            save_predictions=save_predictions,
-            progress=None,
-            exist_ok=exist_ok,
-            overwrite=overwrite,
-        )
-    except _data_errors() as exc:
-        _fail(str(exc))
-    from pem.distributed import current_context, shutdown
-
-    main = current_context().is_main  # under torchrun every rank evaluates a shard
-    shutdown()
-    if not main:
+            checkpoint, data, split=split, task=task, batch_size=batch_size, limit=limit,
+            short_side=short_side, device=device, save_predictions=save_predictions, progress=None,
+            exist_ok=exist_ok, overwrite=overwrite,
+        )  # fmt: skip
+    if not _main_process_after_shutdown():  # under torchrun every rank evaluates a shard
         return
     if json_out:  # before the summary: a failed write is then the only output
         write_file(json_out, json.dumps(result.to_dict(), indent=2) + "\n", overwrite=overwrite, inputs=read)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -212,15 +212,27 @@ def file(flag: str) -> Callback:
     return _optional(lambda v: check_file_path(flag, v))
 
 
-def choice(flag: str, allowed: tuple[str, ...]) -> Callback:
-    """Callback: one of ``allowed`` (spelled out in the error)."""
+def choice(
+    flag: str, allowed: Sequence[str], message: str = "{flag} {value!r}: choose one of {allowed}"
+) -> Callback:
+    """Callback: one of ``allowed``, checked when parsed. ``message`` is the error (placeholders
+    ``{flag}``, ``{value}`` and ``{allowed}``, the choices comma-separated), so an option keeps the
+    wording its API's own check uses."""
 
     def check(value: str) -> str:
         if value not in allowed:
-            raise UsageError(f"{flag} {value!r}: choose one of {', '.join(allowed)}")
+            raise UsageError(message.format(flag=flag, value=value, allowed=", ".join(allowed)))
         return value
 
     return _optional(check)
+
+
+def choice_option(
+    default: Any, flag: str, help: str, allowed: Sequence[str], message: str | None = None
+) -> Any:
+    """``typer.Option`` for one of ``allowed`` (refused when parsed, in ``message``'s words)."""
+    callback = choice(flag, allowed) if message is None else choice(flag, allowed, message)
+    return typer.Option(default, flag, help=help, callback=callback)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +248,12 @@ def int_option(
 ) -> Any:
     """``typer.Option`` for an int ``flag`` within ``[minimum, maximum]`` (either end open if None)."""
     return typer.Option(default, flag, help=help, callback=int_range(flag, minimum, maximum))
+
+
+def bounded_int_option(flags: tuple[str, ...], help: str, minimum: int, maximum: int) -> Any:
+    """``typer.Option`` for an int within ``[minimum, maximum]`` named by ``flags`` (the first is
+    the name the errors use, the others aliases); the default is the command's own."""
+    return typer.Option(SET_BY_COMMAND, *flags, help=help, callback=int_range(flags[0], minimum, maximum))
 
 
 def float_option(default: Any, flag: str, help: str, interval: Interval) -> Any:
@@ -257,6 +275,26 @@ def overwrite_option(help: str) -> Any:
     """``typer.Option`` ``--overwrite``: replace an existing file pem-deploy did not write (the one
     flag name for it in every command; contract/output.py); the command's help says which."""
     return typer.Option(False, "--overwrite", help=help)
+
+
+@dataclass(frozen=True)
+class OutputFlags:
+    """A command's ``--out``, ``--exist-ok`` and ``--overwrite``: the three flags defined once (names,
+    checks), in the command's own words for where its files go, what is added beside other files
+    and what is replaced. Use as ``out: str = OUTPUT.out()``, ``exist_ok: bool = OUTPUT.exist_ok()``."""
+
+    where: str  # --out's help
+    added: str  # --exist-ok's help
+    replaced: str  # --overwrite's help
+
+    def out(self, default: Any = ...) -> Any:
+        return folder_option(default, "--out", self.where)
+
+    def exist_ok(self) -> Any:
+        return exist_ok_option(self.added)
+
+    def overwrite(self) -> Any:
+        return overwrite_option(self.replaced)
 
 
 def device_option(default: Any, help: str) -> Any:
@@ -306,20 +344,15 @@ CompareImages = Annotated[
 ]
 CompareNoise = Annotated[
     int,
-    typer.Option(
-        "--noise",
-        "--random",
-        help="Extra random-noise images: a diagnostic, never decides the verdict.",
-        callback=int_range("--noise", 0, 1000),
+    bounded_int_option(
+        ("--noise", "--random"),
+        "Extra random-noise images: a diagnostic, never decides the verdict.",
+        0,
+        1000,
     ),
 ]
 CompareScenes = Annotated[
-    int,
-    typer.Option(
-        "--scenes",
-        help="Generated street scenes (they decide the verdict).",
-        callback=int_range("--scenes", 0, 1000),
-    ),
+    int, bounded_int_option(("--scenes",), "Generated street scenes (they decide the verdict).", 0, 1000)
 ]
 MaxRelError = Annotated[
     Optional[float],  # noqa: UP045
@@ -329,6 +362,22 @@ MaxRelError = Annotated[
         "precision's policy).",
         callback=float_range("--max-rel-error", NON_NEGATIVE),
     ),
+]
+
+# check and verify: the parity policy's thresholds (runtime.tools.compare.PolicyOverrides); None: the
+# policy's own.
+MinAgreement = Annotated[
+    Optional[float],  # noqa: UP045
+    float_option(
+        SET_BY_COMMAND,
+        "--min-agreement",
+        "Minimum label agreement on confident pixels (default: the precision's policy).",
+        SHARE,
+    ),
+]
+MinMiou = Annotated[
+    Optional[float],  # noqa: UP045
+    float_option(SET_BY_COMMAND, "--min-miou", "Minimum mIoU between the predictions.", SHARE),
 ]
 
 
@@ -357,11 +406,11 @@ CalibMethod = Annotated[
 ]
 CalibImages = Annotated[
     int,
-    typer.Option(
-        "--calib-images",
-        "--num-images",
-        help="int8: number of calibration images (a deterministic sample).",
-        callback=int_range("--calib-images", 1, 100_000),
+    bounded_int_option(
+        ("--calib-images", "--num-images"),
+        "int8: number of calibration images (a deterministic sample).",
+        1,
+        100_000,
     ),
 ]
 

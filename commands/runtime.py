@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from typer.core import TyperCommand
 
 from commands import options as opt
-from commands.common import fail as _fail
+from contract.errors import UsageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from runtime.io.infer_job import InferOutcome
+
+RESIZE_MODES = ("stretch", "letterbox")  # runtime.core.preprocess.ResizeMode
+RESIZE_MESSAGE = "{flag} must be 'stretch' or 'letterbox', got {value!r}"
+COMPRESSIONS = ("zstd", "lz4", "none")  # MCAP chunk compression (runtime.io.ros.bags.write_bag)
+COMPRESSION_MESSAGE = "{flag} must be zstd, lz4 or none, got {value!r}"
 
 
 class InferCommand(TyperCommand):
@@ -32,7 +44,7 @@ _RAY_OPTION = typer.Option(
 )
 
 
-def infer(
+def infer_command(
     artifact: str = typer.Argument(
         ..., help="Model artifact: .onnx / .engine (sidecar .json beside it) or its folder."
     ),
@@ -48,7 +60,9 @@ def infer(
         "--out",
         help="Output folder (labels/, panoptic/, overlay/, predictions.json), or a bag file (.mcap / .db3).",
     ),
-    resize: str = typer.Option("stretch", "--resize", help="stretch | letterbox (keep aspect ratio)."),
+    resize: str = opt.choice_option(
+        "stretch", "--resize", "stretch | letterbox (keep aspect ratio).", RESIZE_MODES, RESIZE_MESSAGE
+    ),
     providers: opt.Providers = None,
     threads: opt.ThreadsAllCores = None,  # type: ignore[assignment]
     overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
@@ -71,8 +85,12 @@ def infer(
     copy_input: bool = typer.Option(
         False, "--copy-input", help="Also copy the input images (and their CameraInfo) to the bag."
     ),
-    compression: str = typer.Option(
-        "zstd", "--compression", help="Output MCAP chunk compression: zstd | lz4 | none."
+    compression: str = opt.choice_option(
+        "zstd",
+        "--compression",
+        "Output MCAP chunk compression: zstd | lz4 | none.",
+        COMPRESSIONS,
+        COMPRESSION_MESSAGE,
     ),
     timeout: float = opt.float_option(
         None, "--timeout", "Seconds to wait for a stream to open and for each frame.", opt.POSITIVE
@@ -114,108 +132,40 @@ def infer(
     With --ray, many inputs are segmented on a Ray cluster into OUT (resumable; OUT/index.parquet).
     Exit status: 0 all segmented, 1 some files of a folder (or, with --ray, some shards) failed, 2 error.
     """
-    from runtime import Segmenter
-    from runtime.io.batch_infer import infer_path
-    from runtime.io.sources import ProgressLine
+    from runtime.io.infer_job import (
+        RaySettings,
+        Reporter,
+        SegmenterSettings,
+        StreamSettings,
+        WriteSettings,
+        run_infer,
+    )
 
-    if resize not in ("stretch", "letterbox"):
-        _fail(f"--resize must be 'stretch' or 'letterbox', got {resize!r}")
-    if ray is not None:
-        _infer_on_ray(
-            artifact,
-            sources,
-            out,
-            ray,
-            topic or (),
-            workers,
-            gpus_per_worker,
-            batch,
-            images_per_shard,
-            keep_uncertain,
-            overlays,
-            alpha,
-            resize,
-            opt.provider_list(providers),
-            threads,
-            backend,
-        )
-        return
-    ray_only = {
-        "--workers": workers != 1,
-        "--gpus-per-worker": gpus_per_worker != 0,
-        "--batch": batch != 8,
-        "--images-per-shard": images_per_shard != 256,
-        "--keep-uncertain": keep_uncertain is not None,
-    }
-    if any(ray_only.values()):
-        _fail(f"{', '.join(k for k, v in ray_only.items() if v)}: only with --ray")
-    if len(sources) != 1:
-        _fail(f"{len(sources)} inputs given; one at a time, or several with --ray")
-    source = sources[0]
-    from runtime.io.robotics import infer_robotics, is_robotics_job
+    size = opt.parse_hw("--imgsz", imgsz) if imgsz else None
+    model = SegmenterSettings(
+        opt.provider_list(providers), threads, resize, cuda_graph, contexts, backend, size
+    )
+    write = WriteSettings(overlays, alpha, exist_ok, overwrite)
+    stream = StreamSettings(
+        tuple(topic or ()), max_frames, duration, timeout, compression, copy_input, strict, save_video
+    )
+    ray_settings = RaySettings(ray, workers, gpus_per_worker, batch, images_per_shard, keep_uncertain)
+    report = Reporter(on_note=lambda text: _say("note", text), on_skip=lambda text: _say("skipped", text))
+    outcome = run_infer(
+        artifact, sources, out, model=model, write=write, stream=stream, ray=ray_settings, report=report
+    )
+    _PRINTERS[outcome.route](outcome)
+    if outcome.failed:
+        raise typer.Exit(code=1)
 
-    def open_segmenter() -> Segmenter:
-        segmenter = Segmenter.open(
-            artifact,
-            providers=opt.provider_list(providers),
-            threads=threads or 0,
-            resize=resize,
-            cuda_graph=cuda_graph,
-            contexts=contexts,  # type: ignore[arg-type]
-            backend=backend,
-            input_size=opt.parse_hw("--imgsz", imgsz) if imgsz else None,
-        )
-        for note in segmenter.notes:
-            typer.echo(f"note: {note}", err=True)
-        return segmenter
 
-    from runtime.io.sources import quiet_video_logs
+def _say(kind: str, text: str) -> None:
+    typer.echo(f"{kind}: {text}", err=True)
 
-    quiet_video_logs()  # our one line, not OpenCV's / FFmpeg's
-    if compression not in ("zstd", "lz4", "none"):
-        _fail(f"--compression must be zstd, lz4 or none, got {compression!r}")
-    if is_robotics_job(source, out, topic or (), max_frames, duration, timeout):  # bags, cameras, streams
-        if save_video:
-            _fail("--save-video is for a whole video file (not with --topic, --max-frames or --duration)")
-        with open_segmenter() as segmenter:
-            line = ProgressLine()
-            options = dict(
-                exist_ok=exist_ok, overwrite=overwrite, overlays=overlays, alpha=alpha, copy_input=copy_input
-            )
-            options |= dict(
-                compression=compression,
-                timeout=timeout,
-                on_note=lambda line: typer.echo(f"note: {line}", err=True),
-            )
-            summary = infer_robotics(
-                segmenter, source, out, topic or (), max_frames, duration, progress=line, **options
-            )
-            line.finish()
-        t = summary.mean_timings_ms
-        typer.echo(
-            f"{summary.frames} frame(s) -> {summary.out_dir}  ({line.fps():.1f} FPS; mean ms: pre "
-            f"{t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
-        )
-        return
-    line = ProgressLine()
-    with open_segmenter() as segmenter:
-        try:
-            summary = infer_path(
-                segmenter,
-                source,
-                out,
-                overlays=overlays,
-                alpha=alpha,
-                progress=line,
-                exist_ok=exist_ok,
-                overwrite=overwrite,
-                strict=strict,
-                on_skip=lambda text: typer.echo(f"skipped: {text}", err=True),
-                on_note=lambda text: typer.echo(f"note: {text}", err=True),
-                save_video=save_video,
-            )
-        finally:
-            line.finish()  # the summary below gets a line of its own
+
+def _print_files(outcome: InferOutcome) -> None:
+    """The summary of an image, a folder or a video: frames, skipped files, timings, videos written."""
+    summary = outcome.summary
     t = summary.mean_timings_ms
     skipped = f", {len(summary.failed)} skipped" if summary.failed else ""
     typer.echo(
@@ -226,60 +176,21 @@ def infer(
         how = f"; {video['fallback']}" if video["fallback"] else ""
         what = f"{video['codec']}, {video['fps']:g} FPS, {video['frames']} frames{how}"
         typer.echo(f"video {video['output']}  ({what})")
-    if summary.failed:
-        raise typer.Exit(code=1)
 
 
-infer.command_class = InferCommand  # type: ignore[attr-defined]  # read by commands.register
-
-
-def _infer_on_ray(
-    artifact: str,
-    sources: list[str],
-    out: str,
-    address: str,
-    topics: list[str],
-    workers: int,
-    gpus_per_worker: float,
-    batch: int,
-    images_per_shard: int,
-    keep_uncertain: float | None,
-    overlays: bool,
-    alpha: float,
-    resize: str,
-    providers: list[str] | None,
-    threads: int | None,
-    backend: str | None,
-) -> None:
-    """``infer --ray``: :func:`runtime.io.fleet.segment`, progress on stderr, a summary line."""
-    from runtime.io.fleet import ProgressPrinter, looks_like_address, segment
-
-    if not looks_like_address(address):
-        _fail(
-            f"--ray {address}: not a Ray address (auto, ray://host:port, host:port); "
-            "put --ray after the inputs"
-        )
-    printer = ProgressPrinter()
-    summary = segment(
-        artifact,
-        sources,
-        out,
-        topics=topics,
-        address=None if address == "local" else address,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        batch=batch,
-        images_per_shard=images_per_shard,
-        overlays=overlays,
-        alpha=alpha,
-        resize=resize,
-        providers=providers,
-        threads=threads,
-        backend=backend,
-        keep_uncertain=keep_uncertain,
-        progress=printer.show,
+def _print_robotics(outcome: InferOutcome) -> None:
+    """The summary of a bag, a camera or a stream: frames, FPS, timings."""
+    summary = outcome.summary
+    t = summary.mean_timings_ms
+    typer.echo(
+        f"{summary.frames} frame(s) -> {summary.out_dir}  ({outcome.fps:.1f} FPS; mean ms: pre "
+        f"{t['pre']:.1f}, infer {t['infer']:.1f}, post {t['post']:.1f})"
     )
-    printer.finish()
+
+
+def _print_ray(outcome: InferOutcome) -> None:
+    """The summary of ``--ray``: the failed shards (stderr), then frames, shards and the index."""
+    summary = outcome.summary
     for key, error in summary.failed:
         typer.echo(f"failed: {key}: {error}", err=True)
     resumed = f", {summary.resumed} finished earlier" if summary.resumed else ""
@@ -289,8 +200,12 @@ def _infer_on_ray(
         f"{summary.frames} frame(s) in {summary.shards} shard(s){resumed}, {len(summary.failed)} failed"
         f"{skipped}{uncertain} -> {summary.index}  ({summary.seconds:.1f} s)"
     )
-    if summary.failed or summary.skipped_frames:
-        raise typer.Exit(code=1)
+
+
+_PRINTERS = {"files": _print_files, "robotics": _print_robotics, "ray": _print_ray}
+
+
+infer_command.command_class = InferCommand  # type: ignore[attr-defined]  # read by commands.register
 
 
 def ros2_command(
@@ -365,137 +280,32 @@ def bench_command(
     ),
 ) -> None:
     """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
-    from pathlib import Path
+    from runtime.tools.bench import format_table
+    from workflows.bench import BenchSettings, ReportTarget, bench_baseline, bench_models
 
-    from runtime.tools.bench import (
-        BenchError,
-        bench_artifact,
-        check_reports_target,
-        format_table,
-        parse_shape,
-        write_reports,
-    )
-
+    settings = BenchSettings(
+        tuple(backend or [None]), opt.provider_list(providers), cuda_graph, device, shape, batch, warmup,
+        iterations, threads,
+    )  # fmt: skip
     if baseline is not None:
-        _baseline(preset, baseline, shape, rounds, warmup, iterations, threads, out, bool(artifacts), backend)
-        return
-    if not artifacts and not preset:
-        _fail("give one or more artifacts (ONNX, engine, .safetensors) or --preset NAME")
-    # The benchmarked files and their sidecars are never written; refused before the timing runs.
-    read = [p for item in artifacts or [] for p in (Path(item), Path(item).with_suffix(".json"))]
-    target = dict(plot=plot, exist_ok=exist_ok, overwrite=overwrite, inputs=read)
-    if out:
-        check_reports_target(out, **target)
-    results = []
-    try:
-        size = parse_shape(shape) if shape else None
-        provider_list = opt.provider_list(providers)
-        for item in artifacts or []:
-            if not Path(item).exists():
-                raise BenchError(f"{item}: no such file or folder")
-            if Path(item).suffix in (".safetensors", ".pkl", ".pth", ".pt"):
-                results.append(_bench_torch(item, None, device, size, batch, warmup, iterations, threads))
-            else:
-                for runner in backend or [None]:
-                    results.append(
-                        bench_artifact(
-                            item,
-                            shape=size,
-                            batch=batch,
-                            warmup=warmup,
-                            iterations=iterations,
-                            threads=threads,
-                            providers=provider_list,
-                            name=item,
-                            cuda_graph=cuda_graph,
-                            backend=runner,
-                            on_note=lambda text: typer.echo(f"note: {text}", err=True),
-                        )
-                    )
-        for name in preset or []:
-            results.append(_bench_torch(None, name, device, size, batch, warmup, iterations, threads))
-    except BenchError as exc:
-        _fail(str(exc))
-    written = write_reports(results, out, **target) if out else None  # a failed write: the only output
-    typer.echo(format_table(results))
-    if written is not None:
-        paths, note = written
-        typer.echo("wrote " + ", ".join(str(p) for p in paths))
-        if note:
-            typer.echo(note)
-
-
-def _baseline(
-    presets: list[str] | None,
-    baseline: str,
-    shape: str | None,
-    rounds: int,
-    warmup: int,
-    iterations: int,
-    threads: int,
-    out: str | None,
-    has_artifacts: bool,
-    backends: list[str] | None,
-) -> None:
-    """``bench --baseline``: PEM vs the baseline through ``export.baseline_bench``
-    (``--backend torch`` / ``onnxruntime`` picks one of the two; default both)."""
-    from contract.resources import ResourceError
-    from export.baseline_bench import BACKENDS, compare_with_baseline, write_comparisons
-    from export.errors import ExportError
-    from runtime.tools.bench import BenchError, parse_shape
-
-    if not presets or has_artifacts:
-        _fail("--baseline compares presets: give --preset NAME (and no artifacts)")
-    try:
-        size = parse_shape(shape) if shape else None
-        results = [
-            compare_with_baseline(
-                name,
-                baseline,
-                shape=size,
-                rounds=rounds,
-                warmup=warmup,
-                iterations=iterations,
-                threads=threads or 1,
-                backends=tuple(backends) if backends else BACKENDS,
-                log=typer.echo,
-            )
-            for name in presets
-        ]
-        written = write_comparisons(results, out) if out else None
-    except (BenchError, ExportError, ResourceError) as exc:
-        _fail(str(exc))
-    for result in results:
-        typer.echo(result.table())
-    if written:
-        typer.echo("wrote " + ", ".join(str(p) for p in written))
-
-
-def _bench_torch(
-    checkpoint: str | None,
-    preset: str | None,
-    device: str,
-    shape: tuple[int, int] | None,
-    batch: int,
-    warmup: int,
-    iterations: int,
-    threads: int,
-) -> object:
-    """PyTorch timing through ``export.bench_torch`` (torch imported only when needed)."""
-    from export.bench_torch import bench_torch
-    from export.errors import ExportError
-
-    try:
-        return bench_torch(
-            checkpoint=checkpoint,
-            preset=preset,
-            device=device,
-            shape=shape,
-            batch=batch,
-            warmup=warmup,
-            iterations=iterations,
-            threads=threads,
-            name=checkpoint or preset,
+        if not preset or artifacts:
+            raise UsageError("--baseline compares presets: give --preset NAME (and no artifacts)")
+        comparisons, paths = bench_baseline(
+            preset, baseline, settings, rounds=rounds, backends=backend or (), out=out, log=typer.echo
         )
-    except ExportError as exc:
-        _fail(str(exc))
+        typer.echo("\n".join(result.table() for result in comparisons))
+        _print_written(paths, None)
+        return
+    reports = ReportTarget(out, plot, exist_ok, overwrite) if out else None
+    note = lambda text: typer.echo(f"note: {text}", err=True)  # noqa: E731
+    results, written = bench_models(artifacts or [], preset or [], settings, reports, on_note=note)
+    typer.echo(format_table(results))
+    _print_written(*(written or (None, None)))
+
+
+def _print_written(paths: list[Path] | None, note: str | None) -> None:
+    """The files a bench wrote (one line), then the note of the reports, if any."""
+    if paths:
+        typer.echo("wrote " + ", ".join(str(p) for p in paths))
+    if note:
+        typer.echo(note)

@@ -76,6 +76,7 @@ class ExportOptions:
     exporter: str = "dynamo"
     exist_ok: bool = False  # out_dir may hold other files (contract/output.py)
     overwrite: bool = False  # replace a NAME.onnx / NAME.json there that pem-deploy did not write
+    engine: bool = False  # also build NAME.PRECISION.engine with TensorRT (export.tensorrt_engine)
 
     def validate(self) -> None:
         """Raise :class:`ExportError` naming the first bad option."""
@@ -120,6 +121,7 @@ class ExportResult:
     lint: LintReport
     fp16: Fp16Report | None
     timings: dict[str, float]
+    engine_path: Path | None = None  # ExportOptions.engine: the TensorRT engine built from the ONNX
 
     def summary(self, lint_table: bool = False) -> str:
         """Human-readable report (paths, input/outputs, graph, FP16 plan, TensorRT lint, time)."""
@@ -288,11 +290,18 @@ def export_artifact(
 ) -> ExportResult:
     """Export ``source`` as ``<out_dir>/<name>.onnx`` + ``<name>.json``, atomically.
 
-    A failed export leaves ``out_dir`` unchanged. Raises :class:`ExportError`.
+    A failed export leaves ``out_dir`` unchanged. Raises :class:`ExportError`. With
+    ``options.engine`` it also builds ``<name>.<precision>.engine`` (+ sidecar) beside the ONNX
+    (:func:`export.tensorrt_engine.export_engine`; TensorRT missing: ``TensorRTUnavailableError``,
+    raised before the export).
     """
     options.validate()
     if options.precision == "int8" and int8_quantizer is None:
         raise ExportError(INT8_UNAVAILABLE)
+    if options.engine:
+        from export.tensorrt_engine import import_tensorrt
+
+        import_tensorrt()  # fail before the slow export when TensorRT is missing
     writer = ArtifactWriter(
         options.out_dir,
         names=(f"{options.name}.onnx", f"{options.name}.json"),
@@ -343,6 +352,11 @@ def export_artifact(
         final_sidecar = write_artifact(writer, model, sidecar, options.name)
         onnx_path, json_path = writer.commit()
     timings["total"] = time.perf_counter() - start
+    engine_path = None
+    if options.engine:
+        from export.tensorrt_engine import export_engine
+
+        engine_path = export_engine(onnx_path, options.precision)
     return ExportResult(
         onnx_path=onnx_path,
         sidecar_path=json_path,
@@ -351,4 +365,5 @@ def export_artifact(
         lint=lint,
         fp16=fp16_report,
         timings=timings,
+        engine_path=engine_path,
     )

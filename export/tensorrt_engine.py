@@ -18,6 +18,7 @@ from runtime.tools.engine_build import (
     EnginePrecision,
     ShapeProfile,
     TensorRTUnavailableError,
+    engine_file_name,
     import_tensorrt,
     tensorrt_major,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ShapeProfile",
     "TensorRTUnavailableError",
     "build_engine",
+    "export_engine",
     "import_tensorrt",
     "tensorrt_major",
 ]
@@ -42,3 +44,17 @@ def build_engine(
     """Build ``engine_path`` (+ its ``.json`` sidecar) from the exported ``onnx_path``; returns the
     engine sidecar. Same code as ``pem-deploy build`` (:func:`runtime.tools.engine_build.build_engine`)."""
     return _build(Path(onnx_path), Path(engine_path), options).spec
+
+
+def export_engine(onnx_path: str | os.PathLike[str], precision: str) -> Path:
+    """The engine step of an export: ``STEM.PRECISION.engine`` (+ sidecar) beside ``onnx_path``.
+
+    ``precision`` is the export's own (the graph's typing follows it: strongly typed for FP16 /
+    INT8 graphs, which carry their precisions; on TensorRT 10 an FP32 graph builds weakly typed).
+    Raises :class:`TensorRTUnavailableError` without TensorRT, :class:`EngineBuildError` when the
+    build fails.
+    """
+    onnx_file = Path(onnx_path)
+    engine_path = onnx_file.with_name(engine_file_name(onnx_file.stem, precision))
+    build_engine(onnx_file, engine_path, EngineOptions(precision=precision))  # type: ignore[arg-type]
+    return engine_path

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -39,6 +39,9 @@ from export.consumers.graph_edit import fix_input_size, labels_as, normalize_in_
 from export.errors import ExportError
 from export.metadata import METADATA_PREFIX, embed_metadata, validated_sidecar
 from runtime.core.artifact import Artifact, load_artifact
+
+if TYPE_CHECKING:  # the pipeline imports torch; packaging an artifact does not need it
+    from export.pipeline import ExportOptions, ExportResult
 
 CONSUMERS = ("triton", "deepstream", "isaac-ros")
 SEMANTIC_ONLY = (
@@ -137,6 +140,20 @@ def package_artifact(
         say(f"moving the bundle into {out_dir}")
     bundle.root = Path(out_dir)
     return bundle
+
+
+def package_export(result: ExportResult, export: ExportOptions, options: PackageOptions) -> Bundle:
+    """Package what an export just wrote (``pem-deploy export --for``) into
+    ``OUT/NAME-CONSUMER``, with the export's ``exist_ok`` / ``overwrite``: Triton serves the engine
+    as a tensorrt_plan when one was built; DeepStream and Isaac ROS edit the ONNX graph."""
+    engine = result.engine_path if options.consumer == "triton" else None
+    return package_artifact(
+        engine or result.onnx_path,
+        Path(export.out_dir) / f"{export.name}-{options.consumer}",
+        options,
+        exist_ok=export.exist_ok,
+        overwrite=export.overwrite,
+    )
 
 
 def _files(root: Path) -> list[str]:

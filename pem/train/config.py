@@ -138,6 +138,21 @@ class TrainConfig:
         except TypeError as exc:
             raise ConfigError(f"invalid training option: {exc}") from None
 
+    def with_overrides(
+        self, *, crop_size: tuple[int, int] | None = None, num_points: int | None = None, **fields: Any
+    ) -> TrainConfig:
+        """Copy with a user's settings (``pem-deploy train``'s flags); ``None`` keeps the recipe's value.
+
+        ``fields`` are top-level fields by name; ``crop_size`` goes into ``augment`` and
+        ``num_points`` into ``loss``. Raises :class:`ConfigError` for an unknown field.
+        """
+        changes: dict[str, Any] = {name: value for name, value in fields.items() if value is not None}
+        if crop_size is not None:
+            changes["augment"] = {"crop_size": crop_size}
+        if num_points is not None:
+            changes["loss"] = {"num_points": num_points}
+        return self.replace(**changes)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible dict."""
         return json.loads(json.dumps(dataclasses.asdict(self)))

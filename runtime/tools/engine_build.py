@@ -440,6 +440,12 @@ def _engine_layers(trt: Any, data: bytes, logger: Any, dla_core: int) -> list[st
     ]
 
 
+def engine_file_name(stem: str, precision: str) -> str:
+    """The engine built from ``STEM.onnx`` at ``precision``: ``STEM.PRECISION.engine`` (its sidecar
+    ``STEM.PRECISION.json``), so engines of several precisions can sit beside one ONNX artifact."""
+    return f"{stem}.{precision}.engine"
+
+
 def build_engine(
     artifact_path: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -489,7 +495,7 @@ def build_engine(
         check_file(options.log_path, overwrite=options.overwrite, inputs=read)
     trt = import_tensorrt()
     strongly_typed, precision = _choose_typing(trt, artifact, options)
-    engine_path = out if explicit else out / f"{artifact.model_path.stem}.{precision}.engine"
+    engine_path = out if explicit else out / engine_file_name(artifact.model_path.stem, precision)
     if options.dla_core is not None and precision == "fp32":
         raise EngineBuildError(f"--dla-core {options.dla_core}: DLA runs FP16 / INT8 only, not fp32")
     if options.dla_core is not None and tensorrt_major(trt) >= 11:

@@ -26,7 +26,13 @@ from runtime.tools.compare.engine import (
     segment_match_rate,
 )
 from runtime.tools.compare.inputs import DEFAULT_SCENES, ComparisonImage, comparison_images
-from runtime.tools.compare.policy import POLICIES, ParityPolicy, policy_for
+from runtime.tools.compare.policy import (
+    POLICIES,
+    ParityPolicy,
+    PolicyOverrides,
+    policy_for,
+    policy_from_overrides,
+)
 from runtime.tools.compare.reference import load_reference, save_reference
 
 __all__ = [
@@ -39,6 +45,7 @@ __all__ = [
     "HeadSpec",
     "OutputDiff",
     "ParityPolicy",
+    "PolicyOverrides",
     "Prediction",
     "SampleDiff",
     "artifact_meta",
@@ -48,6 +55,7 @@ __all__ = [
     "load_reference",
     "mean_iou",
     "policy_for",
+    "policy_from_overrides",
     "predict",
     "predict_artifact",
     "save_reference",

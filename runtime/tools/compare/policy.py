@@ -26,7 +26,7 @@ The thresholds were calibrated on the healthy / damaged corpus of ``tests/export
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -117,29 +117,25 @@ def _pick(value: float | None, default: float) -> float:
 
 _FLOATS = ("pred_logits", "pred_masks", "scores")
 
+
+def _table_row(
+    precision: str, relative_error: float, agreement: float, miou: float, segments: float
+) -> ParityPolicy:
+    """One precision's thresholds: the same relative error for every float output."""
+    return ParityPolicy(
+        precision,
+        MappingProxyType(dict.fromkeys(_FLOATS, relative_error)),
+        min_confident_agreement=agreement,
+        min_miou=miou,
+        min_segment_match=segments,
+    )
+
+
 POLICIES: Mapping[str, ParityPolicy] = MappingProxyType(
     {
-        "fp32": ParityPolicy(
-            "fp32",
-            MappingProxyType(dict.fromkeys(_FLOATS, 1e-3)),
-            min_confident_agreement=0.9999,
-            min_miou=0.99,
-            min_segment_match=0.99,
-        ),
-        "fp16": ParityPolicy(
-            "fp16",
-            MappingProxyType(dict.fromkeys(_FLOATS, 0.02)),
-            min_confident_agreement=0.999,
-            min_miou=0.97,
-            min_segment_match=0.9,
-        ),
-        "int8": ParityPolicy(
-            "int8",
-            MappingProxyType(dict.fromkeys(_FLOATS, 0.1)),
-            min_confident_agreement=0.97,
-            min_miou=0.85,
-            min_segment_match=0.75,
-        ),
+        "fp32": _table_row("fp32", 1e-3, agreement=0.9999, miou=0.99, segments=0.99),
+        "fp16": _table_row("fp16", 0.02, agreement=0.999, miou=0.97, segments=0.9),
+        "int8": _table_row("int8", 0.1, agreement=0.97, miou=0.85, segments=0.75),
     }
 )
 
@@ -147,3 +143,46 @@ POLICIES: Mapping[str, ParityPolicy] = MappingProxyType(
 def policy_for(precision: str) -> ParityPolicy:
     """The policy of a precision (``fp32`` / ``fp16`` / ``int8``); unknown ones get FP16's."""
     return POLICIES.get(str(precision).lower(), POLICIES["fp16"])
+
+
+@dataclass(frozen=True)
+class PolicyOverrides:
+    """A user's changes to the parity policy (``check`` / ``verify``'s ``--policy``, ``--max-rel-error``,
+    ``--min-agreement``, ``--min-miou``, ``--min-segment-match``); ``None`` keeps the policy's value."""
+
+    precision: str | None = None  # whose policy to start from (default: the candidate's precision)
+    max_relative_error: float | None = None
+    min_confident_agreement: float | None = None
+    min_miou: float | None = None
+    min_segment_match: float | None = None
+
+    @property
+    def given(self) -> bool:
+        """Whether anything is overridden (else the comparison picks the candidate's own policy)."""
+        thresholds = (
+            self.max_relative_error,
+            self.min_confident_agreement,
+            self.min_miou,
+            self.min_segment_match,
+        )
+        return self.precision is not None or any(v is not None for v in thresholds)
+
+
+def policy_from_overrides(
+    overrides: PolicyOverrides, candidate_precision: Callable[[], str]
+) -> ParityPolicy | None:
+    """The policy ``overrides`` ask for, or ``None`` when they change nothing (the comparison then
+    uses the candidate's own). ``candidate_precision`` is asked only when no ``--policy`` is given.
+
+    Raises :class:`UsageError` for an unknown policy or a threshold out of range.
+    """
+    if not overrides.given:
+        return None
+    if overrides.precision is not None and overrides.precision not in POLICIES:
+        raise UsageError(f"--policy {overrides.precision}: choose {', '.join(POLICIES)}")
+    return policy_for(overrides.precision or candidate_precision()).with_overrides(
+        max_relative_error=overrides.max_relative_error,
+        min_confident_agreement=overrides.min_confident_agreement,
+        min_miou=overrides.min_miou,
+        min_segment_match=overrides.min_segment_match,
+    )
