@@ -3,6 +3,7 @@
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,18 +30,14 @@ def _artifact(folder: Path, h: int = 32, w: int = 64) -> Path:
     return write_artifact(folder, semantic_model(h, w), shape=(1, 3, h, w))
 
 
+def _summary(times_ms: list, **fields: Any) -> Any:
+    """``summarize`` of ``times_ms`` for a small CPU FP32 run, with ``fields`` changed."""
+    defaults = dict(name="x", backend="onnxruntime", precision="fp32", device="cpu", shape=(8, 16), batch=2)
+    return summarize(times_ms, **{**defaults, "warmup": 0, **fields})
+
+
 def test_summarize_percentiles() -> None:
-    r = summarize(
-        list(range(1, 101)),
-        name="x",
-        backend="onnxruntime",
-        precision="fp32",
-        device="cpu",
-        shape=(8, 16),
-        batch=2,
-        warmup=0,
-        stages_ms={"pre": [1.0, 3.0], "infer": [4.0], "post": []},
-    )
+    r = _summary(list(range(1, 101)), stages_ms={"pre": [1.0, 3.0], "infer": [4.0], "post": []})
     assert r.mean_ms == pytest.approx(50.5)
     assert r.p50_ms == pytest.approx(50.5)
     assert r.p90_ms == pytest.approx(np.percentile(np.arange(1, 101), 90))
@@ -148,15 +145,13 @@ def test_default_split_leaves_copies_inside_compute_and_the_table_says_so() -> N
     outputs, split = backend.infer_timed({"x": np.ones(3)})
     assert outputs["y"].tolist() == [2.0, 2.0, 2.0]
     assert set(split) == {"compute"} and split["compute"] >= 0 and backend.copy_timing == "inside compute"
-    r = summarize(
+    r = _summary(
         [5.0],
         name="dev",
         backend="fake-device",
-        precision="fp32",
         device="gpu",
         shape=(8, 8),
         batch=1,
-        warmup=0,
         stages_ms={"pre": [1.0], "compute": [3.0], "post": [1.0]},
         copies=backend.copy_timing,
     )

@@ -92,6 +92,12 @@ class Probe:
         self.executor.add_node(self.node)
         self.got: dict[str, list] = {}
 
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def subscribe(self, topic: str, msg_type: type, qos=None) -> list:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -214,8 +220,7 @@ def semantic_node(tmp_path_factory):
 
 def test_no_inference_without_subscribers(semantic_node):
 
-    probe = Probe()
-    try:
+    with Probe() as probe:
         diagnostics = probe.subscribe_diagnostics()
         pub = probe.camera_publisher()
         frame = _image_msg(_scene(0), 1)
@@ -225,8 +230,6 @@ def test_no_inference_without_subscribers(semantic_node):
             lambda: pub.publish(frame),
         ), f"node did not report skipped frames: {semantic_node[0].err.read_text()[-2000:]}"
         assert _diagnostic(diagnostics)["frames_segmented"] == "0"
-    finally:
-        probe.close()
 
 
 def test_raw_input_all_outputs_headers_and_camera_info(semantic_node):
@@ -234,8 +237,7 @@ def test_raw_input_all_outputs_headers_and_camera_info(semantic_node):
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
     _, artifact = semantic_node
-    probe = Probe()
-    try:
+    with Probe() as probe:
         base = "/pem_cam/image_raw/pem"
         labels = probe.subscribe(f"{base}/labels", Image)
         colored = probe.subscribe(f"{base}/colored_mask", Image)
@@ -276,15 +278,12 @@ def test_raw_input_all_outputs_headers_and_camera_info(semantic_node):
             "cam_optical",
         )
         assert list(info.k) == _camera_info().k.tolist() and (info.width, info.height) == (64, 48)
-    finally:
-        probe.close()
 
 
 def test_qos_defaults_are_sensor_data_in_and_reliable_out(semantic_node):
     from rclpy.qos import ReliabilityPolicy
 
-    probe = Probe()
-    try:
+    with Probe() as probe:
         subs, pubs = [], []
         probe.spin_until(
             lambda: (
@@ -299,16 +298,13 @@ def test_qos_defaults_are_sensor_data_in_and_reliable_out(semantic_node):
         assert subs and pubs
         assert subs[0].qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT  # depth is not discoverable
         assert pubs[0].qos_profile.reliability == ReliabilityPolicy.RELIABLE
-    finally:
-        probe.close()
 
 
 def test_parameters_typed_described_applied_or_refused(semantic_node):
     from rcl_interfaces.msg import ParameterType
     from sensor_msgs.msg import Image
 
-    probe = Probe()
-    try:
+    with Probe() as probe:
         alpha, resize, topic = probe.describe("alpha", "resize", "input")
         assert (
             alpha.type == ParameterType.PARAMETER_DOUBLE
@@ -338,8 +334,6 @@ def test_parameters_typed_described_applied_or_refused(semantic_node):
         assert probe.spin_until(lambda: colored, 60, lambda: pub.publish(frame))
         rgb = np.frombuffer(bytes(colored[-1].data), np.uint8).reshape(48, 64, 3)
         assert tuple(rgb[24, 60]) == (255, 0, 0) and tuple(rgb[24, 5]) == (0, 0, 142)  # road, car
-    finally:
-        probe.close()
 
 
 def test_poisoned_frame_is_counted_and_the_node_keeps_publishing(semantic_node):
@@ -347,8 +341,7 @@ def test_poisoned_frame_is_counted_and_the_node_keeps_publishing(semantic_node):
     from diagnostic_msgs.msg import DiagnosticStatus
     from sensor_msgs.msg import Image
 
-    probe = Probe()
-    try:
+    with Probe() as probe:
         labels = probe.subscribe_labels()
         diagnostics = probe.subscribe_diagnostics()
         pub = probe.camera_publisher()
@@ -366,15 +359,12 @@ def test_poisoned_frame_is_counted_and_the_node_keeps_publishing(semantic_node):
         assert "yuv422" in report["last_error"] or "width" in report["last_error"], report
         warned = [s for a in diagnostics for s in a.status if s.level == DiagnosticStatus.WARN]
         assert warned and "failed" in warned[-1].message
-    finally:
-        probe.close()
 
 
 def test_old_frames_are_dropped_under_load_and_the_newest_is_segmented(semantic_node):
     from sensor_msgs.msg import CompressedImage
 
-    probe = Probe()
-    try:
+    with Probe() as probe:
         labels = probe.subscribe_labels()
         probe.subscribe("/pem_cam/image_raw/pem/overlay/compressed", CompressedImage)  # slow JPEG work
         diagnostics = probe.subscribe_diagnostics()
@@ -398,8 +388,6 @@ def test_old_frames_are_dropped_under_load_and_the_newest_is_segmented(semantic_
         assert float(report["latency_ms_p50"]) > 0 and int(report["frames_received"]) >= int(
             report["frames_segmented"]
         )
-    finally:
-        probe.close()
 
 
 def test_sigterm_exits_cleanly(semantic_node):
@@ -417,8 +405,7 @@ def test_compressed_input_panoptic_outputs_and_sigint(tmp_path):
     from std_msgs.msg import String
 
     node = NodeProcess(tmp_path, constant_panoptic_artifact(tmp_path), "/pan/image_raw/compressed")
-    probe = Probe()
-    try:
+    with Probe() as probe:
         prefix = "/pan/image_raw/pem"
         labels = probe.subscribe(f"{prefix}/labels", Image)
         panoptic = probe.subscribe(f"{prefix}/panoptic", Image)
@@ -440,8 +427,6 @@ def test_compressed_input_panoptic_outputs_and_sigint(tmp_path):
             "road",
             "car",
         ]
-    finally:
-        probe.close()
         code, out, err = node.stop(signal.SIGINT)
     assert code == 0, err
     assert "Traceback" not in err + out
@@ -492,8 +477,7 @@ def test_lifecycle_node_segments_only_while_active(tmp_path):
     node = NodeProcess(
         tmp_path, artifact, "/life/image_raw", "-p", "input_qos_reliability:=reliable", lifecycle=True
     )
-    probe = Probe()
-    try:
+    with Probe() as probe:
         labels = probe.subscribe("/life/image_raw/pem/labels", Image)
         reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)  # as the node asks for
         pub = probe.node.create_publisher(Image, "/life/image_raw", reliable)
@@ -511,7 +495,5 @@ def test_lifecycle_node_segments_only_while_active(tmp_path):
         assert probe.spin_until(lambda: labels, 60, lambda: pub.publish(frame)), node.err.read_text()[-2000:]
         assert _lifecycle(probe, "deactivate") == "inactive"
         assert _lifecycle(probe, "cleanup") == "unconfigured"
-    finally:
-        probe.close()
         code, out, err = node.stop(signal.SIGINT)
     assert code == 0 and "Traceback" not in err + out, err
