@@ -61,6 +61,7 @@ SMOKE = Sizes((64, 64), (1, 2), (1, 4, 8, 8), 0, 1, torch.float32)
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object], int, int], float]:
     """Median ms of a callable: CUDA events on a GPU, perf_counter on the CPU."""
+    from export.baseline_bench import wall_times_ms
 
     def cuda_time(fn: Callable[[], object], warmup: int, runs: int) -> float:
         for _ in range(warmup):
@@ -77,14 +78,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object], int, int], f
         return statistics.median(times)
 
     def cpu_time(fn: Callable[[], object], warmup: int, runs: int) -> float:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+        return statistics.median(wall_times_ms(fn, warmup, runs))
 
     return cuda_time if device.type == "cuda" else cpu_time
 

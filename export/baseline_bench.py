@@ -194,7 +194,8 @@ def _models(preset: str, baseline: str, shape: tuple[int, int], seed: int) -> di
     return models
 
 
-def _time(fn: Callable[[], object], warmup: int, iterations: int) -> list[float]:
+def wall_times_ms(fn: Callable[[], object], warmup: int, iterations: int) -> list[float]:
+    """Wall-clock milliseconds of ``iterations`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -296,7 +297,7 @@ def compare_with_baseline(
                         reset_peak_rss()
                         if backend == "torch":
                             with torch.inference_mode():
-                                times = _time(lambda m=model: m(images), warmup, iterations)
+                                times = wall_times_ms(lambda m=model: m(images), warmup, iterations)
                         else:
                             times = _time_ort(onnx_paths[name], images.numpy(), warmup, iterations, threads)
                         result.timings.append(ModelTiming(name, backend, round_, times, peak_rss_mb()))
@@ -338,7 +339,7 @@ def _time_ort(path: Path, images: np.ndarray, warmup: int, iterations: int, thre
 
     session = create_session(path, threads=threads, error=ExportError)
     # The session (and its memory arena) is dropped on return, before the next model's is made.
-    return _time(lambda: session.run(None, {"images": images}), warmup, iterations)
+    return wall_times_ms(lambda: session.run(None, {"images": images}), warmup, iterations)
 
 
 def write_comparisons(results: list[BaselineComparison], folder: str | os.PathLike[str]) -> list[Path]:

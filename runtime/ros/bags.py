@@ -25,7 +25,7 @@ import numpy as np
 from contract.errors import one_line
 from contract.output import FileOutput
 from runtime.batch_infer import InferSummary
-from runtime.errors import InputError, RuntimeToolError
+from runtime.errors import InputError, RuntimeToolError, import_optional
 from runtime.ros.messages import (
     COMPRESSED_TYPE,
     IMAGE_TYPE,
@@ -57,15 +57,12 @@ class RosbagsMissingError(RuntimeToolError):
 
 
 def _rosbags() -> Any:
-    try:
-        import rosbags.rosbag2 as rosbag2
-        from rosbags.typesys import Stores, get_typestore
-    except ImportError:
-        raise RosbagsMissingError(
-            "ROS 2 bags need the 'rosbags' package: pip install 'pem-deploy[ros]' (or pip install rosbags)"
-        ) from None
-    store = Stores.ROS2_JAZZY if hasattr(Stores, "ROS2_JAZZY") else Stores.LATEST
-    return rosbag2, get_typestore(store)
+    message = "ROS 2 bags need the 'rosbags' package: pip install 'pem-deploy[ros]' (or pip install rosbags)"
+    rosbag2 = import_optional("rosbags.rosbag2", RosbagsMissingError, message)
+    typesys = import_optional("rosbags.typesys", RosbagsMissingError, message)
+    stores = typesys.Stores
+    store = stores.ROS2_JAZZY if hasattr(stores, "ROS2_JAZZY") else stores.LATEST
+    return rosbag2, typesys.get_typestore(store)
 
 
 def is_bag(path: str | os.PathLike[str]) -> bool:

@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from contract.errors import one_line
-from runtime.errors import RuntimeToolError
+from runtime.errors import RuntimeToolError, import_optional
 from runtime.postprocess import colorize_labels
 from runtime.preprocess import Preprocessor
 from runtime.ros.bags import camera_info_topic
@@ -93,15 +93,13 @@ class NodeParameterError(RuntimeToolError):
 
 def import_rclpy() -> Any:
     """``rclpy`` or a one-line :class:`RclpyMissingError` saying how to get it."""
-    try:
-        import rclpy
-    except ImportError:
-        raise RclpyMissingError(
-            "rclpy is not importable: install ROS 2 (Humble or Jazzy) and source it first, e.g. "
-            "'source /opt/ros/humble/setup.bash', or on Python 3.12 pip install the Jazzy wheels "
-            "('ros-jazzy-rclpy[fastrtps]' ros-jazzy-sensor-msgs ros-jazzy-std-msgs ros-jazzy-diagnostic-msgs)"
-        ) from None
-    return rclpy
+    return import_optional(
+        "rclpy",
+        RclpyMissingError,
+        "rclpy is not importable: install ROS 2 (Humble or Jazzy) and source it first, e.g. "
+        "'source /opt/ros/humble/setup.bash', or on Python 3.12 pip install the Jazzy wheels "
+        "('ros-jazzy-rclpy[fastrtps]' ros-jazzy-sensor-msgs ros-jazzy-std-msgs ros-jazzy-diagnostic-msgs)",
+    )
 
 
 class LatestFrame:

@@ -136,6 +136,19 @@ class StrictApi:
         self.mismatches.append(text)
         return exc_type(text)
 
+    def member(
+        self, surface: dict[str, Any], stand_in: Any, name: str, missing: str, incomplete: str
+    ) -> tuple[dict[str, Any], Any]:
+        """``name``'s entry in the real ``surface`` and the stand-in's value of it; a name the real
+        release lacks raises :class:`MissingInRealApi` (``missing``), one only the stand-in lacks
+        :class:`StandInIncomplete` (``incomplete``)."""
+        entry = surface.get(name)
+        if entry is None:
+            raise self.fail(MissingInRealApi, missing)
+        if not hasattr(stand_in, name):
+            raise self.fail(StandInIncomplete, incomplete)
+        return entry, getattr(stand_in, name)
+
     def module(self, fake: Any) -> StrictModule:
         return StrictModule(self, fake)
 
@@ -215,12 +228,13 @@ class StrictModule(types.ModuleType):
         fake = object.__getattribute__(self, "_fake")
         if name.startswith("__"):
             return getattr(fake, name)
-        entry = api.surface["module"].get(name)
-        if entry is None:
-            raise api.fail(MissingInRealApi, f"module has no attribute {name!r}")
-        if not hasattr(fake, name):
-            raise api.fail(StandInIncomplete, f"the stand-in lacks {name!r}, which the real module has")
-        value = getattr(fake, name)
+        entry, value = api.member(
+            api.surface["module"],
+            fake,
+            name,
+            f"module has no attribute {name!r}",
+            f"the stand-in lacks {name!r}, which the real module has",
+        )
         kind = entry.get("kind")
         if kind == "class":
             return StrictClass(api, value, name)
@@ -309,12 +323,13 @@ class StrictObject:
         api: StrictApi = object.__getattribute__(self, "_api")
         target = object.__getattribute__(self, "_target")
         cls = object.__getattribute__(self, "_cls")
-        member = api.classes[cls]["members"].get(name)
-        if member is None:
-            raise api.fail(MissingInRealApi, f"{cls} has no attribute {name!r}")
-        if not hasattr(target, name):
-            raise api.fail(StandInIncomplete, f"the stand-in's {cls} lacks {name!r}, which the real one has")
-        value = getattr(target, name)
+        member, value = api.member(
+            api.classes[cls]["members"],
+            target,
+            name,
+            f"{cls} has no attribute {name!r}",
+            f"the stand-in's {cls} lacks {name!r}, which the real one has",
+        )
         kind = member.get("kind")
         if kind in ("method", "static"):
             return StrictCallable(api, value, member.get("signatures", []), f"{cls}.{name}")
