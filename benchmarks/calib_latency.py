@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ort_session
+from common import ort_session, report_json
 
 
 def _profile(model_bytes: bytes, x: np.ndarray, runs: int = 5) -> dict[str, float]:
@@ -179,9 +179,7 @@ def main() -> None:
         print(f"  calibration {calib_s:.1f} s on {ranges.images} images")
         floor = entry["float_floor"]
         print(f"  float by design: {floor['share']:.2f} of FP32 time (INT8/FP32 floor)")
-    print(json.dumps(results, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    report_json(results, args.out)
 
 
 def _float_floor(model, x: np.ndarray, movable: set[str] = frozenset(), runs: int = 10) -> dict[str, object]:

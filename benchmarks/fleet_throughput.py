@@ -123,7 +123,7 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.lower().split("x"))
 
     import ray
-    from common import cpu_description
+    from common import cpu_description, report_json
 
     from runtime.fleet import MANIFEST, segment
 
@@ -195,9 +195,7 @@ def main() -> None:
             ),
             "fixed_ray_run_s": round(median["ray w1 b1"] - statistics.median(shard_seconds["ray w1 b1"]), 2),
         }
-        print(json.dumps(result, indent=2))
-        if args.out:
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        report_json(result, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -256,8 +256,7 @@ def _ort_rows(
     import numpy as np
     import onnx
 
-    from export.heads import ExportedModel
-    from export.onnx_export import export_to_onnx
+    from export.baseline_bench import raw_onnx
 
     h, w = sizes.image
     timer = _timer(torch.device("cpu"))  # session.run blocks until the outputs are ready
@@ -265,13 +264,7 @@ def _ort_rows(
     for name, model in models.items():
         cpu_model = model.to("cpu", torch.float32)
         x = torch.randn(1, 3, h, w)
-        proto = export_to_onnx(
-            ExportedModel(cpu_model, "raw", "none"),
-            (x,),
-            input_names=["images"],
-            output_names=["pred_logits", "pred_masks"],
-            exporter="torchscript",
-        )
+        proto = raw_onnx(cpu_model, x)
         path = out_dir / f"headline_{name}.onnx"
         onnx.save(proto, str(path))
         session = ort.InferenceSession(str(path), providers=[provider])

@@ -242,6 +242,8 @@ def _measure(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
 
 
 def main() -> None:
+    from common import report_json
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -254,10 +256,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     args = parser.parse_args()
     result = measure(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report_json(result, args.out)
 
 
 if __name__ == "__main__":

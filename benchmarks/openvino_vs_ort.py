@@ -39,7 +39,7 @@ def main() -> None:
     import onnxruntime
     import openvino
     import torch
-    from common import cpu_description
+    from common import cpu_description, report_json
 
     from export.pipeline import ExportOptions, export_graph
     from export.source import load_source
@@ -107,9 +107,7 @@ def main() -> None:
             }
             results["threads"][str(threads)] = entry  # type: ignore[index]
             print(f"{threads} thread(s): {json.dumps(entry)}", flush=True)
-    print(json.dumps(results, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    report_json(results, args.out)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from pem.config import PEMConfig, TransformerDecoderConfig
 from pem.position_encoding import PositionEmbeddingSine
-from pem.transformer_decoder import QueryDecoder
+from pem.transformer_decoder import FFNLayer, QueryDecoder, SelfAttentionLayer, xavier_init
 
 #: The Cityscapes R50 configuration of the official code (``maskformer2_R50_bs16_90k.yaml``).
 MASK2FORMER_R50 = {
@@ -255,7 +255,7 @@ class PostNormCrossAttention(nn.Module):
         self.num_heads = num_heads
         self.multihead_attn = nn.MultiheadAttention(dim, num_heads, dropout=0.0, batch_first=True)
         self.norm = nn.LayerNorm(dim)
-        _xavier(self)
+        xavier_init(self)
 
     def forward(
         self, tgt: Tensor, memory: Tensor, attn_mask: Tensor, pos: Tensor, query_pos: Tensor
@@ -267,38 +267,21 @@ class PostNormCrossAttention(nn.Module):
         return self.norm(tgt + out[0])
 
 
-class PostNormSelfAttention(nn.Module):
-    """Query self-attention, post-norm: ``norm(tgt + MHA(tgt + qpos, tgt + qpos, tgt))``."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=0.0, batch_first=True)
-        self.norm = nn.LayerNorm(dim)
-        _xavier(self)
+class PostNormSelfAttention(SelfAttentionLayer):
+    """Query self-attention, post-norm: ``norm(tgt + MHA(tgt + qpos, tgt + qpos, tgt))`` (the
+    pre-norm layer's parameters, applied in the other order)."""
 
     def forward(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
         qk = tgt + query_pos
         return self.norm(tgt + self.self_attn(qk, qk, tgt, need_weights=False)[0])
 
 
-class PostNormFFN(nn.Module):
-    """Feed-forward, post-norm: ``norm(tgt + linear2(relu(linear1(tgt))))``."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.linear1 = nn.Linear(dim, hidden)
-        self.linear2 = nn.Linear(hidden, dim)
-        self.norm = nn.LayerNorm(dim)
-        _xavier(self)
+class PostNormFFN(FFNLayer):
+    """Feed-forward, post-norm: ``norm(tgt + linear2(relu(linear1(tgt))))`` (the pre-norm layer's
+    parameters, applied in the other order)."""
 
     def forward(self, tgt: Tensor) -> Tensor:
         return self.norm(tgt + self.linear2(F.relu(self.linear1(tgt))))
-
-
-def _xavier(module: nn.Module) -> None:
-    for p in module.parameters():
-        if p.dim() > 1:
-            nn.init.xavier_uniform_(p)
 
 
 def masked_attention_mask(mask_logits: Tensor, size: tuple[int, int], num_heads: int) -> Tensor:

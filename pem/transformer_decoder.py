@@ -16,6 +16,13 @@ from pem.pem_ca import PEMCrossAttention
 from pem.position_encoding import PositionEmbeddingSine
 
 
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-uniform initialisation of ``module``'s matrices (biases and norms keep theirs)."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
 class SelfAttentionLayer(nn.Module):
     """Pre-norm self-attention with residual: (B, Q, C) -> (B, Q, C)."""
 
@@ -23,9 +30,7 @@ class SelfAttentionLayer(nn.Module):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=0.0, batch_first=True)
         self.norm = nn.LayerNorm(dim)
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init(self)
 
     def forward(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
         x = self.norm(tgt)
@@ -41,9 +46,7 @@ class FFNLayer(nn.Module):
         self.linear1 = nn.Linear(dim, hidden)
         self.linear2 = nn.Linear(hidden, dim)
         self.norm = nn.LayerNorm(dim)
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init(self)
 
     def forward(self, tgt: Tensor) -> Tensor:
         return tgt + self.linear2(F.relu(self.linear1(self.norm(tgt))))
