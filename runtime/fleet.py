@@ -723,13 +723,7 @@ def segment(
         _write_manifest(out, manifest)
         state = FleetProgress(total=_sum_totals(todo), shards_total=len(todo))
         if todo:
-            options = {
-                "providers": providers,
-                "threads": threads or max(1, int(cpus_per_worker)),
-                "resize": resize,
-            }
-            if backend:
-                options["backend"] = backend
+            options = _segmenter_options(providers, threads or max(1, int(cpus_per_worker)), resize, backend)
             job = _RayJob(
                 artifact_path, out, options, overlays, alpha, batch, workers, gpus_per_worker, cpus_per_worker
             )
@@ -757,6 +751,16 @@ def segment(
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()
+
+
+def _segmenter_options(
+    providers: list[str] | None, threads: int, resize: str, backend: str | None
+) -> dict[str, Any]:
+    """The keywords each worker opens its :class:`Segmenter` with."""
+    options: dict[str, Any] = {"providers": providers, "threads": threads, "resize": resize}
+    if backend:
+        options["backend"] = backend
+    return options
 
 
 def _check_counts(
