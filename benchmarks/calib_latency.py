@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ort_session
+from common import ort_session, report_json
 
 
 def _profile(model_bytes: bytes, x: np.ndarray, runs: int = 5) -> dict[str, float]:
@@ -70,15 +70,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     args = parser.parse_args()
 
-    import onnx
     import torch
 
     torch.set_num_threads(1)
-    from calib.calibrate import CalibrationConfig, calibrate_ranges, input_format
     from calib.graph import find_targets
-    from calib.ort_layout import prepare_for_layout
-    from calib.quantize import quantize_model
-    from export.pipeline import ExportOptions, export_graph
     from export.source import load_source
     from pem.zoo import ensure_default_checkpoint
 
@@ -102,40 +97,11 @@ def main() -> None:
             source = load_source(preset=args.preset, height=h, width=w)
         else:
             source = load_source(checkpoint=checkpoint, height=h, width=w)
-        fp32, _, _ = export_graph(source, ExportOptions(head="raw"))
-        fp32 = onnx.shape_inference.infer_shapes(fp32)
-        fmt = input_format(fp32)
-        config = CalibrationConfig(method=args.method, num_images=args.calib_images, reuse=False)
-        start = time.perf_counter()
-        ranges = calibrate_ranges(fp32, config, fmt)
-        calib_s = time.perf_counter() - start
-        subpixel = prepare_for_layout(fp32, "onnxruntime")
+        fp32, fmt, ranges, calib_s, models = _quantized_graphs(source, args)
         groups = tuple(args.decoder)
-        ort_ranges = calibrate_ranges(subpixel, config, fmt, find_targets(subpixel, decoder=groups))
-        models = {
-            "fp32": fp32,
-            "fp32-subpixel": subpixel,
-            "int8-tensorrt": quantize_model(fp32, ranges.scales(), layout="tensorrt"),
-            "int8-onnxruntime": quantize_model(subpixel, ort_ranges.scales(), layout="onnxruntime"),
-        }
-        variants = [(g,) for g in groups] + ([groups] if len(groups) > 1 else [])
-        for variant in variants:
-            targets = find_targets(subpixel, decoder=variant)
-            models["int8-onnxruntime+" + "+".join(variant)] = quantize_model(
-                subpixel, ort_ranges.scales(), targets=targets, layout="onnxruntime"
-            )
         graphs = {name: m.SerializeToString() for name, m in models.items()}
         x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
-        sessions = {name: ort_session(data) for name, data in graphs.items()}
-        times: dict[str, list[float]] = {name: [] for name in graphs}
-        for session in sessions.values():
-            for _ in range(3):
-                session.run(None, {"images": x})
-        for _ in range(args.runs):  # interleaved, so that load changes hit every graph alike
-            for name, session in sessions.items():
-                t0 = time.perf_counter()
-                session.run(None, {"images": x})
-                times[name].append(time.perf_counter() - t0)
+        times = _interleaved_times(graphs, x, args.runs)
         medians = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
         entry: dict[str, object] = {
             "median_ms": {k: round(v, 2) for k, v in medians.items()},
@@ -148,27 +114,7 @@ def main() -> None:
         }
         movable = {t.node for t in find_targets(fp32, decoder=groups) if t.part == "transformer_decoder"}
         entry["float_floor"] = _float_floor(fp32, x, movable)
-        int8_names = [n for n in models if n.startswith("int8")]
-        if args.stability:
-            from calib.accuracy import prototype_stability
-            from calib.data import CalibrationImages
-
-            held_out = list(CalibrationImages("synthetic", fmt, args.stability, 1, "val"))
-            # fp32-subpixel: an exact rewrite (float rounding only), the control for near-ties
-            entry["prototype_stability"] = {
-                n: prototype_stability(fp32, models[n], held_out) for n in ["fp32-subpixel", *int8_names]
-            }
-            print("  prototype stability: " + json.dumps(entry["prototype_stability"]))
-        if args.accuracy and checkpoint is not None:
-            from calib.accuracy import evaluate_onnx, open_eval_dataset
-
-            dataset = open_eval_dataset("synthetic", "val", source.config)
-            miou = {}
-            for n in ["fp32", *int8_names]:
-                result = evaluate_onnx(models[n], source.config, fmt, dataset, limit=args.accuracy)
-                miou[n] = round(100.0 * result.semantic.miou, 2)
-            entry["miou"] = miou
-            print("  mIoU: " + json.dumps(miou))
+        _accuracy(entry, args, models, fmt, source.config if checkpoint is not None else None)
         if args.profile:
             entry["profile_ms"] = {name: _profile(data, x) for name, data in graphs.items()}
         results["sizes"][size] = entry  # type: ignore[index]
@@ -179,9 +125,86 @@ def main() -> None:
         print(f"  calibration {calib_s:.1f} s on {ranges.images} images")
         floor = entry["float_floor"]
         print(f"  float by design: {floor['share']:.2f} of FP32 time (INT8/FP32 floor)")
-    print(json.dumps(results, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    report_json(results, args.out)
+
+
+def _quantized_graphs(source, args) -> tuple:
+    """The FP32 graph, its input format, the calibration ranges and seconds, and the graphs timed:
+    FP32, its sub-pixel rewrite, INT8 in both layouts and INT8 with each decoder group."""
+    import onnx
+
+    from calib.calibrate import CalibrationConfig, calibrate_ranges, input_format
+    from calib.graph import find_targets
+    from calib.ort_layout import prepare_for_layout
+    from calib.quantize import quantize_model
+    from export.pipeline import ExportOptions, export_graph
+
+    fp32, _, _ = export_graph(source, ExportOptions(head="raw"))
+    fp32 = onnx.shape_inference.infer_shapes(fp32)
+    fmt = input_format(fp32)
+    config = CalibrationConfig(method=args.method, num_images=args.calib_images, reuse=False)
+    start = time.perf_counter()
+    ranges = calibrate_ranges(fp32, config, fmt)
+    calib_s = time.perf_counter() - start
+    subpixel = prepare_for_layout(fp32, "onnxruntime")
+    groups = tuple(args.decoder)
+    ort_ranges = calibrate_ranges(subpixel, config, fmt, find_targets(subpixel, decoder=groups))
+    models = {
+        "fp32": fp32,
+        "fp32-subpixel": subpixel,
+        "int8-tensorrt": quantize_model(fp32, ranges.scales(), layout="tensorrt"),
+        "int8-onnxruntime": quantize_model(subpixel, ort_ranges.scales(), layout="onnxruntime"),
+    }
+    variants = [(g,) for g in groups] + ([groups] if len(groups) > 1 else [])
+    for variant in variants:
+        targets = find_targets(subpixel, decoder=variant)
+        models["int8-onnxruntime+" + "+".join(variant)] = quantize_model(
+            subpixel, ort_ranges.scales(), targets=targets, layout="onnxruntime"
+        )
+    return fp32, fmt, ranges, calib_s, models
+
+
+def _interleaved_times(graphs: dict[str, bytes], x: np.ndarray, runs: int) -> dict[str, list[float]]:
+    """Seconds of each run of each graph after 3 warm-up runs; interleaved, so that load changes
+    hit every graph alike."""
+    sessions = {name: ort_session(data) for name, data in graphs.items()}
+    times: dict[str, list[float]] = {name: [] for name in graphs}
+    for session in sessions.values():
+        for _ in range(3):
+            session.run(None, {"images": x})
+    for _ in range(runs):
+        for name, session in sessions.items():
+            t0 = time.perf_counter()
+            session.run(None, {"images": x})
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def _accuracy(entry: dict[str, object], args, models: dict, fmt, trained_config) -> None:
+    """``--stability``: prototype stability of the INT8 graphs; ``--accuracy`` (trained model,
+    ``trained_config``): their mIoU."""
+    int8_names = [n for n in models if n.startswith("int8")]
+    fp32 = models["fp32"]
+    if args.stability:
+        from calib.accuracy import prototype_stability
+        from calib.data import CalibrationImages
+
+        held_out = list(CalibrationImages("synthetic", fmt, args.stability, 1, "val"))
+        # fp32-subpixel: an exact rewrite (float rounding only), the control for near-ties
+        entry["prototype_stability"] = {
+            n: prototype_stability(fp32, models[n], held_out) for n in ["fp32-subpixel", *int8_names]
+        }
+        print("  prototype stability: " + json.dumps(entry["prototype_stability"]))
+    if args.accuracy and trained_config is not None:
+        from calib.accuracy import evaluate_onnx, open_eval_dataset
+
+        dataset = open_eval_dataset("synthetic", "val", trained_config)
+        miou = {}
+        for n in ["fp32", *int8_names]:
+            result = evaluate_onnx(models[n], trained_config, fmt, dataset, limit=args.accuracy)
+            miou[n] = round(100.0 * result.semantic.miou, 2)
+        entry["miou"] = miou
+        print("  mIoU: " + json.dumps(miou))
 
 
 def _float_floor(model, x: np.ndarray, movable: set[str] = frozenset(), runs: int = 10) -> dict[str, object]:

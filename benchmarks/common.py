@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -48,3 +49,11 @@ def cpu_description() -> dict[str, object]:
     except (OSError, StopIteration):
         model = platform.processor() or platform.machine()
     return {"cpu": model, "cores": os.cpu_count()}
+
+
+def report_json(result: object, out: Path | None) -> None:
+    """Print ``result`` as indented JSON, and write it to ``out`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.write_text(text + "\n")

@@ -150,24 +150,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
                 ort_fns[("decoder", name)] = _ort_callable(_DecoderOutputs(dec), dec_args, tmp, f"dec_{name}")
         rounds = []
         for _ in range(args.repeat):
-            result: dict[str, object] = {"eager": {}, "onnxruntime": {}}
-            for backend in ("eager", "onnxruntime") if args.ort else ("eager",):
-                table: dict[str, object] = {}
-                for stride, layer_args in inputs.items():
-                    if backend == "eager":
-                        fns = {k: partial(m, *layer_args) for k, m in layers.items()}
-                    else:
-                        fns = {k: ort_fns[("layer", stride, k)] for k in LAYERS}
-                    med = interleaved(fns, args.runs, args.warmup)
-                    table[f"layer 1/{stride}"] = _ratios(med, "pem_ca", ("mha", "sdpa"))
-                if backend == "eager":
-                    fns = {k: partial(_DecoderOutputs(d), *dec_args) for k, d in decoders.items()}
-                else:
-                    fns = {k: ort_fns[("decoder", k)] for k in DECODERS}
-                med = interleaved(fns, args.decoder_runs, max(1, args.warmup - 1))
-                table["decoder"] = _ratios(med, "pem", ("mha", "sdpa"))
-                result[backend] = table
-            rounds.append(result)
+            rounds.append(_one_round(args, (inputs, layers), (dec_args, decoders), ort_fns))
             _print_round(rounds[-1], len(rounds))
     # Same prototype choices in eager and onnxruntime are checked by the tests; here: outputs agree.
     agreement = {}
@@ -190,6 +173,35 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         },
         "rounds": rounds,
     }
+
+
+def _one_round(
+    args: argparse.Namespace,
+    layer_case: tuple[dict[int, tuple], dict[str, torch.nn.Module]],
+    decoder_case: tuple[tuple, dict[str, torch.nn.Module]],
+    ort_fns: dict[tuple, object],
+) -> dict[str, object]:
+    """One interleaved round: each layer at each stride, then the decoders, eager (and onnxruntime)."""
+    inputs, layers = layer_case
+    dec_args, decoders = decoder_case
+    result: dict[str, object] = {"eager": {}, "onnxruntime": {}}
+    for backend in ("eager", "onnxruntime") if args.ort else ("eager",):
+        table: dict[str, object] = {}
+        for stride, layer_args in inputs.items():
+            if backend == "eager":
+                fns = {k: partial(m, *layer_args) for k, m in layers.items()}
+            else:
+                fns = {k: ort_fns[("layer", stride, k)] for k in LAYERS}
+            med = interleaved(fns, args.runs, args.warmup)
+            table[f"layer 1/{stride}"] = _ratios(med, "pem_ca", ("mha", "sdpa"))
+        if backend == "eager":
+            fns = {k: partial(_DecoderOutputs(d), *dec_args) for k, d in decoders.items()}
+        else:
+            fns = {k: ort_fns[("decoder", k)] for k in DECODERS}
+        med = interleaved(fns, args.decoder_runs, max(1, args.warmup - 1))
+        table["decoder"] = _ratios(med, "pem", ("mha", "sdpa"))
+        result[backend] = table
+    return result
 
 
 def _print_round(result: dict[str, object], number: int) -> None:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -123,22 +124,13 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.lower().split("x"))
 
     import ray
-    from common import cpu_description
+    from common import cpu_description, report_json
 
     from runtime.io.fleet import MANIFEST, segment
 
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     try:
-        model = args.artifact or _export(work / "model", size)  # type: ignore[arg-type]
-        images = _images(args.frames, size)  # type: ignore[arg-type]
-        bags = []
-        for b in range(args.bags):
-            bags.append(work / f"drive{b}")
-            _write_bag(bags[-1], images[b:] + images[:b])
-        folder = work / "images"
-        folder.mkdir()
-        for i, image in enumerate(images):
-            cv2.imwrite(str(folder / f"{i:05d}.png"), image)
+        model, bags, folder = _inputs(work, args, size)
         t0 = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray_init = time.perf_counter() - t0
@@ -168,15 +160,7 @@ def main() -> None:
             f"ray w1 b{args.batch}": lambda out: fleet(1, out, args.batch, f"ray w1 b{args.batch}"),
             f"ray w2 b{args.batch}": lambda out: fleet(2, out, args.batch, f"ray w2 b{args.batch}"),
         }
-        times: dict[str, list[float]] = {name: [] for name in modes}
-        frames: dict[str, int] = {}
-        for r in range(args.rounds):
-            for name, run in modes.items():
-                out = work / f"out-{r}-{name.replace(' ', '-')}"
-                frames[name], seconds = run(out)
-                times[name].append(seconds)
-                shutil.rmtree(out)
-                print(f"round {r} {name}: {frames[name]} frames in {times[name][-1]:.2f} s", flush=True)
+        times, frames = _rounds(modes, args.rounds, work)
         ray.shutdown()
         total = frames["single t1"]
         median = {name: statistics.median(t) for name, t in times.items()}
@@ -195,11 +179,40 @@ def main() -> None:
             ),
             "fixed_ray_run_s": round(median["ray w1 b1"] - statistics.median(shard_seconds["ray w1 b1"]), 2),
         }
-        print(json.dumps(result, indent=2))
-        if args.out:
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        report_json(result, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _inputs(work: Path, args: argparse.Namespace, size: tuple[int, ...]) -> tuple[Path, list[Path], Path]:
+    """The artifact (``--artifact`` or a fresh export), the bags and the image folder."""
+    model = args.artifact or _export(work / "model", size)  # type: ignore[arg-type]
+    images = _images(args.frames, size)  # type: ignore[arg-type]
+    bags = []
+    for b in range(args.bags):
+        bags.append(work / f"drive{b}")
+        _write_bag(bags[-1], images[b:] + images[:b])
+    folder = work / "images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        cv2.imwrite(str(folder / f"{i:05d}.png"), image)
+    return model, bags, folder
+
+
+def _rounds(
+    modes: dict[str, Callable[[Path], tuple[int, float]]], rounds: int, work: Path
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Every mode once per round, interleaved: seconds per run and frames per mode."""
+    times: dict[str, list[float]] = {name: [] for name in modes}
+    frames: dict[str, int] = {}
+    for r in range(rounds):
+        for name, run in modes.items():
+            out = work / f"out-{r}-{name.replace(' ', '-')}"
+            frames[name], seconds = run(out)
+            times[name].append(seconds)
+            shutil.rmtree(out)
+            print(f"round {r} {name}: {frames[name]} frames in {times[name][-1]:.2f} s", flush=True)
+    return times, frames
 
 
 if __name__ == "__main__":

@@ -116,11 +116,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     args = parser.parse_args()
 
-    from export.pipeline import ExportOptions, export_artifact
-    from export.source import load_source
-    from pem.flops import count_cost
-    from pem.zoo import ensure_default_checkpoint
-
     n = args.gemm_size
     gemm = {
         "torch_1_thread": torch_gemm_gflops(n, 1, args.gemm_runs),
@@ -139,59 +134,70 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases.split(","):
-            name, size = case.split("@")
-            h, w = (int(v) for v in size.split("x"))
-            if name == "tiny":
-                source = load_source(checkpoint=ensure_default_checkpoint(), height=h, width=w)
-            else:
-                source = load_source(preset=f"cityscapes-semantic-{name}", height=h, width=w)
-            cost = count_cost(source.config, (h, w))
-            gflops = 2 * cost.macs / 1e9
-            floor_ms = gflops / rate * 1e3
-            # The exported graph has no intermediate class heads: its own (slightly lower) floor.
-            ort_gflops = gflops - 2 * dead_head_macs(source.config, h, w) / 1e9
-            ort_floor_ms = ort_gflops / rate * 1e3
-            model = source.model.eval()
-            x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
-
-            def eager(model=model, x=x):
-                with torch.inference_mode():
-                    return model(x)
-
-            fns = {"eager": eager}
-            if not args.no_ort:
-                opts = ExportOptions(out_dir=Path(tmp) / case.replace("@", "_"), name=name, head="raw")
-                sess = session(export_artifact(source, opts).onnx_path)
-                feeds = {"images": x.numpy()}
-                fns["ort"] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
-            runs = args.runs if name == "tiny" else args.big_runs
-            med = interleaved(fns, runs, 1)
-            row = {
-                "gflops": round(gflops, 3),
-                "gmacs": round(cost.macs / 1e9, 3),
-                "floor_ms": round(floor_ms, 3),
-                "eager_ms": round(med["eager"], 2),
-                "eager_over_floor": round(med["eager"] / floor_ms, 2),
-                "runs": runs,
-            }
-            ort_text = f"{'-':>9s} {'-':>8s}"
-            if "ort" in med:
-                row["ort_ms"] = round(med["ort"], 2)
-                row["ort_graph_gflops"] = round(ort_gflops, 3)
-                row["ort_floor_ms"] = round(ort_floor_ms, 3)
-                row["ort_over_floor"] = round(med["ort"] / ort_floor_ms, 2)
-                ort_text = f"{med['ort']:9.1f} {med['ort'] / ort_floor_ms:8.1f}"
-            results["cases"][case] = row
-            print(
-                f"{case:18s} {gflops:8.2f} {floor_ms:9.1f} {med['eager']:9.1f} "
-                f"{med['eager'] / floor_ms:8.1f} {ort_text}",
-                flush=True,
-            )
-            fns.clear()
+            results["cases"][case] = _case(case, args, rate, Path(tmp))
     print(f"machine: {results['machine']}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     assert all(np.isfinite(r["floor_ms"]) for r in results["cases"].values())
+
+
+def _case(case: str, args: argparse.Namespace, rate: float, tmp: Path) -> dict[str, object]:
+    """One ``MODEL@HxW`` case: its FLOP floor at ``rate`` GFLOP/s, and PyTorch eager (and
+    onnxruntime) times against it; prints its table row."""
+    from export.pipeline import ExportOptions, export_artifact
+    from export.source import load_source
+    from pem.flops import count_cost
+    from pem.zoo import ensure_default_checkpoint
+
+    name, size = case.split("@")
+    h, w = (int(v) for v in size.split("x"))
+    if name == "tiny":
+        source = load_source(checkpoint=ensure_default_checkpoint(), height=h, width=w)
+    else:
+        source = load_source(preset=f"cityscapes-semantic-{name}", height=h, width=w)
+    cost = count_cost(source.config, (h, w))
+    gflops = 2 * cost.macs / 1e9
+    floor_ms = gflops / rate * 1e3
+    # The exported graph has no intermediate class heads: its own (slightly lower) floor.
+    ort_gflops = gflops - 2 * dead_head_macs(source.config, h, w) / 1e9
+    ort_floor_ms = ort_gflops / rate * 1e3
+    model = source.model.eval()
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+
+    def eager(model=model, x=x):
+        with torch.inference_mode():
+            return model(x)
+
+    fns = {"eager": eager}
+    if not args.no_ort:
+        opts = ExportOptions(out_dir=tmp / case.replace("@", "_"), name=name, head="raw")
+        sess = session(export_artifact(source, opts).onnx_path)
+        feeds = {"images": x.numpy()}
+        fns["ort"] = lambda sess=sess, feeds=feeds: sess.run(None, feeds)
+    runs = args.runs if name == "tiny" else args.big_runs
+    med = interleaved(fns, runs, 1)
+    row = {
+        "gflops": round(gflops, 3),
+        "gmacs": round(cost.macs / 1e9, 3),
+        "floor_ms": round(floor_ms, 3),
+        "eager_ms": round(med["eager"], 2),
+        "eager_over_floor": round(med["eager"] / floor_ms, 2),
+        "runs": runs,
+    }
+    ort_text = f"{'-':>9s} {'-':>8s}"
+    if "ort" in med:
+        row["ort_ms"] = round(med["ort"], 2)
+        row["ort_graph_gflops"] = round(ort_gflops, 3)
+        row["ort_floor_ms"] = round(ort_floor_ms, 3)
+        row["ort_over_floor"] = round(med["ort"] / ort_floor_ms, 2)
+        ort_text = f"{med['ort']:9.1f} {med['ort'] / ort_floor_ms:8.1f}"
+        print(
+            f"{case:18s} {gflops:8.2f} {floor_ms:9.1f} {med['eager']:9.1f} "
+            f"{med['eager'] / floor_ms:8.1f} {ort_text}",
+            flush=True,
+        )
+    fns.clear()
+    return row
 
 
 if __name__ == "__main__":

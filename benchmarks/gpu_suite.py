@@ -61,6 +61,7 @@ SMOKE = Sizes((64, 64), (1, 2), (1, 4, 8, 8), 0, 1, torch.float32)
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object], int, int], float]:
     """Median ms of a callable: CUDA events on a GPU, perf_counter on the CPU."""
+    from export.baseline_bench import wall_times_ms
 
     def cuda_time(fn: Callable[[], object], warmup: int, runs: int) -> float:
         for _ in range(warmup):
@@ -77,14 +78,7 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object], int, int], f
         return statistics.median(times)
 
     def cpu_time(fn: Callable[[], object], warmup: int, runs: int) -> float:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+        return statistics.median(wall_times_ms(fn, warmup, runs))
 
     return cuda_time if device.type == "cuda" else cpu_time
 
@@ -262,8 +256,7 @@ def _ort_rows(
     import numpy as np
     import onnx
 
-    from export.heads import ExportedModel
-    from export.onnx_export import export_to_onnx
+    from export.baseline_bench import raw_onnx
 
     h, w = sizes.image
     timer = _timer(torch.device("cpu"))  # session.run blocks until the outputs are ready
@@ -271,13 +264,7 @@ def _ort_rows(
     for name, model in models.items():
         cpu_model = model.to("cpu", torch.float32)
         x = torch.randn(1, 3, h, w)
-        proto = export_to_onnx(
-            ExportedModel(cpu_model, "raw", "none"),
-            (x,),
-            input_names=["images"],
-            output_names=["pred_logits", "pred_masks"],
-            exporter="torchscript",
-        )
+        proto = raw_onnx(cpu_model, x)
         path = out_dir / f"headline_{name}.onnx"
         onnx.save(proto, str(path))
         session = ort.InferenceSession(str(path), providers=[provider])

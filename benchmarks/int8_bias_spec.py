@@ -152,6 +152,39 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
 def _measure(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     import onnxruntime as ort
 
+    h, w = args.height, args.width
+    _export_graphs(args, tmp)
+    images = _inputs(tmp / "fp32" / "model.json", h, w, args.images)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sessions = {
+        name: ort.InferenceSession(
+            str(tmp / name / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        for name in ("fp32", "float", "int32")
+    }
+    fp32 = [sessions["fp32"].run(None, {"images": x}) for x in images]
+    result: dict[str, object] = {"input": [h, w], "images": args.images, "calib_images": args.calib_images}
+    for name in ("float", "int32"):
+        result[name] = _compare_graph(tmp / name / "model.onnx", sessions[name], images, fp32)
+    times: dict[str, list[float]] = {"float": [], "int32": []}
+    x = images[0]
+    for name in times:  # warm-up
+        sessions[name].run(None, {"images": x})
+    for _ in range(args.runs):
+        for name in times:
+            start = time.perf_counter()
+            sessions[name].run(None, {"images": x})
+            times[name].append((time.perf_counter() - start) * 1e3)
+    result["ort_ms"] = {name: round(statistics.median(v), 2) for name, v in times.items()}
+    result["ort_ms_ratio_int32_over_float"] = round(result["ort_ms"]["int32"] / result["ort_ms"]["float"], 3)
+    result["onnxruntime"] = ort.__version__
+    result["onnx"] = onnx.__version__
+    return result
+
+
+def _export_graphs(args: argparse.Namespace, tmp: Path) -> None:
+    """FP32, INT8 with INT32 biases + DQ, and INT8 with float biases (the graph before), in ``tmp``."""
     import calib.quantize
     from calib.graph import insert_qdq
 
@@ -181,67 +214,44 @@ def _measure(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     finally:
         calib.quantize.insert_qdq = insert_qdq  # type: ignore[assignment]
 
-    images = _inputs(tmp / "fp32" / "model.json", h, w, args.images)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    sessions = {
-        name: ort.InferenceSession(
-            str(tmp / name / "model.onnx"), options, providers=["CPUExecutionProvider"]
+
+def _compare_graph(
+    path: Path, session: object, images: list[np.ndarray], fp32: list[list]
+) -> dict[str, object]:
+    """One INT8 graph: onnx.reference (the spec) against onnxruntime, and onnxruntime against FP32."""
+    name = path.parent.name
+    model = onnx.load(str(path))
+    reference = ReferenceEvaluator(model, new_ops=[DeformConv, GatherElements])
+    int32_inits = sum(t.data_type == onnx.TensorProto.INT32 for t in model.graph.initializer)
+    rows: dict[str, object] = {"int32_initializers": int32_inits, "spec_vs_ort": [], "vs_fp32": []}
+    for x, ref in zip(images, fp32):
+        print(f"{name}: onnx.reference ...", flush=True)
+        start = time.perf_counter()
+        spec = reference.run(None, {"images": x})
+        spec_s = time.perf_counter() - start
+        got = session.run(None, {"images": x})  # type: ignore[attr-defined]
+        spec_labels, ort_labels, ref_labels = _labels(*spec), _labels(*got), _labels(*ref)
+        rows["spec_vs_ort"].append(  # type: ignore[attr-defined]
+            {
+                "logits_rel": _rel(got[0], spec[0]),
+                "masks_rel": _rel(got[1], spec[1]),
+                "label_disagreement": float((spec_labels != ort_labels).mean()),
+                "reference_seconds": round(spec_s, 1),
+            }
         )
-        for name in ("fp32", "float", "int32")
-    }
-    reference = {
-        name: ReferenceEvaluator(
-            onnx.load(str(tmp / name / "model.onnx")), new_ops=[DeformConv, GatherElements]
+        rows["vs_fp32"].append(  # type: ignore[attr-defined]
+            {
+                "logits_rel": _rel(got[0], ref[0]),
+                "masks_rel": _rel(got[1], ref[1]),
+                "label_agreement": float((ort_labels == ref_labels).mean()),
+            }
         )
-        for name in ("float", "int32")
-    }
-    fp32 = [sessions["fp32"].run(None, {"images": x}) for x in images]
-    result: dict[str, object] = {"input": [h, w], "images": args.images, "calib_images": args.calib_images}
-    for name in ("float", "int32"):
-        model = onnx.load(str(tmp / name / "model.onnx"))
-        int32_inits = sum(t.data_type == onnx.TensorProto.INT32 for t in model.graph.initializer)
-        rows = {"int32_initializers": int32_inits, "spec_vs_ort": [], "vs_fp32": []}
-        for x, ref in zip(images, fp32):
-            print(f"{name}: onnx.reference ...", flush=True)
-            start = time.perf_counter()
-            spec = reference[name].run(None, {"images": x})
-            spec_s = time.perf_counter() - start
-            got = sessions[name].run(None, {"images": x})
-            spec_labels, ort_labels, ref_labels = _labels(*spec), _labels(*got), _labels(*ref)
-            rows["spec_vs_ort"].append(
-                {
-                    "logits_rel": _rel(got[0], spec[0]),
-                    "masks_rel": _rel(got[1], spec[1]),
-                    "label_disagreement": float((spec_labels != ort_labels).mean()),
-                    "reference_seconds": round(spec_s, 1),
-                }
-            )
-            rows["vs_fp32"].append(
-                {
-                    "logits_rel": _rel(got[0], ref[0]),
-                    "masks_rel": _rel(got[1], ref[1]),
-                    "label_agreement": float((ort_labels == ref_labels).mean()),
-                }
-            )
-        result[name] = rows
-    times: dict[str, list[float]] = {"float": [], "int32": []}
-    x = images[0]
-    for name in times:  # warm-up
-        sessions[name].run(None, {"images": x})
-    for _ in range(args.runs):
-        for name in times:
-            start = time.perf_counter()
-            sessions[name].run(None, {"images": x})
-            times[name].append((time.perf_counter() - start) * 1e3)
-    result["ort_ms"] = {name: round(statistics.median(v), 2) for name, v in times.items()}
-    result["ort_ms_ratio_int32_over_float"] = round(result["ort_ms"]["int32"] / result["ort_ms"]["float"], 3)
-    result["onnxruntime"] = ort.__version__
-    result["onnx"] = onnx.__version__
-    return result
+    return rows
 
 
 def main() -> None:
+    from common import report_json
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -254,10 +264,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     args = parser.parse_args()
     result = measure(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -39,12 +39,10 @@ def main() -> None:
     import onnxruntime
     import openvino
     import torch
-    from common import cpu_description
+    from common import cpu_description, report_json
 
     from export.pipeline import ExportOptions, export_graph
     from export.source import load_source
-    from runtime.core.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from runtime.core.backends.openvino_backend import OpenVINOBackend
 
     torch.set_num_threads(1)
     if args.preset == "trained":
@@ -70,46 +68,51 @@ def main() -> None:
         onnx.save(model, path)
         onnx.save(native, native_path)
         for threads in args.threads:
-            backends = {
-                "onnxruntime": OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"], threads=threads),
-                "openvino": OpenVINOBackend(path, threads=threads),
-                "onnxruntime-native": OnnxRuntimeBackend(
-                    native_path, providers=["CPUExecutionProvider"], threads=threads
-                ),
-            }
-            outputs = {name: b.infer({"images": x}) for name, b in backends.items()}
-            diff = {
-                k: float(np.abs(outputs["onnxruntime"][k] - outputs["openvino"][k]).max())
-                for k in outputs["onnxruntime"]
-            }
-            label_agreement = float(
-                np.mean(
-                    outputs["onnxruntime"]["pred_masks"].argmax(1)
-                    == outputs["openvino"]["pred_masks"].argmax(1)
-                )
-            )
-            for b in backends.values():
-                b.infer({"images": x})
-            times: dict[str, list[float]] = {name: [] for name in backends}
-            for _ in range(args.runs):  # interleaved, so that load changes hit both alike
-                for name, b in backends.items():
-                    t0 = time.perf_counter()
-                    b.infer({"images": x})
-                    times[name].append(time.perf_counter() - t0)
-            med = {name: 1e3 * statistics.median(t) for name, t in times.items()}
-            entry = {
-                "median_ms": {k: round(v, 1) for k, v in med.items()},
-                "openvino_over_onnxruntime": round(med["openvino"] / med["onnxruntime"], 3),
-                "openvino_over_onnxruntime_native": round(med["openvino"] / med["onnxruntime-native"], 3),
-                "max_abs_diff": diff,
-                "mask_argmax_agreement": label_agreement,
-                "openvino_precision": backends["openvino"].inference_precision,
-            }
+            entry = _compare_at(path, native_path, threads, x, args.runs)
             results["threads"][str(threads)] = entry  # type: ignore[index]
             print(f"{threads} thread(s): {json.dumps(entry)}", flush=True)
-    print(json.dumps(results, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    report_json(results, args.out)
+
+
+def _compare_at(path: Path, native_path: Path, threads: int, x: np.ndarray, runs: int) -> dict[str, object]:
+    """onnxruntime and OpenVINO on the decomposed graph (and onnxruntime on the native one) with
+    ``threads`` threads: their outputs' differences and interleaved median times."""
+    from runtime.core.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from runtime.core.backends.openvino_backend import OpenVINOBackend
+
+    backends = {
+        "onnxruntime": OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"], threads=threads),
+        "openvino": OpenVINOBackend(path, threads=threads),
+        "onnxruntime-native": OnnxRuntimeBackend(
+            native_path, providers=["CPUExecutionProvider"], threads=threads
+        ),
+    }
+    outputs = {name: b.infer({"images": x}) for name, b in backends.items()}
+    diff = {
+        k: float(np.abs(outputs["onnxruntime"][k] - outputs["openvino"][k]).max())
+        for k in outputs["onnxruntime"]
+    }
+    label_agreement = float(
+        np.mean(outputs["onnxruntime"]["pred_masks"].argmax(1) == outputs["openvino"]["pred_masks"].argmax(1))
+    )
+    for b in backends.values():
+        b.infer({"images": x})
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for _ in range(runs):  # interleaved, so that load changes hit both alike
+        for name, b in backends.items():
+            t0 = time.perf_counter()
+            b.infer({"images": x})
+            times[name].append(time.perf_counter() - t0)
+    med = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    entry = {
+        "median_ms": {k: round(v, 1) for k, v in med.items()},
+        "openvino_over_onnxruntime": round(med["openvino"] / med["onnxruntime"], 3),
+        "openvino_over_onnxruntime_native": round(med["openvino"] / med["onnxruntime-native"], 3),
+        "max_abs_diff": diff,
+        "mask_argmax_agreement": label_agreement,
+        "openvino_precision": backends["openvino"].inference_precision,
+    }
+    return entry
 
 
 if __name__ == "__main__":

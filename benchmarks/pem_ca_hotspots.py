@@ -70,106 +70,123 @@ def _scores(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, t
 
 def measure(runs: int) -> dict[str, object]:
     from pem.malloc import apply_malloc_policy
-    from pem.ops.prototype import DEFAULT_BLOCK, _chunk_argmax
-    from pem.pem_ca import LocalRepresentation
 
     policy = apply_malloc_policy()  # the policy the CLI applies to eager work
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     table: dict[str, object] = {}
-    with torch.inference_mode():
-        # One chunk of the eager selection (the same at every level: 2048 tokens).
-        tokens, queries, logits = _scores(CHUNK, gen)
-        keys = tokens
-        bias = torch.where(logits < 0, float("-inf"), 0.0)
-        scores = torch.empty(HEADS, Q, CHUNK)
-        for h in range(HEADS):
-            cols = slice(h * D, (h + 1) * D)
-            torch.addmm(bias, queries[:, cols], keys[:, cols].t(), out=scores[h])
-        table["argmax (8 x 100 x 2048)"] = _row(
-            "argmax (8 x 100 x 2048)",
-            {
-                "max_indices": lambda: scores.max(dim=-1),
-                "block": lambda: _chunk_argmax(scores, DEFAULT_BLOCK),
-            },
-            runs,
-            exact=True,
-        )
-        bits = torch.empty(Q, CHUNK, dtype=torch.int32)
-
-        def bias_bits() -> torch.Tensor:
-            torch.lt(logits, 0, out=bits)
-            return bits.mul_(-(1 << 23)).view(torch.float32)
-
-        table["mask bias (100 x 2048)"] = _row(
-            "mask bias (100 x 2048)",
-            {"where": lambda: torch.where(logits < 0, float("-inf"), 0.0), "int_bits": bias_bits},
-            runs,
-            exact=True,
-        )
-        q_heads = queries.view(Q, HEADS, D).transpose(0, 1)  # (h, Q, D)
-        k_heads = keys.view(CHUNK, HEADS, D).permute(1, 2, 0)  # (h, D, N)
-        out = torch.empty(HEADS, Q, CHUNK)
-
-        def per_head() -> torch.Tensor:
-            for h in range(HEADS):
-                cols = slice(h * D, (h + 1) * D)
-                torch.addmm(bias, queries[:, cols], keys[:, cols].t(), out=out[h])
-            return out.clone()
-
-        table["similarity GEMM (K = 32)"] = _row(
-            "similarity GEMM (K = 32)",
-            {"addmm_per_head": per_head, "baddbmm": lambda: torch.baddbmm(bias, q_heads, k_heads)},
-            runs,
-            exact=False,
-        )
-        proj = LocalRepresentation(C).eval()
-        for stride in (32, 16, 8):
-            h, w = 1024 // stride, 2048 // stride
-            x = torch.randn(1, C, h, w, generator=gen)
-            x_cl = x.contiguous(memory_format=torch.channels_last)
-            conv = proj.to_query_3x3
-            table[f"dwconv 1/{stride}"] = _row(
-                f"dwconv 1/{stride}",
-                {
-                    "nchw": lambda conv=conv, x=x: conv(x),
-                    "channels_last": lambda conv=conv, x_cl=x_cl: conv(x_cl),
-                    "to_cl_and_conv": lambda conv=conv, x=x: conv(
-                        x.contiguous(memory_format=torch.channels_last)
-                    ),
-                },
-                runs,
-                exact=False,
-            )
-            flat = x.flatten(2)  # (1, C, N)
-            lin = proj.out
-            table[f"token Linear 1/{stride}"] = _row(
-                f"token Linear 1/{stride}",
-                {
-                    "transposed_view": lambda lin=lin, flat=flat: lin(flat.transpose(1, 2)),
-                    "contiguous_copy": lambda lin=lin, flat=flat: lin(flat.transpose(1, 2).contiguous()),
-                    "w_at_x": lambda lin=lin, flat=flat: torch.addmm(
-                        lin.bias.unsqueeze(1), lin.weight, flat[0]
-                    ).t()[None],
-                },
-                runs,
-                exact=False,
-            )
-        embed = torch.randn(1, Q, C, generator=gen)
-        features = torch.randn(1, C, 256, 512, generator=gen)
-        table["mask einsum (1/4)"] = _row(
-            "mask einsum (1/4)",
-            {
-                "einsum": lambda: torch.einsum("bqc,bchw->bqhw", embed, features),
-                "mm": lambda: torch.mm(embed[0], features[0].flatten(1)).view(1, Q, 256, 512),
-            },
-            max(3, runs // 3),
-            exact=False,
-        )
+    with torch.inference_mode():  # the steps draw from ``gen`` in this order
+        _selection_rows(table, gen, runs)
+        _projection_rows(table, gen, runs)
+        _einsum_row(table, gen, runs)
     return {
         "machine": {**cpu_description(), "torch": torch.__version__, "malloc_policy": policy},
         "rows": table,
     }
+
+
+def _selection_rows(table: dict[str, object], gen: torch.Generator, runs: int) -> None:
+    """Prototype selection: arg-max, mask bias and the per-head similarity GEMM."""
+    from pem.ops.prototype import DEFAULT_BLOCK, _chunk_argmax
+
+    # One chunk of the eager selection (the same at every level: 2048 tokens).
+    tokens, queries, logits = _scores(CHUNK, gen)
+    keys = tokens
+    bias = torch.where(logits < 0, float("-inf"), 0.0)
+    scores = torch.empty(HEADS, Q, CHUNK)
+    for h in range(HEADS):
+        cols = slice(h * D, (h + 1) * D)
+        torch.addmm(bias, queries[:, cols], keys[:, cols].t(), out=scores[h])
+    table["argmax (8 x 100 x 2048)"] = _row(
+        "argmax (8 x 100 x 2048)",
+        {
+            "max_indices": lambda: scores.max(dim=-1),
+            "block": lambda: _chunk_argmax(scores, DEFAULT_BLOCK),
+        },
+        runs,
+        exact=True,
+    )
+    bits = torch.empty(Q, CHUNK, dtype=torch.int32)
+
+    def bias_bits() -> torch.Tensor:
+        torch.lt(logits, 0, out=bits)
+        return bits.mul_(-(1 << 23)).view(torch.float32)
+
+    table["mask bias (100 x 2048)"] = _row(
+        "mask bias (100 x 2048)",
+        {"where": lambda: torch.where(logits < 0, float("-inf"), 0.0), "int_bits": bias_bits},
+        runs,
+        exact=True,
+    )
+    q_heads = queries.view(Q, HEADS, D).transpose(0, 1)  # (h, Q, D)
+    k_heads = keys.view(CHUNK, HEADS, D).permute(1, 2, 0)  # (h, D, N)
+    out = torch.empty(HEADS, Q, CHUNK)
+
+    def per_head() -> torch.Tensor:
+        for h in range(HEADS):
+            cols = slice(h * D, (h + 1) * D)
+            torch.addmm(bias, queries[:, cols], keys[:, cols].t(), out=out[h])
+        return out.clone()
+
+    table["similarity GEMM (K = 32)"] = _row(
+        "similarity GEMM (K = 32)",
+        {"addmm_per_head": per_head, "baddbmm": lambda: torch.baddbmm(bias, q_heads, k_heads)},
+        runs,
+        exact=False,
+    )
+
+
+def _projection_rows(table: dict[str, object], gen: torch.Generator, runs: int) -> None:
+    """The local representation's depth-wise conv and token Linear at each level (1024x2048)."""
+    from pem.pem_ca import LocalRepresentation
+
+    proj = LocalRepresentation(C).eval()
+    for stride in (32, 16, 8):
+        h, w = 1024 // stride, 2048 // stride
+        x = torch.randn(1, C, h, w, generator=gen)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        conv = proj.to_query_3x3
+        table[f"dwconv 1/{stride}"] = _row(
+            f"dwconv 1/{stride}",
+            {
+                "nchw": lambda conv=conv, x=x: conv(x),
+                "channels_last": lambda conv=conv, x_cl=x_cl: conv(x_cl),
+                "to_cl_and_conv": lambda conv=conv, x=x: conv(
+                    x.contiguous(memory_format=torch.channels_last)
+                ),
+            },
+            runs,
+            exact=False,
+        )
+        flat = x.flatten(2)  # (1, C, N)
+        lin = proj.out
+        table[f"token Linear 1/{stride}"] = _row(
+            f"token Linear 1/{stride}",
+            {
+                "transposed_view": lambda lin=lin, flat=flat: lin(flat.transpose(1, 2)),
+                "contiguous_copy": lambda lin=lin, flat=flat: lin(flat.transpose(1, 2).contiguous()),
+                "w_at_x": lambda lin=lin, flat=flat: torch.addmm(
+                    lin.bias.unsqueeze(1), lin.weight, flat[0]
+                ).t()[None],
+            },
+            runs,
+            exact=False,
+        )
+
+
+def _einsum_row(table: dict[str, object], gen: torch.Generator, runs: int) -> None:
+    """The mask einsum at 1/4 resolution."""
+    embed = torch.randn(1, Q, C, generator=gen)
+    features = torch.randn(1, C, 256, 512, generator=gen)
+    table["mask einsum (1/4)"] = _row(
+        "mask einsum (1/4)",
+        {
+            "einsum": lambda: torch.einsum("bqc,bchw->bqhw", embed, features),
+            "mm": lambda: torch.mm(embed[0], features[0].flatten(1)).view(1, Q, 256, 512),
+        },
+        max(3, runs // 3),
+        exact=False,
+    )
 
 
 def main() -> None:

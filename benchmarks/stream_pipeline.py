@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
     args = parser.parse_args()
 
-    from common import cpu_description
+    from common import cpu_description, report_json
 
     from runtime import Segmenter
 
@@ -106,10 +106,7 @@ def main() -> None:
                 "sequential_stage_ms_median": {k: round(float(np.median(v)), 1) for k, v in stage_ms.items()},
             }
             print(head, json.dumps(results[head]), flush=True)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report_json(results, args.out)
 
 
 if __name__ == "__main__":

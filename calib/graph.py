@@ -331,19 +331,7 @@ def insert_qdq(
         targets = [
             t for t in targets if t.node not in by_name or _int8_pays_on_ort(t, by_name[t.node], inits)
         ]
-    new_inits: list[TensorProto] = []
-    produced: dict[str, list[onnx.NodeProto]] = {}  # tensor -> Q/DQ nodes to insert before use
-    dequantised: dict[str, str] = {}
-    weights_done: dict[tuple[str, int | None], str] = {}
-    if layout == "onnxruntime":
-        # UINT8 with zero point 128: the same grid as symmetric INT8, in the activation type
-        # onnxruntime's x86 kernels take (its INT8 -> UINT8 rewrite misses shared Q/DQ pairs).
-        zero = "calib.zero_point_uint8"
-        new_inits.append(numpy_helper.from_array(np.full((), 128, np.uint8), zero))
-    else:
-        zero = "calib.zero_point_int8"
-        new_inits.append(numpy_helper.from_array(np.zeros((), np.int8), zero))
-
+    qdq = _QdqNodes(inits, activation_scales, layout)
     for target in targets:
         node = by_name.get(target.node)
         if node is None:
@@ -358,28 +346,68 @@ def insert_qdq(
             (int32_biases and target.op_type in BIASED_OPS)
             or (target.op_type == "Gemm" and target.part == "transformer_decoder")
         )
-        act = target.activation
-        if act not in dequantised:
-            if act not in activation_scales:
-                raise CalibrationError(f"no calibration range for tensor {act!r} (input of {target.node})")
-            produced[act], dequantised[act] = _activation_qdq(act, activation_scales[act], zero, new_inits)
-        node.input[0] = dequantised[act]
+        qdq.quantise(target, node, int32_bias)
+    if layout == "onnxruntime":
+        qdq.requantise_outputs(out, targets, by_name)
+    qdq.insert_into(out)
+    graph.initializer.extend(qdq.initializers)
+    drop_unused_initializers(graph)
+    return out
 
+
+class _QdqNodes:
+    """The Q/DQ nodes and initializers :func:`insert_qdq` adds, made once per tensor (and per
+    weight and axis), grouped by the tensor they follow."""
+
+    def __init__(self, inits: dict[str, TensorProto], activation_scales: Mapping[str, float], layout: str):
+        self.inits = inits
+        self.activation_scales = activation_scales
+        self.initializers: list[TensorProto] = []
+        self.produced: dict[str, list[onnx.NodeProto]] = {}  # tensor -> Q/DQ nodes to insert before use
+        self.dequantised: dict[str, str] = {}
+        self.weights_done: dict[tuple[str, int | None], str] = {}
+        if layout == "onnxruntime":
+            # UINT8 with zero point 128: the same grid as symmetric INT8, in the activation type
+            # onnxruntime's x86 kernels take (its INT8 -> UINT8 rewrite misses shared Q/DQ pairs).
+            self.zero = "calib.zero_point_uint8"
+            self.initializers.append(numpy_helper.from_array(np.full((), 128, np.uint8), self.zero))
+        else:
+            self.zero = "calib.zero_point_int8"
+            self.initializers.append(numpy_helper.from_array(np.zeros((), np.int8), self.zero))
+
+    def quantise(self, target: QuantTarget, node: onnx.NodeProto, int32_bias: bool) -> None:
+        """Point ``node``'s inputs at the dequantised activation and weight (and INT32 bias)."""
+        act = target.activation
+        node.input[0] = self.activation(act, target.node)
         if target.weight_is_activation:  # a second activation: its own (shared) Q/DQ pair
-            other = target.weight
-            if other not in dequantised:
-                if other not in activation_scales:
-                    raise CalibrationError(
-                        f"no calibration range for tensor {other!r} (input of {target.node})"
-                    )
-                produced[other], dequantised[other] = _activation_qdq(
-                    other, activation_scales[other], zero, new_inits
-                )
-            node.input[1] = dequantised[other]
-            continue
+            node.input[1] = self.activation(target.weight, target.node)
+            return
+        node.input[1] = self.weight(target)
+        if int32_bias and len(node.input) > 2 and node.input[2] in self.inits:
+            node.input[2] = _int32_bias(
+                node.input[2],
+                self.inits,
+                self.activation_scales[act],
+                node.input[1],
+                self.initializers,
+                self.produced,
+            )
+
+    def activation(self, tensor: str, reader: str) -> str:
+        """The dequantised name of activation ``tensor`` (one Q/DQ pair for all its readers)."""
+        if tensor not in self.dequantised:
+            if tensor not in self.activation_scales:
+                raise CalibrationError(f"no calibration range for tensor {tensor!r} (input of {reader})")
+            self.produced[tensor], self.dequantised[tensor] = _activation_qdq(
+                tensor, self.activation_scales[tensor], self.zero, self.initializers
+            )
+        return self.dequantised[tensor]
+
+    def weight(self, target: QuantTarget) -> str:
+        """The dequantised name of ``target``'s constant weight, quantised per ``target.axis``."""
         key = (target.weight, target.axis)
-        if key not in weights_done:
-            weight = numpy_helper.to_array(inits[target.weight])
+        if key not in self.weights_done:
+            weight = numpy_helper.to_array(self.inits[target.weight])
             q, scale = quantize_weight(weight, target.axis)
             base = target.weight if target.axis is None else f"{target.weight}_axis{target.axis}"
             q_name, s_name, z_name, dq_name = (
@@ -388,11 +416,11 @@ def insert_qdq(
                 f"{base}_zero_point",
                 f"{base}_dequantized",
             )
-            new_inits.append(numpy_helper.from_array(q, q_name))
-            new_inits.append(numpy_helper.from_array(scale, s_name))
-            new_inits.append(numpy_helper.from_array(np.zeros(scale.shape, np.int8), z_name))
+            self.initializers.append(numpy_helper.from_array(q, q_name))
+            self.initializers.append(numpy_helper.from_array(scale, s_name))
+            self.initializers.append(numpy_helper.from_array(np.zeros(scale.shape, np.int8), z_name))
             attrs = {} if target.axis is None else {"axis": target.axis}
-            produced.setdefault(f"weight:{target.weight}:{target.axis}", []).append(
+            self.produced.setdefault(f"weight:{target.weight}:{target.axis}", []).append(
                 helper.make_node(
                     "DequantizeLinear",
                     [q_name, s_name, z_name],
@@ -401,58 +429,56 @@ def insert_qdq(
                     **attrs,
                 )
             )
-            weights_done[key] = dq_name
-        node.input[1] = weights_done[key]
-        if int32_bias and len(node.input) > 2 and node.input[2] in inits:
-            node.input[2] = _int32_bias(
-                node.input[2], inits, activation_scales[act], weights_done[key], new_inits, produced
-            )
+            self.weights_done[key] = dq_name
+        return self.weights_done[key]
 
-    if layout == "onnxruntime":
-        graph_outputs = {o.name for o in graph.output}
+    def requantise_outputs(
+        self, model: onnx.ModelProto, targets: list[QuantTarget], by_name: dict[str, onnx.NodeProto]
+    ) -> None:
+        """onnxruntime's layout: each quantised node's output gets a Q/DQ pair too (see
+        :func:`insert_qdq`), and so does the data movement right after it."""
+        graph_outputs = {o.name for o in model.graph.output}
         # Built once: the rewrites below only redirect readers of tensors already handled, and the
         # chains of different targets are disjoint, so the index stays true for what is still read.
-        index = GraphIndex(out)
+        index = GraphIndex(model)
         for target in targets:
             if target.part == "transformer_decoder":  # decoder outputs stay float (no requantisation)
                 continue
             tensor = by_name[target.node].output[0]
-            if tensor in dequantised or tensor not in activation_scales or tensor in graph_outputs:
+            if tensor in self.dequantised or tensor not in self.activation_scales or tensor in graph_outputs:
                 continue
             if not any(n.op_type not in FLOAT_ONLY_OPS for n in index.consumer_nodes(tensor)):
                 continue
             # Data movement right after the node gets its own Q/DQ pair with the same scale, which
             # onnxruntime drops so that the op moves INT8 data.
             chain = _data_movement_chain(index, tensor, graph_outputs)
-            scale = activation_scales[tensor]
+            scale = self.activation_scales[tensor]
             for moved in [tensor, *(n.output[0] for n in chain)]:
                 readers = [n for n in index.consumer_nodes(moved) if n.op_type not in FLOAT_ONLY_OPS]
-                produced[moved], dq_name = _activation_qdq(moved, scale, zero, new_inits)
-                dequantised[moved] = dq_name
+                self.produced[moved], dq_name = _activation_qdq(moved, scale, self.zero, self.initializers)
+                self.dequantised[moved] = dq_name
                 for reader in readers:
                     reader.input[:] = [dq_name if name == moved else name for name in reader.input]
 
-    # Insert each Q/DQ group right after the producer of its tensor (or first for inputs and
-    # weights), keeping the node list topologically sorted.
-    producer_index = GraphIndex(out).producer
-    front: list[onnx.NodeProto] = []
-    after: dict[int, list[onnx.NodeProto]] = {}
-    for tensor, nodes in produced.items():
-        index = None if tensor.startswith("weight:") else producer_index.get(tensor)
-        if index is None:
-            front.extend(nodes)
-        else:
-            after.setdefault(index, []).extend(nodes)
-    ordered: list[onnx.NodeProto] = list(front)
-    for i, node in enumerate(graph.node):
-        ordered.append(node)
-        ordered.extend(after.get(i, []))
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-    graph.initializer.extend(new_inits)
-    drop_unused_initializers(graph)
-    return out
+    def insert_into(self, model: onnx.ModelProto) -> None:
+        """Insert each Q/DQ group right after the producer of its tensor (or first for inputs and
+        weights), keeping the node list topologically sorted."""
+        graph = model.graph
+        producer_index = GraphIndex(model).producer
+        front: list[onnx.NodeProto] = []
+        after: dict[int, list[onnx.NodeProto]] = {}
+        for tensor, nodes in self.produced.items():
+            index = None if tensor.startswith("weight:") else producer_index.get(tensor)
+            if index is None:
+                front.extend(nodes)
+            else:
+                after.setdefault(index, []).extend(nodes)
+        ordered: list[onnx.NodeProto] = list(front)
+        for i, node in enumerate(graph.node):
+            ordered.append(node)
+            ordered.extend(after.get(i, []))
+        del graph.node[:]
+        graph.node.extend(ordered)
 
 
 def _int32_bias(

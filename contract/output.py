@@ -48,6 +48,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from contract.errors import (
     OutputError,
@@ -67,6 +68,9 @@ from contract.fs import (
     staging_pid,
 )
 
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+; the annotations are never evaluated
+    from typing_extensions import Unpack
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
@@ -80,6 +84,7 @@ __all__ = [
     "STAGING_PREFIX",
     "FileOutput",
     "FolderOutput",
+    "FolderRules",
     "check_file",
     "check_folder",
     "clean_stale_staging",
@@ -513,6 +518,18 @@ class _Lock:
             self.fd = None
 
 
+class FolderRules(TypedDict, total=False):
+    """The keywords of a folder target's entry rules (:class:`FolderOutput`, :func:`staged_folder`,
+    :func:`check_folder`): ``exist_ok`` and ``overwrite`` (rule 2), ``inputs`` (rule 1), the
+    expected ``names`` and the ``flag`` that messages name (``--out`` when not given)."""
+
+    exist_ok: bool
+    overwrite: bool
+    inputs: Iterable[PathLike | None]
+    names: Iterable[str]
+    flag: str
+
+
 class FolderOutput:
     """A folder target being written: register each file with :meth:`path` (or :meth:`write`,
     :meth:`adopt`, :meth:`register_tree`), then :meth:`commit` (done on a clean exit of
@@ -798,20 +815,10 @@ class FolderOutput:
         _write_manifest(target, files)
 
 
-def check_folder(
-    target: PathLike,
-    *,
-    exist_ok: bool = False,
-    overwrite: bool = False,
-    inputs: Iterable[PathLike | None] = (),
-    names: Iterable[str] = (),
-    flag: str = "--out",
-) -> None:
+def check_folder(target: PathLike, **rules: Unpack[FolderRules]) -> None:
     """The entry checks of :func:`staged_folder` alone (nothing is left behind), to refuse a bad
     target before long work; the commit checks again."""
-    output = FolderOutput(
-        target, exist_ok=exist_ok, overwrite=overwrite, inputs=inputs, names=names, flag=flag
-    )
+    output = FolderOutput(target, **rules)
     output.open()
     output._release(failed=True)
 
@@ -834,15 +841,7 @@ def write_into(
 
 
 @contextlib.contextmanager
-def staged_folder(
-    target: PathLike,
-    *,
-    exist_ok: bool = False,
-    overwrite: bool = False,
-    inputs: Iterable[PathLike | None] = (),
-    names: Iterable[str] = (),
-    flag: str = "--out",
-) -> Iterator[FolderOutput]:
+def staged_folder(target: PathLike, **rules: Unpack[FolderRules]) -> Iterator[FolderOutput]:
     """Write files into the folder ``target`` by the module's rules; yields a :class:`FolderOutput`.
 
     Checked before anything is written: ``target`` is not a file, not an input or inside an
@@ -850,10 +849,7 @@ def staged_folder(
     expected ``names`` collides with a foreign file unless ``overwrite``. On a clean exit the
     registered files are installed (a new folder appears in one rename); on an exception the
     staging is removed and ``target`` is as it was (not even created). ``flag`` names the
-    option in messages.
+    option in messages (the keywords are :class:`FolderRules`).
     """
-    output = FolderOutput(
-        target, exist_ok=exist_ok, overwrite=overwrite, inputs=inputs, names=names, flag=flag
-    )
-    with output:
+    with FolderOutput(target, **rules) as output:
         yield output

@@ -194,7 +194,8 @@ def _models(preset: str, baseline: str, shape: tuple[int, int], seed: int) -> di
     return models
 
 
-def _time(fn: Callable[[], object], warmup: int, iterations: int) -> list[float]:
+def wall_times_ms(fn: Callable[[], object], warmup: int, iterations: int) -> list[float]:
+    """Wall-clock milliseconds of ``iterations`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -227,11 +228,9 @@ def compare_with_baseline(
         ExportError: an unknown preset / baseline / backend, or a bad count.
         contract.resources.ResourceError: the size cannot fit in this machine's memory.
     """
-    from contract.resources import check_memory
-    from pem.config import ConfigError, estimate_forward_bytes, get_preset
-    from pem.flops import count_cost, count_parameters
+    from pem.flops import count_parameters
     from pem.paper import PAPER_FPS, paper_row
-    from runtime.tools.bench import bench_image, peak_rss_mb, reset_peak_rss
+    from runtime.tools.bench import bench_image
 
     say = log or (lambda _line: None)
     if baseline not in BASELINES:
@@ -241,27 +240,9 @@ def compare_with_baseline(
             raise ExportError(f"backend {backend}: choose from {', '.join(BACKENDS)}")
     if rounds < 1 or iterations < 1 or warmup < 0 or threads < 1:
         raise ExportError("--rounds, --iterations and --threads must be >= 1, --warmup >= 0")
-    try:
-        config = get_preset(preset)
-    except ConfigError as exc:
-        raise ExportError(f"--preset {preset}: {exc}") from None
-    h, w = shape or config.input_size
-    if h % 32 or w % 32:
-        raise ExportError(f"--shape {h}x{w}: height and width must be multiples of 32")
-    # Mask2Former's forward needs about twice PEM's (1.7x measured at 1024x2048 in onnxruntime).
-    check_memory(
-        f"PEM and {baseline} at {h}x{w},",
-        BASELINE_MEMORY_FACTOR * estimate_forward_bytes(config, h, w, 1),
-    )
-
+    h, w = _checked_shape(preset, baseline, shape)
     models = _models(preset, baseline, (h, w), seed)
     names = list(models)
-    arch = {names[0]: ("pem", preset), names[1]: (BASELINES[baseline], preset)}
-    if len(names) > 2:
-        arch[names[2]] = ("pem", names[2].removeprefix("pem "))
-    gmacs = {}
-    for name, (architecture, name_preset) in arch.items():
-        gmacs[name] = count_cost(get_preset(name_preset), (h, w), architecture=architecture).gflops_fvcore
     fps = PAPER_FPS.get(preset)
     pem_row, base_row = paper_row(preset), paper_row(preset, BASELINES[baseline])
     result = BaselineComparison(
@@ -269,7 +250,7 @@ def compare_with_baseline(
         baseline=baseline,
         shape=(h, w),
         models=names,
-        gmacs=gmacs,
+        gmacs=_gmacs(names, preset, baseline, (h, w)),
         params_m={n: count_parameters(m) / 1e6 for n, m in models.items()},
         paper_fps_ratio=fps[BASELINES[baseline]] / fps["pem"] if fps else None,
         paper_flop_ratio=pem_row.gflops / base_row.gflops if pem_row and base_row else None,
@@ -288,19 +269,10 @@ def compare_with_baseline(
     try:
         with tempfile.TemporaryDirectory(prefix="pem-baseline-") as tmp:
             onnx_paths = _export_all(models, images, Path(tmp), say) if "onnxruntime" in backends else {}
+            runs = (warmup, iterations, threads)
             for round_ in range(1, rounds + 1):
-                for name, model in models.items():
-                    for backend in backends:
-                        say(f"round {round_}/{rounds}: {name}, {backend}, {h}x{w}")
-                        gc.collect()
-                        reset_peak_rss()
-                        if backend == "torch":
-                            with torch.inference_mode():
-                                times = _time(lambda m=model: m(images), warmup, iterations)
-                        else:
-                            times = _time_ort(onnx_paths[name], images.numpy(), warmup, iterations, threads)
-                        result.timings.append(ModelTiming(name, backend, round_, times, peak_rss_mb()))
-                        say(f"  median {statistics.median(times):.0f} ms")
+                timings = _time_round(models, images, onnx_paths, backends, (round_, rounds), runs, say)
+                result.timings += timings
     finally:
         torch.set_num_threads(before)
     if hasattr(os, "getloadavg"):
@@ -308,24 +280,81 @@ def compare_with_baseline(
     return result
 
 
+def _checked_shape(preset: str, baseline: str, shape: tuple[int, int] | None) -> tuple[int, int]:
+    """The (H, W) to time at, once the preset is known and both models fit in memory there."""
+    from contract.resources import check_memory
+    from pem.config import ConfigError, estimate_forward_bytes, get_preset
+
+    try:
+        config = get_preset(preset)
+    except ConfigError as exc:
+        raise ExportError(f"--preset {preset}: {exc}") from None
+    h, w = shape or config.input_size
+    if h % 32 or w % 32:
+        raise ExportError(f"--shape {h}x{w}: height and width must be multiples of 32")
+    # Mask2Former's forward needs about twice PEM's (1.7x measured at 1024x2048 in onnxruntime).
+    check_memory(
+        f"PEM and {baseline} at {h}x{w},",
+        BASELINE_MEMORY_FACTOR * estimate_forward_bytes(config, h, w, 1),
+    )
+    return h, w
+
+
+def _gmacs(names: list[str], preset: str, baseline: str, shape: tuple[int, int]) -> dict[str, float]:
+    """fvcore GMACs of each timed model (PEM, the baseline, and PEM STDC1 when it is timed)."""
+    from pem.config import get_preset
+    from pem.flops import count_cost
+
+    arch = {names[0]: ("pem", preset), names[1]: (BASELINES[baseline], preset)}
+    if len(names) > 2:
+        arch[names[2]] = ("pem", names[2].removeprefix("pem "))
+    gmacs = {}
+    for name, (architecture, name_preset) in arch.items():
+        gmacs[name] = count_cost(get_preset(name_preset), shape, architecture=architecture).gflops_fvcore
+    return gmacs
+
+
+def _time_round(
+    models: dict[str, torch.nn.Module],
+    images: torch.Tensor,
+    onnx_paths: dict[str, Path],
+    backends: tuple[str, ...],
+    round_of: tuple[int, int],
+    runs: tuple[int, int, int],
+    say: Callable[[str], None],
+) -> list[ModelTiming]:
+    """Round ``round_of`` (this one, of how many): every model on every backend (``runs``:
+    warm-up, iterations, threads)."""
+    from runtime.tools.bench import peak_rss_mb, reset_peak_rss
+
+    round_, rounds = round_of
+    h, w = images.shape[-2:]
+    warmup, iterations, threads = runs
+    timings = []
+    for name, model in models.items():
+        for backend in backends:
+            say(f"round {round_}/{rounds}: {name}, {backend}, {h}x{w}")
+            gc.collect()
+            reset_peak_rss()
+            if backend == "torch":
+                with torch.inference_mode():
+                    times = wall_times_ms(lambda m=model: m(images), warmup, iterations)
+            else:
+                times = _time_ort(onnx_paths[name], images.numpy(), warmup, iterations, threads)
+            timings.append(ModelTiming(name, backend, round_, times, peak_rss_mb()))
+            say(f"  median {statistics.median(times):.0f} ms")
+    return timings
+
+
 def _export_all(
     models: dict[str, torch.nn.Module], images: torch.Tensor, folder: Path, say: Callable[[str], None]
 ) -> dict[str, Path]:
     import onnx
 
-    from export.heads import ExportedModel
-    from export.onnx_export import export_to_onnx
-
     paths = {}
     for i, (name, model) in enumerate(models.items()):
         say(f"exporting {name} to ONNX")
-        proto = export_to_onnx(
-            ExportedModel(model, "raw", "none"),
-            (images,),
-            input_names=["images"],
-            output_names=["pred_logits", "pred_masks"],
-            exporter="torchscript",
-        )
+        proto = raw_onnx(model, images)
         paths[name] = folder / f"model{i}.onnx"
         onnx.save(proto, str(paths[name]))
         del proto
@@ -333,12 +362,27 @@ def _export_all(
     return paths
 
 
+def raw_onnx(model: torch.nn.Module, images: torch.Tensor) -> Any:
+    """``model``'s raw head (``pred_logits``, ``pred_masks``) as an ONNX ModelProto for timing:
+    the TorchScript exporter, no pre-processing, the input named ``images``."""
+    from export.heads import ExportedModel
+    from export.onnx_export import export_to_onnx
+
+    return export_to_onnx(
+        ExportedModel(model, "raw", "none"),
+        (images,),
+        input_names=["images"],
+        output_names=["pred_logits", "pred_masks"],
+        exporter="torchscript",
+    )
+
+
 def _time_ort(path: Path, images: np.ndarray, warmup: int, iterations: int, threads: int) -> list[float]:
     from runtime.core.backends.ort_session import create_session
 
     session = create_session(path, threads=threads, error=ExportError)
     # The session (and its memory arena) is dropped on return, before the next model's is made.
-    return _time(lambda: session.run(None, {"images": images}), warmup, iterations)
+    return wall_times_ms(lambda: session.run(None, {"images": images}), warmup, iterations)
 
 
 def write_comparisons(results: list[BaselineComparison], folder: str | os.PathLike[str]) -> list[Path]:

@@ -364,47 +364,79 @@ def convert_to_fp16(
         report.fp32_nodes[reason] = report.fp32_nodes.get(reason, 0) + 1
     report.fp32_op_types = dict(Counter(index.nodes[i].op_type for i in plan).most_common())
 
-    taken = set(index.types) | {n.name for n in graph.node if n.name}
-    current = dict(index.types)  # element type of each tensor after conversion
-    casts: dict[tuple[str, int], str] = {}
-    new_nodes: list[onnx.NodeProto] = []
-    new_initializers: list[TensorProto] = []
-
-    def convert(name: str, to: int) -> str:
-        key = (name, to)
-        if key in casts:
-            return casts[key]
-        tensor = index.initializers.get(name)
-        suffix = "fp16" if to == FLOAT16 else "fp32"
-        new_name = _unique(f"{name}__{suffix}", taken)
-        if tensor is not None and to == FLOAT16:
-            array = numpy_helper.to_array(tensor).astype(np.float32)
-            new_initializers.append(numpy_helper.from_array(_to_fp16_array(array, report), new_name))
-            report.initializers_converted += 1
-        else:
-            new_nodes.append(
-                helper.make_node("Cast", [name], [new_name], to=to, name=_unique(f"cast_{new_name}", taken))
-            )
-            report.casts_inserted += 1
-        current[new_name] = to
-        casts[key] = new_name
-        return new_name
-
+    rewrite = _Fp16Rewrite(index, report, taken=set(index.types) | {n.name for n in graph.node if n.name})
     for i, node in enumerate(index.nodes):
         if i in plan:
-            for k, name in enumerate(node.input):
-                if name and current.get(name) == FLOAT16:
-                    node.input[k] = convert(name, FLOAT)
-            new_nodes.append(node)
-            continue
+            rewrite.keep_fp32(node)
+        else:
+            rewrite.to_fp16(node)
+    rewrite.restore_output_types(graph)
+
+    del graph.node[:]
+    graph.node.extend(rewrite.nodes)
+    graph.initializer.extend(rewrite.initializers)
+    used = {n for node in graph.node for n in node.input} | {v.name for v in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return result, report
+
+
+class _Fp16Rewrite:
+    """The converted graph's nodes and initializers, built node by node in the original order, and
+    the element type of each tensor after conversion."""
+
+    def __init__(self, index: GraphIndex, report: Fp16Report, taken: set[str]):
+        self.index = index
+        self.report = report
+        self.taken = taken
+        self.current = dict(index.types)  # element type of each tensor after conversion
+        self.casts: dict[tuple[str, int], str] = {}
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+
+    def convert(self, name: str, to: int) -> str:
+        """The name of ``name`` as element type ``to``: an FP16 copy of an initializer, else a
+        ``Cast`` (made once per tensor and type)."""
+        key = (name, to)
+        if key in self.casts:
+            return self.casts[key]
+        tensor = self.index.initializers.get(name)
+        suffix = "fp16" if to == FLOAT16 else "fp32"
+        new_name = _unique(f"{name}__{suffix}", self.taken)
+        if tensor is not None and to == FLOAT16:
+            array = numpy_helper.to_array(tensor).astype(np.float32)
+            self.initializers.append(numpy_helper.from_array(_to_fp16_array(array, self.report), new_name))
+            self.report.initializers_converted += 1
+        else:
+            self.nodes.append(
+                helper.make_node(
+                    "Cast", [name], [new_name], to=to, name=_unique(f"cast_{new_name}", self.taken)
+                )
+            )
+            self.report.casts_inserted += 1
+        self.current[new_name] = to
+        self.casts[key] = new_name
+        return new_name
+
+    def keep_fp32(self, node: onnx.NodeProto) -> None:
+        """A node of the FP32 block set: its FP16 inputs are cast back to FP32."""
+        for k, name in enumerate(node.input):
+            if name and self.current.get(name) == FLOAT16:
+                node.input[k] = self.convert(name, FLOAT)
+        self.nodes.append(node)
+
+    def to_fp16(self, node: onnx.NodeProto) -> None:
+        """Any other node computes in FP16: FP32 inputs, casts to FP32, FP32 constants of shape and
+        FP32 outputs become FP16."""
         touched = False
         for k, name in enumerate(node.input):
             if not name or (node.op_type, k) in _KEEP_INPUT_TYPE:
                 continue
-            if current.get(name) == FLOAT:
-                node.input[k] = convert(name, FLOAT16)
+            if self.current.get(name) == FLOAT:
+                node.input[k] = self.convert(name, FLOAT16)
                 touched = True
-            elif current.get(name) == FLOAT16:
+            elif self.current.get(name) == FLOAT16:
                 touched = True
         if node.op_type == "Cast":
             to = helper.get_attribute_value(next(a for a in node.attribute if a.name == "to"))
@@ -417,40 +449,33 @@ def convert_to_fp16(
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type == FLOAT:
                     value = numpy_helper.to_array(attr.t).astype(np.float32)
-                    attr.t.CopyFrom(numpy_helper.from_array(_to_fp16_array(value, report)))
+                    attr.t.CopyFrom(numpy_helper.from_array(_to_fp16_array(value, self.report)))
                     touched = True
         for name in node.output:
-            if name and current.get(name) == FLOAT:
-                current[name] = FLOAT16
+            if name and self.current.get(name) == FLOAT:
+                self.current[name] = FLOAT16
                 touched = True
         if touched:
-            report.fp16_nodes += 1
-        new_nodes.append(node)
+            self.report.fp16_nodes += 1
+        self.nodes.append(node)
 
-    # Graph outputs keep their original type.
-    renames: dict[str, str] = {}
-    for value in graph.output:
-        if index.types.get(value.name) == FLOAT and current.get(value.name) == FLOAT16:
-            renames[value.name] = _unique(f"{value.name}__fp16", taken)
-    for node in new_nodes:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-    for original, internal in renames.items():
-        new_nodes.append(
-            helper.make_node(
-                "Cast", [internal], [original], to=FLOAT, name=_unique(f"cast_{original}", taken)
+    def restore_output_types(self, graph: onnx.GraphProto) -> None:
+        """Graph outputs keep their original type: an FP32 output computed in FP16 is renamed inside
+        and cast back under its own name."""
+        renames: dict[str, str] = {}
+        for value in graph.output:
+            if self.index.types.get(value.name) == FLOAT and self.current.get(value.name) == FLOAT16:
+                renames[value.name] = _unique(f"{value.name}__fp16", self.taken)
+        for node in self.nodes:
+            node.input[:] = [renames.get(n, n) for n in node.input]
+            node.output[:] = [renames.get(n, n) for n in node.output]
+        for original, internal in renames.items():
+            self.nodes.append(
+                helper.make_node(
+                    "Cast", [internal], [original], to=FLOAT, name=_unique(f"cast_{original}", self.taken)
+                )
             )
-        )
-        report.casts_inserted += 1
-
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    graph.initializer.extend(new_initializers)
-    used = {n for node in graph.node for n in node.input} | {v.name for v in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    return result, report
+            self.report.casts_inserted += 1
 
 
 def emulate_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

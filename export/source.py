@@ -110,33 +110,8 @@ def load_source(
             }
         else:
             path = Path(checkpoint)
-            if not path.is_file():
-                raise ExportError(f"--checkpoint {path}: no such file")
-            if path.suffix in OUR_SUFFIXES:
-                if preset is not None:
-                    raise ExportError(
-                        f"--preset {preset}: not used with {path.name} "
-                        "(its config is read beside it); drop it"
-                    )
-                _check_memory(read_checkpoint_config(path), height, width, batch)
-                model = load_checkpoint(path)  # type: ignore[assignment]
-                config = model.config
-            elif path.suffix in OFFICIAL_SUFFIXES:
-                if preset is None:
-                    raise ExportError(
-                        f"--checkpoint {path}: an official checkpoint needs --preset NAME "
-                        "for its architecture"
-                    )
-                config = get_preset(preset)
-                _check_memory(config, height, width, batch)
-                model = PEM(config)
-                load_official_checkpoint(model, path, strict=True)
-                check_finite(path, model.state_dict())  # NaN/Inf weights: never exported
-            else:
-                raise ExportError(
-                    f"--checkpoint {path}: unknown checkpoint type {path.suffix!r} "
-                    f"(expected {', '.join(OUR_SUFFIXES + OFFICIAL_SUFFIXES)})"
-                )
+            model = _checkpoint_model(path, preset, (height, width, batch))
+            config = model.config
             description = {
                 "preset": preset,
                 "checkpoint": str(path),
@@ -152,6 +127,36 @@ def load_source(
     description["name"] = config.name
     description["config"] = config.to_dict()
     return ModelSource(model=model, config=config, description=description)
+
+
+def _checkpoint_model(path: Path, preset: str | None, size: tuple[int | None, int | None, int]) -> PEM:
+    """The model in checkpoint ``path``: one of ours (config beside it) or an official one (the
+    architecture of ``preset``), once a forward pass at ``size`` (H, W, batch) fits in memory."""
+    height, width, batch = size
+    if not path.is_file():
+        raise ExportError(f"--checkpoint {path}: no such file")
+    if path.suffix in OUR_SUFFIXES:
+        if preset is not None:
+            raise ExportError(
+                f"--preset {preset}: not used with {path.name} (its config is read beside it); drop it"
+            )
+        _check_memory(read_checkpoint_config(path), height, width, batch)
+        return load_checkpoint(path)  # type: ignore[return-value]
+    if path.suffix in OFFICIAL_SUFFIXES:
+        if preset is None:
+            raise ExportError(
+                f"--checkpoint {path}: an official checkpoint needs --preset NAME for its architecture"
+            )
+        config = get_preset(preset)
+        _check_memory(config, height, width, batch)
+        model = PEM(config)
+        load_official_checkpoint(model, path, strict=True)
+        check_finite(path, model.state_dict())  # NaN/Inf weights: never exported
+        return model
+    raise ExportError(
+        f"--checkpoint {path}: unknown checkpoint type {path.suffix!r} "
+        f"(expected {', '.join(OUR_SUFFIXES + OFFICIAL_SUFFIXES)})"
+    )
 
 
 def source_record(description: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ Findings have a level:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -436,14 +437,7 @@ def _restrictions(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) 
 
 def lint_model(model: onnx.ModelProto | str | Path) -> LintReport:
     """Lint ``model`` (a ModelProto or a path) against TensorRT 10 and 11."""
-    if not isinstance(model, onnx.ModelProto):
-        path = Path(model)
-        if not path.is_file():
-            raise ExportError(f"{path}: no such ONNX file")
-        try:
-            model = onnx.load(str(path))
-        except Exception as exc:
-            raise ExportError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    model = _load_model(model)
     graph = model.graph
     subgraphs = any(
         a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
@@ -453,104 +447,116 @@ def lint_model(model: onnx.ModelProto | str | Path) -> LintReport:
     opset = next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), 0)
     graph_index = GraphIndex.with_types(model)
     types = graph_index.types
+    constants = _constants(graph)
+    issues: dict[tuple[str, str, str, str], int] = Counter()  # (level, target, op, message) -> count
+    for node in graph.node:
+        for target in TARGETS:
+            for level, message in _node_issues(node, target, types, constants):
+                issues[(level, target, node.op_type, message)] += 1
+    int64_data = _tensor_issues(issues, graph, graph_index, constants)
+    for target in TARGETS:
+        if opset > _MAX_OPSET[target]:
+            issues[
+                (
+                    "warn",
+                    target,
+                    "opset",
+                    f"opset {opset} is newer than TensorRT {target}.x's oldest parser supports "
+                    f"({_MAX_OPSET[target]})",
+                )
+            ] += 1
+        if subgraphs:
+            issues[("warn", target, "subgraph", "sub-graphs are not linted")] += 1
+    findings = [Finding(level, target, op, n, msg) for (level, target, op, msg), n in issues.items()]
+    order = {"reject": 0, "policy": 1, "warn": 2, "info": 3}
+    findings.sort(key=lambda f: (f.target, order[f.level], f.op))
+    counts = Counter(node.op_type for node in graph.node)
+    return LintReport(
+        opset=opset, rows=_op_rows(counts, findings), findings=findings, int64_tensors=len(int64_data)
+    )
+
+
+def _load_model(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:
+        raise ExportError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and ``Constant`` node values, by tensor name."""
     constants = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = node.attribute[0].t
+    return constants
+
+
+def _node_issues(
+    node: onnx.NodeProto, target: str, types: dict[str, int], constants: dict[str, onnx.TensorProto]
+) -> Iterator[tuple[str, str]]:
+    """(level, message) of each problem ``target``'s ONNX parser has with ``node``."""
+    op = node.op_type
+    table = _TABLES[target]
+    if node.domain not in ("", "ai.onnx"):
+        yield "reject", f"custom domain {node.domain!r} needs a TensorRT plugin"
+        return
+    if op in FORBIDDEN_OPS:
+        yield "policy", "data-dependent or control-flow op (refused by the export contract)"
+    if op not in table:
+        yield (
+            "reject",
+            "not supported by the ONNX parser" if op in _TRT10_UNSUPPORTED else "unknown to the ONNX parser",
+        )
+        return
+    index = _data_input(node)
+    if index is not None and index < len(node.input) and (op, index) not in _SHAPE_INPUTS:
+        dtype = _TYPE_NAMES.get(types.get(node.input[index], 0), "?")
+        if dtype != "?" and dtype not in table[op].split():
+            if dtype == "F64":
+                yield "warn", "DOUBLE input is cast to FLOAT"
+            else:
+                yield "reject", f"{dtype} input unsupported (takes {table[op]})"
+    if op == "Cast":
+        to = _TYPE_NAMES.get(helper.get_attribute_value(node.attribute[0]), "?") if node.attribute else "?"
+        if to == "F64":
+            yield "warn", "cast to DOUBLE becomes a cast to FLOAT"
+        elif to not in table[op].split():
+            yield "reject", f"cast to {to} unsupported"
+    for problem in _restrictions(node, constants):
+        yield "reject", problem
+    since = _SINCE.get(target, {}).get(op)
+    if since:
+        yield "warn", f"needs TensorRT >= {since} (built-in plugin; load libnvinfer_plugin)"
+
+
+def _tensor_issues(
+    issues: Counter[tuple[str, str, str, str]],
+    graph: onnx.GraphProto,
+    graph_index: GraphIndex,
+    constants: dict[str, onnx.TensorProto],
+) -> list[str]:
+    """Count the tensor-level issues (UINT8 inside, DOUBLE, INT64 data) into ``issues``; returns
+    the INT64 data tensors (INT64 tensors that are neither shape work nor constants)."""
+    types = graph_index.types
     io_names = {v.name for v in graph.input} | {v.name for v in graph.output}
-    counts = Counter(node.op_type for node in graph.node)
-    issues: dict[tuple[str, str, str, str], int] = Counter()  # (level, target, op, message) -> count
-
-    for node in graph.node:
-        op = node.op_type
-        custom = node.domain not in ("", "ai.onnx")
-        for target in TARGETS:
-            table = _TABLES[target]
-            if custom:
-                issues[("reject", target, op, f"custom domain {node.domain!r} needs a TensorRT plugin")] += 1
-                continue
-            if op in FORBIDDEN_OPS:
-                issues[
-                    (
-                        "policy",
-                        target,
-                        op,
-                        "data-dependent or control-flow op (refused by the export contract)",
-                    )
-                ] += 1
-            if op not in table:
-                why = (
-                    "not supported by the ONNX parser"
-                    if op in _TRT10_UNSUPPORTED
-                    else "unknown to the ONNX parser"
-                )
-                issues[("reject", target, op, why)] += 1
-                continue
-            index = _data_input(node)
-            if index is not None and index < len(node.input) and (op, index) not in _SHAPE_INPUTS:
-                dtype = _TYPE_NAMES.get(types.get(node.input[index], 0), "?")
-                if dtype != "?" and dtype not in table[op].split():
-                    if dtype == "F64":
-                        issues[("warn", target, op, "DOUBLE input is cast to FLOAT")] += 1
-                    else:
-                        issues[("reject", target, op, f"{dtype} input unsupported (takes {table[op]})")] += 1
-            if op == "Cast":
-                to = (
-                    _TYPE_NAMES.get(helper.get_attribute_value(node.attribute[0]), "?")
-                    if node.attribute
-                    else "?"
-                )
-                if to == "F64":
-                    issues[("warn", target, op, "cast to DOUBLE becomes a cast to FLOAT")] += 1
-                elif to not in table[op].split():
-                    issues[("reject", target, op, f"cast to {to} unsupported")] += 1
-            for problem in _restrictions(node, constants):
-                issues[("reject", target, op, problem)] += 1
-            since = _SINCE.get(target, {}).get(op)
-            if since:
-                issues[
-                    (
-                        "warn",
-                        target,
-                        op,
-                        f"needs TensorRT >= {since} (built-in plugin; load libnvinfer_plugin)",
-                    )
-                ] += 1
-
-    # Tensor-level checks.
     uint8_internal = [
         name
         for name, t in types.items()
         if t == TensorProto.UINT8 and name not in io_names and name not in constants
     ]
     doubles = [name for name, t in types.items() if t == TensorProto.DOUBLE]
-    shape_only: set[str] = set()
-    for name in graph_index.consumers:
-        uses = [
-            (node.op_type, i)
-            for node in graph_index.consumer_nodes(name)
-            for i, read in enumerate(node.input)
-            if read == name
-        ]
-        if all(use in _SHAPE_INPUTS or use[0] in ("Shape", "Size") for use in uses):
-            shape_only.add(name)
     producers = {name: graph_index.nodes[i].op_type for name, i in graph_index.producer.items()}
-    # Shape arithmetic (Shape -> Gather -> Concat ... with constants) is shape-tensor work.
-    shape_derived: set[str] = set()
-    for node in graph.node:
-        inputs = [n for n in node.input if n]
-        if node.op_type in ("Shape", "Size") or (
-            inputs and all(n in shape_derived or n in constants for n in inputs)
-        ):
-            shape_derived.update(o for o in node.output if o)
+    shape_work = _shape_only(graph_index) | _shape_derived(graph, constants)
     int64_data = [
         name
         for name, t in types.items()
-        if t == TensorProto.INT64
-        and name not in shape_only
-        and name not in shape_derived
-        and name not in constants
-        and name in producers
+        if t == TensorProto.INT64 and name not in shape_work and name not in constants and name in producers
     ]
     index_like = Counter(producers[n] for n in int64_data if producers[n] in _INDEX_PRODUCERS)
     for target in TARGETS:
@@ -574,22 +580,38 @@ def lint_model(model: onnx.ModelProto | str | Path) -> LintReport:
                     "INT64 data tensors: run as INT64 where the layer supports it, else cast to INT32",
                 )
             ] += other
-        if opset > _MAX_OPSET[target]:
-            issues[
-                (
-                    "warn",
-                    target,
-                    "opset",
-                    f"opset {opset} is newer than TensorRT {target}.x's oldest parser supports "
-                    f"({_MAX_OPSET[target]})",
-                )
-            ] += 1
-        if subgraphs:
-            issues[("warn", target, "subgraph", "sub-graphs are not linted")] += 1
+    return int64_data
 
-    findings = [Finding(level, target, op, n, msg) for (level, target, op, msg), n in issues.items()]
-    order = {"reject": 0, "policy": 1, "warn": 2, "info": 3}
-    findings.sort(key=lambda f: (f.target, order[f.level], f.op))
+
+def _shape_only(graph_index: GraphIndex) -> set[str]:
+    """Tensors read only as shapes (shape inputs, ``Shape`` / ``Size``)."""
+    shape_only: set[str] = set()
+    for name in graph_index.consumers:
+        uses = [
+            (node.op_type, i)
+            for node in graph_index.consumer_nodes(name)
+            for i, read in enumerate(node.input)
+            if read == name
+        ]
+        if all(use in _SHAPE_INPUTS or use[0] in ("Shape", "Size") for use in uses):
+            shape_only.add(name)
+    return shape_only
+
+
+def _shape_derived(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto]) -> set[str]:
+    """Shape arithmetic (Shape -> Gather -> Concat ... with constants) is shape-tensor work."""
+    shape_derived: set[str] = set()
+    for node in graph.node:
+        inputs = [n for n in node.input if n]
+        if node.op_type in ("Shape", "Size") or (
+            inputs and all(n in shape_derived or n in constants for n in inputs)
+        ):
+            shape_derived.update(o for o in node.output if o)
+    return shape_derived
+
+
+def _op_rows(counts: Counter[str], findings: list[Finding]) -> list[OpRow]:
+    """One row per op type, most used first, with its worst level per target."""
     rows = []
     for op, n in counts.most_common():
         status = {}
@@ -597,4 +619,4 @@ def lint_model(model: onnx.ModelProto | str | Path) -> LintReport:
             levels = {f.level for f in findings if f.target == target and f.op == op}
             status[target] = next((lv for lv in ("reject", "policy", "warn") if lv in levels), "ok")
         rows.append(OpRow(op, n, status))
-    return LintReport(opset=opset, rows=rows, findings=findings, int64_tensors=len(int64_data))
+    return rows

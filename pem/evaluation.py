@@ -417,12 +417,8 @@ def evaluate(
     sem_eval = SemanticEvaluator(meta.class_names, meta.ignore_label) if semantic else None
     pan_eval = PanopticEvaluator(meta) if panoptic else None
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    ctx = current_context()
-    if distributed is None:
-        distributed = ctx.distributed
-    rank, world = (ctx.rank, ctx.world_size) if distributed else (0, 1)
     batch_size = max(1, batch_size)
-    mine = [i for i in range(count) if (i // batch_size) % world == rank]
+    rank, world, mine = _share(count, batch_size, distributed)
     show = (None if progress is None else bool(progress)) if rank == 0 else False
     bar = tqdm(total=len(mine), desc="eval", disable=(None if show is None else not show), leave=False)
     pending: list = []
@@ -433,16 +429,7 @@ def evaluate(
         for sample, pred in zip(pending, preds):
             if on_prediction is not None:
                 on_prediction(sample, pred)
-            if sem_eval is not None and sample.sem_seg is not None:
-                sem_eval.update(pred.semantic, sample.sem_seg)
-            if pan_eval is not None:
-                result = pred.panoptic
-                pan_eval.update(
-                    result.id_map.cpu().numpy(),
-                    [(s.id, s.category_id) for s in result.segments],
-                    sample.pan_seg,
-                    sample.segments,
-                )
+            _score(sample, pred, sem_eval, pan_eval)
         bar.update(len(pending))
         pending.clear()
 
@@ -467,6 +454,49 @@ def evaluate(
         sem_eval.compute() if sem_eval is not None else None,
         pan_eval.compute() if pan_eval is not None else None,
     )
+
+
+def _share(count: int, batch_size: int, distributed: bool | None) -> tuple[int, int, list[int]]:
+    """This process's rank, the world size and the images it evaluates (whole chunks of
+    ``batch_size``, dealt round-robin to the ranks)."""
+    ctx = current_context()
+    if distributed is None:
+        distributed = ctx.distributed
+    rank, world = (ctx.rank, ctx.world_size) if distributed else (0, 1)
+    return rank, world, [i for i in range(count) if (i // batch_size) % world == rank]
+
+
+def _score(
+    sample: Sample,
+    pred: Prediction,
+    sem_eval: SemanticEvaluator | None,
+    pan_eval: PanopticEvaluator | None,
+) -> None:
+    """Add one image's prediction to the running metrics."""
+    if sem_eval is not None and sample.sem_seg is not None:
+        sem_eval.update(pred.semantic, sample.sem_seg)
+    if pan_eval is not None:
+        result = pred.panoptic
+        pan_eval.update(
+            result.id_map.cpu().numpy(),
+            [(s.id, s.category_id) for s in result.segments],
+            sample.pan_seg,
+            sample.segments,
+        )
+
+
+def _checked_task(
+    task: str, model_task: str, checkpoint: str | os.PathLike[str], data: str | os.PathLike[str]
+) -> str:
+    """``task``, once it is known and the model (of ``model_task``) can be evaluated on it."""
+    if task not in TASKS:
+        raise DatasetError(f"{data}: unknown task {task!r} (semantic or panoptic)")
+    if task == "panoptic" and model_task != "panoptic":
+        raise ConfigError(
+            f"{checkpoint}: --task panoptic needs a panoptic model, this one is {model_task} "
+            "(it predicts no segments, so PQ cannot be measured); use --task semantic"
+        )
+    return task
 
 
 def dataset_kind(config: PEMConfig) -> str:
@@ -515,14 +545,7 @@ def evaluate_checkpoint(
     if short_side is None and model.config.name in preset_names():
         test = preset_eval_size(model.config.name)  # ADE20K: 512 / 640; Cityscapes: native
         short_side, max_size = test.short_side, test.max_size
-    task = task or model.config.task
-    if task not in TASKS:
-        raise DatasetError(f"{data}: unknown task {task!r} (semantic or panoptic)")
-    if task == "panoptic" and model.config.task != "panoptic":
-        raise ConfigError(
-            f"{checkpoint}: --task panoptic needs a panoptic model, this one is {model.config.task} "
-            "(it predicts no segments, so PQ cannot be measured); use --task semantic"
-        )
+    task = _checked_task(task or model.config.task, model.config.task, checkpoint, data)
     dataset = open_dataset(data, kind, split, task)  # type: ignore[arg-type]
     if save_predictions is not None and kind != "cityscapes":
         raise DatasetError(f"{save_predictions}: saving predictions is supported for Cityscapes data only")

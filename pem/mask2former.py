@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from pem.config import PEMConfig, TransformerDecoderConfig
 from pem.position_encoding import PositionEmbeddingSine
-from pem.transformer_decoder import MLP
+from pem.transformer_decoder import FFNLayer, QueryDecoder, SelfAttentionLayer, xavier_init
 
 #: The Cityscapes R50 configuration of the official code (``maskformer2_R50_bs16_90k.yaml``).
 MASK2FORMER_R50 = {
@@ -89,6 +89,16 @@ class MSDeformAttn(nn.Module):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
 
+    def project(self, query: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The per-head value tokens (B, N, H, D), sampling offsets in pixels (B, Nq, H, L, P, 2)
+        and attention weights, softmaxed over each head's L * P points (B, Nq, H, L * P)."""
+        b, nq, c = query.shape
+        heads, levels, points = self.num_heads, self.num_levels, self.num_points
+        value = self.value_proj(value).view(b, -1, heads, c // heads)
+        offsets = self.sampling_offsets(query).view(b, nq, heads, levels, points, 2)
+        weights = self.attention_weights(query).view(b, nq, heads, levels * points).softmax(-1)
+        return value, offsets, weights
+
     def forward(
         self,
         query: Tensor,
@@ -110,9 +120,7 @@ class MSDeformAttn(nn.Module):
         b, nq, c = query.shape
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
         d = c // heads
-        value = self.value_proj(value).view(b, -1, heads, d)
-        offsets = self.sampling_offsets(query).view(b, nq, heads, levels, points, 2)
-        weights = self.attention_weights(query).view(b, nq, heads, levels * points).softmax(-1)
+        value, offsets, weights = self.project(query, value)
         sampled = []
         start = 0
         for level, (h, w) in enumerate(spatial_shapes):
@@ -247,7 +255,7 @@ class PostNormCrossAttention(nn.Module):
         self.num_heads = num_heads
         self.multihead_attn = nn.MultiheadAttention(dim, num_heads, dropout=0.0, batch_first=True)
         self.norm = nn.LayerNorm(dim)
-        _xavier(self)
+        xavier_init(self)
 
     def forward(
         self, tgt: Tensor, memory: Tensor, attn_mask: Tensor, pos: Tensor, query_pos: Tensor
@@ -259,38 +267,21 @@ class PostNormCrossAttention(nn.Module):
         return self.norm(tgt + out[0])
 
 
-class PostNormSelfAttention(nn.Module):
-    """Query self-attention, post-norm: ``norm(tgt + MHA(tgt + qpos, tgt + qpos, tgt))``."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=0.0, batch_first=True)
-        self.norm = nn.LayerNorm(dim)
-        _xavier(self)
+class PostNormSelfAttention(SelfAttentionLayer):
+    """Query self-attention, post-norm: ``norm(tgt + MHA(tgt + qpos, tgt + qpos, tgt))`` (the
+    pre-norm layer's parameters, applied in the other order)."""
 
     def forward(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
         qk = tgt + query_pos
         return self.norm(tgt + self.self_attn(qk, qk, tgt, need_weights=False)[0])
 
 
-class PostNormFFN(nn.Module):
-    """Feed-forward, post-norm: ``norm(tgt + linear2(relu(linear1(tgt))))``."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.linear1 = nn.Linear(dim, hidden)
-        self.linear2 = nn.Linear(hidden, dim)
-        self.norm = nn.LayerNorm(dim)
-        _xavier(self)
+class PostNormFFN(FFNLayer):
+    """Feed-forward, post-norm: ``norm(tgt + linear2(relu(linear1(tgt))))`` (the pre-norm layer's
+    parameters, applied in the other order)."""
 
     def forward(self, tgt: Tensor) -> Tensor:
         return self.norm(tgt + self.linear2(F.relu(self.linear1(tgt))))
-
-
-def _xavier(module: nn.Module) -> None:
-    for p in module.parameters():
-        if p.dim() > 1:
-            nn.init.xavier_uniform_(p)
 
 
 def masked_attention_mask(mask_logits: Tensor, size: tuple[int, int], num_heads: int) -> Tensor:
@@ -306,7 +297,7 @@ def masked_attention_mask(mask_logits: Tensor, size: tuple[int, int], num_heads:
     return masked.unsqueeze(1).expand(b, num_heads, q, n).reshape(b * num_heads, q, n)
 
 
-class MaskedAttentionDecoder(nn.Module):
+class MaskedAttentionDecoder(QueryDecoder):
     """Mask2Former's ``MultiScaleMaskedTransformerDecoder`` (post-norm, no input projection).
 
     Args:
@@ -322,34 +313,17 @@ class MaskedAttentionDecoder(nn.Module):
         dim = cfg.hidden_dim
         if in_channels != dim:
             raise ValueError(f"in_channels {in_channels} != hidden_dim {dim}: Mask2Former projects nothing")
-        self.num_layers = cfg.num_layers
         self.num_heads = cfg.num_heads
-        self.num_feature_levels = 3
-        self.pe_layer = PositionEmbeddingSine(dim // 2)
-        self.transformer_cross_attention_layers = nn.ModuleList(
-            PostNormCrossAttention(dim, cfg.num_heads) for _ in range(cfg.num_layers)
+        self._build_layers(
+            cfg,
+            3,
+            (
+                lambda: PostNormCrossAttention(dim, cfg.num_heads),
+                lambda: PostNormSelfAttention(dim, cfg.num_heads),
+                lambda: PostNormFFN(dim, cfg.dim_feedforward),
+            ),
         )
-        self.transformer_self_attention_layers = nn.ModuleList(
-            PostNormSelfAttention(dim, cfg.num_heads) for _ in range(cfg.num_layers)
-        )
-        self.transformer_ffn_layers = nn.ModuleList(
-            PostNormFFN(dim, cfg.dim_feedforward) for _ in range(cfg.num_layers)
-        )
-        self.decoder_norm = nn.LayerNorm(dim)
-        self.query_feat = nn.Embedding(cfg.num_queries, dim)
-        self.query_embed = nn.Embedding(cfg.num_queries, dim)
-        self.level_embed = nn.Embedding(self.num_feature_levels, dim)
-        self.class_embed = nn.Linear(dim, num_classes + 1)
-        self.mask_embed = MLP(dim, dim, mask_dim, 3)
-
-    def forward_prediction_heads(self, tgt: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, Q, C) -> class logits (B, Q, K+1) and mask logits (B, Q, H/4, W/4)."""
-        decoded = self.decoder_norm(tgt)
-        class_logits = self.class_embed(decoded)
-        mask_logits = (self.mask_embed(decoded) @ mask_features.flatten(2)).unflatten(
-            2, mask_features.shape[2:]
-        )
-        return class_logits, mask_logits
+        self._build_heads(dim, num_classes, mask_dim)
 
     def forward(self, multi_scale: list[Tensor], mask_features: Tensor) -> dict[str, object]:
         """Same inputs and outputs as :meth:`pem.transformer_decoder.TransformerDecoder.forward`."""
@@ -360,10 +334,8 @@ class MaskedAttentionDecoder(nn.Module):
             positions.append(self.pe_layer(feature).flatten(2).transpose(1, 2))
             embed = self.level_embed.weight[level].view(1, 1, -1)
             sources.append(feature.flatten(2).transpose(1, 2) + embed)
-        b = mask_features.shape[0]
-        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
-        tgt = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
-        predictions: list[tuple[Tensor, Tensor]] = [self.forward_prediction_heads(tgt, mask_features)]
+        query_pos, tgt = self.initial_queries(mask_features.shape[0])
+        predictions: list[tuple[Tensor, Tensor]] = [self.class_and_mask_logits(tgt, mask_features)]
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
             attn_mask = masked_attention_mask(predictions[-1][1], sizes[level], self.num_heads)
@@ -372,12 +344,8 @@ class MaskedAttentionDecoder(nn.Module):
             )
             tgt = self.transformer_self_attention_layers[i](tgt, query_pos)
             tgt = self.transformer_ffn_layers[i](tgt)
-            predictions.append(self.forward_prediction_heads(tgt, mask_features))
-        return {
-            "pred_logits": predictions[-1][0],
-            "pred_masks": predictions[-1][1],
-            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in predictions[:-1]],
-        }
+            predictions.append(self.class_and_mask_logits(tgt, mask_features))
+        return self.outputs(predictions)
 
 
 class Mask2FormerHead(nn.Module):

@@ -6,12 +6,21 @@ Internally tensors are batch-first (B, Q, C); ``nn.MultiheadAttention`` weights 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pem.config import TransformerDecoderConfig
 from pem.pem_ca import PEMCrossAttention
 from pem.position_encoding import PositionEmbeddingSine
+
+
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-uniform initialisation of ``module``'s matrices (biases and norms keep theirs)."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
 
 
 class SelfAttentionLayer(nn.Module):
@@ -21,9 +30,7 @@ class SelfAttentionLayer(nn.Module):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=0.0, batch_first=True)
         self.norm = nn.LayerNorm(dim)
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init(self)
 
     def forward(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
         x = self.norm(tgt)
@@ -39,9 +46,7 @@ class FFNLayer(nn.Module):
         self.linear1 = nn.Linear(dim, hidden)
         self.linear2 = nn.Linear(hidden, dim)
         self.norm = nn.LayerNorm(dim)
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_init(self)
 
     def forward(self, tgt: Tensor) -> Tensor:
         return tgt + self.linear2(F.relu(self.linear1(self.norm(tgt))))
@@ -64,7 +69,65 @@ class MLP(nn.Module):
         return x
 
 
-class TransformerDecoder(nn.Module):
+class QueryDecoder(nn.Module):
+    """What PEM's and Mask2Former's decoders share: per-layer cross-attention -> self-attention ->
+    FFN over learned queries, and the class / mask prediction heads of every layer.
+
+    Subclasses call :meth:`_build_layers` then :meth:`_build_heads` (registration order fixes the
+    parameters' initialisation order and the checkpoint names).
+    """
+
+    def _build_layers(
+        self,
+        cfg: TransformerDecoderConfig,
+        num_feature_levels: int,
+        layers: tuple[Callable[[], nn.Module], Callable[[], nn.Module], Callable[[], nn.Module]],
+    ) -> None:
+        """``layers``: factories of one cross-attention, self-attention and FFN layer."""
+        cross, self_attention, ffn = layers
+        dim = cfg.hidden_dim
+        self.num_layers = cfg.num_layers
+        self.num_feature_levels = num_feature_levels
+        self.pe_layer = PositionEmbeddingSine(dim // 2)
+        self.transformer_cross_attention_layers = nn.ModuleList(cross() for _ in range(cfg.num_layers))
+        self.transformer_self_attention_layers = nn.ModuleList(
+            self_attention() for _ in range(cfg.num_layers)
+        )
+        self.transformer_ffn_layers = nn.ModuleList(ffn() for _ in range(cfg.num_layers))
+        self.decoder_norm = nn.LayerNorm(dim)
+        self.query_feat = nn.Embedding(cfg.num_queries, dim)
+        self.query_embed = nn.Embedding(cfg.num_queries, dim)
+        self.level_embed = nn.Embedding(num_feature_levels, dim)
+
+    def _build_heads(self, dim: int, num_classes: int, mask_dim: int) -> None:
+        self.class_embed = nn.Linear(dim, num_classes + 1)
+        self.mask_embed = MLP(dim, dim, mask_dim, 3)
+
+    def initial_queries(self, batch: int) -> tuple[Tensor, Tensor]:
+        """The learned query positions and query features, (B, Q, C) each."""
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
+        return query_pos, self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
+
+    def class_and_mask_logits(self, tgt: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, Q, C) -> class logits (B, Q, K+1) and mask logits (B, Q, H/4, W/4)."""
+        decoded = self.decoder_norm(tgt)
+        class_logits = self.class_embed(decoded)
+        mask_logits = (self.mask_embed(decoded) @ mask_features.flatten(2)).unflatten(
+            2, mask_features.shape[2:]
+        )
+        return class_logits, mask_logits
+
+    @staticmethod
+    def outputs(predictions: list[tuple[Tensor, Tensor]]) -> dict[str, object]:
+        """The last layer's (class, mask) logits, and the earlier ones as ``aux_outputs``."""
+        return {
+            "pred_logits": predictions[-1][0],
+            "pred_masks": predictions[-1][1],
+            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in predictions[:-1]],
+        }
+
+
+class TransformerDecoder(QueryDecoder):
     """Query decoder over the pixel decoder's multi-scale features.
 
     Args:
@@ -77,41 +140,29 @@ class TransformerDecoder(nn.Module):
     def __init__(self, in_channels: int, mask_dim: int, num_classes: int, cfg: TransformerDecoderConfig):
         super().__init__()
         dim = cfg.hidden_dim
-        self.num_layers = cfg.num_layers
-        self.num_feature_levels = cfg.num_feature_levels
-        self.pe_layer = PositionEmbeddingSine(dim // 2)
-        self.transformer_cross_attention_layers = nn.ModuleList(
-            PEMCrossAttention(dim, cfg.num_heads) for _ in range(cfg.num_layers)
+        self._build_layers(
+            cfg,
+            cfg.num_feature_levels,
+            (
+                lambda: PEMCrossAttention(dim, cfg.num_heads),
+                lambda: SelfAttentionLayer(dim, cfg.num_heads),
+                lambda: FFNLayer(dim, cfg.dim_feedforward),
+            ),
         )
-        self.transformer_self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(dim, cfg.num_heads) for _ in range(cfg.num_layers)
-        )
-        self.transformer_ffn_layers = nn.ModuleList(
-            FFNLayer(dim, cfg.dim_feedforward) for _ in range(cfg.num_layers)
-        )
-        self.decoder_norm = nn.LayerNorm(dim)
-        self.query_feat = nn.Embedding(cfg.num_queries, dim)
-        self.query_embed = nn.Embedding(cfg.num_queries, dim)
-        self.level_embed = nn.Embedding(cfg.num_feature_levels, dim)
         self.input_proj = nn.ModuleList(
             nn.Conv2d(in_channels, dim, kernel_size=1) for _ in range(cfg.num_feature_levels)
         )
         for proj in self.input_proj:
             nn.init.kaiming_uniform_(proj.weight, a=1)  # detectron2 c2_xavier_fill
             nn.init.zeros_(proj.bias)
-        self.class_embed = nn.Linear(dim, num_classes + 1)
-        self.mask_embed = MLP(dim, dim, mask_dim, 3)
+        self._build_heads(dim, num_classes, mask_dim)
 
     def forward_prediction_heads(
         self, tgt: Tensor, mask_features: Tensor, attn_size: tuple[int, int]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(B, Q, C) queries -> class logits (B, Q, K+1), mask logits (B, Q, H/4, W/4) and the
         mask logits resized to ``attn_size`` for the next layer's prototype selection."""
-        decoded = self.decoder_norm(tgt)
-        class_logits = self.class_embed(decoded)
-        mask_logits = (self.mask_embed(decoded) @ mask_features.flatten(2)).unflatten(
-            2, mask_features.shape[2:]
-        )
+        class_logits, mask_logits = self.class_and_mask_logits(tgt, mask_features)
         attn_mask = F.interpolate(mask_logits, size=attn_size, mode="bilinear", align_corners=False)
         return class_logits, mask_logits, attn_mask
 
@@ -134,14 +185,9 @@ class TransformerDecoder(nn.Module):
             sources.append(
                 self.input_proj[level](feature) + self.level_embed.weight[level][None, :, None, None]
             )
-        b = mask_features.shape[0]
-        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
-        tgt = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
-
-        predictions_class, predictions_mask = [], []
+        query_pos, tgt = self.initial_queries(mask_features.shape[0])
         class_logits, mask_logits, attn_mask = self.forward_prediction_heads(tgt, mask_features, sizes[0])
-        predictions_class.append(class_logits)
-        predictions_mask.append(mask_logits)
+        predictions = [(class_logits, mask_logits)]
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
             tgt = self.transformer_cross_attention_layers[i](
@@ -153,13 +199,5 @@ class TransformerDecoder(nn.Module):
             class_logits, mask_logits, attn_mask = self.forward_prediction_heads(
                 tgt, mask_features, next_size
             )
-            predictions_class.append(class_logits)
-            predictions_mask.append(mask_logits)
-        return {
-            "pred_logits": predictions_class[-1],
-            "pred_masks": predictions_mask[-1],
-            "aux_outputs": [
-                {"pred_logits": c, "pred_masks": m}
-                for c, m in zip(predictions_class[:-1], predictions_mask[:-1])
-            ],
-        }
+            predictions.append((class_logits, mask_logits))
+        return self.outputs(predictions)

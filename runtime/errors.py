@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 from contract.errors import ArtifactError, PemDeployError, SidecarError
 
 __all__ = [
@@ -12,6 +15,7 @@ __all__ = [
     "OutputRangeError",
     "RuntimeToolError",
     "SidecarError",
+    "import_optional",
 ]
 
 
@@ -39,3 +43,12 @@ class NonFiniteOutputError(OutputRangeError):
 
 class BackendUnavailableError(ArtifactError):
     """The backend an artifact needs (onnxruntime, TensorRT, CUDA) is not installed here."""
+
+
+def import_optional(name: str, missing: type[RuntimeToolError], message: str) -> ModuleType:
+    """The module ``name`` of an optional dependency, or ``missing(message)`` (one line saying how
+    to install it, without the ImportError's traceback) when it cannot be imported."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise missing(message) from None

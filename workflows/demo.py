@@ -112,18 +112,9 @@ def _demo_into(
     """The demo's steps, written into the staging folder ``out``."""
     import torch
 
-    from calib.calibrate import CalibrationConfig
-    from calib.run import run_calibration
-    from export.bench_torch import bench_torch
-    from export.check import check_artifact
-    from export.pipeline import ExportOptions, export_artifact
     from export.source import load_source
     from pem.zoo import default_dataset_path, ensure_default_checkpoint
-    from runtime.core.postprocess import legend_image
-    from runtime.core.segmenter import Segmenter
-    from runtime.io.batch_infer import infer_path
-    from runtime.io.images import write_image
-    from runtime.tools.bench import bench_artifact, format_table, markdown_table, write_reports
+    from runtime.tools.bench import format_table, markdown_table
 
     say = progress or (lambda message: None)
     start = time.perf_counter()
@@ -142,81 +133,12 @@ def _demo_into(
         with bar_below() if bar_below else contextlib.nullcontext(False) as show_bar:
             checkpoint = ensure_default_checkpoint(variant, progress=show_bar)
         source = load_source(checkpoint=checkpoint)
-
-        artifacts: dict[str, Path] = {}
-        for precision in ("fp32", "fp16"):
-            say(f"exporting {precision.upper()} ONNX")
-            result = export_artifact(
-                source,
-                ExportOptions(out_dir=out / "artifacts" / precision, precision=precision, exist_ok=True),
-            )
-            artifacts[precision] = result.onnx_path
-        say("INT8 calibration and FP32 / FP16 / INT8 accuracy")
-        config = CalibrationConfig(
-            data=data, num_images=16 if quick else 200, threads=threads, progress=False
-        )
-        outcome = run_calibration(
-            source,
-            out / "artifacts" / "int8",
-            config,
-            eval_data=data,
-            eval_limit=4 if quick else None,
-            progress=None,
-            exist_ok=True,
-        )
-        artifacts["int8"] = outcome.export.onnx_path
-        accuracy = outcome.report
-
-        parity: dict[str, dict[str, Any]] = {}
-        for precision, path in artifacts.items():
-            say(f"parity {precision.upper()} vs PyTorch")
-            # The one comparison engine and policy (runtime.tools.compare), as check and verify.
-            check = check_artifact(path, source=source, emulate=False)
-            report = check.reports[0]
-            parity[precision] = {
-                "passed": check.passed,
-                "label_agreement": float(report.label_agreement),
-                "confident_agreement": float(report.confident_agreement),
-                "miou": float(report.miou),
-                "failures": list(check.failures),
-                "min_agreement": float(report.policy.min_confident_agreement),
-                "margins": {c.what: c.margin for c in report.criteria},
-            }
-
+        artifacts, accuracy = _export_and_calibrate(source, data, out, quick, threads, say)
+        parity = _parity(source, artifacts, say)
         say(f"benchmarking PyTorch + 3 ONNX artifacts ({warmup} warm-up, {iterations} iterations)")
-        shape = tuple(source.config.input_size)
-        bench = [
-            bench_torch(
-                checkpoint=checkpoint,
-                warmup=warmup,
-                iterations=iterations,
-                threads=threads,
-                name="pytorch (eager)",
-            )
-        ]
-        for precision, path in artifacts.items():
-            bench.append(
-                bench_artifact(
-                    path, warmup=warmup, iterations=iterations, threads=threads, name=f"onnx {precision}"
-                )
-            )
-        context = {"shape": f"{shape[0]}x{shape[1]}", "threads": threads, "model": str(checkpoint)}
-        _, note = write_reports(bench, out, plot=plot, context=context, exist_ok=True)
-        notes = [note] if note else []
-
+        bench, notes = _benchmark(source, checkpoint, artifacts, out, (warmup, iterations, threads), plot)
         say("overlays from the runtime")
-        inputs = out / "inputs"
-        _copy_val_images(Path(data), inputs, n_images)
-        overlays: list[Path] = []
-        for precision in ("fp32", "int8"):
-            with Segmenter.open(artifacts[precision], threads=threads) as seg:
-                infer_path(seg, inputs, out / "predictions" / precision, exist_ok=True)
-            overlays += sorted((out / "predictions" / precision / "overlay").rglob("*.jpg"))
-        legend = out / "legend.png"
-        with Segmenter.open(artifacts["fp32"], threads=threads) as seg:
-            names = [c.name for c in seg.artifact.classes]
-            predicted = _predicted_classes(out / "predictions" / "fp32" / "predictions.json", names)
-            write_image(legend, legend_image(names, seg.artifact.palette, only=predicted))
+        overlays, legend, names, predicted = _overlays(Path(data), artifacts, out, n_images, threads)
     finally:
         torch.set_num_threads(before)
 
@@ -237,6 +159,120 @@ def _demo_into(
     result.seconds = time.perf_counter() - start
     _write_report(result, variant, str(checkpoint), markdown_table(bench))
     return result
+
+
+def _export_and_calibrate(
+    source: Any, data: Any, out: Path, quick: bool, threads: int, say: Callable[[str], None]
+) -> tuple[dict[str, Path], Any]:
+    """The FP32, FP16 and INT8 artifacts, and the calibration's accuracy report."""
+    from calib.calibrate import CalibrationConfig
+    from calib.run import run_calibration
+    from export.pipeline import ExportOptions, export_artifact
+
+    artifacts: dict[str, Path] = {}
+    for precision in ("fp32", "fp16"):
+        say(f"exporting {precision.upper()} ONNX")
+        result = export_artifact(
+            source,
+            ExportOptions(out_dir=out / "artifacts" / precision, precision=precision, exist_ok=True),
+        )
+        artifacts[precision] = result.onnx_path
+    say("INT8 calibration and FP32 / FP16 / INT8 accuracy")
+    config = CalibrationConfig(data=data, num_images=16 if quick else 200, threads=threads, progress=False)
+    outcome = run_calibration(
+        source,
+        out / "artifacts" / "int8",
+        config,
+        eval_data=data,
+        eval_limit=4 if quick else None,
+        progress=None,
+        exist_ok=True,
+    )
+    artifacts["int8"] = outcome.export.onnx_path
+    return artifacts, outcome.report
+
+
+def _parity(source: Any, artifacts: dict[str, Path], say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Each artifact against PyTorch, by the one comparison engine and policy (runtime.tools.compare),
+    as check and verify."""
+    from export.check import check_artifact
+
+    parity: dict[str, dict[str, Any]] = {}
+    for precision, path in artifacts.items():
+        say(f"parity {precision.upper()} vs PyTorch")
+        check = check_artifact(path, source=source, emulate=False)
+        report = check.reports[0]
+        parity[precision] = {
+            "passed": check.passed,
+            "label_agreement": float(report.label_agreement),
+            "confident_agreement": float(report.confident_agreement),
+            "miou": float(report.miou),
+            "failures": list(check.failures),
+            "min_agreement": float(report.policy.min_confident_agreement),
+            "margins": {c.what: c.margin for c in report.criteria},
+        }
+    return parity
+
+
+def _benchmark(
+    source: Any,
+    checkpoint: Path,
+    artifacts: dict[str, Path],
+    out: Path,
+    runs: tuple[int, int, int],
+    plot: bool,
+) -> tuple[list[Any], list[str]]:
+    """PyTorch and the ONNX artifacts (``runs``: warm-up, iterations, threads); the reports are
+    written into ``out``. Returns the rows and the reports' notes."""
+    from export.bench_torch import bench_torch
+    from runtime.tools.bench import bench_artifact, write_reports
+
+    warmup, iterations, threads = runs
+    shape = tuple(source.config.input_size)
+    bench = [
+        bench_torch(
+            checkpoint=checkpoint,
+            warmup=warmup,
+            iterations=iterations,
+            threads=threads,
+            name="pytorch (eager)",
+        )
+    ]
+    for precision, path in artifacts.items():
+        bench.append(
+            bench_artifact(
+                path, warmup=warmup, iterations=iterations, threads=threads, name=f"onnx {precision}"
+            )
+        )
+    context = {"shape": f"{shape[0]}x{shape[1]}", "threads": threads, "model": str(checkpoint)}
+    _, note = write_reports(bench, out, plot=plot, context=context, exist_ok=True)
+    return bench, [note] if note else []
+
+
+def _overlays(
+    data: Path, artifacts: dict[str, Path], out: Path, n_images: int, threads: int
+) -> tuple[list[Path], Path, list[str], list[int]]:
+    """FP32 and INT8 overlays of ``n_images`` validation images from the runtime, and the legend
+    of the classes predicted. Returns the overlays, the legend, the class names and those
+    predicted."""
+    from runtime.core.postprocess import legend_image
+    from runtime.core.segmenter import Segmenter
+    from runtime.io.batch_infer import infer_path
+    from runtime.io.images import write_image
+
+    inputs = out / "inputs"
+    _copy_val_images(data, inputs, n_images)
+    overlays: list[Path] = []
+    for precision in ("fp32", "int8"):
+        with Segmenter.open(artifacts[precision], threads=threads) as seg:
+            infer_path(seg, inputs, out / "predictions" / precision, exist_ok=True)
+        overlays += sorted((out / "predictions" / precision / "overlay").rglob("*.jpg"))
+    legend = out / "legend.png"
+    with Segmenter.open(artifacts["fp32"], threads=threads) as seg:
+        names = [c.name for c in seg.artifact.classes]
+        predicted = _predicted_classes(out / "predictions" / "fp32" / "predictions.json", names)
+        write_image(legend, legend_image(names, seg.artifact.palette, only=predicted))
+    return overlays, legend, names, predicted
 
 
 def _predicted_classes(predictions_json: Path, names: list[str]) -> list[int]:

@@ -36,36 +36,38 @@ GST_SCRIPT = "run_gst_launch.sh"
 
 # [property] keys nvinfer parses (gstnvinfer_property_parser.h @ 2afbef0), with the value type
 # gst_nvinfer_parse_props reads them as: int, float, str, bool (0/1), ints / floats (';'-separated).
+# Space-separated key names, grouped by value type.
+_KEYS_BY_TYPE: dict[str, str] = {
+    "int": (
+        "gie-unique-id process-mode interval gpu-id secondary-reinfer-interval use-dla-core "
+        "batch-size tensor-meta-pool-size network-mode workspace-size network-type "
+        "model-color-format scaling-filter scaling-compute-hw network-input-order uff-input-order "
+        "num-detected-classes cluster-mode stabilize-buffer-count segmentation-output-order "
+        "input-object-min-width input-object-min-height input-object-max-width "
+        "input-object-max-height operate-on-gie-id"
+    ),
+    "float": "max-gpu-mem-per net-scale-factor classifier-threshold segmentation-threshold",
+    "bool": (
+        "output-tensor-meta disable-output-host-copy auto-inc-mem enable-dla dump-input-tensor "
+        "dump-output-tensor overwrite-input-tensor overwrite-output-tensor raw-output-file-write "
+        "is-classifier force-implicit-batch-dim maintain-aspect-ratio symmetric-padding "
+        "input-tensor-from-meta enable-dbscan crop-objects-to-roi-boundary strongly-typed "
+        "warmup-engine classifier-async-mode output-instance-mask"
+    ),
+    "str": (
+        "labelfile-path ip-tensor-file op-tensor-files model-engine-file int8-calib-file "
+        "output-blob-names output-io-formats layer-device-precision mean-file custom-lib-path "
+        "parse-bbox-func-name parse-bbox-instance-mask-func-name parse-segmentation-func-name "
+        "engine-create-func-name parse-classifier-func-name custom-network-config model-file "
+        "proto-file uff-file uff-input-blob-name tlt-encoded-model tlt-model-key onnx-file "
+        "dynamic-properties classifier-type"
+    ),
+    "ints": "infer-dims input-dims uff-input-dims operate-on-class-ids filter-out-class-ids",
+    "floats": "offsets",
+}
 NVINFER_PROPERTY_KEYS: dict[str, str] = {
-    "gie-unique-id": "int", "process-mode": "int", "interval": "int", "labelfile-path": "str",
-    "gpu-id": "int", "secondary-reinfer-interval": "int", "output-tensor-meta": "bool",
-    "disable-output-host-copy": "bool", "auto-inc-mem": "bool", "max-gpu-mem-per": "float",
-    "enable-dla": "bool", "use-dla-core": "int", "dump-input-tensor": "bool",
-    "dump-output-tensor": "bool", "overwrite-input-tensor": "bool", "overwrite-output-tensor": "bool",
-    "ip-tensor-file": "str", "op-tensor-files": "str", "raw-output-file-write": "bool",
-    "batch-size": "int", "tensor-meta-pool-size": "int", "network-mode": "int",
-    "model-engine-file": "str", "int8-calib-file": "str", "workspace-size": "int",
-    "output-blob-names": "str", "is-classifier": "bool", "network-type": "int",
-    "force-implicit-batch-dim": "bool", "infer-dims": "ints", "output-io-formats": "str",
-    "layer-device-precision": "str", "model-color-format": "int", "net-scale-factor": "float",
-    "offsets": "floats", "mean-file": "str", "maintain-aspect-ratio": "bool",
-    "symmetric-padding": "bool", "scaling-filter": "int", "scaling-compute-hw": "int",
-    "network-input-order": "int", "input-tensor-from-meta": "bool", "custom-lib-path": "str",
-    "parse-bbox-func-name": "str", "parse-bbox-instance-mask-func-name": "str",
-    "parse-segmentation-func-name": "str", "engine-create-func-name": "str",
-    "parse-classifier-func-name": "str", "custom-network-config": "str", "model-file": "str",
-    "proto-file": "str", "uff-file": "str", "uff-input-order": "int", "input-dims": "ints",
-    "uff-input-dims": "ints", "uff-input-blob-name": "str", "tlt-encoded-model": "str",
-    "tlt-model-key": "str", "onnx-file": "str", "num-detected-classes": "int",
-    "enable-dbscan": "bool", "cluster-mode": "int", "crop-objects-to-roi-boundary": "bool",
-    "strongly-typed": "bool", "dynamic-properties": "str", "warmup-engine": "bool",
-    "stabilize-buffer-count": "int", "classifier-type": "str", "classifier-threshold": "float",
-    "classifier-async-mode": "bool", "segmentation-threshold": "float",
-    "segmentation-output-order": "int", "output-instance-mask": "bool",
-    "input-object-min-width": "int", "input-object-min-height": "int",
-    "input-object-max-width": "int", "input-object-max-height": "int", "operate-on-gie-id": "int",
-    "operate-on-class-ids": "ints", "filter-out-class-ids": "ints",
-}  # fmt: skip
+    key: kind for kind, keys in _KEYS_BY_TYPE.items() for key in keys.split()
+}
 # Allowed values of the enumerated keys (nvdsinfer_context.h: NvDsInferNetworkMode,
 # NvDsInferNetworkType, NvDsInferFormat, NvDsInferTensorOrder).
 NVINFER_ENUMS: dict[str, tuple[int, ...]] = {

@@ -159,16 +159,51 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], crowd_prob: fl
         image (H, W, 3) uint8 RGB, label ids (H, W) uint8, instance ids (H, W) uint16
         (Cityscapes convention: ``label_id * 1000 + k`` for thing instances, else the label id).
     """
+    # The steps draw from ``rng`` in this order; the default model's training data depends on it.
     h, w = size
-    ids = _ids()
     cv = _Canvas(h, w)
-    full = np.ones((h, w), bool)
     rows = np.arange(h, dtype=np.float32)[:, None] * np.ones((1, w), np.float32)
+    scene = _Scene(_ids(), cv, rows, horizon=rng.uniform(0.36, 0.55) * h, vx=rng.uniform(0.3, 0.7) * w)
+    _paint_sky(rng, scene)
+    _paint_buildings(rng, scene)
+    street = _paint_street(rng, scene)
+    _paint_trees(rng, scene, street)
+    _paint_objects(rng, scene, street, crowd_prob)
+    _paint_hood(rng, scene)
+    return _camera(rng, cv.image), cv.labels.copy(), cv.instances.astype(np.uint16)
 
-    horizon = rng.uniform(0.36, 0.55) * h
-    vx = rng.uniform(0.3, 0.7) * w
 
-    # Sky: clear (blue gradient, clouds) or overcast (grey).
+@dataclass(frozen=True)
+class _Scene:
+    """What every step of :func:`render_scene` draws with: label ids, the canvas, each pixel's row,
+    the horizon's row and the vanishing point's column."""
+
+    ids: dict[str, int]
+    cv: _Canvas
+    rows: np.ndarray
+    horizon: float
+    vx: float
+
+
+@dataclass(frozen=True)
+class _Street:
+    """The road and sidewalks: half widths at the bottom and at the horizon, the sidewalk mask."""
+
+    road_half: float
+    walk_half: float
+    top_half: float
+    walk: np.ndarray
+
+    def half_widths(self, t: float) -> tuple[float, float]:
+        """Road and sidewalk half widths at depth ``t`` (0 at the horizon, 1 at the bottom)."""
+        top_half = self.top_half
+        return top_half + (self.road_half - top_half) * t, top_half * 2 + (self.walk_half - top_half * 2) * t
+
+
+def _paint_sky(rng: np.random.Generator, scene: _Scene) -> None:
+    """Clear (blue gradient, clouds) or overcast (grey)."""
+    h, w = scene.cv.h, scene.cv.w
+    rows, horizon = scene.rows, scene.horizon
     if rng.random() < 0.25:
         sky = _jitter(rng, (185, 188, 192), 18)
         grad = (rows / max(horizon, 1)) * rng.uniform(0, 25)
@@ -176,9 +211,14 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], crowd_prob: fl
         sky = _jitter(rng, (95, 145, 215), 22)
         grad = (rows / max(horizon, 1)) * rng.uniform(25, 60)
     clouds = np.clip(_noise(rng, h, w, rng.uniform(20, 60) * w / 512) - rng.uniform(0.1, 0.6), 0, 1) * 120
-    cv.paint(full, ids["sky"], _shade(sky, grad, clouds, 3 * _noise(rng, h, w, 4)))
+    full = np.ones((h, w), bool)
+    scene.cv.paint(full, scene.ids["sky"], _shade(sky, grad, clouds, 3 * _noise(rng, h, w, 4)))
 
-    # Buildings along the horizon, with window grids.
+
+def _paint_buildings(rng: np.random.Generator, scene: _Scene) -> None:
+    """Buildings along the horizon, with window grids."""
+    h, w = scene.cv.h, scene.cv.w
+    horizon = scene.horizon
     x = -rng.uniform(0, 0.1) * w
     while x < w:
         bw = rng.uniform(0.08, 0.3) * w
@@ -197,26 +237,41 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], crowd_prob: fl
         if rng.random() < 0.3:  # pitched roof
             roof = [(x, top), (x + bw / 2, top - rng.uniform(0.05, 0.3) * bw), (x + bw, top)]
             mask |= _poly_mask((h, w), roof)
-        cv.paint(mask, ids["building"], _shade(base, 8 * _noise(rng, h, w, 3), 12 * _noise(rng, h, w, 30)))
-        win_w = bw / rng.uniform(5, 10)
-        win_h = win_w * rng.uniform(1.0, 1.8)
-        win_colour = _jitter(rng, (60, 70, 85), 25)
-        windows = np.zeros((h, w), np.float32)  # 0 = wall, else 1 + brightness offset
-        wy = top + win_h * 0.6
-        while wy + win_h < horizon - 2:
-            wx = x + win_w * 0.6
-            while wx + win_w < x + bw - 2:
-                if rng.random() < 0.9:
-                    p0 = (round(wx), round(wy))
-                    p1 = (round(wx + win_w * 0.7) - 1, round(wy + win_h * 0.7) - 1)
-                    cv2.rectangle(windows, p0, p1, float(1 + rng.uniform(0, 35)), -1)
-                wx += win_w
-            wy += win_h
-        glass = (windows > 0) & mask
-        cv.recolour(glass, _shade(win_colour, windows - 11))
+        scene.cv.paint(
+            mask, scene.ids["building"], _shade(base, 8 * _noise(rng, h, w, 3), 12 * _noise(rng, h, w, 30))
+        )
+        _paint_windows(rng, scene.cv, mask, (x, top, bw), horizon)
         x += bw
 
-    # Ground: grass everywhere below the horizon, then sidewalks and the road to the vanishing point.
+
+def _paint_windows(
+    rng: np.random.Generator, cv: _Canvas, mask: np.ndarray, box: tuple[float, float, float], horizon: float
+) -> None:
+    """A grid of windows on the building ``mask`` (``box``: its left edge, top and width)."""
+    x, top, bw = box
+    win_w = bw / rng.uniform(5, 10)
+    win_h = win_w * rng.uniform(1.0, 1.8)
+    win_colour = _jitter(rng, (60, 70, 85), 25)
+    windows = np.zeros((cv.h, cv.w), np.float32)  # 0 = wall, else 1 + brightness offset
+    wy = top + win_h * 0.6
+    while wy + win_h < horizon - 2:
+        wx = x + win_w * 0.6
+        while wx + win_w < x + bw - 2:
+            if rng.random() < 0.9:
+                p0 = (round(wx), round(wy))
+                p1 = (round(wx + win_w * 0.7) - 1, round(wy + win_h * 0.7) - 1)
+                cv2.rectangle(windows, p0, p1, float(1 + rng.uniform(0, 35)), -1)
+            wx += win_w
+        wy += win_h
+    glass = (windows > 0) & mask
+    cv.recolour(glass, _shade(win_colour, windows - 11))
+
+
+def _paint_street(rng: np.random.Generator, scene: _Scene) -> _Street:
+    """Grass everywhere below the horizon, then sidewalks and the road to the vanishing point, with
+    a dashed lane marking."""
+    cv, ids, rows, horizon, vx = scene.cv, scene.ids, scene.rows, scene.horizon, scene.vx
+    h, w = cv.h, cv.w
     ground = rows >= horizon
     terrain = _jitter(rng, [(130, 170, 95), (150, 135, 95)][int(rng.random() < 0.3)], 15)
     cv.paint(ground, ids["terrain"], _shade(terrain, 14 * _noise(rng, h, w, 6), 8 * _noise(rng, h, w, 2)))
@@ -248,8 +303,13 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], crowd_prob: fl
     on = (np.floor(np.sqrt(depth) / dash) % 2 == 0) & (depth > 0.03)
     lane_line = np.abs(np.arange(w)[None, :] - (vx + (lane_x - vx) * depth)) < (0.5 + 5 * depth * w / 512)
     cv.recolour(road & lane_line & on, _jitter(rng, (225, 225, 215), 15))
+    return _Street(road_half, walk_half, top_half, walk)
 
-    # Trees (vegetation, trunks included), standing on the horizon line.
+
+def _paint_trees(rng: np.random.Generator, scene: _Scene, street: _Street) -> None:
+    """Trees (vegetation, trunks included) standing beyond the sidewalks, and maybe a hedge."""
+    cv, ids, rows, horizon, vx = scene.cv, scene.ids, scene.rows, scene.horizon, scene.vx
+    h, w = cv.h, cv.w
     veg = _jitter(rng, (75, 120, 45), 15)
     veg_tex = _shade(veg, 30 * _noise(rng, h, w, 2.5), 15 * _noise(rng, h, w, 10))
     for _ in range(rng.integers(1, 7)):
@@ -257,7 +317,7 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], crowd_prob: fl
         side = -1 if tx < vx else 1
         foot = horizon + rng.uniform(0, 0.4) ** 1.5 * (h - horizon)
         tx = vx + side * max(
-            abs(tx - vx), (walk_half - 1.0 * w * 0.05) * (foot - horizon) / max(h - horizon, 1)
+            abs(tx - vx), (street.walk_half - 1.0 * w * 0.05) * (foot - horizon) / max(h - horizon, 1)
         )
         scale = 0.35 + (foot - horizon) / max(h - horizon, 1)
         crown_r = rng.uniform(0.05, 0.13) * w * scale
@@ -271,33 +331,33 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], crowd_prob: fl
         cv.paint(mask, ids["vegetation"], veg_tex)
     if rng.random() < 0.4:  # a hedge along the far edge of the sidewalk
         hedge_h = rng.uniform(0.02, 0.06) * h
-        cv.paint((rows < horizon + 2) & (rows > horizon - hedge_h) & ~walk, ids["vegetation"], veg_tex)
+        cv.paint((rows < horizon + 2) & (rows > horizon - hedge_h) & ~street.walk, ids["vegetation"], veg_tex)
 
-    # Things and void objects, far to near.
+
+def _paint_objects(rng: np.random.Generator, scene: _Scene, street: _Street, crowd_prob: float) -> None:
+    """Things and void objects (cars, people, maybe a crowd and a static object), far to near."""
+    cv, ids, horizon, vx = scene.cv, scene.ids, scene.horizon, scene.vx
+    h, w = cv.h, cv.w
     objects: list[tuple[float, Callable[[int], None], str]] = []
-
-    def road_x(t: float) -> tuple[float, float]:
-        return top_half + (road_half - top_half) * t, top_half * 2 + (walk_half - top_half * 2) * t
-
     for _ in range(rng.integers(1, 7)):
         t = 0.06 + 0.99 * rng.random() ** 1.5
-        rhalf, _ = road_x(t)
+        rhalf, _ = street.half_widths(t)
         cx = vx + rng.uniform(-0.85, 0.85) * rhalf
         objects.append((t, _car_painter(rng, cv, ids["car"], horizon, h, w, t, cx, rhalf), "car"))
     for _ in range(rng.integers(1, 7)):
         t = 0.08 + 0.92 * rng.random() ** 1.3
-        rhalf, whalf = road_x(t)
+        rhalf, whalf = street.half_widths(t)
         side = rng.choice([-1, 1])
         cx = vx + side * rng.uniform(rhalf, max(whalf, rhalf + 1) + 0.1 * w)
         objects.append((t, _person_painter(rng, cv, ids["person"], horizon, h, w, t, cx), "person"))
     if rng.random() < crowd_prob:
         t = rng.uniform(0.05, 0.2)
-        rhalf, whalf = road_x(t)
+        rhalf, whalf = street.half_widths(t)
         cx = vx + rng.choice([-1, 1]) * (rhalf + whalf) / 2
         objects.append((t, _crowd_painter(rng, cv, ids["person"], horizon, h, w, t, cx), "crowd"))
     if rng.random() < 0.4:
         t = rng.uniform(0.1, 0.9)
-        _, whalf = road_x(t)
+        _, whalf = street.half_widths(t)
         cx = vx + rng.choice([-1, 1]) * whalf * rng.uniform(0.7, 1.0)
         objects.append((t, _static_painter(rng, cv, ids["static"], horizon, h, w, t, cx), "static"))
 
@@ -309,19 +369,25 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int], crowd_prob: fl
         else:
             painter(-1)
 
-    if rng.random() < 0.25:  # the hood of the ego vehicle at the bottom (ignored)
+
+def _paint_hood(rng: np.random.Generator, scene: _Scene) -> None:
+    """Maybe the hood of the ego vehicle at the bottom (ignored)."""
+    if rng.random() < 0.25:
+        h, w = scene.cv.h, scene.cv.w
         hood_top = h * rng.uniform(0.88, 0.95)
         bulge = rng.uniform(0.02, 0.05) * h
-        hood = rows >= hood_top + bulge * ((np.arange(w)[None, :] - w / 2) / (w / 2)) ** 2
-        cv.paint(hood, ids["ego vehicle"], _shade(_jitter(rng, (40, 40, 45), 15), 6 * _noise(rng, h, w, 20)))
+        hood = scene.rows >= hood_top + bulge * ((np.arange(w)[None, :] - w / 2) / (w / 2)) ** 2
+        paint = _shade(_jitter(rng, (40, 40, 45), 15), 6 * _noise(rng, h, w, 20))
+        scene.cv.paint(hood, scene.ids["ego vehicle"], paint)
 
-    # Camera: illumination, sensor noise, slight blur.
-    image = cv.image * rng.uniform(0.75, 1.2) + rng.uniform(-20, 20)
+
+def _camera(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Illumination, sensor noise, slight blur; to uint8."""
+    image = image * rng.uniform(0.75, 1.2) + rng.uniform(-20, 20)
     image = image + rng.normal(0, rng.uniform(2, 6), size=image.shape).astype(np.float32)
     if rng.random() < 0.5:
         image = cv2.GaussianBlur(image, (3, 3), 0)
-    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
-    return image, cv.labels.copy(), cv.instances.astype(np.uint16)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
 _CAR_PAINTS = [

@@ -156,6 +156,27 @@ def _sample_columns(
     return cols
 
 
+def _tap_origins(
+    geometry: _ConvGeometry,
+    kernel: tuple[int, int],
+    out_size: tuple[int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """Where each tap of each output pixel reads before its offset, in padded-input coordinates:
+    rows ``(oH, 1, 1, K)`` and columns ``(oW, 1, K)``."""
+    (sh, sw), (ph, pw), (dh, dw) = geometry
+    (kh, kw), (out_h, out_w) = kernel, out_size
+    taps = kh * kw
+    tap_i = torch.arange(kh, device=device, dtype=dtype).repeat_interleave(kw) * dh  # (K,)
+    tap_j = torch.arange(kw, device=device, dtype=dtype).repeat(kh) * dw  # (K,)
+    out_y = torch.arange(out_h, device=device, dtype=dtype) * sh - ph  # (oH,)
+    out_x = torch.arange(out_w, device=device, dtype=dtype) * sw - pw  # (oW,)
+    base_y = out_y.view(-1, 1, 1, 1) + tap_i.view(1, 1, 1, taps)  # (oH, 1, 1, K)
+    base_x = out_x.view(-1, 1, 1) + tap_j.view(1, 1, taps)  # (oW, 1, K)
+    return base_y, base_x
+
+
 def deform_conv2d_native(
     input: Tensor,
     offset: Tensor,
@@ -188,7 +209,7 @@ def deform_conv2d_native(
     Returns:
         ``(B, O, oH, oW)`` in ``input.dtype``.
     """
-    (sh, sw), (ph, pw), (dh, dw) = _ConvGeometry.of(stride, padding, dilation)
+    geometry = _ConvGeometry.of(stride, padding, dilation)
     batch, channels, height, width = input.shape
     out_channels, _, kh, kw = weight.shape
     taps = kh * kw
@@ -211,13 +232,7 @@ def deform_conv2d_native(
     off_y = off[:, :, :, 0].permute(0, 3, 4, 1, 2)
     off_x = off[:, :, :, 1].permute(0, 3, 4, 1, 2)
     mod = mask.reshape(batch, groups, taps, out_h, out_w).permute(0, 3, 4, 1, 2).to(pos_dtype)
-
-    tap_i = torch.arange(kh, device=device, dtype=pos_dtype).repeat_interleave(kw) * dh  # (K,)
-    tap_j = torch.arange(kw, device=device, dtype=pos_dtype).repeat(kh) * dw  # (K,)
-    out_y = torch.arange(out_h, device=device, dtype=pos_dtype) * sh - ph  # (oH,)
-    out_x = torch.arange(out_w, device=device, dtype=pos_dtype) * sw - pw  # (oW,)
-    base_y = out_y.view(-1, 1, 1, 1) + tap_i.view(1, 1, 1, taps)  # (oH, 1, 1, K)
-    base_x = out_x.view(-1, 1, 1) + tap_j.view(1, 1, taps)  # (oW, 1, K)
+    base_y, base_x = _tap_origins(geometry, (kh, kw), (out_h, out_w), pos_dtype, device)
 
     # weight (O, C, kH, kW) -> (O, G, K, C//G) to match the (g, t, c) column order.
     w_gkc = weight.reshape(out_channels, groups, cpg, taps).permute(0, 1, 3, 2)

@@ -51,14 +51,21 @@ def parameter_groups(
     ]
 
 
-def build_optimizer(
+def scaled_groups(
     model: nn.Module, lr: float, backbone_multiplier: float, weight_decay: float
-) -> torch.optim.AdamW:
-    """AdamW (default betas / eps) over :func:`parameter_groups`."""
+) -> list[dict[str, object]]:
+    """:func:`parameter_groups` with each group's ``lr`` set: ``lr`` times its ``lr_scale``."""
     groups = parameter_groups(model, backbone_multiplier, weight_decay)
     for group in groups:
         group["lr"] = lr * float(group["lr_scale"])  # type: ignore[arg-type]
-    return torch.optim.AdamW(groups, lr=lr)
+    return groups
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, backbone_multiplier: float, weight_decay: float
+) -> torch.optim.AdamW:
+    """AdamW (default betas / eps) over :func:`scaled_groups`."""
+    return torch.optim.AdamW(scaled_groups(model, lr, backbone_multiplier, weight_decay), lr=lr)
 
 
 def learning_rate(step: int, total: int, lr: float, lr_end: float = 0.0, warmup: int = 0) -> float:

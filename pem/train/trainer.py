@@ -195,34 +195,7 @@ class Trainer:
         state = self.out_dir / STATE_FILE
         # Rank 0 reads the output folder (other nodes may not share it) and every rank gets the
         # same answer, so all ranks fail together or continue together.
-        status: tuple[str, Any] = ("ok", None)
-        if self.dist.is_main:
-            if resume and not state.is_file():
-                status = ("error", f"{state}: no training state to resume from")
-            elif resume:
-                try:
-                    status = ("state", self._read_state(state))
-                except CheckpointError as exc:
-                    status = ("error", str(exc))
-            elif state.exists():
-                status = (
-                    "error",
-                    f"{state}: a run already exists in {self.out_dir}; resume it or pick a new output",
-                )
-            else:
-                ours = (MODEL_FILE, Path(MODEL_FILE).with_suffix(".json").name, METRICS_FILE)
-                found = [n for n in ours if (self.out_dir / n).exists()]
-                if found:
-                    status = (
-                        "error",
-                        f"{self.out_dir}: already holds {', '.join(found)} (an earlier run without a "
-                        "resumable state); pick a new --out or delete those files",
-                    )
-                else:
-                    try:
-                        check_folder(self.out_dir, exist_ok=exist_ok, inputs=self.inputs)
-                    except OutputError as exc:
-                        status = ("error", str(exc))
+        status = self._output_status(state, exist_ok) if self.dist.is_main else ("ok", None)
         status = broadcast_object(status)
         if status[0] == "error":
             raise CheckpointError(status[1])
@@ -240,6 +213,35 @@ class Trainer:
 
     # -----------------------------------------------------------------------------------------
     # State
+
+    def _output_status(self, state: Path, exist_ok: bool) -> tuple[str, Any]:
+        """Rank 0's look at the output folder: ``("state", ...)`` to resume from, ``("error",
+        message)``, or ``("ok", None)`` for a new run."""
+        if self.resume and not state.is_file():
+            return ("error", f"{state}: no training state to resume from")
+        if self.resume:
+            try:
+                return ("state", self._read_state(state))
+            except CheckpointError as exc:
+                return ("error", str(exc))
+        if state.exists():
+            return (
+                "error",
+                f"{state}: a run already exists in {self.out_dir}; resume it or pick a new output",
+            )
+        ours = (MODEL_FILE, Path(MODEL_FILE).with_suffix(".json").name, METRICS_FILE)
+        found = [n for n in ours if (self.out_dir / n).exists()]
+        if found:
+            return (
+                "error",
+                f"{self.out_dir}: already holds {', '.join(found)} (an earlier run without a "
+                "resumable state); pick a new --out or delete those files",
+            )
+        try:
+            check_folder(self.out_dir, exist_ok=exist_ok, inputs=self.inputs)
+        except OutputError as exc:
+            return ("error", str(exc))
+        return ("ok", None)
 
     def _save_state(self) -> None:
         from safetensors.torch import save

@@ -363,13 +363,48 @@ _POLL_S = 0.05  # how often blocked stages look at the stop flag
 
 def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> Iterator[Result]:
     """Three-stage pipelined :meth:`Segmenter.stream` (pre / infer / post threads, bounded queues)."""
-    stop = threading.Event()
-    prepared: queue.Queue[Any] = queue.Queue(queue_size)
-    inferred: queue.Queue[Any] = queue.Queue(queue_size)
-    done: queue.Queue[Any] = queue.Queue(queue_size)
+    stages = _Stages(seg, frames, queue_size)
+    threads = [
+        threading.Thread(target=f, name=f"pem-stream-{f.__name__}", daemon=True)
+        for f in (stages.pre, stages.infer, stages.post)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            try:
+                item = stages.done.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:  # normal end, exception, close() or Ctrl-C: stop every stage and wait for it
+        stages.stop.set()
+        for t in threads:
+            t.join()
 
-    def put(q: queue.Queue[Any], item: Any) -> bool:
-        while not stop.is_set():
+
+class _Stages:
+    """The three stages of :func:`_pipeline` (one thread each) and the bounded queues between
+    them; every blocked stage gives up when ``stop`` is set."""
+
+    def __init__(self, seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int):
+        self.seg, self.frames = seg, frames
+        self.stop = threading.Event()
+        self.prepared: queue.Queue[Any] = queue.Queue(queue_size)
+        self.inferred: queue.Queue[Any] = queue.Queue(queue_size)
+        self.done: queue.Queue[Any] = queue.Queue(queue_size)
+        self.backend = backend = seg.backend
+        self.submit, self.collect = getattr(backend, "submit", None), getattr(backend, "collect", None)
+        # Backends with an async API and several contexts (TensorRT) keep that many frames in flight:
+        # the copy-in of frame k+1 overlaps the inference of frame k.
+        self.depth = int(getattr(backend, "num_contexts", 1)) if self.submit and self.collect else 1
+
+    def put(self, q: queue.Queue[Any], item: Any) -> bool:
+        while not self.stop.is_set():
             try:
                 q.put(item, timeout=_POLL_S)
                 return True
@@ -377,19 +412,20 @@ def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> 
                 continue
         return False
 
-    def get(q: queue.Queue[Any]) -> Any:
-        while not stop.is_set():
+    def get(self, q: queue.Queue[Any]) -> Any:
+        while not self.stop.is_set():
             try:
                 return q.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
         return _END
 
-    def pre() -> None:
-        iterator = iter(frames)
+    def pre(self) -> None:
+        seg, put, prepared = self.seg, self.put, self.prepared
+        iterator = iter(self.frames)
         try:
             for index, frame in enumerate(iterator):
-                if stop.is_set():
+                if self.stop.is_set():
                     return
                 t0 = time.perf_counter()
                 batch, geometries, notes = seg.prepare([frame], [f"frame {index}"])
@@ -403,26 +439,21 @@ def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> 
             if close is not None:  # e.g. read_video: release the capture on this thread
                 close()
 
-    backend = seg.backend
-    submit, collect = getattr(backend, "submit", None), getattr(backend, "collect", None)
-    # Backends with an async API and several contexts (TensorRT) keep that many frames in flight:
-    # the copy-in of frame k+1 overlaps the inference of frame k.
-    depth = int(getattr(backend, "num_contexts", 1)) if submit and collect else 1
-
-    def infer() -> None:
+    def infer(self) -> None:
+        put, inferred, depth, collect = self.put, self.inferred, self.depth, self.collect
         pending: collections.deque[Any] = collections.deque()
         try:
             while True:
-                item = get(prepared)
+                item = self.get(self.prepared)
                 finished = item is _END or isinstance(item, _Failure)
                 if not finished:
                     batch, geometry, notes, pre_ms = item
                     t0 = time.perf_counter()
-                    feed = {seg.artifact.input_name: batch}
+                    feed = {self.seg.artifact.input_name: batch}
                     if depth > 1:
-                        pending.append((submit(feed), geometry, notes, pre_ms, t0))  # type: ignore[misc]
+                        pending.append((self.submit(feed), geometry, notes, pre_ms, t0))  # type: ignore[misc]
                     else:
-                        outputs = backend.infer(feed)
+                        outputs = self.backend.infer(feed)
                         ms = (time.perf_counter() - t0) * 1e3
                         if not put(inferred, (outputs, geometry, notes, pre_ms, ms)):
                             return
@@ -442,10 +473,11 @@ def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> 
                 with contextlib.suppress(Exception):
                     collect(ticket)  # type: ignore[misc]
 
-    def post() -> None:
+    def post(self) -> None:
+        seg, put, done = self.seg, self.put, self.done
         frame = 0
         try:
-            while (item := get(inferred)) is not _END and not isinstance(item, _Failure):
+            while (item := self.get(self.inferred)) is not _END and not isinstance(item, _Failure):
                 outputs, geometry, notes, pre_ms, infer_ms = item
                 t0 = time.perf_counter()
                 seg.check_outputs(outputs, 0, f"frame {frame}")
@@ -458,27 +490,6 @@ def _pipeline(seg: Segmenter, frames: Iterable[np.ndarray], queue_size: int) -> 
             put(done, item)
         except BaseException as exc:
             put(done, _Failure(exc))
-
-    threads = [
-        threading.Thread(target=f, name=f"pem-stream-{f.__name__}", daemon=True) for f in (pre, infer, post)
-    ]
-    for t in threads:
-        t.start()
-    try:
-        while True:
-            try:
-                item = done.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            if item is _END:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-    finally:  # normal end, exception, close() or Ctrl-C: stop every stage and wait for it
-        stop.set()
-        for t in threads:
-            t.join()
 
 
 def read_video(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:

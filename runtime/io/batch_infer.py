@@ -308,27 +308,7 @@ def _segment_all(
             notes.append(note)
             if on_note:
                 on_note(note)
-        files = _outputs(frame.name, result.panoptic is not None, overlays)
-        labels = result.labels
-        write_image(out.path(files["labels"]), label_png_array(labels, files["labels"]))
-        if result.panoptic is not None:
-            write_image(
-                out.path(files["panoptic"]),
-                label_png_array(result.panoptic, files["panoptic"], "panoptic", 16),
-            )
-        if overlays or video is not None:
-            colors = (
-                colorize_panoptic(result.panoptic, result.segments, palette)
-                if result.panoptic is not None
-                else colorize_labels(labels, palette)
-            )
-            blended = overlay(frame.image, colors, alpha)
-            if result.panoptic is not None:  # instances of one class stay apart
-                blended = outline_things(blended, result.panoptic, result.segments)
-            if overlays:
-                write_image(out.path(files["overlay"]), blended)
-            if video is not None:
-                video.write(blended)
+        files = _write_outputs(out, frame, result, (overlays, alpha, palette), video)
         records.append(_record(frame.name, result, classes, files))
         for key in sums:
             sums[key] += result.timings.get(key, 0.0)
@@ -342,24 +322,62 @@ def _segment_all(
             )
         raise InputError(f"{source}: nothing to segment")
     means = {k: v / count for k, v in sums.items()}
-    videos: tuple[dict[str, object], ...] = ()
-    if video is not None:
-        video.close()
-        if video.out is not None:
-            written = video.out
-            rel = f"video/{written.path.name}"
-            out.adopt(rel, written.path)
-            videos = (
-                {
-                    "name": source.name,
-                    "output": rel,
-                    "codec": written.codec,
-                    "fps": written.fps,
-                    "frames": written.frames,
-                    "fallback": written.fallback,
-                },
-            )
+    videos = _install_video(video, out, source) if video is not None else ()
     return InferSummary(out.target, count, means, tuple(failed), tuple(notes), videos), records
+
+
+def _write_outputs(
+    out: FolderOutput,
+    frame: _Frame,
+    result: Result,
+    drawing: tuple[bool, float, np.ndarray],
+    video: VideoWriter | None,
+) -> dict[str, str]:
+    """Write one frame's label (and panoptic) PNGs and, with ``drawing``'s overlays flag, its
+    overlay (alpha, palette); feed the overlay to ``video``. Returns the files by kind."""
+    overlays, alpha, palette = drawing
+    files = _outputs(frame.name, result.panoptic is not None, overlays)
+    labels = result.labels
+    write_image(out.path(files["labels"]), label_png_array(labels, files["labels"]))
+    if result.panoptic is not None:
+        write_image(
+            out.path(files["panoptic"]),
+            label_png_array(result.panoptic, files["panoptic"], "panoptic", 16),
+        )
+    if overlays or video is not None:
+        colors = (
+            colorize_panoptic(result.panoptic, result.segments, palette)
+            if result.panoptic is not None
+            else colorize_labels(labels, palette)
+        )
+        blended = overlay(frame.image, colors, alpha)
+        if result.panoptic is not None:  # instances of one class stay apart
+            blended = outline_things(blended, result.panoptic, result.segments)
+        if overlays:
+            write_image(out.path(files["overlay"]), blended)
+        if video is not None:
+            video.write(blended)
+    return files
+
+
+def _install_video(video: VideoWriter, out: FolderOutput, source: Path) -> tuple[dict[str, object], ...]:
+    """Close the overlay video and adopt it under ``video/``; its record (none if not written)."""
+    video.close()
+    if video.out is None:
+        return ()
+    written = video.out
+    rel = f"video/{written.path.name}"
+    out.adopt(rel, written.path)
+    return (
+        {
+            "name": source.name,
+            "output": rel,
+            "codec": written.codec,
+            "fps": written.fps,
+            "frames": written.frames,
+            "fallback": written.fallback,
+        },
+    )
 
 
 def _predictions(

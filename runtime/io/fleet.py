@@ -703,17 +703,7 @@ def segment(
     ``progress`` is called every ``every`` seconds. Failed shards are in ``FleetSummary.failed``.
     """
     ray = import_ray()
-    for name, value, low in (
-        ("workers", workers, 1),
-        ("batch", batch, 1),
-        ("images_per_shard", images_per_shard, 1),
-    ):
-        if not isinstance(value, int) or value < low:
-            raise InputError(f"{name} {value}: must be an integer >= {low}")
-    if gpus_per_worker < 0 or cpus_per_worker < 0:
-        raise InputError("gpus_per_worker and cpus_per_worker must be >= 0")
-    if keep_uncertain is not None and not 0 < keep_uncertain <= 1:
-        raise InputError(f"--keep-uncertain {keep_uncertain}: must be a fraction in (0, 1]")
+    _check_counts(workers, batch, images_per_shard, gpus_per_worker, cpus_per_worker, keep_uncertain)
     started = time.perf_counter()
     out = Path(os.path.abspath(out))
     artifact_path = Path(os.path.abspath(artifact))
@@ -729,43 +719,15 @@ def segment(
         clean_stale_staging(out)
         manifest = _read_manifest(out, settings)
         recorded = manifest["shards"]
-        for shard in shards:  # outputs a killed run finished but could not record
-            if recorded.get(shard.key, {}).get("status") != "done" and _finished_on_disk(out, shard):
-                recorded[shard.key] = {
-                    "status": "done",
-                    "output": shard.output,
-                    "frames": None,
-                    "error": None,
-                }
-        todo = [s for s in shards if recorded.get(s.key, {}).get("status") != "done"]
+        todo = _shards_to_do(out, shards, recorded)
         _write_manifest(out, manifest)
         state = FleetProgress(total=_sum_totals(todo), shards_total=len(todo))
         if todo:
-            options = {
-                "providers": providers,
-                "threads": threads or max(1, int(cpus_per_worker)),
-                "resize": resize,
-            }
-            if backend:
-                options["backend"] = backend
-            _run_on_ray(
-                ray,
-                address,
-                artifact_path,
-                out,
-                todo,
-                options,
-                overlays,
-                alpha,
-                batch,
-                workers,
-                gpus_per_worker,
-                cpus_per_worker,
-                manifest,
-                state,
-                progress,
-                every,
+            options = _segmenter_options(providers, threads or max(1, int(cpus_per_worker)), resize, backend)
+            job = _RayJob(
+                artifact_path, out, options, overlays, alpha, batch, workers, gpus_per_worker, cpus_per_worker
             )
+            _run_on_ray(ray, address, job, todo, manifest, state, progress, every)
         for shard in todo:  # defensive: every shard has a recorded outcome
             recorded.setdefault(shard.key, {"status": "failed", "error": "no result came back from Ray"})
         index, frames, skipped = _write_index(out, shards, recorded)
@@ -789,6 +751,51 @@ def segment(
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()
+
+
+def _segmenter_options(
+    providers: list[str] | None, threads: int, resize: str, backend: str | None
+) -> dict[str, Any]:
+    """The keywords each worker opens its :class:`Segmenter` with."""
+    options: dict[str, Any] = {"providers": providers, "threads": threads, "resize": resize}
+    if backend:
+        options["backend"] = backend
+    return options
+
+
+def _check_counts(
+    workers: int,
+    batch: int,
+    images_per_shard: int,
+    gpus_per_worker: float,
+    cpus_per_worker: float,
+    keep_uncertain: float | None,
+) -> None:
+    for name, value, low in (
+        ("workers", workers, 1),
+        ("batch", batch, 1),
+        ("images_per_shard", images_per_shard, 1),
+    ):
+        if not isinstance(value, int) or value < low:
+            raise InputError(f"{name} {value}: must be an integer >= {low}")
+    if gpus_per_worker < 0 or cpus_per_worker < 0:
+        raise InputError("gpus_per_worker and cpus_per_worker must be >= 0")
+    if keep_uncertain is not None and not 0 < keep_uncertain <= 1:
+        raise InputError(f"--keep-uncertain {keep_uncertain}: must be a fraction in (0, 1]")
+
+
+def _shards_to_do(out: Path, shards: Sequence[Shard], recorded: dict[str, Any]) -> list[Shard]:
+    """The shards not done yet; outputs a killed run finished but could not record are recorded
+    as done first."""
+    for shard in shards:
+        if recorded.get(shard.key, {}).get("status") != "done" and _finished_on_disk(out, shard):
+            recorded[shard.key] = {
+                "status": "done",
+                "output": shard.output,
+                "frames": None,
+                "error": None,
+            }
+    return [s for s in shards if recorded.get(s.key, {}).get("status") != "done"]
 
 
 def _sum_totals(shards: Sequence[Shard]) -> int | None:
@@ -826,32 +833,34 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class _RayJob:
+    """What every worker of one run is given: the artifact, the output folder, the segmenter's
+    options, the outputs wanted, and each worker's batch and resources."""
+
+    artifact: Path
+    out: Path
+    options: dict[str, Any]
+    overlays: bool
+    alpha: float
+    batch: int
+    workers: int
+    gpus_per_worker: float
+    cpus_per_worker: float
+
+
 def _run_on_ray(
     ray: Any,
     address: str | None,
-    artifact: Path,
-    out: Path,
+    job: _RayJob,
     todo: list[Shard],
-    options: dict[str, Any],
-    overlays: bool,
-    alpha: float,
-    batch: int,
-    workers: int,
-    gpus_per_worker: float,
-    cpus_per_worker: float,
     manifest: dict[str, Any],
     state: FleetProgress,
     progress: Callable[[FleetProgress], None] | None,
     every: float,
 ) -> None:
-    import logging
-
     started_here = _connect(ray, address)
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    with contextlib.suppress(AttributeError):
-        context.print_on_execution_start = False
+    _quiet_ray_data(ray)
     stop = threading.Event()
     reporter: threading.Thread | None = None
     start = time.perf_counter()
@@ -868,44 +877,12 @@ def _run_on_ray(
 
         reporter = threading.Thread(target=report, name="fleet-progress", daemon=True)
         reporter.start()
-        dataset = ray.data.from_items([{"shard": s.to_json()} for s in todo], override_num_blocks=len(todo))
-        dataset = dataset.map_batches(
-            ShardWorker,
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=cpus_per_worker,
-            num_gpus=gpus_per_worker or None,
-            fn_constructor_kwargs={
-                "artifact": str(artifact),
-                "out": str(out),
-                "segmenter_options": options,
-                "overlays": overlays,
-                "alpha": alpha,
-                "batch": batch,
-                "counter": counter,
-            },
-        )
+        dataset = _shard_dataset(ray, job, todo, counter)
         finished_frames = 0
         try:
             for row in dataset.iter_rows():
-                outcome = json.loads(str(row["outcome"]))
-                shard = next(s for s in todo if s.key == outcome["key"])
-                manifest["shards"][shard.key] = {
-                    "status": outcome["status"],
-                    "output": shard.output if outcome["status"] == "done" else None,
-                    "frames": outcome["frames"],
-                    "skipped": outcome["skipped"],
-                    "error": outcome["error"],
-                    "seconds": round(outcome["seconds"], 3),
-                }
-                _write_manifest(out, manifest)
-                if outcome["status"] == "done":
-                    state.shards_done += 1
-                    finished_frames += outcome["frames"]
-                    state.frames = max(state.frames, finished_frames)
-                else:
-                    state.shards_failed += 1
+                finished_frames += _record_outcome(job.out, todo, manifest, state, row)
+                state.frames = max(state.frames, finished_frames)
         except Exception as exc:  # actor start-up (bad artifact on a node) or a lost node
             raise FleetError(one_line(f"Ray run failed: {_root_cause(exc)}")) from None
         with contextlib.suppress(Exception):
@@ -919,6 +896,62 @@ def _run_on_ray(
             progress(state)
         if started_here:
             ray.shutdown()
+
+
+def _quiet_ray_data(ray: Any) -> None:
+    """No Ray Data progress bars or start-up banners (the run reports its own progress)."""
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    with contextlib.suppress(AttributeError):
+        context.print_on_execution_start = False
+
+
+def _shard_dataset(ray: Any, job: _RayJob, todo: list[Shard], counter: Any) -> Any:
+    """One row per shard, mapped by a pool of ``job.workers`` :class:`ShardWorker` actors."""
+    dataset = ray.data.from_items([{"shard": s.to_json()} for s in todo], override_num_blocks=len(todo))
+    return dataset.map_batches(
+        ShardWorker,
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=job.workers),
+        num_cpus=job.cpus_per_worker,
+        num_gpus=job.gpus_per_worker or None,
+        fn_constructor_kwargs={
+            "artifact": str(job.artifact),
+            "out": str(job.out),
+            "segmenter_options": job.options,
+            "overlays": job.overlays,
+            "alpha": job.alpha,
+            "batch": job.batch,
+            "counter": counter,
+        },
+    )
+
+
+def _record_outcome(
+    out: Path, todo: list[Shard], manifest: dict[str, Any], state: FleetProgress, row: Any
+) -> int:
+    """Record one shard's outcome in the manifest (written at once) and ``state``; returns the
+    frames it finished (0 when it failed)."""
+    outcome = json.loads(str(row["outcome"]))
+    shard = next(s for s in todo if s.key == outcome["key"])
+    manifest["shards"][shard.key] = {
+        "status": outcome["status"],
+        "output": shard.output if outcome["status"] == "done" else None,
+        "frames": outcome["frames"],
+        "skipped": outcome["skipped"],
+        "error": outcome["error"],
+        "seconds": round(outcome["seconds"], 3),
+    }
+    _write_manifest(out, manifest)
+    if outcome["status"] == "done":
+        state.shards_done += 1
+        return outcome["frames"]
+    state.shards_failed += 1
+    return 0
 
 
 def _root_cause(exc: BaseException) -> str:

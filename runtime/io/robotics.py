@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -93,43 +94,9 @@ def infer_robotics(
     given = camera_spec(source)
     local = [source, given.target] if given is not None and not given.live else [source]
     read = [p for p in local if isinstance(p, str) and os.path.exists(p)]
-
     # Both sources end the same way: the frames go to a bag file or to an image folder.
-    def to_bag_file(
-        frames: Iterable[BagFrame | BagPassthrough], total: int | None, stop: threading.Event | None = None
-    ) -> InferSummary:
-        return write_bag(
-            segmenter,
-            frames,
-            out,
-            overwrite,
-            overlays,
-            alpha,
-            copy_input,
-            progress=progress,
-            total=total,
-            inputs=read,
-            compression=compression,
-            input_topics=topics,
-            on_note=on_note,
-            stop=stop,
-        )
-
-    def to_folder(frames: Iterable[tuple[str, np.ndarray]], total: int | None) -> InferSummary:
-        return infer_path(
-            segmenter,
-            source,
-            out,
-            overlays,
-            alpha,
-            progress,
-            frames=frames,
-            total=total,
-            exist_ok=exist_ok,
-            overwrite=overwrite,
-            inputs=read,
-        )
-
+    sink = _Sink(segmenter, source, out, read, topics, overlays, alpha, copy_input, progress)
+    sink.overwrite, sink.exist_ok, sink.compression, sink.on_note = overwrite, exist_ok, compression, on_note
     if is_bag(source):
         if not topics:
             raise InputError(f"{source}: is a ROS 2 bag; give the image topic(s) to segment with --topic")
@@ -140,8 +107,8 @@ def infer_robotics(
                 on_note(reader.note)
             if to_bag:
                 with stop_on_interrupt() as interrupted:  # stop between frames: whole frames only
-                    return to_bag_file(reader, reader.total, interrupted)
-            return to_folder(bag_frame_names(reader), reader.total)
+                    return sink.to_bag_file(reader, reader.total, interrupted)
+            return sink.to_folder(bag_frame_names(reader), reader.total)
     if topics:
         raise InputError(
             f"{source}: --topic is only for ROS 2 bags (.mcap, .db3 or a folder with metadata.yaml)"
@@ -160,5 +127,62 @@ def infer_robotics(
     with stop_on_interrupt() as stop:
         frames = camera_frames(spec, max_frames, duration, stop, timeout=timeout)
         if to_bag:
-            return to_bag_file(camera_bag_frames(frames), total)
-        return to_folder(((f"{stem}_{i:06d}", image) for i, (_, image) in enumerate(frames)), total)
+            return sink.to_bag_file(camera_bag_frames(frames), total)
+        return sink.to_folder(((f"{stem}_{i:06d}", image) for i, (_, image) in enumerate(frames)), total)
+
+
+@dataclass
+class _Sink:
+    """Where :func:`infer_robotics` writes the frames of either source: a bag file or a folder."""
+
+    segmenter: Segmenter
+    source: str
+    out: str | os.PathLike[str]
+    read: list[str]
+    topics: Sequence[str]
+    overlays: bool
+    alpha: float
+    copy_input: bool
+    progress: Progress | None
+    overwrite: bool = False
+    exist_ok: bool = False
+    compression: str = "zstd"
+    on_note: Callable[[str], None] | None = None
+
+    def to_bag_file(
+        self,
+        frames: Iterable[BagFrame | BagPassthrough],
+        total: int | None,
+        stop: threading.Event | None = None,
+    ) -> InferSummary:
+        return write_bag(
+            self.segmenter,
+            frames,
+            self.out,
+            self.overwrite,
+            self.overlays,
+            self.alpha,
+            self.copy_input,
+            progress=self.progress,
+            total=total,
+            inputs=self.read,
+            compression=self.compression,
+            input_topics=self.topics,
+            on_note=self.on_note,
+            stop=stop,
+        )
+
+    def to_folder(self, frames: Iterable[tuple[str, np.ndarray]], total: int | None) -> InferSummary:
+        return infer_path(
+            self.segmenter,
+            self.source,
+            self.out,
+            self.overlays,
+            self.alpha,
+            self.progress,
+            frames=frames,
+            total=total,
+            exist_ok=self.exist_ok,
+            overwrite=self.overwrite,
+            inputs=self.read,
+        )

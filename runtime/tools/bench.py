@@ -233,22 +233,7 @@ def bench_artifact(
             f"bench at {h}x{w}, batch {batch},", artifact_bench_bytes(fmt.height, fmt.width, h, w, batch)
         )
         frames = [bench_image(h, w, seed=i) for i in range(batch)]
-        for _ in range(warmup):
-            encode_result(seg.predict_batch(frames)[0])
-        latencies: list[float] = []
-        stages: dict[str, list[float]] = {k: [] for k in (*STAGES, "infer")}
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            results = seg.predict_batch(frames)
-            t1 = time.perf_counter()
-            for r in results:
-                encode_result(r)
-            t2 = time.perf_counter()
-            latencies.append((t2 - t0) * 1e3)
-            stages["encode"].append((t2 - t1) * 1e3 / len(results))
-            for k in stages:
-                if k != "encode" and all(k in r.timings for r in results):
-                    stages[k].append(float(np.mean([r.timings[k] for r in results])))
+        latencies, stages = _time_segmenter(seg, frames, warmup, iterations)
         artifact = seg.artifact
         runner = seg.backend.name
         device = "gpu" if runner == "tensorrt" else ("cpu" if runner == "openvino" else _ort_device(seg))
@@ -268,6 +253,30 @@ def bench_artifact(
             copies=seg.backend.copy_timing,
             versions=runtime_versions(),
         )
+
+
+def _time_segmenter(
+    seg: Any, frames: list[np.ndarray], warmup: int, iterations: int
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Milliseconds of each timed ``predict_batch`` call (results encoded as a caller would), and
+    of each stage per frame."""
+    for _ in range(warmup):
+        encode_result(seg.predict_batch(frames)[0])
+    latencies: list[float] = []
+    stages: dict[str, list[float]] = {k: [] for k in (*STAGES, "infer")}
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        results = seg.predict_batch(frames)
+        t1 = time.perf_counter()
+        for r in results:
+            encode_result(r)
+        t2 = time.perf_counter()
+        latencies.append((t2 - t0) * 1e3)
+        stages["encode"].append((t2 - t1) * 1e3 / len(results))
+        for k in stages:
+            if k != "encode" and all(k in r.timings for r in results):
+                stages[k].append(float(np.mean([r.timings[k] for r in results])))
+    return latencies, stages
 
 
 def encode_result(result: Any) -> int:

@@ -466,44 +466,15 @@ def build_engine(
     options = options or EngineOptions()
     options.validate()
     artifact = load_artifact(artifact_path)
-    if artifact.model_path.suffix != ".onnx":
-        raise ArtifactError(
-            f"{artifact.model_path}: already a TensorRT engine; build takes the ONNX artifact"
-        )
-    int8 = artifact.spec.provenance.quantization
-    if (
-        artifact.precision == "int8"
-        and int8 is not None
-        and (int8.target == "onnxruntime" or int8.activation_dtype == "uint8")
-    ):  # checked before TensorRT is imported: the answer does not depend on it
-        raise EngineBuildError(
-            f"{artifact.model_path}: INT8 graph in the onnxruntime layout (UINT8 Q/DQ), which TensorRT "
-            "refuses; make the TensorRT layout with pem-deploy calibrate ... --target tensorrt (or "
-            "export --precision int8 --target tensorrt) and build that"
-        )
+    _check_source(artifact)
     out = Path(out)
     explicit = out.suffix in (".engine", ".plan")
-    # Refused before TensorRT runs: an input as target (whatever the flags), an existing file
-    # without --overwrite, a folder holding other files without --exist-ok.
     read = [artifact.model_path, artifact.sidecar_path, options.calibration_cache]
-    if explicit:
-        for path in (out, out.with_suffix(".json")):
-            check_file(path, overwrite=options.overwrite, inputs=read)
-    else:
-        check_folder(out, exist_ok=options.exist_ok, overwrite=options.overwrite, inputs=read)
-    if options.log_path is not None:
-        check_file(options.log_path, overwrite=options.overwrite, inputs=read)
+    _check_targets(out, explicit, options, read)
     trt = import_tensorrt()
     strongly_typed, precision = _choose_typing(trt, artifact, options)
     engine_path = out if explicit else out / engine_file_name(artifact.model_path.stem, precision)
-    if options.dla_core is not None and precision == "fp32":
-        raise EngineBuildError(f"--dla-core {options.dla_core}: DLA runs FP16 / INT8 only, not fp32")
-    if options.dla_core is not None and tensorrt_major(trt) >= 11:
-        # NVIDIA's TensorRT 11 documentation: no DLA support on JetPack / SBSA / DriveOS.
-        raise EngineBuildError(
-            f"--dla-core {options.dla_core}: TensorRT {trt.__version__} has no DLA support on Jetson; "
-            "use TensorRT 10 (JetPack 6) for DLA, or build for the GPU"
-        )
+    _check_dla(trt, options, precision)
 
     log_lines: list[str] | None = [] if options.log_path is not None else None
     logger = _make_logger(trt, log_lines)
@@ -513,56 +484,10 @@ def build_engine(
     builder = trt.Builder(logger)
     network = _parse_onnx(trt, builder, logger, artifact.model_path, strongly_typed)
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
-    if options.builder_optimization_level is not None:
-        config.builder_optimization_level = options.builder_optimization_level
-    if hasattr(trt, "ProfilingVerbosity"):  # layer names + tactics for the inspector
-        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    pinned: list[str] = []
-    if not strongly_typed:
-        if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-            config.clear_flag(trt.BuilderFlag.TF32)  # FP32 means FP32 (TF32 is on by default)
-        if precision in ("fp16", "int8"):
-            config.set_flag(trt.BuilderFlag.FP16)
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-            cache = Path(options.calibration_cache).read_bytes()  # type: ignore[arg-type]
-            config.int8_calibrator = _cache_calibrator(trt, cache)
-        if precision != "fp32":
-            pinned = _pin_fragile_layers(trt, network, precision)
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-
-    profiles = list(options.profiles)
-    for p in profiles:
-        check_profile(artifact, p)
-    if not profiles:
-        default = default_profile(artifact, options)
-        profiles = [default] if default is not None else []
-    for _ in range(options.contexts if profiles else 0):  # one profile per concurrent context
-        profile = builder.create_optimization_profile()
-        for p in profiles:
-            profile.set_shape(p.input_name, p.min, p.opt, p.max)
-        config.add_optimization_profile(profile)
-
-    split: dict[str, list[str]] = {}
-    if options.dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = options.dla_core
-        if options.gpu_fallback:
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        split = _layer_split(trt, config, network)
-        if split["gpu"] and not options.gpu_fallback:
-            raise EngineBuildError(
-                f"{artifact.model_path}: {len(split['gpu'])} layers cannot run on DLA "
-                f"(first: {split['gpu'][0]}); add --gpu-fallback"
-            )
-
-    timing_cache = None
-    if options.timing_cache is not None:
-        path = Path(options.timing_cache)
-        existing = path.read_bytes() if path.is_file() else b""
-        timing_cache = config.create_timing_cache(existing)
-        config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    pinned = _configure_precision(trt, config, network, options, strongly_typed, precision)
+    profiles = _add_profiles(builder, config, artifact, options)
+    split = _place_on_dla(trt, config, network, artifact, options)
+    timing_cache = _use_timing_cache(config, options)
 
     serialized = builder.build_serialized_network(network, config)
     if options.log_path is not None and log_lines is not None:
@@ -591,8 +516,138 @@ def build_engine(
             "network_layers_on_gpu": split.get("gpu", []),
             "engine_layers": _engine_layers(trt, data, logger, options.dla_core),
         }
-    try:  # the one schema: never write an engine sidecar the runtime would refuse
-        engine_spec = artifact.spec.replace(
+    engine_spec = _engine_spec(artifact, engine_path, data, precision, trt_section)
+    sidecar_path = engine_path.with_suffix(".json")
+    _write_engine(out, engine_path, data, engine_spec.to_json(), explicit, options, read)
+    if timing_cache is not None and options.timing_cache is not None:
+        atomic_write_bytes(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
+    return BuildResult(engine_path, sidecar_path, engine_spec, split)
+
+
+def _check_source(artifact: Artifact) -> None:
+    """Refuse an engine as source and an INT8 graph in onnxruntime's layout (checked before
+    TensorRT is imported: the answer does not depend on it)."""
+    if artifact.model_path.suffix != ".onnx":
+        raise ArtifactError(
+            f"{artifact.model_path}: already a TensorRT engine; build takes the ONNX artifact"
+        )
+    int8 = artifact.spec.provenance.quantization
+    if (
+        artifact.precision == "int8"
+        and int8 is not None
+        and (int8.target == "onnxruntime" or int8.activation_dtype == "uint8")
+    ):
+        raise EngineBuildError(
+            f"{artifact.model_path}: INT8 graph in the onnxruntime layout (UINT8 Q/DQ), which TensorRT "
+            "refuses; make the TensorRT layout with pem-deploy calibrate ... --target tensorrt (or "
+            "export --precision int8 --target tensorrt) and build that"
+        )
+
+
+def _check_targets(out: Path, explicit: bool, options: EngineOptions, read: list[Any]) -> None:
+    """Refused before TensorRT runs: an input as target (whatever the flags), an existing file
+    without --overwrite, a folder holding other files without --exist-ok."""
+    if explicit:
+        for path in (out, out.with_suffix(".json")):
+            check_file(path, overwrite=options.overwrite, inputs=read)
+    else:
+        check_folder(out, exist_ok=options.exist_ok, overwrite=options.overwrite, inputs=read)
+    if options.log_path is not None:
+        check_file(options.log_path, overwrite=options.overwrite, inputs=read)
+
+
+def _check_dla(trt: Any, options: EngineOptions, precision: str) -> None:
+    if options.dla_core is not None and precision == "fp32":
+        raise EngineBuildError(f"--dla-core {options.dla_core}: DLA runs FP16 / INT8 only, not fp32")
+    if options.dla_core is not None and tensorrt_major(trt) >= 11:
+        # NVIDIA's TensorRT 11 documentation: no DLA support on JetPack / SBSA / DriveOS.
+        raise EngineBuildError(
+            f"--dla-core {options.dla_core}: TensorRT {trt.__version__} has no DLA support on Jetson; "
+            "use TensorRT 10 (JetPack 6) for DLA, or build for the GPU"
+        )
+
+
+def _configure_precision(
+    trt: Any, config: Any, network: Any, options: EngineOptions, strongly_typed: bool, precision: str
+) -> list[str]:
+    """Workspace, optimisation level, profiling verbosity and (weakly typed) the precision flags
+    and INT8 calibrator; returns the layers pinned to FP32."""
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    if options.builder_optimization_level is not None:
+        config.builder_optimization_level = options.builder_optimization_level
+    if hasattr(trt, "ProfilingVerbosity"):  # layer names + tactics for the inspector
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    pinned: list[str] = []
+    if not strongly_typed:
+        if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)  # FP32 means FP32 (TF32 is on by default)
+        if precision in ("fp16", "int8"):
+            config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            cache = Path(options.calibration_cache).read_bytes()  # type: ignore[arg-type]
+            config.int8_calibrator = _cache_calibrator(trt, cache)
+        if precision != "fp32":
+            pinned = _pin_fragile_layers(trt, network, precision)
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return pinned
+
+
+def _add_profiles(
+    builder: Any, config: Any, artifact: Artifact, options: EngineOptions
+) -> list[ShapeProfile]:
+    """The checked (or default) optimisation profiles, added once per concurrent context."""
+    profiles = list(options.profiles)
+    for p in profiles:
+        check_profile(artifact, p)
+    if not profiles:
+        default = default_profile(artifact, options)
+        profiles = [default] if default is not None else []
+    for _ in range(options.contexts if profiles else 0):  # one profile per concurrent context
+        profile = builder.create_optimization_profile()
+        for p in profiles:
+            profile.set_shape(p.input_name, p.min, p.opt, p.max)
+        config.add_optimization_profile(profile)
+    return profiles
+
+
+def _place_on_dla(
+    trt: Any, config: Any, network: Any, artifact: Artifact, options: EngineOptions
+) -> dict[str, list[str]]:
+    """With ``--dla-core``: the DLA settings and the network's layers by device (empty without)."""
+    split: dict[str, list[str]] = {}
+    if options.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = options.dla_core
+        if options.gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        split = _layer_split(trt, config, network)
+        if split["gpu"] and not options.gpu_fallback:
+            raise EngineBuildError(
+                f"{artifact.model_path}: {len(split['gpu'])} layers cannot run on DLA "
+                f"(first: {split['gpu'][0]}); add --gpu-fallback"
+            )
+    return split
+
+
+def _use_timing_cache(config: Any, options: EngineOptions) -> Any:
+    """``--timing-cache``: the cache the build reads (the file's, or a new one) and fills."""
+    if options.timing_cache is None:
+        return None
+    path = Path(options.timing_cache)
+    existing = path.read_bytes() if path.is_file() else b""
+    timing_cache = config.create_timing_cache(existing)
+    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    return timing_cache
+
+
+def _engine_spec(
+    artifact: Artifact, engine_path: Path, data: bytes, precision: str, trt_section: dict[str, Any]
+) -> Sidecar:
+    """The source's sidecar describing the engine, through the one schema: never write an engine
+    sidecar the runtime would refuse."""
+    try:
+        return artifact.spec.replace(
             precision=precision,
             model_file=engine_path.name,
             sha256=hashlib.sha256(data).hexdigest(),
@@ -603,8 +658,18 @@ def build_engine(
         raise EngineBuildError(
             f"refusing to write an engine sidecar the runtime would refuse: {exc}"
         ) from None
+
+
+def _write_engine(
+    out: Path,
+    engine_path: Path,
+    data: bytes,
+    sidecar_text: str,
+    explicit: bool,
+    options: EngineOptions,
+    read: list[Any],
+) -> None:
     sidecar_path = engine_path.with_suffix(".json")
-    sidecar_text = engine_spec.to_json()
     if explicit:  # the engine, then its sidecar (a sidecar always describes the engine beside it)
         write_file(engine_path, data, overwrite=options.overwrite, inputs=read)
         write_file(sidecar_path, sidecar_text, overwrite=options.overwrite, inputs=read)
@@ -615,9 +680,6 @@ def build_engine(
         ) as folder:
             folder.write(engine_path.name, data)
             folder.write(sidecar_path.name, sidecar_text)
-    if timing_cache is not None and options.timing_cache is not None:
-        atomic_write_bytes(Path(options.timing_cache), bytes(config.get_timing_cache().serialize()))
-    return BuildResult(engine_path, sidecar_path, engine_spec, split)
 
 
 def device_description() -> dict[str, str]:

@@ -137,15 +137,16 @@ class StrictApi:
         return exc_type(text)
 
     def member(
-        self, members: dict, stand_in: Any, name: str, real: str, stand_in_label: str, real_again: str
-    ) -> tuple[dict, Any]:
-        """The real API's entry for ``name`` among ``members`` and the stand-in's value for it; fails
-        when the real API (``real``) or the stand-in (``stand_in_label``) lacks it."""
-        entry = members.get(name)
+        self, surface: dict[str, Any], stand_in: Any, name: str, missing: str, incomplete: str
+    ) -> tuple[dict[str, Any], Any]:
+        """``name``'s entry in the real ``surface`` and the stand-in's value of it; a name the real
+        release lacks raises :class:`MissingInRealApi` (``missing``), one only the stand-in lacks
+        :class:`StandInIncomplete` (``incomplete``)."""
+        entry = surface.get(name)
         if entry is None:
-            raise self.fail(MissingInRealApi, f"{real} has no attribute {name!r}")
+            raise self.fail(MissingInRealApi, missing)
         if not hasattr(stand_in, name):
-            raise self.fail(StandInIncomplete, f"{stand_in_label} lacks {name!r}, which {real_again} has")
+            raise self.fail(StandInIncomplete, incomplete)
         return entry, getattr(stand_in, name)
 
     def module(self, fake: Any) -> StrictModule:
@@ -228,7 +229,11 @@ class StrictModule(types.ModuleType):
         if name.startswith("__"):
             return getattr(fake, name)
         entry, value = api.member(
-            api.surface["module"], fake, name, "module", "the stand-in", "the real module"
+            api.surface["module"],
+            fake,
+            name,
+            f"module has no attribute {name!r}",
+            f"the stand-in lacks {name!r}, which the real module has",
         )
         kind = entry.get("kind")
         if kind == "class":
@@ -319,7 +324,11 @@ class StrictObject:
         target = object.__getattribute__(self, "_target")
         cls = object.__getattribute__(self, "_cls")
         member, value = api.member(
-            api.classes[cls]["members"], target, name, cls, f"the stand-in's {cls}", "the real one"
+            api.classes[cls]["members"],
+            target,
+            name,
+            f"{cls} has no attribute {name!r}",
+            f"the stand-in's {cls} lacks {name!r}, which the real one has",
         )
         kind = member.get("kind")
         if kind in ("method", "static"):

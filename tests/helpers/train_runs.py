@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pem.train.config import TINY_RECIPE
-from pem.train.optim import parameter_groups
+from pem.train.optim import scaled_groups
 
 # A run small enough for unit tests: 64x128 images, whole-image crops, few points, no warm-up.
 TINY_RUN = TINY_RECIPE.replace(
@@ -44,10 +44,7 @@ def sgd_optimizer() -> Iterator[None]:
     def build(
         model: nn.Module, lr: float, backbone_multiplier: float, weight_decay: float
     ) -> torch.optim.SGD:
-        groups = parameter_groups(model, backbone_multiplier, weight_decay)
-        for group in groups:
-            group["lr"] = lr * float(group["lr_scale"])  # type: ignore[arg-type]
-        return torch.optim.SGD(groups, lr=lr)
+        return torch.optim.SGD(scaled_groups(model, lr, backbone_multiplier, weight_decay), lr=lr)
 
     original = trainer_module.build_optimizer
     trainer_module.build_optimizer = build

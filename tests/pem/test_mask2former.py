@@ -27,9 +27,7 @@ def _naive_msdeform_attn(attn: MSDeformAttn, query, reference_points, value, sha
     b, nq, c = query.shape
     heads, levels, points = attn.num_heads, attn.num_levels, attn.num_points
     d = c // heads
-    v = attn.value_proj(value).view(b, -1, heads, d)
-    offsets = attn.sampling_offsets(query).view(b, nq, heads, levels, points, 2)
-    weights = attn.attention_weights(query).view(b, nq, heads, levels * points).softmax(-1)
+    v, offsets, weights = attn.project(query, value)
     weights = weights.view(b, nq, heads, levels, points)
     starts = np.cumsum([0] + [h * w for h, w in shapes])
     out = torch.zeros(b, nq, heads, d)

@@ -25,7 +25,7 @@ import numpy as np
 from contract.errors import one_line
 from contract.output import FileOutput
 from runtime.core.segmenter import Segmenter
-from runtime.errors import InputError, RuntimeToolError
+from runtime.errors import InputError, RuntimeToolError, import_optional
 from runtime.io.batch_infer import InferSummary
 from runtime.io.ros.messages import (
     COMPRESSED_TYPE,
@@ -57,15 +57,12 @@ class RosbagsMissingError(RuntimeToolError):
 
 
 def _rosbags() -> Any:
-    try:
-        import rosbags.rosbag2 as rosbag2
-        from rosbags.typesys import Stores, get_typestore
-    except ImportError:
-        raise RosbagsMissingError(
-            "ROS 2 bags need the 'rosbags' package: pip install 'pem-deploy[ros]' (or pip install rosbags)"
-        ) from None
-    store = Stores.ROS2_JAZZY if hasattr(Stores, "ROS2_JAZZY") else Stores.LATEST
-    return rosbag2, get_typestore(store)
+    message = "ROS 2 bags need the 'rosbags' package: pip install 'pem-deploy[ros]' (or pip install rosbags)"
+    rosbag2 = import_optional("rosbags.rosbag2", RosbagsMissingError, message)
+    typesys = import_optional("rosbags.typesys", RosbagsMissingError, message)
+    stores = typesys.Stores
+    store = stores.ROS2_JAZZY if hasattr(stores, "ROS2_JAZZY") else stores.LATEST
+    return rosbag2, typesys.get_typestore(store)
 
 
 def is_bag(path: str | os.PathLike[str]) -> bool:
@@ -338,27 +335,12 @@ def write_bag(
     """
     rosbag2, typestore = _rosbags()
     out = Path(out)
-    if out.suffix.lower() not in BAG_SUFFIXES:
-        raise BagError(f"{out}: output bag must end in .mcap or .db3")
-    if compression not in COMPRESSIONS:
-        raise BagError(f"--compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
-    plugin = rosbag2.StoragePlugin.MCAP if out.suffix.lower() == ".mcap" else rosbag2.StoragePlugin.SQLITE3
-    types = MessageTypes(
-        typestore.types[IMAGE_TYPE],
-        typestore.types[COMPRESSED_TYPE],
-        typestore.types[STRING_TYPE],
-        typestore.types["std_msgs/msg/Header"],
-        typestore.types["builtin_interfaces/msg/Time"],
-    )
+    plugin = _storage_plugin(rosbag2, out, compression)
     artifact = segmenter.artifact
-    names = [c.name for c in artifact.classes]
-    panoptic = artifact.head == "panoptic"
-    planned = bag_output_topics(input_topics, namespace)
     read = [*inputs, artifact.model_path, artifact.sidecar_path]
     output = FileOutput(out, overwrite=overwrite, inputs=read)
     staging = output.open().parent
     writer = None
-    count = 0
     try:
         # The storage file is named after its folder and recorded by that name in the bag's
         # embedded metadata: name the folder after the final file so the metadata is right.
@@ -368,86 +350,30 @@ def write_bag(
         writer.open()
         if compression == "lz4" and plugin == rosbag2.StoragePlugin.MCAP:
             _use_lz4(writer)
-        connections: dict[str, dict[str, Any]] = {}
-        used: set[str] = set()
-
-        def connect(frame: BagFrame) -> dict[str, Any]:
-            topics = planned.get(frame.topic) or output_topics(frame.topic, namespace)
-            if topics.labels in used:  # a topic not announced in input_topics that collides
-                topics = bag_output_topics([frame.topic, topics.labels.rsplit("/", 2)[0]], namespace)[
-                    frame.topic
-                ]
-            used.add(topics.labels)
-            conns: dict[str, Any] = {
-                "labels": writer.add_connection(topics.labels, IMAGE_TYPE, typestore=typestore)
-            }
-            if panoptic:
-                conns["panoptic"] = writer.add_connection(topics.panoptic, IMAGE_TYPE, typestore=typestore)
-                conns["segments"] = writer.add_connection(topics.segments, STRING_TYPE, typestore=typestore)
-            if overlays:
-                conns["overlay"] = writer.add_connection(topics.overlay, COMPRESSED_TYPE, typestore=typestore)
-            if copy_input:
-                conns["input"] = writer.add_connection(frame.topic, frame.msgtype, typestore=typestore)
-            return conns
-
-        passthrough: dict[str, Any] = {}
-        sums = {"pre": 0.0, "infer": 0.0, "post": 0.0}
+        topics = bag_output_topics(input_topics, namespace)
+        bag = _SegmentationBag(writer, typestore, segmenter, topics, namespace, overlays, alpha, copy_input)
         try:
             for frame in frames:
                 if stop is not None and stop.is_set():
                     raise KeyboardInterrupt
                 if isinstance(frame, BagPassthrough):
-                    if copy_input:
-                        if frame.topic not in passthrough:
-                            passthrough[frame.topic] = writer.add_connection(
-                                frame.topic, frame.msgtype, typestore=typestore
-                            )
-                        writer.write(passthrough[frame.topic], frame.timestamp, frame.raw)
+                    bag.pass_through(frame)
                     continue
-                if frame.topic not in connections:
-                    connections[frame.topic] = connect(frame)
-                conns = connections[frame.topic]
-                result = segmenter.predict(frame.image, f"{frame.topic} message {count}")
-                messages = segmentation_messages(
-                    result, frame.image, frame.header, names, artifact.palette, overlays, alpha
-                )
-                for key, fields, msgtype in (
-                    ("labels", messages.labels, IMAGE_TYPE),
-                    ("panoptic", messages.panoptic, IMAGE_TYPE),
-                    ("segments", messages.segments, STRING_TYPE),
-                    ("overlay", messages.overlay, COMPRESSED_TYPE),
-                ):
-                    if fields is not None and key in conns:
-                        data = typestore.serialize_cdr(build(fields, types), msgtype)
-                        writer.write(conns[key], frame.timestamp, data)
-                if copy_input:
-                    raw = frame.raw
-                    if raw is None:
-                        raw = typestore.serialize_cdr(
-                            build(image_fields(frame.image, frame.header), types), IMAGE_TYPE
-                        )
-                    writer.write(conns["input"], frame.timestamp, raw)
-                for key in sums:
-                    sums[key] += result.timings.get(key, 0.0)
-                count += 1
+                bag.segment(frame)
                 if progress:
-                    progress(count, total)
+                    progress(bag.count, total)
         except (KeyboardInterrupt, Exception) as exc:
-            if count == 0 or output.write_error(exc) is not exc:  # nothing done, or the bag itself failed
+            if bag.count == 0 or output.write_error(exc) is not exc:  # nothing done, or the bag itself failed
                 raise
-            writer.close()
-            os.replace(bag_dir / f"{out.stem}{out.suffix.lower()}", output.staged)
-            output.commit()
+            _install(writer, bag_dir, output)
             if on_note:
                 why = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by an error"
-                on_note(f"{why} after {count} frame(s): {out} holds them (a complete, readable bag)")
+                on_note(f"{why} after {bag.count} frame(s): {out} holds them (a complete, readable bag)")
             raise
-        if count == 0:
+        if bag.count == 0:
             raise BagError(f"{out}: nothing to segment")
-        writer.close()
-        os.replace(bag_dir / f"{out.stem}{out.suffix.lower()}", output.staged)
-        output.commit()
-        return InferSummary(out, count, {k: v / count for k, v in sums.items()})
+        _install(writer, bag_dir, output)
+        return InferSummary(out, bag.count, {k: v / bag.count for k, v in bag.sums.items()})
     except BaseException as exc:
         if writer is not None and writer.storage is not None:
             writer.abort()
@@ -457,6 +383,117 @@ def write_bag(
         raise
     finally:
         output.discard()
+
+
+def _storage_plugin(rosbag2: Any, out: Path, compression: str) -> Any:
+    """The storage plugin of the output bag ``out`` (by its suffix), once both it and
+    ``compression`` are known to be valid."""
+    if out.suffix.lower() not in BAG_SUFFIXES:
+        raise BagError(f"{out}: output bag must end in .mcap or .db3")
+    if compression not in COMPRESSIONS:
+        raise BagError(f"--compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
+    return rosbag2.StoragePlugin.MCAP if out.suffix.lower() == ".mcap" else rosbag2.StoragePlugin.SQLITE3
+
+
+def _install(writer: Any, bag_dir: Path, output: FileOutput) -> None:
+    """Close the bag and install its storage file at the output's target."""
+    out = output.target
+    writer.close()
+    os.replace(bag_dir / f"{out.stem}{out.suffix.lower()}", output.staged)
+    output.commit()
+
+
+class _SegmentationBag:
+    """An open output bag: one set of connections per input topic, made at its first frame."""
+
+    def __init__(
+        self,
+        writer: Any,
+        typestore: Any,
+        segmenter: Segmenter,
+        planned: dict[str, OutputTopics],
+        namespace: str,
+        overlays: bool,
+        alpha: float,
+        copy_input: bool,
+    ):
+        self.writer, self.typestore, self.segmenter = writer, typestore, segmenter
+        self.planned, self.namespace = planned, namespace
+        self.overlays, self.alpha, self.copy_input = overlays, alpha, copy_input
+        self.types = MessageTypes(
+            typestore.types[IMAGE_TYPE],
+            typestore.types[COMPRESSED_TYPE],
+            typestore.types[STRING_TYPE],
+            typestore.types["std_msgs/msg/Header"],
+            typestore.types["builtin_interfaces/msg/Time"],
+        )
+        artifact = segmenter.artifact
+        self.names = [c.name for c in artifact.classes]
+        self.panoptic = artifact.head == "panoptic"
+        self.connections: dict[str, dict[str, Any]] = {}
+        self.used: set[str] = set()
+        self.passthrough: dict[str, Any] = {}
+        self.sums = {"pre": 0.0, "infer": 0.0, "post": 0.0}
+        self.count = 0
+
+    def connect(self, frame: BagFrame) -> dict[str, Any]:
+        """The output connections of ``frame``'s topic (distinct from every other topic's)."""
+        writer, typestore, namespace = self.writer, self.typestore, self.namespace
+        topics = self.planned.get(frame.topic) or output_topics(frame.topic, namespace)
+        if topics.labels in self.used:  # a topic not announced in input_topics that collides
+            topics = bag_output_topics([frame.topic, topics.labels.rsplit("/", 2)[0]], namespace)[frame.topic]
+        self.used.add(topics.labels)
+        conns: dict[str, Any] = {
+            "labels": writer.add_connection(topics.labels, IMAGE_TYPE, typestore=typestore)
+        }
+        if self.panoptic:
+            conns["panoptic"] = writer.add_connection(topics.panoptic, IMAGE_TYPE, typestore=typestore)
+            conns["segments"] = writer.add_connection(topics.segments, STRING_TYPE, typestore=typestore)
+        if self.overlays:
+            conns["overlay"] = writer.add_connection(topics.overlay, COMPRESSED_TYPE, typestore=typestore)
+        if self.copy_input:
+            conns["input"] = writer.add_connection(frame.topic, frame.msgtype, typestore=typestore)
+        return conns
+
+    def pass_through(self, frame: BagPassthrough) -> None:
+        """With ``copy_input``: the message as it was (CameraInfo)."""
+        if self.copy_input:
+            if frame.topic not in self.passthrough:
+                self.passthrough[frame.topic] = self.writer.add_connection(
+                    frame.topic, frame.msgtype, typestore=self.typestore
+                )
+            self.writer.write(self.passthrough[frame.topic], frame.timestamp, frame.raw)
+
+    def segment(self, frame: BagFrame) -> None:
+        """Segment one frame and write its result messages (and with ``copy_input`` the frame)."""
+        writer, typestore = self.writer, self.typestore
+        if frame.topic not in self.connections:
+            self.connections[frame.topic] = self.connect(frame)
+        conns = self.connections[frame.topic]
+        result = self.segmenter.predict(frame.image, f"{frame.topic} message {self.count}")
+        artifact = self.segmenter.artifact
+        messages = segmentation_messages(
+            result, frame.image, frame.header, self.names, artifact.palette, self.overlays, self.alpha
+        )
+        for key, fields, msgtype in (
+            ("labels", messages.labels, IMAGE_TYPE),
+            ("panoptic", messages.panoptic, IMAGE_TYPE),
+            ("segments", messages.segments, STRING_TYPE),
+            ("overlay", messages.overlay, COMPRESSED_TYPE),
+        ):
+            if fields is not None and key in conns:
+                data = typestore.serialize_cdr(build(fields, self.types), msgtype)
+                writer.write(conns[key], frame.timestamp, data)
+        if self.copy_input:
+            raw = frame.raw
+            if raw is None:
+                raw = typestore.serialize_cdr(
+                    build(image_fields(frame.image, frame.header), self.types), IMAGE_TYPE
+                )
+            writer.write(conns["input"], frame.timestamp, raw)
+        for key in self.sums:
+            self.sums[key] += result.timings.get(key, 0.0)
+        self.count += 1
 
 
 def bag_frame_names(frames: Iterable[BagFrame | BagPassthrough]) -> Iterator[tuple[str, np.ndarray]]:

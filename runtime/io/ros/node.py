@@ -63,7 +63,7 @@ from contract.errors import one_line
 from runtime.core.postprocess import colorize_labels
 from runtime.core.preprocess import Preprocessor
 from runtime.core.segmenter import Segmenter
-from runtime.errors import RuntimeToolError
+from runtime.errors import RuntimeToolError, import_optional
 from runtime.io.ros.bags import camera_info_topic
 from runtime.io.ros.messages import (
     ImageFields,
@@ -93,15 +93,13 @@ class NodeParameterError(RuntimeToolError):
 
 def import_rclpy() -> Any:
     """``rclpy`` or a one-line :class:`RclpyMissingError` saying how to get it."""
-    try:
-        import rclpy
-    except ImportError:
-        raise RclpyMissingError(
-            "rclpy is not importable: install ROS 2 (Humble or Jazzy) and source it first, e.g. "
-            "'source /opt/ros/humble/setup.bash', or on Python 3.12 pip install the Jazzy wheels "
-            "('ros-jazzy-rclpy[fastrtps]' ros-jazzy-sensor-msgs ros-jazzy-std-msgs ros-jazzy-diagnostic-msgs)"
-        ) from None
-    return rclpy
+    return import_optional(
+        "rclpy",
+        RclpyMissingError,
+        "rclpy is not importable: install ROS 2 (Humble or Jazzy) and source it first, e.g. "
+        "'source /opt/ros/humble/setup.bash', or on Python 3.12 pip install the Jazzy wheels "
+        "('ros-jazzy-rclpy[fastrtps]' ros-jazzy-sensor-msgs ros-jazzy-std-msgs ros-jazzy-diagnostic-msgs)",
+    )
 
 
 class LatestFrame:
@@ -561,32 +559,26 @@ def run_node(
     """
     rclpy = import_rclpy()
     from rclpy.node import Node
-    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    previous = _handle_signals(stop := threading.Event()) if stop is None else {}
-    node = None
-    try:
-        node = Node(NODE_NAME)
-        config = _declare_parameters(node, config)
-        segmenter = Segmenter.open(config.artifact, resize=config.resize)  # type: ignore[arg-type]
+    with _ros_session(rclpy, args, stop) as stop:
+        node = None
         try:
-            active = threading.Event()
-            active.set()
-            close = _wire(node, config, segmenter, log, active)
+            node = Node(NODE_NAME)
+            config = _declare_parameters(node, config)
+            segmenter = Segmenter.open(config.artifact, resize=config.resize)  # type: ignore[arg-type]
             try:
-                _spin(node, stop)
+                active = threading.Event()
+                active.set()
+                close = _wire(node, config, segmenter, log, active)
+                try:
+                    _spin(node, stop)
+                finally:
+                    close()
             finally:
-                close()
+                segmenter.close()
         finally:
-            segmenter.close()
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if node is not None:
+                node.destroy_node()
 
 
 def run_lifecycle_node(
@@ -605,7 +597,6 @@ def run_lifecycle_node(
     manager. SIGINT / SIGTERM stop it cleanly in any state (exit status 0)."""
     rclpy = import_rclpy()
     from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
-    from rclpy.signals import SignalHandlerOptions
 
     class SegmentationLifecycleNode(LifecycleNode):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
@@ -651,17 +642,34 @@ def run_lifecycle_node(
             if segmenter is not None:
                 segmenter.close()
 
+    with _ros_session(rclpy, args, stop) as stop:
+        node = None
+        try:
+            node = SegmentationLifecycleNode()
+            log(
+                f"pem-deploy ros2: lifecycle node /{NODE_NAME} unconfigured; "
+                "configure and activate it to start"
+            )
+            _spin(node, stop)
+        finally:
+            if node is not None:
+                node.teardown()
+                node.destroy_node()
+
+
+@contextlib.contextmanager
+def _ros_session(
+    rclpy: Any, args: list[str] | None, stop: threading.Event | None
+) -> Iterator[threading.Event]:
+    """ROS initialised (its own signal handlers off) for the block, then shut down. Yields the
+    event that stops the node: ``stop``, or one that SIGINT / SIGTERM set while the block runs."""
+    from rclpy.signals import SignalHandlerOptions
+
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     previous = _handle_signals(stop := threading.Event()) if stop is None else {}
-    node = None
     try:
-        node = SegmentationLifecycleNode()
-        log(f"pem-deploy ros2: lifecycle node /{NODE_NAME} unconfigured; configure and activate it to start")
-        _spin(node, stop)
+        yield stop
     finally:
-        if node is not None:
-            node.teardown()
-            node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
         for sig, handler in previous.items():
@@ -719,29 +727,85 @@ def _wire(
     Frames are taken only while ``active`` is set (always for the plain node; between activate
     and deactivate for the lifecycle node). Returns the function that undoes it all (the worker
     finishes its frame and is joined, every entity is destroyed)."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from rcl_interfaces.msg import SetParametersResult as set_result
-    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-    from std_msgs.msg import String
+    return _Wiring(node, config, segmenter, log, active).close
 
-    types = _rclpy_types()
-    topics = config.topics()
-    stop = threading.Event()
-    artifact = segmenter.artifact
-    names = [c.name for c in artifact.classes]
-    panoptic = artifact.head == "panoptic"
-    try:
-        palette = parse_palette(config.color_palette, artifact.palette, names)
-    except ValueError as exc:
-        raise NodeParameterError(f"parameter 'color_palette': {exc}") from None
-    live = _Live(config.overlay, config.colored_mask, config.alpha, palette, config.resize)
-    process = FrameProcessor(segmenter, config.input, config.overlay, config.alpha, palette)
-    stats = NodeStats()
-    mailbox = LatestFrame()
-    logger = node.get_logger()
 
-    def on_set(params: list[Any]) -> Any:
-        nonlocal live
+class _Wiring:
+    """What :func:`_wire` made on one node: its callbacks, entities and the worker thread."""
+
+    def __init__(
+        self,
+        node: Any,
+        config: NodeConfig,
+        segmenter: Segmenter,
+        log: Callable[[str], None],
+        active: threading.Event,
+    ):
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+        from rcl_interfaces.msg import SetParametersResult
+        from sensor_msgs.msg import CameraInfo
+
+        self.node, self.config, self.segmenter, self.log, self.active = node, config, segmenter, log, active
+        self.set_result = SetParametersResult
+        self.diagnostic_types = (DiagnosticArray, DiagnosticStatus, KeyValue)
+        self.camera_info_type = CameraInfo
+        self.types = _rclpy_types()
+        self.stop = threading.Event()
+        artifact = segmenter.artifact
+        self.names = [c.name for c in artifact.classes]
+        try:
+            palette = parse_palette(config.color_palette, artifact.palette, self.names)
+        except ValueError as exc:
+            raise NodeParameterError(f"parameter 'color_palette': {exc}") from None
+        self.live = _Live(config.overlay, config.colored_mask, config.alpha, palette, config.resize)
+        self.process = FrameProcessor(segmenter, config.input, config.overlay, config.alpha, palette)
+        self.stats = NodeStats()
+        self.mailbox = LatestFrame()
+        self.logger = node.get_logger()
+        self.failed_before = 0  # failures at the last diagnostics report
+        # The very objects registered, so that close() removes what was added.
+        self.pre_set, self.on_set = self._integers_as_doubles, self._apply_parameters
+        if hasattr(node, "add_pre_set_parameters_callback"):  # rclpy >= Iron; Humble refuses with a reason
+            node.add_pre_set_parameters_callback(self.pre_set)
+        node.add_on_set_parameters_callback(self.on_set)
+        self._create_topics(artifact.head == "panoptic")
+        self.timers = [
+            node.create_timer(config.diagnostics_period, self._report_diagnostics),
+            node.create_timer(10.0, self._report),
+        ]
+        self.worker = threading.Thread(target=self._work, name="pem-segment", daemon=True)
+        self.worker.start()
+        outputs = ", ".join(p.topic_name for p in self.publishers.values())
+        log(f"pem-deploy ros2: {config.input} (+ {config.camera_info_in()}) -> {outputs}, /diagnostics")
+
+    def _create_topics(self, panoptic: bool) -> None:
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+        from std_msgs.msg import String
+
+        node, config = self.node, self.config
+        topics = config.topics()
+        out_qos = _qos(config.output_qos_depth, config.output_qos_reliability)
+        in_qos = _qos(config.input_qos_depth, config.input_qos_reliability)
+        self.publishers: dict[str, Any] = {
+            "labels": node.create_publisher(Image, topics.labels, out_qos),
+            "colored_mask": node.create_publisher(Image, config.colored_mask_out(), out_qos),
+            "overlay": node.create_publisher(CompressedImage, topics.overlay, out_qos),
+            "camera_info": node.create_publisher(CameraInfo, config.camera_info_out(), out_qos),
+        }
+        if panoptic:
+            self.publishers["panoptic"] = node.create_publisher(Image, topics.panoptic, out_qos)
+            self.publishers["segments"] = node.create_publisher(String, topics.segments, out_qos)
+        self.diagnostics = node.create_publisher(self.diagnostic_types[0], "/diagnostics", 10)
+        self.camera_info: Any = None
+        in_type = CompressedImage if config.input.rstrip("/").endswith("/compressed") else Image
+        self.subscriptions = [
+            node.create_subscription(in_type, config.input, self._on_image, in_qos),
+            node.create_subscription(CameraInfo, config.camera_info_in(), self._on_camera_info, in_qos),
+        ]
+
+    def _apply_parameters(self, params: list[Any]) -> Any:
+        """Check and apply a parameter change at run time (all or none, with a reason)."""
+        set_result, artifact = self.set_result, self.segmenter.artifact
         changes: dict[str, Any] = {}
         for param in params:
             spec = PARAMETERS.get(param.name)
@@ -754,19 +818,20 @@ def _wire(
             problem = check_parameter(param.name, value, spec)
             if param.name == "color_palette" and not problem:
                 try:
-                    changes["palette"] = parse_palette(value, artifact.palette, names)
+                    changes["palette"] = parse_palette(value, artifact.palette, self.names)
                 except ValueError as exc:
                     problem = str(exc)
             if problem:
                 return set_result(successful=False, reason=f"parameter {param.name!r}: {problem}")
             if param.name in ("overlay", "colored_mask", "alpha", "resize"):
                 changes[param.name] = value
-        if "resize" in changes and changes["resize"] != live.resize:
-            segmenter.preprocessor = Preprocessor(artifact.input_format, changes["resize"])  # type: ignore[arg-type]
-        live = replace(live, **changes)
+        if "resize" in changes and changes["resize"] != self.live.resize:
+            self.segmenter.preprocessor = Preprocessor(artifact.input_format, changes["resize"])  # type: ignore[arg-type]
+        self.live = replace(self.live, **changes)
         return set_result(successful=True, reason="applied")
 
-    def integers_as_doubles(params: list[Any]) -> list[Any]:
+    @staticmethod
+    def _integers_as_doubles(params: list[Any]) -> list[Any]:
         """``ros2 param set ... alpha 1`` sends an integer; rclpy would refuse it for a double."""
         from rclpy.parameter import Parameter
 
@@ -780,46 +845,22 @@ def _wire(
             for p in params
         ]
 
-    if hasattr(node, "add_pre_set_parameters_callback"):  # rclpy >= Iron; Humble refuses with a reason
-        node.add_pre_set_parameters_callback(integers_as_doubles)
-    node.add_on_set_parameters_callback(on_set)
+    def _on_image(self, msg: Any) -> None:
+        if self.active.is_set():
+            self.mailbox.put((msg, time.monotonic()))
 
-    out_qos = _qos(config.output_qos_depth, config.output_qos_reliability)
-    in_qos = _qos(config.input_qos_depth, config.input_qos_reliability)
-    publishers: dict[str, Any] = {
-        "labels": node.create_publisher(Image, topics.labels, out_qos),
-        "colored_mask": node.create_publisher(Image, config.colored_mask_out(), out_qos),
-        "overlay": node.create_publisher(CompressedImage, topics.overlay, out_qos),
-        "camera_info": node.create_publisher(CameraInfo, config.camera_info_out(), out_qos),
-    }
-    if panoptic:
-        publishers["panoptic"] = node.create_publisher(Image, topics.panoptic, out_qos)
-        publishers["segments"] = node.create_publisher(String, topics.segments, out_qos)
-    diagnostics = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
-    camera_info: list[Any] = [None]
+    def _on_camera_info(self, msg: Any) -> None:
+        self.camera_info = msg
 
-    def on_image(msg: Any) -> None:
-        if active.is_set():
-            mailbox.put((msg, time.monotonic()))
-
-    def on_camera_info(msg: Any) -> None:
-        camera_info[0] = msg
-
-    in_type = CompressedImage if config.input.rstrip("/").endswith("/compressed") else Image
-    subscriptions = [
-        node.create_subscription(in_type, config.input, on_image, in_qos),
-        node.create_subscription(CameraInfo, config.camera_info_in(), on_camera_info, in_qos),
-    ]
-
-    def wanted(key: str) -> bool:
-        publisher = publishers.get(key)
+    def _wanted(self, key: str) -> bool:
+        publisher = self.publishers.get(key)
         return publisher is not None and publisher.get_subscription_count() > 0
 
-    def publish_frame(msg: Any, received: float) -> None:
-        settings = live
-        want = {key for key in publishers if wanted(key)}
+    def _publish_frame(self, msg: Any, received: float) -> None:
+        settings, publishers, process = self.live, self.publishers, self.process
+        want = {key for key in publishers if self._wanted(key)}
         if not want - {"camera_info"}:  # the CameraInfo goes with segmentation outputs, not alone
-            stats.idle += 1
+            self.stats.idle += 1
             return
         process.alpha = settings.alpha
         process.palette = settings.palette
@@ -831,82 +872,75 @@ def _wire(
         for key in ("labels", "panoptic", "segments", "overlay"):
             fields_ = getattr(out.messages, key)
             if fields_ is not None and key in want:
-                publishers[key].publish(build(fields_, types))
+                publishers[key].publish(build(fields_, self.types))
         if out.colored_mask is not None:
-            publishers["colored_mask"].publish(build(out.colored_mask, types))
-        info = camera_info[0]
+            publishers["colored_mask"].publish(build(out.colored_mask, self.types))
+        info = self.camera_info
         if info is not None and "camera_info" in want:
-            publishers["camera_info"].publish(_restamped(info, msg.header, CameraInfo))
-        stats.success(time.monotonic() - received)
+            publishers["camera_info"].publish(_restamped(info, msg.header, self.camera_info_type))
+        self.stats.success(time.monotonic() - received)
 
-    def work() -> None:
-        while not stop.is_set():
-            item = mailbox.take(timeout=0.2)
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            item = self.mailbox.take(timeout=0.2)
             if item is None:
                 continue
             try:
-                publish_frame(*item)
+                self._publish_frame(*item)
             except Exception as exc:  # any one frame's failure must not stop the node
-                stats.failure(exc)
-                logger.error(f"frame failed: {stats.last_error}", throttle_duration_sec=5.0)
+                self.stats.failure(exc)
+                self.logger.error(f"frame failed: {self.stats.last_error}", throttle_duration_sec=5.0)
 
-    def report_diagnostics() -> None:
+    def _report_diagnostics(self) -> None:
+        diagnostic_array, diagnostic_status, key_value = self.diagnostic_types
+        stats, mailbox, node = self.stats, self.mailbox, self.node
         values = diagnostic_values(stats, mailbox)
-        recent_failures = stats.failed - report_diagnostics.failed_before  # type: ignore[attr-defined]
-        report_diagnostics.failed_before = stats.failed  # type: ignore[attr-defined]
-        if not active.is_set():
-            level, message = DiagnosticStatus.OK, "inactive (lifecycle node not activated)"
+        recent_failures = stats.failed - self.failed_before
+        self.failed_before = stats.failed
+        if not self.active.is_set():
+            level, message = diagnostic_status.OK, "inactive (lifecycle node not activated)"
         elif recent_failures:
-            level, message = DiagnosticStatus.WARN, f"{recent_failures} frame(s) failed: {stats.last_error}"
+            level, message = diagnostic_status.WARN, f"{recent_failures} frame(s) failed: {stats.last_error}"
         elif mailbox.received == 0:
-            level, message = DiagnosticStatus.OK, f"waiting for images on {config.input}"
+            level, message = diagnostic_status.OK, f"waiting for images on {self.config.input}"
         else:
-            level, message = DiagnosticStatus.OK, f"segmenting at {stats.fps():.1f} FPS"
-        status = DiagnosticStatus(
+            level, message = diagnostic_status.OK, f"segmenting at {stats.fps():.1f} FPS"
+        status = diagnostic_status(
             level=level,
             name=f"{node.get_name()}: segmentation",
             message=message,
-            hardware_id=str(artifact.model_path.name),
-            values=[KeyValue(key=k, value=v) for k, v in values],
+            hardware_id=str(self.segmenter.artifact.model_path.name),
+            values=[key_value(key=k, value=v) for k, v in values],
         )
-        array_ = DiagnosticArray(status=[status])
+        array_ = diagnostic_array(status=[status])
         array_.header.stamp = node.get_clock().now().to_msg()
-        diagnostics.publish(array_)
+        self.diagnostics.publish(array_)
 
-    report_diagnostics.failed_before = 0  # type: ignore[attr-defined]
-
-    def report() -> None:
-        logger.info(
+    def _report(self) -> None:
+        stats = self.stats
+        self.logger.info(
             f"{stats.segmented} frames segmented ({stats.fps():.1f} FPS), "
-            f"{mailbox.dropped} dropped under load, {stats.failed} failed, "
+            f"{self.mailbox.dropped} dropped under load, {stats.failed} failed, "
             f"{stats.idle} skipped (no subscribers)"
         )
 
-    timers = [
-        node.create_timer(config.diagnostics_period, report_diagnostics),
-        node.create_timer(10.0, report),
-    ]
-    worker = threading.Thread(target=work, name="pem-segment", daemon=True)
-    worker.start()
-    outputs = ", ".join(p.topic_name for p in publishers.values())
-    log(f"pem-deploy ros2: {config.input} (+ {config.camera_info_in()}) -> {outputs}, /diagnostics")
-
-    def close() -> None:
-        stop.set()
-        mailbox.close()
-        worker.join(timeout=10)
+    def close(self) -> None:
+        node = self.node
+        self.stop.set()
+        self.mailbox.close()
+        self.worker.join(timeout=10)
         if hasattr(node, "remove_pre_set_parameters_callback"):
-            node.remove_pre_set_parameters_callback(integers_as_doubles)
-        node.remove_on_set_parameters_callback(on_set)
-        for timer in timers:
+            node.remove_pre_set_parameters_callback(self.pre_set)
+        node.remove_on_set_parameters_callback(self.on_set)
+        for timer in self.timers:
             node.destroy_timer(timer)
-        for subscription in subscriptions:
+        for subscription in self.subscriptions:
             node.destroy_subscription(subscription)
-        for publisher in [*publishers.values(), diagnostics]:
+        for publisher in [*self.publishers.values(), self.diagnostics]:
             node.destroy_publisher(publisher)
-        log(f"pem-deploy ros2: stopped after {stats.segmented} frame(s), {stats.failed} failed")
-
-    return close
+        self.log(
+            f"pem-deploy ros2: stopped after {self.stats.segmented} frame(s), {self.stats.failed} failed"
+        )
 
 
 def _restamped(info: Any, header: Any, camera_info_type: type) -> Any:

@@ -586,57 +586,15 @@ def compare_predictions(
             failures.append(f"candidate outputs out of range on {name}: {exc}")
             samples.append(sample)
             continue
-        agree = got_view.labels == ref_view.labels
-        confident = confident_pixels(ref_view, boundary, policy.min_margin)
-        sample.label_agreement = float(agree.mean())
-        sample.low_margin_share = float(1.0 - confident.mean())
-        sample.confident_agreement = float(agree[confident].mean()) if confident.any() else 1.0
-        sample.miou = mean_iou(got_view.labels, ref_view.labels, min_share=policy.miou_min_share)
-        if head == "panoptic" and ref_view.panoptic is not None and got_view.panoptic is not None:
-            sample.segments = segment_match(
-                ref_view.panoptic, ref_view.segment_classes, got_view.panoptic, got_view.segment_classes
-            )
-            sample.segment_match = segment_match_rate(*sample.segments)
+        _judge_labels(sample, got_view, ref_view, head, policy, boundary)
         samples.append(sample)
     for what, where in non_finite.items():
         failures.insert(
             0, f"{what} holds NaN / Inf (on {', '.join(where[:3])}{'...' if len(where) > 3 else ''})"
         )
     deciding = [s for s in samples if s.decides]
-    criteria: list[Criterion] = []
-    for out_name in FLOAT_OUTPUTS.get(head, ()):
-        limit = policy.max_relative_error.get(out_name)
-        values = [(s.outputs[out_name].relative_error, s.name) for s in deciding if out_name in s.outputs]
-        if limit is not None and values:
-            value, where = max(values, key=lambda v: -math.inf if math.isnan(v[0]) else v[0])
-            criteria.append(Criterion(f"{out_name} relative error", value, limit, False, where))
-    judged = [s for s in deciding if not math.isnan(s.label_agreement)]
-    if judged:
-        low = min(judged, key=lambda s: s.confident_agreement)
-        criteria.append(
-            Criterion(
-                f"label agreement, confident ({low.low_margin_share:.1%} low-margin)",
-                low.confident_agreement,
-                policy.min_confident_agreement,
-                True,
-                low.name,
-            )
-        )
-        low = min(judged, key=lambda s: s.miou)
-        criteria.append(Criterion("mIoU between the predictions", low.miou, policy.min_miou, True, low.name))
-        matched = [s for s in judged if s.segment_match is not None]
-        if matched:
-            low = min(matched, key=lambda s: s.segment_match or 0.0)
-            criteria.append(
-                Criterion(
-                    "panoptic segment match",
-                    float(low.segment_match or 0.0),
-                    policy.min_segment_match,
-                    True,
-                    low.name,
-                )
-            )
-    elif not failures:
+    criteria = _criteria(deciding, head, policy)
+    if not any(not math.isnan(s.label_agreement) for s in deciding) and not failures:
         failures.append("no deciding image could be judged")
     for c in criteria:
         if not c.passed:
@@ -645,3 +603,64 @@ def compare_predictions(
     return ComparisonReport(
         candidate.meta, reference.meta, policy, head, samples, criteria, failures, output_roles
     )
+
+
+def _judge_labels(
+    sample: SampleDiff,
+    got_view: Interpretation,
+    ref_view: Interpretation,
+    head: str,
+    policy: ParityPolicy,
+    boundary: int,
+) -> None:
+    """Fill ``sample``'s label agreement (all and confident pixels), mIoU and panoptic match."""
+    agree = got_view.labels == ref_view.labels
+    confident = confident_pixels(ref_view, boundary, policy.min_margin)
+    sample.label_agreement = float(agree.mean())
+    sample.low_margin_share = float(1.0 - confident.mean())
+    sample.confident_agreement = float(agree[confident].mean()) if confident.any() else 1.0
+    sample.miou = mean_iou(got_view.labels, ref_view.labels, min_share=policy.miou_min_share)
+    if head == "panoptic" and ref_view.panoptic is not None and got_view.panoptic is not None:
+        sample.segments = segment_match(
+            ref_view.panoptic, ref_view.segment_classes, got_view.panoptic, got_view.segment_classes
+        )
+        sample.segment_match = segment_match_rate(*sample.segments)
+
+
+def _criteria(deciding: list[SampleDiff], head: str, policy: ParityPolicy) -> list[Criterion]:
+    """The policy's criteria, each at its worst deciding image."""
+    criteria: list[Criterion] = []
+    for out_name in FLOAT_OUTPUTS.get(head, ()):
+        limit = policy.max_relative_error.get(out_name)
+        values = [(s.outputs[out_name].relative_error, s.name) for s in deciding if out_name in s.outputs]
+        if limit is not None and values:
+            value, where = max(values, key=lambda v: -math.inf if math.isnan(v[0]) else v[0])
+            criteria.append(Criterion(f"{out_name} relative error", value, limit, False, where))
+    judged = [s for s in deciding if not math.isnan(s.label_agreement)]
+    if not judged:
+        return criteria
+    low = min(judged, key=lambda s: s.confident_agreement)
+    criteria.append(
+        Criterion(
+            f"label agreement, confident ({low.low_margin_share:.1%} low-margin)",
+            low.confident_agreement,
+            policy.min_confident_agreement,
+            True,
+            low.name,
+        )
+    )
+    low = min(judged, key=lambda s: s.miou)
+    criteria.append(Criterion("mIoU between the predictions", low.miou, policy.min_miou, True, low.name))
+    matched = [s for s in judged if s.segment_match is not None]
+    if matched:
+        low = min(matched, key=lambda s: s.segment_match or 0.0)
+        criteria.append(
+            Criterion(
+                "panoptic segment match",
+                float(low.segment_match or 0.0),
+                policy.min_segment_match,
+                True,
+                low.name,
+            )
+        )
+    return criteria
