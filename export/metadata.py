@@ -23,12 +23,12 @@ from typing import Any
 import onnx
 
 from contract.errors import SidecarError
+from contract.json_reader import Dim
 from contract.output import FolderOutput, check_folder
 from contract.sidecar import (
     FORMAT,
     FORMAT_VERSION,
     ClassSpec,
-    Dim,
     InputSpec,
     IOSignature,
     OutputSpec,
