@@ -1,8 +1,8 @@
 """The sidecar's records: its limits and names, the model's real interface as a backend reports
 it (:class:`IOSignature`), and one frozen dataclass per section of the schema.
 
-:mod:`contract.sidecar` assembles them into :class:`~contract.sidecar.Sidecar` and is where every
-package imports them from; :mod:`contract.sidecar_sections` reads each section into them.
+:mod:`contract.sidecar_sections` reads each section into them and :mod:`contract.sidecar`
+assembles them into :class:`~contract.sidecar.Sidecar`; packages import the records from here.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ import onnx
 
 from contract.errors import ArtifactError
 from contract.fs import sha256_file
-from contract.sidecar import IOSignature, Sidecar
+from contract.sidecar import Sidecar
+from contract.sidecar_records import IOSignature
 from export.errors import ExportError
 from export.fp16 import emulate_fp16
 from export.parity import open_session, torch_runner

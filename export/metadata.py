@@ -25,7 +25,8 @@ import onnx
 from contract.errors import SidecarError
 from contract.json_reader import Dim
 from contract.output import FolderOutput, check_folder
-from contract.sidecar import (
+from contract.sidecar import Sidecar
+from contract.sidecar_records import (
     FORMAT,
     FORMAT_VERSION,
     ClassSpec,
@@ -33,7 +34,6 @@ from contract.sidecar import (
     IOSignature,
     OutputSpec,
     Provenance,
-    Sidecar,
     TensorSignature,
     Thresholds,
 )

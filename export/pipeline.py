@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import onnx
 import torch
 
-from contract.sidecar import Provenance, Sidecar
+from contract.sidecar import Sidecar
+from contract.sidecar_records import Provenance
 from contract.vocabulary import DEFORM_IMPLS, HEADS, PRECISIONS, PREPROCESS_MODES
 from export.compose import attach_postprocess
 from export.decompose import with_decomposed_deform_conv

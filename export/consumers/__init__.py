@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from contract.output import staged_folder
-from contract.sidecar import ConsumerProfile, InputSpec, OutputSpec, Sidecar
+from contract.sidecar import Sidecar
+from contract.sidecar_records import ConsumerProfile, InputSpec, OutputSpec
 from export.consumers import deepstream, isaac_ros, triton
 from export.consumers.graph_edit import fix_input_size, labels_as, normalize_in_graph, rename_input
 from export.errors import ExportError

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from contract.sidecar import InputSpec
+from contract.sidecar_records import InputSpec
 
 
 def _fresh(model: onnx.ModelProto, base: str) -> str:

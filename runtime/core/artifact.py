@@ -18,7 +18,8 @@ from typing import cast
 import numpy as np
 
 from contract.fs import sha256_file
-from contract.sidecar import ClassSpec, HasClasses, Sidecar, read_sidecar
+from contract.sidecar import Sidecar, read_sidecar
+from contract.sidecar_records import ClassSpec, HasClasses
 from contract.vocabulary import MODEL_SUFFIXES, Backend, Head
 from runtime.core.preprocess import InputFormat
 from runtime.errors import ArtifactError

@@ -37,7 +37,8 @@ from typing import Any
 from contract.errors import SidecarError
 from contract.fs import atomic_write_bytes
 from contract.output import check_file, check_folder, staged_folder, write_file
-from contract.sidecar import EngineRecord, ShapeProfile, Sidecar
+from contract.sidecar import Sidecar
+from contract.sidecar_records import EngineRecord, ShapeProfile
 from contract.vocabulary import PRECISIONS, Precision
 from runtime.core.artifact import Artifact, load_artifact
 from runtime.errors import ArtifactError, BackendUnavailableError, RuntimeToolError

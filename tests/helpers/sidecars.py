@@ -2,7 +2,8 @@
 
 from typing import Any
 
-from contract.sidecar import Provenance, Sidecar
+from contract.sidecar import Sidecar
+from contract.sidecar_records import Provenance
 from export.metadata import GraphInterface, build_sidecar
 from pem.config import PEMConfig, get_preset
 

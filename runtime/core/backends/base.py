@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.sidecar import IOSignature, TensorSignature
+from contract.sidecar_records import IOSignature, TensorSignature
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.sidecar import TENSOR_DTYPES, IOSignature, onnxruntime_dtype
+from contract.sidecar_records import TENSOR_DTYPES, IOSignature, onnxruntime_dtype
 from runtime.core.backends.base import Backend, TensorSpec
 from runtime.core.backends.ort_session import create_session
 from runtime.errors import BackendUnavailableError

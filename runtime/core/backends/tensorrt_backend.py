@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from contract.sidecar import EngineRecord, Sidecar
+from contract.sidecar import Sidecar
+from contract.sidecar_records import EngineRecord
 from runtime.core.backends.base import Backend, TensorSpec
 from runtime.errors import ArtifactError, BackendUnavailableError
 

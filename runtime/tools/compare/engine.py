@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from contract.errors import ArtifactError
-from contract.sidecar import HEAD_OUTPUTS
+from contract.sidecar_records import HEAD_OUTPUTS
 from runtime.core.postprocess import category_map, check_class_ids, fuse_panoptic, semantic_scores_from_raw
 from runtime.errors import OutputRangeError
 from runtime.tools.compare.diff_table import name_width, row

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from contract.output import write_file
-from contract.sidecar import HEAD_OUTPUTS
+from contract.sidecar_records import HEAD_OUTPUTS
 from runtime.tools.compare.engine import ComparisonError, Prediction
 
 REFERENCE_FORMAT = "pem-deploy-reference"

@@ -12,7 +12,8 @@ import onnx
 import pytest
 
 from contract.errors import ArtifactError, SidecarError
-from contract.sidecar import FORMAT_VERSION, MAX_DEPTH, MAX_SIDECAR_BYTES, Sidecar
+from contract.sidecar import MAX_DEPTH, MAX_SIDECAR_BYTES, Sidecar
+from contract.sidecar_records import FORMAT_VERSION
 from export.metadata import onnx_signature
 from runtime import Segmenter, load_artifact
 from tests.helpers.hostile_artifacts import (

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-from contract.sidecar import IOSignature
+from contract.sidecar_records import IOSignature
 from export.errors import ExportError
 from export.metadata import ArtifactWriter, write_artifact
 from runtime import Segmenter
