@@ -64,19 +64,8 @@ from runtime.core.postprocess import colorize_labels
 from runtime.core.preprocess import Preprocessor
 from runtime.core.segmenter import Segmenter
 from runtime.errors import RuntimeToolError, import_optional
+from runtime.io.ros import messages as ros_msgs
 from runtime.io.ros.bags import camera_info_topic
-from runtime.io.ros.messages import (
-    ImageFields,
-    MessageTypes,
-    OutputTopics,
-    SegmentationMessages,
-    build,
-    decode_image,
-    header_of,
-    image_fields,
-    output_topics,
-    segmentation_messages,
-)
 
 NODE_NAME = "pem_segmentation"
 RESIZE_MODES = ("stretch", "letterbox")
@@ -222,10 +211,10 @@ class NodeConfig:
     output_qos_reliability: str = "reliable"
     diagnostics_period: float = 1.0
 
-    def topics(self) -> OutputTopics:
+    def topics(self) -> ros_msgs.OutputTopics:
         """Output topics: the explicit ones, else the defaults derived from ``input``."""
-        default = output_topics(self.input, self.namespace)
-        return OutputTopics(
+        default = ros_msgs.output_topics(self.input, self.namespace)
+        return ros_msgs.OutputTopics(
             self.labels_topic or default.labels,
             self.panoptic_topic or default.panoptic,
             self.segments_topic or default.segments,
@@ -255,7 +244,7 @@ class NodeConfig:
 
 
 def _prefix(config: NodeConfig) -> str:
-    return output_topics(config.input, config.namespace).labels.rsplit("/", 1)[0]
+    return ros_msgs.output_topics(config.input, config.namespace).labels.rsplit("/", 1)[0]
 
 
 _TYPE_NAMES = {bool: "bool", int: "integer", float: "double", str: "string"}
@@ -340,8 +329,8 @@ def config_from_parameters(values: Mapping[str, Any]) -> NodeConfig:
 class FrameOutputs:
     """What one frame produced: the shared messages plus the node-only colour mask."""
 
-    messages: SegmentationMessages
-    colored_mask: ImageFields | None = None
+    messages: ros_msgs.SegmentationMessages
+    colored_mask: ros_msgs.ImageFields | None = None
 
 
 @dataclass
@@ -362,17 +351,17 @@ class FrameProcessor:
         if self.palette is None:
             self.palette = self.segmenter.artifact.palette
 
-    def __call__(self, msg: Any) -> SegmentationMessages:
+    def __call__(self, msg: Any) -> ros_msgs.SegmentationMessages:
         return self.segment(msg).messages
 
     def segment(self, msg: Any, overlay: bool | None = None, colored_mask: bool = False) -> FrameOutputs:
         """Segment one image message; ``overlay`` / ``colored_mask`` say which drawings to make."""
         start = time.perf_counter()
-        image = decode_image(msg, self.topic)
+        image = ros_msgs.decode_image(msg, self.topic)
         result = self.segmenter.predict(image, f"{self.topic} message")
-        header = header_of(msg)
+        header = ros_msgs.header_of(msg)
         palette = self.palette if self.palette is not None else self.segmenter.artifact.palette
-        messages = segmentation_messages(
+        messages = ros_msgs.segmentation_messages(
             result,
             image,
             header,
@@ -381,7 +370,11 @@ class FrameProcessor:
             self.with_overlay if overlay is None else overlay,
             self.alpha,
         )
-        mask = image_fields(colorize_labels(result.labels, palette), header, "rgb8") if colored_mask else None
+        mask = (
+            ros_msgs.image_fields(colorize_labels(result.labels, palette), header, "rgb8")
+            if colored_mask
+            else None
+        )
         self.frames += 1
         self.seconds += time.perf_counter() - start
         return FrameOutputs(messages, mask)
@@ -453,12 +446,12 @@ def diagnostic_values(stats: NodeStats, mailbox: LatestFrame) -> list[tuple[str,
 # -- rclpy wiring ---------------------------------------------------------------------------
 
 
-def _rclpy_types() -> MessageTypes:
+def _rclpy_types() -> ros_msgs.MessageTypes:
     from builtin_interfaces.msg import Time
     from sensor_msgs.msg import CompressedImage, Image
     from std_msgs.msg import Header, String
 
-    return MessageTypes(
+    return ros_msgs.MessageTypes(
         Image, CompressedImage, String, Header, Time, data=lambda a: array.array("B", a.tobytes())
     )
 
@@ -872,9 +865,9 @@ class _Wiring:
         for key in ("labels", "panoptic", "segments", "overlay"):
             fields_ = getattr(out.messages, key)
             if fields_ is not None and key in want:
-                publishers[key].publish(build(fields_, self.types))
+                publishers[key].publish(ros_msgs.build(fields_, self.types))
         if out.colored_mask is not None:
-            publishers["colored_mask"].publish(build(out.colored_mask, self.types))
+            publishers["colored_mask"].publish(ros_msgs.build(out.colored_mask, self.types))
         info = self.camera_info
         if info is not None and "camera_info" in want:
             publishers["camera_info"].publish(_restamped(info, msg.header, self.camera_info_type))
