@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from commands import groups
 from commands import options as opt
 from commands.common import prepare_eager_torch
 from contract.vocabulary import PRECISIONS
 
 if TYPE_CHECKING:
     from calib.calibrate import Int8Calibrator
-    from export.pipeline import ExportResult
+    from calib.int8 import Int8Options
+    from export.pipeline import ExportOptions, ExportResult
 
+SET = opt.SET_BY_COMMAND
 CHOOSE_ONE_OF = "{flag} {value}: choose one of {allowed}"  # export.pipeline.ExportOptions' wording
 FORMAT_HELP = "onnx | engine (also build a TensorRT engine; needs TensorRT and a GPU)."
 FORMAT_MESSAGE = "{flag} {value}: choose onnx or engine"
@@ -34,54 +39,97 @@ CALIBRATE_OUTPUT = opt.OutputFlags(
 )
 
 
+ExportOutput = EXPORT_OUTPUT.group("ExportOutput")
+
+
+@dataclass(frozen=True)
+class ExportFlags:
+    """The graph ``export`` writes (``export.pipeline.ExportOptions`` less the output flags)."""
+
+    precision: Annotated[
+        str,
+        opt.choice_option(
+            SET, "--precision", "fp32 | fp16 | int8 (int8: calibration).", PRECISIONS, CHOOSE_ONE_OF
+        ),
+    ] = "fp32"
+    head: opt.Head = None
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic batch, height and width.")] = False
+    batch: Annotated[int, opt.int_option(SET, "--batch", "Static batch size.", 1, 1024)] = 1
+    deform_impl: Annotated[
+        str,
+        typer.Option("--deform-impl", help="native (ONNX DeformConv) | decomposed (standard ops only)."),
+    ] = "native"
+    preprocess: Annotated[
+        str,
+        typer.Option(
+            "--preprocess", help="none (normalised input) | normalize (0-255 float) | uint8 (0-255 uint8)."
+        ),
+    ] = "none"
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (19-22).")] = 19
+    simplifier: Annotated[str, typer.Option("--simplifier", help="onnxslim | onnxsim | none.")] = "onnxslim"
+    exporter: Annotated[str, typer.Option("--exporter", help="dynamo | torchscript (fallback).")] = "dynamo"
+    name: opt.ArtifactName = "model"
+    out_format: Annotated[
+        str, opt.choice_option(SET, "--format", FORMAT_HELP, ("onnx", "engine"), FORMAT_MESSAGE)
+    ] = "onnx"
+
+    def options(self, output: Any) -> ExportOptions:
+        """The API's options: these flags and the output group's."""
+        from export.pipeline import ExportOptions
+
+        return ExportOptions(
+            out_dir=output.out, name=self.name, head=self.head, precision=self.precision,
+            deform_impl=self.deform_impl, preprocess=self.preprocess, dynamic=self.dynamic,
+            batch=self.batch, opset=self.opset, simplifier=self.simplifier, exporter=self.exporter,
+            exist_ok=output.exist_ok, overwrite=output.overwrite, engine=self.out_format == "engine",
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Int8ExportFlags:
+    """``export --precision int8``'s own calibration flags (beside :class:`opt.CalibFlags`)."""
+
+    calib_data: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--calib-data",
+            "--data",
+            help="int8: calibration images: Cityscapes folder, image folder or 'synthetic' (default: "
+            "synthetic, the default model's training set; give your own images for your model).",
+        ),
+    ] = None
+    calib_cache: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
+        ),
+    ] = None
+    target: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--target",
+            "--layout",
+            help="int8: runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: tensorrt with "
+            "--format engine, else onnxruntime). --layout is an alias.",
+        ),
+    ] = None
+
+    def options(self, sample: opt.CalibFlags) -> Int8Options:
+        """The API's INT8 options: these flags and the shared sampling flags."""
+        from calib.int8 import Int8Options
+
+        method = sample.calib_method
+        return Int8Options(self.calib_data, method, sample.calib_images, self.calib_cache, self.target)  # type: ignore[arg-type]
+
+
+@groups.with_groups
 def export_command(
-    preset: opt.Preset = None,
-    checkpoint: opt.Checkpoint = None,
-    out: str = EXPORT_OUTPUT.out(),
-    exist_ok: bool = EXPORT_OUTPUT.exist_ok(),
-    overwrite: bool = EXPORT_OUTPUT.overwrite(),
-    precision: str = opt.choice_option(
-        "fp32", "--precision", "fp32 | fp16 | int8 (int8: calibration).", PRECISIONS, CHOOSE_ONE_OF
-    ),
-    head: opt.Head = None,
-    height: opt.Height = None,
-    width: opt.Width = None,
-    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width."),
-    batch: int = opt.int_option(1, "--batch", "Static batch size.", 1, 1024),
-    deform_impl: str = typer.Option(
-        "native", "--deform-impl", help="native (ONNX DeformConv) | decomposed (standard ops only)."
-    ),
-    preprocess: str = typer.Option(
-        "none",
-        "--preprocess",
-        help="none (normalised input) | normalize (0-255 float) | uint8 (0-255 uint8).",
-    ),
-    opset: int = typer.Option(19, "--opset", help="ONNX opset (19-22)."),
-    simplifier: str = typer.Option("onnxslim", "--simplifier", help="onnxslim | onnxsim | none."),
-    exporter: str = typer.Option("dynamo", "--exporter", help="dynamo | torchscript (fallback)."),
-    name: opt.ArtifactName = "model",
-    seed: opt.WeightSeed = 0,
+    source: opt.SourceFlags,
+    output: ExportOutput,  # type: ignore[valid-type]
+    export: ExportFlags,
+    sample: opt.CalibFlags,
+    int8: Int8ExportFlags,
     lint_table: bool = typer.Option(False, "--lint-table", help="Print the per-op TensorRT table."),
-    calib_data: str = typer.Option(
-        None,
-        "--calib-data",
-        "--data",
-        help="int8: calibration images: Cityscapes folder, image folder or 'synthetic' (default: "
-        "synthetic, the default model's training set; give your own images for your model).",
-    ),
-    calib_method: opt.CalibMethod = "percentile",
-    calib_images: opt.CalibImages = 200,
-    calib_cache: str = typer.Option(
-        None, "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
-    ),
-    out_format: str = opt.choice_option("onnx", "--format", FORMAT_HELP, ("onnx", "engine"), FORMAT_MESSAGE),
-    target: str = typer.Option(
-        None,
-        "--target",
-        "--layout",
-        help="int8: runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: tensorrt with "
-        "--format engine, else onnxruntime). --layout is an alias.",
-    ),
     consumer: str = typer.Option(
         None,
         "--for",
@@ -90,9 +138,9 @@ def export_command(
     ),
 ) -> None:
     """Export to ONNX: DeformConv translation of the custom op, heads, FP16, metadata, TensorRT lint."""
-    from calib.int8 import Int8Options, int8_quantizer
+    from calib.int8 import int8_quantizer
     from export.consumers import PackageOptions, package_export
-    from export.pipeline import ExportOptions, export_artifact
+    from export.pipeline import export_artifact
     from export.progress import ConsoleProgress
     from export.source import load_source
 
@@ -100,20 +148,13 @@ def export_command(
     if package is not None:
         package.validate()  # before the slow export
     prepare_eager_torch(None)
-    options = ExportOptions(
-        out_dir=out, name=name, head=head, precision=precision, deform_impl=deform_impl,
-        preprocess=preprocess, dynamic=dynamic, batch=batch, opset=opset, simplifier=simplifier,
-        exporter=exporter, exist_ok=exist_ok, overwrite=overwrite, engine=out_format == "engine",
-    )  # fmt: skip
+    options = export.options(output)
     options.validate()
-    int8 = Int8Options(calib_data, calib_method, calib_images, calib_cache, target)  # type: ignore[arg-type]
-    quantizer = int8_quantizer(precision, int8, engine=options.engine)
+    quantizer = int8_quantizer(export.precision, int8.options(sample), engine=options.engine)
     with ConsoleProgress() as progress:
         progress("loading the model")
-        source = load_source(
-            preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed, batch=batch
-        )
-        result = export_artifact(source, options, progress=progress, int8_quantizer=quantizer)
+        model = load_source(**dataclasses.asdict(source), batch=export.batch)
+        result = export_artifact(model, options, progress=progress, int8_quantizer=quantizer)
     _print_export(result, quantizer, lint_table)
     if package is not None:
         typer.echo(package_export(result, options, package).summary())

@@ -15,6 +15,7 @@ The rules are plain functions too (:func:`check_int_range`, :meth:`Interval.chec
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -296,6 +297,19 @@ class OutputFlags:
     def overwrite(self) -> Any:
         return overwrite_option(self.replaced)
 
+    def group(self, name: str, out_default: Any = dataclasses.MISSING) -> type:
+        """These three flags as a frozen option group ``name`` (commands/groups.py) with fields
+        ``out`` (required unless ``out_default``), ``exist_ok`` and ``overwrite``."""
+        out = typer.Option(SET_BY_COMMAND, "--out", help=self.where, callback=folder("--out"))
+        exist_ok = typer.Option(SET_BY_COMMAND, "--exist-ok", help=self.added)
+        overwrite = typer.Option(SET_BY_COMMAND, "--overwrite", help=self.replaced)
+        fields = [
+            ("out", Annotated[str, out], dataclasses.field(default=out_default)),
+            ("exist_ok", Annotated[bool, exist_ok], dataclasses.field(default=False)),
+            ("overwrite", Annotated[bool, overwrite], dataclasses.field(default=False)),
+        ]
+        return dataclasses.make_dataclass(name, fields, frozen=True)
+
 
 def device_option(default: Any, help: str) -> Any:
     """``typer.Option`` ``--device``: a PyTorch device available on this machine."""
@@ -455,3 +469,38 @@ CudaGraph = Annotated[
     bool,
     typer.Option("--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."),
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Option groups several commands share (commands/groups.py): one declaration of each flag.
+
+
+@dataclass(frozen=True)
+class SourceFlags:
+    """The PyTorch model a command exports or calibrates (``export.source.load_source``'s keywords)."""
+
+    preset: Preset = None
+    checkpoint: Checkpoint = None
+    height: Height = None
+    width: Width = None
+    seed: WeightSeed = 0
+
+
+@dataclass(frozen=True)
+class CalibFlags:
+    """How INT8 calibration samples images and sets ranges (export and calibrate)."""
+
+    calib_method: CalibMethod = "percentile"
+    calib_images: CalibImages = 200
+
+
+@dataclass(frozen=True)
+class ComparisonFlags:
+    """The generated inputs and the policy thresholds of a parity check (check and verify); the
+    thresholds left None are the policy's own."""
+
+    noise: CompareNoise = 0
+    scenes: CompareScenes = 4
+    max_rel: MaxRelError = None
+    min_agreement: MinAgreement = None
+    min_miou: MinMiou = None
