@@ -14,7 +14,7 @@ from commands.common import prepare_eager_torch
 from contract.vocabulary import PRECISIONS
 
 if TYPE_CHECKING:
-    from calib.calibrate import Int8Calibrator
+    from calib.calibrate import CalibrationConfig, Int8Calibrator
     from calib.int8 import Int8Options
     from export.pipeline import ExportOptions, ExportResult
 
@@ -203,25 +203,91 @@ def package_command(
     typer.echo(bundle.summary())
 
 
+CalibrateOutput = CALIBRATE_OUTPUT.group("CalibrateOutput")
+
+
+@dataclass(frozen=True)
+class CalibrationFlags:
+    """``calibrate``'s images, ranges and caches (``calib.calibrate.CalibrationConfig``)."""
+
+    data: Annotated[
+        str,
+        typer.Option(
+            "--calib-data",
+            "--data",
+            help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder or 'synthetic' "
+            "(the default model's training set; give your own images for your model).",
+        ),
+    ] = "synthetic"
+    calib_seed: Annotated[int, opt.int_option(SET, "--calib-seed", "Seed of the image sample.", 0)] = 0
+    percentile: Annotated[
+        float,
+        opt.float_option(
+            SET, "--percentile", "Percentile of |x| for --calib-method percentile.", opt.POSITIVE_PERCENT
+        ),
+    ] = 99.99
+    trt_version: Annotated[
+        str, typer.Option("--trt-version", help="TensorRT version in the cache header.")
+    ] = "10.3.0"
+    cache_dir: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--cache-dir", help="Where calibration caches are kept for reuse."),
+    ] = None
+    calib_cache: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--calib-cache", help="Reuse this TensorRT cache (skip calibration)."),
+    ] = None
+    reuse: Annotated[
+        bool, typer.Option("--reuse/--no-reuse", help="Reuse a cache of the same model + data + method.")
+    ] = True
+
+    def config(self, sample: opt.CalibFlags, threads: int) -> CalibrationConfig:
+        """The API's calibration config: these flags, the shared sampling flags and ``threads``."""
+        from calib.calibrate import CalibrationConfig
+
+        return CalibrationConfig(
+            data=self.data, method=sample.calib_method, num_images=sample.calib_images,  # type: ignore[arg-type]
+            seed=self.calib_seed, percentile=self.percentile, trt_version=self.trt_version,
+            cache_dir=self.cache_dir, cache_file=self.calib_cache, reuse=self.reuse, threads=threads,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AccuracyFlags:
+    """``calibrate``'s accuracy report and search (``calib.run.run_calibration``'s keywords)."""
+
+    max_drop: Annotated[
+        Optional[float],  # noqa: UP045
+        opt.float_option(
+            SET,
+            "--max-drop",
+            "Accuracy-aware: keep sensitive layers float until the mIoU drop <= POINTS.",
+            opt.PERCENT,
+        ),
+    ] = None
+    eval_data: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--eval-data", help="Labelled data for the report (default: --data)."),
+    ] = None
+    eval_split: Annotated[
+        str, opt.split_option(SET, "--eval-split", "Held-out split for the report and --max-drop")
+    ] = "val"
+    eval_limit: Annotated[
+        Optional[int],  # noqa: UP045
+        opt.int_option(SET, "--eval-limit", "Evaluate at most N images.", 1),
+    ] = None
+    report: Annotated[bool, typer.Option("--report/--no-report", help="FP32/FP16/INT8 accuracy report.")] = (
+        True
+    )
+
+
+@groups.with_groups
 def calibrate_command(
-    checkpoint: opt.Checkpoint = None,
-    preset: opt.Preset = None,
-    data: str = typer.Option(
-        "synthetic",
-        "--calib-data",
-        "--data",
-        help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder or 'synthetic' "
-        "(the default model's training set; give your own images for your model).",
-    ),
-    out: str = CALIBRATE_OUTPUT.out(),
-    exist_ok: bool = CALIBRATE_OUTPUT.exist_ok(),
-    overwrite: bool = CALIBRATE_OUTPUT.overwrite(),
-    method: opt.CalibMethod = "percentile",
-    num_images: opt.CalibImages = 200,
-    calib_seed: int = opt.int_option(0, "--calib-seed", "Seed of the image sample.", 0),
-    percentile: float = opt.float_option(
-        99.99, "--percentile", "Percentile of |x| for --calib-method percentile.", opt.POSITIVE_PERCENT
-    ),
+    source: opt.SourceFlags,
+    output: CalibrateOutput,  # type: ignore[valid-type]
+    calibration: CalibrationFlags,
+    sample: opt.CalibFlags,
+    accuracy: AccuracyFlags,
     target: str = typer.Option(
         None,
         "--target",
@@ -229,54 +295,26 @@ def calibrate_command(
         help="Runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: onnxruntime; "
         "TensorRT engines need tensorrt). --layout is an alias.",
     ),
-    max_drop: float = opt.float_option(
-        None,
-        "--max-drop",
-        "Accuracy-aware: keep sensitive layers float until the mIoU drop <= POINTS.",
-        opt.PERCENT,
-    ),
-    eval_data: str = typer.Option(
-        None, "--eval-data", help="Labelled data for the report (default: --data)."
-    ),
-    eval_split: str = opt.split_option("val", "--eval-split", "Held-out split for the report and --max-drop"),
-    eval_limit: int = opt.int_option(None, "--eval-limit", "Evaluate at most N images.", 1),
-    report: bool = typer.Option(True, "--report/--no-report", help="FP32/FP16/INT8 accuracy report."),
     head: opt.Head = None,
-    height: opt.Height = None,
-    width: opt.Width = None,
     name: opt.ArtifactName = "model",
-    seed: opt.WeightSeed = 0,
-    trt_version: str = typer.Option("10.3.0", "--trt-version", help="TensorRT version in the cache header."),
-    cache_dir: str = typer.Option(None, "--cache-dir", help="Where calibration caches are kept for reuse."),
-    calib_cache: str = typer.Option(
-        None, "--calib-cache", help="Reuse this TensorRT cache (skip calibration)."
-    ),
-    reuse: bool = typer.Option(
-        True, "--reuse/--no-reuse", help="Reuse a cache of the same model + data + method."
-    ),
     threads: opt.Threads = 1,
 ) -> None:
     """INT8 calibration: Q/DQ INT8 ONNX, TensorRT calibration cache, FP32/FP16/INT8 accuracy report."""
     prepare_eager_torch(threads)
-    from calib.calibrate import CalibrationConfig
     from calib.graph import check_target, default_target
     from calib.run import run_calibration
     from export.progress import ConsoleProgress
     from export.source import load_source
 
-    config = CalibrationConfig(
-        data=data, method=method, num_images=num_images, seed=calib_seed, percentile=percentile,
-        trt_version=trt_version, cache_dir=cache_dir, cache_file=calib_cache, reuse=reuse, threads=threads,
-    )  # fmt: skip
+    config = calibration.config(sample, threads)
     config.validate()
     layout = check_target(target or default_target())
     with ConsoleProgress() as progress:
         progress("loading the model")
-        source = load_source(preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed)
+        model = load_source(**dataclasses.asdict(source))
         outcome = run_calibration(
-            source, out, config, head=head, name=name, layout=layout, report=report, progress=progress,
-            exist_ok=exist_ok, overwrite=overwrite, max_drop=max_drop, eval_data=eval_data,
-            eval_split=eval_split, eval_limit=eval_limit,
+            model, output.out, config, head=head, name=name, layout=layout, progress=progress,
+            exist_ok=output.exist_ok, overwrite=output.overwrite, **dataclasses.asdict(accuracy),
         )  # fmt: skip
     typer.echo(outcome.summary())
 
