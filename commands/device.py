@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from commands import groups
 from commands import options as opt
 from contract.errors import UsageError
 from contract.output import check_file, write_file
@@ -15,7 +17,10 @@ from runtime.tools.compare.policy import POLICIES
 
 if TYPE_CHECKING:
     from runtime.tools.compare import ParityPolicy
+    from runtime.tools.compare.engine import ComparisonReport
     from runtime.tools.compare.layerwise import LayerReport
+
+SET = opt.SET_BY_COMMAND
 
 
 def build_command(
@@ -81,79 +86,139 @@ def build_command(
     typer.echo(build_engine(artifact, out, options).summary())
 
 
+@dataclass(frozen=True)
+class ReferenceFlags:
+    """What ``verify`` compares with: a reference artifact, or reference outputs saved earlier."""
+
+    against: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--against", help="Reference artifact (e.g. the FP32 ONNX)."),
+    ] = None
+    images: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--images", help="Also compare on the images of this folder."),
+    ] = None
+    save_reference: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--save-reference", help="Also save the reference outputs (.npz)."),
+    ] = None
+    load_reference: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--load-reference", help="Reference outputs saved elsewhere."),
+    ] = None
+
+
+@dataclass(frozen=True)
+class VerifyPolicyFlags:
+    """``verify``'s own sampling and policy flags (beside :class:`opt.ComparisonFlags`)."""
+
+    seed: Annotated[int, opt.int_option(SET, "--seed", "Seed of the generated images.", 0)] = 0
+    limit: Annotated[
+        Optional[int],  # noqa: UP045
+        opt.int_option(SET, "--limit", "At most N images of --images.", 1),
+    ] = None
+    precision: Annotated[
+        Optional[str],  # noqa: UP045
+        opt.choice_option(
+            SET,
+            "--policy",
+            "Policy fp32 | fp16 | int8 (default: the candidate's).",
+            tuple(POLICIES),
+            "{flag} {value}: choose {allowed}",
+        ),
+    ] = None
+    min_segments: Annotated[
+        Optional[float],  # noqa: UP045
+        opt.float_option(SET, "--min-segment-match", "Minimum panoptic segment match.", opt.SHARE),
+    ] = None
+
+
+@dataclass(frozen=True)
+class VerifyReportFlags:
+    """What ``verify`` writes besides its table: the layer-by-layer comparison and the JSON report."""
+
+    layerwise: Annotated[
+        bool,
+        typer.Option(
+            "--layerwise",
+            help="Also compare every intermediate tensor (two ONNX files) and name the first that breaks.",
+        ),
+    ] = False
+    json_out: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--json", help="Write the report as JSON here."),
+    ] = None
+    overwrite: Annotated[
+        bool, opt.overwrite_option("Replace an existing --json / --save-reference file.", SET)
+    ] = False
+
+    def refuse_early(self, reference: ReferenceFlags, read: list[str]) -> None:
+        """Refuse a --json file that exists or a --layerwise without --against before comparing."""
+        if self.json_out:
+            check_file(self.json_out, overwrite=self.overwrite, inputs=read)
+        if self.layerwise and reference.against is None:
+            raise UsageError(
+                "--layerwise needs --against REFERENCE.onnx (a saved reference holds the outputs only)"
+            )
+
+    def write_json(self, report: ComparisonReport, layers: LayerReport | None, read: list[str]) -> None:
+        """The report (and the layer comparison) as JSON at --json, if given."""
+        if self.json_out:
+            payload = {**report.to_dict(), **({"layerwise": layers.to_dict()} if layers is not None else {})}
+            write_file(
+                self.json_out, json.dumps(payload, indent=2) + "\n", overwrite=self.overwrite, inputs=read
+            )
+
+
+@groups.with_groups
 def verify_command(
     candidate: str = typer.Argument(..., help="The artifact to verify (engine or ONNX, sidecar beside it)."),
-    against: str = typer.Option(None, "--against", help="Reference artifact (e.g. the FP32 ONNX)."),
-    images: str = typer.Option(None, "--images", help="Also compare on the images of this folder."),
-    save_reference: str = typer.Option(
-        None, "--save-reference", help="Also save the reference outputs (.npz)."
-    ),
-    load_reference: str = typer.Option(None, "--load-reference", help="Reference outputs saved elsewhere."),
-    noise: opt.CompareNoise = 0,
-    scenes: opt.CompareScenes = 4,
-    seed: int = opt.int_option(0, "--seed", "Seed of the generated images.", 0),
-    limit: int = opt.int_option(None, "--limit", "At most N images of --images.", 1),
-    precision: str = opt.choice_option(
-        None,
-        "--policy",
-        "Policy fp32 | fp16 | int8 (default: the candidate's).",
-        tuple(POLICIES),
-        "{flag} {value}: choose {allowed}",
-    ),
-    max_rel: opt.MaxRelError = None,
-    min_agreement: opt.MinAgreement = None,
-    min_miou: opt.MinMiou = None,
-    min_segments: float = opt.float_option(
-        None, "--min-segment-match", "Minimum panoptic segment match.", opt.SHARE
-    ),
-    layerwise: bool = typer.Option(
-        False,
-        "--layerwise",
-        help="Also compare every intermediate tensor (two ONNX files) and name the first that breaks.",
-    ),
+    *,
+    reference: ReferenceFlags,
+    comparison: opt.ComparisonFlags,
+    flags: VerifyPolicyFlags,
+    writes: VerifyReportFlags,
     providers: opt.Providers = None,
-    json_out: str = typer.Option(None, "--json", help="Write the report as JSON here."),
-    overwrite: bool = opt.overwrite_option("Replace an existing --json / --save-reference file."),
 ) -> None:
     """Compare two artifacts on the same images under the shared parity policy (torch-free).
 
     Exit code 0 when the policy holds, 1 when not (FAIL), 2 on bad arguments or files.
     """
-    from runtime.core.artifact import load_artifact
-    from runtime.tools.compare import PolicyOverrides, policy_from_overrides
     from runtime.tools.verify import verify, verify_inputs
 
-    read = verify_inputs(candidate, against, load_reference, images)  # never written, whatever the flags
-    if json_out:  # refused before the comparison runs
-        check_file(json_out, overwrite=overwrite, inputs=read)
-    if layerwise and against is None:
-        raise UsageError(
-            "--layerwise needs --against REFERENCE.onnx (a saved reference holds the outputs only)"
-        )
-    overrides = PolicyOverrides(precision, max_rel, min_agreement, min_miou, min_segments)
-    policy = policy_from_overrides(overrides, lambda: load_artifact(candidate).precision)
+    ref = reference
+    read = verify_inputs(candidate, ref.against, ref.load_reference, ref.images)  # never written
+    writes.refuse_early(ref, read)
     report = verify(
-        candidate, against=against, load_reference_from=load_reference, save_reference_to=save_reference,
-        images=images, noise=noise, scenes=scenes, seed=seed, limit=limit, policy=policy,
-        providers=opt.provider_list(providers), overwrite=overwrite,
+        candidate, against=ref.against, load_reference_from=ref.load_reference,
+        save_reference_to=ref.save_reference, images=ref.images, noise=comparison.noise,
+        scenes=comparison.scenes, seed=flags.seed, limit=flags.limit,
+        policy=comparison.policy(candidate, flags.precision, flags.min_segments),
+        providers=opt.provider_list(providers), overwrite=writes.overwrite,
     )  # fmt: skip
     typer.echo(report.table())
-    layers = _compare_layers(candidate, against, load_reference, report.policy) if layerwise else None
-    if save_reference:
-        typer.echo(f"reference saved to {save_reference}")
-    if json_out:
+    layers = (
+        _compare_layers(candidate, ref.against, ref.load_reference, report.policy)
+        if writes.layerwise
+        else None
+    )
+    if ref.save_reference:
+        typer.echo(f"reference saved to {ref.save_reference}")
+    if writes.json_out:
         payload = {**report.to_dict(), **({"layerwise": layers.to_dict()} if layers is not None else {})}
-        write_file(json_out, json.dumps(payload, indent=2) + "\n", overwrite=overwrite, inputs=read)
+        write_file(
+            writes.json_out, json.dumps(payload, indent=2) + "\n", overwrite=writes.overwrite, inputs=read
+        )
     if not report.passed:
         raise typer.Exit(code=1)
 
 
-def _compare_layers(
-    candidate: str, against: str, load_reference: str | None, policy: ParityPolicy
-) -> LayerReport:
+def _compare_layers(candidate: str, reference: ReferenceFlags, policy: ParityPolicy) -> LayerReport:
     """``verify --layerwise``: every intermediate tensor of the two ONNX files, printed."""
     from runtime.tools.compare.layerwise import compare_layers
 
-    layers = compare_layers(candidate, against=against, load_reference_from=load_reference, policy=policy)
+    layers = compare_layers(
+        candidate, against=reference.against, load_reference_from=reference.load_reference, policy=policy
+    )
     typer.echo(layers.table())
     return layers

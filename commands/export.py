@@ -319,24 +319,22 @@ def calibrate_command(
     typer.echo(outcome.summary())
 
 
+@groups.with_groups
 def check_command(
     artifact: str = typer.Argument(
         ..., help="The exported .onnx (sidecar beside it), its .json or its folder."
     ),
+    *,
     preset: str = typer.Option(
         None, "--preset", help="Compare with this preset instead of the sidecar's source."
     ),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Compare with this checkpoint instead."),
     image: opt.CompareImages = None,
-    noise: opt.CompareNoise = 0,
-    scenes: opt.CompareScenes = 4,
+    comparison: opt.ComparisonFlags,
     seed: int = opt.int_option(0, "--seed", "Seed of the generated inputs.", 0),
     emulate: bool = typer.Option(
         None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."
     ),
-    max_rel: opt.MaxRelError = None,
-    min_agreement: opt.MinAgreement = None,
-    min_miou: opt.MinMiou = None,
     threads: opt.Threads = 1,
 ) -> None:
     """Compare an exported model with PyTorch under the shared parity policy (as verify does).
@@ -344,22 +342,13 @@ def check_command(
     Exit code 0 when the policy holds, 1 when not (FAIL), 2 on bad arguments or files.
     """
     from export.check import check_artifact
-    from runtime.core.artifact import load_artifact
-    from runtime.tools.compare import PolicyOverrides, policy_from_overrides
 
     prepare_eager_torch(threads)
-    overrides = PolicyOverrides(None, max_rel, min_agreement, min_miou)
-    policy = policy_from_overrides(overrides, lambda: load_artifact(artifact).precision)
-    inputs = dict(images=_image_files(image or ()), noise=noise, scenes=scenes, seed=seed)
     result = check_artifact(
-        artifact,
-        preset=preset,
-        checkpoint=checkpoint,
-        emulate=emulate,
-        policy=policy,
-        threads=threads,
-        **inputs,
-    )
+        artifact, preset=preset, checkpoint=checkpoint, images=_image_files(image or ()),
+        noise=comparison.noise, scenes=comparison.scenes, seed=seed, emulate=emulate,
+        policy=comparison.policy(artifact), threads=threads,
+    )  # fmt: skip
     typer.echo(result.summary())
     if not result.passed:
         raise typer.Exit(code=1)

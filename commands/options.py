@@ -267,15 +267,16 @@ def folder_option(default: Any, flag: str, help: str) -> Any:
     return typer.Option(default, flag, help=help, callback=folder(flag))
 
 
-def exist_ok_option(help: str) -> Any:
-    """``typer.Option`` ``--exist-ok``: off unless given; the command's help says what it replaces."""
-    return typer.Option(False, "--exist-ok", help=help)
+def exist_ok_option(help: str, default: Any = False) -> Any:
+    """``typer.Option`` ``--exist-ok``: off unless given; the command's help says what it replaces.
+    (An option group's field passes ``SET_BY_COMMAND`` and sets False after ``=``.)"""
+    return typer.Option(default, "--exist-ok", help=help)
 
 
-def overwrite_option(help: str) -> Any:
+def overwrite_option(help: str, default: Any = False) -> Any:
     """``typer.Option`` ``--overwrite``: replace an existing file pem-deploy did not write (the one
     flag name for it in every command; contract/output.py); the command's help says which."""
-    return typer.Option(False, "--overwrite", help=help)
+    return typer.Option(default, "--overwrite", help=help)
 
 
 @dataclass(frozen=True)
@@ -300,13 +301,10 @@ class OutputFlags:
     def group(self, name: str, out_default: Any = dataclasses.MISSING) -> type:
         """These three flags as a frozen option group ``name`` (commands/groups.py) with fields
         ``out`` (required unless ``out_default``), ``exist_ok`` and ``overwrite``."""
-        out = typer.Option(SET_BY_COMMAND, "--out", help=self.where, callback=folder("--out"))
-        exist_ok = typer.Option(SET_BY_COMMAND, "--exist-ok", help=self.added)
-        overwrite = typer.Option(SET_BY_COMMAND, "--overwrite", help=self.replaced)
         fields = [
-            ("out", Annotated[str, out], dataclasses.field(default=out_default)),
-            ("exist_ok", Annotated[bool, exist_ok], dataclasses.field(default=False)),
-            ("overwrite", Annotated[bool, overwrite], dataclasses.field(default=False)),
+            ("out", Annotated[str, self.out(SET_BY_COMMAND)], dataclasses.field(default=out_default)),
+            ("exist_ok", Annotated[bool, exist_ok_option(self.added, SET_BY_COMMAND)], False),
+            ("overwrite", Annotated[bool, overwrite_option(self.replaced, SET_BY_COMMAND)], False),
         ]
         return dataclasses.make_dataclass(name, fields, frozen=True)
 
@@ -504,3 +502,12 @@ class ComparisonFlags:
     max_rel: MaxRelError = None
     min_agreement: MinAgreement = None
     min_miou: MinMiou = None
+
+    def policy(self, artifact: str, precision: str | None = None, min_segments: float | None = None) -> Any:
+        """The parity policy these thresholds (and ``--policy`` / ``--min-segment-match``) ask for,
+        or None for ``artifact``'s own (runtime.tools.compare.policy_from_overrides)."""
+        from runtime.core.artifact import load_artifact
+        from runtime.tools.compare import PolicyOverrides, policy_from_overrides
+
+        overrides = PolicyOverrides(precision, self.max_rel, self.min_agreement, self.min_miou, min_segments)
+        return policy_from_overrides(overrides, lambda: load_artifact(artifact).precision)
