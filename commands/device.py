@@ -19,42 +19,96 @@ if TYPE_CHECKING:
     from runtime.tools.compare import ParityPolicy
     from runtime.tools.compare.engine import ComparisonReport
     from runtime.tools.compare.layerwise import LayerReport
+    from runtime.tools.engine_build import EngineOptions
 
 SET = opt.SET_BY_COMMAND
 
 
+@dataclass(frozen=True)
+class EngineFlags:
+    """How TensorRT builds the engine (``runtime.tools.engine_build.EngineOptions``)."""
+
+    precision: Annotated[
+        Optional[str],  # noqa: UP045
+        opt.choice_option(
+            SET,
+            "--precision",
+            "fp32 | fp16 | int8 (default: the graph's; FP32 graphs: flags on TRT 10).",
+            PRECISIONS,
+            "{flag} {value}: choose fp32, fp16 or int8",
+        ),
+    ] = None
+    calib_cache: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--calib-cache", help="TRT 10 weakly typed INT8: calibration cache."),
+    ] = None
+    timing_cache: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--timing-cache", help="Timing cache to reuse and update."),
+    ] = None
+    workspace: Annotated[int, opt.int_option(SET, "--workspace", "Builder workspace limit in MiB.", 1)] = 2048
+    dla_core: Annotated[
+        Optional[int],  # noqa: UP045
+        opt.int_option(SET, "--dla-core", "Build for this DLA core (Jetson).", 0),
+    ] = None
+    gpu_fallback: Annotated[
+        bool, typer.Option("--gpu-fallback", help="DLA: run unsupported layers on the GPU.")
+    ] = False
+    opt_level: Annotated[
+        Optional[int],  # noqa: UP045
+        opt.int_option(SET, "--opt-level", "Builder optimisation level 0-5 (TensorRT: 3).", 0, 5),
+    ] = None
+
+
+@dataclass(frozen=True)
+class ProfileFlags:
+    """A dynamic export's optimisation profile and how many copies of it the engine holds."""
+
+    min_shape: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--min", help="Dynamic exports: profile min, NxCxHxW or HxW."),
+    ] = None
+    opt_shape: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--opt", help="Dynamic exports: profile opt (default: default_size)."),
+    ] = None
+    max_shape: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--max", help="Dynamic exports: profile max."),
+    ] = None
+    contexts: Annotated[
+        int, opt.int_option(SET, "--contexts", "Profile copies: execution contexts that run at once.", 1, 64)
+    ] = 1
+
+
+def _engine_options(
+    engine: EngineFlags, profile: ProfileFlags, log: str | None, exist_ok: bool, overwrite: bool
+) -> EngineOptions:
+    """The API's options from ``build``'s flags (paths as ``Path``, the profile's shapes parsed)."""
+    from pathlib import Path
+
+    from runtime.tools.engine_build import EngineOptions, profiles_from_options
+
+    lo, mid, hi = profiles_from_options([profile.min_shape, profile.opt_shape, profile.max_shape])
+    path = lambda text: Path(text) if text else None  # noqa: E731
+    return EngineOptions(
+        precision=engine.precision, calibration_cache=path(engine.calib_cache),  # type: ignore[arg-type]
+        timing_cache=path(engine.timing_cache), workspace_mib=engine.workspace, min_shape=lo,
+        opt_shape=mid, max_shape=hi, builder_optimization_level=engine.opt_level,
+        dla_core=engine.dla_core, gpu_fallback=engine.gpu_fallback, contexts=profile.contexts,
+        log_path=path(log), exist_ok=exist_ok, overwrite=overwrite,
+    )  # fmt: skip
+
+
+@groups.with_groups
 def build_command(
     artifact: str = typer.Argument(..., help="The ONNX artifact (.onnx with its .json, or their folder)."),
+    *,
     out: str = typer.Option(
         ..., "--out", help="Output folder (STEM.PRECISION.engine + .json) or .engine file."
     ),
-    precision: str = opt.choice_option(
-        None,
-        "--precision",
-        "fp32 | fp16 | int8 (default: the graph's; FP32 graphs: flags on TRT 10).",
-        PRECISIONS,
-        "{flag} {value}: choose fp32, fp16 or int8",
-    ),
-    calib_cache: str = typer.Option(
-        None, "--calib-cache", help="TRT 10 weakly typed INT8: calibration cache."
-    ),
-    timing_cache: str = typer.Option(None, "--timing-cache", help="Timing cache to reuse and update."),
-    workspace: int = opt.int_option(2048, "--workspace", "Builder workspace limit in MiB.", 1),
-    dla_core: int = opt.int_option(None, "--dla-core", "Build for this DLA core (Jetson).", 0),
-    gpu_fallback: bool = typer.Option(
-        False, "--gpu-fallback", help="DLA: run unsupported layers on the GPU."
-    ),
-    opt_level: int = opt.int_option(
-        None, "--opt-level", "Builder optimisation level 0-5 (TensorRT: 3).", 0, 5
-    ),
-    min_shape: str = typer.Option(None, "--min", help="Dynamic exports: profile min, NxCxHxW or HxW."),
-    opt_shape: str = typer.Option(
-        None, "--opt", help="Dynamic exports: profile opt (default: default_size)."
-    ),
-    max_shape: str = typer.Option(None, "--max", help="Dynamic exports: profile max."),
-    contexts: int = opt.int_option(
-        1, "--contexts", "Profile copies: execution contexts that run at once.", 1, 64
-    ),
+    engine: EngineFlags,
+    profile: ProfileFlags,
     log: str = typer.Option(None, "--log", help="Write TensorRT's build log here."),
     exist_ok: bool = opt.exist_ok_option("Allow an --out folder holding other files (ours are added)."),
     overwrite: bool = opt.overwrite_option(
@@ -62,27 +116,9 @@ def build_command(
     ),
 ) -> None:
     """Torch-free TensorRT engine from an ONNX artifact (TensorRT + numpy + onnx only; run on the device)."""
-    from pathlib import Path
+    from runtime.tools.engine_build import build_engine
 
-    from runtime.tools.engine_build import EngineOptions, build_engine, profiles_from_options
-
-    lo, mid, hi = profiles_from_options([min_shape, opt_shape, max_shape])
-    options = EngineOptions(
-        precision=precision,  # type: ignore[arg-type]
-        calibration_cache=Path(calib_cache) if calib_cache else None,
-        timing_cache=Path(timing_cache) if timing_cache else None,
-        workspace_mib=workspace,
-        min_shape=lo,
-        opt_shape=mid,
-        max_shape=hi,
-        builder_optimization_level=opt_level,
-        dla_core=dla_core,
-        gpu_fallback=gpu_fallback,
-        contexts=contexts,
-        log_path=Path(log) if log else None,
-        exist_ok=exist_ok,
-        overwrite=overwrite,
-    )
+    options = _engine_options(engine, profile, log, exist_ok, overwrite)
     typer.echo(build_engine(artifact, out, options).summary())
 
 
