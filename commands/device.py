@@ -1,5 +1,7 @@
 """Device commands: ``build`` (TensorRT engine, torch-free) and ``verify`` (any two artifacts)."""
 
+# ruff: noqa: UP045  (typer reads the option groups' annotations at run time: Optional for Python 3.10)
+
 from __future__ import annotations
 
 import json
@@ -29,7 +31,7 @@ class EngineFlags:
     """How TensorRT builds the engine (``runtime.tools.engine_build.EngineOptions``)."""
 
     precision: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         opt.choice_option(
             SET,
             "--precision",
@@ -39,23 +41,23 @@ class EngineFlags:
         ),
     ] = None
     calib_cache: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--calib-cache", help="TRT 10 weakly typed INT8: calibration cache."),
     ] = None
     timing_cache: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--timing-cache", help="Timing cache to reuse and update."),
     ] = None
     workspace: Annotated[int, opt.int_option(SET, "--workspace", "Builder workspace limit in MiB.", 1)] = 2048
     dla_core: Annotated[
-        Optional[int],  # noqa: UP045
+        Optional[int],
         opt.int_option(SET, "--dla-core", "Build for this DLA core (Jetson).", 0),
     ] = None
     gpu_fallback: Annotated[
         bool, typer.Option("--gpu-fallback", help="DLA: run unsupported layers on the GPU.")
     ] = False
     opt_level: Annotated[
-        Optional[int],  # noqa: UP045
+        Optional[int],
         opt.int_option(SET, "--opt-level", "Builder optimisation level 0-5 (TensorRT: 3).", 0, 5),
     ] = None
 
@@ -65,15 +67,15 @@ class ProfileFlags:
     """A dynamic export's optimisation profile and how many copies of it the engine holds."""
 
     min_shape: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--min", help="Dynamic exports: profile min, NxCxHxW or HxW."),
     ] = None
     opt_shape: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--opt", help="Dynamic exports: profile opt (default: default_size)."),
     ] = None
     max_shape: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--max", help="Dynamic exports: profile max."),
     ] = None
     contexts: Annotated[
@@ -127,19 +129,19 @@ class ReferenceFlags:
     """What ``verify`` compares with: a reference artifact, or reference outputs saved earlier."""
 
     against: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--against", help="Reference artifact (e.g. the FP32 ONNX)."),
     ] = None
     images: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--images", help="Also compare on the images of this folder."),
     ] = None
     save_reference: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--save-reference", help="Also save the reference outputs (.npz)."),
     ] = None
     load_reference: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--load-reference", help="Reference outputs saved elsewhere."),
     ] = None
 
@@ -150,11 +152,11 @@ class VerifyPolicyFlags:
 
     seed: Annotated[int, opt.int_option(SET, "--seed", "Seed of the generated images.", 0)] = 0
     limit: Annotated[
-        Optional[int],  # noqa: UP045
+        Optional[int],
         opt.int_option(SET, "--limit", "At most N images of --images.", 1),
     ] = None
     precision: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         opt.choice_option(
             SET,
             "--policy",
@@ -164,7 +166,7 @@ class VerifyPolicyFlags:
         ),
     ] = None
     min_segments: Annotated[
-        Optional[float],  # noqa: UP045
+        Optional[float],
         opt.float_option(SET, "--min-segment-match", "Minimum panoptic segment match.", opt.SHARE),
     ] = None
 
@@ -181,7 +183,7 @@ class VerifyReportFlags:
         ),
     ] = False
     json_out: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--json", help="Write the report as JSON here."),
     ] = None
     overwrite: Annotated[

@@ -1,5 +1,7 @@
 """Export commands: ``export``, ``calibrate``, ``check`` (delegate to ``export`` / ``calib``)."""
 
+# ruff: noqa: UP045  (typer reads the option groups' annotations at run time: Optional for Python 3.10)
+
 from __future__ import annotations
 
 import dataclasses
@@ -90,7 +92,7 @@ class Int8ExportFlags:
     """``export --precision int8``'s own calibration flags (beside :class:`opt.CalibFlags`)."""
 
     calib_data: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option(
             "--calib-data",
             "--data",
@@ -99,13 +101,13 @@ class Int8ExportFlags:
         ),
     ] = None
     calib_cache: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option(
             "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
         ),
     ] = None
     target: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option(
             "--target",
             "--layout",
@@ -230,11 +232,11 @@ class CalibrationFlags:
         str, typer.Option("--trt-version", help="TensorRT version in the cache header.")
     ] = "10.3.0"
     cache_dir: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--cache-dir", help="Where calibration caches are kept for reuse."),
     ] = None
     calib_cache: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--calib-cache", help="Reuse this TensorRT cache (skip calibration)."),
     ] = None
     reuse: Annotated[
@@ -257,7 +259,7 @@ class AccuracyFlags:
     """``calibrate``'s accuracy report and search (``calib.run.run_calibration``'s keywords)."""
 
     max_drop: Annotated[
-        Optional[float],  # noqa: UP045
+        Optional[float],
         opt.float_option(
             SET,
             "--max-drop",
@@ -266,14 +268,14 @@ class AccuracyFlags:
         ),
     ] = None
     eval_data: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],
         typer.Option("--eval-data", help="Labelled data for the report (default: --data)."),
     ] = None
     eval_split: Annotated[
         str, opt.split_option(SET, "--eval-split", "Held-out split for the report and --max-drop")
     ] = "val"
     eval_limit: Annotated[
-        Optional[int],  # noqa: UP045
+        Optional[int],
         opt.int_option(SET, "--eval-limit", "Evaluate at most N images.", 1),
     ] = None
     report: Annotated[bool, typer.Option("--report/--no-report", help="FP32/FP16/INT8 accuracy report.")] = (
