@@ -1,19 +1,31 @@
 """Runtime commands: ``infer``, ``ros2``, ``bench`` (parse, delegate to ``runtime``, print)."""
 
+# ruff: noqa: UP045  (typer reads the option groups' annotations at run time: Optional for Python 3.10)
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from typer.core import TyperCommand
 
+from commands import groups
 from commands import options as opt
 from contract.errors import UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from runtime.io.infer_job import InferOutcome
+    from runtime.io.infer_job import (
+        InferOutcome,
+        RaySettings,
+        SegmenterSettings,
+        StreamSettings,
+        WriteSettings,
+    )
+
+SET = opt.SET_BY_COMMAND
 
 RESIZE_MODES = ("stretch", "letterbox")  # runtime.core.preprocess.ResizeMode
 RESIZE_MESSAGE = "{flag} must be 'stretch' or 'letterbox', got {value!r}"
@@ -34,16 +46,184 @@ class InferCommand(TyperCommand):
         return super().parse_args(ctx, args)
 
 
-_RAY_OPTION = typer.Option(
-    None,
-    "--ray",
-    metavar="[ADDRESS]",
-    help="Segment the inputs on a Ray cluster (the 'fleet' extra): --ray alone starts a local one; "
-    "--ray auto or --ray ray://host:port joins a running one (paths must be visible to every node). "
-    "Put it after the inputs.",
-)
+@dataclass(frozen=True)
+class InferModelFlags:
+    """How ``infer`` runs the model (``runtime.io.infer_job.SegmenterSettings``)."""
+
+    resize: Annotated[
+        str,
+        opt.choice_option(
+            SET, "--resize", "stretch | letterbox (keep aspect ratio).", RESIZE_MODES, RESIZE_MESSAGE
+        ),
+    ] = "stretch"
+    providers: opt.Providers = None
+    threads: opt.ThreadsAllCores = None  # type: ignore[assignment]
+    cuda_graph: opt.CudaGraph = False
+    contexts: Annotated[
+        Optional[int],
+        opt.int_option(SET, "--contexts", "TensorRT execution contexts (default: as built).", 1),
+    ] = None
+    backend: Annotated[
+        Optional[str],
+        typer.Option(
+            "--backend",
+            help="onnxruntime | openvino (a --deform-impl decomposed ONNX) | tensorrt "
+            "(default: by file type).",
+        ),
+    ] = None
+    imgsz: opt.InputSize = None
+
+    def settings(self) -> SegmenterSettings:
+        """The API's settings (providers split, ``--imgsz`` parsed)."""
+        from runtime.io.infer_job import SegmenterSettings
+
+        size = opt.parse_hw("--imgsz", self.imgsz) if self.imgsz else None
+        providers = opt.provider_list(self.providers)
+        return SegmenterSettings(
+            providers, self.threads, self.resize, self.cuda_graph, self.contexts, self.backend, size
+        )
 
 
+@dataclass(frozen=True)
+class InferWriteFlags:
+    """What ``infer`` writes and how it meets existing files (``runtime.io.infer_job.WriteSettings``)."""
+
+    overlays: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay JPEGs.")] = True
+    alpha: opt.Alpha = 0.5
+    exist_ok: Annotated[
+        bool,
+        opt.exist_ok_option(
+            "Allow an --out folder holding other files: add our labels/, panoptic/, overlay/, "
+            "predictions.json beside them (only files pem-deploy wrote are replaced).",
+            SET,
+        ),
+    ] = False
+    overwrite: Annotated[
+        bool,
+        opt.overwrite_option(
+            "Replace an existing output bag file, or files at our output names that pem-deploy "
+            "did not write.",
+            SET,
+        ),
+    ] = False
+
+    def settings(self) -> WriteSettings:
+        """The API's settings."""
+        from runtime.io.infer_job import WriteSettings
+
+        return WriteSettings(self.overlays, self.alpha, self.exist_ok, self.overwrite)
+
+
+@dataclass(frozen=True)
+class InferStreamFlags:
+    """Bags, cameras and streams, image folders and videos (``runtime.io.infer_job.StreamSettings``)."""
+
+    topic: Annotated[
+        Optional[list[str]], typer.Option("--topic", help="Bag image topic(s) to segment (repeatable).")
+    ] = None
+    max_frames: Annotated[
+        Optional[int], opt.int_option(SET, "--max-frames", "Stop after this many frames (bags, cameras).", 1)
+    ] = None
+    duration: Annotated[
+        Optional[float],
+        opt.float_option(SET, "--duration", "Stop a live camera after this many seconds.", opt.POSITIVE),
+    ] = None
+    timeout: Annotated[
+        Optional[float],
+        opt.float_option(
+            SET, "--timeout", "Seconds to wait for a stream to open and for each frame.", opt.POSITIVE
+        ),
+    ] = None
+    compression: Annotated[
+        str,
+        opt.choice_option(
+            SET,
+            "--compression",
+            "Output MCAP chunk compression: zstd | lz4 | none.",
+            COMPRESSIONS,
+            COMPRESSION_MESSAGE,
+        ),
+    ] = "zstd"
+    copy_input: Annotated[
+        bool,
+        typer.Option("--copy-input", help="Also copy the input images (and their CameraInfo) to the bag."),
+    ] = False
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Stop at the first unreadable file of a folder (default: skip it)."),
+    ] = False
+    save_video: Annotated[
+        bool,
+        typer.Option(
+            "--save-video",
+            help="Video input: also write video/NAME, the overlays with the input's codec and frame rate "
+            "(mp4v .mp4 where OpenCV cannot write that codec).",
+        ),
+    ] = False
+
+    def settings(self) -> StreamSettings:
+        """The API's settings (the topics as a tuple)."""
+        from runtime.io.infer_job import StreamSettings
+
+        return StreamSettings(
+            tuple(self.topic or ()), self.max_frames, self.duration, self.timeout, self.compression,
+            self.copy_input, self.strict, self.save_video,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InferRayFlags:
+    """``--ray`` and the options only it uses (``runtime.io.infer_job.RaySettings``)."""
+
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Segment the inputs on a Ray cluster (the 'fleet' extra): --ray alone starts a local one; "
+            "--ray auto or --ray ray://host:port joins a running one (paths must be visible to every node). "
+            "Put it after the inputs.",
+        ),
+    ] = None
+    workers: Annotated[
+        int, opt.int_option(SET, "--workers", "--ray: model actors (one Segmenter each).", 1)
+    ] = 1
+    gpus_per_worker: Annotated[
+        float, opt.float_option(SET, "--gpus-per-worker", "--ray: GPUs per actor (0: CPU).", opt.NON_NEGATIVE)
+    ] = 0.0
+    batch: Annotated[int, opt.int_option(SET, "--batch", "--ray: frames per model call.", 1, 1024)] = 8
+    images_per_shard: Annotated[
+        int,
+        opt.int_option(
+            SET, "--images-per-shard", "--ray: images of a folder per shard (the unit of work).", 1
+        ),
+    ] = 256
+    keep_uncertain: Annotated[
+        Optional[float],
+        opt.float_option(
+            SET,
+            "--keep-uncertain",
+            "--ray: also write the input frames whose confidence margin is in this lowest fraction "
+            "(0-1; 'raw' head artifacts) to OUT/uncertain/.",
+            opt.SHARE,
+        ),
+    ] = None
+
+    def settings(self) -> RaySettings:
+        """The API's settings."""
+        from runtime.io.infer_job import RaySettings
+
+        return RaySettings(
+            self.ray,
+            self.workers,
+            self.gpus_per_worker,
+            self.batch,
+            self.images_per_shard,
+            self.keep_uncertain,
+        )
+
+
+@groups.with_groups
 def infer_command(
     artifact: str = typer.Argument(
         ..., help="Model artifact: .onnx / .engine (sidecar .json beside it) or its folder."
@@ -55,76 +235,16 @@ def infer_command(
         "a camera index, /dev/videoN, an rtsp/http/file URL or a GStreamer pipeline. With --ray: any number "
         "of bags, videos, image folders and list files (.txt/.list, one path a line).",
     ),
+    *,
     out: str = typer.Option(
         ...,
         "--out",
         help="Output folder (labels/, panoptic/, overlay/, predictions.json), or a bag file (.mcap / .db3).",
     ),
-    resize: str = opt.choice_option(
-        "stretch", "--resize", "stretch | letterbox (keep aspect ratio).", RESIZE_MODES, RESIZE_MESSAGE
-    ),
-    providers: opt.Providers = None,
-    threads: opt.ThreadsAllCores = None,  # type: ignore[assignment]
-    overlays: bool = typer.Option(True, "--overlay/--no-overlay", help="Write overlay JPEGs."),
-    alpha: opt.Alpha = 0.5,
-    topic: list[str] = typer.Option(None, "--topic", help="Bag image topic(s) to segment (repeatable)."),
-    max_frames: int = opt.int_option(None, "--max-frames", "Stop after this many frames (bags, cameras).", 1),
-    duration: float = opt.float_option(
-        None, "--duration", "Stop a live camera after this many seconds.", opt.POSITIVE
-    ),
-    exist_ok: bool = opt.exist_ok_option(
-        "Allow an --out folder holding other files: add our labels/, panoptic/, overlay/, "
-        "predictions.json beside them (only files pem-deploy wrote are replaced)."
-    ),
-    overwrite: bool = opt.overwrite_option(
-        "Replace an existing output bag file, or files at our output names that pem-deploy did not write."
-    ),
-    strict: bool = typer.Option(
-        False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
-    ),
-    copy_input: bool = typer.Option(
-        False, "--copy-input", help="Also copy the input images (and their CameraInfo) to the bag."
-    ),
-    compression: str = opt.choice_option(
-        "zstd",
-        "--compression",
-        "Output MCAP chunk compression: zstd | lz4 | none.",
-        COMPRESSIONS,
-        COMPRESSION_MESSAGE,
-    ),
-    timeout: float = opt.float_option(
-        None, "--timeout", "Seconds to wait for a stream to open and for each frame.", opt.POSITIVE
-    ),
-    cuda_graph: opt.CudaGraph = False,
-    contexts: int = opt.int_option(None, "--contexts", "TensorRT execution contexts (default: as built).", 1),
-    backend: str = typer.Option(
-        None,
-        "--backend",
-        help="onnxruntime | openvino (a --deform-impl decomposed ONNX) | tensorrt (default: by file type).",
-    ),
-    ray: str = _RAY_OPTION,
-    workers: int = opt.int_option(1, "--workers", "--ray: model actors (one Segmenter each).", 1),
-    gpus_per_worker: float = opt.float_option(
-        0.0, "--gpus-per-worker", "--ray: GPUs per actor (0: CPU).", opt.NON_NEGATIVE
-    ),
-    batch: int = opt.int_option(8, "--batch", "--ray: frames per model call.", 1, 1024),
-    images_per_shard: int = opt.int_option(
-        256, "--images-per-shard", "--ray: images of a folder per shard (the unit of work).", 1
-    ),
-    keep_uncertain: float = opt.float_option(
-        None,
-        "--keep-uncertain",
-        "--ray: also write the input frames whose confidence margin is in this lowest fraction "
-        "(0-1; 'raw' head artifacts) to OUT/uncertain/.",
-        opt.SHARE,
-    ),
-    imgsz: opt.InputSize = None,
-    save_video: bool = typer.Option(
-        False,
-        "--save-video",
-        help="Video input: also write video/NAME, the overlays with the input's codec and frame rate "
-        "(mp4v .mp4 where OpenCV cannot write that codec).",
-    ),
+    model: InferModelFlags,
+    write: InferWriteFlags,
+    stream: InferStreamFlags,
+    ray: InferRayFlags,
 ) -> None:
     """Segment images, a video, a ROS 2 bag or a live camera with an exported model (torch-free runtime).
 
@@ -132,28 +252,13 @@ def infer_command(
     With --ray, many inputs are segmented on a Ray cluster into OUT (resumable; OUT/index.parquet).
     Exit status: 0 all segmented, 1 some files of a folder (or, with --ray, some shards) failed, 2 error.
     """
-    from runtime.io.infer_job import (
-        RaySettings,
-        Reporter,
-        SegmenterSettings,
-        StreamSettings,
-        WriteSettings,
-        run_infer,
-    )
+    from runtime.io.infer_job import Reporter, run_infer
 
-    size = opt.parse_hw("--imgsz", imgsz) if imgsz else None
-    model = SegmenterSettings(
-        opt.provider_list(providers), threads, resize, cuda_graph, contexts, backend, size
-    )
-    write = WriteSettings(overlays, alpha, exist_ok, overwrite)
-    stream = StreamSettings(
-        tuple(topic or ()), max_frames, duration, timeout, compression, copy_input, strict, save_video
-    )
-    ray_settings = RaySettings(ray, workers, gpus_per_worker, batch, images_per_shard, keep_uncertain)
     report = Reporter(on_note=lambda text: _say("note", text), on_skip=lambda text: _say("skipped", text))
     outcome = run_infer(
-        artifact, sources, out, model=model, write=write, stream=stream, ray=ray_settings, report=report
-    )
+        artifact, sources, out, model=model.settings(), write=write.settings(), stream=stream.settings(),
+        ray=ray.settings(), report=report,
+    )  # fmt: skip
     _PRINTERS[outcome.route](outcome)
     if outcome.failed:
         raise typer.Exit(code=1)
