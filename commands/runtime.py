@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         StreamSettings,
         WriteSettings,
     )
+    from workflows.bench import BenchSettings, ReportTarget
 
 SET = opt.SET_BY_COMMAND
 
@@ -341,6 +342,72 @@ def ros2_command(
         run(config, args=["pem-deploy", *(ros_args or [])], log=typer.echo, stop=stop)
 
 
+@dataclass(frozen=True)
+class TimingFlags:
+    """How ``bench`` times every model (``workflows.bench.BenchSettings``, with the backends)."""
+
+    device: Annotated[str, opt.device_option(SET, "PyTorch device: cpu, cuda, cuda:1 ...")] = "cpu"
+    providers: opt.Providers = None
+    shape: Annotated[
+        Optional[str], typer.Option("--shape", help="HxW of the frames (default: each model's input size).")
+    ] = None
+    batch: Annotated[int, opt.int_option(SET, "--batch", "Frames per call.", 1, 1024)] = 1
+    warmup: Annotated[int, opt.int_option(SET, "--warmup", "Untimed warm-up calls.", 0)] = 3
+    iterations: Annotated[int, opt.int_option(SET, "--iterations", "Timed calls.", 1, 1_000_000)] = 20
+    threads: opt.Threads = 1
+
+    def settings(self, backends: list[str] | None, cuda_graph: bool) -> BenchSettings:
+        """The API's settings (``backends`` None: by file type; providers split)."""
+        from workflows.bench import BenchSettings
+
+        return BenchSettings(
+            tuple(backends or [None]), opt.provider_list(self.providers), cuda_graph, self.device,
+            self.shape, self.batch, self.warmup, self.iterations, self.threads,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchReportFlags:
+    """Where ``bench`` writes its reports (``workflows.bench.ReportTarget``; none without --out)."""
+
+    out: Annotated[
+        Optional[str],
+        opt.folder_option(SET, "--out", "Write bench.json, bench.csv, bench.md (and bench.png) here."),
+    ] = None
+    plot: Annotated[bool, typer.Option("--plot", help="Also a PNG plot (needs matplotlib).")] = False
+    exist_ok: Annotated[
+        bool,
+        opt.exist_ok_option("Allow an --out folder holding other files (ours are added beside them).", SET),
+    ] = False
+    overwrite: Annotated[
+        bool, opt.overwrite_option("Replace bench.* files in --out that pem-deploy did not write.", SET)
+    ] = False
+
+    def target(self) -> ReportTarget | None:
+        """The API's report target, or None without --out."""
+        from workflows.bench import ReportTarget
+
+        return ReportTarget(self.out, self.plot, self.exist_ok, self.overwrite) if self.out else None
+
+
+@dataclass(frozen=True)
+class BaselineFlags:
+    """``bench --baseline``: whole model against whole model (``workflows.bench.bench_baseline``)."""
+
+    baseline: Annotated[
+        Optional[str],
+        typer.Option(
+            "--baseline",
+            help="Whole model against whole model: each --preset vs this baseline (mask2former-r50) and "
+            "PEM STDC1, eager and onnxruntime, with the paper's FPS and FLOP ratios.",
+        ),
+    ] = None
+    rounds: Annotated[
+        int, opt.int_option(SET, "--rounds", "With --baseline: measure everything this many times.", 1, 100)
+    ] = 2
+
+
+@groups.with_groups
 def bench_command(
     artifacts: list[str] = typer.Argument(
         None, help="ONNX models / engines (or their sidecar or folder) and our .safetensors checkpoints."
@@ -348,25 +415,9 @@ def bench_command(
     preset: list[str] = typer.Option(
         None, "--preset", help="Also time this preset in PyTorch (seeded random weights)."
     ),
-    device: str = opt.device_option("cpu", "PyTorch device: cpu, cuda, cuda:1 ..."),
-    providers: opt.Providers = None,
-    shape: str = typer.Option(
-        None,
-        "--shape",
-        help="HxW of the frames (default: each model's input size).",
-    ),
-    batch: int = opt.int_option(1, "--batch", "Frames per call.", 1, 1024),
-    warmup: int = opt.int_option(3, "--warmup", "Untimed warm-up calls.", 0),
-    iterations: int = opt.int_option(20, "--iterations", "Timed calls.", 1, 1_000_000),
-    threads: opt.Threads = 1,
-    out: str = opt.folder_option(
-        None, "--out", "Write bench.json, bench.csv, bench.md (and bench.png) here."
-    ),
-    plot: bool = typer.Option(False, "--plot", help="Also a PNG plot (needs matplotlib)."),
-    exist_ok: bool = opt.exist_ok_option(
-        "Allow an --out folder holding other files (ours are added beside them)."
-    ),
-    overwrite: bool = opt.overwrite_option("Replace bench.* files in --out that pem-deploy did not write."),
+    *,
+    timing: TimingFlags,
+    reports: BenchReportFlags,
     cuda_graph: opt.CudaGraph = False,
     backend: list[str] = typer.Option(
         None,
@@ -374,38 +425,46 @@ def bench_command(
         help="Run ONNX artifacts with this backend: onnxruntime | openvino (repeatable: side by side); "
         "with --baseline: torch | onnxruntime (default both).",
     ),
-    baseline: str = typer.Option(
-        None,
-        "--baseline",
-        help="Whole model against whole model: each --preset vs this baseline (mask2former-r50) and "
-        "PEM STDC1, eager and onnxruntime, with the paper's FPS and FLOP ratios.",
-    ),
-    rounds: int = opt.int_option(
-        2, "--rounds", "With --baseline: measure everything this many times.", 1, 100
-    ),
+    baseline: BaselineFlags,
 ) -> None:
     """Latency side by side: mean / p50 / p90 / p99, FPS, img/s, peak memory, pre / infer / post ms."""
     from runtime.tools.bench import format_table
-    from workflows.bench import BenchSettings, ReportTarget, bench_baseline, bench_models
+    from workflows.bench import bench_models
 
-    settings = BenchSettings(
-        tuple(backend or [None]), opt.provider_list(providers), cuda_graph, device, shape, batch, warmup,
-        iterations, threads,
-    )  # fmt: skip
-    if baseline is not None:
-        if not preset or artifacts:
-            raise UsageError("--baseline compares presets: give --preset NAME (and no artifacts)")
-        comparisons, paths = bench_baseline(
-            preset, baseline, settings, rounds=rounds, backends=backend or (), out=out, log=typer.echo
-        )
-        typer.echo("\n".join(result.table() for result in comparisons))
-        _print_written(paths, None)
+    settings = timing.settings(backend, cuda_graph)
+    if baseline.baseline is not None:
+        _bench_baseline(preset, artifacts, baseline, settings, backend, reports.out)
         return
-    reports = ReportTarget(out, plot, exist_ok, overwrite) if out else None
     note = lambda text: typer.echo(f"note: {text}", err=True)  # noqa: E731
-    results, written = bench_models(artifacts or [], preset or [], settings, reports, on_note=note)
+    results, written = bench_models(artifacts or [], preset or [], settings, reports.target(), on_note=note)
     typer.echo(format_table(results))
     _print_written(*(written or (None, None)))
+
+
+def _bench_baseline(
+    presets: list[str] | None,
+    artifacts: list[str] | None,
+    flags: BaselineFlags,
+    settings: BenchSettings,
+    backends: list[str] | None,
+    out: str | None,
+) -> None:
+    """``bench --baseline``: the presets against the baseline, printed (and written into ``out``)."""
+    from workflows.bench import bench_baseline
+
+    if not presets or artifacts:
+        raise UsageError("--baseline compares presets: give --preset NAME (and no artifacts)")
+    comparisons, paths = bench_baseline(
+        presets,
+        flags.baseline,
+        settings,
+        rounds=flags.rounds,
+        backends=backends or (),
+        out=out,
+        log=typer.echo,
+    )
+    typer.echo("\n".join(result.table() for result in comparisons))
+    _print_written(paths, None)
 
 
 def _print_written(paths: list[Path] | None, note: str | None) -> None:
