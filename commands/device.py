@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -23,64 +23,54 @@ if TYPE_CHECKING:
     from runtime.tools.compare.layerwise import LayerReport
     from runtime.tools.engine_build import EngineOptions
 
-SET = opt.SET_BY_COMMAND
-
 
 @dataclass(frozen=True)
 class EngineFlags:
     """How TensorRT builds the engine (``runtime.tools.engine_build.EngineOptions``)."""
 
-    precision: Annotated[
-        Optional[str],
+    precision: Optional[str] = groups.declared(
         opt.choice_option(
-            SET,
+            None,
             "--precision",
             "fp32 | fp16 | int8 (default: the graph's; FP32 graphs: flags on TRT 10).",
             PRECISIONS,
             "{flag} {value}: choose fp32, fp16 or int8",
-        ),
-    ] = None
-    calib_cache: Annotated[
-        Optional[str],
-        typer.Option("--calib-cache", help="TRT 10 weakly typed INT8: calibration cache."),
-    ] = None
-    timing_cache: Annotated[
-        Optional[str],
-        typer.Option("--timing-cache", help="Timing cache to reuse and update."),
-    ] = None
-    workspace: Annotated[int, opt.int_option(SET, "--workspace", "Builder workspace limit in MiB.", 1)] = 2048
-    dla_core: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--dla-core", "Build for this DLA core (Jetson).", 0),
-    ] = None
-    gpu_fallback: Annotated[
-        bool, typer.Option("--gpu-fallback", help="DLA: run unsupported layers on the GPU.")
-    ] = False
-    opt_level: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--opt-level", "Builder optimisation level 0-5 (TensorRT: 3).", 0, 5),
-    ] = None
+        )
+    )
+    calib_cache: Optional[str] = groups.option(
+        None, "--calib-cache", help="TRT 10 weakly typed INT8: calibration cache."
+    )
+    timing_cache: Optional[str] = groups.option(
+        None, "--timing-cache", help="Timing cache to reuse and update."
+    )
+    workspace: int = groups.declared(
+        opt.int_option(2048, "--workspace", "Builder workspace limit in MiB.", 1)
+    )
+    dla_core: Optional[int] = groups.declared(
+        opt.int_option(None, "--dla-core", "Build for this DLA core (Jetson).", 0)
+    )
+    gpu_fallback: bool = groups.option(
+        False, "--gpu-fallback", help="DLA: run unsupported layers on the GPU."
+    )
+    opt_level: Optional[int] = groups.declared(
+        opt.int_option(None, "--opt-level", "Builder optimisation level 0-5 (TensorRT: 3).", 0, 5)
+    )
 
 
 @dataclass(frozen=True)
 class ProfileFlags:
     """A dynamic export's optimisation profile and how many copies of it the engine holds."""
 
-    min_shape: Annotated[
-        Optional[str],
-        typer.Option("--min", help="Dynamic exports: profile min, NxCxHxW or HxW."),
-    ] = None
-    opt_shape: Annotated[
-        Optional[str],
-        typer.Option("--opt", help="Dynamic exports: profile opt (default: default_size)."),
-    ] = None
-    max_shape: Annotated[
-        Optional[str],
-        typer.Option("--max", help="Dynamic exports: profile max."),
-    ] = None
-    contexts: Annotated[
-        int, opt.int_option(SET, "--contexts", "Profile copies: execution contexts that run at once.", 1, 64)
-    ] = 1
+    min_shape: Optional[str] = groups.option(
+        None, "--min", help="Dynamic exports: profile min, NxCxHxW or HxW."
+    )
+    opt_shape: Optional[str] = groups.option(
+        None, "--opt", help="Dynamic exports: profile opt (default: default_size)."
+    )
+    max_shape: Optional[str] = groups.option(None, "--max", help="Dynamic exports: profile max.")
+    contexts: int = groups.declared(
+        opt.int_option(1, "--contexts", "Profile copies: execution contexts that run at once.", 1, 64)
+    )
 
 
 def _engine_options(
@@ -128,67 +118,51 @@ def build_command(
 class ReferenceFlags:
     """What ``verify`` compares with: a reference artifact, or reference outputs saved earlier."""
 
-    against: Annotated[
-        Optional[str],
-        typer.Option("--against", help="Reference artifact (e.g. the FP32 ONNX)."),
-    ] = None
-    images: Annotated[
-        Optional[str],
-        typer.Option("--images", help="Also compare on the images of this folder."),
-    ] = None
-    save_reference: Annotated[
-        Optional[str],
-        typer.Option("--save-reference", help="Also save the reference outputs (.npz)."),
-    ] = None
-    load_reference: Annotated[
-        Optional[str],
-        typer.Option("--load-reference", help="Reference outputs saved elsewhere."),
-    ] = None
+    against: Optional[str] = groups.option(None, "--against", help="Reference artifact (e.g. the FP32 ONNX).")
+    images: Optional[str] = groups.option(None, "--images", help="Also compare on the images of this folder.")
+    save_reference: Optional[str] = groups.option(
+        None, "--save-reference", help="Also save the reference outputs (.npz)."
+    )
+    load_reference: Optional[str] = groups.option(
+        None, "--load-reference", help="Reference outputs saved elsewhere."
+    )
 
 
 @dataclass(frozen=True)
 class VerifyPolicyFlags:
     """``verify``'s own sampling and policy flags (beside :class:`opt.ComparisonFlags`)."""
 
-    seed: Annotated[int, opt.int_option(SET, "--seed", "Seed of the generated images.", 0)] = 0
-    limit: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--limit", "At most N images of --images.", 1),
-    ] = None
-    precision: Annotated[
-        Optional[str],
+    seed: int = groups.declared(opt.int_option(0, "--seed", "Seed of the generated images.", 0))
+    limit: Optional[int] = groups.declared(
+        opt.int_option(None, "--limit", "At most N images of --images.", 1)
+    )
+    precision: Optional[str] = groups.declared(
         opt.choice_option(
-            SET,
+            None,
             "--policy",
             "Policy fp32 | fp16 | int8 (default: the candidate's).",
             tuple(POLICIES),
             "{flag} {value}: choose {allowed}",
-        ),
-    ] = None
-    min_segments: Annotated[
-        Optional[float],
-        opt.float_option(SET, "--min-segment-match", "Minimum panoptic segment match.", opt.SHARE),
-    ] = None
+        )
+    )
+    min_segments: Optional[float] = groups.declared(
+        opt.float_option(None, "--min-segment-match", "Minimum panoptic segment match.", opt.SHARE)
+    )
 
 
 @dataclass(frozen=True)
 class VerifyReportFlags:
     """What ``verify`` writes besides its table: the layer-by-layer comparison and the JSON report."""
 
-    layerwise: Annotated[
-        bool,
-        typer.Option(
-            "--layerwise",
-            help="Also compare every intermediate tensor (two ONNX files) and name the first that breaks.",
-        ),
-    ] = False
-    json_out: Annotated[
-        Optional[str],
-        typer.Option("--json", help="Write the report as JSON here."),
-    ] = None
-    overwrite: Annotated[
-        bool, opt.overwrite_option("Replace an existing --json / --save-reference file.", SET)
-    ] = False
+    layerwise: bool = groups.option(
+        False,
+        "--layerwise",
+        help="Also compare every intermediate tensor (two ONNX files) and name the first that breaks.",
+    )
+    json_out: Optional[str] = groups.option(None, "--json", help="Write the report as JSON here.")
+    overwrite: bool = groups.declared(
+        opt.overwrite_option("Replace an existing --json / --save-reference file.")
+    )
 
     def refuse_early(self, reference: ReferenceFlags, read: list[str]) -> None:
         """Refuse a --json file that exists or a --layerwise without --against before comparing."""

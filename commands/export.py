@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from calib.int8 import Int8Options
     from export.pipeline import ExportOptions, ExportResult
 
-SET = opt.SET_BY_COMMAND
 CHOOSE_ONE_OF = "{flag} {value}: choose one of {allowed}"  # export.pipeline.ExportOptions' wording
 FORMAT_HELP = "onnx | engine (also build a TensorRT engine; needs TensorRT and a GPU)."
 FORMAT_MESSAGE = "{flag} {value}: choose onnx or engine"
@@ -48,32 +47,29 @@ ExportOutput = EXPORT_OUTPUT.group("ExportOutput")
 class ExportFlags:
     """The graph ``export`` writes (``export.pipeline.ExportOptions`` less the output flags)."""
 
-    precision: Annotated[
-        str,
+    precision: str = groups.declared(
         opt.choice_option(
-            SET, "--precision", "fp32 | fp16 | int8 (int8: calibration).", PRECISIONS, CHOOSE_ONE_OF
-        ),
-    ] = "fp32"
+            "fp32", "--precision", "fp32 | fp16 | int8 (int8: calibration).", PRECISIONS, CHOOSE_ONE_OF
+        )
+    )
     head: opt.Head = None
-    dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic batch, height and width.")] = False
-    batch: Annotated[int, opt.int_option(SET, "--batch", "Static batch size.", 1, 1024)] = 1
-    deform_impl: Annotated[
-        str,
-        typer.Option("--deform-impl", help="native (ONNX DeformConv) | decomposed (standard ops only)."),
-    ] = "native"
-    preprocess: Annotated[
-        str,
-        typer.Option(
-            "--preprocess", help="none (normalised input) | normalize (0-255 float) | uint8 (0-255 uint8)."
-        ),
-    ] = "none"
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (19-22).")] = 19
-    simplifier: Annotated[str, typer.Option("--simplifier", help="onnxslim | onnxsim | none.")] = "onnxslim"
-    exporter: Annotated[str, typer.Option("--exporter", help="dynamo | torchscript (fallback).")] = "dynamo"
+    dynamic: bool = groups.option(False, "--dynamic", help="Dynamic batch, height and width.")
+    batch: int = groups.declared(opt.int_option(1, "--batch", "Static batch size.", 1, 1024))
+    deform_impl: str = groups.option(
+        "native", "--deform-impl", help="native (ONNX DeformConv) | decomposed (standard ops only)."
+    )
+    preprocess: str = groups.option(
+        "none",
+        "--preprocess",
+        help="none (normalised input) | normalize (0-255 float) | uint8 (0-255 uint8).",
+    )
+    opset: int = groups.option(19, "--opset", help="ONNX opset (19-22).")
+    simplifier: str = groups.option("onnxslim", "--simplifier", help="onnxslim | onnxsim | none.")
+    exporter: str = groups.option("dynamo", "--exporter", help="dynamo | torchscript (fallback).")
     name: opt.ArtifactName = "model"
-    out_format: Annotated[
-        str, opt.choice_option(SET, "--format", FORMAT_HELP, ("onnx", "engine"), FORMAT_MESSAGE)
-    ] = "onnx"
+    out_format: str = groups.declared(
+        opt.choice_option("onnx", "--format", FORMAT_HELP, ("onnx", "engine"), FORMAT_MESSAGE)
+    )
 
     def options(self, output: Any) -> ExportOptions:
         """The API's options: these flags and the output group's."""
@@ -91,30 +87,23 @@ class ExportFlags:
 class Int8ExportFlags:
     """``export --precision int8``'s own calibration flags (beside :class:`opt.CalibFlags`)."""
 
-    calib_data: Annotated[
-        Optional[str],
-        typer.Option(
-            "--calib-data",
-            "--data",
-            help="int8: calibration images: Cityscapes folder, image folder or 'synthetic' (default: "
-            "synthetic, the default model's training set; give your own images for your model).",
-        ),
-    ] = None
-    calib_cache: Annotated[
-        Optional[str],
-        typer.Option(
-            "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
-        ),
-    ] = None
-    target: Annotated[
-        Optional[str],
-        typer.Option(
-            "--target",
-            "--layout",
-            help="int8: runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: tensorrt with "
-            "--format engine, else onnxruntime). --layout is an alias.",
-        ),
-    ] = None
+    calib_data: Optional[str] = groups.option(
+        None,
+        "--calib-data",
+        "--data",
+        help="int8: calibration images: Cityscapes folder, image folder or 'synthetic' (default: "
+        "synthetic, the default model's training set; give your own images for your model).",
+    )
+    calib_cache: Optional[str] = groups.option(
+        None, "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
+    )
+    target: Optional[str] = groups.option(
+        None,
+        "--target",
+        "--layout",
+        help="int8: runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: tensorrt with "
+        "--format engine, else onnxruntime). --layout is an alias.",
+    )
 
     def options(self, sample: opt.CalibFlags) -> Int8Options:
         """The API's INT8 options: these flags and the shared sampling flags."""
@@ -212,36 +201,29 @@ CalibrateOutput = CALIBRATE_OUTPUT.group("CalibrateOutput")
 class CalibrationFlags:
     """``calibrate``'s images, ranges and caches (``calib.calibrate.CalibrationConfig``)."""
 
-    data: Annotated[
-        str,
-        typer.Option(
-            "--calib-data",
-            "--data",
-            help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder or 'synthetic' "
-            "(the default model's training set; give your own images for your model).",
-        ),
-    ] = "synthetic"
-    calib_seed: Annotated[int, opt.int_option(SET, "--calib-seed", "Seed of the image sample.", 0)] = 0
-    percentile: Annotated[
-        float,
+    data: str = groups.option(
+        "synthetic",
+        "--calib-data",
+        "--data",
+        help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder or 'synthetic' "
+        "(the default model's training set; give your own images for your model).",
+    )
+    calib_seed: int = groups.declared(opt.int_option(0, "--calib-seed", "Seed of the image sample.", 0))
+    percentile: float = groups.declared(
         opt.float_option(
-            SET, "--percentile", "Percentile of |x| for --calib-method percentile.", opt.POSITIVE_PERCENT
-        ),
-    ] = 99.99
-    trt_version: Annotated[
-        str, typer.Option("--trt-version", help="TensorRT version in the cache header.")
-    ] = "10.3.0"
-    cache_dir: Annotated[
-        Optional[str],
-        typer.Option("--cache-dir", help="Where calibration caches are kept for reuse."),
-    ] = None
-    calib_cache: Annotated[
-        Optional[str],
-        typer.Option("--calib-cache", help="Reuse this TensorRT cache (skip calibration)."),
-    ] = None
-    reuse: Annotated[
-        bool, typer.Option("--reuse/--no-reuse", help="Reuse a cache of the same model + data + method.")
-    ] = True
+            99.99, "--percentile", "Percentile of |x| for --calib-method percentile.", opt.POSITIVE_PERCENT
+        )
+    )
+    trt_version: str = groups.option("10.3.0", "--trt-version", help="TensorRT version in the cache header.")
+    cache_dir: Optional[str] = groups.option(
+        None, "--cache-dir", help="Where calibration caches are kept for reuse."
+    )
+    calib_cache: Optional[str] = groups.option(
+        None, "--calib-cache", help="Reuse this TensorRT cache (skip calibration)."
+    )
+    reuse: bool = groups.option(
+        True, "--reuse/--no-reuse", help="Reuse a cache of the same model + data + method."
+    )
 
     def config(self, sample: opt.CalibFlags, threads: int) -> CalibrationConfig:
         """The API's calibration config: these flags, the shared sampling flags and ``threads``."""
@@ -258,29 +240,24 @@ class CalibrationFlags:
 class AccuracyFlags:
     """``calibrate``'s accuracy report and search (``calib.run.run_calibration``'s keywords)."""
 
-    max_drop: Annotated[
-        Optional[float],
+    max_drop: Optional[float] = groups.declared(
         opt.float_option(
-            SET,
+            None,
             "--max-drop",
             "Accuracy-aware: keep sensitive layers float until the mIoU drop <= POINTS.",
             opt.PERCENT,
-        ),
-    ] = None
-    eval_data: Annotated[
-        Optional[str],
-        typer.Option("--eval-data", help="Labelled data for the report (default: --data)."),
-    ] = None
-    eval_split: Annotated[
-        str, opt.split_option(SET, "--eval-split", "Held-out split for the report and --max-drop")
-    ] = "val"
-    eval_limit: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--eval-limit", "Evaluate at most N images.", 1),
-    ] = None
-    report: Annotated[bool, typer.Option("--report/--no-report", help="FP32/FP16/INT8 accuracy report.")] = (
-        True
+        )
     )
+    eval_data: Optional[str] = groups.option(
+        None, "--eval-data", help="Labelled data for the report (default: --data)."
+    )
+    eval_split: str = groups.declared(
+        opt.split_option("val", "--eval-split", "Held-out split for the report and --max-drop")
+    )
+    eval_limit: Optional[int] = groups.declared(
+        opt.int_option(None, "--eval-limit", "Evaluate at most N images.", 1)
+    )
+    report: bool = groups.option(True, "--report/--no-report", help="FP32/FP16/INT8 accuracy report.")
 
 
 @groups.with_groups

@@ -1,12 +1,15 @@
 """Option groups: a command's flags as a few frozen dataclasses instead of one long signature.
 
-A group is a frozen dataclass whose fields each declare one option the typer way, the typer
-declaration in ``Annotated`` and the default after ``=``::
+A group is a frozen dataclass whose fields each declare one option, either with :func:`option`
+(``typer.Option``'s arguments, default first) or :func:`declared` (a ``typer.Option`` made by a
+factory of commands/options.py), or in ``Annotated`` with the default after ``=`` (the shared
+option types of commands/options.py); the field's default is the option's::
 
     @dataclass(frozen=True)
     class OutputFlags:
-        out: Annotated[str, typer.Option("--out", help="Output folder.")]
-        exist_ok: Annotated[bool, typer.Option("--exist-ok", help="...")] = False
+        out: str = option(..., "--out", help="Output folder.")
+        exist_ok: bool = option(False, "--exist-ok", help="...")
+        threads: opt.Threads = 1
 
     @with_groups
     def export_command(source: SourceFlags, output: OutputFlags, precision: str = ...) -> None: ...
@@ -26,15 +29,30 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+import typer
 from typer.models import ParameterInfo
 
-__all__ = ["GroupError", "with_groups"]
+__all__ = ["GroupError", "declared", "option", "with_groups"]
 
 _KEYWORD = inspect.Parameter.KEYWORD_ONLY
+_DECLARATION = "typer"  # the key of a field's typer declaration in its metadata
 
 
 class GroupError(TypeError):
     """A command's option groups cannot be flattened (a name clash, a typer default on a field)."""
+
+
+def declared(declaration: ParameterInfo) -> Any:
+    """A group field declared by ``declaration`` (a ``typer.Option`` with its default; ``...``:
+    required): the field's default is the option's, the declaration goes to typer."""
+    if declaration.default is ...:
+        return dataclasses.field(metadata={_DECLARATION: declaration})
+    return dataclasses.field(default=declaration.default, metadata={_DECLARATION: declaration})
+
+
+def option(default: Any, *flags: str, **settings: Any) -> Any:
+    """A group field declared as ``typer.Option(default, *flags, **settings)`` would be."""
+    return declared(typer.Option(default, *flags, **settings))
 
 
 def _is_group(annotation: Any) -> bool:
@@ -42,16 +60,18 @@ def _is_group(annotation: Any) -> bool:
 
 
 def _group_parameters(owner: str, group: type) -> list[inspect.Parameter]:
-    """``group``'s fields as keyword parameters (the typer declaration in each annotation)."""
+    """``group``'s fields as keyword parameters (each with its typer declaration)."""
     hints = typing.get_type_hints(group, include_extras=True)
     parameters = []
     for field in dataclasses.fields(group):
         if isinstance(field.default, ParameterInfo):
             raise GroupError(
-                f"{owner}: {group.__name__}.{field.name}: put the typer declaration in Annotated[...] "
-                "and the plain default after '=' (the group is also the API's value)"
+                f"{owner}: {group.__name__}.{field.name}: declare the option with groups.option / "
+                "groups.declared or in Annotated[...] (the field's default must be a plain value)"
             )
-        default = inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+        default = field.metadata.get(_DECLARATION, field.default)
+        if default is dataclasses.MISSING:
+            default = inspect.Parameter.empty
         parameters.append(
             inspect.Parameter(field.name, _KEYWORD, default=default, annotation=hints[field.name])
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -99,38 +99,29 @@ def make_synthetic_command(
 class RecipeFlags:
     """Changes to the preset's training recipe (``pem.train.TrainConfig.with_overrides``; None keeps it)."""
 
-    iterations: Annotated[Optional[int], opt.int_option(SET, "--iterations", "Optimizer steps.", 1)] = None
-    batch_size: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--batch-size", "Images per optimizer step.", 1),
-    ] = None
-    accumulate: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--accumulate", "Micro-batches per step (grad accumulation).", 1),
-    ] = None
-    lr: Annotated[Optional[float], opt.float_option(SET, "--lr", "Base learning rate.", opt.POSITIVE)] = None
-    crop: Annotated[Optional[str], opt.hw_option(SET, "--crop", "Training crop HxW.")] = None
-    num_points: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--num-points", "Points per mask for the mask losses.", 1),
-    ] = None
-    seed: Annotated[Optional[int], opt.int_option(SET, "--seed", "Random seed.", 0)] = None
-    eval_period: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--eval-period", "Evaluate every N steps (0: at the end).", 0),
-    ] = None
-    checkpoint_period: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--checkpoint-period", "Checkpoint every N steps.", 0),
-    ] = None
-    workers: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--workers", "Data-loading worker processes.", 0),
-    ] = None
-    amp: Annotated[
-        Optional[bool],
-        typer.Option("--amp/--no-amp", help="Mixed precision (default: on CUDA)."),
-    ] = None
+    iterations: Optional[int] = groups.declared(opt.int_option(None, "--iterations", "Optimizer steps.", 1))
+    batch_size: Optional[int] = groups.declared(
+        opt.int_option(None, "--batch-size", "Images per optimizer step.", 1)
+    )
+    accumulate: Optional[int] = groups.declared(
+        opt.int_option(None, "--accumulate", "Micro-batches per step (grad accumulation).", 1)
+    )
+    lr: Optional[float] = groups.declared(opt.float_option(None, "--lr", "Base learning rate.", opt.POSITIVE))
+    crop: Optional[str] = groups.declared(opt.hw_option(None, "--crop", "Training crop HxW."))
+    num_points: Optional[int] = groups.declared(
+        opt.int_option(None, "--num-points", "Points per mask for the mask losses.", 1)
+    )
+    seed: Optional[int] = groups.declared(opt.int_option(None, "--seed", "Random seed.", 0))
+    eval_period: Optional[int] = groups.declared(
+        opt.int_option(None, "--eval-period", "Evaluate every N steps (0: at the end).", 0)
+    )
+    checkpoint_period: Optional[int] = groups.declared(
+        opt.int_option(None, "--checkpoint-period", "Checkpoint every N steps.", 0)
+    )
+    workers: Optional[int] = groups.declared(
+        opt.int_option(None, "--workers", "Data-loading worker processes.", 0)
+    )
+    amp: Optional[bool] = groups.option(None, "--amp/--no-amp", help="Mixed precision (default: on CUDA).")
 
     def apply(self, config: TrainConfig, sync_bn: str | None) -> TrainConfig:
         """``config`` with these flags (and ``--sync-bn``) set where given."""
@@ -197,19 +188,17 @@ def _main_process_after_shutdown() -> bool:
 class EvalFlags:
     """Which images ``eval`` scores and how (``pem.evaluation.evaluate_checkpoint``'s keywords)."""
 
-    split: Annotated[str, typer.Option("--split", help="Split to evaluate.")] = "val"
-    task: Annotated[
-        Optional[str],
-        typer.Option("--task", help="semantic or panoptic (default: the model's task)."),
-    ] = None
-    batch_size: Annotated[int, opt.int_option(SET, "--batch-size", "Images per forward pass.", 1)] = 4
-    limit: Annotated[
-        Optional[int], opt.int_option(SET, "--limit", "Evaluate only the first N images.", 1)
-    ] = None
-    short_side: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--short-side", "Resize short side first (ADE20K 512/640).", 32, 32768),
-    ] = None
+    split: str = groups.option("val", "--split", help="Split to evaluate.")
+    task: Optional[str] = groups.option(
+        None, "--task", help="semantic or panoptic (default: the model's task)."
+    )
+    batch_size: int = groups.declared(opt.int_option(4, "--batch-size", "Images per forward pass.", 1))
+    limit: Optional[int] = groups.declared(
+        opt.int_option(None, "--limit", "Evaluate only the first N images.", 1)
+    )
+    short_side: Optional[int] = groups.declared(
+        opt.int_option(None, "--short-side", "Resize short side first (ADE20K 512/640).", 32, 32768)
+    )
 
 
 @groups.with_groups

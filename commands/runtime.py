@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from typer.core import TyperCommand
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     )
     from workflows.bench import BenchSettings, ReportTarget
 
-SET = opt.SET_BY_COMMAND
 
 RESIZE_MODES = ("stretch", "letterbox")  # runtime.core.preprocess.ResizeMode
 RESIZE_MESSAGE = "{flag} must be 'stretch' or 'letterbox', got {value!r}"
@@ -51,27 +50,22 @@ class InferCommand(TyperCommand):
 class InferModelFlags:
     """How ``infer`` runs the model (``runtime.io.infer_job.SegmenterSettings``)."""
 
-    resize: Annotated[
-        str,
+    resize: str = groups.declared(
         opt.choice_option(
-            SET, "--resize", "stretch | letterbox (keep aspect ratio).", RESIZE_MODES, RESIZE_MESSAGE
-        ),
-    ] = "stretch"
+            "stretch", "--resize", "stretch | letterbox (keep aspect ratio).", RESIZE_MODES, RESIZE_MESSAGE
+        )
+    )
     providers: opt.Providers = None
     threads: opt.ThreadsAllCores = None  # type: ignore[assignment]
     cuda_graph: opt.CudaGraph = False
-    contexts: Annotated[
-        Optional[int],
-        opt.int_option(SET, "--contexts", "TensorRT execution contexts (default: as built).", 1),
-    ] = None
-    backend: Annotated[
-        Optional[str],
-        typer.Option(
-            "--backend",
-            help="onnxruntime | openvino (a --deform-impl decomposed ONNX) | tensorrt "
-            "(default: by file type).",
-        ),
-    ] = None
+    contexts: Optional[int] = groups.declared(
+        opt.int_option(None, "--contexts", "TensorRT execution contexts (default: as built).", 1)
+    )
+    backend: Optional[str] = groups.option(
+        None,
+        "--backend",
+        help="onnxruntime | openvino (a --deform-impl decomposed ONNX) | tensorrt (default: by file type).",
+    )
     imgsz: opt.InputSize = None
 
     def settings(self) -> SegmenterSettings:
@@ -89,24 +83,20 @@ class InferModelFlags:
 class InferWriteFlags:
     """What ``infer`` writes and how it meets existing files (``runtime.io.infer_job.WriteSettings``)."""
 
-    overlays: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write overlay JPEGs.")] = True
+    overlays: bool = groups.option(True, "--overlay/--no-overlay", help="Write overlay JPEGs.")
     alpha: opt.Alpha = 0.5
-    exist_ok: Annotated[
-        bool,
+    exist_ok: bool = groups.declared(
         opt.exist_ok_option(
             "Allow an --out folder holding other files: add our labels/, panoptic/, overlay/, "
             "predictions.json beside them (only files pem-deploy wrote are replaced).",
-            SET,
-        ),
-    ] = False
-    overwrite: Annotated[
-        bool,
+        )
+    )
+    overwrite: bool = groups.declared(
         opt.overwrite_option(
             "Replace an existing output bag file, or files at our output names that pem-deploy "
             "did not write.",
-            SET,
-        ),
-    ] = False
+        )
+    )
 
     def settings(self) -> WriteSettings:
         """The API's settings."""
@@ -119,48 +109,41 @@ class InferWriteFlags:
 class InferStreamFlags:
     """Bags, cameras and streams, image folders and videos (``runtime.io.infer_job.StreamSettings``)."""
 
-    topic: Annotated[
-        Optional[list[str]], typer.Option("--topic", help="Bag image topic(s) to segment (repeatable).")
-    ] = None
-    max_frames: Annotated[
-        Optional[int], opt.int_option(SET, "--max-frames", "Stop after this many frames (bags, cameras).", 1)
-    ] = None
-    duration: Annotated[
-        Optional[float],
-        opt.float_option(SET, "--duration", "Stop a live camera after this many seconds.", opt.POSITIVE),
-    ] = None
-    timeout: Annotated[
-        Optional[float],
+    topic: Optional[list[str]] = groups.option(  # noqa: RUF009  (a dataclasses.field, default None)
+        None, "--topic", help="Bag image topic(s) to segment (repeatable)."
+    )
+    max_frames: Optional[int] = groups.declared(
+        opt.int_option(None, "--max-frames", "Stop after this many frames (bags, cameras).", 1)
+    )
+    duration: Optional[float] = groups.declared(
+        opt.float_option(None, "--duration", "Stop a live camera after this many seconds.", opt.POSITIVE)
+    )
+    timeout: Optional[float] = groups.declared(
         opt.float_option(
-            SET, "--timeout", "Seconds to wait for a stream to open and for each frame.", opt.POSITIVE
-        ),
-    ] = None
-    compression: Annotated[
-        str,
+            None, "--timeout", "Seconds to wait for a stream to open and for each frame.", opt.POSITIVE
+        )
+    )
+    compression: str = groups.declared(
         opt.choice_option(
-            SET,
+            "zstd",
             "--compression",
             "Output MCAP chunk compression: zstd | lz4 | none.",
             COMPRESSIONS,
             COMPRESSION_MESSAGE,
-        ),
-    ] = "zstd"
-    copy_input: Annotated[
-        bool,
-        typer.Option("--copy-input", help="Also copy the input images (and their CameraInfo) to the bag."),
-    ] = False
-    strict: Annotated[
-        bool,
-        typer.Option("--strict", help="Stop at the first unreadable file of a folder (default: skip it)."),
-    ] = False
-    save_video: Annotated[
-        bool,
-        typer.Option(
-            "--save-video",
-            help="Video input: also write video/NAME, the overlays with the input's codec and frame rate "
-            "(mp4v .mp4 where OpenCV cannot write that codec).",
-        ),
-    ] = False
+        )
+    )
+    copy_input: bool = groups.option(
+        False, "--copy-input", help="Also copy the input images (and their CameraInfo) to the bag."
+    )
+    strict: bool = groups.option(
+        False, "--strict", help="Stop at the first unreadable file of a folder (default: skip it)."
+    )
+    save_video: bool = groups.option(
+        False,
+        "--save-video",
+        help="Video input: also write video/NAME, the overlays with the input's codec and frame rate "
+        "(mp4v .mp4 where OpenCV cannot write that codec).",
+    )
 
     def settings(self) -> StreamSettings:
         """The API's settings (the topics as a tuple)."""
@@ -176,39 +159,35 @@ class InferStreamFlags:
 class InferRayFlags:
     """``--ray`` and the options only it uses (``runtime.io.infer_job.RaySettings``)."""
 
-    ray: Annotated[
-        Optional[str],
-        typer.Option(
-            "--ray",
-            metavar="[ADDRESS]",
-            help="Segment the inputs on a Ray cluster (the 'fleet' extra): --ray alone starts a local one; "
-            "--ray auto or --ray ray://host:port joins a running one (paths must be visible to every node). "
-            "Put it after the inputs.",
-        ),
-    ] = None
-    workers: Annotated[
-        int, opt.int_option(SET, "--workers", "--ray: model actors (one Segmenter each).", 1)
-    ] = 1
-    gpus_per_worker: Annotated[
-        float, opt.float_option(SET, "--gpus-per-worker", "--ray: GPUs per actor (0: CPU).", opt.NON_NEGATIVE)
-    ] = 0.0
-    batch: Annotated[int, opt.int_option(SET, "--batch", "--ray: frames per model call.", 1, 1024)] = 8
-    images_per_shard: Annotated[
-        int,
+    ray: Optional[str] = groups.option(
+        None,
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Segment the inputs on a Ray cluster (the 'fleet' extra): --ray alone starts a local one; "
+        "--ray auto or --ray ray://host:port joins a running one (paths must be visible to every node). "
+        "Put it after the inputs.",
+    )
+    workers: int = groups.declared(
+        opt.int_option(1, "--workers", "--ray: model actors (one Segmenter each).", 1)
+    )
+    gpus_per_worker: float = groups.declared(
+        opt.float_option(0.0, "--gpus-per-worker", "--ray: GPUs per actor (0: CPU).", opt.NON_NEGATIVE)
+    )
+    batch: int = groups.declared(opt.int_option(8, "--batch", "--ray: frames per model call.", 1, 1024))
+    images_per_shard: int = groups.declared(
         opt.int_option(
-            SET, "--images-per-shard", "--ray: images of a folder per shard (the unit of work).", 1
-        ),
-    ] = 256
-    keep_uncertain: Annotated[
-        Optional[float],
+            256, "--images-per-shard", "--ray: images of a folder per shard (the unit of work).", 1
+        )
+    )
+    keep_uncertain: Optional[float] = groups.declared(
         opt.float_option(
-            SET,
+            None,
             "--keep-uncertain",
             "--ray: also write the input frames whose confidence margin is in this lowest fraction "
             "(0-1; 'raw' head artifacts) to OUT/uncertain/.",
             opt.SHARE,
-        ),
-    ] = None
+        )
+    )
 
     def settings(self) -> RaySettings:
         """The API's settings."""
@@ -346,14 +325,14 @@ def ros2_command(
 class TimingFlags:
     """How ``bench`` times every model (``workflows.bench.BenchSettings``, with the backends)."""
 
-    device: Annotated[str, opt.device_option(SET, "PyTorch device: cpu, cuda, cuda:1 ...")] = "cpu"
+    device: str = groups.declared(opt.device_option("cpu", "PyTorch device: cpu, cuda, cuda:1 ..."))
     providers: opt.Providers = None
-    shape: Annotated[
-        Optional[str], typer.Option("--shape", help="HxW of the frames (default: each model's input size).")
-    ] = None
-    batch: Annotated[int, opt.int_option(SET, "--batch", "Frames per call.", 1, 1024)] = 1
-    warmup: Annotated[int, opt.int_option(SET, "--warmup", "Untimed warm-up calls.", 0)] = 3
-    iterations: Annotated[int, opt.int_option(SET, "--iterations", "Timed calls.", 1, 1_000_000)] = 20
+    shape: Optional[str] = groups.option(
+        None, "--shape", help="HxW of the frames (default: each model's input size)."
+    )
+    batch: int = groups.declared(opt.int_option(1, "--batch", "Frames per call.", 1, 1024))
+    warmup: int = groups.declared(opt.int_option(3, "--warmup", "Untimed warm-up calls.", 0))
+    iterations: int = groups.declared(opt.int_option(20, "--iterations", "Timed calls.", 1, 1_000_000))
     threads: opt.Threads = 1
 
     def settings(self, backends: list[str] | None, cuda_graph: bool) -> BenchSettings:
@@ -370,18 +349,16 @@ class TimingFlags:
 class BenchReportFlags:
     """Where ``bench`` writes its reports (``workflows.bench.ReportTarget``; none without --out)."""
 
-    out: Annotated[
-        Optional[str],
-        opt.folder_option(SET, "--out", "Write bench.json, bench.csv, bench.md (and bench.png) here."),
-    ] = None
-    plot: Annotated[bool, typer.Option("--plot", help="Also a PNG plot (needs matplotlib).")] = False
-    exist_ok: Annotated[
-        bool,
-        opt.exist_ok_option("Allow an --out folder holding other files (ours are added beside them).", SET),
-    ] = False
-    overwrite: Annotated[
-        bool, opt.overwrite_option("Replace bench.* files in --out that pem-deploy did not write.", SET)
-    ] = False
+    out: Optional[str] = groups.declared(
+        opt.folder_option(None, "--out", "Write bench.json, bench.csv, bench.md (and bench.png) here.")
+    )
+    plot: bool = groups.option(False, "--plot", help="Also a PNG plot (needs matplotlib).")
+    exist_ok: bool = groups.declared(
+        opt.exist_ok_option("Allow an --out folder holding other files (ours are added beside them).")
+    )
+    overwrite: bool = groups.declared(
+        opt.overwrite_option("Replace bench.* files in --out that pem-deploy did not write.")
+    )
 
     def target(self) -> ReportTarget | None:
         """The API's report target, or None without --out."""
@@ -394,17 +371,15 @@ class BenchReportFlags:
 class BaselineFlags:
     """``bench --baseline``: whole model against whole model (``workflows.bench.bench_baseline``)."""
 
-    baseline: Annotated[
-        Optional[str],
-        typer.Option(
-            "--baseline",
-            help="Whole model against whole model: each --preset vs this baseline (mask2former-r50) and "
-            "PEM STDC1, eager and onnxruntime, with the paper's FPS and FLOP ratios.",
-        ),
-    ] = None
-    rounds: Annotated[
-        int, opt.int_option(SET, "--rounds", "With --baseline: measure everything this many times.", 1, 100)
-    ] = 2
+    baseline: Optional[str] = groups.option(
+        None,
+        "--baseline",
+        help="Whole model against whole model: each --preset vs this baseline (mask2former-r50) and "
+        "PEM STDC1, eager and onnxruntime, with the paper's FPS and FLOP ratios.",
+    )
+    rounds: int = groups.declared(
+        opt.int_option(2, "--rounds", "With --baseline: measure everything this many times.", 1, 100)
+    )
 
 
 @groups.with_groups

@@ -10,7 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from commands.groups import GroupError, with_groups
+from commands import options as opt
+from commands.groups import GroupError, declared, option, with_groups
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,12 @@ class Where:
 @dataclass(frozen=True)
 class How:
     batch: Annotated[int, typer.Option("--batch", help="Frames.")] = 1
+
+
+@dataclass(frozen=True)
+class Declared:
+    name: str = option("model", "--name", help="Stem.")
+    limit: int | None = declared(opt.int_option(None, "--limit", "At most N.", 1))
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,25 @@ def test_the_command_gets_one_instance_per_group() -> None:
     result = CliRunner().invoke(app, ["command", "--out", "o", "--batch", "3"])
     assert result.exit_code == 0, result.output
     assert seen == [(Where("o", False), How(3))]
+
+
+def test_fields_declared_by_option_and_declared_keep_plain_defaults() -> None:
+    seen = []
+
+    @with_groups
+    def command(declared: Declared) -> None:
+        seen.append(declared)
+
+    assert Declared() == Declared("model", None)  # the API's defaults are the options' defaults
+    app = typer.Typer()
+    app.command()(command)
+    app.command("other")(lambda: None)
+    runner = CliRunner()
+    assert runner.invoke(app, ["command", "--limit", "2"]).exit_code == 0
+    assert seen == [Declared("model", 2)]
+    refused = runner.invoke(app, ["command", "--limit", "0"])
+    assert str(refused.exception) == "--limit 0: must be >= 1"  # the callback ran (cli.py prints it)
+    assert "Stem." in runner.invoke(app, ["command", "--help"]).output
 
 
 def test_a_field_name_clash_raises_when_declared() -> None:
