@@ -24,11 +24,9 @@ if TYPE_CHECKING:
 SET = opt.SET_BY_COMMAND
 
 
+@groups.with_groups
 def info_command(
-    preset: opt.Preset = None,
-    checkpoint: opt.Checkpoint = None,
-    height: opt.Height = None,
-    width: opt.Width = None,
+    model: opt.ModelFlags,
     postprocess: bool = typer.Option(
         False, "--postprocess/--no-postprocess", help="Also count semantic inference (class x mask product)."
     ),
@@ -49,17 +47,18 @@ def info_command(
 
         typer.echo(comparison_markdown(compare_with_paper()))
         return
-    if (preset is None) == (checkpoint is None):
+    if (model.preset is None) == (model.checkpoint is None):
         raise UsageError("give exactly one of --preset or --checkpoint")
     tensors = None
     with missing_files_in_own_words(FileNotFoundError):
-        if checkpoint is not None:
+        if model.checkpoint is not None:
             from pem.checkpoint import verify_checkpoint
 
-            config, tensors = verify_checkpoint(checkpoint)  # opens the weights: they must fit
+            config, tensors = verify_checkpoint(model.checkpoint)  # opens the weights: they must fit
         else:
-            config = get_preset(preset)
-        config = config.replace(input_size=(height or config.input_size[0], width or config.input_size[1]))
+            config = get_preset(model.preset)
+        height, width = model.height or config.input_size[0], model.width or config.input_size[1]
+        config = config.replace(input_size=(height, width))
         cost = count_cost(config, with_postprocess=postprocess)
     _print_cost(config, cost, tensors)
 

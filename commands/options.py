@@ -474,13 +474,20 @@ CudaGraph = Annotated[
 
 
 @dataclass(frozen=True)
-class SourceFlags:
-    """The PyTorch model a command exports or calibrates (``export.source.load_source``'s keywords)."""
+class ModelFlags:
+    """The model a command reads: a preset or a checkpoint, at an input size (info)."""
 
     preset: Preset = None
     checkpoint: Checkpoint = None
     height: Height = None
     width: Width = None
+
+
+@dataclass(frozen=True)
+class SourceFlags(ModelFlags):
+    """The PyTorch model a command exports or calibrates (``export.source.load_source``'s keywords):
+    :class:`ModelFlags` and the seed of random weights."""
+
     seed: WeightSeed = 0
 
 
