@@ -61,6 +61,8 @@ def _is_group(annotation: Any) -> bool:
 
 def _group_parameters(owner: str, group: type) -> list[inspect.Parameter]:
     """``group``'s fields as keyword parameters (each with its typer declaration)."""
+    if not group.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        raise GroupError(f"{owner}: option group {group.__name__} must be a frozen dataclass")
     hints = typing.get_type_hints(group, include_extras=True)
     parameters = []
     for field in dataclasses.fields(group):

@@ -36,6 +36,11 @@ class Clash:
     out: Annotated[str, typer.Option("--output", help="Another out.")] = "x"
 
 
+@dataclass
+class Mutable:
+    batch: int = option(1, "--batch", help="Frames.")
+
+
 @dataclass(frozen=True)
 class TyperDefault:
     batch: int = typer.Option(1, "--batch")
@@ -105,4 +110,12 @@ def test_a_typer_default_on_a_field_raises() -> None:
 
         @with_groups
         def command(bad: TyperDefault) -> None:
+            pass
+
+
+def test_a_group_that_is_not_frozen_raises() -> None:
+    with pytest.raises(GroupError, match="frozen"):
+
+        @with_groups
+        def command(bad: Mutable) -> None:
             pass
