@@ -2,7 +2,9 @@
 
 Each command only parses its arguments, calls one function of the packages and prints; the
 function of command ``NAME`` is ``<module>.NAME_command`` (``-`` as ``_``), which
-``tests/cli/runtime_only/test_command_shape.py`` checks.
+``tests/cli/runtime_only/test_command_shape.py`` checks (and that each function, ``def`` to end,
+stays within 40 lines). A command with many flags takes option groups, frozen dataclasses of
+options (:mod:`commands.groups`; those several commands share are in :mod:`commands.options`).
 """
 
 from __future__ import annotations

@@ -1,18 +1,24 @@
 """Export commands: ``export``, ``calibrate``, ``check`` (delegate to ``export`` / ``calib``)."""
 
+# ruff: noqa: UP045  (typer reads the option groups' annotations at run time: Optional for Python 3.10)
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
+from commands import groups
 from commands import options as opt
 from commands.common import prepare_eager_torch
 from contract.vocabulary import PRECISIONS
 
 if TYPE_CHECKING:
-    from calib.calibrate import Int8Calibrator
-    from export.pipeline import ExportResult
+    from calib.calibrate import CalibrationConfig, Int8Calibrator
+    from calib.int8 import Int8Options
+    from export.pipeline import ExportOptions, ExportResult
 
 CHOOSE_ONE_OF = "{flag} {value}: choose one of {allowed}"  # export.pipeline.ExportOptions' wording
 FORMAT_HELP = "onnx | engine (also build a TensorRT engine; needs TensorRT and a GPU)."
@@ -34,54 +40,87 @@ CALIBRATE_OUTPUT = opt.OutputFlags(
 )
 
 
-def export_command(
-    preset: opt.Preset = None,
-    checkpoint: opt.Checkpoint = None,
-    out: str = EXPORT_OUTPUT.out(),
-    exist_ok: bool = EXPORT_OUTPUT.exist_ok(),
-    overwrite: bool = EXPORT_OUTPUT.overwrite(),
-    precision: str = opt.choice_option(
-        "fp32", "--precision", "fp32 | fp16 | int8 (int8: calibration).", PRECISIONS, CHOOSE_ONE_OF
-    ),
-    head: opt.Head = None,
-    height: opt.Height = None,
-    width: opt.Width = None,
-    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width."),
-    batch: int = opt.int_option(1, "--batch", "Static batch size.", 1, 1024),
-    deform_impl: str = typer.Option(
+ExportOutput = EXPORT_OUTPUT.group("ExportOutput")
+
+
+@dataclass(frozen=True)
+class ExportFlags:
+    """The graph ``export`` writes (``export.pipeline.ExportOptions`` less the output flags)."""
+
+    precision: str = groups.declared(
+        opt.choice_option(
+            "fp32", "--precision", "fp32 | fp16 | int8 (int8: calibration).", PRECISIONS, CHOOSE_ONE_OF
+        )
+    )
+    head: opt.Head = None
+    dynamic: bool = groups.option(False, "--dynamic", help="Dynamic batch, height and width.")
+    batch: int = groups.declared(opt.int_option(1, "--batch", "Static batch size.", 1, 1024))
+    deform_impl: str = groups.option(
         "native", "--deform-impl", help="native (ONNX DeformConv) | decomposed (standard ops only)."
-    ),
-    preprocess: str = typer.Option(
+    )
+    preprocess: str = groups.option(
         "none",
         "--preprocess",
         help="none (normalised input) | normalize (0-255 float) | uint8 (0-255 uint8).",
-    ),
-    opset: int = typer.Option(19, "--opset", help="ONNX opset (19-22)."),
-    simplifier: str = typer.Option("onnxslim", "--simplifier", help="onnxslim | onnxsim | none."),
-    exporter: str = typer.Option("dynamo", "--exporter", help="dynamo | torchscript (fallback)."),
-    name: opt.ArtifactName = "model",
-    seed: opt.WeightSeed = 0,
-    lint_table: bool = typer.Option(False, "--lint-table", help="Print the per-op TensorRT table."),
-    calib_data: str = typer.Option(
+    )
+    opset: int = groups.option(19, "--opset", help="ONNX opset (19-22).")
+    simplifier: str = groups.option("onnxslim", "--simplifier", help="onnxslim | onnxsim | none.")
+    exporter: str = groups.option("dynamo", "--exporter", help="dynamo | torchscript (fallback).")
+    name: opt.ArtifactName = "model"
+    out_format: str = groups.declared(
+        opt.choice_option("onnx", "--format", FORMAT_HELP, ("onnx", "engine"), FORMAT_MESSAGE)
+    )
+
+    def options(self, output: Any) -> ExportOptions:
+        """The API's options: these flags and the output group's."""
+        from export.pipeline import ExportOptions
+
+        return ExportOptions(
+            out_dir=output.out, name=self.name, head=self.head, precision=self.precision,
+            deform_impl=self.deform_impl, preprocess=self.preprocess, dynamic=self.dynamic,
+            batch=self.batch, opset=self.opset, simplifier=self.simplifier, exporter=self.exporter,
+            exist_ok=output.exist_ok, overwrite=output.overwrite, engine=self.out_format == "engine",
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Int8ExportFlags:
+    """``export --precision int8``'s own calibration flags (beside :class:`opt.CalibFlags`)."""
+
+    calib_data: Optional[str] = groups.option(
         None,
         "--calib-data",
         "--data",
         help="int8: calibration images: Cityscapes folder, image folder or 'synthetic' (default: "
         "synthetic, the default model's training set; give your own images for your model).",
-    ),
-    calib_method: opt.CalibMethod = "percentile",
-    calib_images: opt.CalibImages = 200,
-    calib_cache: str = typer.Option(
+    )
+    calib_cache: Optional[str] = groups.option(
         None, "--calib-cache", help="int8: reuse this TensorRT calibration cache instead of calibrating."
-    ),
-    out_format: str = opt.choice_option("onnx", "--format", FORMAT_HELP, ("onnx", "engine"), FORMAT_MESSAGE),
-    target: str = typer.Option(
+    )
+    target: Optional[str] = groups.option(
         None,
         "--target",
         "--layout",
         help="int8: runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: tensorrt with "
         "--format engine, else onnxruntime). --layout is an alias.",
-    ),
+    )
+
+    def options(self, sample: opt.CalibFlags) -> Int8Options:
+        """The API's INT8 options: these flags and the shared sampling flags."""
+        from calib.int8 import Int8Options
+
+        method = sample.calib_method
+        return Int8Options(self.calib_data, method, sample.calib_images, self.calib_cache, self.target)  # type: ignore[arg-type]
+
+
+@groups.with_groups
+def export_command(
+    source: opt.SourceFlags,
+    output: ExportOutput,  # type: ignore[valid-type]
+    export: ExportFlags,
+    sample: opt.CalibFlags,
+    int8: Int8ExportFlags,
+    lint_table: bool = typer.Option(False, "--lint-table", help="Print the per-op TensorRT table."),
     consumer: str = typer.Option(
         None,
         "--for",
@@ -90,9 +129,9 @@ def export_command(
     ),
 ) -> None:
     """Export to ONNX: DeformConv translation of the custom op, heads, FP16, metadata, TensorRT lint."""
-    from calib.int8 import Int8Options, int8_quantizer
+    from calib.int8 import int8_quantizer
     from export.consumers import PackageOptions, package_export
-    from export.pipeline import ExportOptions, export_artifact
+    from export.pipeline import export_artifact
     from export.progress import ConsoleProgress
     from export.source import load_source
 
@@ -100,20 +139,13 @@ def export_command(
     if package is not None:
         package.validate()  # before the slow export
     prepare_eager_torch(None)
-    options = ExportOptions(
-        out_dir=out, name=name, head=head, precision=precision, deform_impl=deform_impl,
-        preprocess=preprocess, dynamic=dynamic, batch=batch, opset=opset, simplifier=simplifier,
-        exporter=exporter, exist_ok=exist_ok, overwrite=overwrite, engine=out_format == "engine",
-    )  # fmt: skip
+    options = export.options(output)
     options.validate()
-    int8 = Int8Options(calib_data, calib_method, calib_images, calib_cache, target)  # type: ignore[arg-type]
-    quantizer = int8_quantizer(precision, int8, engine=options.engine)
+    quantizer = int8_quantizer(export.precision, int8.options(sample), engine=options.engine)
     with ConsoleProgress() as progress:
         progress("loading the model")
-        source = load_source(
-            preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed, batch=batch
-        )
-        result = export_artifact(source, options, progress=progress, int8_quantizer=quantizer)
+        model = load_source(**dataclasses.asdict(source), batch=export.batch)
+        result = export_artifact(model, options, progress=progress, int8_quantizer=quantizer)
     _print_export(result, quantizer, lint_table)
     if package is not None:
         typer.echo(package_export(result, options, package).summary())
@@ -162,25 +194,79 @@ def package_command(
     typer.echo(bundle.summary())
 
 
-def calibrate_command(
-    checkpoint: opt.Checkpoint = None,
-    preset: opt.Preset = None,
-    data: str = typer.Option(
+CalibrateOutput = CALIBRATE_OUTPUT.group("CalibrateOutput")
+
+
+@dataclass(frozen=True)
+class CalibrationFlags:
+    """``calibrate``'s images, ranges and caches (``calib.calibrate.CalibrationConfig``)."""
+
+    data: str = groups.option(
         "synthetic",
         "--calib-data",
         "--data",
         help="Calibration images: Cityscapes folder (leftImg8bit/train), image folder or 'synthetic' "
         "(the default model's training set; give your own images for your model).",
-    ),
-    out: str = CALIBRATE_OUTPUT.out(),
-    exist_ok: bool = CALIBRATE_OUTPUT.exist_ok(),
-    overwrite: bool = CALIBRATE_OUTPUT.overwrite(),
-    method: opt.CalibMethod = "percentile",
-    num_images: opt.CalibImages = 200,
-    calib_seed: int = opt.int_option(0, "--calib-seed", "Seed of the image sample.", 0),
-    percentile: float = opt.float_option(
-        99.99, "--percentile", "Percentile of |x| for --calib-method percentile.", opt.POSITIVE_PERCENT
-    ),
+    )
+    calib_seed: int = groups.declared(opt.int_option(0, "--calib-seed", "Seed of the image sample.", 0))
+    percentile: float = groups.declared(
+        opt.float_option(
+            99.99, "--percentile", "Percentile of |x| for --calib-method percentile.", opt.POSITIVE_PERCENT
+        )
+    )
+    trt_version: str = groups.option("10.3.0", "--trt-version", help="TensorRT version in the cache header.")
+    cache_dir: Optional[str] = groups.option(
+        None, "--cache-dir", help="Where calibration caches are kept for reuse."
+    )
+    calib_cache: Optional[str] = groups.option(
+        None, "--calib-cache", help="Reuse this TensorRT cache (skip calibration)."
+    )
+    reuse: bool = groups.option(
+        True, "--reuse/--no-reuse", help="Reuse a cache of the same model + data + method."
+    )
+
+    def config(self, sample: opt.CalibFlags, threads: int) -> CalibrationConfig:
+        """The API's calibration config: these flags, the shared sampling flags and ``threads``."""
+        from calib.calibrate import CalibrationConfig
+
+        return CalibrationConfig(
+            data=self.data, method=sample.calib_method, num_images=sample.calib_images,  # type: ignore[arg-type]
+            seed=self.calib_seed, percentile=self.percentile, trt_version=self.trt_version,
+            cache_dir=self.cache_dir, cache_file=self.calib_cache, reuse=self.reuse, threads=threads,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AccuracyFlags:
+    """``calibrate``'s accuracy report and search (``calib.run.run_calibration``'s keywords)."""
+
+    max_drop: Optional[float] = groups.declared(
+        opt.float_option(
+            None,
+            "--max-drop",
+            "Accuracy-aware: keep sensitive layers float until the mIoU drop <= POINTS.",
+            opt.PERCENT,
+        )
+    )
+    eval_data: Optional[str] = groups.option(
+        None, "--eval-data", help="Labelled data for the report (default: --data)."
+    )
+    eval_split: str = groups.declared(
+        opt.split_option("val", "--eval-split", "Held-out split for the report and --max-drop")
+    )
+    eval_limit: Optional[int] = groups.declared(
+        opt.int_option(None, "--eval-limit", "Evaluate at most N images.", 1)
+    )
+    report: bool = groups.option(True, "--report/--no-report", help="FP32/FP16/INT8 accuracy report.")
+
+
+@groups.with_groups
+def calibrate_command(
+    source: opt.SourceFlags,
+    output: CalibrateOutput,  # type: ignore[valid-type]
+    calibration: CalibrationFlags,
+    sample: opt.CalibFlags,
+    accuracy: AccuracyFlags,
     target: str = typer.Option(
         None,
         "--target",
@@ -188,76 +274,46 @@ def calibrate_command(
         help="Runtime the Q/DQ layout is for: onnxruntime | tensorrt (default: onnxruntime; "
         "TensorRT engines need tensorrt). --layout is an alias.",
     ),
-    max_drop: float = opt.float_option(
-        None,
-        "--max-drop",
-        "Accuracy-aware: keep sensitive layers float until the mIoU drop <= POINTS.",
-        opt.PERCENT,
-    ),
-    eval_data: str = typer.Option(
-        None, "--eval-data", help="Labelled data for the report (default: --data)."
-    ),
-    eval_split: str = opt.split_option("val", "--eval-split", "Held-out split for the report and --max-drop"),
-    eval_limit: int = opt.int_option(None, "--eval-limit", "Evaluate at most N images.", 1),
-    report: bool = typer.Option(True, "--report/--no-report", help="FP32/FP16/INT8 accuracy report."),
     head: opt.Head = None,
-    height: opt.Height = None,
-    width: opt.Width = None,
     name: opt.ArtifactName = "model",
-    seed: opt.WeightSeed = 0,
-    trt_version: str = typer.Option("10.3.0", "--trt-version", help="TensorRT version in the cache header."),
-    cache_dir: str = typer.Option(None, "--cache-dir", help="Where calibration caches are kept for reuse."),
-    calib_cache: str = typer.Option(
-        None, "--calib-cache", help="Reuse this TensorRT cache (skip calibration)."
-    ),
-    reuse: bool = typer.Option(
-        True, "--reuse/--no-reuse", help="Reuse a cache of the same model + data + method."
-    ),
     threads: opt.Threads = 1,
 ) -> None:
     """INT8 calibration: Q/DQ INT8 ONNX, TensorRT calibration cache, FP32/FP16/INT8 accuracy report."""
     prepare_eager_torch(threads)
-    from calib.calibrate import CalibrationConfig
     from calib.graph import check_target, default_target
     from calib.run import run_calibration
     from export.progress import ConsoleProgress
     from export.source import load_source
 
-    config = CalibrationConfig(
-        data=data, method=method, num_images=num_images, seed=calib_seed, percentile=percentile,
-        trt_version=trt_version, cache_dir=cache_dir, cache_file=calib_cache, reuse=reuse, threads=threads,
-    )  # fmt: skip
+    config = calibration.config(sample, threads)
     config.validate()
     layout = check_target(target or default_target())
     with ConsoleProgress() as progress:
         progress("loading the model")
-        source = load_source(preset=preset, checkpoint=checkpoint, height=height, width=width, seed=seed)
+        model = load_source(**dataclasses.asdict(source))
         outcome = run_calibration(
-            source, out, config, head=head, name=name, layout=layout, report=report, progress=progress,
-            exist_ok=exist_ok, overwrite=overwrite, max_drop=max_drop, eval_data=eval_data,
-            eval_split=eval_split, eval_limit=eval_limit,
+            model, output.out, config, head=head, name=name, layout=layout, progress=progress,
+            exist_ok=output.exist_ok, overwrite=output.overwrite, **dataclasses.asdict(accuracy),
         )  # fmt: skip
     typer.echo(outcome.summary())
 
 
+@groups.with_groups
 def check_command(
     artifact: str = typer.Argument(
         ..., help="The exported .onnx (sidecar beside it), its .json or its folder."
     ),
+    *,
     preset: str = typer.Option(
         None, "--preset", help="Compare with this preset instead of the sidecar's source."
     ),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Compare with this checkpoint instead."),
     image: opt.CompareImages = None,
-    noise: opt.CompareNoise = 0,
-    scenes: opt.CompareScenes = 4,
+    comparison: opt.ComparisonFlags,
     seed: int = opt.int_option(0, "--seed", "Seed of the generated inputs.", 0),
     emulate: bool = typer.Option(
         None, "--emulate-fp16/--no-emulate-fp16", help="Also run the FP16-emulated graph (default: for fp16)."
     ),
-    max_rel: opt.MaxRelError = None,
-    min_agreement: opt.MinAgreement = None,
-    min_miou: opt.MinMiou = None,
     threads: opt.Threads = 1,
 ) -> None:
     """Compare an exported model with PyTorch under the shared parity policy (as verify does).
@@ -265,22 +321,13 @@ def check_command(
     Exit code 0 when the policy holds, 1 when not (FAIL), 2 on bad arguments or files.
     """
     from export.check import check_artifact
-    from runtime.core.artifact import load_artifact
-    from runtime.tools.compare import PolicyOverrides, policy_from_overrides
 
     prepare_eager_torch(threads)
-    overrides = PolicyOverrides(None, max_rel, min_agreement, min_miou)
-    policy = policy_from_overrides(overrides, lambda: load_artifact(artifact).precision)
-    inputs = dict(images=_image_files(image or ()), noise=noise, scenes=scenes, seed=seed)
     result = check_artifact(
-        artifact,
-        preset=preset,
-        checkpoint=checkpoint,
-        emulate=emulate,
-        policy=policy,
-        threads=threads,
-        **inputs,
-    )
+        artifact, preset=preset, checkpoint=checkpoint, images=_image_files(image or ()),
+        noise=comparison.noise, scenes=comparison.scenes, seed=seed, emulate=emulate,
+        policy=comparison.policy(artifact), threads=threads,
+    )  # fmt: skip
     typer.echo(result.summary())
     if not result.passed:
         raise typer.Exit(code=1)

@@ -1,11 +1,17 @@
 """Model commands: ``info``, ``make-synthetic``, ``train``, ``eval`` (parse, delegate to ``pem``, print)."""
 
+# ruff: noqa: UP045  (typer reads the option groups' annotations at run time: Optional for Python 3.10)
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from commands import groups
 from commands import options as opt
 from commands.common import missing_files_in_own_words, prepare_eager_torch
 from contract.errors import UsageError
@@ -13,13 +19,14 @@ from contract.errors import UsageError
 if TYPE_CHECKING:
     from pem.config import PEMConfig
     from pem.flops import ModelCost
+    from pem.train import TrainConfig
+
+SET = opt.SET_BY_COMMAND
 
 
+@groups.with_groups
 def info_command(
-    preset: opt.Preset = None,
-    checkpoint: opt.Checkpoint = None,
-    height: opt.Height = None,
-    width: opt.Width = None,
+    model: opt.ModelFlags,
     postprocess: bool = typer.Option(
         False, "--postprocess/--no-postprocess", help="Also count semantic inference (class x mask product)."
     ),
@@ -40,17 +47,18 @@ def info_command(
 
         typer.echo(comparison_markdown(compare_with_paper()))
         return
-    if (preset is None) == (checkpoint is None):
+    if (model.preset is None) == (model.checkpoint is None):
         raise UsageError("give exactly one of --preset or --checkpoint")
     tensors = None
     with missing_files_in_own_words(FileNotFoundError):
-        if checkpoint is not None:
+        if model.checkpoint is not None:
             from pem.checkpoint import verify_checkpoint
 
-            config, tensors = verify_checkpoint(checkpoint)  # opens the weights: they must fit
+            config, tensors = verify_checkpoint(model.checkpoint)  # opens the weights: they must fit
         else:
-            config = get_preset(preset)
-        config = config.replace(input_size=(height or config.input_size[0], width or config.input_size[1]))
+            config = get_preset(model.preset)
+        height, width = model.height or config.input_size[0], model.width or config.input_size[1]
+        config = config.replace(input_size=(height, width))
         cost = count_cost(config, with_postprocess=postprocess)
     _print_cost(config, cost, tensors)
 
@@ -86,21 +94,51 @@ def make_synthetic_command(
     typer.echo(f"wrote {train} train + {val} val images ({hw[0]}x{hw[1]}) to {path}")
 
 
+@dataclass(frozen=True)
+class RecipeFlags:
+    """Changes to the preset's training recipe (``pem.train.TrainConfig.with_overrides``; None keeps it)."""
+
+    iterations: Optional[int] = groups.declared(opt.int_option(None, "--iterations", "Optimizer steps.", 1))
+    batch_size: Optional[int] = groups.declared(
+        opt.int_option(None, "--batch-size", "Images per optimizer step.", 1)
+    )
+    accumulate: Optional[int] = groups.declared(
+        opt.int_option(None, "--accumulate", "Micro-batches per step (grad accumulation).", 1)
+    )
+    lr: Optional[float] = groups.declared(opt.float_option(None, "--lr", "Base learning rate.", opt.POSITIVE))
+    crop: Optional[str] = groups.declared(opt.hw_option(None, "--crop", "Training crop HxW."))
+    num_points: Optional[int] = groups.declared(
+        opt.int_option(None, "--num-points", "Points per mask for the mask losses.", 1)
+    )
+    seed: Optional[int] = groups.declared(opt.int_option(None, "--seed", "Random seed.", 0))
+    eval_period: Optional[int] = groups.declared(
+        opt.int_option(None, "--eval-period", "Evaluate every N steps (0: at the end).", 0)
+    )
+    checkpoint_period: Optional[int] = groups.declared(
+        opt.int_option(None, "--checkpoint-period", "Checkpoint every N steps.", 0)
+    )
+    workers: Optional[int] = groups.declared(
+        opt.int_option(None, "--workers", "Data-loading worker processes.", 0)
+    )
+    amp: Optional[bool] = groups.option(None, "--amp/--no-amp", help="Mixed precision (default: on CUDA).")
+
+    def apply(self, config: TrainConfig, sync_bn: str | None) -> TrainConfig:
+        """``config`` with these flags (and ``--sync-bn``) set where given."""
+        return config.with_overrides(
+            iterations=self.iterations, batch_size=self.batch_size, accumulate=self.accumulate,
+            lr=self.lr, seed=self.seed, eval_period=self.eval_period, num_workers=self.workers,
+            checkpoint_period=self.checkpoint_period, amp=self.amp, sync_bn=sync_bn,
+            num_points=self.num_points, crop_size=opt.parse_hw("--crop", self.crop) if self.crop else None,
+        )  # fmt: skip
+
+
+@groups.with_groups
 def train_command(
     preset: str = typer.Option(..., "--preset", help="Model preset (see `info --list`); sets the recipe."),
     data: opt.Dataset = ...,
     out: str = opt.folder_option(None, "--out", "Output folder (default: runs/PRESET)."),
-    iterations: int = opt.int_option(None, "--iterations", "Optimizer steps.", 1),
-    batch_size: int = opt.int_option(None, "--batch-size", "Images per optimizer step.", 1),
-    accumulate: int = opt.int_option(None, "--accumulate", "Micro-batches per step (grad accumulation).", 1),
-    lr: float = opt.float_option(None, "--lr", "Base learning rate.", opt.POSITIVE),
-    crop: str = opt.hw_option(None, "--crop", "Training crop HxW."),
-    num_points: int = opt.int_option(None, "--num-points", "Points per mask for the mask losses.", 1),
-    seed: int = opt.int_option(None, "--seed", "Random seed.", 0),
-    eval_period: int = opt.int_option(None, "--eval-period", "Evaluate every N steps (0: at the end).", 0),
-    checkpoint_period: int = opt.int_option(None, "--checkpoint-period", "Checkpoint every N steps.", 0),
-    workers: int = opt.int_option(None, "--workers", "Data-loading worker processes.", 0),
-    amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision (default: on CUDA)."),
+    *,
+    recipe: RecipeFlags,
     device: str = opt.device_option(None, "cpu, cuda, cuda:1 ... (default: cuda if available)."),
     threads: opt.ThreadsAllCores = None,  # type: ignore[assignment]
     val_split: str = opt.split_option("val", "--val-split", "Split evaluated during / after training"),
@@ -122,11 +160,7 @@ def train_command(
 
     prepare_eager_torch(threads)
     with missing_files_in_own_words():
-        config = train_preset(preset).with_overrides(
-            iterations=iterations, batch_size=batch_size, accumulate=accumulate, lr=lr, seed=seed,
-            eval_period=eval_period, checkpoint_period=checkpoint_period, num_workers=workers, amp=amp,
-            sync_bn=sync_bn, num_points=num_points, crop_size=opt.parse_hw("--crop", crop) if crop else None,
-        )  # fmt: skip
+        config = recipe.apply(train_preset(preset), sync_bn)
         result = run_training(
             preset, data, out or f"runs/{preset}", config, val_split=None if no_eval else val_split,
             resume=resume, device=device, progress=None, exist_ok=exist_ok,
@@ -149,16 +183,29 @@ def _main_process_after_shutdown() -> bool:
     return main
 
 
+@dataclass(frozen=True)
+class EvalFlags:
+    """Which images ``eval`` scores and how (``pem.evaluation.evaluate_checkpoint``'s keywords)."""
+
+    split: str = groups.option("val", "--split", help="Split to evaluate.")
+    task: Optional[str] = groups.option(
+        None, "--task", help="semantic or panoptic (default: the model's task)."
+    )
+    batch_size: int = groups.declared(opt.int_option(4, "--batch-size", "Images per forward pass.", 1))
+    limit: Optional[int] = groups.declared(
+        opt.int_option(None, "--limit", "Evaluate only the first N images.", 1)
+    )
+    short_side: Optional[int] = groups.declared(
+        opt.int_option(None, "--short-side", "Resize short side first (ADE20K 512/640).", 32, 32768)
+    )
+
+
+@groups.with_groups
 def eval_command(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Our .safetensors checkpoint."),
     data: opt.Dataset = ...,
-    split: str = typer.Option("val", "--split", help="Split to evaluate."),
-    task: str = typer.Option(None, "--task", help="semantic or panoptic (default: the model's task)."),
-    batch_size: int = opt.int_option(4, "--batch-size", "Images per forward pass.", 1),
-    limit: int = opt.int_option(None, "--limit", "Evaluate only the first N images.", 1),
-    short_side: int = opt.int_option(
-        None, "--short-side", "Resize short side first (ADE20K 512/640).", 32, 32768
-    ),
+    *,
+    scoring: EvalFlags,
     device: str = opt.device_option(None, "cpu, cuda ... (default: cuda if available)."),
     json_out: str = typer.Option(
         None, "--json", help="Also write the metrics to this JSON file.", callback=opt.file("--json")
@@ -175,8 +222,6 @@ def eval_command(
     threads: opt.Threads = 1,
 ) -> None:
     """Evaluate a checkpoint: mIoU (per class + mean) and, for panoptic models, PQ / SQ / RQ."""
-    import json
-
     from contract.output import check_file, write_file
     from pem.checkpoint import checkpoint_files
     from pem.evaluation import evaluate_checkpoint
@@ -187,9 +232,8 @@ def eval_command(
     prepare_eager_torch(threads)
     with missing_files_in_own_words():
         result = evaluate_checkpoint(
-            checkpoint, data, split=split, task=task, batch_size=batch_size, limit=limit,
-            short_side=short_side, device=device, save_predictions=save_predictions, progress=None,
-            exist_ok=exist_ok, overwrite=overwrite,
+            checkpoint, data, **dataclasses.asdict(scoring), device=device, progress=None,
+            save_predictions=save_predictions, exist_ok=exist_ok, overwrite=overwrite,
         )  # fmt: skip
     if not _main_process_after_shutdown():  # under torchrun every rank evaluates a shard
         return

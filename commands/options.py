@@ -15,6 +15,7 @@ The rules are plain functions too (:func:`check_int_range`, :meth:`Interval.chec
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -266,15 +267,16 @@ def folder_option(default: Any, flag: str, help: str) -> Any:
     return typer.Option(default, flag, help=help, callback=folder(flag))
 
 
-def exist_ok_option(help: str) -> Any:
-    """``typer.Option`` ``--exist-ok``: off unless given; the command's help says what it replaces."""
-    return typer.Option(False, "--exist-ok", help=help)
+def exist_ok_option(help: str, default: Any = False) -> Any:
+    """``typer.Option`` ``--exist-ok``: off unless given; the command's help says what it replaces.
+    (An option group's field passes ``SET_BY_COMMAND`` and sets False after ``=``.)"""
+    return typer.Option(default, "--exist-ok", help=help)
 
 
-def overwrite_option(help: str) -> Any:
+def overwrite_option(help: str, default: Any = False) -> Any:
     """``typer.Option`` ``--overwrite``: replace an existing file pem-deploy did not write (the one
     flag name for it in every command; contract/output.py); the command's help says which."""
-    return typer.Option(False, "--overwrite", help=help)
+    return typer.Option(default, "--overwrite", help=help)
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,16 @@ class OutputFlags:
 
     def overwrite(self) -> Any:
         return overwrite_option(self.replaced)
+
+    def group(self, name: str, out_default: Any = dataclasses.MISSING) -> type:
+        """These three flags as a frozen option group ``name`` (commands/groups.py) with fields
+        ``out`` (required unless ``out_default``), ``exist_ok`` and ``overwrite``."""
+        fields = [
+            ("out", Annotated[str, self.out(SET_BY_COMMAND)], dataclasses.field(default=out_default)),
+            ("exist_ok", Annotated[bool, exist_ok_option(self.added, SET_BY_COMMAND)], False),
+            ("overwrite", Annotated[bool, overwrite_option(self.replaced, SET_BY_COMMAND)], False),
+        ]
+        return dataclasses.make_dataclass(name, fields, frozen=True)
 
 
 def device_option(default: Any, help: str) -> Any:
@@ -455,3 +467,54 @@ CudaGraph = Annotated[
     bool,
     typer.Option("--cuda-graph", help="Replay inference as a CUDA graph (TensorRT engines / GPU providers)."),
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Option groups several commands share (commands/groups.py): one declaration of each flag.
+
+
+@dataclass(frozen=True)
+class ModelFlags:
+    """The model a command reads: a preset or a checkpoint, at an input size (info)."""
+
+    preset: Preset = None
+    checkpoint: Checkpoint = None
+    height: Height = None
+    width: Width = None
+
+
+@dataclass(frozen=True)
+class SourceFlags(ModelFlags):
+    """The PyTorch model a command exports or calibrates (``export.source.load_source``'s keywords):
+    :class:`ModelFlags` and the seed of random weights."""
+
+    seed: WeightSeed = 0
+
+
+@dataclass(frozen=True)
+class CalibFlags:
+    """How INT8 calibration samples images and sets ranges (export and calibrate)."""
+
+    calib_method: CalibMethod = "percentile"
+    calib_images: CalibImages = 200
+
+
+@dataclass(frozen=True)
+class ComparisonFlags:
+    """The generated inputs and the policy thresholds of a parity check (check and verify); the
+    thresholds left None are the policy's own."""
+
+    noise: CompareNoise = 0
+    scenes: CompareScenes = 4
+    max_rel: MaxRelError = None
+    min_agreement: MinAgreement = None
+    min_miou: MinMiou = None
+
+    def policy(self, artifact: str, precision: str | None = None, min_segments: float | None = None) -> Any:
+        """The parity policy these thresholds (and ``--policy`` / ``--min-segment-match``) ask for,
+        or None for ``artifact``'s own (runtime.tools.compare.policy_from_overrides)."""
+        from runtime.core.artifact import load_artifact
+        from runtime.tools.compare import PolicyOverrides, policy_from_overrides
+
+        overrides = PolicyOverrides(precision, self.max_rel, self.min_agreement, self.min_miou, min_segments)
+        return policy_from_overrides(overrides, lambda: load_artifact(artifact).precision)
