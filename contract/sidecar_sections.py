@@ -107,16 +107,53 @@ def compare_tensor(
 def read_input(r: Reader, value: Any) -> InputSpec:
     inp = r.obj(value, "input", _INPUT_KEYS, ("name", "shape", "dtype", "normalization"))
     name = r.string(inp["name"], "input.name")
+    shape = _read_input_shape(r, inp)
+    dtype = r.string(inp["dtype"], "input.dtype", INPUT_DTYPES)
+    layout = r.string(inp.get("layout", "NCHW"), "input.layout", LAYOUTS)
+    color = r.string(inp.get("color", "RGB"), "input.color", COLORS)
+    norm = r.obj(inp["normalization"], "input.normalization", _NORM_KEYS, ("mean", "std"))
+    in_graph = _read_in_graph(r, inp, norm, dtype)
+    mean, std = _read_mean_std(r, norm)
+    formula = DEFAULT_FORMULA
+    if "formula" in norm:
+        formula = r.string(norm["formula"], "input.normalization.formula", max_len=MAX_TEXT)
+    size_multiple = r.integer(inp.get("size_multiple", 32), "input.size_multiple", 1, 1024)
+    dynamic = any(isinstance(d, str) for d in shape)
+    if "dynamic" in inp:
+        declared = r.boolean(inp["dynamic"], "input.dynamic")
+        if declared != dynamic:
+            raise r.fail("input.dynamic", f"is {show(declared)} but input.shape is {show(list(shape))}")
+    default_size = _read_default_size(r, inp, shape, size_multiple)
+    _check_input_elements(r, shape, default_size)
+    return InputSpec(
+        name=name,
+        shape=shape,  # type: ignore[arg-type]
+        dtype=dtype,
+        mean=mean,  # type: ignore[arg-type]
+        std=std,  # type: ignore[arg-type]
+        normalize_in_graph=in_graph,
+        layout=layout,
+        color=color,
+        formula=formula,
+        default_size=default_size,
+        size_multiple=size_multiple,
+        dynamic=dynamic,
+    )
+
+
+def _read_input_shape(r: Reader, inp: dict[str, Any]) -> tuple[Dim, ...]:
+    """``input.shape``: N x 3 x H x W, each side a size or a symbol."""
     shape_list = r.array(inp["shape"], "input.shape", 4, 4)
     batch = r.dim(shape_list[0], "input.shape[0]", MAX_BATCH)
     channels = r.integer(shape_list[1], "input.shape[1]", 3, 3)
     height = r.dim(shape_list[2], "input.shape[2]", MAX_SIDE)
     width = r.dim(shape_list[3], "input.shape[3]", MAX_SIDE)
-    shape = (batch, channels, height, width)
-    dtype = r.string(inp["dtype"], "input.dtype", INPUT_DTYPES)
-    layout = r.string(inp.get("layout", "NCHW"), "input.layout", LAYOUTS)
-    color = r.string(inp.get("color", "RGB"), "input.color", COLORS)
-    norm = r.obj(inp["normalization"], "input.normalization", _NORM_KEYS, ("mean", "std"))
+    return (batch, channels, height, width)
+
+
+def _read_in_graph(r: Reader, inp: dict[str, Any], norm: dict[str, Any], dtype: str) -> bool:
+    """Whether the graph normalises its input, from the two places a sidecar may say it (which must
+    agree), checked against ``input.value_range`` and a uint8 input."""
     in_graph: bool | None = None
     for where, raw in (
         ("input.normalize_in_graph", inp.get("normalize_in_graph")),
@@ -141,6 +178,11 @@ def read_input(r: Reader, value: Any) -> InputSpec:
         raise r.fail(
             "input.dtype", "is uint8, which needs normalize_in_graph true (normalised values are not bytes)"
         )
+    return in_graph
+
+
+def _read_mean_std(r: Reader, norm: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``input.normalization.mean`` / ``std``: three finite numbers each, every std > 0."""
     mean = tuple(
         r.number(v, f"input.normalization.mean[{i}]", -MAX_ABS_MEAN, MAX_ABS_MEAN)
         for i, v in enumerate(r.array(norm["mean"], "input.normalization.mean", 3, 3))
@@ -151,37 +193,43 @@ def read_input(r: Reader, value: Any) -> InputSpec:
         if not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v <= 0:
             raise r.fail(where, f"must be > 0, got {show(v)}")
         std_values.append(r.number(v, where, MIN_STD, MAX_ABS_MEAN))
-    formula = DEFAULT_FORMULA
-    if "formula" in norm:
-        formula = r.string(norm["formula"], "input.normalization.formula", max_len=MAX_TEXT)
-    size_multiple = r.integer(inp.get("size_multiple", 32), "input.size_multiple", 1, 1024)
+    return mean, tuple(std_values)
+
+
+def _read_default_size(
+    r: Reader, inp: dict[str, Any], shape: tuple[Dim, ...], size_multiple: int
+) -> tuple[int, int] | None:
+    """``input.default_size``: required with a dynamic height / width, equal to a static one, a
+    multiple of ``size_multiple`` on a dynamic one."""
     symbolic = [isinstance(d, str) for d in shape]
-    dynamic = any(symbolic)
-    if "dynamic" in inp:
-        declared = r.boolean(inp["dynamic"], "input.dynamic")
-        if declared != dynamic:
-            raise r.fail("input.dynamic", f"is {show(declared)} but input.shape is {show(list(shape))}")
-    default_size = None
-    if "default_size" in inp:
-        pair = r.array(inp["default_size"], "input.default_size", 2, 2)
-        default_size = (
-            int(r.integer(pair[0], "input.default_size[0]", 1, MAX_SIDE)),
-            int(r.integer(pair[1], "input.default_size[1]", 1, MAX_SIDE)),
-        )
-        for axis, side in ((2, default_size[0]), (3, default_size[1])):
-            if isinstance(shape[axis], int) and shape[axis] != side:
-                raise r.fail(
-                    "input.default_size", f"is {list(default_size)} but input.shape is {show(list(shape))}"
-                )
-            if isinstance(shape[axis], str) and side % size_multiple:
-                raise r.fail(
-                    "input.default_size",
-                    f"is {list(default_size)}: dynamic sides must be multiples of "
-                    f"input.size_multiple {size_multiple}",
-                )
-    elif symbolic[2] or symbolic[3]:
-        raise r.fail("input.default_size", "is missing (a dynamic height / width needs it)")
-    h, w = (default_size or (0, 0)) if (symbolic[2] or symbolic[3]) else (int(height), int(width))
+    if "default_size" not in inp:
+        if symbolic[2] or symbolic[3]:
+            raise r.fail("input.default_size", "is missing (a dynamic height / width needs it)")
+        return None
+    pair = r.array(inp["default_size"], "input.default_size", 2, 2)
+    default_size = (
+        int(r.integer(pair[0], "input.default_size[0]", 1, MAX_SIDE)),
+        int(r.integer(pair[1], "input.default_size[1]", 1, MAX_SIDE)),
+    )
+    for axis, side in ((2, default_size[0]), (3, default_size[1])):
+        if isinstance(shape[axis], int) and shape[axis] != side:
+            raise r.fail(
+                "input.default_size", f"is {list(default_size)} but input.shape is {show(list(shape))}"
+            )
+        if isinstance(shape[axis], str) and side % size_multiple:
+            raise r.fail(
+                "input.default_size",
+                f"is {list(default_size)}: dynamic sides must be multiples of "
+                f"input.size_multiple {size_multiple}",
+            )
+    return default_size
+
+
+def _check_input_elements(r: Reader, shape: tuple[Dim, ...], default_size: tuple[int, int] | None) -> None:
+    """The input at its run size (a symbolic batch counts 1) stays under :data:`MAX_INPUT_ELEMENTS`."""
+    batch, _, height, width = shape
+    dynamic_side = isinstance(height, str) or isinstance(width, str)
+    h, w = (default_size or (0, 0)) if dynamic_side else (int(height), int(width))
     h = int(height) if isinstance(height, int) else h
     w = int(width) if isinstance(width, int) else w
     elements = (batch if isinstance(batch, int) else 1) * 3 * h * w
@@ -190,20 +238,6 @@ def read_input(r: Reader, value: Any) -> InputSpec:
             "input.shape",
             f"{show(list(shape))} is {elements} values, over the limit of {MAX_INPUT_ELEMENTS}",
         )
-    return InputSpec(
-        name=name,
-        shape=shape,  # type: ignore[arg-type]
-        dtype=dtype,
-        mean=mean,  # type: ignore[arg-type]
-        std=tuple(std_values),  # type: ignore[arg-type]
-        normalize_in_graph=in_graph,
-        layout=layout,
-        color=color,
-        formula=formula,
-        default_size=default_size,
-        size_multiple=size_multiple,
-        dynamic=dynamic,
-    )
 
 
 def read_outputs(r: Reader, value: Any) -> tuple[OutputSpec, ...]:
