@@ -210,7 +210,7 @@ def verify_command(
     )  # fmt: skip
     typer.echo(report.table())
     layers = (
-        _compare_layers(candidate, ref.against, ref.load_reference, report.policy)
+        _compare_layers(candidate, ref, report.policy)
         if writes.layerwise
         else None
     )

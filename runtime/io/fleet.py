@@ -33,6 +33,7 @@ Ray is the optional ``fleet`` extra; without it :class:`RayMissingError` says ho
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import io
@@ -859,6 +860,7 @@ def _run_on_ray(
     progress: Callable[[FleetProgress], None] | None,
     every: float,
 ) -> None:
+    host_print = builtins.print
     started_here = _connect(ray, address)
     _quiet_ray_data(ray)
     stop = threading.Event()
@@ -896,6 +898,9 @@ def _run_on_ray(
             progress(state)
         if started_here:
             ray.shutdown()
+        # Ray's driver swaps builtins.print for its progress-bar-safe one once workers log: the
+        # process that embeds the fleet (a service, a notebook) gets its own print back.
+        builtins.print = host_print
 
 
 def _quiet_ray_data(ray: Any) -> None:

@@ -3,6 +3,7 @@ single-machine ``infer`` on the same inputs: bags, a video and an image folder, 
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import os
@@ -469,3 +470,20 @@ def test_progress_printer_shows_state_lines_off_a_terminal():
     lines = stream.getvalue().splitlines()
     expected = "3/9 frames  2.0 FPS  shards 1/3 done, 0 failed"
     assert lines == [expected, expected]  # the due line, then the final state
+
+
+def test_the_host_process_gets_its_print_back(ray_session, inputs, tmp_path):
+    """Ray's driver swaps ``builtins.print`` for its progress-bar-safe one once workers log (seen
+    when a later test pickled ``print`` and got Ray's function); the run restores the host's."""
+    before = builtins.print
+
+    def swap_print_as_ray_does(state) -> None:
+        builtins.print = lambda *args, **kwargs: None
+
+    try:
+        segment(
+            inputs["model"], [inputs["video"]], tmp_path / "out", progress=swap_print_as_ray_does, every=0.2
+        )
+        assert builtins.print is before
+    finally:
+        builtins.print = before

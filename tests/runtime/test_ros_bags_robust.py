@@ -28,6 +28,7 @@ from runtime import Segmenter  # noqa: E402
 from runtime.io.ros.bags import BagError, BagFrame, write_bag  # noqa: E402
 from runtime.io.ros.messages import Header as FieldsHeader  # noqa: E402
 from runtime.io.ros.messages import Stamp  # noqa: E402
+from tests.helpers.concurrency import default_ctrl_c  # noqa: E402
 from tests.helpers.ros_types import TS, CameraInfo, CompressedImage, Header, Image, Time  # noqa: E402
 from tests.helpers.runtime_models import semantic_model, write_artifact  # noqa: E402
 
@@ -223,7 +224,9 @@ def test_sigint_on_a_cli_bag_run_keeps_the_frames_done(tmp_path, model):
     out = tmp_path / "seg.mcap"
     env = dict(os.environ, PYTHONPATH=str(REPO), PEM_DEPLOY_TORCH_FREE="1")
     cmd = _infer_command(model, bag, "/cam/image_raw", out)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c
+    )
     # Wait until frames are being segmented (the staging bag exists and grows), then Ctrl-C.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:

@@ -88,7 +88,16 @@ def test_video_to_bag_with_duration(tmp_path):
         np.testing.assert_array_equal(labels_array(lab), seg.predict(frame).labels)
 
 
-def test_ctrl_c_stops_cleanly_and_writes_what_was_done(tmp_path):
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler during the test, whatever the runner inherited (a job started in
+    the background of a non-interactive shell starts with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_cleanly_and_writes_what_was_done(tmp_path, python_ctrl_c):
     video = _video(tmp_path / "clip.avi", frames=8)
     seg = Segmenter.open(write_artifact(tmp_path, semantic_model(32, 64)))
 
