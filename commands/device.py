@@ -209,11 +209,7 @@ def verify_command(
         providers=opt.provider_list(providers), overwrite=writes.overwrite,
     )  # fmt: skip
     typer.echo(report.table())
-    layers = (
-        _compare_layers(candidate, ref, report.policy)
-        if writes.layerwise
-        else None
-    )
+    layers = _compare_layers(candidate, ref, report.policy) if writes.layerwise else None
     if ref.save_reference:
         typer.echo(f"reference saved to {ref.save_reference}")
     if writes.json_out:
