@@ -36,3 +36,6 @@ MODEL_SUFFIXES: dict[str, str] = {
     ".plan": "tensorrt",
     ".trt": "tensorrt",
 }
+#: Checkpoint files: ours (config beside it) and the official PEM release's.
+OUR_CHECKPOINT_SUFFIXES: tuple[str, ...] = (".safetensors",)
+OFFICIAL_CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pkl", ".pth", ".pt")

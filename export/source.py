@@ -12,6 +12,7 @@ import torch
 
 from contract.resources import check_memory
 from contract.sidecar import Sidecar
+from contract.vocabulary import OFFICIAL_CHECKPOINT_SUFFIXES, OUR_CHECKPOINT_SUFFIXES
 from export.errors import ExportError
 from pem.checkpoint import (
     CheckpointError,
@@ -22,9 +23,6 @@ from pem.checkpoint import (
 )
 from pem.config import ConfigError, PEMConfig, estimate_forward_bytes, get_preset
 from pem.model import PEM
-
-OUR_SUFFIXES = (".safetensors",)
-OFFICIAL_SUFFIXES = (".pkl", ".pth", ".pt")
 
 
 @dataclass
@@ -135,14 +133,14 @@ def _checkpoint_model(path: Path, preset: str | None, size: tuple[int | None, in
     height, width, batch = size
     if not path.is_file():
         raise ExportError(f"--checkpoint {path}: no such file")
-    if path.suffix in OUR_SUFFIXES:
+    if path.suffix in OUR_CHECKPOINT_SUFFIXES:
         if preset is not None:
             raise ExportError(
                 f"--preset {preset}: not used with {path.name} (its config is read beside it); drop it"
             )
         _check_memory(read_checkpoint_config(path), height, width, batch)
         return load_checkpoint(path)  # type: ignore[return-value]
-    if path.suffix in OFFICIAL_SUFFIXES:
+    if path.suffix in OFFICIAL_CHECKPOINT_SUFFIXES:
         if preset is None:
             raise ExportError(
                 f"--checkpoint {path}: an official checkpoint needs --preset NAME for its architecture"
@@ -155,7 +153,7 @@ def _checkpoint_model(path: Path, preset: str | None, size: tuple[int | None, in
         return model
     raise ExportError(
         f"--checkpoint {path}: unknown checkpoint type {path.suffix!r} "
-        f"(expected {', '.join(OUR_SUFFIXES + OFFICIAL_SUFFIXES)})"
+        f"(expected {', '.join(OUR_CHECKPOINT_SUFFIXES + OFFICIAL_CHECKPOINT_SUFFIXES)})"
     )
 
 

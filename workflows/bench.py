@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from contract.errors import UsageError
+from contract.vocabulary import OFFICIAL_CHECKPOINT_SUFFIXES, OUR_CHECKPOINT_SUFFIXES
 from runtime.tools.bench import (
     BenchError,
     BenchResult,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from export.baseline_bench import BaselineComparison
 
 # Files timed in PyTorch: our checkpoint and the official weights.
-TORCH_SUFFIXES = (".safetensors", ".pkl", ".pth", ".pt")
+TORCH_SUFFIXES = OUR_CHECKPOINT_SUFFIXES + OFFICIAL_CHECKPOINT_SUFFIXES
 
 
 @dataclass(frozen=True)
