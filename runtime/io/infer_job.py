@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -94,14 +95,11 @@ class RaySettings:
 
     def flags_given(self) -> list[str]:
         """The options set away from their defaults, which only ``--ray`` uses."""
-        ray_only = {
-            "--workers": self.workers != 1,
-            "--gpus-per-worker": self.gpus_per_worker != 0,
-            "--batch": self.batch != 8,
-            "--images-per-shard": self.images_per_shard != 256,
-            "--keep-uncertain": self.keep_uncertain is not None,
-        }
-        return [flag for flag, given in ray_only.items() if given]
+        return [
+            "--" + f.name.replace("_", "-")
+            for f in dataclasses.fields(self)
+            if f.name != "address" and getattr(self, f.name) != f.default
+        ]
 
 
 @dataclass
@@ -151,8 +149,9 @@ def run_infer(
     ray, report = ray or RaySettings(), report or Reporter()
     if ray.address is not None:
         return InferOutcome("ray", _on_ray(artifact, sources, out, model, write, stream, ray))
-    if ray.flags_given():
-        raise UsageError(f"{', '.join(ray.flags_given())}: only with --ray")
+    ray_only = ray.flags_given()
+    if ray_only:
+        raise UsageError(f"{', '.join(ray_only)}: only with --ray")
     if len(sources) != 1:
         raise UsageError(f"{len(sources)} inputs given; one at a time, or several with --ray")
     quiet_video_logs()  # our one line, not OpenCV's / FFmpeg's
